@@ -1,0 +1,43 @@
+# chatmesh — run `make` for the list of targets.
+SHELL := bash
+.DEFAULT_GOAL := help
+BIN := node_modules/.bin
+STAMP := node_modules/.chatmesh-installed
+TEXT ?= 这是一条最小链路测试
+BREAKING_AGAINST ?= .git\#branch=main
+
+.PHONY: help install generate checkgenerate lint breaking test run-all client
+
+help: ## Describe the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): package.json package-lock.json
+	npm ci
+	@touch $@
+
+install: $(STAMP) ## Install dependencies when package-lock.json changed
+
+generate: $(STAMP) ## Regenerate gen/ from proto/ (buf generate)
+	$(BIN)/buf generate
+
+checkgenerate: generate ## Fail when gen/ differs from a fresh buf generate
+	@test -z "$$(git status --porcelain -- gen)" || \
+		{ git status --porcelain -- gen; echo "gen/ is stale: run 'make generate' and commit it"; exit 1; }
+
+lint: $(STAMP) ## buf lint, type check, and Biome (zero warnings)
+	$(BIN)/buf lint
+	$(BIN)/tsc --noEmit
+	$(BIN)/biome check --error-on-warnings .
+
+breaking: $(STAMP) ## buf breaking against main (BREAKING_AGAINST to change)
+	$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
+
+test: $(STAMP) ## Run every test (Redis/MySQL tests skip when unreachable, outside CI)
+	$(BIN)/vitest run
+
+run-all: generate ## Start every process with embedded defaults; Ctrl-C stops them
+	@node bin/chatmesh.js run-all
+
+client: $(STAMP) ## The seed's client: make client TEXT="…"
+	@node bin/chatmesh.js client "$(TEXT)"

@@ -1,0 +1,58 @@
+import { ConfigError, loadClientConfig } from "./lib/config.js";
+
+const usage = `usage: chatmesh <command>
+
+commands:
+  gateway            the HTTP gateway (GATEWAY_PORT, default 8080)
+  filter             chat.v1.FilterService (FILTER_PORT, default 50052)
+  token              chat.v1.TokenService (TOKEN_PORT, default 50051)
+  llm                chat.v1.LLMService (LLM_PORT, default 50055)
+  client "text"      the seed's client: Filter then LLM over gRPC
+  run-all            every process at once, for development
+
+Processes are configured by environment variables (see README.md).`;
+
+const processes: Record<string, () => Promise<{ main: () => Promise<void> }>> = {
+  gateway: () => import("./gateway/main.js"),
+  filter: () => import("./services/filter/main.js"),
+  token: () => import("./services/token/main.js"),
+  llm: () => import("./services/llm/main.js"),
+};
+
+async function run(argv: readonly string[]): Promise<number | undefined> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "help" || command === "--help" || command === "-h") {
+    console.log(usage);
+    return command === undefined ? 2 : 0;
+  }
+  const start = processes[command];
+  if (start !== undefined) {
+    await (await start()).main();
+    return undefined;
+  }
+  if (command === "client") {
+    const { runClient } = await import("./client.js");
+    return runClient(rest.join(" "), loadClientConfig());
+  }
+  if (command === "run-all") {
+    const { runAll } = await import("./dev/run-all.js");
+    return runAll();
+  }
+  console.error(`chatmesh: unknown command "${command}"\n\n${usage}`);
+  return 2;
+}
+
+run(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== undefined) process.exitCode = code;
+  },
+  (err: unknown) => {
+    const name = process.argv[2] ?? "chatmesh";
+    if (err instanceof ConfigError) {
+      console.error(`chatmesh ${name}: ${err.message}`);
+    } else {
+      console.error(`chatmesh ${name}: failed to start:`, err);
+    }
+    process.exit(1);
+  },
+);

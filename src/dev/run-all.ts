@@ -1,0 +1,156 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import net from "node:net";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import {
+  defaultPorts,
+  type Env,
+  loadFilterConfig,
+  loadGatewayConfig,
+  loadLlmConfig,
+  loadTokenConfig,
+} from "../lib/config.js";
+import { formatLogLine } from "./pretty.js";
+
+type Name = "token" | "filter" | "llm" | "gateway";
+
+/** Start order: the services first, the gateway that calls them last. */
+const names: readonly Name[] = ["token", "filter", "llm", "gateway"];
+const colors: Record<Name, string> = {
+  token: "\x1b[33m",
+  filter: "\x1b[36m",
+  llm: "\x1b[35m",
+  gateway: "\x1b[32m",
+};
+const bin = fileURLToPath(new URL("../../bin/chatmesh.js", import.meta.url));
+
+function portFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.once("error", () => resolve(false));
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve(true)));
+  });
+}
+
+async function waitHealthy(host: string, port: number, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && child.exitCode === null) {
+    try {
+      const res = await fetch(`http://${host}:${port}/healthz`);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`did not become healthy on port ${port}`);
+}
+
+function prefixOutput(name: Name, child: ChildProcess, color: boolean): void {
+  const label = `${name.padEnd(7)} |`;
+  const prefix = color ? `${colors[name]}${label}\x1b[0m ` : `${label} `;
+  for (const stream of [child.stdout, child.stderr]) {
+    if (stream === null) continue;
+    createInterface({ input: stream }).on("line", (line) => {
+      process.stdout.write(`${prefix}${formatLogLine(line)}\n`);
+    });
+  }
+}
+
+/**
+ * `make run-all`: starts token, filter, llm and gateway with embedded
+ * defaults, prefixes their output with their names, prints the URLs once all
+ * are healthy, and stops them all on Ctrl-C or when one dies. Returns the
+ * exit code.
+ */
+export async function runAll(env: Env = process.env): Promise<number> {
+  // Every process's variables are validated before anything starts.
+  const gateway = loadGatewayConfig(env);
+  const ports: Record<Name, number> = {
+    token: loadTokenConfig(env).port,
+    filter: loadFilterConfig(env).port,
+    llm: loadLlmConfig(env).port,
+    gateway: gateway.port,
+  };
+  const portOf = (name: Name) => ports[name];
+  const host = gateway.host === "0.0.0.0" ? "127.0.0.1" : gateway.host;
+  for (const name of names) {
+    const port = portOf(name);
+    if (!(await portFree(gateway.host, port))) {
+      console.error(
+        `run-all: port ${port} is already in use (set ${defaultPorts[name].env} to move ${name})`,
+      );
+      return 1;
+    }
+  }
+  const childEnv: Record<string, string | undefined> = { ...env };
+  for (const name of ["token", "filter", "llm"] as const) {
+    const urlVar = `${name.toUpperCase()}_URL`;
+    childEnv[urlVar] ??= `http://${host}:${portOf(name)}`;
+  }
+
+  const color = process.stdout.isTTY === true;
+  const children = new Map<Name, ChildProcess>();
+  let stopping = false;
+  let exitCode = 0;
+  const stopAll = (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    exitCode = code;
+    for (const child of children.values()) {
+      if (child.exitCode === null) child.kill("SIGTERM");
+    }
+  };
+  process.once("SIGINT", () => stopAll(0));
+  process.once("SIGTERM", () => stopAll(0));
+
+  const exited: Promise<void>[] = [];
+  for (const name of names) {
+    const child = spawn(process.execPath, [bin, name], {
+      env: childEnv,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.set(name, child);
+    prefixOutput(name, child, color);
+    exited.push(
+      new Promise((resolve) =>
+        child.once("exit", (code, signal) => {
+          if (!stopping) {
+            console.error(`run-all: ${name} exited (${signal ?? code}); stopping the others`);
+            stopAll(1);
+          }
+          resolve();
+        }),
+      ),
+    );
+  }
+
+  try {
+    for (const name of names) {
+      const child = children.get(name) as ChildProcess;
+      await waitHealthy(host, portOf(name), child);
+    }
+    if (!stopping) {
+      const base = `http://${host}`;
+      console.log(
+        [
+          "",
+          "chatmesh is up:",
+          `  gateway  ${base}:${portOf("gateway")}   (POST /chat, GET /health)`,
+          `  token    ${base}:${portOf("token")}  (chat.v1.TokenService)`,
+          `  filter   ${base}:${portOf("filter")}  (chat.v1.FilterService)`,
+          `  llm      ${base}:${portOf("llm")}  (chat.v1.LLMService)`,
+          "Press Ctrl-C to stop.",
+          "",
+        ].join("\n"),
+      );
+    }
+  } catch (err) {
+    if (!stopping) {
+      console.error(`run-all: ${(err as Error).message}; stopping`);
+      stopAll(1);
+    }
+  }
+  await Promise.all(exited);
+  return exitCode;
+}

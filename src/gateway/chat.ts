@@ -1,0 +1,104 @@
+import type { FastifyBaseLogger } from "fastify";
+import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import type { Upstreams } from "./upstreams.js";
+
+/** A valid chat request. */
+export interface ChatInput {
+  readonly userId: string;
+  readonly text: string;
+}
+
+/** The contract's 200 body of POST /chat. */
+export interface ChatOutput {
+  readonly cleaned: string;
+  readonly reply: string;
+  readonly remaining: number;
+}
+
+function codePointsOver(text: string, max: number): boolean {
+  // UTF-16 length bounds the code point count from above: most texts need no count.
+  if (text.length <= max) return false;
+  let count = 0;
+  for (const _ of text) {
+    if (++count > max) return true;
+  }
+  return false;
+}
+
+/** Checks a parsed JSON body against the contract; an HttpError says what is wrong. */
+export function parseChatInput(body: unknown, maxTextChars: number): ChatInput | HttpError {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    return badRequest("bad json or missing user_id");
+  }
+  const { user_id: userId, text } = body as Record<string, unknown>;
+  if (typeof userId !== "string" || userId === "") {
+    return badRequest("bad json or missing user_id");
+  }
+  if (typeof text !== "string" || text === "") return badRequest("text is required");
+  if (codePointsOver(text, maxTextChars)) return badRequest("text too long");
+  return { userId, text };
+}
+
+export interface ChatDeps {
+  readonly upstreams: Upstreams;
+  readonly logger: FastifyBaseLogger;
+}
+
+/**
+ * Runs one chat through Filter → Token → LLM. The request id is the charge
+ * id, so the charge can be refunded when the model fails.
+ */
+export async function runChat(
+  deps: ChatDeps,
+  input: ChatInput,
+  requestId: string,
+): Promise<ChatOutput | HttpError> {
+  const { upstreams, logger } = deps;
+  const callOptions = { headers: { "x-request-id": requestId } };
+
+  let cleaned: string;
+  try {
+    ({ cleaned } = await upstreams.filter.filter({ text: input.text }, callOptions));
+  } catch (err) {
+    return httpErrorFromRpc("filter", logFailure(logger, "filter", err));
+  }
+
+  let remaining: bigint;
+  try {
+    ({ remaining } = await upstreams.token.checkAndInc(
+      { userId: input.userId, chargeId: requestId },
+      callOptions,
+    ));
+  } catch (err) {
+    return httpErrorFromRpc("token", logFailure(logger, "token", err));
+  }
+
+  try {
+    const { reply } = await upstreams.llm.generate(
+      { text: cleaned, userId: input.userId },
+      callOptions,
+    );
+    return { cleaned, reply, remaining: Number(remaining) };
+  } catch (err) {
+    logFailure(logger, "llm", err);
+    await refund(deps, input.userId, requestId);
+    return httpErrorFromRpc("llm", err);
+  }
+}
+
+async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
+  try {
+    const { refunded } = await deps.upstreams.token.refund(
+      { userId, chargeId },
+      { headers: { "x-request-id": chargeId } },
+    );
+    deps.logger.info({ refunded: Number(refunded) }, "charge refunded after llm failure");
+  } catch (err) {
+    deps.logger.error({ err }, "refund failed: the charge stays");
+  }
+}
+
+function logFailure(logger: FastifyBaseLogger, stage: string, err: unknown): unknown {
+  logger.warn({ err, stage }, `${stage} call failed`);
+  return err;
+}

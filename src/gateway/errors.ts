@@ -1,0 +1,47 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  FilterRejectionReason,
+  FilterRejectionSchema,
+  QuotaExceededSchema,
+} from "../../gen/chat/v1/errors_pb.js";
+import { httpStatusFromCode } from "../lib/http-status.js";
+
+/** The body of every gateway error response. */
+export interface ErrorBody {
+  readonly error: string;
+  readonly remaining?: number;
+}
+
+/** An HTTP error the gateway answers with. */
+export interface HttpError {
+  readonly status: number;
+  readonly body: ErrorBody;
+}
+
+/** The upstream a failure came from; it names the contract's "<stage> failed" body. */
+export type Stage = "filter" | "token" | "llm";
+
+export const badRequest = (error: string): HttpError => ({ status: 400, body: { error } });
+
+/**
+ * Turns what an upstream call threw into the contract's status and body. The
+ * status comes from the gRPC code; the words come from the typed details,
+ * never from the upstream's message, so nothing internal leaks to callers.
+ */
+export function httpErrorFromRpc(stage: Stage, err: unknown): HttpError {
+  const cause = ConnectError.from(err);
+  const status = httpStatusFromCode(cause.code);
+  if (stage === "filter" && cause.code === Code.InvalidArgument) {
+    const [rejection] = cause.findDetails(FilterRejectionSchema);
+    if (rejection?.reason === FilterRejectionReason.EMPTY) return badRequest("text is required");
+    return badRequest("text blocked by filter");
+  }
+  if (stage === "token" && cause.code === Code.ResourceExhausted) {
+    const [quota] = cause.findDetails(QuotaExceededSchema);
+    if (quota !== undefined) {
+      return { status, body: { error: "quota exceeded", remaining: Number(quota.remaining) } };
+    }
+    return { status, body: { error: "quota exceeded" } };
+  }
+  return { status, body: { error: `${stage} failed` } };
+}

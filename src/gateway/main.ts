@@ -1,0 +1,17 @@
+import { defaultPorts, loadGatewayConfig } from "../lib/config.js";
+import { createLogger } from "../lib/logger.js";
+import { serve } from "../lib/serve.js";
+import { buildGateway } from "./app.js";
+import { createUpstreams } from "./upstreams.js";
+
+/** Starts the HTTP gateway from the environment. */
+export async function main(): Promise<void> {
+  const config = loadGatewayConfig();
+  const logger = createLogger("gateway", config.logLevel);
+  const app = await buildGateway({ config, logger, upstreams: createUpstreams(config) });
+  logger.info(
+    { filter: config.filterUrl, token: config.tokenUrl, llm: config.llmUrl },
+    "upstreams",
+  );
+  await serve(app, { ...config, portEnv: defaultPorts.gateway.env, logger });
+}

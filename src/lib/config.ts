@@ -1,0 +1,192 @@
+/**
+ * The one place that reads `process.env`. Each process asks for its own
+ * section; every value is validated once, at start-up, and a bad one throws a
+ * ConfigError whose message is one line naming the variable and what it
+ * expects.
+ */
+
+/** The environment a config is read from (process.env by default). */
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** A bad environment variable; its message is meant to be printed as is. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Settings every process shares. */
+export interface CommonConfig {
+  readonly host: string;
+  readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  readonly shutdownTimeoutMs: number;
+}
+
+/** Settings of an RPC service process. */
+export interface ServiceConfig extends CommonConfig {
+  readonly port: number;
+  readonly maxRequestBytes: number;
+}
+
+export interface FilterConfig extends ServiceConfig {
+  /** Path of the banned-terms file, or undefined for the default list. */
+  readonly termsFile: string | undefined;
+}
+
+export interface TokenConfig extends ServiceConfig {
+  readonly quotaLimit: number;
+  readonly quotaCost: number;
+  readonly quotaStore: "memory";
+}
+
+export interface LlmConfig extends ServiceConfig {
+  readonly backend: "echo";
+  /** Delay before the echo backend answers, to try out deadlines. */
+  readonly echoDelayMs: number;
+}
+
+export interface GatewayConfig extends CommonConfig {
+  readonly port: number;
+  readonly tokenUrl: string;
+  readonly filterUrl: string;
+  readonly llmUrl: string;
+  readonly filterTimeoutMs: number;
+  readonly tokenTimeoutMs: number;
+  readonly llmTimeoutMs: number;
+  readonly maxBodyBytes: number;
+  readonly maxTextChars: number;
+}
+
+/** Default ports of the contract, with the variable that moves each. */
+export const defaultPorts = {
+  token: { env: "TOKEN_PORT", port: 50051 },
+  filter: { env: "FILTER_PORT", port: 50052 },
+  history: { env: "HISTORY_PORT", port: 50053 },
+  llm: { env: "LLM_PORT", port: 50055 },
+  gateway: { env: "GATEWAY_PORT", port: 8080 },
+} as const;
+
+const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+function readString(env: Env, name: string, fallback: string): string {
+  const raw = env[name];
+  return raw === undefined || raw === "" ? fallback : raw;
+}
+
+function readInt(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!/^-?\d+$/.test(raw.trim()) || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
+  }
+  return value;
+}
+
+function readEnum<T extends string>(env: Env, name: string, allowed: readonly T[], fallback: T): T {
+  const raw = readString(env, name, fallback);
+  const found = allowed.find((a) => a === raw);
+  if (found === undefined) {
+    throw new ConfigError(`${name} must be one of ${allowed.join(", ")}, got "${raw}"`);
+  }
+  return found;
+}
+
+function readHttpUrl(env: Env, name: string, fallback: string): string {
+  const raw = readString(env, name, fallback);
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} must be an http:// or https:// URL, got "${raw}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new ConfigError(`${name} must be an http:// or https:// URL, got "${raw}"`);
+  }
+  return raw.replace(/\/+$/, "");
+}
+
+function readPort(env: Env, service: keyof typeof defaultPorts): number {
+  const { env: name, port } = defaultPorts[service];
+  return readInt(env, name, port, 0, 65535);
+}
+
+function readCommon(env: Env): CommonConfig {
+  return {
+    host: readString(env, "HOST", "127.0.0.1"),
+    logLevel: readEnum(env, "LOG_LEVEL", logLevels, "info"),
+    shutdownTimeoutMs: readInt(env, "SHUTDOWN_TIMEOUT_MS", 10_000, 0, 600_000),
+  };
+}
+
+function readService(env: Env, service: keyof typeof defaultPorts): ServiceConfig {
+  return {
+    ...readCommon(env),
+    port: readPort(env, service),
+    maxRequestBytes: readInt(env, "MAX_REQUEST_BYTES", 1_048_576, 1024, 64 * 1_048_576),
+  };
+}
+
+/** Config of the filter process. */
+export function loadFilterConfig(env: Env = process.env): FilterConfig {
+  const termsFile = env.FILTER_TERMS_FILE;
+  return Object.freeze({
+    ...readService(env, "filter"),
+    termsFile: termsFile === undefined || termsFile === "" ? undefined : termsFile,
+  });
+}
+
+/** Config of the token (quota) process. */
+export function loadTokenConfig(env: Env = process.env): TokenConfig {
+  return Object.freeze({
+    ...readService(env, "token"),
+    quotaLimit: readInt(env, "QUOTA_LIMIT", 200, 0, Number.MAX_SAFE_INTEGER),
+    quotaCost: readInt(env, "QUOTA_COST", 50, 1, Number.MAX_SAFE_INTEGER),
+    quotaStore: readEnum(env, "QUOTA_STORE", ["memory"] as const, "memory"),
+  });
+}
+
+/** Config of the LLM process. */
+export function loadLlmConfig(env: Env = process.env): LlmConfig {
+  return Object.freeze({
+    ...readService(env, "llm"),
+    backend: readEnum(env, "LLM_BACKEND", ["echo"] as const, "echo"),
+    echoDelayMs: readInt(env, "ECHO_DELAY_MS", 0, 0, 600_000),
+  });
+}
+
+/** Config of the HTTP gateway. */
+export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
+  const url = (service: "token" | "filter" | "llm") =>
+    readHttpUrl(
+      env,
+      `${service.toUpperCase()}_URL`,
+      `http://127.0.0.1:${defaultPorts[service].port}`,
+    );
+  return Object.freeze({
+    ...readCommon(env),
+    port: readPort(env, "gateway"),
+    tokenUrl: url("token"),
+    filterUrl: url("filter"),
+    llmUrl: url("llm"),
+    filterTimeoutMs: readInt(env, "FILTER_TIMEOUT_MS", 2_000, 1, 600_000),
+    tokenTimeoutMs: readInt(env, "TOKEN_TIMEOUT_MS", 2_000, 1, 600_000),
+    llmTimeoutMs: readInt(env, "LLM_TIMEOUT_MS", 60_000, 1, 3_600_000),
+    maxBodyBytes: readInt(env, "MAX_BODY_BYTES", 65_536, 64, 64 * 1_048_576),
+    maxTextChars: readInt(env, "MAX_TEXT_CHARS", 8_000, 1, 10_000_000),
+  });
+}
+
+/** What the `chatmesh client` command talks to. */
+export interface ClientConfig {
+  readonly filterUrl: string;
+  readonly llmUrl: string;
+  readonly timeoutMs: number;
+}
+
+/** Config of the seed's client. */
+export function loadClientConfig(env: Env = process.env): ClientConfig {
+  return Object.freeze({
+    filterUrl: readHttpUrl(env, "FILTER_URL", `http://127.0.0.1:${defaultPorts.filter.port}`),
+    llmUrl: readHttpUrl(env, "LLM_URL", `http://127.0.0.1:${defaultPorts.llm.port}`),
+    timeoutMs: readInt(env, "CLIENT_TIMEOUT_MS", 10_000, 1, 600_000),
+  });
+}

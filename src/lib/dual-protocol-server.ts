@@ -1,0 +1,110 @@
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+
+/** A request handler that serves both HTTP/1.1 and HTTP/2 compat requests. */
+export type DualHandler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
+
+/**
+ * A TCP server that speaks cleartext HTTP/2 (prior knowledge, as gRPC uses)
+ * and HTTP/1.1 on the same port. Node's http2 server refuses HTTP/1.1 without
+ * TLS, so each connection's first bytes are read: the HTTP/2 connection
+ * preface ("PRI * HTTP/2.0") goes to an http2 server, anything else to an
+ * http1 server. Both call the same handler, which Fastify gets through
+ * `serverFactory`.
+ *
+ * It carries the close helpers Fastify looks for, so `fastify.close()`
+ * lets in-flight requests finish and then lets the process exit.
+ */
+export interface DualProtocolServer extends net.Server {
+  /**
+   * Starts draining: closes HTTP/1.1 connections that have no request in
+   * flight, and every other one as soon as its response is sent.
+   */
+  closeIdleConnections(): void;
+  /** Destroys every connection at once. */
+  closeAllConnections(): void;
+  /** Sends GOAWAY on every HTTP/2 session: in-flight streams finish, no new ones start. */
+  closeHttp2Sessions(): void;
+}
+
+export interface DualProtocolServerOptions {
+  /** Idle HTTP/2 sessions are closed after this long. */
+  readonly http2SessionTimeoutMs?: number;
+  /** Idle HTTP/1.1 keep-alive connections are closed after this long. */
+  readonly keepAliveTimeoutMs?: number;
+}
+
+const preface = Buffer.from("PRI * HTTP/2.0");
+const firstByteTimeoutMs = 30_000;
+
+/** Creates the server; call `listen` on it as on any net.Server. */
+export function createDualProtocolServer(
+  handler: DualHandler,
+  options: DualProtocolServerOptions = {},
+): DualProtocolServer {
+  let draining = false;
+  const h1 = http.createServer(handler as http.RequestListener);
+  h1.keepAliveTimeout = options.keepAliveTimeoutMs ?? 65_000;
+  h1.on("request", (_req: http.IncomingMessage, res: http.ServerResponse) => {
+    res.once("finish", () => {
+      if (draining) res.socket?.end();
+    });
+  });
+
+  const h2 = http2.createServer(
+    handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+  );
+  const sessions = new Set<http2.ServerHttp2Session>();
+  const sessionTimeout = options.http2SessionTimeoutMs ?? 15 * 60_000;
+  h2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+    session.setTimeout(sessionTimeout, () => session.close());
+  });
+
+  const sockets = new Set<net.Socket>();
+  const undecided = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    undecided.add(socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      undecided.delete(socket);
+    });
+    socket.on("error", () => socket.destroy());
+    // A connection that never sends a byte is not kept forever.
+    socket.setTimeout(firstByteTimeoutMs, () => socket.destroy());
+    socket.once("data", (chunk: Buffer) => {
+      socket.setTimeout(0);
+      undecided.delete(socket);
+      socket.pause();
+      socket.unshift(chunk);
+      const n = Math.min(chunk.length, preface.length);
+      if (chunk.subarray(0, n).equals(preface.subarray(0, n))) {
+        // The http2 session reads what is buffered on the socket itself; a
+        // resumed socket would hand the preface to nobody.
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    });
+  }) as DualProtocolServer;
+
+  server.closeIdleConnections = () => {
+    draining = true;
+    h1.closeIdleConnections();
+    for (const socket of undecided) socket.destroy();
+  };
+  server.closeAllConnections = () => {
+    for (const socket of sockets) socket.destroy();
+  };
+  server.closeHttp2Sessions = () => {
+    for (const session of sessions) session.close();
+  };
+  return server;
+}

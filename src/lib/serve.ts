@@ -1,0 +1,54 @@
+import type { FastifyInstance } from "fastify";
+import { ConfigError } from "./config.js";
+import type { Logger } from "./logger.js";
+
+export interface ServeOptions {
+  readonly host: string;
+  readonly port: number;
+  /** The variable that moves the port, named when the port is taken. */
+  readonly portEnv: string;
+  readonly shutdownTimeoutMs: number;
+  readonly logger: Logger;
+}
+
+/**
+ * Listens, and closes the app gracefully on SIGTERM or SIGINT: in-flight
+ * requests get up to `shutdownTimeoutMs` to finish, then the process exits.
+ */
+export async function serve(app: FastifyInstance, options: ServeOptions): Promise<void> {
+  const { host, port, portEnv, logger } = options;
+  try {
+    await app.listen({ host, port });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") {
+      throw new ConfigError(
+        `port ${port} on ${host} is already in use (set ${portEnv} to move it)`,
+      );
+    }
+    throw err;
+  }
+  const address = app.server.address();
+  const bound = typeof address === "object" && address !== null ? address.port : port;
+  logger.info({ host, port: bound }, "listening");
+
+  const stop = (signal: NodeJS.Signals) => {
+    logger.info({ signal }, "shutting down");
+    const timer = setTimeout(() => {
+      logger.warn(
+        { timeoutMs: options.shutdownTimeoutMs },
+        "shutdown timed out; closing connections",
+      );
+      process.exit(1);
+    }, options.shutdownTimeoutMs);
+    timer.unref();
+    app.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+}

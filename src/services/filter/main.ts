@@ -1,0 +1,22 @@
+import { FilterService } from "../../../gen/chat/v1/filter_pb.js";
+import { defaultPorts, loadFilterConfig } from "../../lib/config.js";
+import { createLogger } from "../../lib/logger.js";
+import { createRpcServer } from "../../lib/rpc-server.js";
+import { serve } from "../../lib/serve.js";
+import { createFilterService } from "./filter-service.js";
+import { createTermMatcher, loadTerms } from "./terms.js";
+
+/** Starts the filter process from the environment. */
+export async function main(): Promise<void> {
+  const config = loadFilterConfig();
+  const logger = createLogger("filter", config.logLevel);
+  const matcher = createTermMatcher(await loadTerms(config.termsFile));
+  logger.info({ terms: matcher.size, file: config.termsFile ?? null }, "banned terms loaded");
+  const app = await createRpcServer({
+    name: "filter",
+    config,
+    logger,
+    routes: (router) => router.service(FilterService, createFilterService({ matcher })),
+  });
+  await serve(app, { ...config, portEnv: defaultPorts.filter.env, logger });
+}

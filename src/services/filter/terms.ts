@@ -1,0 +1,47 @@
+import { readFile } from "node:fs/promises";
+import { ConfigError } from "../../lib/config.js";
+import { normalizeForMatch } from "./text.js";
+
+/** The default banned-term list of the contract. */
+export const defaultTerms: readonly string[] = ["foo"];
+
+/** Decides whether a cleaned text contains a banned term. */
+export interface TermMatcher {
+  /** The number of distinct terms. */
+  readonly size: number;
+  /** Whether `text` contains any term, compared in normalised form. */
+  matches(text: string): boolean;
+}
+
+/** Builds a matcher over the normalised forms of `terms`. */
+export function createTermMatcher(terms: Iterable<string>): TermMatcher {
+  const normalized = [...new Set([...terms].map(normalizeForMatch).filter((t) => t.length > 0))];
+  return {
+    size: normalized.length,
+    matches(text) {
+      const haystack = normalizeForMatch(text);
+      return normalized.some((term) => haystack.includes(term));
+    },
+  };
+}
+
+/** Parses a terms file: one term per line, `#` starts a comment line. */
+export function parseTermsFile(content: string): string[] {
+  return content
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter((line) => line !== "" && !line.startsWith("#"));
+}
+
+/** Reads FILTER_TERMS_FILE; an unreadable file is a configuration error. */
+export async function loadTerms(path: string | undefined): Promise<readonly string[]> {
+  if (path === undefined) return defaultTerms;
+  try {
+    return parseTermsFile(await readFile(path, "utf8"));
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new ConfigError(
+      `FILTER_TERMS_FILE must name a readable UTF-8 file, got "${path}" (${reason})`,
+    );
+  }
+}

@@ -1,0 +1,69 @@
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
+import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
+import { type Clock, systemClock, windowAt } from "./clock.js";
+import type { QuotaStore } from "./quota-store.js";
+
+export interface TokenServiceDeps {
+  readonly store: QuotaStore;
+  /** Tokens each user may spend per UTC day (QUOTA_LIMIT). */
+  readonly limit: number;
+  /** What a charge costs when the request names no cost (QUOTA_COST). */
+  readonly defaultCost: number;
+  readonly clock?: Clock;
+}
+
+function requireUserId(userId: string): void {
+  if (userId === "") {
+    throw new ConnectError("user_id is required", Code.InvalidArgument);
+  }
+}
+
+/** chat.v1.TokenService: a daily quota per user over a QuotaStore. */
+export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof TokenService> {
+  const { store, limit, defaultCost } = deps;
+  const clock = deps.clock ?? systemClock;
+  return {
+    async checkAndInc(req) {
+      requireUserId(req.userId);
+      if (req.cost < 0n || req.cost > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new ConnectError("cost must be from 0 to 2^53-1", Code.InvalidArgument);
+      }
+      const cost = req.cost === 0n ? defaultCost : Number(req.cost);
+      const window = windowAt(clock.now());
+      const result = await store.charge({
+        userId: req.userId,
+        window,
+        cost,
+        limit,
+        chargeId: req.chargeId,
+      });
+      const resetTime = timestampFromDate(window.resetAt);
+      if (!result.allowed) {
+        const remaining = BigInt(limit - result.used - cost);
+        throw new ConnectError("quota exceeded", Code.ResourceExhausted, undefined, [
+          {
+            desc: QuotaExceededSchema,
+            value: { remaining, limit: BigInt(limit), cost: BigInt(cost), resetTime },
+          },
+        ]);
+      }
+      return {
+        remaining: BigInt(limit - result.used),
+        limit: BigInt(limit),
+        cost: BigInt(cost),
+        resetTime,
+      };
+    },
+
+    async refund(req) {
+      requireUserId(req.userId);
+      if (req.chargeId === "") {
+        throw new ConnectError("charge_id is required", Code.InvalidArgument);
+      }
+      const result = await store.refund({ userId: req.userId, chargeId: req.chargeId });
+      return { refunded: BigInt(result.refunded), remaining: BigInt(limit - result.used) };
+    },
+  };
+}

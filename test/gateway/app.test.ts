@@ -1,0 +1,129 @@
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { buildGateway } from "../../src/gateway/app.js";
+import { loadGatewayConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createInProcessUpstreams, failingLlmBackend } from "../fixtures/upstreams.js";
+
+let app: FastifyInstance;
+afterEach(() => app?.close());
+
+async function gateway(options: Parameters<typeof createInProcessUpstreams>[0] = {}) {
+  app = await buildGateway({
+    config: loadGatewayConfig({ MAX_TEXT_CHARS: "30", MAX_BODY_BYTES: "1024" }),
+    logger: createLogger("gateway", "silent"),
+    upstreams: createInProcessUpstreams(options),
+  });
+  return app;
+}
+
+const chat = (payload: unknown, contentType = "application/json") =>
+  app.inject({
+    method: "POST",
+    url: "/chat",
+    headers: { "content-type": contentType },
+    payload: typeof payload === "string" ? payload : JSON.stringify(payload),
+  });
+
+describe("gateway POST /chat over in-process services", () => {
+  it("answers the seed's chat", async () => {
+    await gateway();
+    const res = await chat({ user_id: "u1", text: "Hello   world   from   Go!" });
+    expect(res.statusCode).toBe(200);
+    expect(res.body).toBe(
+      '{"cleaned":"Hello world from Go!","reply":"Echo: Hello world from Go!","remaining":150}',
+    );
+    expect(res.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it.each([
+    ["body not JSON", "{nope", 400, { error: "bad json or missing user_id" }],
+    ["JSON that is not an object", "[1]", 400, { error: "bad json or missing user_id" }],
+    ["user_id missing", { text: "hi" }, 400, { error: "bad json or missing user_id" }],
+    ["user_id empty", { user_id: "", text: "hi" }, 400, { error: "bad json or missing user_id" }],
+    [
+      "user_id not a string",
+      { user_id: 7, text: "hi" },
+      400,
+      { error: "bad json or missing user_id" },
+    ],
+    ["text missing", { user_id: "u1" }, 400, { error: "text is required" }],
+    ["text not a string", { user_id: "u1", text: ["hi"] }, 400, { error: "text is required" }],
+    [
+      "text empty after cleaning",
+      { user_id: "u1", text: " \u3000\n " },
+      400,
+      { error: "text is required" },
+    ],
+    ["text too long", { user_id: "u1", text: "x".repeat(31) }, 400, { error: "text too long" }],
+    [
+      "text blocked",
+      { user_id: "u1", text: "this has foo inside" },
+      400,
+      { error: "text blocked by filter" },
+    ],
+    [
+      "body too large",
+      { user_id: "u1", text: "x".repeat(2000) },
+      413,
+      { error: "request body too large" },
+    ],
+  ])("%s", async (_case, payload, status, body) => {
+    await gateway();
+    const res = await chat(payload);
+    expect(res.statusCode).toBe(status);
+    expect(res.json()).toEqual(body);
+    expect(res.headers["x-request-id"]).toBeDefined();
+  });
+
+  it("counts the text limit in code points, not UTF-16 units", async () => {
+    await gateway();
+    expect((await chat({ user_id: "u1", text: "😀".repeat(30) })).statusCode).toBe(200);
+    expect((await chat({ user_id: "u1", text: "😀".repeat(31) })).json()).toEqual({
+      error: "text too long",
+    });
+  });
+
+  it("refuses a content type other than JSON with 415", async () => {
+    await gateway();
+    const res = await chat('{"user_id":"u1","text":"hi"}', "text/plain");
+    expect(res.statusCode).toBe(415);
+    expect(res.json()).toEqual({ error: "content-type must be application/json" });
+  });
+
+  it("refuses the fifth chat of the day with 429 and -50, charging nothing", async () => {
+    await gateway();
+    const seen = [];
+    for (let i = 0; i < 6; i++) {
+      const res = await chat({ user_id: "u1", text: "quick call" });
+      seen.push([res.statusCode, res.json().remaining]);
+    }
+    expect(seen).toEqual([
+      [200, 150],
+      [200, 100],
+      [200, 50],
+      [200, 0],
+      [429, -50],
+      [429, -50],
+    ]);
+    expect((await chat({ user_id: "u1", text: "quick call" })).json()).toEqual({
+      error: "quota exceeded",
+      remaining: -50,
+    });
+  });
+
+  it("answers 500 llm failed when the model fails, and gives the charge back", async () => {
+    await gateway({ llm: failingLlmBackend });
+    for (let i = 0; i < 6; i++) {
+      const res = await chat({ user_id: "u1", text: "quick call" });
+      expect(res.statusCode).toBe(500);
+      expect(res.json()).toEqual({ error: "llm failed" });
+    }
+  });
+
+  it("answers GET /health with ok", async () => {
+    await gateway();
+    const res = await app.inject({ method: "GET", url: "/health" });
+    expect([res.statusCode, res.body]).toEqual([200, "ok"]);
+  });
+});

@@ -1,0 +1,50 @@
+import { describe, expect, it } from "vitest";
+import {
+  ConfigError,
+  loadFilterConfig,
+  loadGatewayConfig,
+  loadTokenConfig,
+} from "../../src/lib/config.js";
+
+describe("config", () => {
+  it("has the contract's defaults", () => {
+    const gateway = loadGatewayConfig({});
+    expect(gateway).toMatchObject({
+      host: "127.0.0.1",
+      port: 8080,
+      tokenUrl: "http://127.0.0.1:50051",
+      filterUrl: "http://127.0.0.1:50052",
+      llmUrl: "http://127.0.0.1:50055",
+      maxBodyBytes: 65536,
+      maxTextChars: 8000,
+    });
+    expect(loadTokenConfig({})).toMatchObject({ port: 50051, quotaLimit: 200, quotaCost: 50 });
+    expect(loadFilterConfig({}).port).toBe(50052);
+    expect(Object.isFrozen(gateway)).toBe(true);
+  });
+
+  it("reads the environment", () => {
+    expect(loadTokenConfig({ TOKEN_PORT: "6000", QUOTA_LIMIT: "1000" })).toMatchObject({
+      port: 6000,
+      quotaLimit: 1000,
+    });
+  });
+
+  it.each([
+    [{ TOKEN_PORT: "abc" }, /^TOKEN_PORT must be an integer from 0 to 65535, got "abc"$/],
+    [{ TOKEN_PORT: "70000" }, /^TOKEN_PORT must be/],
+    [{ QUOTA_COST: "0" }, /^QUOTA_COST must be an integer from 1/],
+    [{ QUOTA_LIMIT: "1.5" }, /^QUOTA_LIMIT must be an integer/],
+    [{ QUOTA_STORE: "etcd" }, /^QUOTA_STORE must be one of memory/],
+    [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
+  ])("refuses %j with one line naming the variable", (env, message) => {
+    expect(() => loadTokenConfig(env)).toThrow(ConfigError);
+    expect(() => loadTokenConfig(env)).toThrow(message);
+  });
+
+  it("refuses a URL that is not http(s)", () => {
+    expect(() => loadGatewayConfig({ LLM_URL: "localhost:50055" })).toThrow(
+      /^LLM_URL must be an http:\/\/ or https:\/\/ URL/,
+    );
+  });
+});

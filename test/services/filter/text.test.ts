@@ -1,0 +1,61 @@
+import { describe, expect, it } from "vitest";
+import { createTermMatcher, parseTermsFile } from "../../../src/services/filter/terms.js";
+import { cleanText, normalizeForMatch } from "../../../src/services/filter/text.js";
+
+describe("cleanText", () => {
+  it("trims and folds runs of white space into one space", () => {
+    expect(cleanText("Hello   world   from   Go!")).toBe("Hello world from Go!");
+    expect(cleanText("  \t a \n\n b \r\n")).toBe("a b");
+  });
+
+  it("folds Unicode white space too", () => {
+    expect(cleanText("a\u3000\u00a0b\u2003\u2028c\u0085d")).toBe("a b c d");
+  });
+
+  it("keeps text without extra space as it is", () => {
+    expect(cleanText("这是一条最小链路测试")).toBe("这是一条最小链路测试");
+  });
+
+  it("empties text that is all white space", () => {
+    expect(cleanText(" \u3000\t\n")).toBe("");
+  });
+});
+
+describe("normalizeForMatch", () => {
+  it("folds case, width, compatibility forms and drops invisible characters", () => {
+    expect(normalizeForMatch("FOO")).toBe("foo");
+    expect(normalizeForMatch("ｆｏｏ")).toBe("foo");
+    expect(normalizeForMatch("f\u200Boo")).toBe("foo");
+    expect(normalizeForMatch("f\u00ADo\u2060o")).toBe("foo");
+    expect(normalizeForMatch("Straße")).toBe("strasse");
+  });
+});
+
+describe("createTermMatcher", () => {
+  const matcher = createTermMatcher(["foo", "Bad  Word"]);
+
+  it.each([
+    "this has foo inside",
+    "FOO",
+    "ｆｏｏ",
+    "f\u200Boo",
+    "a bad word here",
+    "BAD\u3000WORD",
+  ])("blocks %j", (text) => {
+    expect(matcher.matches(text)).toBe(true);
+  });
+
+  it.each(["Hello world from Go!", "fo o", "badword"])("lets %j through", (text) => {
+    expect(matcher.matches(text)).toBe(false);
+  });
+
+  it("counts distinct normalised terms", () => {
+    expect(createTermMatcher(["foo", "FOO", "ｆｏｏ", "", "bar"]).size).toBe(2);
+  });
+});
+
+describe("parseTermsFile", () => {
+  it("reads one term per line and skips comments and blank lines", () => {
+    expect(parseTermsFile("# banned\nfoo\r\n\n  bar baz  \n#x\n")).toEqual(["foo", "bar baz"]);
+  });
+});

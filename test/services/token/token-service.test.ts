@@ -1,0 +1,97 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
+import { TokenService } from "../../../gen/chat/v1/token_pb.js";
+import type { Clock } from "../../../src/services/token/clock.js";
+import { createMemoryQuotaStore } from "../../../src/services/token/memory-store.js";
+import { createTokenService } from "../../../src/services/token/token-service.js";
+
+function setup(start = "2026-11-26T12:00:00Z") {
+  let now = new Date(start);
+  const clock: Clock = { now: () => now };
+  const client = createClient(
+    TokenService,
+    createRouterTransport((router) =>
+      router.service(
+        TokenService,
+        createTokenService({ store: createMemoryQuotaStore(), limit: 200, defaultCost: 50, clock }),
+      ),
+    ),
+  );
+  return {
+    client,
+    setNow: (iso: string) => {
+      now = new Date(iso);
+    },
+  };
+}
+
+async function refusal(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to fail");
+}
+
+describe("TokenService over a router transport", () => {
+  it("gives the contract's sequence 150, 100, 50, 0, then RESOURCE_EXHAUSTED with -50", async () => {
+    const { client } = setup();
+    const remaining = [];
+    for (let i = 0; i < 4; i++) {
+      remaining.push(Number((await client.checkAndInc({ userId: "u1" })).remaining));
+    }
+    expect(remaining).toEqual([150, 100, 50, 0]);
+    for (let i = 0; i < 2; i++) {
+      const err = await refusal(client.checkAndInc({ userId: "u1" }));
+      expect(err.code).toBe(Code.ResourceExhausted);
+      const [detail] = err.findDetails(QuotaExceededSchema);
+      expect(detail?.remaining).toBe(-50n);
+      expect(detail?.limit).toBe(200n);
+      expect(detail?.cost).toBe(50n);
+      expect(detail?.resetTime && timestampDate(detail.resetTime).toISOString()).toBe(
+        "2026-11-27T00:00:00.000Z",
+      );
+    }
+  });
+
+  it("charges an explicit cost and reports negative remaining for an oversize one", async () => {
+    const { client } = setup();
+    expect((await client.checkAndInc({ userId: "u1", cost: 120n })).remaining).toBe(80n);
+    const err = await refusal(client.checkAndInc({ userId: "u1", cost: 100n }));
+    expect(err.findDetails(QuotaExceededSchema)[0]?.remaining).toBe(-20n);
+  });
+
+  it("resets at the next UTC midnight", async () => {
+    const { client, setNow } = setup("2026-11-26T23:59:59Z");
+    for (let i = 0; i < 4; i++) await client.checkAndInc({ userId: "u1" });
+    await refusal(client.checkAndInc({ userId: "u1" }));
+    setNow("2026-11-27T00:00:00Z");
+    expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(150n);
+  });
+
+  it("refunds a charge by its id, once", async () => {
+    const { client } = setup();
+    await client.checkAndInc({ userId: "u1", chargeId: "r1" });
+    await client.checkAndInc({ userId: "u1", chargeId: "r2" });
+    expect(await client.refund({ userId: "u1", chargeId: "r1" })).toMatchObject({
+      refunded: 50n,
+      remaining: 150n,
+    });
+    expect((await client.refund({ userId: "u1", chargeId: "r1" })).refunded).toBe(0n);
+    expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(100n);
+  });
+
+  it("refuses bad requests with INVALID_ARGUMENT", async () => {
+    const { client } = setup();
+    expect((await refusal(client.checkAndInc({ userId: "" }))).code).toBe(Code.InvalidArgument);
+    expect((await refusal(client.checkAndInc({ userId: "u", cost: -1n }))).code).toBe(
+      Code.InvalidArgument,
+    );
+    expect((await refusal(client.refund({ userId: "u", chargeId: "" }))).code).toBe(
+      Code.InvalidArgument,
+    );
+  });
+});
