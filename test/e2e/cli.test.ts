@@ -1,0 +1,128 @@
+import net from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  freePort,
+  type Running,
+  startChatmesh,
+  waitForOutput,
+  waitHealthy,
+} from "../fixtures/processes.js";
+
+describe("chatmesh client (the seed's client)", () => {
+  const env: Record<string, string> = {};
+  const procs: Running[] = [];
+  beforeAll(async () => {
+    const filterPort = await freePort();
+    const llmPort = await freePort();
+    Object.assign(env, {
+      FILTER_PORT: String(filterPort),
+      LLM_PORT: String(llmPort),
+      FILTER_URL: `http://127.0.0.1:${filterPort}`,
+      LLM_URL: `http://127.0.0.1:${llmPort}`,
+    });
+    procs.push(startChatmesh(["filter"], env), startChatmesh(["llm"], env));
+    await Promise.all([waitHealthy(filterPort, procs[0]), waitHealthy(llmPort, procs[1])]);
+  });
+  afterAll(() => Promise.all(procs.map((p) => p.stop())));
+
+  const client = async (text: string) => {
+    const run = startChatmesh(["client", text], env);
+    const code = await run.exited;
+    return { code, out: run.output() };
+  };
+
+  it("prints the cleaned text and the reply", async () => {
+    expect(await client("这是一条最小链路测试")).toEqual({
+      code: 0,
+      out: "✅ 过滤后文本： 这是一条最小链路测试\nLLM reply => Echo: 这是一条最小链路测试\n",
+    });
+    expect((await client("Hello   world   from   Go!")).out).toBe(
+      "✅ 过滤后文本： Hello world from Go!\nLLM reply => Echo: Hello world from Go!\n",
+    );
+  });
+
+  it("prints the seed's line for a blocked text", async () => {
+    expect(await client("this has foo inside")).toEqual({
+      code: 0,
+      out: "❌ 文本被过滤（包含违禁词）： this has foo inside\n",
+    });
+  });
+
+  it("exits 1 with one line when a service is down", async () => {
+    const port = await freePort();
+    const run = startChatmesh(["client", "hi"], { ...env, FILTER_URL: `http://127.0.0.1:${port}` });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toMatch(/^❌ filter failed: .+\n$/);
+  });
+});
+
+describe("starting a process", () => {
+  it("stops with one line naming a bad variable", async () => {
+    const run = startChatmesh(["token"], { TOKEN_PORT: "abc" });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toBe(
+      'chatmesh token: TOKEN_PORT must be an integer from 0 to 65535, got "abc"\n',
+    );
+  });
+
+  it("stops with one line naming the port and its variable when the port is taken", async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));
+    const { port } = blocker.address() as net.AddressInfo;
+    try {
+      const run = startChatmesh(["filter"], { FILTER_PORT: String(port) });
+      expect(await run.exited).toBe(1);
+      expect(run.output().trim().split("\n").at(-1)).toBe(
+        `chatmesh filter: port ${port} on 127.0.0.1 is already in use (set FILTER_PORT to move it)`,
+      );
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it("run-all refuses a taken port with one line naming it and its variable", async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));
+    const { port } = blocker.address() as net.AddressInfo;
+    try {
+      const run = startChatmesh(["run-all"], { LLM_PORT: String(port) });
+      expect(await run.exited).toBe(1);
+      expect(run.output()).toBe(
+        `run-all: port ${port} is already in use (set LLM_PORT to move llm)\n`,
+      );
+    } finally {
+      blocker.close();
+    }
+  });
+});
+
+describe("run-all", () => {
+  it("starts the four processes, prints the URLs, serves a chat, and stops them all on SIGINT", async () => {
+    const ports = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    const [token, filter, llm, gateway] = ports;
+    const run = startChatmesh(["run-all"], {
+      TOKEN_PORT: String(token),
+      FILTER_PORT: String(filter),
+      LLM_PORT: String(llm),
+      GATEWAY_PORT: String(gateway),
+    });
+    await waitForOutput(run, /chatmesh is up/);
+    expect(run.output()).toContain(`gateway  http://127.0.0.1:${gateway}`);
+    const res = await fetch(`http://127.0.0.1:${gateway}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "u1", text: "Hello   world   from   Go!" }),
+    });
+    expect(await res.json()).toEqual({
+      cleaned: "Hello world from Go!",
+      reply: "Echo: Hello world from Go!",
+      remaining: 150,
+    });
+    await waitForOutput(run, /^gateway \| .*request .*route=\/chat status=200/m);
+    run.child.kill("SIGINT");
+    expect(await run.exited).toBe(0);
+    for (const port of ports) {
+      await expect(fetch(`http://127.0.0.1:${port}/healthz`)).rejects.toThrow();
+    }
+  });
+});
