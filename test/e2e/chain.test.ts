@@ -120,20 +120,32 @@ describe("the chain as real processes, driven by curl", () => {
 });
 
 describe("each service to standard clients", () => {
-  it("answers buf curl over gRPC with HTTP/2 prior knowledge", async () => {
-    const { stdout } = await run(buf, [
-      "curl",
-      "--http2-prior-knowledge",
-      "--protocol",
-      "grpc",
-      "--schema",
-      protoDir,
-      "-d",
+  it.each([
+    [
+      "filter",
+      "chat.v1.FilterService/Filter",
       '{"text":"Hello   world"}',
-      `http://127.0.0.1:${stack.ports.filter}/chat.v1.FilterService/Filter`,
-    ]);
-    expect(JSON.parse(stdout)).toEqual({ cleaned: "Hello world" });
-  });
+      { cleaned: "Hello world" },
+    ],
+    ["llm", "chat.v1.LLMService/Generate", '{"text":"hi"}', { reply: "Echo: hi" }],
+    ["token", "chat.v1.TokenService/CheckAndInc", '{"userId":"bufcurl"}', { remaining: "150" }],
+  ] as const)(
+    "answers buf curl over gRPC with HTTP/2 prior knowledge (%s)",
+    async (name, path, body, expected) => {
+      const { stdout } = await run(buf, [
+        "curl",
+        "--http2-prior-knowledge",
+        "--protocol",
+        "grpc",
+        "--schema",
+        protoDir,
+        "-d",
+        body,
+        `http://127.0.0.1:${stack.ports[name]}/${path}`,
+      ]);
+      expect(JSON.parse(stdout)).toMatchObject(expected);
+    },
+  );
 
   it.each([
     ["filter", "chat.v1.FilterService/Filter", '{"text":"a   b"}', { cleaned: "a b" }],
