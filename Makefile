@@ -2,6 +2,8 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 BIN := node_modules/.bin
+# buf finds protoc-gen-es on PATH.
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
