@@ -49,9 +49,21 @@ export function createDualProtocolServer(
   let draining = false;
   const h1 = http.createServer(handler as http.RequestListener);
   h1.keepAliveTimeout = options.keepAliveTimeoutMs ?? 65_000;
-  h1.on("request", (_req: http.IncomingMessage, res: http.ServerResponse) => {
-    res.once("finish", () => {
-      if (draining) res.socket?.end();
+  // The http1 server never listens itself, so Node does not track its
+  // connections (closeIdleConnections would see none): count requests in
+  // flight per socket here.
+  const inFlight = new Map<net.Socket, number>();
+  h1.on("connection", (socket: net.Socket) => {
+    inFlight.set(socket, 0);
+    socket.once("close", () => inFlight.delete(socket));
+  });
+  h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const socket = req.socket;
+    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+    res.once("close", () => {
+      const left = (inFlight.get(socket) ?? 1) - 1;
+      inFlight.set(socket, left);
+      if (draining && left === 0) socket.end();
     });
   });
 
@@ -97,7 +109,9 @@ export function createDualProtocolServer(
 
   server.closeIdleConnections = () => {
     draining = true;
-    h1.closeIdleConnections();
+    for (const [socket, requests] of inFlight) {
+      if (requests === 0) socket.end();
+    }
     for (const socket of undecided) socket.destroy();
   };
   server.closeAllConnections = () => {

@@ -1,0 +1,72 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import { loadLlmConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createRpcServer } from "../../src/lib/rpc-server.js";
+import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { createLlmService } from "../../src/services/llm/llm-service.js";
+
+let app: FastifyInstance | undefined;
+afterEach(async () => {
+  await app?.close();
+  app = undefined;
+});
+
+async function start(delayMs = 0): Promise<string> {
+  app = await createRpcServer({
+    name: "llm",
+    config: loadLlmConfig({}),
+    logger: createLogger("llm", "silent"),
+    routes: (router) =>
+      router.service(LLMService, createLlmService({ backend: createEchoBackend({ delayMs }) })),
+  });
+  await app.listen({ host: "127.0.0.1", port: 0 });
+  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+}
+
+describe("the RPC server bootstrap", () => {
+  it("serves gRPC over HTTP/2 and Connect over HTTP/1.1 and HTTP/2 on one port", async () => {
+    const baseUrl = await start();
+    const clients = [
+      createGrpcTransport({ baseUrl }),
+      createConnectTransport({ baseUrl, httpVersion: "1.1" }),
+      createConnectTransport({ baseUrl, httpVersion: "2" }),
+    ].map((t) => createClient(LLMService, t));
+    for (const client of clients) {
+      expect((await client.generate({ text: "hi" })).reply).toBe("Echo: hi");
+    }
+  });
+
+  it("answers GET /healthz over HTTP/1.1", async () => {
+    const baseUrl = await start();
+    const res = await fetch(`${baseUrl}/healthz`);
+    expect([res.status, await res.text()]).toEqual([200, "ok"]);
+  });
+
+  it("finishes an in-flight call on close, then closes idle HTTP/1.1 and HTTP/2 connections", async () => {
+    const baseUrl = await start(300);
+    const h2 = createClient(LLMService, createGrpcTransport({ baseUrl }));
+    await h2.generate({ text: "warm up" });
+    const agent = new http.Agent({ keepAlive: true });
+    const h1 = createClient(
+      LLMService,
+      createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } }),
+    );
+    await h1.generate({ text: "keep this connection" });
+
+    const slow = h2.generate({ text: "in flight" });
+    await new Promise((r) => setTimeout(r, 50));
+    const started = Date.now();
+    await app?.close();
+    app = undefined;
+    expect((await slow).reply).toBe("Echo: in flight");
+    expect(Date.now() - started).toBeLessThan(2_000);
+    await expect(fetch(`${baseUrl}/healthz`)).rejects.toThrow();
+    agent.destroy();
+  });
+});
