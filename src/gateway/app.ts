@@ -3,6 +3,7 @@ import type { FastifyError, FastifyInstance } from "fastify";
 import type { GatewayConfig } from "../lib/config.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
+import { type ReadyCheck, registerHealthRoutes } from "../lib/readiness.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import type { Upstreams } from "./upstreams.js";
@@ -11,6 +12,8 @@ export interface GatewayDeps {
   readonly config: GatewayConfig;
   readonly logger: Logger;
   readonly upstreams: Upstreams;
+  /** What `/readyz` checks: the upstream services. */
+  readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -61,6 +64,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     return result;
   });
   app.get("/health", async (_req, reply) => reply.type("text/plain").send("ok"));
-  app.get("/healthz", async (_req, reply) => reply.type("text/plain").send("ok"));
+  registerHealthRoutes(app, deps.readyChecks);
   return app;
 }

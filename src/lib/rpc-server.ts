@@ -6,6 +6,7 @@ import type { ServiceConfig } from "./config.js";
 import { createDualProtocolServer, type DualHandler } from "./dual-protocol-server.js";
 import { createHttpApp } from "./http-app.js";
 import type { Logger } from "./logger.js";
+import { type ReadyCheck, registerHealthRoutes } from "./readiness.js";
 
 export interface RpcServerOptions {
   /** The process name, for logs. */
@@ -15,12 +16,14 @@ export interface RpcServerOptions {
   /** Registers the service implementations on the Connect router. */
   readonly routes: (router: ConnectRouter) => void;
   readonly interceptors?: Interceptor[];
+  /** What `/readyz` checks (a store, say); none means ready once listening. */
+  readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
 }
 
 /**
  * Builds the Fastify app of an RPC service: Connect routes that speak gRPC,
  * gRPC-Web and Connect over HTTP/1.1 and cleartext HTTP/2 on one port, plus
- * `GET /healthz`. Nothing listens until the caller calls `listen`.
+ * `GET /healthz` and `GET /readyz`. Nothing listens until the caller calls `listen`.
  */
 export async function createRpcServer(options: RpcServerOptions): Promise<FastifyInstance> {
   const { config, logger } = options;
@@ -36,6 +39,6 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     interceptors: options.interceptors ?? [],
     shutdownTimeoutMs: config.shutdownTimeoutMs,
   });
-  app.get("/healthz", async (_req, reply) => reply.type("text/plain").send("ok"));
+  registerHealthRoutes(app, options.readyChecks);
   return app;
 }
