@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/llm.proto.
  */
 export const file_chat_v1_llm: GenFile = /*@__PURE__*/
-  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSIwCg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIiEKEEdlbmVyYXRlUmVzcG9uc2USDQoFcmVwbHkYASABKAkyTQoKTExNU2VydmljZRI/CghHZW5lcmF0ZRIYLmNoYXQudjEuR2VuZXJhdGVSZXF1ZXN0GhkuY2hhdC52MS5HZW5lcmF0ZVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSIwCg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIiEKEEdlbmVyYXRlUmVzcG9uc2USDQoFcmVwbHkYASABKAkiNgoVR2VuZXJhdGVTdHJlYW1SZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSInChZHZW5lcmF0ZVN0cmVhbVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJMqIBCgpMTE1TZXJ2aWNlEj8KCEdlbmVyYXRlEhguY2hhdC52MS5HZW5lcmF0ZVJlcXVlc3QaGS5jaGF0LnYxLkdlbmVyYXRlUmVzcG9uc2USUwoOR2VuZXJhdGVTdHJlYW0SHi5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVxdWVzdBofLmNoYXQudjEuR2VuZXJhdGVTdHJlYW1SZXNwb25zZTABYgZwcm90bzM");
 
 /**
  * @generated from message chat.v1.GenerateRequest
@@ -58,6 +58,51 @@ export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*
   messageDesc(file_chat_v1_llm, 1);
 
 /**
+ * @generated from message chat.v1.GenerateStreamRequest
+ */
+export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
+  /**
+   * The cleaned user text.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+
+  /**
+   * The user asking, for backends that track usage per user.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message chat.v1.GenerateStreamRequest.
+ * Use `create(GenerateStreamRequestSchema)` to create a new message.
+ */
+export const GenerateStreamRequestSchema: GenMessage<GenerateStreamRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 2);
+
+/**
+ * @generated from message chat.v1.GenerateStreamResponse
+ */
+export type GenerateStreamResponse = Message<"chat.v1.GenerateStreamResponse"> & {
+  /**
+   * The next piece of the reply, appended to what came before.
+   *
+   * @generated from field: string delta = 1;
+   */
+  delta: string;
+};
+
+/**
+ * Describes the message chat.v1.GenerateStreamResponse.
+ * Use `create(GenerateStreamResponseSchema)` to create a new message.
+ */
+export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 3);
+
+/**
  * LLMService answers a cleaned user text with a model reply.
  *
  * @generated from service chat.v1.LLMService
@@ -72,6 +117,18 @@ export const LLMService: GenService<{
     methodKind: "unary";
     input: typeof GenerateRequestSchema;
     output: typeof GenerateResponseSchema;
+  },
+  /**
+   * GenerateStream returns the same reply in pieces, as the model produces
+   * them; the pieces joined are the whole reply. A caller that cancels stops
+   * the model.
+   *
+   * @generated from rpc chat.v1.LLMService.GenerateStream
+   */
+  generateStream: {
+    methodKind: "server_streaming";
+    input: typeof GenerateStreamRequestSchema;
+    output: typeof GenerateStreamResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_llm, 0);
