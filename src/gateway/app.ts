@@ -6,6 +6,8 @@ import type { Logger } from "../lib/logger.js";
 import { type ReadyCheck, registerHealthRoutes } from "../lib/readiness.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
+import { registerChatPage } from "./page.js";
+import { type OnChatDone, registerChatStream } from "./stream.js";
 import type { Upstreams } from "./upstreams.js";
 
 export interface GatewayDeps {
@@ -14,6 +16,8 @@ export interface GatewayDeps {
   readonly upstreams: Upstreams;
   /** What `/readyz` checks: the upstream services. */
   readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
+  /** Called with each streamed chat that reached `done` (where history saving plugs in). */
+  readonly onChatDone?: OnChatDone;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -33,9 +37,10 @@ function errorResponse(err: FastifyError): HttpError {
 }
 
 /**
- * Builds the HTTP gateway (not listening): POST /chat, GET /health and
- * /healthz. Every response carries `x-request-id`, made here (never taken
- * from the caller, because it is also the id the quota is charged under).
+ * Builds the HTTP gateway (not listening): POST /chat, POST /chat/stream,
+ * the chat page at GET /, GET /health and /healthz. Every response carries
+ * `x-request-id`, made here (never taken from the caller, because it is also
+ * the id the quota is charged under).
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
   const { config, logger, upstreams } = deps;
@@ -63,6 +68,12 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     if (isHttpError(result)) return reply.code(result.status).send(result.body);
     return result;
   });
+  registerChatStream(app, {
+    upstreams,
+    maxTextChars: config.maxTextChars,
+    onChatDone: deps.onChatDone,
+  });
+  await registerChatPage(app);
   app.get("/health", async (_req, reply) => reply.type("text/plain").send("ok"));
   registerHealthRoutes(app, deps.readyChecks);
   return app;

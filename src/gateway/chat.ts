@@ -44,17 +44,27 @@ export interface ChatDeps {
   readonly logger: FastifyBaseLogger;
 }
 
+/** A chat let through Filter and Token: the text to answer, and the quota left. */
+export interface AdmittedChat {
+  readonly cleaned: string;
+  readonly remaining: number;
+}
+
+/** The call options every upstream call of one request carries. */
+export const callOptionsFor = (requestId: string) => ({ headers: { "x-request-id": requestId } });
+
 /**
- * Runs one chat through Filter → Token → LLM. The request id is the charge
- * id, so the charge can be refunded when the model fails.
+ * The steps before the model, shared by /chat and /chat/stream: Filter cleans
+ * and checks the text, then Token charges the quota under the request id (so
+ * the charge can be refunded when the model fails).
  */
-export async function runChat(
+export async function admitChat(
   deps: ChatDeps,
   input: ChatInput,
   requestId: string,
-): Promise<ChatOutput | HttpError> {
+): Promise<AdmittedChat | HttpError> {
   const { upstreams, logger } = deps;
-  const callOptions = { headers: { "x-request-id": requestId } };
+  const callOptions = callOptionsFor(requestId);
 
   let cleaned: string;
   try {
@@ -63,30 +73,42 @@ export async function runChat(
     return httpErrorFromRpc("filter", logFailure(logger, "filter", err));
   }
 
-  let remaining: bigint;
   try {
-    ({ remaining } = await upstreams.token.checkAndInc(
+    const { remaining } = await upstreams.token.checkAndInc(
       { userId: input.userId, chargeId: requestId },
       callOptions,
-    ));
+    );
+    return { cleaned, remaining: Number(remaining) };
   } catch (err) {
     return httpErrorFromRpc("token", logFailure(logger, "token", err));
   }
+}
+
+/** Runs one chat through Filter → Token → LLM; a failed model call is refunded. */
+export async function runChat(
+  deps: ChatDeps,
+  input: ChatInput,
+  requestId: string,
+): Promise<ChatOutput | HttpError> {
+  const admitted = await admitChat(deps, input, requestId);
+  if ("status" in admitted) return admitted;
+  const { cleaned, remaining } = admitted;
 
   try {
-    const { reply } = await upstreams.llm.generate(
+    const { reply } = await deps.upstreams.llm.generate(
       { text: cleaned, userId: input.userId },
-      callOptions,
+      callOptionsFor(requestId),
     );
-    return { cleaned, reply, remaining: Number(remaining) };
+    return { cleaned, reply, remaining };
   } catch (err) {
-    logFailure(logger, "llm", err);
+    logFailure(deps.logger, "llm", err);
     await refund(deps, input.userId, requestId);
     return httpErrorFromRpc("llm", err);
   }
 }
 
-async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
+/** Gives a charge back after the model failed; a failed refund is logged, not thrown. */
+export async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
   try {
     const { refunded } = await deps.upstreams.token.refund(
       { userId, chargeId },
@@ -98,7 +120,8 @@ async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise
   }
 }
 
-function logFailure(logger: FastifyBaseLogger, stage: string, err: unknown): unknown {
+/** Logs a failed upstream call and hands the error on. */
+export function logFailure(logger: FastifyBaseLogger, stage: string, err: unknown): unknown {
   logger.warn({ err, stage }, `${stage} call failed`);
   return err;
 }

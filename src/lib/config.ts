@@ -41,6 +41,8 @@ export interface LlmConfig extends ServiceConfig {
   readonly backend: "echo";
   /** Delay before the echo backend answers, to try out deadlines. */
   readonly echoDelayMs: number;
+  /** Delay before each streamed piece of the echo backend, so streaming is visible. */
+  readonly echoChunkDelayMs: number;
 }
 
 export interface GatewayConfig extends CommonConfig {
@@ -150,6 +152,7 @@ export function loadLlmConfig(env: Env = process.env): LlmConfig {
     ...readService(env, "llm"),
     backend: readEnum(env, "LLM_BACKEND", ["echo"] as const, "echo"),
     echoDelayMs: readInt(env, "ECHO_DELAY_MS", 0, 0, 600_000),
+    echoChunkDelayMs: readInt(env, "ECHO_CHUNK_DELAY_MS", 0, 0, 60_000),
   });
 }
 

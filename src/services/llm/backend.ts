@@ -16,4 +16,10 @@ export interface LlmResult {
 export interface LlmBackend {
   readonly name: string;
   generate(request: LlmRequest, signal: AbortSignal): Promise<LlmResult>;
+  /**
+   * The same reply as `generate`, in pieces as the model produces them: the
+   * pieces joined are the whole reply. Iteration ends early (throwing the
+   * abort reason) once `signal` aborts.
+   */
+  stream(request: LlmRequest, signal: AbortSignal): AsyncIterable<string>;
 }

@@ -10,12 +10,15 @@ import { createLlmService } from "./llm-service.js";
 export async function main(): Promise<void> {
   const config = loadLlmConfig();
   const logger = createLogger("llm", config.logLevel);
-  const backend = createEchoBackend({ delayMs: config.echoDelayMs });
+  const backend = createEchoBackend({
+    delayMs: config.echoDelayMs,
+    chunkDelayMs: config.echoChunkDelayMs,
+  });
   const app = await createRpcServer({
     name: "llm",
     config,
     logger,
-    routes: (router) => router.service(LLMService, createLlmService({ backend })),
+    routes: (router) => router.service(LLMService, createLlmService({ backend, logger })),
   });
   logger.info({ backend: backend.name }, "backend ready");
   await serve(app, { ...config, portEnv: defaultPorts.llm.env, logger });

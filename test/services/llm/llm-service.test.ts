@@ -35,3 +35,22 @@ describe("LLMService with the echo backend", () => {
     expect(Date.now() - started).toBeLessThan(2_000);
   });
 });
+
+describe("LLMService.GenerateStream with the echo backend", () => {
+  it("streams the same reply as Generate, in several pieces", async () => {
+    const client = clientWith();
+    const deltas: string[] = [];
+    for await (const { delta } of client.generateStream({ text: "Hello world from Go!" })) {
+      deltas.push(delta);
+    }
+    expect(deltas.length).toBeGreaterThan(2);
+    expect(deltas.join("")).toBe((await client.generate({ text: "Hello world from Go!" })).reply);
+  });
+
+  it("refuses empty text", async () => {
+    const stream = clientWith().generateStream({ text: "" });
+    await expect(stream[Symbol.asyncIterator]().next()).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+  });
+});

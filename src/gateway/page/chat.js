@@ -1,0 +1,152 @@
+// The chat page: posts to /chat/stream and shows the reply as its events arrive.
+
+const $ = (id) => document.getElementById(id);
+const form = $("chat");
+const userInput = $("user");
+const textInput = $("text");
+const sendButton = $("send");
+const log = $("log");
+const quota = $("quota");
+const errorBox = $("error");
+
+/** What the page says for each refusal the gateway can answer with. */
+function describeError(status, body) {
+  const error = body?.error ?? "";
+  if (status === 400) {
+    if (error === "text blocked by filter") {
+      return "Your message was blocked by the content filter. Please rephrase it.";
+    }
+    if (error === "text is required") return "Please type a message first.";
+    if (error === "text too long") return "Your message is too long. Please shorten it.";
+    if (error === "bad json or missing user_id") return "Please enter a user id.";
+  }
+  if (status === 413) return "Your message is too large to send.";
+  if (status === 429) {
+    if (error === "quota exceeded") {
+      return "Quota exceeded: you have used today's quota. It resets at midnight UTC.";
+    }
+    return "Too many requests. Please wait a moment and try again.";
+  }
+  if (status >= 500) {
+    const what = error === "" ? "the server" : `${error}`;
+    return `Something went wrong on our side (${what}). Please try again.`;
+  }
+  return `The request failed (HTTP ${status}${error ? `: ${error}` : ""}).`;
+}
+
+function showError(message) {
+  errorBox.textContent = message;
+  errorBox.hidden = false;
+}
+
+function clearError() {
+  errorBox.hidden = true;
+  errorBox.textContent = "";
+}
+
+function addMessage(kind, text) {
+  $("empty")?.remove();
+  const el = document.createElement("div");
+  el.className = `msg ${kind}`;
+  el.textContent = text;
+  log.append(el);
+  log.scrollTop = log.scrollHeight;
+  return el;
+}
+
+/** Reads a text/event-stream body, calling onEvent(name, data) per event. */
+async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    const frames = buffer.split(/\r?\n\r?\n/);
+    buffer = frames.pop() ?? "";
+    for (const frame of frames) {
+      let event = "message";
+      let data = "";
+      for (const line of frame.split(/\r?\n/)) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trimStart();
+      }
+      if (data !== "") onEvent(event, JSON.parse(data));
+    }
+  }
+}
+
+let running;
+
+function setRunning(controller) {
+  running = controller;
+  sendButton.textContent = controller ? "Stop" : "Send";
+  sendButton.classList.toggle("stop", Boolean(controller));
+}
+
+async function send() {
+  clearError();
+  const userId = userInput.value.trim();
+  const text = textInput.value;
+  if (userId === "") return showError("Please enter a user id.");
+  if (text.trim() === "") return showError("Please type a message first.");
+
+  const controller = new AbortController();
+  setRunning(controller);
+  addMessage("mine", text);
+  textInput.value = "";
+  let replyEl;
+  try {
+    const res = await fetch("/chat/stream", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: userId, text }),
+      signal: controller.signal,
+    });
+    const type = res.headers.get("content-type") ?? "";
+    if (!res.ok || !type.startsWith("text/event-stream")) {
+      const body = await res.json().catch(() => null);
+      showError(describeError(res.status, body));
+      return;
+    }
+    replyEl = addMessage("reply streaming", "");
+    await readEvents(res.body, (event, data) => {
+      if (event === "meta") quota.textContent = String(data.remaining);
+      else if (event === "delta") replyEl.textContent += data.text;
+      else if (event === "done") replyEl.textContent = data.reply;
+      else if (event === "error") {
+        replyEl.classList.add("failed");
+        if (replyEl.textContent === "") replyEl.textContent = "(no reply)";
+        showError("The model failed while answering; your quota for this message was given back.");
+      }
+      log.scrollTop = log.scrollHeight;
+    });
+  } catch (err) {
+    if (controller.signal.aborted) {
+      if (replyEl) replyEl.textContent += " (stopped)";
+    } else {
+      showError(`Could not reach the gateway: ${err.message}`);
+    }
+  } finally {
+    replyEl?.classList.remove("streaming");
+    setRunning(undefined);
+    textInput.focus();
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (running) running.abort();
+  else send();
+});
+
+textInput.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+
+userInput.addEventListener("input", () => {
+  quota.textContent = "—";
+});

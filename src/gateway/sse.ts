@@ -1,0 +1,69 @@
+import type { ServerResponse } from "node:http";
+
+/** Headers to send along, such as those set on the reply before it was taken over. */
+export type SseHeaders = Readonly<Record<string, string | number | string[] | undefined>>;
+
+/**
+ * One server-sent event. The data is JSON on one `data:` line: JSON.stringify
+ * escapes line breaks, so a text can never end the frame early.
+ */
+export function sseFrame(event: string, data: unknown): string {
+  return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+/** An open `text/event-stream` response. */
+export interface SseStream {
+  /** Aborts when the client goes away before `end()`. */
+  readonly signal: AbortSignal;
+  /**
+   * Writes one event and sends it at once; resolves when the socket can take
+   * more (or the client is gone, when writing is skipped).
+   */
+  send(event: string, data: unknown): Promise<void>;
+  end(): void;
+}
+
+/**
+ * Starts an event stream on a raw response the framework no longer manages:
+ * writes the status and headers at once, and turns the client going away
+ * into an aborted signal (a response closed before it finished).
+ */
+export function openSseStream(res: ServerResponse, headers: SseHeaders): SseStream {
+  const gone = new AbortController();
+  const onClose = () => {
+    if (!res.writableFinished) gone.abort(new Error("client closed the connection"));
+  };
+  res.once("close", onClose);
+  if (res.destroyed) onClose();
+
+  res.writeHead(200, {
+    ...headers,
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache, no-transform",
+    // Proxies such as nginx buffer responses unless told not to.
+    "x-accel-buffering": "no",
+  });
+  res.flushHeaders();
+  // Nagle's algorithm would hold back small frames (a test double socket may lack it).
+  res.socket?.setNoDelay?.(true);
+
+  return {
+    signal: gone.signal,
+    send(event, data) {
+      if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
+      if (res.write(sseFrame(event, data))) return Promise.resolve();
+      return new Promise((resolve) => {
+        const done = () => {
+          res.off("drain", done);
+          gone.signal.removeEventListener("abort", done);
+          resolve();
+        };
+        res.once("drain", done);
+        gone.signal.addEventListener("abort", done, { once: true });
+      });
+    },
+    end() {
+      if (!res.writableEnded && !gone.signal.aborted) res.end();
+    },
+  };
+}

@@ -1,0 +1,178 @@
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { buildGateway } from "../../src/gateway/app.js";
+import type { StreamedChat } from "../../src/gateway/stream.js";
+import { loadGatewayConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import type { LlmBackend } from "../../src/services/llm/backend.js";
+import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { deltasOf, parseSse } from "../fixtures/sse.js";
+import { breakingLlmBackend, createInProcessUpstreams } from "../fixtures/upstreams.js";
+
+let app: FastifyInstance;
+let baseUrl: string;
+afterEach(() => app?.close());
+
+async function gateway(
+  options: Parameters<typeof createInProcessUpstreams>[0] & {
+    onChatDone?: (chat: StreamedChat) => void;
+  } = {},
+) {
+  app = await buildGateway({
+    config: loadGatewayConfig({ MAX_TEXT_CHARS: "30", MAX_BODY_BYTES: "1024" }),
+    logger: createLogger("gateway", "silent"),
+    upstreams: createInProcessUpstreams(options),
+    ...(options.onChatDone === undefined ? {} : { onChatDone: options.onChatDone }),
+  });
+  baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+}
+
+const stream = (payload: unknown, init: RequestInit = {}) =>
+  fetch(`${baseUrl}/chat/stream`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: typeof payload === "string" ? payload : JSON.stringify(payload),
+    ...init,
+  });
+
+describe("gateway POST /chat/stream over in-process services", () => {
+  it("sends meta, several deltas and done, the deltas joined being the reply", async () => {
+    const done: StreamedChat[] = [];
+    await gateway({ onChatDone: (chat) => void done.push(chat) });
+    const res = await stream({ user_id: "u1", text: "Hello   world   from   Go!" });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/event-stream; charset=utf-8");
+    expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    const events = parseSse(await res.text());
+    expect(events[0]).toEqual({
+      event: "meta",
+      data: { cleaned: "Hello world from Go!", remaining: 150 },
+    });
+    expect(events.at(-1)).toEqual({ event: "done", data: { reply: "Echo: Hello world from Go!" } });
+    const deltas = deltasOf(events);
+    expect(deltas.length).toBeGreaterThan(2);
+    expect(events.slice(1, -1).every((e) => e.event === "delta")).toBe(true);
+    expect(deltas.join("")).toBe("Echo: Hello world from Go!");
+    expect(done).toEqual([
+      {
+        requestId: res.headers.get("x-request-id"),
+        userId: "u1",
+        cleaned: "Hello world from Go!",
+        reply: "Echo: Hello world from Go!",
+      },
+    ]);
+  });
+
+  it.each([
+    ["body not JSON", "{nope", 400, { error: "bad json or missing user_id" }],
+    ["user_id missing", { text: "hi" }, 400, { error: "bad json or missing user_id" }],
+    ["text missing", { user_id: "u1" }, 400, { error: "text is required" }],
+    ["text blank", { user_id: "u1", text: "   " }, 400, { error: "text is required" }],
+    ["text too long", { user_id: "u1", text: "x".repeat(31) }, 400, { error: "text too long" }],
+    ["text blocked", { user_id: "u1", text: "has foo" }, 400, { error: "text blocked by filter" }],
+    ["body too large", { user_id: "u1", text: "x".repeat(2000) }, 413, {}],
+  ])("refuses %s before the stream starts, as JSON", async (_case, payload, status, body) => {
+    await gateway();
+    const res = await stream(payload);
+    expect(res.status).toBe(status);
+    expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+    expect(await res.json()).toMatchObject(body);
+  });
+
+  it("refuses a content type other than JSON with 415", async () => {
+    await gateway();
+    const res = await stream('{"user_id":"u1","text":"hi"}', {
+      headers: { "content-type": "text/plain" },
+    });
+    expect([res.status, await res.json()]).toEqual([
+      415,
+      { error: "content-type must be application/json" },
+    ]);
+  });
+
+  it("refuses the fifth stream of the day with 429 and -50", async () => {
+    await gateway();
+    const remaining = [];
+    for (let i = 0; i < 4; i++) {
+      const events = parseSse(await (await stream({ user_id: "q", text: "hi" })).text());
+      remaining.push((events[0]?.data as { remaining?: number } | undefined)?.remaining);
+    }
+    expect(remaining).toEqual([150, 100, 50, 0]);
+    const res = await stream({ user_id: "q", text: "hi" });
+    expect([res.status, await res.json()]).toEqual([
+      429,
+      { error: "quota exceeded", remaining: -50 },
+    ]);
+  });
+
+  it("ends with an error event when the model breaks mid-stream, and refunds", async () => {
+    const done: StreamedChat[] = [];
+    await gateway({ llm: breakingLlmBackend, onChatDone: (chat) => void done.push(chat) });
+    for (let i = 0; i < 5; i++) {
+      const res = await stream({ user_id: "u1", text: "hi" });
+      expect(res.status).toBe(200);
+      expect(parseSse(await res.text())).toEqual([
+        { event: "meta", data: { cleaned: "hi", remaining: 150 } },
+        { event: "delta", data: { text: "Echo: " } },
+        { event: "delta", data: { text: "half " } },
+        { event: "error", data: { error: "llm failed" } },
+      ]);
+    }
+    expect(done).toEqual([]);
+  });
+
+  it("cancels the model when the client goes away, keeping the one charge", async () => {
+    const echo = createEchoBackend({ chunkDelayMs: 100 });
+    let aborted: number | undefined;
+    const watched: LlmBackend = {
+      ...echo,
+      name: "echo, watched (test double)",
+      stream(request, signal) {
+        signal.addEventListener("abort", () => {
+          aborted = Date.now();
+        });
+        return echo.stream(request, signal);
+      },
+    };
+    const done: StreamedChat[] = [];
+    await gateway({ llm: watched, onChatDone: (chat) => void done.push(chat) });
+    const controller = new AbortController();
+    const res = await stream(
+      { user_id: "gone", text: "a b c d e f g h i j" },
+      { signal: controller.signal },
+    );
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let seen = "";
+    while (!seen.includes("event: delta")) {
+      const { value, done: ended } = await reader.read();
+      if (ended) throw new Error(`stream ended before a delta: ${seen}`);
+      seen += new TextDecoder().decode(value);
+    }
+    const cancelledAt = Date.now();
+    controller.abort();
+    await expect.poll(() => aborted, { timeout: 2_000, interval: 10 }).toBeDefined();
+    expect((aborted as number) - cancelledAt).toBeLessThan(500);
+    expect(done).toEqual([]);
+    const next = parseSse(await (await stream({ user_id: "gone", text: "hi" })).text());
+    expect(next[0]?.data).toEqual({ cleaned: "hi", remaining: 100 });
+  });
+});
+
+describe("gateway GET /", () => {
+  it("serves the chat page, its script and its style", async () => {
+    await gateway();
+    const page = await fetch(`${baseUrl}/`);
+    expect(page.headers.get("content-type")).toBe("text/html; charset=utf-8");
+    const html = await page.text();
+    expect(html).toContain('<script type="module" src="/chat.js">');
+    const script = await fetch(`${baseUrl}/chat.js`);
+    expect([script.status, script.headers.get("content-type")]).toEqual([
+      200,
+      "text/javascript; charset=utf-8",
+    ]);
+    expect(await script.text()).toContain("/chat/stream");
+    expect((await fetch(`${baseUrl}/chat.css`)).headers.get("content-type")).toBe(
+      "text/css; charset=utf-8",
+    );
+  });
+});
