@@ -88,6 +88,8 @@ export async function runAll(env: Env = process.env): Promise<number> {
     const urlVar = `${name.toUpperCase()}_URL`;
     childEnv[urlVar] ??= `http://${host}:${portOf(name)}`;
   }
+  // A short pause between streamed words, so the chat page visibly streams.
+  childEnv.ECHO_CHUNK_DELAY_MS ??= "40";
 
   const color = process.stdout.isTTY === true;
   const children = new Map<Name, ChildProcess>();
@@ -136,7 +138,8 @@ export async function runAll(env: Env = process.env): Promise<number> {
         [
           "",
           "chatmesh is up:",
-          `  gateway  ${base}:${portOf("gateway")}   (POST /chat, GET /health)`,
+          `  gateway  ${base}:${portOf("gateway")}   (POST /chat, POST /chat/stream, GET /health)`,
+          `  chat     ${base}:${portOf("gateway")}/  (the chat page, in a browser)`,
           `  token    ${base}:${portOf("token")}  (chat.v1.TokenService)`,
           `  filter   ${base}:${portOf("filter")}  (chat.v1.FilterService)`,
           `  llm      ${base}:${portOf("llm")}  (chat.v1.LLMService)`,

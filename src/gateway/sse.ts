@@ -31,7 +31,8 @@ export interface SseStream {
 export function openSseStream(res: ServerResponse, headers: SseHeaders): SseStream {
   const gone = new AbortController();
   const onClose = () => {
-    if (!res.writableFinished) gone.abort(new Error("client closed the connection"));
+    // The default reason, an AbortError, is what RPC clients read as "cancelled".
+    if (!res.writableFinished) gone.abort();
   };
   res.once("close", onClose);
   if (res.destroyed) onClose();

@@ -93,8 +93,6 @@ async function send() {
 
   const controller = new AbortController();
   setRunning(controller);
-  addMessage("mine", text);
-  textInput.value = "";
   let replyEl;
   try {
     const res = await fetch("/chat/stream", {
@@ -105,14 +103,20 @@ async function send() {
     });
     const type = res.headers.get("content-type") ?? "";
     if (!res.ok || !type.startsWith("text/event-stream")) {
+      // Nothing was sent: the text stays in the box to be edited.
       const body = await res.json().catch(() => null);
       showError(describeError(res.status, body));
       return;
     }
+    const mine = addMessage("mine", text);
+    if (textInput.value === text) textInput.value = "";
     replyEl = addMessage("reply streaming", "");
     await readEvents(res.body, (event, data) => {
-      if (event === "meta") quota.textContent = String(data.remaining);
-      else if (event === "delta") replyEl.textContent += data.text;
+      if (event === "meta") {
+        // Show the text as the filter cleaned it: that is what the model got.
+        mine.textContent = data.cleaned;
+        quota.textContent = String(data.remaining);
+      } else if (event === "delta") replyEl.textContent += data.text;
       else if (event === "done") replyEl.textContent = data.reply;
       else if (event === "error") {
         replyEl.classList.add("failed");

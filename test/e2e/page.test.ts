@@ -1,0 +1,186 @@
+import { existsSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  freePort,
+  type Stack,
+  startChatmesh,
+  startStack,
+  waitForOutput,
+} from "../fixtures/processes.js";
+
+/** Debian's Chromium; `.ci/run` installs it when missing. Playwright's own download is never used. */
+const chromiumPath = "/usr/bin/chromium";
+const chromiumArgs = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+];
+const artifacts = fileURLToPath(new URL("../artifacts/", import.meta.url));
+const missing = !existsSync(chromiumPath) && process.env.CI !== "true";
+if (missing) {
+  console.warn(`skipping the browser test: ${chromiumPath} is missing (apt-get install chromium)`);
+}
+
+let stack: Stack;
+let browser: Browser;
+let page: Page;
+
+describe.skipIf(missing)("the chat page in Chromium", () => {
+  beforeAll(async () => {
+    stack = await startStack({ ECHO_CHUNK_DELAY_MS: "80" });
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: chromiumArgs,
+    });
+    page = await browser.newPage({ viewport: { width: 900, height: 760 } });
+    await page.goto(stack.gatewayUrl);
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await stack?.stopAll();
+  });
+
+  /** Types a message and sends it with Enter, as a user does. */
+  async function send(text: string) {
+    await page.locator("#text").fill(text);
+    await page.locator("#text").press("Enter");
+  }
+  const errorText = () => page.locator("#error").textContent();
+  const lastReply = () => page.locator(".msg.reply").last();
+
+  /**
+   * Waits until the reply in flight is complete and returns every text it
+   * showed on the way (run in the page, so written as a string: the tests
+   * are type-checked without the DOM library).
+   */
+  async function watchReply(): Promise<string[]> {
+    return page.evaluate(`new Promise((resolve) => {
+      const seen = [];
+      const log = document.getElementById("log");
+      const observer = new MutationObserver(() => {
+        const reply = log.querySelector(".msg.reply:last-of-type");
+        if (reply === null) return;
+        if (seen.at(-1) !== reply.textContent) seen.push(reply.textContent);
+        if (!reply.classList.contains("streaming")) {
+          observer.disconnect();
+          resolve(seen);
+        }
+      });
+      observer.observe(log, { subtree: true, childList: true, characterData: true, attributes: true });
+    })`);
+  }
+  /** Waits until the error line shows `text`. */
+  const errorShows = (text: string) =>
+    page.locator("#error", { hasText: text }).waitFor({ state: "visible" });
+
+  it("streams the reply word by word and counts the quota down", async () => {
+    await page.locator("#user").fill("browser");
+    const reply = "Echo: Hello from a real browser, streamed word by word";
+    const watching = watchReply();
+    await send("Hello   from a real browser, streamed word by word");
+    const seen = await watching;
+    // The reply grew in visible steps before it was whole.
+    const partial = seen.filter((t) => t !== "" && t !== reply);
+    expect(partial.length).toBeGreaterThanOrEqual(3);
+    for (const text of partial) expect(reply.startsWith(text)).toBe(true);
+    expect(await lastReply().textContent()).toBe(reply);
+    expect(await page.locator("#quota").textContent()).toBe("150");
+    expect(await page.locator("#error").isHidden()).toBe(true);
+
+    const second = watchReply();
+    await send("and once more");
+    await second;
+    expect(await lastReply().textContent()).toBe("Echo: and once more");
+    expect(await page.locator("#quota").textContent()).toBe("100");
+  });
+
+  it("says when a message is blocked, blank or too long, charging nothing", async () => {
+    await send("this has foo inside");
+    await errorShows("blocked");
+    expect(await errorText()).toBe(
+      "Your message was blocked by the content filter. Please rephrase it.",
+    );
+
+    await page.locator("#text").fill("   ");
+    await page.locator("#send").click();
+    await errorShows("type a message");
+
+    await send("x".repeat(8001));
+    await errorShows("too long");
+    expect(await errorText()).toBe("Your message is too long. Please shorten it.");
+
+    const next = watchReply();
+    await send("still counted right");
+    await next;
+    expect(await page.locator("#quota").textContent()).toBe("50");
+    expect(await page.locator("#error").isHidden()).toBe(true);
+  });
+
+  it("says when the quota is exceeded", async () => {
+    const last = watchReply();
+    await send("the last one today");
+    await last;
+    expect(await page.locator("#quota").textContent()).toBe("0");
+
+    await send("one too many");
+    await errorShows("Quota exceeded");
+    expect(await errorText()).toBe(
+      "Quota exceeded: you have used today's quota. It resets at midnight UTC.",
+    );
+    await mkdir(artifacts, { recursive: true });
+    await page.screenshot({ path: `${artifacts}chat-page.png`, fullPage: true });
+  });
+
+  it("says when a service fails", async () => {
+    await stack.procs.get("filter")?.stop("SIGKILL");
+    await page.locator("#user").fill("browser-2");
+    await send("is anyone there?");
+    await errorShows("filter failed");
+    expect(await errorText()).toBe(
+      "Something went wrong on our side (filter failed). Please try again.",
+    );
+    await page.screenshot({ path: `${artifacts}chat-page-error.png`, fullPage: true });
+  });
+});
+
+describe.skipIf(missing)("the chat page under run-all", () => {
+  it("streams a reply in Chromium with run-all's defaults", async () => {
+    const ports = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    const [token, filter, llm, gateway] = ports;
+    const run = startChatmesh(["run-all"], {
+      TOKEN_PORT: String(token),
+      FILTER_PORT: String(filter),
+      LLM_PORT: String(llm),
+      GATEWAY_PORT: String(gateway),
+    });
+    const own = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: chromiumArgs,
+    });
+    try {
+      await waitForOutput(run, /chatmesh is up/);
+      expect(run.output()).toContain(`chat     http://127.0.0.1:${gateway}/`);
+      const tab = await own.newPage();
+      await tab.goto(`http://127.0.0.1:${gateway}/`);
+      await tab.locator("#text").fill("hello from run-all");
+      await tab.locator("#send").click();
+      await tab
+        .locator(".msg.reply:not(.streaming)", { hasText: "Echo: hello from run-all" })
+        .waitFor();
+      expect(await tab.locator("#quota").textContent()).toBe("150");
+    } finally {
+      await own.close();
+      run.child.kill("SIGINT");
+      await run.exited;
+    }
+  });
+});
