@@ -1,9 +1,12 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyError, FastifyInstance } from "fastify";
+import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
-import { type ReadyCheck, registerHealthRoutes } from "../lib/readiness.js";
+import { counter, createMetricsRegistry } from "../lib/metrics.js";
+import type { ReadyCheck } from "../lib/readiness.js";
+import { runWithTrace } from "../lib/trace.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import type { Upstreams } from "./upstreams.js";
@@ -12,11 +15,17 @@ export interface GatewayDeps {
   readonly config: GatewayConfig;
   readonly logger: Logger;
   readonly upstreams: Upstreams;
+  /** Where the gateway's metrics go; a new registry when absent. */
+  readonly registry?: Registry;
   /** What `/readyz` checks: the upstream services. */
   readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
+
+/** A bounded label for a chat's result: "ok", or the error's words in snake case. */
+const outcomeOf = (result: object): string =>
+  isHttpError(result) ? result.body.error.replaceAll(" ", "_") : "ok";
 
 /** Turns Fastify's own request errors into the contract's bodies. */
 function errorResponse(err: FastifyError): HttpError {
@@ -39,10 +48,26 @@ function errorResponse(err: FastifyError): HttpError {
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
   const { config, logger, upstreams } = deps;
-  const app = createHttpApp(logger, {
-    bodyLimit: config.maxBodyBytes,
-    requestIdHeader: false,
-    genReqId: () => randomUUID(),
+  const registry = deps.registry ?? createMetricsRegistry();
+  const chats = counter(registry, "chatmesh_chats_total", "Chats answered, by outcome", [
+    "outcome",
+  ]);
+  const refunds = counter(
+    registry,
+    "chatmesh_refunds_total",
+    "Refunds after LLM failures, by result",
+    ["result"],
+  );
+  const app = createHttpApp({
+    logger,
+    registry,
+    readyChecks: deps.readyChecks,
+    requestId: (req) => req.id,
+    fastify: {
+      bodyLimit: config.maxBodyBytes,
+      requestIdHeader: false,
+      genReqId: () => randomUUID(),
+    },
   });
   // JSON only: every other content type, text/plain included, is a 415.
   app.removeContentTypeParser("text/plain");
@@ -56,14 +81,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
 
+  const chatDeps = { upstreams, refunds, logger };
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
-    if (isHttpError(input)) return reply.code(input.status).send(input.body);
-    const result = await runChat({ upstreams, logger: req.log }, input, req.id);
+    const result = isHttpError(input)
+      ? input
+      : await runWithTrace(req.trace, () => runChat(chatDeps, input, req.id));
+    chats.inc({ outcome: outcomeOf(result) });
     if (isHttpError(result)) return reply.code(result.status).send(result.body);
     return result;
   });
   app.get("/health", async (_req, reply) => reply.type("text/plain").send("ok"));
-  registerHealthRoutes(app, deps.readyChecks);
   return app;
 }

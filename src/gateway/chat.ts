@@ -1,4 +1,5 @@
 import type { FastifyBaseLogger } from "fastify";
+import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -42,6 +43,8 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
 export interface ChatDeps {
   readonly upstreams: Upstreams;
   readonly logger: FastifyBaseLogger;
+  /** Counts refunds after LLM failures, by result. */
+  readonly refunds?: Counter<"result">;
 }
 
 /**
@@ -54,30 +57,26 @@ export async function runChat(
   requestId: string,
 ): Promise<ChatOutput | HttpError> {
   const { upstreams, logger } = deps;
-  const callOptions = { headers: { "x-request-id": requestId } };
 
   let cleaned: string;
   try {
-    ({ cleaned } = await upstreams.filter.filter({ text: input.text }, callOptions));
+    ({ cleaned } = await upstreams.filter.filter({ text: input.text }));
   } catch (err) {
     return httpErrorFromRpc("filter", logFailure(logger, "filter", err));
   }
 
   let remaining: bigint;
   try {
-    ({ remaining } = await upstreams.token.checkAndInc(
-      { userId: input.userId, chargeId: requestId },
-      callOptions,
-    ));
+    ({ remaining } = await upstreams.token.checkAndInc({
+      userId: input.userId,
+      chargeId: requestId,
+    }));
   } catch (err) {
     return httpErrorFromRpc("token", logFailure(logger, "token", err));
   }
 
   try {
-    const { reply } = await upstreams.llm.generate(
-      { text: cleaned, userId: input.userId },
-      callOptions,
-    );
+    const { reply } = await upstreams.llm.generate({ text: cleaned, userId: input.userId });
     return { cleaned, reply, remaining: Number(remaining) };
   } catch (err) {
     logFailure(logger, "llm", err);
@@ -88,12 +87,11 @@ export async function runChat(
 
 async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
   try {
-    const { refunded } = await deps.upstreams.token.refund(
-      { userId, chargeId },
-      { headers: { "x-request-id": chargeId } },
-    );
+    const { refunded } = await deps.upstreams.token.refund({ userId, chargeId });
+    deps.refunds?.inc({ result: "ok" });
     deps.logger.info({ refunded: Number(refunded) }, "charge refunded after llm failure");
   } catch (err) {
+    deps.refunds?.inc({ result: "failed" });
     deps.logger.error({ err }, "refund failed: the charge stays");
   }
 }

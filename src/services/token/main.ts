@@ -1,6 +1,7 @@
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import { defaultPorts, loadTokenConfig } from "../../lib/config.js";
 import { createLogger } from "../../lib/logger.js";
+import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import { createMemoryQuotaStore } from "./memory-store.js";
@@ -11,8 +12,10 @@ export async function main(): Promise<void> {
   const config = loadTokenConfig();
   const logger = createLogger("token", config.logLevel);
   const store = createMemoryQuotaStore();
+  const registry = createMetricsRegistry();
   const service = createTokenService({
     store,
+    registry,
     limit: config.quotaLimit,
     defaultCost: config.quotaCost,
   });
@@ -20,6 +23,7 @@ export async function main(): Promise<void> {
     name: "token",
     config,
     logger,
+    registry,
     routes: (router) => router.service(TokenService, service),
   });
   app.addHook("onClose", () => store.close());

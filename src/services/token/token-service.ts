@@ -1,7 +1,9 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { Registry } from "prom-client";
 import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
 import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
+import { counter } from "../../lib/metrics.js";
 import { type Clock, systemClock, windowAt } from "./clock.js";
 import type { QuotaStore } from "./quota-store.js";
 
@@ -12,6 +14,8 @@ export interface TokenServiceDeps {
   /** What a charge costs when the request names no cost (QUOTA_COST). */
   readonly defaultCost: number;
   readonly clock?: Clock;
+  /** Where to count charges, rejections and refunds; none when absent. */
+  readonly registry?: Registry;
 }
 
 function requireUserId(userId: string): void {
@@ -24,6 +28,11 @@ function requireUserId(userId: string): void {
 export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof TokenService> {
   const { store, limit, defaultCost } = deps;
   const clock = deps.clock ?? systemClock;
+  const events =
+    deps.registry &&
+    counter(deps.registry, "chatmesh_quota_events_total", "Quota charges, rejections and refunds", [
+      "event",
+    ]);
   return {
     async checkAndInc(req) {
       requireUserId(req.userId);
@@ -41,6 +50,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       });
       const resetTime = timestampFromDate(window.resetAt);
       if (!result.allowed) {
+        events?.inc({ event: "rejected" });
         const remaining = BigInt(limit - result.used - cost);
         throw new ConnectError("quota exceeded", Code.ResourceExhausted, undefined, [
           {
@@ -49,6 +59,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
           },
         ]);
       }
+      events?.inc({ event: "charged" });
       return {
         remaining: BigInt(limit - result.used),
         limit: BigInt(limit),
@@ -63,6 +74,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
         throw new ConnectError("charge_id is required", Code.InvalidArgument);
       }
       const result = await store.refund({ userId: req.userId, chargeId: req.chargeId });
+      if (result.refunded > 0) events?.inc({ event: "refunded" });
       return { refunded: BigInt(result.refunded), remaining: BigInt(limit - result.used) };
     },
   };
