@@ -62,6 +62,15 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
       ),
     );
   });
+  // While draining, an HTTP/1.1 connection closes after its response, so a
+  // keep-alive client cannot hold the process open until its idle timeout.
+  let draining = false;
+  app.addHook("preClose", async () => {
+    draining = true;
+  });
+  app.addHook("onSend", async (req, reply) => {
+    if (draining && req.raw.httpVersionMajor === 1) reply.header("connection", "close");
+  });
   registerHealthRoutes(app, options.readyChecks);
   registerHttpMetrics(app, options.registry);
   return app;
