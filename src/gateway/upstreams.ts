@@ -1,4 +1,4 @@
-import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
 import { FilterService } from "../../gen/chat/v1/filter_pb.js";
@@ -9,6 +9,7 @@ import {
   HealthCheckResponse_ServingStatus as Status,
 } from "../../gen/health/v1/health_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
+import { createFastTransport } from "../lib/fast-transport.js";
 import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { createTraceClientInterceptor } from "../lib/trace.js";
@@ -28,7 +29,9 @@ export interface ConnectedUpstreams extends Upstreams {
 const readinessTimeoutMs = 500;
 
 /**
- * Makes one gRPC (HTTP/2) transport per service, once. Every call has a
+ * Makes one transport per service, once: the lean Connect/HTTP/1.1 path for
+ * unary calls (or gRPC over HTTP/2 with UPSTREAM_PROTOCOL=grpc), gRPC for
+ * streams. Every call has a
  * deadline and carries the request's trace (`traceparent`, `x-request-id`);
  * an idle connection is dropped well before the server's session timeout, and
  * a broken one is replaced on the next call, so a restarted service is used
@@ -39,8 +42,8 @@ export function createUpstreams(config: GatewayConfig, registry: Registry): Conn
     createRpcMetricsInterceptor(registry, "client"),
     createTraceClientInterceptor(),
   ];
-  const transport = (baseUrl: string, defaultTimeoutMs: number) =>
-    createGrpcTransport({
+  const transport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
+    const grpc = createGrpcTransport({
       baseUrl,
       defaultTimeoutMs,
       interceptors,
@@ -48,6 +51,9 @@ export function createUpstreams(config: GatewayConfig, registry: Registry): Conn
       pingIntervalMs: 30_000,
       pingTimeoutMs: 5_000,
     });
+    if (config.upstreamProtocol === "grpc") return grpc;
+    return createFastTransport({ baseUrl, defaultTimeoutMs, interceptors, streamTransport: grpc });
+  };
   const targets = [
     ["filter", FilterService, config.filterUrl, config.filterTimeoutMs],
     ["token", TokenService, config.tokenUrl, config.tokenTimeoutMs],
@@ -56,7 +62,7 @@ export function createUpstreams(config: GatewayConfig, registry: Registry): Conn
   const transports = targets.map(([, , url, timeout]) => transport(url, timeout));
   const readyChecks: Record<string, ReadyCheck> = {};
   targets.forEach(([name, service], i) => {
-    const health = createClient(Health, transports[i] as ReturnType<typeof transport>);
+    const health = createClient(Health, transports[i] as Transport);
     readyChecks[name] = async () => {
       const { status } = await health.check(
         { service: service.typeName },
@@ -65,11 +71,7 @@ export function createUpstreams(config: GatewayConfig, registry: Registry): Conn
       if (status !== Status.SERVING) throw new Error(Status[status] ?? String(status));
     };
   });
-  const [filter, token, llm] = transports as [
-    ReturnType<typeof transport>,
-    ReturnType<typeof transport>,
-    ReturnType<typeof transport>,
-  ];
+  const [filter, token, llm] = transports as [Transport, Transport, Transport];
   return {
     filter: createClient(FilterService, filter),
     token: createClient(TokenService, token),

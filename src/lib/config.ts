@@ -53,6 +53,11 @@ export interface GatewayConfig extends CommonConfig {
   readonly llmTimeoutMs: number;
   readonly maxBodyBytes: number;
   readonly maxTextChars: number;
+  /**
+   * How the gateway calls the services: "connect" (unary calls as binary
+   * Connect over pooled HTTP/1.1, the lean path) or "grpc" (gRPC over HTTP/2).
+   */
+  readonly upstreamProtocol: "connect" | "grpc";
 }
 
 /** Default ports of the contract, with the variable that moves each. */
@@ -172,6 +177,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     llmTimeoutMs: readInt(env, "LLM_TIMEOUT_MS", 60_000, 1, 3_600_000),
     maxBodyBytes: readInt(env, "MAX_BODY_BYTES", 65_536, 64, 64 * 1_048_576),
     maxTextChars: readInt(env, "MAX_TEXT_CHARS", 8_000, 1, 10_000_000),
+    upstreamProtocol: readEnum(env, "UPSTREAM_PROTOCOL", ["connect", "grpc"] as const, "connect"),
   });
 }
 

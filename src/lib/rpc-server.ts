@@ -6,6 +6,7 @@ import type { FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
 import type { ServiceConfig } from "./config.js";
 import { createDualProtocolServer, type DualHandler } from "./dual-protocol-server.js";
+import { createFastUnaryPath, type FastMethod, recordServices } from "./fast-unary.js";
 import { createHealthService, Health } from "./health.js";
 import { createHttpApp } from "./http-app.js";
 import type { Logger } from "./logger.js";
@@ -39,6 +40,17 @@ export interface RpcServerOptions {
 export async function createRpcServer(options: RpcServerOptions): Promise<FastifyInstance> {
   const { config, logger } = options;
   const registry = options.registry ?? createMetricsRegistry();
+  const interceptors = [
+    ...(options.interceptors ?? []),
+    createRpcMetricsInterceptor(registry, "server"),
+    createTraceServerInterceptor(),
+  ];
+  const fastMethods: FastMethod[] = [];
+  const fastPath = createFastUnaryPath(fastMethods, {
+    interceptors,
+    readMaxBytes: config.maxRequestBytes,
+    logger,
+  });
   const app = createHttpApp({
     logger,
     registry,
@@ -51,7 +63,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
       forceCloseConnections: "idle",
       // Fastify's types know one protocol per server; this one serves both.
       serverFactory: (handler) =>
-        createDualProtocolServer(handler as DualHandler) as unknown as http.Server,
+        createDualProtocolServer(handler as DualHandler, { fastPath }) as unknown as http.Server,
     },
   });
   let draining = false;
@@ -60,7 +72,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   });
 
   const routes = (router: ConnectRouter) => {
-    options.routes(router);
+    options.routes(recordServices(router, fastMethods));
     const services = [...new Set(router.handlers.map((h) => h.service))];
     const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
     router.service(
@@ -78,11 +90,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     readMaxBytes: config.maxRequestBytes,
     // The last interceptor runs first: trace outermost, so metrics and
     // handlers run inside the caller's trace.
-    interceptors: [
-      ...(options.interceptors ?? []),
-      createRpcMetricsInterceptor(registry, "server"),
-      createTraceServerInterceptor(),
-    ],
+    interceptors,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
   });
   return app;
