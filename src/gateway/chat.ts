@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from "fastify";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
@@ -42,6 +43,8 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
 export interface ChatDeps {
   readonly upstreams: Upstreams;
   readonly logger: FastifyBaseLogger;
+  /** Told the user's quota once the charge is answered (for the RateLimit headers). */
+  readonly onQuota?: (state: QuotaState) => void;
 }
 
 /**
@@ -65,9 +68,11 @@ export async function runChat(
 
   let remaining: bigint;
   try {
-    ({ remaining } = await upstreams.token.checkAndInc(
+    ({ remaining } = await chargeChat(
+      upstreams.token,
       { userId: input.userId, chargeId: requestId },
       callOptions,
+      deps.onQuota,
     ));
   } catch (err) {
     return httpErrorFromRpc("token", logFailure(logger, "token", err));
@@ -88,9 +93,8 @@ export async function runChat(
 
 async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
   try {
-    const { refunded } = await deps.upstreams.token.refund(
-      { userId, chargeId },
-      { headers: { "x-request-id": chargeId } },
+    const { refunded } = await retryOnceIfUnavailable(() =>
+      deps.upstreams.token.refund({ userId, chargeId }, { headers: { "x-request-id": chargeId } }),
     );
     deps.logger.info({ refunded: Number(refunded) }, "charge refunded after llm failure");
   } catch (err) {
