@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test run-all client bench
+.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-quota
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -46,3 +46,7 @@ client: $(STAMP) ## The seed's client: make client TEXT="…"
 
 bench: $(STAMP) ## Load benchmark of the whole chain vs a bare Fastify ceiling (autocannon)
 	$(BIN)/tsx bench/chain-bench.ts
+	@$(BIN)/tsx bench/quota-bench.ts
+
+bench-quota: $(STAMP) ## CheckAndInc/s of the memory and redis quota stores (REDIS_URL)
+	@$(BIN)/tsx bench/quota-bench.ts

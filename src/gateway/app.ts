@@ -9,6 +9,8 @@ import type { ReadyCheck } from "../lib/readiness.js";
 import { runWithTrace } from "../lib/trace.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
+import { type QuotaState, rateLimitHeaders } from "./quota.js";
+import { registerQuotaRoute } from "./quota-route.js";
 import type { Upstreams } from "./upstreams.js";
 
 export interface GatewayDeps {
@@ -42,9 +44,10 @@ function errorResponse(err: FastifyError): HttpError {
 }
 
 /**
- * Builds the HTTP gateway (not listening): POST /chat, GET /health and
- * /healthz. Every response carries `x-request-id`, made here (never taken
- * from the caller, because it is also the id the quota is charged under).
+ * Builds the HTTP gateway (not listening): POST /chat, GET /quota, GET
+ * /health and /healthz. Every response carries `x-request-id`, made here
+ * (never taken from the caller, because it is also the id the quota is
+ * charged under); a chat answered 200 or 429 carries the RateLimit headers.
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
   const { config, logger, upstreams } = deps;
@@ -81,16 +84,25 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
 
-  const chatDeps = { upstreams, refunds, logger };
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
+    const seen: { quota?: QuotaState } = {};
+    const onQuota = (quota: QuotaState) => Object.assign(seen, { quota });
     const result = isHttpError(input)
       ? input
-      : await runWithTrace(req.trace, () => runChat(chatDeps, input, req.id));
+      : await runWithTrace(req.trace, () =>
+          runChat({ upstreams, logger, refunds, onQuota }, input, req.id),
+        );
     chats.inc({ outcome: outcomeOf(result) });
+    const status = isHttpError(result) ? result.status : 200;
+    // After a failure the charge was given back: the quota seen before it is stale.
+    if (seen.quota && (status === 200 || status === 429)) {
+      reply.headers(rateLimitHeaders(seen.quota));
+    }
     if (isHttpError(result)) return reply.code(result.status).send(result.body);
     return result;
   });
+  registerQuotaRoute(app, upstreams);
   app.get("/health", async (_req, reply) => reply.type("text/plain").send("ok"));
   return app;
 }

@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from "fastify";
 import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
@@ -45,6 +46,8 @@ export interface ChatDeps {
   readonly logger: FastifyBaseLogger;
   /** Counts refunds after LLM failures, by result. */
   readonly refunds?: Counter<"result">;
+  /** Told the user's quota once the charge is answered (for the RateLimit headers). */
+  readonly onQuota?: (state: QuotaState) => void;
 }
 
 /**
@@ -67,10 +70,12 @@ export async function runChat(
 
   let remaining: bigint;
   try {
-    ({ remaining } = await upstreams.token.checkAndInc({
-      userId: input.userId,
-      chargeId: requestId,
-    }));
+    ({ remaining } = await chargeChat(
+      upstreams.token,
+      { userId: input.userId, chargeId: requestId },
+      {},
+      deps.onQuota,
+    ));
   } catch (err) {
     return httpErrorFromRpc("token", logFailure(logger, "token", err));
   }
@@ -87,7 +92,9 @@ export async function runChat(
 
 async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
   try {
-    const { refunded } = await deps.upstreams.token.refund({ userId, chargeId });
+    const { refunded } = await retryOnceIfUnavailable(() =>
+      deps.upstreams.token.refund({ userId, chargeId }),
+    );
     deps.refunds?.inc({ result: "ok" });
     deps.logger.info({ refunded: Number(refunded) }, "charge refunded after llm failure");
   } catch (err) {

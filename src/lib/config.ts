@@ -34,7 +34,11 @@ export interface FilterConfig extends ServiceConfig {
 export interface TokenConfig extends ServiceConfig {
   readonly quotaLimit: number;
   readonly quotaCost: number;
-  readonly quotaStore: "memory";
+  readonly quotaStore: "memory" | "redis";
+  /** Where the redis quota store connects (REDIS_URL). */
+  readonly redisUrl: string;
+  /** Let chats through uncharged while the quota store is unavailable (QUOTA_FAIL_OPEN). */
+  readonly quotaFailOpen: boolean;
 }
 
 export interface LlmConfig extends ServiceConfig {
@@ -109,6 +113,23 @@ function readHttpUrl(env: Env, name: string, fallback: string): string {
   return raw.replace(/\/+$/, "");
 }
 
+function readBool(env: Env, name: string, fallback: boolean): boolean {
+  return readEnum(env, name, ["true", "false"] as const, fallback ? "true" : "false") === "true";
+}
+
+function readRedisUrl(env: Env, name: string, fallback: string): string {
+  const raw = readString(env, name, fallback);
+  let ok = false;
+  try {
+    const url = new URL(raw);
+    ok = (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "";
+  } catch {
+    // not a URL at all: reported below
+  }
+  if (!ok) throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got "${raw}"`);
+  return raw;
+}
+
 function readPort(env: Env, service: keyof typeof defaultPorts): number {
   const { env: name, port } = defaultPorts[service];
   return readInt(env, name, port, 0, 65535);
@@ -145,7 +166,9 @@ export function loadTokenConfig(env: Env = process.env): TokenConfig {
     ...readService(env, "token"),
     quotaLimit: readInt(env, "QUOTA_LIMIT", 200, 0, Number.MAX_SAFE_INTEGER),
     quotaCost: readInt(env, "QUOTA_COST", 50, 1, Number.MAX_SAFE_INTEGER),
-    quotaStore: readEnum(env, "QUOTA_STORE", ["memory"] as const, "memory"),
+    quotaStore: readEnum(env, "QUOTA_STORE", ["memory", "redis"] as const, "memory"),
+    redisUrl: readRedisUrl(env, "REDIS_URL", "redis://127.0.0.1:6379"),
+    quotaFailOpen: readBool(env, "QUOTA_FAIL_OPEN", false),
   });
 }
 
