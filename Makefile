@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test run-all client
+.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-quota
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -43,3 +43,10 @@ run-all: generate ## Start every process with embedded defaults; Ctrl-C stops th
 
 client: $(STAMP) ## The seed's client: make client TEXT="…"
 	@node bin/chatmesh.js client "$(TEXT)"
+
+bench: $(STAMP) ## Load benchmark of the whole chain vs a bare Fastify ceiling (autocannon)
+	$(BIN)/tsx bench/chain-bench.ts
+	@$(BIN)/tsx bench/quota-bench.ts
+
+bench-quota: $(STAMP) ## CheckAndInc/s of the memory and redis quota stores (REDIS_URL)
+	@$(BIN)/tsx bench/quota-bench.ts

@@ -1,12 +1,17 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyError, FastifyInstance } from "fastify";
+import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
-import { type ReadyCheck, registerHealthRoutes } from "../lib/readiness.js";
+import { counter, createMetricsRegistry } from "../lib/metrics.js";
+import type { ReadyCheck } from "../lib/readiness.js";
+import { runWithTrace } from "../lib/trace.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import { registerChatPage } from "./page.js";
+import { type QuotaState, rateLimitHeaders } from "./quota.js";
+import { registerQuotaRoute } from "./quota-route.js";
 import { type OnChatDone, registerChatStream } from "./stream.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -14,6 +19,8 @@ export interface GatewayDeps {
   readonly config: GatewayConfig;
   readonly logger: Logger;
   readonly upstreams: Upstreams;
+  /** Where the gateway's metrics go; a new registry when absent. */
+  readonly registry?: Registry;
   /** What `/readyz` checks: the upstream services. */
   readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
   /** Called with each streamed chat that reached `done` (where history saving plugs in). */
@@ -21,6 +28,10 @@ export interface GatewayDeps {
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
+
+/** A bounded label for a chat's result: "ok", or the error's words in snake case. */
+const outcomeOf = (result: object): string =>
+  isHttpError(result) ? result.body.error.replaceAll(" ", "_") : "ok";
 
 /** Turns Fastify's own request errors into the contract's bodies. */
 function errorResponse(err: FastifyError): HttpError {
@@ -38,16 +49,33 @@ function errorResponse(err: FastifyError): HttpError {
 
 /**
  * Builds the HTTP gateway (not listening): POST /chat, POST /chat/stream,
- * the chat page at GET /, GET /health and /healthz. Every response carries
- * `x-request-id`, made here (never taken from the caller, because it is also
- * the id the quota is charged under).
+ * the chat page at GET /, GET /quota, GET /health and /healthz. Every
+ * response carries `x-request-id`, made here (never taken from the caller,
+ * because it is also the id the quota is charged under); a chat answered 200
+ * or 429 carries the RateLimit headers.
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
   const { config, logger, upstreams } = deps;
-  const app = createHttpApp(logger, {
-    bodyLimit: config.maxBodyBytes,
-    requestIdHeader: false,
-    genReqId: () => randomUUID(),
+  const registry = deps.registry ?? createMetricsRegistry();
+  const chats = counter(registry, "chatmesh_chats_total", "Chats answered, by outcome", [
+    "outcome",
+  ]);
+  const refunds = counter(
+    registry,
+    "chatmesh_refunds_total",
+    "Refunds after LLM failures, by result",
+    ["result"],
+  );
+  const app = createHttpApp({
+    logger,
+    registry,
+    readyChecks: deps.readyChecks,
+    requestId: (req) => req.id,
+    fastify: {
+      bodyLimit: config.maxBodyBytes,
+      requestIdHeader: false,
+      genReqId: () => randomUUID(),
+    },
   });
   // JSON only: every other content type, text/plain included, is a 415.
   app.removeContentTypeParser("text/plain");
@@ -63,18 +91,32 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
 
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
-    if (isHttpError(input)) return reply.code(input.status).send(input.body);
-    const result = await runChat({ upstreams, logger: req.log }, input, req.id);
+    const seen: { quota?: QuotaState } = {};
+    const onQuota = (quota: QuotaState) => Object.assign(seen, { quota });
+    const result = isHttpError(input)
+      ? input
+      : await runWithTrace(req.trace, () =>
+          runChat({ upstreams, logger, refunds, onQuota }, input, req.id),
+        );
+    chats.inc({ outcome: outcomeOf(result) });
+    const status = isHttpError(result) ? result.status : 200;
+    // After a failure the charge was given back: the quota seen before it is stale.
+    if (seen.quota && (status === 200 || status === 429)) {
+      reply.headers(rateLimitHeaders(seen.quota));
+    }
     if (isHttpError(result)) return reply.code(result.status).send(result.body);
     return result;
   });
   registerChatStream(app, {
     upstreams,
+    logger,
     maxTextChars: config.maxTextChars,
+    chats,
+    refunds,
     onChatDone: deps.onChatDone,
   });
   await registerChatPage(app);
+  registerQuotaRoute(app, upstreams);
   app.get("/health", async (_req, reply) => reply.type("text/plain").send("ok"));
-  registerHealthRoutes(app, deps.readyChecks);
   return app;
 }

@@ -1,5 +1,7 @@
 import type { FastifyBaseLogger } from "fastify";
+import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
@@ -42,6 +44,10 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
 export interface ChatDeps {
   readonly upstreams: Upstreams;
   readonly logger: FastifyBaseLogger;
+  /** Counts refunds after LLM failures, by result. */
+  readonly refunds?: Counter<"result">;
+  /** Told the user's quota once the charge is answered (for the RateLimit headers). */
+  readonly onQuota?: (state: QuotaState) => void;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
@@ -49,9 +55,6 @@ export interface AdmittedChat {
   readonly cleaned: string;
   readonly remaining: number;
 }
-
-/** The call options every upstream call of one request carries. */
-export const callOptionsFor = (requestId: string) => ({ headers: { "x-request-id": requestId } });
 
 /**
  * The steps before the model, shared by /chat and /chat/stream: Filter cleans
@@ -64,19 +67,20 @@ export async function admitChat(
   requestId: string,
 ): Promise<AdmittedChat | HttpError> {
   const { upstreams, logger } = deps;
-  const callOptions = callOptionsFor(requestId);
 
   let cleaned: string;
   try {
-    ({ cleaned } = await upstreams.filter.filter({ text: input.text }, callOptions));
+    ({ cleaned } = await upstreams.filter.filter({ text: input.text }));
   } catch (err) {
     return httpErrorFromRpc("filter", logFailure(logger, "filter", err));
   }
 
   try {
-    const { remaining } = await upstreams.token.checkAndInc(
+    const { remaining } = await chargeChat(
+      upstreams.token,
       { userId: input.userId, chargeId: requestId },
-      callOptions,
+      {},
+      deps.onQuota,
     );
     return { cleaned, remaining: Number(remaining) };
   } catch (err) {
@@ -95,10 +99,7 @@ export async function runChat(
   const { cleaned, remaining } = admitted;
 
   try {
-    const { reply } = await deps.upstreams.llm.generate(
-      { text: cleaned, userId: input.userId },
-      callOptionsFor(requestId),
-    );
+    const { reply } = await deps.upstreams.llm.generate({ text: cleaned, userId: input.userId });
     return { cleaned, reply, remaining };
   } catch (err) {
     logFailure(deps.logger, "llm", err);
@@ -110,12 +111,13 @@ export async function runChat(
 /** Gives a charge back after the model failed; a failed refund is logged, not thrown. */
 export async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
   try {
-    const { refunded } = await deps.upstreams.token.refund(
-      { userId, chargeId },
-      { headers: { "x-request-id": chargeId } },
+    const { refunded } = await retryOnceIfUnavailable(() =>
+      deps.upstreams.token.refund({ userId, chargeId }),
     );
+    deps.refunds?.inc({ result: "ok" });
     deps.logger.info({ refunded: Number(refunded) }, "charge refunded after llm failure");
   } catch (err) {
+    deps.refunds?.inc({ result: "failed" });
     deps.logger.error({ err }, "refund failed: the charge stays");
   }
 }

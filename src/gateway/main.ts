@@ -1,5 +1,6 @@
 import { defaultPorts, loadGatewayConfig } from "../lib/config.js";
 import { createLogger } from "../lib/logger.js";
+import { createMetricsRegistry } from "../lib/metrics.js";
 import { serve } from "../lib/serve.js";
 import { buildGateway } from "./app.js";
 import { createUpstreams } from "./upstreams.js";
@@ -8,7 +9,9 @@ import { createUpstreams } from "./upstreams.js";
 export async function main(): Promise<void> {
   const config = loadGatewayConfig();
   const logger = createLogger("gateway", config.logLevel);
-  const app = await buildGateway({ config, logger, upstreams: createUpstreams(config) });
+  const registry = createMetricsRegistry();
+  const { readyChecks, ...upstreams } = createUpstreams(config, registry);
+  const app = await buildGateway({ config, logger, upstreams, registry, readyChecks });
   logger.info(
     { filter: config.filterUrl, token: config.tokenUrl, llm: config.llmUrl },
     "upstreams",

@@ -1,15 +1,18 @@
-import type { FastifyBaseLogger, FastifyInstance } from "fastify";
+import type { FastifyInstance } from "fastify";
+import type { Counter } from "prom-client";
+import type { Logger } from "../lib/logger.js";
+import { runWithTrace } from "../lib/trace.js";
 import {
   type AdmittedChat,
   admitChat,
   type ChatDeps,
   type ChatInput,
-  callOptionsFor,
   logFailure,
   parseChatInput,
   refund,
 } from "./chat.js";
 import type { HttpError } from "./errors.js";
+import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -31,7 +34,12 @@ export type OnChatDone = (chat: StreamedChat) => Promise<void> | void;
 
 export interface ChatStreamDeps {
   readonly upstreams: Upstreams;
+  readonly logger: Logger;
   readonly maxTextChars: number;
+  /** Counts chats by outcome (`ok`, an error's words, or `client_gone`). */
+  readonly chats?: Counter<"outcome">;
+  /** Counts refunds after LLM failures, by result. */
+  readonly refunds?: Counter<"result">;
   readonly onChatDone?: OnChatDone | undefined;
 }
 
@@ -45,17 +53,45 @@ const isHttpError = (value: object): value is HttpError => "status" in value;
  * model call; the one charge already taken stays.
  */
 export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): void {
-  app.post("/chat/stream", async (req, reply) => {
-    const input = parseChatInput(req.body, deps.maxTextChars);
-    if (isHttpError(input)) return reply.code(input.status).send(input.body);
-    const chatDeps: ChatDeps = { upstreams: deps.upstreams, logger: req.log };
-    const admitted = await admitChat(chatDeps, input, req.id);
-    if (isHttpError(admitted)) return reply.code(admitted.status).send(admitted.body);
+  const { upstreams, logger } = deps;
+  const count = (outcome: string) => deps.chats?.inc({ outcome: outcome.replaceAll(" ", "_") });
 
-    reply.hijack();
-    const sse = openSseStream(reply.raw, reply.getHeaders());
-    await streamReply({ ...chatDeps, sse, onChatDone: deps.onChatDone }, input, admitted, req.id);
-  });
+  app.post("/chat/stream", (req, reply) =>
+    runWithTrace(req.trace, async () => {
+      const input = parseChatInput(req.body, deps.maxTextChars);
+      if (isHttpError(input)) {
+        count(input.body.error);
+        return reply.code(input.status).send(input.body);
+      }
+      let quota: QuotaState | undefined;
+      const onQuota = (state: QuotaState) => {
+        quota = state;
+      };
+      const chatDeps: ChatDeps = {
+        upstreams,
+        logger,
+        onQuota,
+        ...(deps.refunds && { refunds: deps.refunds }),
+      };
+      const admitted = await admitChat(chatDeps, input, req.id);
+      if (quota !== undefined) reply.headers(rateLimitHeaders(quota));
+      if (isHttpError(admitted)) {
+        count(admitted.body.error);
+        return reply.code(admitted.status).send(admitted.body);
+      }
+
+      reply.hijack();
+      const sse = openSseStream(reply.raw, reply.getHeaders());
+      const outcome = await streamReply(
+        { ...chatDeps, sse, onChatDone: deps.onChatDone },
+        input,
+        admitted,
+        req.id,
+      );
+      count(outcome);
+      logger.info({ outcome }, "stream ended");
+    }),
+  );
 }
 
 interface StreamDeps extends ChatDeps {
@@ -63,46 +99,40 @@ interface StreamDeps extends ChatDeps {
   readonly onChatDone?: OnChatDone | undefined;
 }
 
+/** Streams the model's reply as events; resolves with how the stream ended. */
 async function streamReply(
   deps: StreamDeps,
   input: ChatInput,
   admitted: AdmittedChat,
   requestId: string,
-): Promise<void> {
+): Promise<"ok" | "llm failed" | "client gone"> {
   const { sse, logger } = deps;
   const { cleaned } = admitted;
   await sse.send("meta", { cleaned, remaining: admitted.remaining });
   let reply = "";
-  let deltas = 0;
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId },
-      { ...callOptionsFor(requestId), signal: sse.signal },
+      { signal: sse.signal },
     );
     for await (const { delta } of pieces) {
       if (delta === "") continue;
       reply += delta;
-      deltas++;
       await sse.send("delta", { text: delta });
     }
   } catch (err) {
-    if (sse.signal.aborted) return clientGone(logger, deltas);
+    if (sse.signal.aborted) return "client gone";
     logFailure(logger, "llm", err);
     await refund(deps, input.userId, requestId);
     await sse.send("error", { error: "llm failed" });
     sse.end();
-    logger.info({ deltas, outcome: "error" }, "stream ended");
-    return;
+    return "llm failed";
   }
-  if (sse.signal.aborted) return clientGone(logger, deltas);
+  if (sse.signal.aborted) return "client gone";
   await sse.send("done", { reply });
   await notifyDone(deps, { requestId, userId: input.userId, cleaned, reply });
   sse.end();
-  logger.info({ deltas, outcome: "done" }, "stream ended");
-}
-
-function clientGone(logger: FastifyBaseLogger, deltas: number): void {
-  logger.info({ deltas, outcome: "client gone" }, "stream ended: the client went away");
+  return "ok";
 }
 
 async function notifyDone(deps: StreamDeps, chat: StreamedChat): Promise<void> {

@@ -1,9 +1,18 @@
-import { type Client, createClient } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { Registry } from "prom-client";
 import { FilterService } from "../../gen/chat/v1/filter_pb.js";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus as Status,
+} from "../../gen/health/v1/health_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
+import { createFastTransport } from "../lib/fast-transport.js";
+import { createRpcMetricsInterceptor } from "../lib/metrics.js";
+import type { ReadyCheck } from "../lib/readiness.js";
+import { createTraceClientInterceptor } from "../lib/trace.js";
 
 /** The typed clients of the services the gateway calls. */
 export interface Upstreams {
@@ -12,24 +21,61 @@ export interface Upstreams {
   readonly llm: Client<typeof LLMService>;
 }
 
+/** Upstreams plus the readiness checks of their gRPC health services. */
+export interface ConnectedUpstreams extends Upstreams {
+  readonly readyChecks: Readonly<Record<string, ReadyCheck>>;
+}
+
+const readinessTimeoutMs = 500;
+
 /**
- * Makes one gRPC (HTTP/2) transport per service, once. Every call has a
- * deadline; an idle connection is dropped well before the server's session
- * timeout, and a broken one is replaced on the next call, so a restarted
- * service is used again without restarting the gateway.
+ * Makes one transport per service, once: the lean Connect/HTTP/1.1 path for
+ * unary calls (or gRPC over HTTP/2 with UPSTREAM_PROTOCOL=grpc), gRPC for
+ * streams. Every call has a
+ * deadline and carries the request's trace (`traceparent`, `x-request-id`);
+ * an idle connection is dropped well before the server's session timeout, and
+ * a broken one is replaced on the next call, so a restarted service is used
+ * again without restarting the gateway.
  */
-export function createUpstreams(config: GatewayConfig): Upstreams {
-  const transport = (baseUrl: string, defaultTimeoutMs: number) =>
-    createGrpcTransport({
+export function createUpstreams(config: GatewayConfig, registry: Registry): ConnectedUpstreams {
+  const interceptors: Interceptor[] = [
+    createRpcMetricsInterceptor(registry, "client"),
+    createTraceClientInterceptor(),
+  ];
+  const transport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
+    const grpc = createGrpcTransport({
       baseUrl,
       defaultTimeoutMs,
+      interceptors,
       idleConnectionTimeoutMs: 60_000,
       pingIntervalMs: 30_000,
       pingTimeoutMs: 5_000,
     });
+    if (config.upstreamProtocol === "grpc") return grpc;
+    return createFastTransport({ baseUrl, defaultTimeoutMs, interceptors, streamTransport: grpc });
+  };
+  const targets = [
+    ["filter", FilterService, config.filterUrl, config.filterTimeoutMs],
+    ["token", TokenService, config.tokenUrl, config.tokenTimeoutMs],
+    ["llm", LLMService, config.llmUrl, config.llmTimeoutMs],
+  ] as const;
+  const transports = targets.map(([, , url, timeout]) => transport(url, timeout));
+  const readyChecks: Record<string, ReadyCheck> = {};
+  targets.forEach(([name, service], i) => {
+    const health = createClient(Health, transports[i] as Transport);
+    readyChecks[name] = async () => {
+      const { status } = await health.check(
+        { service: service.typeName },
+        { timeoutMs: readinessTimeoutMs },
+      );
+      if (status !== Status.SERVING) throw new Error(Status[status] ?? String(status));
+    };
+  });
+  const [filter, token, llm] = transports as [Transport, Transport, Transport];
   return {
-    filter: createClient(FilterService, transport(config.filterUrl, config.filterTimeoutMs)),
-    token: createClient(TokenService, transport(config.tokenUrl, config.tokenTimeoutMs)),
-    llm: createClient(LLMService, transport(config.llmUrl, config.llmTimeoutMs)),
+    filter: createClient(FilterService, filter),
+    token: createClient(TokenService, token),
+    llm: createClient(LLMService, llm),
+    readyChecks,
   };
 }

@@ -34,7 +34,11 @@ export interface FilterConfig extends ServiceConfig {
 export interface TokenConfig extends ServiceConfig {
   readonly quotaLimit: number;
   readonly quotaCost: number;
-  readonly quotaStore: "memory";
+  readonly quotaStore: "memory" | "redis";
+  /** Where the redis quota store connects (REDIS_URL). */
+  readonly redisUrl: string;
+  /** Let chats through uncharged while the quota store is unavailable (QUOTA_FAIL_OPEN). */
+  readonly quotaFailOpen: boolean;
 }
 
 export interface LlmConfig extends ServiceConfig {
@@ -55,6 +59,11 @@ export interface GatewayConfig extends CommonConfig {
   readonly llmTimeoutMs: number;
   readonly maxBodyBytes: number;
   readonly maxTextChars: number;
+  /**
+   * How the gateway calls the services: "connect" (unary calls as binary
+   * Connect over pooled HTTP/1.1, the lean path) or "grpc" (gRPC over HTTP/2).
+   */
+  readonly upstreamProtocol: "connect" | "grpc";
 }
 
 /** Default ports of the contract, with the variable that moves each. */
@@ -106,6 +115,23 @@ function readHttpUrl(env: Env, name: string, fallback: string): string {
   return raw.replace(/\/+$/, "");
 }
 
+function readBool(env: Env, name: string, fallback: boolean): boolean {
+  return readEnum(env, name, ["true", "false"] as const, fallback ? "true" : "false") === "true";
+}
+
+function readRedisUrl(env: Env, name: string, fallback: string): string {
+  const raw = readString(env, name, fallback);
+  let ok = false;
+  try {
+    const url = new URL(raw);
+    ok = (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "";
+  } catch {
+    // not a URL at all: reported below
+  }
+  if (!ok) throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got "${raw}"`);
+  return raw;
+}
+
 function readPort(env: Env, service: keyof typeof defaultPorts): number {
   const { env: name, port } = defaultPorts[service];
   return readInt(env, name, port, 0, 65535);
@@ -142,7 +168,9 @@ export function loadTokenConfig(env: Env = process.env): TokenConfig {
     ...readService(env, "token"),
     quotaLimit: readInt(env, "QUOTA_LIMIT", 200, 0, Number.MAX_SAFE_INTEGER),
     quotaCost: readInt(env, "QUOTA_COST", 50, 1, Number.MAX_SAFE_INTEGER),
-    quotaStore: readEnum(env, "QUOTA_STORE", ["memory"] as const, "memory"),
+    quotaStore: readEnum(env, "QUOTA_STORE", ["memory", "redis"] as const, "memory"),
+    redisUrl: readRedisUrl(env, "REDIS_URL", "redis://127.0.0.1:6379"),
+    quotaFailOpen: readBool(env, "QUOTA_FAIL_OPEN", false),
   });
 }
 
@@ -175,6 +203,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     llmTimeoutMs: readInt(env, "LLM_TIMEOUT_MS", 60_000, 1, 3_600_000),
     maxBodyBytes: readInt(env, "MAX_BODY_BYTES", 65_536, 64, 64 * 1_048_576),
     maxTextChars: readInt(env, "MAX_TEXT_CHARS", 8_000, 1, 10_000_000),
+    upstreamProtocol: readEnum(env, "UPSTREAM_PROTOCOL", ["connect", "grpc"] as const, "connect"),
   });
 }
 

@@ -32,6 +32,8 @@ export interface DualProtocolServer extends net.Server {
 }
 
 export interface DualProtocolServerOptions {
+  /** Tried first on every HTTP/1.1 request; what it declines goes to the handler. */
+  readonly fastPath?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
   /** Idle HTTP/2 sessions are closed after this long. */
   readonly http2SessionTimeoutMs?: number;
   /** Idle HTTP/1.1 keep-alive connections are closed after this long. */
@@ -47,7 +49,14 @@ export function createDualProtocolServer(
   options: DualProtocolServerOptions = {},
 ): DualProtocolServer {
   let draining = false;
-  const h1 = http.createServer(handler as http.RequestListener);
+  const fastPath = options.fastPath;
+  const h1 = http.createServer(
+    fastPath === undefined
+      ? (handler as http.RequestListener)
+      : (req, res) => {
+          if (!fastPath(req, res)) handler(req, res);
+        },
+  );
   h1.keepAliveTimeout = options.keepAliveTimeoutMs ?? 65_000;
   // The http1 server never listens itself, so Node does not track its
   // connections (closeIdleConnections would see none): count requests in

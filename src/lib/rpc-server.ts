@@ -1,44 +1,97 @@
 import type http from "node:http";
+import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import type { FastifyInstance } from "fastify";
+import type { Registry } from "prom-client";
 import type { ServiceConfig } from "./config.js";
 import { createDualProtocolServer, type DualHandler } from "./dual-protocol-server.js";
+import { createFastUnaryPath, type FastMethod, recordServices } from "./fast-unary.js";
+import { createHealthService, Health } from "./health.js";
 import { createHttpApp } from "./http-app.js";
 import type { Logger } from "./logger.js";
-import { type ReadyCheck, registerHealthRoutes } from "./readiness.js";
+import { createMetricsRegistry, createRpcMetricsInterceptor } from "./metrics.js";
+import type { ReadyCheck } from "./readiness.js";
+import { registerReflection } from "./reflection.js";
+import { createTraceServerInterceptor } from "./trace.js";
 
 export interface RpcServerOptions {
-  /** The process name, for logs. */
+  /** The process name. */
   readonly name: string;
   readonly config: ServiceConfig;
   readonly logger: Logger;
   /** Registers the service implementations on the Connect router. */
   readonly routes: (router: ConnectRouter) => void;
+  /** Where the process's metrics go; a new registry when absent. */
+  readonly registry?: Registry;
   readonly interceptors?: Interceptor[];
-  /** What `/readyz` checks (a store, say); none means ready once listening. */
+  /** What `/readyz` and the gRPC health service check (a store, say). */
   readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
 }
 
 /**
  * Builds the Fastify app of an RPC service: Connect routes that speak gRPC,
- * gRPC-Web and Connect over HTTP/1.1 and cleartext HTTP/2 on one port, plus
- * `GET /healthz` and `GET /readyz`. Nothing listens until the caller calls `listen`.
+ * gRPC-Web and Connect over HTTP/1.1 and cleartext HTTP/2 on one port, with
+ * grpc.health.v1.Health and server reflection (v1, v1alpha) beside the
+ * services; every RPC is traced and measured; plus `GET /healthz`,
+ * `GET /readyz` and `GET /metrics`. Nothing listens until the caller calls
+ * `listen`.
  */
 export async function createRpcServer(options: RpcServerOptions): Promise<FastifyInstance> {
   const { config, logger } = options;
-  const app = createHttpApp(logger, {
-    forceCloseConnections: "idle",
-    // Fastify's types know one protocol per server; this one serves both.
-    serverFactory: (handler) =>
-      createDualProtocolServer(handler as DualHandler) as unknown as http.Server,
-  });
-  await app.register(fastifyConnectPlugin, {
-    routes: options.routes,
+  const registry = options.registry ?? createMetricsRegistry();
+  const interceptors = [
+    ...(options.interceptors ?? []),
+    createRpcMetricsInterceptor(registry, "server"),
+    createTraceServerInterceptor(),
+  ];
+  const fastMethods: FastMethod[] = [];
+  const fastPath = createFastUnaryPath(fastMethods, {
+    interceptors,
     readMaxBytes: config.maxRequestBytes,
-    interceptors: options.interceptors ?? [],
+    logger,
+  });
+  const app = createHttpApp({
+    logger,
+    registry,
+    readyChecks: options.readyChecks,
+    requestId: (req) => {
+      const id = req.headers["x-request-id"];
+      return typeof id === "string" ? id : undefined;
+    },
+    fastify: {
+      forceCloseConnections: "idle",
+      // Fastify's types know one protocol per server; this one serves both.
+      serverFactory: (handler) =>
+        createDualProtocolServer(handler as DualHandler, { fastPath }) as unknown as http.Server,
+    },
+  });
+  let draining = false;
+  app.addHook("preClose", async () => {
+    draining = true;
+  });
+
+  const routes = (router: ConnectRouter) => {
+    options.routes(recordServices(router, fastMethods));
+    const services = [...new Set(router.handlers.map((h) => h.service))];
+    const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
+    router.service(
+      Health,
+      createHealthService({
+        services: services.map((s) => s.typeName),
+        draining: () => draining,
+        ...(options.readyChecks ? { readyChecks: options.readyChecks } : {}),
+      }),
+    );
+    registerReflection(router, files, [...services.map((s) => s.typeName), Health.typeName]);
+  };
+  await app.register(fastifyConnectPlugin, {
+    routes,
+    readMaxBytes: config.maxRequestBytes,
+    // The last interceptor runs first: trace outermost, so metrics and
+    // handlers run inside the caller's trace.
+    interceptors,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
   });
-  registerHealthRoutes(app, options.readyChecks);
   return app;
 }

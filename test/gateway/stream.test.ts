@@ -43,6 +43,7 @@ describe("gateway POST /chat/stream over in-process services", () => {
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toBe("text/event-stream; charset=utf-8");
     expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    expect(res.headers.get("ratelimit-remaining")).toBe("150");
     const events = parseSse(await res.text());
     expect(events[0]).toEqual({
       event: "meta",
@@ -103,6 +104,7 @@ describe("gateway POST /chat/stream over in-process services", () => {
       429,
       { error: "quota exceeded", remaining: -50 },
     ]);
+    expect(res.headers.get("ratelimit-remaining")).toBe("0");
   });
 
   it("ends with an error event when the model breaks mid-stream, and refunds", async () => {

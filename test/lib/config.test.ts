@@ -18,9 +18,30 @@ describe("config", () => {
       maxBodyBytes: 65536,
       maxTextChars: 8000,
     });
-    expect(loadTokenConfig({})).toMatchObject({ port: 50051, quotaLimit: 200, quotaCost: 50 });
+    expect(loadTokenConfig({})).toMatchObject({
+      port: 50051,
+      quotaLimit: 200,
+      quotaCost: 50,
+      quotaStore: "memory",
+      redisUrl: "redis://127.0.0.1:6379",
+      quotaFailOpen: false,
+    });
     expect(loadFilterConfig({}).port).toBe(50052);
     expect(Object.isFrozen(gateway)).toBe(true);
+  });
+
+  it("reads the redis quota store's settings", () => {
+    expect(
+      loadTokenConfig({
+        QUOTA_STORE: "redis",
+        REDIS_URL: "rediss://user:pw@redis.internal:6380/2",
+        QUOTA_FAIL_OPEN: "true",
+      }),
+    ).toMatchObject({
+      quotaStore: "redis",
+      redisUrl: "rediss://user:pw@redis.internal:6380/2",
+      quotaFailOpen: true,
+    });
   });
 
   it("reads the environment", () => {
@@ -35,7 +56,10 @@ describe("config", () => {
     [{ TOKEN_PORT: "70000" }, /^TOKEN_PORT must be/],
     [{ QUOTA_COST: "0" }, /^QUOTA_COST must be an integer from 1/],
     [{ QUOTA_LIMIT: "1.5" }, /^QUOTA_LIMIT must be an integer/],
-    [{ QUOTA_STORE: "etcd" }, /^QUOTA_STORE must be one of memory/],
+    [{ QUOTA_STORE: "etcd" }, /^QUOTA_STORE must be one of memory, redis, got "etcd"$/],
+    [{ REDIS_URL: "localhost:6379" }, /^REDIS_URL must be a redis:\/\/ or rediss:\/\/ URL/],
+    [{ REDIS_URL: "http://127.0.0.1:6379" }, /^REDIS_URL must be a redis:\/\//],
+    [{ QUOTA_FAIL_OPEN: "yes" }, /^QUOTA_FAIL_OPEN must be one of true, false, got "yes"$/],
     [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
   ])("refuses %j with one line naming the variable", (env, message) => {
     expect(() => loadTokenConfig(env)).toThrow(ConfigError);

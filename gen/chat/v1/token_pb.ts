@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/token.proto.
  */
 export const file_chat_v1_token: GenFile = /*@__PURE__*/
-  fileDesc("ChNjaGF0L3YxL3Rva2VuLnByb3RvEgdjaGF0LnYxIkYKEkNoZWNrQW5kSW5jUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgwKBGNvc3QYAiABKAMSEQoJY2hhcmdlX2lkGAMgASgJInUKE0NoZWNrQW5kSW5jUmVzcG9uc2USEQoJcmVtYWluaW5nGAEgASgDEg0KBWxpbWl0GAIgASgDEgwKBGNvc3QYAyABKAMSLgoKcmVzZXRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMwoNUmVmdW5kUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWNoYXJnZV9pZBgCIAEoCSI1Cg5SZWZ1bmRSZXNwb25zZRIQCghyZWZ1bmRlZBgBIAEoAxIRCglyZW1haW5pbmcYAiABKAMykwEKDFRva2VuU2VydmljZRJICgtDaGVja0FuZEluYxIbLmNoYXQudjEuQ2hlY2tBbmRJbmNSZXF1ZXN0GhwuY2hhdC52MS5DaGVja0FuZEluY1Jlc3BvbnNlEjkKBlJlZnVuZBIWLmNoYXQudjEuUmVmdW5kUmVxdWVzdBoXLmNoYXQudjEuUmVmdW5kUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChNjaGF0L3YxL3Rva2VuLnByb3RvEgdjaGF0LnYxIkYKEkNoZWNrQW5kSW5jUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgwKBGNvc3QYAiABKAMSEQoJY2hhcmdlX2lkGAMgASgJIogBChNDaGVja0FuZEluY1Jlc3BvbnNlEhEKCXJlbWFpbmluZxgBIAEoAxINCgVsaW1pdBgCIAEoAxIMCgRjb3N0GAMgASgDEi4KCnJlc2V0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXVubWV0ZXJlZBgFIAEoCCIzCg1SZWZ1bmRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJY2hhcmdlX2lkGAIgASgJIjUKDlJlZnVuZFJlc3BvbnNlEhAKCHJlZnVuZGVkGAEgASgDEhEKCXJlbWFpbmluZxgCIAEoAyIiCg9HZXRRdW90YVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJyChBHZXRRdW90YVJlc3BvbnNlEgwKBHVzZWQYASABKAMSEQoJcmVtYWluaW5nGAIgASgDEg0KBWxpbWl0GAMgASgDEi4KCnJlc2V0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMtQBCgxUb2tlblNlcnZpY2USSAoLQ2hlY2tBbmRJbmMSGy5jaGF0LnYxLkNoZWNrQW5kSW5jUmVxdWVzdBocLmNoYXQudjEuQ2hlY2tBbmRJbmNSZXNwb25zZRI5CgZSZWZ1bmQSFi5jaGF0LnYxLlJlZnVuZFJlcXVlc3QaFy5jaGF0LnYxLlJlZnVuZFJlc3BvbnNlEj8KCEdldFF1b3RhEhguY2hhdC52MS5HZXRRdW90YVJlcXVlc3QaGS5jaGF0LnYxLkdldFF1b3RhUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message chat.v1.CheckAndIncRequest
@@ -80,6 +80,15 @@ export type CheckAndIncResponse = Message<"chat.v1.CheckAndIncResponse"> & {
    * @generated from field: google.protobuf.Timestamp reset_time = 4;
    */
   resetTime?: Timestamp | undefined;
+
+  /**
+   * True when the quota store was unavailable and the service let the chat
+   * through without charging it (QUOTA_FAIL_OPEN); `remaining` is then the
+   * full limit, since nothing is known of the day's use.
+   *
+   * @generated from field: bool unmetered = 5;
+   */
+  unmetered: boolean;
 };
 
 /**
@@ -142,6 +151,65 @@ export const RefundResponseSchema: GenMessage<RefundResponse> = /*@__PURE__*/
   messageDesc(file_chat_v1_token, 3);
 
 /**
+ * @generated from message chat.v1.GetQuotaRequest
+ */
+export type GetQuotaRequest = Message<"chat.v1.GetQuotaRequest"> & {
+  /**
+   * The user whose quota to read.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message chat.v1.GetQuotaRequest.
+ * Use `create(GetQuotaRequestSchema)` to create a new message.
+ */
+export const GetQuotaRequestSchema: GenMessage<GetQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_token, 4);
+
+/**
+ * @generated from message chat.v1.GetQuotaResponse
+ */
+export type GetQuotaResponse = Message<"chat.v1.GetQuotaResponse"> & {
+  /**
+   * Tokens charged so far in the current UTC day.
+   *
+   * @generated from field: int64 used = 1;
+   */
+  used: bigint;
+
+  /**
+   * What is left of the day's quota: limit - used, never below 0.
+   *
+   * @generated from field: int64 remaining = 2;
+   */
+  remaining: bigint;
+
+  /**
+   * The user's daily limit.
+   *
+   * @generated from field: int64 limit = 3;
+   */
+  limit: bigint;
+
+  /**
+   * When the quota window resets (start of the next UTC day).
+   *
+   * @generated from field: google.protobuf.Timestamp reset_time = 4;
+   */
+  resetTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chat.v1.GetQuotaResponse.
+ * Use `create(GetQuotaResponseSchema)` to create a new message.
+ */
+export const GetQuotaResponseSchema: GenMessage<GetQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_token, 5);
+
+/**
  * TokenService keeps each user's daily quota.
  *
  * @generated from service chat.v1.TokenService
@@ -170,6 +238,16 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof RefundRequestSchema;
     output: typeof RefundResponseSchema;
+  },
+  /**
+   * GetQuota reads the user's quota of the current UTC day without charging.
+   *
+   * @generated from rpc chat.v1.TokenService.GetQuota
+   */
+  getQuota: {
+    methodKind: "unary";
+    input: typeof GetQuotaRequestSchema;
+    output: typeof GetQuotaResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_token, 0);

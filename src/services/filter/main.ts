@@ -1,6 +1,7 @@
 import { FilterService } from "../../../gen/chat/v1/filter_pb.js";
 import { defaultPorts, loadFilterConfig } from "../../lib/config.js";
 import { createLogger } from "../../lib/logger.js";
+import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import { createFilterService } from "./filter-service.js";
@@ -12,11 +13,13 @@ export async function main(): Promise<void> {
   const logger = createLogger("filter", config.logLevel);
   const matcher = createTermMatcher(await loadTerms(config.termsFile));
   logger.info({ terms: matcher.size, file: config.termsFile ?? null }, "banned terms loaded");
+  const registry = createMetricsRegistry();
   const app = await createRpcServer({
     name: "filter",
     config,
     logger,
-    routes: (router) => router.service(FilterService, createFilterService({ matcher })),
+    registry,
+    routes: (router) => router.service(FilterService, createFilterService({ matcher, registry })),
   });
   await serve(app, { ...config, portEnv: defaultPorts.filter.env, logger });
 }

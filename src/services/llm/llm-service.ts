@@ -26,7 +26,7 @@ function watchCancel(ctx: HandlerContext, logger: Logger | undefined): () => voi
     const reason = ctx.signal.reason;
     logger.info(
       {
-        requestId: ctx.requestHeader.get("x-request-id") ?? undefined,
+        request_id: ctx.requestHeader.get("x-request-id") ?? undefined,
         reason: reason instanceof Error ? reason.message : String(reason),
       },
       "stream cancelled",

@@ -14,11 +14,18 @@ export interface QuotaWindow {
   readonly resetAt: Date;
 }
 
+const dayMs = 86_400_000;
+
 /** The UTC day that contains `at`. */
 export function windowAt(at: Date): QuotaWindow {
   const start = Date.UTC(at.getUTCFullYear(), at.getUTCMonth(), at.getUTCDate());
   return {
     day: new Date(start).toISOString().slice(0, 10),
-    resetAt: new Date(start + 86_400_000),
+    resetAt: new Date(start + dayMs),
   };
+}
+
+/** The UTC day before `window`. */
+export function previousWindow(window: QuotaWindow): QuotaWindow {
+  return windowAt(new Date(window.resetAt.getTime() - 2 * dayMs));
 }

@@ -1,31 +1,51 @@
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import { defaultPorts, loadTokenConfig } from "../../lib/config.js";
 import { createLogger } from "../../lib/logger.js";
+import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
-import { createMemoryQuotaStore } from "./memory-store.js";
+import { createQuotaStoreFromConfig } from "./store-from-config.js";
 import { createTokenService } from "./token-service.js";
 
 /** Starts the token (quota) process from the environment. */
 export async function main(): Promise<void> {
   const config = loadTokenConfig();
   const logger = createLogger("token", config.logLevel);
-  const store = createMemoryQuotaStore();
+  const { store, readyChecks } = createQuotaStoreFromConfig(config, logger);
+  const registry = createMetricsRegistry();
   const service = createTokenService({
     store,
+    registry,
     limit: config.quotaLimit,
     defaultCost: config.quotaCost,
+    failOpen: config.quotaFailOpen,
+    logger,
   });
   const app = await createRpcServer({
     name: "token",
     config,
     logger,
+    registry,
     routes: (router) => router.service(TokenService, service),
+    readyChecks,
   });
   app.addHook("onClose", () => store.close());
   logger.info(
-    { store: config.quotaStore, limit: config.quotaLimit, cost: config.quotaCost },
+    {
+      store: config.quotaStore,
+      ...(config.quotaStore === "redis" ? { redis: redactedUrl(config.redisUrl) } : {}),
+      limit: config.quotaLimit,
+      cost: config.quotaCost,
+      failOpen: config.quotaFailOpen,
+    },
     "quota ready",
   );
   await serve(app, { ...config, portEnv: defaultPorts.token.env, logger });
+}
+
+/** The URL without its password, for logs. */
+function redactedUrl(raw: string): string {
+  const url = new URL(raw);
+  if (url.password !== "") url.password = "***";
+  return url.toString();
 }

@@ -1,6 +1,8 @@
+import { previousWindow } from "./clock.js";
 import type {
   ChargeInput,
   ChargeResult,
+  PeekInput,
   QuotaStore,
   RefundInput,
   RefundResult,
@@ -19,19 +21,20 @@ interface DayState {
 /**
  * The embedded quota store: counters in this process's memory. Exact for one
  * token process (Node runs each charge to completion); replicas need the Redis
- * store. Days other than the current one are dropped as soon as a new day is
- * seen, so memory holds one day of users.
+ * store. When a new day is seen, every day but it and the one before is
+ * dropped (the day before stays for refunds across midnight), so memory holds
+ * at most two days of users.
  */
 export function createMemoryQuotaStore(): QuotaStore {
   const days = new Map<string, DayState>();
 
-  const dayState = (day: string): DayState => {
-    let state = days.get(day);
+  const dayState = (input: PeekInput): DayState => {
+    let state = days.get(input.window.day);
     if (state === undefined) {
-      // A new day: the previous ones can be neither charged nor refunded any more.
-      days.clear();
+      const keep = previousWindow(input.window).day;
+      for (const day of days.keys()) if (day !== keep) days.delete(day);
       state = { used: new Map(), charges: new Map() };
-      days.set(day, state);
+      days.set(input.window.day, state);
     }
     return state;
   };
@@ -39,7 +42,7 @@ export function createMemoryQuotaStore(): QuotaStore {
 
   return {
     async charge(input: ChargeInput): Promise<ChargeResult> {
-      const state = dayState(input.window.day);
+      const state = dayState(input);
       const used = state.used.get(input.userId) ?? 0;
       if (input.chargeId !== "") {
         const seen = state.charges.get(chargeKey(input.userId, input.chargeId));
@@ -58,9 +61,10 @@ export function createMemoryQuotaStore(): QuotaStore {
     },
 
     async refund(input: RefundInput): Promise<RefundResult> {
-      for (const state of days.values()) {
-        const record = state.charges.get(chargeKey(input.userId, input.chargeId));
-        if (record === undefined) continue;
+      for (const window of [input.window, previousWindow(input.window)]) {
+        const state = days.get(window.day);
+        const record = state?.charges.get(chargeKey(input.userId, input.chargeId));
+        if (state === undefined || record === undefined) continue;
         const used = state.used.get(input.userId) ?? 0;
         if (record.refunded) return { refunded: 0, used };
         record.refunded = true;
@@ -69,6 +73,10 @@ export function createMemoryQuotaStore(): QuotaStore {
         return { refunded: record.cost, used: after };
       }
       return { refunded: 0, used: 0 };
+    },
+
+    async get(input: PeekInput): Promise<number> {
+      return days.get(input.window.day)?.used.get(input.userId) ?? 0;
     },
 
     async close() {

@@ -19,6 +19,12 @@ export interface ChargeResult {
 export interface RefundInput {
   readonly userId: string;
   readonly chargeId: string;
+  /**
+   * The window at the time of the refund. The charge is looked for in it and
+   * in the window before, so a refund just after midnight still finds a
+   * charge made just before.
+   */
+  readonly window: QuotaWindow;
 }
 
 export interface RefundResult {
@@ -28,12 +34,29 @@ export interface RefundResult {
   readonly used: number;
 }
 
+export interface PeekInput {
+  readonly userId: string;
+  readonly window: QuotaWindow;
+}
+
 /**
  * Where quota counters live. Every implementation makes `charge` atomic: two
- * concurrent charges can never both fit in the room left for one.
+ * concurrent charges can never both fit in the room left for one. A charge id
+ * is charged at most once per window, and refunded at most once, only to the
+ * user it was charged to.
  */
 export interface QuotaStore {
   charge(input: ChargeInput): Promise<ChargeResult>;
   refund(input: RefundInput): Promise<RefundResult>;
+  /** Tokens used by the user in the window, without charging anything. */
+  get(input: PeekInput): Promise<number>;
   close(): Promise<void>;
+}
+
+/**
+ * The store cannot be reached or did not answer in time. The caller may retry
+ * (charges with an id are idempotent), or fail open if so configured.
+ */
+export class QuotaStoreUnavailableError extends Error {
+  override name = "QuotaStoreUnavailableError";
 }

@@ -1,9 +1,12 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { Registry } from "prom-client";
 import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
 import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
+import type { Logger } from "../../lib/logger.js";
+import { counter } from "../../lib/metrics.js";
 import { type Clock, systemClock, windowAt } from "./clock.js";
-import type { QuotaStore } from "./quota-store.js";
+import { type QuotaStore, QuotaStoreUnavailableError } from "./quota-store.js";
 
 export interface TokenServiceDeps {
   readonly store: QuotaStore;
@@ -12,6 +15,14 @@ export interface TokenServiceDeps {
   /** What a charge costs when the request names no cost (QUOTA_COST). */
   readonly defaultCost: number;
   readonly clock?: Clock;
+  /** Where to count charges, rejections and refunds; none when absent. */
+  readonly registry?: Registry;
+  /**
+   * QUOTA_FAIL_OPEN: while the store is unavailable, let CheckAndInc through
+   * uncharged (flagged `unmetered`) instead of failing with UNAVAILABLE.
+   */
+  readonly failOpen?: boolean;
+  readonly logger?: Logger;
 }
 
 function requireUserId(userId: string): void {
@@ -20,10 +31,32 @@ function requireUserId(userId: string): void {
   }
 }
 
+/** The store's outage as the RPC error callers may retry; anything else as INTERNAL. */
+function storeFailure(err: unknown): ConnectError {
+  if (err instanceof QuotaStoreUnavailableError) {
+    return new ConnectError("quota store unavailable", Code.Unavailable, undefined, undefined, err);
+  }
+  return new ConnectError("quota store failed", Code.Internal, undefined, undefined, err);
+}
+
+async function fromStore<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw storeFailure(err);
+  }
+}
+
 /** chat.v1.TokenService: a daily quota per user over a QuotaStore. */
 export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof TokenService> {
-  const { store, limit, defaultCost } = deps;
+  const { store, limit, defaultCost, logger } = deps;
   const clock = deps.clock ?? systemClock;
+  const events =
+    deps.registry &&
+    counter(deps.registry, "chatmesh_quota_events_total", "Quota charges, rejections and refunds", [
+      "event",
+    ]);
+  const failOpen = deps.failOpen ?? false;
   return {
     async checkAndInc(req) {
       requireUserId(req.userId);
@@ -32,15 +65,32 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       }
       const cost = req.cost === 0n ? defaultCost : Number(req.cost);
       const window = windowAt(clock.now());
-      const result = await store.charge({
-        userId: req.userId,
-        window,
-        cost,
-        limit,
-        chargeId: req.chargeId,
-      });
       const resetTime = timestampFromDate(window.resetAt);
+      let result: Awaited<ReturnType<QuotaStore["charge"]>>;
+      try {
+        result = await store.charge({
+          userId: req.userId,
+          window,
+          cost,
+          limit,
+          chargeId: req.chargeId,
+        });
+      } catch (err) {
+        if (!(failOpen && err instanceof QuotaStoreUnavailableError)) throw storeFailure(err);
+        logger?.warn(
+          { err, userId: req.userId, chargeId: req.chargeId },
+          "quota store unavailable: chat let through uncharged (QUOTA_FAIL_OPEN)",
+        );
+        return {
+          remaining: BigInt(limit),
+          limit: BigInt(limit),
+          cost: 0n,
+          resetTime,
+          unmetered: true,
+        };
+      }
       if (!result.allowed) {
+        events?.inc({ event: "rejected" });
         const remaining = BigInt(limit - result.used - cost);
         throw new ConnectError("quota exceeded", Code.ResourceExhausted, undefined, [
           {
@@ -49,6 +99,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
           },
         ]);
       }
+      events?.inc({ event: "charged" });
       return {
         remaining: BigInt(limit - result.used),
         limit: BigInt(limit),
@@ -62,8 +113,24 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       if (req.chargeId === "") {
         throw new ConnectError("charge_id is required", Code.InvalidArgument);
       }
-      const result = await store.refund({ userId: req.userId, chargeId: req.chargeId });
+      const window = windowAt(clock.now());
+      const result = await fromStore(() =>
+        store.refund({ userId: req.userId, chargeId: req.chargeId, window }),
+      );
+      if (result.refunded > 0) events?.inc({ event: "refunded" });
       return { refunded: BigInt(result.refunded), remaining: BigInt(limit - result.used) };
+    },
+
+    async getQuota(req) {
+      requireUserId(req.userId);
+      const window = windowAt(clock.now());
+      const used = await fromStore(() => store.get({ userId: req.userId, window }));
+      return {
+        used: BigInt(used),
+        remaining: BigInt(Math.max(0, limit - used)),
+        limit: BigInt(limit),
+        resetTime: timestampFromDate(window.resetAt),
+      };
     },
   };
 }

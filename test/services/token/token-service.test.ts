@@ -84,6 +84,22 @@ describe("TokenService over a router transport", () => {
     expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(100n);
   });
 
+  it("reads the quota without charging it", async () => {
+    const { client } = setup();
+    expect(await client.getQuota({ userId: "u1" })).toMatchObject({
+      used: 0n,
+      remaining: 200n,
+      limit: 200n,
+    });
+    await client.checkAndInc({ userId: "u1" });
+    const quota = await client.getQuota({ userId: "u1" });
+    expect(quota).toMatchObject({ used: 50n, remaining: 150n, limit: 200n });
+    expect(quota.resetTime && timestampDate(quota.resetTime).toISOString()).toBe(
+      "2026-11-27T00:00:00.000Z",
+    );
+    expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(100n);
+  });
+
   it("refuses bad requests with INVALID_ARGUMENT", async () => {
     const { client } = setup();
     expect((await refusal(client.checkAndInc({ userId: "" }))).code).toBe(Code.InvalidArgument);
@@ -93,5 +109,6 @@ describe("TokenService over a router transport", () => {
     expect((await refusal(client.refund({ userId: "u", chargeId: "" }))).code).toBe(
       Code.InvalidArgument,
     );
+    expect((await refusal(client.getQuota({ userId: "" }))).code).toBe(Code.InvalidArgument);
   });
 });

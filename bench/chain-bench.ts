@@ -1,0 +1,118 @@
+/**
+ * `make bench`: the whole chain (gateway → filter → token → llm, separate
+ * processes) under autocannon, then a bare Fastify server answering the same
+ * JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
+ * latency percentiles, errors, peak RSS of our processes and the ratio
+ * chain / ceiling; writes the figures to bench/results/.
+ *
+ * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
+ * BENCH_USERS (1000000), BENCH_WARMUP_S (3).
+ */
+import { fork } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { fileURLToPath } from "node:url";
+import autocannon from "autocannon";
+import { freePort, rssOf, startChain } from "./stack.js";
+
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 50);
+const duration = Number(process.env.BENCH_DURATION_S ?? 10);
+const users = Number(process.env.BENCH_USERS ?? 1_000_000);
+const warmup = Number(process.env.BENCH_WARMUP_S ?? 3);
+const text = "Hello   world   from   Go!";
+
+interface Figures {
+  readonly requestsPerSec: number;
+  readonly p50: number;
+  readonly p90: number;
+  readonly p99: number;
+  readonly non2xx: number;
+  readonly errors: number;
+  readonly total: number;
+}
+
+async function load(url: string, seconds: number): Promise<Figures> {
+  let n = 0;
+  const result = await autocannon({
+    url: `${url}/chat`,
+    connections,
+    duration: seconds,
+    requests: [
+      {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        setupRequest: (req) => {
+          n = (n + 1) % users;
+          return { ...req, body: `{"user_id":"u${n}","text":"${text}"}` };
+        },
+      },
+    ],
+  });
+  return {
+    requestsPerSec: result.requests.average,
+    p50: result.latency.p50,
+    p90: result.latency.p90,
+    p99: result.latency.p99,
+    non2xx: result.non2xx,
+    errors: result.errors + result.timeouts,
+    total: result.requests.total,
+  };
+}
+
+async function measureChain() {
+  const chain = await startChain();
+  try {
+    await load(chain.url, warmup);
+    let peakRss = 0;
+    const sampler = setInterval(() => {
+      let total = 0;
+      for (const pid of chain.pids) total += rssOf(pid);
+      peakRss = Math.max(peakRss, total);
+    }, 250);
+    const figures = await load(chain.url, duration);
+    clearInterval(sampler);
+    return { ...figures, peakRssBytes: peakRss };
+  } finally {
+    await chain.stop();
+  }
+}
+
+async function measureCeiling() {
+  const server = fork(fileURLToPath(new URL("./ceiling-server.ts", import.meta.url)), {
+    env: { ...process.env, PORT: String(await freePort()) },
+    execArgv: ["--import", "tsx"],
+  });
+  const port = await new Promise<number>((resolve) =>
+    server.once("message", (m) => resolve((m as { port: number }).port)),
+  );
+  try {
+    const url = `http://127.0.0.1:${port}`;
+    await load(url, warmup);
+    return await load(url, duration);
+  } finally {
+    server.kill("SIGTERM");
+  }
+}
+
+const chain = await measureChain();
+const ceiling = await measureCeiling();
+const ratio = chain.requestsPerSec / ceiling.requestsPerSec;
+const row = (name: string, f: Figures) =>
+  `${name.padEnd(8)} ${f.requestsPerSec.toFixed(0).padStart(8)} req/s  p50 ${f.p50} ms  p90 ${f.p90} ms  p99 ${f.p99} ms  non-2xx ${f.non2xx}  errors ${f.errors}`;
+console.log(
+  `\nchatmesh bench: ${connections} connections, ${duration} s, ${users} users, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"})`,
+);
+console.log(row("chain", chain));
+console.log(row("ceiling", ceiling));
+console.log(
+  `chain / ceiling = ${ratio.toFixed(3)}   peak RSS of the 4 processes = ${(chain.peakRssBytes / 1048576).toFixed(0)} MB`,
+);
+
+const dir = fileURLToPath(new URL("./results/", import.meta.url));
+mkdirSync(dir, { recursive: true });
+const file = `${dir}chain-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+writeFileSync(
+  file,
+  `${JSON.stringify({ at: new Date().toISOString(), connections, duration, users, cpus: os.cpus().length, chain, ceiling, ratio }, null, 2)}\n`,
+);
+console.log(`figures written to ${file}`);

@@ -1,0 +1,90 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import net from "node:net";
+import { fileURLToPath } from "node:url";
+
+const bin = fileURLToPath(new URL("../bin/chatmesh.js", import.meta.url));
+
+/** A port nobody listens on right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls GET /healthz until it answers. */
+export async function waitHealthy(port: number, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`port ${port} not healthy`);
+}
+
+/** Resident set size of a process in bytes (Linux), 0 when gone. */
+export function rssOf(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = /VmRSS:\s+(\d+) kB/.exec(status)?.[1];
+    return kb === undefined ? 0 : Number(kb) * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** Starts `chatmesh <name>` quietly; its stderr is kept for errors. */
+export function startProcess(name: string, env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, [bin, name], {
+    env: { ...process.env, LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  return child;
+}
+
+/** The chain as separate processes on free ports. */
+export async function startChain(extraEnv: Record<string, string> = {}) {
+  const names = ["token", "filter", "llm", "gateway"] as const;
+  const ports = Object.fromEntries(
+    await Promise.all(names.map(async (n) => [n, await freePort()])),
+  ) as Record<(typeof names)[number], number>;
+  const env: Record<string, string> = {
+    TOKEN_PORT: String(ports.token),
+    FILTER_PORT: String(ports.filter),
+    LLM_PORT: String(ports.llm),
+    GATEWAY_PORT: String(ports.gateway),
+    TOKEN_URL: `http://127.0.0.1:${ports.token}`,
+    FILTER_URL: `http://127.0.0.1:${ports.filter}`,
+    LLM_URL: `http://127.0.0.1:${ports.llm}`,
+    QUOTA_LIMIT: String(Number.MAX_SAFE_INTEGER),
+    ...extraEnv,
+  };
+  const children = names.map((n) => startProcess(n, env));
+  await Promise.all(names.map((n) => waitHealthy(ports[n])));
+  return {
+    url: `http://127.0.0.1:${ports.gateway}`,
+    pids: children.map((c) => c.pid),
+    async stop() {
+      await Promise.all(
+        children.map(
+          (c) =>
+            new Promise<void>((resolve) => {
+              if (c.exitCode !== null) return resolve();
+              c.once("exit", () => resolve());
+              c.kill("SIGTERM");
+            }),
+        ),
+      );
+    },
+  };
+}

@@ -1,0 +1,72 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { type CallOptions, type Client, Code, ConnectError } from "@connectrpc/connect";
+import { QuotaExceededSchema } from "../../gen/chat/v1/errors_pb.js";
+import type { CheckAndIncResponse, TokenService } from "../../gen/chat/v1/token_pb.js";
+
+/** A user's quota as the RateLimit headers tell it. */
+export interface QuotaState {
+  readonly limit: number;
+  /** What is left now (never below 0). */
+  readonly remaining: number;
+  readonly resetAt: Date;
+}
+
+/**
+ * Runs `call`, and once more when it fails with UNAVAILABLE (the token
+ * service or its store was briefly unreachable). Only for idempotent calls:
+ * reads, and charges and refunds that carry a charge id.
+ */
+export async function retryOnceIfUnavailable<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    if (ConnectError.from(err).code !== Code.Unavailable) throw err;
+    return call();
+  }
+}
+
+/**
+ * Charges one chat to the user's quota under `chargeId` (the request id), so
+ * a retry charges once. Reports the quota after it to `onQuota`, on success
+ * and on a refusal; an unmetered answer (QUOTA_FAIL_OPEN) reports nothing,
+ * since nothing is known of the quota then.
+ */
+export async function chargeChat(
+  token: Client<typeof TokenService>,
+  charge: { readonly userId: string; readonly chargeId: string },
+  callOptions: CallOptions,
+  onQuota: (state: QuotaState) => void = () => {},
+): Promise<CheckAndIncResponse> {
+  try {
+    const res = await retryOnceIfUnavailable(() => token.checkAndInc(charge, callOptions));
+    if (!res.unmetered && res.resetTime !== undefined) {
+      onQuota({
+        limit: Number(res.limit),
+        remaining: Math.max(0, Number(res.remaining)),
+        resetAt: timestampDate(res.resetTime),
+      });
+    }
+    return res;
+  } catch (err) {
+    const [refused] = ConnectError.from(err).findDetails(QuotaExceededSchema);
+    if (refused?.resetTime !== undefined) {
+      // The detail tells what would be left after the refused charge; left now is that plus its cost.
+      onQuota({
+        limit: Number(refused.limit),
+        remaining: Math.max(0, Number(refused.remaining + refused.cost)),
+        resetAt: timestampDate(refused.resetTime),
+      });
+    }
+    throw err;
+  }
+}
+
+/** The RateLimit-Limit, -Remaining and -Reset (seconds to go) headers of a quota. */
+export function rateLimitHeaders(state: QuotaState, now = new Date()): Record<string, string> {
+  const reset = Math.max(0, Math.ceil((state.resetAt.getTime() - now.getTime()) / 1000));
+  return {
+    "RateLimit-Limit": String(state.limit),
+    "RateLimit-Remaining": String(state.remaining),
+    "RateLimit-Reset": String(reset),
+  };
+}

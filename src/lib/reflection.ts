@@ -1,0 +1,121 @@
+import { createRegistry, type DescFile, type Registry, toBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import type { ConnectRouter } from "@connectrpc/connect";
+import {
+  type ServerReflectionRequest,
+  type ServerReflectionResponse,
+  ServerReflection as ServerReflectionV1,
+} from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+
+type Request = Omit<ServerReflectionRequest, "$typeName">;
+type ResponseInit = Omit<ServerReflectionResponse, "$typeName" | "originalRequest" | "validHost">;
+
+const notFound = 5;
+
+/** The files and their imports, each once, dependencies first. */
+function withDependencies(file: DescFile, seen = new Set<string>()): Uint8Array[] {
+  if (seen.has(file.name)) return [];
+  seen.add(file.name);
+  return [
+    toBinary(FileDescriptorProtoSchema, file.proto),
+    ...file.dependencies.flatMap((dep) => withDependencies(dep, seen)),
+  ];
+}
+
+/** Every file reachable from `files` through imports, by name. */
+function fileIndex(files: readonly DescFile[]): Map<string, DescFile> {
+  const index = new Map<string, DescFile>();
+  const add = (file: DescFile) => {
+    if (index.has(file.name)) return;
+    index.set(file.name, file);
+    file.dependencies.forEach(add);
+  };
+  files.forEach(add);
+  return index;
+}
+
+function answer(
+  index: Map<string, DescFile>,
+  registry: Registry,
+  services: readonly string[],
+  req: Request,
+): ResponseInit {
+  const files = (file: DescFile | undefined): ResponseInit =>
+    file === undefined
+      ? {
+          messageResponse: {
+            case: "errorResponse",
+            value: {
+              $typeName: "grpc.reflection.v1.ErrorResponse",
+              errorCode: notFound,
+              errorMessage: "not found",
+            },
+          },
+        }
+      : {
+          messageResponse: {
+            case: "fileDescriptorResponse",
+            value: {
+              $typeName: "grpc.reflection.v1.FileDescriptorResponse",
+              fileDescriptorProto: withDependencies(file),
+            },
+          },
+        };
+  const request = req.messageRequest;
+  switch (request.case) {
+    case "listServices":
+      return {
+        messageResponse: {
+          case: "listServicesResponse",
+          value: {
+            $typeName: "grpc.reflection.v1.ListServiceResponse",
+            service: services.map((name) => ({
+              $typeName: "grpc.reflection.v1.ServiceResponse",
+              name,
+            })),
+          },
+        },
+      };
+    case "fileByFilename":
+      return files(index.get(request.value));
+    case "fileContainingSymbol": {
+      const symbol = request.value;
+      // A method's name is its service's name plus ".Method".
+      const desc = registry.get(symbol) ?? registry.get(symbol.slice(0, symbol.lastIndexOf(".")));
+      return files(
+        desc?.kind === "service" ||
+          desc?.kind === "message" ||
+          desc?.kind === "enum" ||
+          desc?.kind === "extension"
+          ? desc.file
+          : undefined,
+      );
+    }
+    default:
+      return files(undefined);
+  }
+}
+
+/**
+ * Registers gRPC server reflection, v1 and v1alpha, describing `files` (and
+ * everything they import) and listing `services`, so tools such as
+ * `buf curl` and `grpcurl` work without a schema.
+ */
+export function registerReflection(
+  router: ConnectRouter,
+  files: readonly DescFile[],
+  services: readonly string[],
+): void {
+  const index = fileIndex([...files, ServerReflectionV1.file, ServerReflectionV1alpha.file]);
+  const registry = createRegistry(...index.values());
+  const listed = [...services, ServerReflectionV1.typeName, ServerReflectionV1alpha.typeName];
+  async function* serve(requests: AsyncIterable<Request>) {
+    for await (const req of requests) {
+      yield { ...answer(index, registry, listed, req), validHost: req.host, originalRequest: req };
+    }
+  }
+  // v1alpha's messages have the same fields and numbers as v1's.
+  router.service(ServerReflectionV1, { serverReflectionInfo: serve as never });
+  router.service(ServerReflectionV1alpha, { serverReflectionInfo: serve as never });
+}

@@ -1,0 +1,59 @@
+/**
+ * The Lua scripts of the Redis quota store. Redis runs a script atomically,
+ * so each of check-and-charge and refund is one indivisible step on the
+ * server: no other replica's charge can slip in between the read and the
+ * write. ioredis sends them by EVALSHA and loads them on a NOSCRIPT reply.
+ *
+ * Every key a script touches is passed in KEYS (Redis Cluster routes by
+ * them), and all of one user's keys share the `{user}` hash tag, so they
+ * live in one slot.
+ */
+
+/**
+ * KEYS[1] the user's counter of the day, KEYS[2] the charge's record.
+ * ARGV[1] cost, ARGV[2] limit, ARGV[3] expiry (unix seconds), ARGV[4] "1"
+ * when there is a charge id. Returns {allowed (0/1), used}.
+ */
+export const chargeScript = `
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local recorded = ARGV[4] == '1'
+if recorded and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, used}
+end
+local cost = tonumber(ARGV[1])
+if used + cost > tonumber(ARGV[2]) then
+  return {0, used}
+end
+used = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+if recorded then
+  redis.call('HSET', KEYS[2], 'cost', ARGV[1], 'refunded', '0')
+  redis.call('EXPIREAT', KEYS[2], ARGV[3])
+end
+return {1, used}
+`;
+
+/**
+ * KEYS[1], KEYS[2]: the charge's record and the counter in the current day;
+ * KEYS[3], KEYS[4]: the same in the day before. Returns {refunded, used}:
+ * {0, used} when refunded already, {0, 0} when no such charge exists.
+ */
+export const refundScript = `
+for i = 1, 3, 2 do
+  local record = redis.call('HMGET', KEYS[i], 'cost', 'refunded')
+  if record[1] then
+    local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+    if record[2] == '1' then
+      return {0, used}
+    end
+    redis.call('HSET', KEYS[i], 'refunded', '1')
+    local cost = tonumber(record[1])
+    local after = math.max(0, used - cost)
+    if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+      redis.call('SET', KEYS[i + 1], after, 'KEEPTTL')
+    end
+    return {cost, after}
+  end
+end
+return {0, 0}
+`;

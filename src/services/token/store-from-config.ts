@@ -1,0 +1,21 @@
+import type { TokenConfig } from "../../lib/config.js";
+import type { Logger } from "../../lib/logger.js";
+import type { ReadyCheck } from "../../lib/readiness.js";
+import { createMemoryQuotaStore } from "./memory-store.js";
+import type { QuotaStore } from "./quota-store.js";
+import { createRedisQuotaStore } from "./redis-store.js";
+
+/** A quota store with what /readyz must check for it. */
+export interface ConfiguredStore {
+  readonly store: QuotaStore;
+  readonly readyChecks: Readonly<Record<string, ReadyCheck>>;
+}
+
+/** The store QUOTA_STORE names; the redis one makes the process not ready while Redis is down. */
+export function createQuotaStoreFromConfig(config: TokenConfig, logger: Logger): ConfiguredStore {
+  if (config.quotaStore === "redis") {
+    const store = createRedisQuotaStore({ url: config.redisUrl, logger });
+    return { store, readyChecks: { redis: () => store.ping() } };
+  }
+  return { store: createMemoryQuotaStore(), readyChecks: {} };
+}

@@ -1,0 +1,162 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { windowAt } from "../../../src/services/token/clock.js";
+import type { QuotaStore } from "../../../src/services/token/quota-store.js";
+
+/** How a conformance run gets a fresh, empty store, and gets rid of it. */
+export interface StoreFactory {
+  create(): Promise<QuotaStore> | QuotaStore;
+  /** Called after each test with the store it made (delete its keys, close it). */
+  dispose(store: QuotaStore): Promise<void>;
+}
+
+// Real days around now: a store that expires keys by the clock (Redis) keeps them.
+const today = windowAt(new Date());
+const tomorrow = windowAt(today.resetAt);
+
+/**
+ * The semantics every QuotaStore has, as one suite that each store runs:
+ * refuse without charging, per user and per UTC day, charge ids charged at
+ * most once, refunds once and only to the charge's user, exact under
+ * concurrency.
+ */
+export function describeQuotaStore(name: string, factory: StoreFactory): void {
+  describe(`${name} quota store (conformance)`, () => {
+    const made: QuotaStore[] = [];
+    const fresh = async () => {
+      const store = await factory.create();
+      made.push(store);
+      return store;
+    };
+    afterEach(async () => {
+      await Promise.all(made.splice(0).map((s) => factory.dispose(s)));
+    });
+    const charge = (store: QuotaStore, userId: string, chargeId = "", window = today, cost = 50) =>
+      store.charge({ userId, window, cost, limit: 200, chargeId });
+
+    it("charges until the limit and then refuses without charging", async () => {
+      const store = await fresh();
+      const seen = [];
+      for (let i = 0; i < 6; i++) seen.push(await charge(store, "u1"));
+      expect(seen.map((r) => [r.allowed, r.used])).toEqual([
+        [true, 50],
+        [true, 100],
+        [true, 150],
+        [true, 200],
+        [false, 200],
+        [false, 200],
+      ]);
+      expect(await store.get({ userId: "u1", window: today })).toBe(200);
+    });
+
+    it("refuses a charge bigger than the room left, and still takes one that fits", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "", today, 120);
+      expect(await charge(store, "u1", "", today, 100)).toEqual({ allowed: false, used: 120 });
+      expect(await charge(store, "u1", "", today, 80)).toEqual({ allowed: true, used: 200 });
+    });
+
+    it("reads 0 for a user never charged, and charges nothing for cost 0", async () => {
+      const store = await fresh();
+      expect(await store.get({ userId: "nobody", window: today })).toBe(0);
+      expect(await charge(store, "u1", "", today, 0)).toEqual({ allowed: true, used: 0 });
+    });
+
+    it("keeps users apart", async () => {
+      const store = await fresh();
+      await charge(store, "u1");
+      expect((await charge(store, "u2")).used).toBe(50);
+      expect(await store.get({ userId: "u1", window: today })).toBe(50);
+    });
+
+    it("keeps users apart whatever their ids contain", async () => {
+      const store = await fresh();
+      const tricky = ["a:b", "a}", "{a", "a:2026-01-01:charge:x", "用户", "a b"];
+      for (const userId of tricky) await charge(store, userId, "c1");
+      for (const userId of tricky) {
+        expect(await store.get({ userId, window: today })).toBe(50);
+      }
+    });
+
+    it("starts every UTC day afresh, leaving the day before as it was", async () => {
+      const store = await fresh();
+      for (let i = 0; i < 4; i++) await charge(store, "u1");
+      expect((await charge(store, "u1")).allowed).toBe(false);
+      expect(await charge(store, "u1", "", tomorrow)).toEqual({ allowed: true, used: 50 });
+      expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
+    });
+
+    it("charges a charge id once, and a refused charge leaves no record", async () => {
+      const store = await fresh();
+      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
+      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
+      expect((await charge(store, "u1", "c2")).used).toBe(100);
+      expect(await charge(store, "u2", "c1")).toEqual({ allowed: true, used: 50 });
+      await charge(store, "u1", "", today, 100);
+      expect(await charge(store, "u1", "c3")).toEqual({ allowed: false, used: 200 });
+      expect(await store.refund({ userId: "u1", chargeId: "c3", window: today })).toEqual({
+        refunded: 0,
+        used: 0,
+      });
+    });
+
+    it("refunds a charge exactly once, and only to its user", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "c1");
+      await charge(store, "u1", "c2");
+      const refund = (userId: string, chargeId: string) =>
+        store.refund({ userId, chargeId, window: today });
+      expect(await refund("u2", "c1")).toEqual({ refunded: 0, used: 0 });
+      expect(await refund("u1", "c1")).toEqual({ refunded: 50, used: 50 });
+      expect(await refund("u1", "c1")).toEqual({ refunded: 0, used: 50 });
+      expect(await refund("u1", "nope")).toEqual({ refunded: 0, used: 0 });
+      expect(await store.get({ userId: "u1", window: today })).toBe(50);
+      // A refunded id stays spent: charging it again charges nothing.
+      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
+    });
+
+    it("gives back the exact amount of an odd-sized charge", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "a", today, 37);
+      await charge(store, "u1", "b", today, 101);
+      expect(await store.refund({ userId: "u1", chargeId: "a", window: today })).toEqual({
+        refunded: 37,
+        used: 101,
+      });
+    });
+
+    it("refunds after midnight a charge made before it", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "late", today);
+      await charge(store, "u1", "early", tomorrow);
+      expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
+        refunded: 50,
+        used: 0,
+      });
+      expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
+    });
+
+    it("lets exactly as many concurrent charges through as fit", async () => {
+      const store = await fresh();
+      const results = await Promise.all(
+        Array.from({ length: 200 }, (_, i) => charge(store, "u1", `c${i}`)),
+      );
+      expect(results.filter((r) => r.allowed)).toHaveLength(4);
+      expect(results.filter((r) => !r.allowed).every((r) => r.used === 200)).toBe(true);
+      expect(await store.get({ userId: "u1", window: today })).toBe(200);
+    });
+
+    it("charges one id sent many times at once only once, and refunds it once", async () => {
+      const store = await fresh();
+      const charged = await Promise.all(Array.from({ length: 20 }, () => charge(store, "u1", "x")));
+      expect(charged.every((r) => r.allowed)).toBe(true);
+      expect(await store.get({ userId: "u1", window: today })).toBe(50);
+      const refunds = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          store.refund({ userId: "u1", chargeId: "x", window: today }),
+        ),
+      );
+      expect(refunds.reduce((sum, r) => sum + r.refunded, 0)).toBe(50);
+      expect(await store.get({ userId: "u1", window: today })).toBe(0);
+    });
+  });
+}

@@ -1,0 +1,129 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TokenService } from "../../../gen/chat/v1/token_pb.js";
+import { type Clock, windowAt } from "../../../src/services/token/clock.js";
+import {
+  createRedisQuotaStore,
+  quotaKeys,
+  type RedisQuotaStore,
+} from "../../../src/services/token/redis-store.js";
+import { createTokenService } from "../../../src/services/token/token-service.js";
+import { freePort } from "../../fixtures/processes.js";
+import {
+  createTestRedis,
+  redisUrl,
+  sharedRedisOrSkip,
+  uniquePrefix,
+} from "../../fixtures/redis.js";
+
+const available = await sharedRedisOrSkip();
+
+function clientOver(store: RedisQuotaStore, clock?: Clock, failOpen = false) {
+  return createClient(
+    TokenService,
+    createRouterTransport((router) =>
+      router.service(
+        TokenService,
+        createTokenService({
+          store,
+          limit: 200,
+          defaultCost: 50,
+          failOpen,
+          ...(clock ? { clock } : {}),
+        }),
+      ),
+    ),
+  );
+}
+
+async function failure(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to fail");
+}
+
+describe.runIf(available)("TokenService over the shared Redis", () => {
+  const prefix = uniquePrefix("token-service");
+  let admin: ReturnType<typeof createTestRedis>;
+  let store: RedisQuotaStore;
+  beforeAll(async () => {
+    admin = createTestRedis();
+    store = createRedisQuotaStore({ url: redisUrl, keyPrefix: prefix });
+    await store.connected();
+  });
+  afterAll(async () => {
+    await admin.deletePrefix(prefix);
+    admin.disconnect();
+    await store.close();
+  });
+
+  it("rolls over at UTC midnight by the injected clock, each day's key expiring after it", async () => {
+    const today = windowAt(new Date());
+    const tomorrow = windowAt(today.resetAt);
+    let now = new Date(today.resetAt.getTime() - 1_000);
+    const client = clientOver(store, { now: () => now });
+
+    for (let i = 0; i < 4; i++) await client.checkAndInc({ userId: "midnight" });
+    expect((await failure(client.checkAndInc({ userId: "midnight" }))).code).toBe(
+      Code.ResourceExhausted,
+    );
+    now = new Date(today.resetAt.getTime());
+    const next = await client.checkAndInc({ userId: "midnight" });
+    expect(next.remaining).toBe(150n);
+    expect(next.resetTime && timestampDate(next.resetTime)).toEqual(tomorrow.resetAt);
+
+    const todayKey = quotaKeys(prefix, "midnight", today).counter;
+    const tomorrowKey = quotaKeys(prefix, "midnight", tomorrow).counter;
+    expect([await admin.get(todayKey), await admin.get(tomorrowKey)]).toEqual(["200", "50"]);
+    const secondsTo = (at: Date) => (at.getTime() - Date.now()) / 1000;
+    const todayTtl = await admin.ttl(todayKey);
+    const tomorrowTtl = await admin.ttl(tomorrowKey);
+    expect(Math.abs(todayTtl - (secondsTo(today.resetAt) + 3_600))).toBeLessThan(10);
+    expect(Math.abs(tomorrowTtl - (secondsTo(tomorrow.resetAt) + 3_600))).toBeLessThan(10);
+  });
+
+  it("charges a charge id sent twice once, and reads the quota without charging", async () => {
+    const client = clientOver(store);
+    const first = await client.checkAndInc({ userId: "twice", chargeId: "req-1" });
+    const again = await client.checkAndInc({ userId: "twice", chargeId: "req-1" });
+    expect([first.remaining, again.remaining]).toEqual([150n, 150n]);
+    const quota = await client.getQuota({ userId: "twice" });
+    expect(quota).toMatchObject({ used: 50n, remaining: 150n, limit: 200n });
+    expect(await client.getQuota({ userId: "twice" })).toMatchObject({ used: 50n });
+    const counter = quotaKeys(prefix, "twice", windowAt(new Date())).counter;
+    expect(await admin.get(counter)).toBe("50");
+  });
+});
+
+describe("TokenService while Redis is unreachable", () => {
+  let store: RedisQuotaStore;
+  beforeAll(async () => {
+    store = createRedisQuotaStore({ url: `redis://127.0.0.1:${await freePort()}` });
+  });
+  afterAll(() => store.close());
+
+  it("fails CheckAndInc, Refund and GetQuota with UNAVAILABLE", async () => {
+    const client = clientOver(store);
+    const calls = [
+      client.checkAndInc({ userId: "u", chargeId: "c" }),
+      client.refund({ userId: "u", chargeId: "c" }),
+      client.getQuota({ userId: "u" }),
+    ];
+    for (const call of calls) expect((await failure(call)).code).toBe(Code.Unavailable);
+  });
+
+  it("lets CheckAndInc through uncharged and says so, with QUOTA_FAIL_OPEN", async () => {
+    const client = clientOver(store, undefined, true);
+    expect(await client.checkAndInc({ userId: "u", chargeId: "c" })).toMatchObject({
+      unmetered: true,
+      remaining: 200n,
+      limit: 200n,
+      cost: 0n,
+    });
+    expect((await failure(client.getQuota({ userId: "u" }))).code).toBe(Code.Unavailable);
+  });
+});
