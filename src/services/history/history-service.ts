@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   type HistoryEntry,
@@ -33,6 +33,10 @@ const toMessage = (entry: Entry): HistoryEntry =>
     requestId: entry.requestId,
   });
 
+/** The store keeps milliseconds; finer digits are dropped, not rounded up into the future. */
+const toMs = (ts: Timestamp): number =>
+  Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1_000_000);
+
 /** Turns the store's refusals into their codes; other failures stay INTERNAL with the cause kept. */
 function fromStoreError(err: unknown): ConnectError {
   if (err instanceof HistoryInputError) {
@@ -51,14 +55,12 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
   return {
     async append(req) {
       requireUserId(req.userId);
-      const createdAt = req.createdAt === undefined ? now() : timestampDate(req.createdAt);
       try {
         const { entry, created } = await store.append({
           userId: req.userId,
           text: req.text,
           reply: req.reply,
-          // The store keeps milliseconds; finer digits are dropped, not rounded.
-          createdAtMs: Math.floor(createdAt.getTime()),
+          createdAtMs: req.createdAt === undefined ? now().getTime() : toMs(req.createdAt),
           requestId: req.requestId,
         });
         return { entry: toMessage(entry), created };

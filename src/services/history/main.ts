@@ -3,18 +3,15 @@ import { defaultPorts, loadHistoryConfig } from "../../lib/config.js";
 import { createLogger } from "../../lib/logger.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
-import { openHistoryDatabase, redactDatabaseUrl } from "./database.js";
+import { redactDatabaseUrl } from "./database.js";
 import { createHistoryService } from "./history-service.js";
-import { migrateHistory } from "./migrations.js";
-import { createSqlHistoryStore } from "./sql-store.js";
+import { openHistoryStore } from "./open-store.js";
 
 /** Starts the history process from the environment: migrates, then listens. */
 export async function main(): Promise<void> {
   const config = loadHistoryConfig();
   const logger = createLogger("history", config.logLevel);
-  const { db, dialect } = openHistoryDatabase(config.database);
-  await migrateHistory(db, dialect);
-  const store = createSqlHistoryStore(db);
+  const store = await openHistoryStore(config.database);
   logger.info({ database: redactDatabaseUrl(config.database) }, "history store ready");
   const app = await createRpcServer({
     name: "history",
