@@ -6,6 +6,7 @@ import type { Logger } from "../lib/logger.js";
 import { type ReadyCheck, registerHealthRoutes } from "../lib/readiness.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
+import { registerHistory } from "./history.js";
 import type { Upstreams } from "./upstreams.js";
 
 export interface GatewayDeps {
@@ -33,8 +34,8 @@ function errorResponse(err: FastifyError): HttpError {
 }
 
 /**
- * Builds the HTTP gateway (not listening): POST /chat, GET /health and
- * /healthz. Every response carries `x-request-id`, made here (never taken
+ * Builds the HTTP gateway (not listening): POST /chat, GET /history,
+ * GET /health and /healthz. Every response carries `x-request-id`, made here (never taken
  * from the caller, because it is also the id the quota is charged under).
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
@@ -56,10 +57,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
 
+  const history = registerHistory(app, { client: upstreams.history, config });
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
     if (isHttpError(input)) return reply.code(input.status).send(input.body);
-    const result = await runChat({ upstreams, logger: req.log }, input, req.id);
+    const result = await runChat({ upstreams, logger: req.log, history }, input, req.id);
     if (isHttpError(result)) return reply.code(result.status).send(result.body);
     return result;
   });

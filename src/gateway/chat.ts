@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from "fastify";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import type { HistoryRecorder } from "./history-recorder.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
@@ -42,6 +43,8 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
 export interface ChatDeps {
   readonly upstreams: Upstreams;
   readonly logger: FastifyBaseLogger;
+  /** Keeps each successful chat; it never throws, fails or delays the chat. */
+  readonly history?: HistoryRecorder;
 }
 
 /**
@@ -78,6 +81,8 @@ export async function runChat(
       { text: cleaned, userId: input.userId },
       callOptions,
     );
+    const createdAt = new Date();
+    deps.history?.record({ userId: input.userId, text: cleaned, reply, createdAt, requestId });
     return { cleaned, reply, remaining: Number(remaining) };
   } catch (err) {
     logFailure(logger, "llm", err);

@@ -1,6 +1,7 @@
 import { type Client, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FilterService } from "../../gen/chat/v1/filter_pb.js";
+import { HistoryService } from "../../gen/chat/v1/history_pb.js";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
@@ -10,6 +11,7 @@ export interface Upstreams {
   readonly filter: Client<typeof FilterService>;
   readonly token: Client<typeof TokenService>;
   readonly llm: Client<typeof LLMService>;
+  readonly history: Client<typeof HistoryService>;
 }
 
 /**
@@ -31,5 +33,6 @@ export function createUpstreams(config: GatewayConfig): Upstreams {
     filter: createClient(FilterService, transport(config.filterUrl, config.filterTimeoutMs)),
     token: createClient(TokenService, transport(config.tokenUrl, config.tokenTimeoutMs)),
     llm: createClient(LLMService, transport(config.llmUrl, config.llmTimeoutMs)),
+    history: createClient(HistoryService, transport(config.historyUrl, config.historyTimeoutMs)),
   };
 }
