@@ -121,7 +121,9 @@ function readHttpUrl(env: Env, name: string, fallback: string): string {
 
 function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl {
   const raw = readString(env, name, fallback);
-  const expected = `${name} must be sqlite:<file> or mysql://user:pass@host:3306/db, got "${raw}"`;
+  // A password never reaches the terminal, even in a malformed URL.
+  const shown = raw.replace(/(\/\/[^/:@]*:)[^@/]*@/, "$1***@");
+  const expected = `${name} must be sqlite:<file> or mysql://user:pass@host:3306/db, got "${shown}"`;
   if (raw.startsWith("sqlite:")) {
     // sqlite:///abs/file.db and sqlite://./file.db mean the same as sqlite:/abs/file.db.
     const path = raw.slice("sqlite:".length).replace(/^\/\//, "");
