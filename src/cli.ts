@@ -7,6 +7,7 @@ commands:
   filter             chat.v1.FilterService (FILTER_PORT, default 50052)
   token              chat.v1.TokenService (TOKEN_PORT, default 50051)
   llm                chat.v1.LLMService (LLM_PORT, default 50055)
+  history            chat.v1.HistoryService (HISTORY_PORT, default 50053)
   client "text"      the seed's client: Filter then LLM over gRPC
   run-all            every process at once, for development
 
@@ -17,6 +18,7 @@ const processes: Record<string, () => Promise<{ main: () => Promise<void> }>> = 
   filter: () => import("./services/filter/main.js"),
   token: () => import("./services/token/main.js"),
   llm: () => import("./services/llm/main.js"),
+  history: () => import("./services/history/main.js"),
 };
 
 async function run(argv: readonly string[]): Promise<number | undefined> {

@@ -7,19 +7,21 @@ import {
   type Env,
   loadFilterConfig,
   loadGatewayConfig,
+  loadHistoryConfig,
   loadLlmConfig,
   loadTokenConfig,
 } from "../lib/config.js";
 import { formatLogLine } from "./pretty.js";
 
-type Name = "token" | "filter" | "llm" | "gateway";
+type Name = "token" | "filter" | "llm" | "history" | "gateway";
 
 /** Start order: the services first, the gateway that calls them last. */
-const names: readonly Name[] = ["token", "filter", "llm", "gateway"];
+const names: readonly Name[] = ["token", "filter", "llm", "history", "gateway"];
 const colors: Record<Name, string> = {
   token: "\x1b[33m",
   filter: "\x1b[36m",
   llm: "\x1b[35m",
+  history: "\x1b[34m",
   gateway: "\x1b[32m",
 };
 const bin = fileURLToPath(new URL("../../bin/chatmesh.js", import.meta.url));
@@ -58,7 +60,7 @@ function prefixOutput(name: Name, child: ChildProcess, color: boolean): void {
 }
 
 /**
- * `make run-all`: starts token, filter, llm and gateway with embedded
+ * `make run-all`: starts token, filter, llm, history and gateway with embedded
  * defaults, prefixes their output with their names, prints the URLs once all
  * are healthy, and stops them all on Ctrl-C or when one dies. Returns the
  * exit code.
@@ -70,6 +72,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
     token: loadTokenConfig(env).port,
     filter: loadFilterConfig(env).port,
     llm: loadLlmConfig(env).port,
+    history: loadHistoryConfig(env).port,
     gateway: gateway.port,
   };
   const portOf = (name: Name) => ports[name];
@@ -84,7 +87,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
     }
   }
   const childEnv: Record<string, string | undefined> = { ...env };
-  for (const name of ["token", "filter", "llm"] as const) {
+  for (const name of ["token", "filter", "llm", "history"] as const) {
     const urlVar = `${name.toUpperCase()}_URL`;
     childEnv[urlVar] ??= `http://${host}:${portOf(name)}`;
   }
@@ -138,11 +141,12 @@ export async function runAll(env: Env = process.env): Promise<number> {
         [
           "",
           "chatmesh is up:",
-          `  gateway  ${base}:${portOf("gateway")}   (POST /chat, POST /chat/stream, GET /health)`,
+          `  gateway  ${base}:${portOf("gateway")}   (POST /chat, POST /chat/stream, GET /history, GET /health)`,
           `  chat     ${base}:${portOf("gateway")}/  (the chat page, in a browser)`,
           `  token    ${base}:${portOf("token")}  (chat.v1.TokenService)`,
           `  filter   ${base}:${portOf("filter")}  (chat.v1.FilterService)`,
           `  llm      ${base}:${portOf("llm")}  (chat.v1.LLMService)`,
+          `  history  ${base}:${portOf("history")}  (chat.v1.HistoryService)`,
           "Press Ctrl-C to stop.",
           "",
         ].join("\n"),

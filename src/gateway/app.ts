@@ -4,11 +4,12 @@ import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
-import { counter, createMetricsRegistry } from "../lib/metrics.js";
+import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { runWithTrace } from "../lib/trace.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
+import { registerHistory } from "./history.js";
 import { registerChatPage } from "./page.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { registerQuotaRoute } from "./quota-route.js";
@@ -49,10 +50,10 @@ function errorResponse(err: FastifyError): HttpError {
 
 /**
  * Builds the HTTP gateway (not listening): POST /chat, POST /chat/stream,
- * the chat page at GET /, GET /quota, GET /health and /healthz. Every
- * response carries `x-request-id`, made here (never taken from the caller,
- * because it is also the id the quota is charged under); a chat answered 200
- * or 429 carries the RateLimit headers.
+ * the chat page at GET /, GET /quota, GET /history, GET /health and
+ * /healthz. Every response carries `x-request-id`, made here (never taken
+ * from the caller, because it is also the id the quota is charged under); a
+ * chat answered 200 or 429 carries the RateLimit headers.
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
   const { config, logger, upstreams } = deps;
@@ -89,6 +90,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
 
+  const history = registerHistory(app, { client: upstreams.history, config });
+  registerGaugeSet(
+    registry,
+    "chatmesh_history_appends",
+    "History appends by the gateway since start: appended, recovered by a retry, failed attempts, dropped, pending",
+    "state",
+    () => ({ ...history.stats() }),
+  );
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
     const seen: { quota?: QuotaState } = {};
@@ -96,7 +105,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const result = isHttpError(input)
       ? input
       : await runWithTrace(req.trace, () =>
-          runChat({ upstreams, logger, refunds, onQuota }, input, req.id),
+          runChat({ upstreams, logger, refunds, onQuota, history }, input, req.id),
         );
     chats.inc({ outcome: outcomeOf(result) });
     const status = isHttpError(result) ? result.status : 200;

@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from "fastify";
 import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -48,6 +49,8 @@ export interface ChatDeps {
   readonly refunds?: Counter<"result">;
   /** Told the user's quota once the charge is answered (for the RateLimit headers). */
   readonly onQuota?: (state: QuotaState) => void;
+  /** Keeps each successful chat; it never throws, fails or delays the chat. */
+  readonly history?: HistoryRecorder;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
@@ -98,14 +101,22 @@ export async function runChat(
   if ("status" in admitted) return admitted;
   const { cleaned, remaining } = admitted;
 
+  let reply: string;
   try {
-    const { reply } = await deps.upstreams.llm.generate({ text: cleaned, userId: input.userId });
-    return { cleaned, reply, remaining };
+    ({ reply } = await deps.upstreams.llm.generate({ text: cleaned, userId: input.userId }));
   } catch (err) {
     logFailure(deps.logger, "llm", err);
     await refund(deps, input.userId, requestId);
     return httpErrorFromRpc("llm", err);
   }
+  deps.history?.record({
+    userId: input.userId,
+    text: cleaned,
+    reply,
+    createdAt: new Date(),
+    requestId,
+  });
+  return { cleaned, reply, remaining: Number(remaining) };
 }
 
 /** Gives a charge back after the model failed; a failed refund is logged, not thrown. */

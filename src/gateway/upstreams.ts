@@ -2,6 +2,7 @@ import { type Client, createClient, type Interceptor, type Transport } from "@co
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
 import { FilterService } from "../../gen/chat/v1/filter_pb.js";
+import { HistoryService } from "../../gen/chat/v1/history_pb.js";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
 import {
@@ -19,6 +20,7 @@ export interface Upstreams {
   readonly filter: Client<typeof FilterService>;
   readonly token: Client<typeof TokenService>;
   readonly llm: Client<typeof LLMService>;
+  readonly history: Client<typeof HistoryService>;
 }
 
 /** Upstreams plus the readiness checks of their gRPC health services. */
@@ -76,6 +78,8 @@ export function createUpstreams(config: GatewayConfig, registry: Registry): Conn
     filter: createClient(FilterService, filter),
     token: createClient(TokenService, token),
     llm: createClient(LLMService, llm),
+    // History is not a readiness dependency: chats go on while it is down.
+    history: createClient(HistoryService, transport(config.historyUrl, config.historyTimeoutMs)),
     readyChecks,
   };
 }

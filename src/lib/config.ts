@@ -49,14 +49,29 @@ export interface LlmConfig extends ServiceConfig {
   readonly echoChunkDelayMs: number;
 }
 
+/** Where the history store lives: an embedded SQLite file or a MySQL/MariaDB server. */
+export type DatabaseUrl =
+  | { readonly dialect: "sqlite"; readonly path: string }
+  | { readonly dialect: "mysql"; readonly url: string };
+
+export interface HistoryConfig extends ServiceConfig {
+  readonly database: DatabaseUrl;
+}
+
 export interface GatewayConfig extends CommonConfig {
   readonly port: number;
   readonly tokenUrl: string;
   readonly filterUrl: string;
   readonly llmUrl: string;
+  readonly historyUrl: string;
   readonly filterTimeoutMs: number;
   readonly tokenTimeoutMs: number;
   readonly llmTimeoutMs: number;
+  readonly historyTimeoutMs: number;
+  /** How long a failed history append is retried in the background before it is dropped. */
+  readonly historyRetryWindowMs: number;
+  /** Most failed appends kept for retrying; beyond it the oldest is dropped. */
+  readonly historyQueueLimit: number;
   readonly maxBodyBytes: number;
   readonly maxTextChars: number;
   /**
@@ -132,6 +147,29 @@ function readRedisUrl(env: Env, name: string, fallback: string): string {
   return raw;
 }
 
+function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl {
+  const raw = readString(env, name, fallback);
+  // A password never reaches the terminal, even in a malformed URL.
+  const shown = raw.replace(/(\/\/[^/:@]*:)[^@/]*@/, "$1***@");
+  const expected = `${name} must be sqlite:<file> or mysql://user:pass@host:3306/db, got "${shown}"`;
+  if (raw.startsWith("sqlite:")) {
+    // sqlite:///abs/file.db and sqlite://./file.db mean the same as sqlite:/abs/file.db.
+    const path = raw.slice("sqlite:".length).replace(/^\/\//, "");
+    if (path === "") throw new ConfigError(expected);
+    return { dialect: "sqlite", path };
+  }
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(expected);
+  }
+  if (url.protocol !== "mysql:" || url.hostname === "" || url.pathname.replace(/^\//, "") === "") {
+    throw new ConfigError(expected);
+  }
+  return { dialect: "mysql", url: raw };
+}
+
 function readPort(env: Env, service: keyof typeof defaultPorts): number {
   const { env: name, port } = defaultPorts[service];
   return readInt(env, name, port, 0, 65535);
@@ -184,9 +222,17 @@ export function loadLlmConfig(env: Env = process.env): LlmConfig {
   });
 }
 
+/** Config of the history process. */
+export function loadHistoryConfig(env: Env = process.env): HistoryConfig {
+  return Object.freeze({
+    ...readService(env, "history"),
+    database: readDatabaseUrl(env, "HISTORY_DATABASE_URL", "sqlite:./data/history.db"),
+  });
+}
+
 /** Config of the HTTP gateway. */
 export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
-  const url = (service: "token" | "filter" | "llm") =>
+  const url = (service: "token" | "filter" | "llm" | "history") =>
     readHttpUrl(
       env,
       `${service.toUpperCase()}_URL`,
@@ -198,9 +244,13 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     tokenUrl: url("token"),
     filterUrl: url("filter"),
     llmUrl: url("llm"),
+    historyUrl: url("history"),
     filterTimeoutMs: readInt(env, "FILTER_TIMEOUT_MS", 2_000, 1, 600_000),
     tokenTimeoutMs: readInt(env, "TOKEN_TIMEOUT_MS", 2_000, 1, 600_000),
     llmTimeoutMs: readInt(env, "LLM_TIMEOUT_MS", 60_000, 1, 3_600_000),
+    historyTimeoutMs: readInt(env, "HISTORY_TIMEOUT_MS", 2_000, 1, 600_000),
+    historyRetryWindowMs: readInt(env, "HISTORY_RETRY_WINDOW_MS", 60_000, 0, 86_400_000),
+    historyQueueLimit: readInt(env, "HISTORY_QUEUE_LIMIT", 10_000, 0, 10_000_000),
     maxBodyBytes: readInt(env, "MAX_BODY_BYTES", 65_536, 64, 64 * 1_048_576),
     maxTextChars: readInt(env, "MAX_TEXT_CHARS", 8_000, 1, 10_000_000),
     upstreamProtocol: readEnum(env, "UPSTREAM_PROTOCOL", ["connect", "grpc"] as const, "connect"),

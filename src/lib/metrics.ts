@@ -1,6 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
-import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
 /** Latency buckets in seconds: sub-millisecond hops up to slow model calls. */
 const buckets = [
@@ -125,4 +125,27 @@ export function registerHttpMetrics(app: FastifyInstance, registry: Registry): v
   app.get("/metrics", async (_req, reply) =>
     reply.type(registry.contentType).send(await registry.metrics()),
   );
+}
+
+/**
+ * Exposes numbers kept elsewhere (a queue's counts, say) as gauges read at
+ * scrape time: `name{key="…"}` for each key of what `read` returns.
+ */
+export function registerGaugeSet(
+  registry: Registry,
+  name: string,
+  help: string,
+  label: string,
+  read: () => Readonly<Record<string, number>>,
+): void {
+  if (registry.getSingleMetric(name) !== undefined) return;
+  new Gauge({
+    name,
+    help,
+    labelNames: [label],
+    registers: [registry],
+    collect() {
+      for (const [key, value] of Object.entries(read())) this.set({ [label]: key }, value);
+    },
+  });
 }

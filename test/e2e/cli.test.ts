@@ -1,5 +1,8 @@
+import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import {
   freePort,
   type Running,
@@ -97,13 +100,17 @@ describe("starting a process", () => {
 });
 
 describe("run-all", () => {
-  it("starts the four processes, prints the URLs, serves a chat, and stops them all on SIGINT", async () => {
-    const ports = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-    const [token, filter, llm, gateway] = ports;
+  it("starts the five processes, prints the URLs, serves a chat, and stops them all on SIGINT", async () => {
+    const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+    const [token, filter, llm, history, gateway] = ports;
+    const dataDir = await mkdtemp(join(tmpdir(), "chatmesh-run-all-"));
+    onTestFinished(() => rm(dataDir, { recursive: true, force: true }));
     const run = startChatmesh(["run-all"], {
       TOKEN_PORT: String(token),
       FILTER_PORT: String(filter),
       LLM_PORT: String(llm),
+      HISTORY_PORT: String(history),
+      HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "data", "history.db")}`,
       GATEWAY_PORT: String(gateway),
     });
     await waitForOutput(run, /chatmesh is up/);
@@ -119,6 +126,13 @@ describe("run-all", () => {
       remaining: 150,
     });
     await waitForOutput(run, /^gateway \| .*request .*route=\/chat status=200/m);
+    expect(run.output()).toContain(`history  http://127.0.0.1:${history}`);
+    await vi.waitFor(async () => {
+      const page = await fetch(`http://127.0.0.1:${gateway}/history?user_id=u1`);
+      expect(((await page.json()) as { items: unknown[] }).items).toMatchObject([
+        { text: "Hello world from Go!" },
+      ]);
+    });
     run.child.kill("SIGINT");
     expect(await run.exited).toBe(0);
     for (const port of ports) {

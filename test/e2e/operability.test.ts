@@ -14,7 +14,7 @@ import {
 
 const run = promisify(execFile);
 const buf = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
-const names: ProcessName[] = ["token", "filter", "llm", "gateway"];
+const names: ProcessName[] = ["token", "filter", "llm", "history", "gateway"];
 
 let stack: Stack;
 beforeAll(async () => {
@@ -57,6 +57,7 @@ describe("buf curl without a schema (server reflection)", () => {
     ["filter", "chat.v1.FilterService/Filter", '{"text":"a   b"}', { cleaned: "a b" }],
     ["llm", "chat.v1.LLMService/Generate", '{"text":"hi"}', { reply: "Echo: hi" }],
     ["token", "chat.v1.TokenService/CheckAndInc", '{"userId":"reflect"}', { remaining: "150" }],
+    ["history", "chat.v1.HistoryService/List", '{"userId":"nobody"}', {}],
   ] as const)("lists and calls the %s service", async (name, path, body, expected) => {
     const base = `http://127.0.0.1:${stack.ports[name]}`;
     const listed = await run(buf, ["curl", "--http2-prior-knowledge", base, "--list-methods"]);
@@ -98,7 +99,7 @@ describe("buf curl without a schema (server reflection)", () => {
 });
 
 describe("trace propagation", () => {
-  it("puts the caller's trace id on log lines of all four processes", async () => {
+  it("puts the caller's trace id on log lines of all five processes", async () => {
     const traceId = randomBytes(16).toString("hex");
     const res = await fetch(`${stack.gatewayUrl}/chat`, {
       method: "POST",

@@ -1,0 +1,190 @@
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import type { FastifyBaseLogger } from "fastify";
+import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
+
+/** A successful chat, as the gateway hands it to the history. */
+export interface ChatRecord {
+  readonly userId: string;
+  /** The cleaned text. */
+  readonly text: string;
+  readonly reply: string;
+  readonly createdAt: Date;
+  /** The gateway's request id: makes a retried append store the chat once. */
+  readonly requestId: string;
+}
+
+/** What the recorder did since it started; `pending` is what waits for a retry now. */
+export interface HistoryRecorderStats {
+  readonly appended: number;
+  /** Appended only after one or more failed attempts. */
+  readonly recovered: number;
+  readonly failedAttempts: number;
+  /** Given up: the retry window passed, the queue was full, or history refused the chat. */
+  readonly dropped: number;
+  readonly pending: number;
+}
+
+/** Appends chats to the history without ever making a chat wait or fail. */
+export interface HistoryRecorder {
+  /** Starts the append in the background; never throws. */
+  record(chat: ChatRecord): void;
+  stats(): HistoryRecorderStats;
+  /** Stops retrying after one last attempt for what is pending. */
+  close(): Promise<void>;
+}
+
+export interface HistoryRecorderOptions {
+  readonly client: Client<typeof HistoryService>;
+  readonly logger: FastifyBaseLogger;
+  /** How long after its first failure a chat is still retried (HISTORY_RETRY_WINDOW_MS). */
+  readonly retryWindowMs: number;
+  /** Most chats waiting for a retry; beyond it the oldest is dropped (HISTORY_QUEUE_LIMIT). */
+  readonly queueLimit: number;
+  /** First wait before a retry; it doubles after each failure, up to maxDelayMs. */
+  readonly initialDelayMs?: number;
+  readonly maxDelayMs?: number;
+}
+
+interface Pending {
+  readonly chat: ChatRecord;
+  readonly deadline: number;
+}
+
+/** The history refused the chat itself: retrying cannot help. */
+const isPermanent = (err: unknown) => {
+  const { code } = ConnectError.from(err);
+  return code === Code.InvalidArgument || code === Code.AlreadyExists;
+};
+
+/**
+ * Appends every chat at once; a failed append waits in a bounded queue and
+ * is retried with exponential backoff until it is stored or its retry window
+ * passes, so a short history outage loses nothing. Retries are safe: Append
+ * is idempotent on the request id.
+ */
+export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryRecorder {
+  const { client, logger, retryWindowMs, queueLimit } = options;
+  const initialDelayMs = options.initialDelayMs ?? 250;
+  const maxDelayMs = options.maxDelayMs ?? 5_000;
+  const counts = { appended: 0, recovered: 0, failedAttempts: 0, dropped: 0 };
+  const queue: Pending[] = [];
+  const inFlight = new Set<Promise<void>>();
+  let delayMs = initialDelayMs;
+  let timer: NodeJS.Timeout | undefined;
+  let retrying = false;
+  let closed = false;
+
+  const track = (work: Promise<void>) => {
+    inFlight.add(work);
+    void work.finally(() => inFlight.delete(work));
+  };
+  const append = (chat: ChatRecord) =>
+    client.append(
+      {
+        userId: chat.userId,
+        text: chat.text,
+        reply: chat.reply,
+        createdAt: timestampFromDate(chat.createdAt),
+        requestId: chat.requestId,
+      },
+      { headers: { "x-request-id": chat.requestId } },
+    );
+  const drop = (chat: ChatRecord, why: string, err?: unknown) => {
+    counts.dropped++;
+    logger.error(
+      { err, requestId: chat.requestId, userId: chat.userId },
+      `history entry lost: ${why}`,
+    );
+  };
+
+  const enqueue = (chat: ChatRecord) => {
+    while (queue.length > 0 && queue.length >= queueLimit) {
+      drop((queue.shift() as Pending).chat, "retry queue full");
+    }
+    if (queueLimit === 0) return drop(chat, "retry queue full");
+    queue.push({ chat, deadline: Date.now() + retryWindowMs });
+    schedule();
+  };
+  const expire = () => {
+    const now = Date.now();
+    while (queue.length > 0 && (queue[0] as Pending).deadline <= now) {
+      drop((queue.shift() as Pending).chat, `not stored within ${retryWindowMs} ms`);
+    }
+  };
+  const schedule = () => {
+    if (timer !== undefined || retrying || closed || queue.length === 0) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      track(retryQueue());
+    }, delayMs);
+  };
+
+  /** Works through the queue oldest first; the first retryable failure ends the pass. */
+  async function retryQueue(): Promise<void> {
+    retrying = true;
+    try {
+      expire();
+      for (let head = queue[0]; head !== undefined && !closed; head = queue[0]) {
+        try {
+          await append(head.chat);
+          queue.shift();
+          counts.appended++;
+          counts.recovered++;
+          delayMs = initialDelayMs;
+        } catch (err) {
+          counts.failedAttempts++;
+          if (isPermanent(err)) {
+            queue.shift();
+            drop(head.chat, "refused by history", err);
+            continue;
+          }
+          delayMs = Math.min(delayMs * 2, maxDelayMs);
+          logger.warn({ err, pending: queue.length, retryInMs: delayMs }, "history still failing");
+          break;
+        }
+      }
+    } finally {
+      retrying = false;
+      expire();
+      schedule();
+    }
+  }
+
+  return {
+    record(chat) {
+      if (closed) return drop(chat, "gateway shutting down");
+      track(
+        append(chat).then(
+          () => {
+            counts.appended++;
+          },
+          (err: unknown) => {
+            counts.failedAttempts++;
+            if (isPermanent(err)) return drop(chat, "refused by history", err);
+            logger.warn({ err, requestId: chat.requestId }, "history append failed; will retry");
+            enqueue(chat);
+          },
+        ),
+      );
+    },
+
+    stats: () => ({ ...counts, pending: queue.length }),
+
+    async close() {
+      closed = true;
+      clearTimeout(timer);
+      timer = undefined;
+      while (inFlight.size > 0) await Promise.allSettled([...inFlight]);
+      const last = queue.splice(0);
+      const results = await Promise.allSettled(last.map((p) => append(p.chat)));
+      results.forEach((result, i) => {
+        const chat = (last[i] as Pending).chat;
+        if (result.status === "fulfilled") {
+          counts.appended++;
+          counts.recovered++;
+        } else drop(chat, "history unreachable at shutdown", result.reason);
+      });
+    },
+  };
+}

@@ -1,0 +1,97 @@
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import type { FastifyInstance } from "fastify";
+import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
+import type { GatewayConfig } from "../lib/config.js";
+import { badRequest, type HttpError } from "./errors.js";
+import { createHistoryRecorder, type HistoryRecorder } from "./history-recorder.js";
+
+/** One item of GET /history (contract). */
+export interface HistoryItem {
+  readonly id: string;
+  readonly text: string;
+  readonly reply: string;
+  /** ISO 8601 in UTC, with milliseconds. */
+  readonly created_at: string;
+}
+
+/** The contract's 200 body of GET /history. */
+export interface HistoryPage {
+  readonly items: readonly HistoryItem[];
+  /** Empty on the last page. */
+  readonly next_page_token: string;
+}
+
+interface HistoryQuery {
+  readonly userId: string;
+  readonly pageSize: number;
+  readonly pageToken: string;
+}
+
+const int32Max = 2 ** 31 - 1;
+
+/** Checks the query string of GET /history; an HttpError says what is wrong. */
+export function parseHistoryQuery(query: unknown): HistoryQuery | HttpError {
+  const {
+    user_id: userId,
+    page_size: size,
+    page_token: token,
+  } = (query ?? {}) as Record<string, unknown>;
+  if (typeof userId !== "string" || userId === "") return badRequest("user_id is required");
+  let pageSize = 0;
+  if (size !== undefined && size !== "") {
+    if (typeof size !== "string" || !/^\d+$/.test(size)) return badRequest("invalid page_size");
+    // The service caps it at 100 (AIP-158); this only keeps it an int32.
+    pageSize = Math.min(Number(size), int32Max);
+  }
+  if (token !== undefined && typeof token !== "string") return badRequest("invalid page_token");
+  return { userId, pageSize, pageToken: token ?? "" };
+}
+
+export interface HistoryRouteDeps {
+  readonly client: Client<typeof HistoryService>;
+  readonly config: GatewayConfig;
+}
+
+/**
+ * Adds GET /history and returns the recorder that appends each successful
+ * chat in the background; the recorder gets its last attempt when the app closes.
+ */
+export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): HistoryRecorder {
+  const { client, config } = deps;
+  const recorder = createHistoryRecorder({
+    client,
+    logger: app.log,
+    retryWindowMs: config.historyRetryWindowMs,
+    queueLimit: config.historyQueueLimit,
+  });
+  app.addHook("onClose", () => recorder.close());
+
+  app.get("/history", async (req, reply) => {
+    const query = parseHistoryQuery(req.query);
+    if ("status" in query) return reply.code(query.status).send(query.body);
+    try {
+      const page = await client.list(query, { headers: { "x-request-id": req.id } });
+      const body: HistoryPage = {
+        items: page.entries.map((e) => ({
+          id: e.id,
+          text: e.text,
+          reply: e.reply,
+          created_at: new Date(
+            e.createdAt === undefined ? 0 : timestampMs(e.createdAt),
+          ).toISOString(),
+        })),
+        next_page_token: page.nextPageToken,
+      };
+      return body;
+    } catch (err) {
+      // user_id and page_size are checked above, so the service can only mean the token.
+      if (ConnectError.from(err).code === Code.InvalidArgument) {
+        return reply.code(400).send({ error: "invalid page_token" });
+      }
+      req.log.warn({ err, stage: "history" }, "history call failed");
+      return reply.code(500).send({ error: "history failed" });
+    }
+  });
+  return recorder;
+}

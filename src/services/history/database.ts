@@ -1,0 +1,75 @@
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
+import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
+import { createPool } from "mysql2";
+import type { DatabaseUrl } from "../../lib/config.js";
+
+/** The history table as Kysely sees it. */
+export interface HistoryEntriesTable {
+  /** A number from SQLite, a decimal string from MySQL (BIGINT). */
+  id: Generated<number | string>;
+  /** SHA-256 (hex) of user_id: a fixed-width index key for ids of any length. */
+  user_key: string;
+  user_id: string;
+  request_id: string | null;
+  text: string;
+  reply: string;
+  /** See time.ts. */
+  created_at: string;
+}
+
+export interface HistoryDatabase {
+  history_entries: HistoryEntriesTable;
+}
+
+export type Dialect = DatabaseUrl["dialect"];
+
+/** An open history database and its dialect (the migrations pick column types by it). */
+export interface OpenDatabase {
+  readonly db: Kysely<HistoryDatabase>;
+  readonly dialect: Dialect;
+}
+
+/**
+ * Opens the database a HISTORY_DATABASE_URL names. SQLite files get their
+ * directory created and run in WAL mode (a killed process loses no committed
+ * chat); MySQL gets a pool that speaks utf8mb4 and hands times back as text.
+ * Nothing is queried until the first use.
+ */
+export function openHistoryDatabase(url: DatabaseUrl): OpenDatabase {
+  if (url.dialect === "sqlite") {
+    if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
+    const sqlite = new Database(url.path);
+    sqlite.pragma("journal_mode = WAL");
+    sqlite.pragma("busy_timeout = 5000");
+    return {
+      db: new Kysely({ dialect: new SqliteDialect({ database: sqlite }) }),
+      dialect: "sqlite",
+    };
+  }
+  const parsed = new URL(url.url);
+  const pool = createPool({
+    host: decodeURIComponent(parsed.hostname.replace(/^\[(.*)\]$/, "$1")),
+    port: parsed.port === "" ? 3306 : Number(parsed.port),
+    user: decodeURIComponent(parsed.username),
+    password: decodeURIComponent(parsed.password),
+    database: decodeURIComponent(parsed.pathname.slice(1)),
+    charset: "UTF8MB4_BIN",
+    // DATETIME(3) as text, in the format time.ts reads; no time-zone shifts.
+    dateStrings: true,
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+    connectionLimit: 10,
+    connectTimeout: 5_000,
+  });
+  return { db: new Kysely({ dialect: new MysqlDialect({ pool }) }), dialect: "mysql" };
+}
+
+/** Hides the password of a database URL, for logs and messages. */
+export function redactDatabaseUrl(url: DatabaseUrl): string {
+  if (url.dialect === "sqlite") return `sqlite:${url.path}`;
+  const parsed = new URL(url.url);
+  if (parsed.password !== "") parsed.password = "***";
+  return parsed.toString();
+}

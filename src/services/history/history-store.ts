@@ -1,0 +1,74 @@
+/** A chat to store. */
+export interface NewEntry {
+  readonly userId: string;
+  readonly text: string;
+  readonly reply: string;
+  /** Milliseconds since the epoch. */
+  readonly createdAtMs: number;
+  /** Non-empty: at most one entry is ever stored under it. */
+  readonly requestId: string;
+}
+
+/** A stored chat. */
+export interface Entry extends NewEntry {
+  /** Decimal digits, assigned by the store, increasing in insertion order. */
+  readonly id: string;
+}
+
+export interface AppendResult {
+  readonly entry: Entry;
+  /** False when the request id was stored already: nothing new was stored. */
+  readonly created: boolean;
+}
+
+export interface ListQuery {
+  readonly userId: string;
+  /** AIP-158: 0 means the default (20), above the maximum (100) means the maximum. */
+  readonly pageSize: number;
+  /** Empty for the first page. */
+  readonly pageToken: string;
+}
+
+export interface Page {
+  /** Newest first. */
+  readonly entries: readonly Entry[];
+  /** Empty on the last page. */
+  readonly nextPageToken: string;
+}
+
+/**
+ * Where chats are kept. Every implementation pages by keyset (created_at, id)
+ * descending, so a page never repeats or skips an entry while new ones arrive,
+ * and only ever reads the asking user's entries.
+ */
+export interface HistoryStore {
+  append(entry: NewEntry): Promise<AppendResult>;
+  list(query: ListQuery): Promise<Page>;
+  /** Resolves when the database answers. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The caller's mistake (bad page token, page size, time, request id): INVALID_ARGUMENT. */
+export class HistoryInputError extends Error {
+  override name = "HistoryInputError";
+}
+
+/** The request id is stored already for another user: ALREADY_EXISTS. */
+export class RequestIdConflictError extends Error {
+  override name = "RequestIdConflictError";
+}
+
+export const defaultPageSize = 20;
+export const maxPageSize = 100;
+/** Longest request id, in characters (the column's width). */
+export const maxRequestIdLength = 128;
+
+/** Applies AIP-158's page_size rules. */
+export function resolvePageSize(pageSize: number): number {
+  if (!Number.isSafeInteger(pageSize) || pageSize < 0) {
+    throw new HistoryInputError("page_size must not be negative");
+  }
+  if (pageSize === 0) return defaultPageSize;
+  return Math.min(pageSize, maxPageSize);
+}

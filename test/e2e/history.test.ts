@@ -1,0 +1,188 @@
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { HistoryService } from "../../gen/chat/v1/history_pb.js";
+import { createMysqlDatabase } from "../fixtures/databases.js";
+import {
+  freePort,
+  postChat,
+  type Running,
+  type Stack,
+  startChatmesh,
+  startStack,
+  waitHealthy,
+} from "../fixtures/processes.js";
+
+const run = promisify(execFile);
+const buf = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
+const protoDir = fileURLToPath(new URL("../../proto", import.meta.url));
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ HISTORY_TIMEOUT_MS: "1000", HISTORY_RETRY_WINDOW_MS: "60000" });
+});
+afterAll(() => stack?.stopAll());
+
+interface HistoryBody {
+  items: { id: string; text: string; reply: string; created_at: string }[];
+  next_page_token: string;
+}
+
+/** `curl -s …/history?…`, as a user would page through it. */
+async function curlHistory(query: string): Promise<{ status: number; body: string }> {
+  const { stdout } = await run("curl", [
+    "-s",
+    "-w",
+    "\n%{http_code}",
+    `${stack.gatewayUrl}/history?${query}`,
+  ]);
+  const cut = stdout.lastIndexOf("\n");
+  return { body: stdout.slice(0, cut), status: Number(stdout.slice(cut + 1)) };
+}
+
+async function texts(userId: string): Promise<string[]> {
+  const all: string[] = [];
+  let token = "";
+  do {
+    const res = await curlHistory(`user_id=${userId}&page_size=2&page_token=${token}`);
+    expect(res.status).toBe(200);
+    const body = JSON.parse(res.body) as HistoryBody;
+    all.push(...body.items.map((i) => i.text));
+    token = body.next_page_token;
+  } while (token !== "");
+  return all;
+}
+
+async function chat(userId: string, text: string) {
+  const res = await postChat(stack.gatewayUrl, { user_id: userId, text });
+  expect(res.status).toBe(200);
+  return res;
+}
+
+describe("history through the real processes", () => {
+  it("shows chats made through the gateway in GET /history, newest first", async () => {
+    await chat("e2e-1", "Hello   world   from   Go!");
+    await chat("e2e-1", "这是一条最小链路测试 👋");
+    await chat("e2e-1", "third");
+    expect((await postChat(stack.gatewayUrl, { user_id: "e2e-1", text: "has foo" })).status).toBe(
+      400,
+    );
+    await vi.waitFor(async () => expect(await texts("e2e-1")).toHaveLength(3), { timeout: 10_000 });
+    expect(await texts("e2e-1")).toEqual([
+      "third",
+      "这是一条最小链路测试 👋",
+      "Hello world from Go!",
+    ]);
+    const first = JSON.parse((await curlHistory("user_id=e2e-1&page_size=1")).body) as HistoryBody;
+    expect(first.items[0]).toEqual({
+      id: expect.stringMatching(/^\d+$/),
+      text: "third",
+      reply: "Echo: third",
+      created_at: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/),
+    });
+    expect(first.next_page_token).not.toBe("");
+  });
+
+  it("answers the contract's errors", async () => {
+    expect(await curlHistory("page_size=2")).toEqual({
+      status: 400,
+      body: '{"error":"user_id is required"}',
+    });
+    expect(await curlHistory("user_id=e2e-1&page_token=not-a-token")).toEqual({
+      status: 400,
+      body: '{"error":"invalid page_token"}',
+    });
+  });
+
+  it("serves chat.v1.HistoryService to buf curl over gRPC", async () => {
+    const { stdout } = await run(buf, [
+      "curl",
+      "--http2-prior-knowledge",
+      "--protocol",
+      "grpc",
+      "--schema",
+      protoDir,
+      "-d",
+      '{"userId":"e2e-1","pageSize":1}',
+      `http://127.0.0.1:${stack.ports.history}/chat.v1.HistoryService/List`,
+    ]);
+    expect(JSON.parse(stdout)).toMatchObject({ entries: [{ userId: "e2e-1", text: "third" }] });
+  });
+
+  it("loses nothing when the history process is killed and restarted", async () => {
+    for (const n of [1, 2, 3]) await chat("e2e-restart", `before ${n}`);
+    await vi.waitFor(async () => expect(await texts("e2e-restart")).toHaveLength(3), {
+      timeout: 10_000,
+    });
+    await stack.procs.get("history")?.stop("SIGKILL");
+    await stack.start("history");
+    expect(await texts("e2e-restart")).toEqual(["before 3", "before 2", "before 1"]);
+    expect((await texts("e2e-1")).length).toBe(3);
+  });
+
+  it("answers chats while history is down, and stores them once it is back", async () => {
+    await stack.procs.get("history")?.stop("SIGKILL");
+    const started = Date.now();
+    for (const n of [1, 2, 3]) {
+      const res = await chat("e2e-outage", `during ${n}`);
+      expect(res.json).toMatchObject({ reply: `Echo: during ${n}` });
+    }
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect((await curlHistory("user_id=e2e-outage")).status).toBe(500);
+    expect((await curlHistory("user_id=e2e-outage")).body).toBe('{"error":"history failed"}');
+    await new Promise((r) => setTimeout(r, 1_500));
+    await stack.start("history");
+    await vi.waitFor(async () => expect(await texts("e2e-outage")).toHaveLength(3), {
+      timeout: 30_000,
+      interval: 250,
+    });
+    expect(await texts("e2e-outage")).toEqual(["during 3", "during 2", "during 1"]);
+    expect(await texts("e2e-restart")).toHaveLength(3);
+  });
+});
+
+const mysql = await createMysqlDatabase();
+if ("skip" in mysql) console.warn(`skipping the history process on MySQL: ${mysql.skip}`);
+
+describe.skipIf("skip" in mysql)("the history process on MariaDB", () => {
+  const procs: Running[] = [];
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop()));
+    if (!("skip" in mysql)) await mysql.drop();
+  });
+
+  it("migrates at start-up, is ready, and keeps chats across a restart", async () => {
+    if ("skip" in mysql) return;
+    const port = await freePort();
+    const env = { HISTORY_PORT: String(port), HISTORY_DATABASE_URL: mysql.url };
+    const start = async () => {
+      const proc = startChatmesh(["history"], env);
+      procs.push(proc);
+      await waitHealthy(port, proc);
+      return proc;
+    };
+    const first = await start();
+    expect(first.output()).toMatch(
+      /"database":"mysql:\/\/[^"]*chatmesh_test_\w+".*history store ready/,
+    );
+    expect(await (await fetch(`http://127.0.0.1:${port}/readyz`)).text()).toBe("ready");
+    const client = createClient(
+      HistoryService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }),
+    );
+    const text = "MariaDB 👋 这是 ".repeat(500);
+    await client.append({ userId: "maria", text, reply: "r", requestId: "maria-1" });
+    await first.stop("SIGKILL");
+    await start();
+    const again = createClient(
+      HistoryService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }),
+    );
+    await again.append({ userId: "maria", text: "other", reply: "r", requestId: "maria-1" });
+    const { entries } = await again.list({ userId: "maria" });
+    expect(entries.map((e) => e.text)).toEqual([text]);
+  });
+});

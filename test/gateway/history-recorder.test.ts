@@ -1,0 +1,168 @@
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { FastifyInstance } from "fastify";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { HistoryService } from "../../gen/chat/v1/history_pb.js";
+import {
+  type ChatRecord,
+  createHistoryRecorder,
+  type HistoryRecorder,
+} from "../../src/gateway/history-recorder.js";
+import { loadHistoryConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createRpcServer } from "../../src/lib/rpc-server.js";
+import { createHistoryService } from "../../src/services/history/history-service.js";
+import type { HistoryStore } from "../../src/services/history/history-store.js";
+import { openHistoryStore } from "../../src/services/history/open-store.js";
+import { createSqliteDatabase, type TestDatabase } from "../fixtures/databases.js";
+import { freePort } from "../fixtures/processes.js";
+
+/**
+ * A real history server (gRPC over HTTP/2 on a real port) that the tests take
+ * down and bring back, in front of one SQLite store that outlives it.
+ */
+let database: TestDatabase;
+let store: HistoryStore;
+let port: number;
+let server: FastifyInstance | undefined;
+const logger = createLogger("gateway", "silent");
+
+async function startServer() {
+  const config = loadHistoryConfig({ HISTORY_PORT: String(port) });
+  server = await createRpcServer({
+    name: "history",
+    config,
+    logger: createLogger("history", "silent"),
+    routes: (router) => router.service(HistoryService, createHistoryService({ store })),
+  });
+  await server.listen({ host: "127.0.0.1", port });
+}
+async function stopServer() {
+  await server?.close();
+  server = undefined;
+}
+
+beforeAll(async () => {
+  database = await createSqliteDatabase();
+  store = await openHistoryStore(
+    loadHistoryConfig({ HISTORY_DATABASE_URL: database.url }).database,
+  );
+  port = await freePort();
+});
+afterAll(async () => {
+  await stopServer();
+  await store?.close();
+  await database?.drop();
+});
+
+let recorder: HistoryRecorder | undefined;
+afterEach(async () => {
+  await recorder?.close();
+  recorder = undefined;
+  await stopServer();
+});
+
+function makeRecorder(
+  options: { retryWindowMs?: number; queueLimit?: number; initialDelayMs?: number } = {},
+) {
+  recorder = createHistoryRecorder({
+    client: createClient(
+      HistoryService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}`, defaultTimeoutMs: 1_000 }),
+    ),
+    logger,
+    retryWindowMs: options.retryWindowMs ?? 30_000,
+    queueLimit: options.queueLimit ?? 100,
+    initialDelayMs: options.initialDelayMs ?? 50,
+    maxDelayMs: Math.max(200, options.initialDelayMs ?? 0),
+  });
+  return recorder;
+}
+
+let n = 0;
+const chat = (userId: string, extra: Partial<ChatRecord> = {}): ChatRecord => ({
+  userId,
+  text: `text ${++n}`,
+  reply: `reply ${n}`,
+  createdAt: new Date(Date.UTC(2025, 0, 1) + n),
+  requestId: `req-${userId}-${n}`,
+  ...extra,
+});
+const texts = async (userId: string) =>
+  (await store.list({ userId, pageSize: 100, pageToken: "" })).entries.map((e) => e.text).reverse();
+const settled = (r: HistoryRecorder) =>
+  vi.waitFor(() => expect(r.stats().pending).toBe(0), { timeout: 10_000, interval: 20 });
+
+describe("the history recorder against a real history server", () => {
+  it("appends at once while history is up", async () => {
+    await startServer();
+    const r = makeRecorder();
+    const c = chat("up");
+    r.record(c);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(1));
+    expect(await texts("up")).toEqual([c.text]);
+    expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0, pending: 0 });
+  });
+
+  it("keeps chats made while history is down and stores each once when it is back", async () => {
+    const r = makeRecorder();
+    const chats = [chat("outage"), chat("outage"), chat("outage")];
+    for (const c of chats) r.record(c);
+    await vi.waitFor(() => expect(r.stats().pending).toBe(3));
+    await new Promise((res) => setTimeout(res, 500));
+    expect(r.stats().failedAttempts).toBeGreaterThan(3);
+    await startServer();
+    await settled(r);
+    expect(await texts("outage")).toEqual(chats.map((c) => c.text));
+    expect(r.stats()).toMatchObject({ appended: 3, recovered: 3, dropped: 0 });
+    // A retry of a chat that is stored already stores nothing.
+    r.record(chats[0] as ChatRecord);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(4));
+    expect(await texts("outage")).toHaveLength(3);
+  });
+
+  it("drops a chat whose retry window passed", async () => {
+    const r = makeRecorder({ retryWindowMs: 300 });
+    r.record(chat("expired"));
+    await vi.waitFor(() => expect(r.stats().dropped).toBe(1), { timeout: 5_000 });
+    expect(r.stats().pending).toBe(0);
+    await startServer();
+    await new Promise((res) => setTimeout(res, 300));
+    expect(await texts("expired")).toEqual([]);
+  });
+
+  it("drops the oldest chats beyond the queue limit", async () => {
+    const r = makeRecorder({ queueLimit: 2 });
+    const chats = [chat("full"), chat("full"), chat("full"), chat("full")];
+    for (const [i, c] of chats.entries()) {
+      r.record(c);
+      await vi.waitFor(() => expect(r.stats().pending + r.stats().dropped).toBe(i + 1));
+    }
+    expect(r.stats()).toMatchObject({ pending: 2, dropped: 2 });
+    await startServer();
+    await settled(r);
+    expect(await texts("full")).toEqual(chats.slice(2).map((c) => c.text));
+  });
+
+  it("drops a chat that history refuses, without retrying it", async () => {
+    await startServer();
+    const r = makeRecorder();
+    r.record(chat("owner", { requestId: "shared" }));
+    await vi.waitFor(() => expect(r.stats().appended).toBe(1));
+    r.record(chat("thief", { requestId: "shared" }));
+    await vi.waitFor(() => expect(r.stats().dropped).toBe(1));
+    expect(r.stats()).toMatchObject({ failedAttempts: 1, pending: 0 });
+    expect(await texts("thief")).toEqual([]);
+  });
+
+  it("gives pending chats one last attempt on close", async () => {
+    // No retry comes before the close: only the last attempt can store it.
+    const r = makeRecorder({ retryWindowMs: 60_000, initialDelayMs: 60_000 });
+    const c = chat("closing");
+    r.record(c);
+    await vi.waitFor(() => expect(r.stats().pending).toBe(1));
+    await startServer();
+    await r.close();
+    expect(await texts("closing")).toEqual([c.text]);
+  });
+});

@@ -1,0 +1,62 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadGatewayConfig, loadHistoryConfig } from "../../src/lib/config.js";
+
+describe("history config", () => {
+  it("has the contract's defaults", () => {
+    expect(loadHistoryConfig({})).toMatchObject({
+      port: 50053,
+      database: { dialect: "sqlite", path: "./data/history.db" },
+    });
+    expect(loadGatewayConfig({})).toMatchObject({
+      historyUrl: "http://127.0.0.1:50053",
+      historyTimeoutMs: 2_000,
+      historyRetryWindowMs: 60_000,
+      historyQueueLimit: 10_000,
+    });
+  });
+
+  it.each([
+    [
+      "sqlite:/var/lib/chatmesh/history.db",
+      { dialect: "sqlite", path: "/var/lib/chatmesh/history.db" },
+    ],
+    ["sqlite:///tmp/h.db", { dialect: "sqlite", path: "/tmp/h.db" }],
+    ["sqlite::memory:", { dialect: "sqlite", path: ":memory:" }],
+    [
+      "mysql://chat:s3cret@db.internal:3306/chatmesh",
+      { dialect: "mysql", url: "mysql://chat:s3cret@db.internal:3306/chatmesh" },
+    ],
+  ])("reads HISTORY_DATABASE_URL=%s", (url, database) => {
+    expect(loadHistoryConfig({ HISTORY_DATABASE_URL: url }).database).toEqual(database);
+  });
+
+  it.each([
+    "postgres://localhost/db",
+    "sqlite:",
+    "mysql://localhost:3306",
+    "mysql://localhost:3306/",
+    "history.db",
+  ])("refuses HISTORY_DATABASE_URL=%s with one line", (url) => {
+    expect(() => loadHistoryConfig({ HISTORY_DATABASE_URL: url })).toThrow(ConfigError);
+    expect(() => loadHistoryConfig({ HISTORY_DATABASE_URL: url })).toThrow(
+      /^HISTORY_DATABASE_URL must be sqlite:<file> or mysql:\/\/user:pass@host:3306\/db, got "/,
+    );
+  });
+
+  it("does not print the password of a bad URL", () => {
+    expect(() =>
+      loadHistoryConfig({ HISTORY_DATABASE_URL: "mysql://root:hunter2@db:3306" }),
+    ).toThrow('got "mysql://root:***@db:3306"');
+  });
+
+  it.each([
+    [{ HISTORY_PORT: "x" }, /^HISTORY_PORT must be an integer/],
+    [{ HISTORY_URL: "db:1" }, /^HISTORY_URL must be an http/],
+    [{ HISTORY_TIMEOUT_MS: "0" }, /^HISTORY_TIMEOUT_MS must be an integer from 1/],
+    [{ HISTORY_RETRY_WINDOW_MS: "-5" }, /^HISTORY_RETRY_WINDOW_MS must be an integer from 0/],
+    [{ HISTORY_QUEUE_LIMIT: "many" }, /^HISTORY_QUEUE_LIMIT must be an integer from 0/],
+  ])("refuses %j", (env, message) => {
+    const load = () => ("HISTORY_PORT" in env ? loadHistoryConfig(env) : loadGatewayConfig(env));
+    expect(load).toThrow(message);
+  });
+});

@@ -1,0 +1,124 @@
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createClient,
+  createRouterTransport,
+} from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { HistoryService } from "../../../gen/chat/v1/history_pb.js";
+import { loadHistoryConfig } from "../../../src/lib/config.js";
+import { createHistoryService } from "../../../src/services/history/history-service.js";
+import type { HistoryStore } from "../../../src/services/history/history-store.js";
+import { openHistoryStore } from "../../../src/services/history/open-store.js";
+import { createSqliteDatabase, type TestDatabase } from "../../fixtures/databases.js";
+
+const now = new Date(Date.UTC(2025, 5, 1, 8, 30, 0, 250));
+let database: TestDatabase;
+let store: HistoryStore;
+let client: Client<typeof HistoryService>;
+
+beforeAll(async () => {
+  database = await createSqliteDatabase();
+  store = await openHistoryStore(
+    loadHistoryConfig({ HISTORY_DATABASE_URL: database.url }).database,
+  );
+  const transport = createRouterTransport((router) =>
+    router.service(HistoryService, createHistoryService({ store, now: () => now })),
+  );
+  client = createClient(HistoryService, transport);
+});
+afterAll(async () => {
+  await store?.close();
+  await database?.drop();
+});
+
+async function codeOf(call: Promise<unknown>): Promise<Code | undefined> {
+  try {
+    await call;
+    return undefined;
+  } catch (err) {
+    return ConnectError.from(err).code;
+  }
+}
+
+describe("chat.v1.HistoryService over the router transport", () => {
+  it("appends and lists, newest first, with the time kept to the millisecond", async () => {
+    const at = timestampFromMs(Date.UTC(2025, 0, 1, 0, 0, 0, 123));
+    at.nanos += 999_999; // finer than a millisecond: dropped
+    const first = await client.append({
+      userId: "s1",
+      text: "hi",
+      reply: "Echo: hi",
+      createdAt: at,
+      requestId: "req-1",
+    });
+    expect(first.created).toBe(true);
+    expect(first.entry).toMatchObject({ userId: "s1", text: "hi", reply: "Echo: hi" });
+    expect(first.entry?.createdAt).toMatchObject({ nanos: 123_000_000 });
+    const second = await client.append({ userId: "s1", text: "now", reply: "r" });
+    expect(Number(second.entry?.createdAt?.seconds) * 1000 + 250).toBe(now.getTime());
+
+    const page = await client.list({ userId: "s1", pageSize: 1 });
+    expect(page.entries.map((e) => e.text)).toEqual(["now"]);
+    const next = await client.list({ userId: "s1", pageSize: 1, pageToken: page.nextPageToken });
+    expect(next.entries.map((e) => e.id)).toEqual([first.entry?.id]);
+    expect(next.entries[0]?.requestId).toBe("req-1");
+    expect(next.nextPageToken).toBe("");
+  });
+
+  it("is idempotent on request_id", async () => {
+    const req = { userId: "s2", text: "once", reply: "r", requestId: "req-2" };
+    const a = await client.append(req);
+    const b = await client.append({ ...req, text: "twice" });
+    expect(b).toMatchObject({ created: false, entry: { id: a.entry?.id, text: "once" } });
+    expect((await client.list({ userId: "s2" })).entries).toHaveLength(1);
+  });
+
+  it.each([
+    ["Append without user_id", () => client.append({ text: "x" }), Code.InvalidArgument],
+    ["List without user_id", () => client.list({}), Code.InvalidArgument],
+    [
+      "a negative page_size",
+      () => client.list({ userId: "s1", pageSize: -1 }),
+      Code.InvalidArgument,
+    ],
+    [
+      "a garbage page_token",
+      () => client.list({ userId: "s1", pageToken: "garbage" }),
+      Code.InvalidArgument,
+    ],
+    [
+      "a request_id of another user",
+      () => client.append({ userId: "someone else", requestId: "req-2" }),
+      Code.AlreadyExists,
+    ],
+    [
+      "a time before 1970",
+      () => client.append({ userId: "s1", createdAt: timestampFromMs(-1) }),
+      Code.InvalidArgument,
+    ],
+  ])("refuses %s with its code", async (_case, call, code) => {
+    expect(await codeOf(call())).toBe(code);
+  });
+
+  it("fails with INTERNAL, saying nothing of the database, when the store fails", async () => {
+    const broken = await openHistoryStore(
+      loadHistoryConfig({ HISTORY_DATABASE_URL: database.url }).database,
+    );
+    await broken.close();
+    const brokenClient = createClient(
+      HistoryService,
+      createRouterTransport((router) =>
+        router.service(HistoryService, createHistoryService({ store: broken })),
+      ),
+    );
+    const err = await brokenClient
+      .list({ userId: "s1" })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.Internal);
+    expect((err as ConnectError).rawMessage).toBe("history store failed");
+  });
+});

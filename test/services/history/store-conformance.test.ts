@@ -1,0 +1,315 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadHistoryConfig } from "../../../src/lib/config.js";
+import {
+  type Entry,
+  HistoryInputError,
+  type HistoryStore,
+  type NewEntry,
+  RequestIdConflictError,
+} from "../../../src/services/history/history-store.js";
+import { openHistoryStore } from "../../../src/services/history/open-store.js";
+import {
+  createMysqlDatabase,
+  createSqliteDatabase,
+  type TestDatabase,
+} from "../../fixtures/databases.js";
+
+const mysql = await createMysqlDatabase();
+if ("skip" in mysql) console.warn(`skipping the MySQL history store tests: ${mysql.skip}`);
+
+const open = (url: string) =>
+  openHistoryStore(loadHistoryConfig({ HISTORY_DATABASE_URL: url }).database);
+
+const base = Date.UTC(2025, 0, 15, 12, 0, 0, 0);
+const entry = (userId: string, n: number, extra: Partial<NewEntry> = {}): NewEntry => ({
+  userId,
+  text: `text ${n}`,
+  reply: `Echo: text ${n}`,
+  createdAtMs: base + n,
+  requestId: randomUUID(),
+  ...extra,
+});
+
+/** Every page of a user's history, in order. */
+async function allPages(store: HistoryStore, userId: string, pageSize: number) {
+  const pages: Entry[][] = [];
+  let pageToken = "";
+  do {
+    const page = await store.list({ userId, pageSize, pageToken });
+    pages.push([...page.entries]);
+    pageToken = page.nextPageToken;
+  } while (pageToken !== "" && pages.length < 1_000);
+  return pages;
+}
+
+const newestFirst = (a: Entry, b: Entry) =>
+  b.createdAtMs - a.createdAtMs || Number(BigInt(b.id) - BigInt(a.id));
+
+function conformance(name: string, makeDatabase: () => Promise<TestDatabase>) {
+  describe(`history store on ${name}`, () => {
+    let database: TestDatabase;
+    let store: HistoryStore;
+    beforeAll(async () => {
+      database = await makeDatabase();
+      store = await open(database.url);
+    });
+    afterAll(async () => {
+      await store?.close();
+      await database?.drop();
+    });
+    const user = () => `user-${randomUUID()}`;
+
+    it("answers a ping", async () => {
+      await expect(store.ping()).resolves.toBeUndefined();
+    });
+
+    it("returns what was appended, field for field, to the millisecond", async () => {
+      const u = user();
+      const input = entry(u, 123);
+      const { entry: stored, created } = await store.append(input);
+      expect(created).toBe(true);
+      expect(stored).toEqual({ ...input, id: expect.stringMatching(/^[1-9]\d*$/) });
+      const zeroMs = entry(u, 0, { createdAtMs: base + 1_000 });
+      await store.append(zeroMs);
+      const page = await store.list({ userId: u, pageSize: 0, pageToken: "" });
+      expect(page).toEqual({
+        entries: [
+          { ...zeroMs, id: expect.any(String) },
+          { ...input, id: stored.id },
+        ],
+        nextPageToken: "",
+      });
+    });
+
+    it("lists newest first, by time and then by id, whatever the insertion order", async () => {
+      const u = user();
+      for (const n of [5, 1, 9, 3, 9, 9, 0, 7]) await store.append(entry(u, n));
+      const { entries } = await store.list({ userId: u, pageSize: 100, pageToken: "" });
+      expect(entries.map((e) => e.createdAtMs - base)).toEqual([9, 9, 9, 7, 5, 3, 1, 0]);
+      expect([...entries].sort(newestFirst)).toEqual(entries);
+      const ties = entries.slice(0, 3).map((e) => BigInt(e.id));
+      expect(ties[0]).toBeGreaterThan(ties[1] as bigint);
+      expect(ties[1]).toBeGreaterThan(ties[2] as bigint);
+    });
+
+    it("pages through 250 entries 20 at a time, each exactly once, while more arrive", async () => {
+      const u = user();
+      // Three entries share each millisecond, so pages split ties.
+      const original = new Set<string>();
+      for (let n = 0; n < 250; n++) {
+        original.add((await store.append(entry(u, Math.floor(n / 3)))).entry.id);
+      }
+      let arriving = true;
+      let arrived = 0;
+      // Chats of the same user keep arriving, newer and (late retries) older ones.
+      const writer = (async () => {
+        while (arriving) {
+          const n = arrived % 2 === 0 ? 10_000 + arrived : -1 - arrived;
+          await store.append(entry(u, n));
+          arrived++;
+          await new Promise((r) => setTimeout(r, 1));
+        }
+      })();
+      const pages: Entry[][] = [];
+      let pageToken = "";
+      try {
+        do {
+          const page = await store.list({ userId: u, pageSize: 20, pageToken });
+          pages.push([...page.entries]);
+          pageToken = page.nextPageToken;
+          await new Promise((r) => setTimeout(r, 5));
+        } while (pageToken !== "" && pages.length < 100);
+      } finally {
+        arriving = false;
+        await writer;
+      }
+      expect(arrived).toBeGreaterThan(0);
+      const seen = pages.flat();
+      expect(new Set(seen.map((e) => e.id)).size).toBe(seen.length);
+      expect(seen.filter((e) => original.has(e.id))).toHaveLength(250);
+      expect([...seen].sort(newestFirst)).toEqual(seen);
+      expect(pages.slice(0, -1).every((p) => p.length === 20)).toBe(true);
+      expect(pages.at(-1)?.length).toBeGreaterThan(0);
+    });
+
+    it("ends with an empty next_page_token when the last page is exactly full", async () => {
+      const u = user();
+      for (let n = 0; n < 40; n++) await store.append(entry(u, n));
+      const pages = await allPages(store, u, 20);
+      expect(pages.map((p) => p.length)).toEqual([20, 20]);
+      expect(await store.list({ userId: `nobody-${u}`, pageSize: 20, pageToken: "" })).toEqual({
+        entries: [],
+        nextPageToken: "",
+      });
+    });
+
+    it("never shows one user's entries to another, whatever the spelling", async () => {
+      const names = [user(), "", "", "", ""];
+      names[1] = `${names[0]} `;
+      names[2] = (names[0] as string).toUpperCase();
+      names[3] = `${names[0]}\u0301`;
+      names[4] = "x".repeat(5_000) + names[0];
+      for (const [i, u] of names.entries()) {
+        for (let n = 0; n < 3; n++) await store.append(entry(u as string, n, { text: `${i}` }));
+      }
+      for (const [i, u] of names.entries()) {
+        const pages = await allPages(store, u as string, 2);
+        const texts = pages.flat().map((e) => e.text);
+        expect(texts).toEqual([`${i}`, `${i}`, `${i}`]);
+        expect(pages.flat().every((e) => e.userId === u)).toBe(true);
+      }
+    });
+
+    it("refuses another user's page token", async () => {
+      const [a, b] = [user(), user()];
+      for (let n = 0; n < 3; n++) {
+        await store.append(entry(a, n));
+        await store.append(entry(b, n));
+      }
+      const { nextPageToken } = await store.list({ userId: a, pageSize: 1, pageToken: "" });
+      expect(nextPageToken).not.toBe("");
+      await expect(
+        store.list({ userId: b, pageSize: 1, pageToken: nextPageToken }),
+      ).rejects.toThrow(HistoryInputError);
+    });
+
+    it("refuses garbage and tampered page tokens", async () => {
+      const u = user();
+      for (let n = 0; n < 3; n++) await store.append(entry(u, n));
+      const { nextPageToken: good } = await store.list({ userId: u, pageSize: 1, pageToken: "" });
+      const body = JSON.parse(Buffer.from(good, "base64url").toString()) as Record<string, unknown>;
+      const forge = (patch: Record<string, unknown>) =>
+        Buffer.from(JSON.stringify({ ...body, ...patch })).toString("base64url");
+      const last = good.at(-1) === "A" ? "B" : "A";
+      const bad = [
+        "garbage!",
+        "x",
+        `${good}=`,
+        `${good.slice(0, -1)}${last}`,
+        good.slice(0, -4),
+        "A".repeat(10_000),
+        Buffer.from("not json").toString("base64url"),
+        Buffer.from("[1,2]").toString("base64url"),
+        forge({ v: 2 }),
+        forge({ i: -1 }),
+        forge({ i: 0 }),
+        forge({ i: "1" }),
+        forge({ t: 1.5 }),
+        forge({ t: 1e17 }),
+        forge({ extra: true }),
+        forge({ u: "0000000000000000" }),
+      ];
+      for (const pageToken of bad) {
+        await expect(
+          store.list({ userId: u, pageSize: 1, pageToken }),
+          `token ${pageToken.slice(0, 40)}`,
+        ).rejects.toThrow(HistoryInputError);
+      }
+      expect((await store.list({ userId: u, pageSize: 1, pageToken: good })).entries).toHaveLength(
+        1,
+      );
+    });
+
+    it("applies the page_size bounds: 0 → 20, over 100 → 100, negative refused", async () => {
+      const u = user();
+      for (let n = 0; n < 120; n++) await store.append(entry(u, n));
+      const size = async (pageSize: number) =>
+        (await store.list({ userId: u, pageSize, pageToken: "" })).entries.length;
+      expect(await size(0)).toBe(20);
+      expect(await size(1)).toBe(1);
+      expect(await size(37)).toBe(37);
+      expect(await size(100)).toBe(100);
+      expect(await size(101)).toBe(100);
+      expect(await size(2 ** 31 - 1)).toBe(100);
+      await expect(size(-1)).rejects.toThrow(HistoryInputError);
+    });
+
+    it("keeps any Unicode, and 8000-code-point texts, exactly", async () => {
+      const u = user();
+      const texts = [
+        "这是一条最小链路测试",
+        "👩‍👩‍👧‍👦 family, 🇺🇳 flag, 😀",
+        "e\u0301 (NFD) vs \u00e9 (NFC), Å vs \u212b",
+        "مرحبا بالعالم — עברית",
+        "𠀋𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and \u200b zero width \ufeff",
+        "tab\there, newline\nthere, trailing space ",
+        "😀".repeat(8_000),
+        "中".repeat(8_000),
+        Array.from({ length: 8_000 }, (_, i) => String.fromCodePoint(0x1f300 + (i % 700))).join(""),
+      ];
+      for (const [n, text] of texts.entries()) {
+        await store.append(entry(u, n, { text, reply: `Echo: ${text}` }));
+      }
+      const stored = (await allPages(store, u, 100)).flat().reverse();
+      expect(stored.map((e) => e.text)).toEqual(texts);
+      expect(stored.map((e) => e.reply)).toEqual(texts.map((t) => `Echo: ${t}`));
+      expect([...(stored.at(-1)?.text ?? "")]).toHaveLength(8_000);
+    });
+
+    it("stores a request id once, however often and concurrently it is appended", async () => {
+      const u = user();
+      const requestId = randomUUID();
+      const first = await store.append(entry(u, 1, { requestId }));
+      const again = await store.append(entry(u, 2, { requestId, text: "changed" }));
+      expect(again).toEqual({ entry: first.entry, created: false });
+      const racing = randomUUID();
+      const results = await Promise.all(
+        Array.from({ length: 10 }, () => store.append(entry(u, 3, { requestId: racing }))),
+      );
+      expect(results.filter((r) => r.created)).toHaveLength(1);
+      expect(new Set(results.map((r) => r.entry.id)).size).toBe(1);
+      const { entries } = await store.list({ userId: u, pageSize: 100, pageToken: "" });
+      expect(entries.map((e) => e.requestId).sort()).toEqual([requestId, racing].sort());
+    });
+
+    it("stores entries without a request id every time", async () => {
+      const u = user();
+      await store.append(entry(u, 1, { requestId: "" }));
+      await store.append(entry(u, 1, { requestId: "" }));
+      const { entries } = await store.list({ userId: u, pageSize: 10, pageToken: "" });
+      expect(entries.map((e) => e.requestId)).toEqual(["", ""]);
+    });
+
+    it("refuses a request id stored for another user, a too long one, and times out of range", async () => {
+      const requestId = randomUUID();
+      await store.append(entry(user(), 1, { requestId }));
+      await expect(store.append(entry(user(), 1, { requestId }))).rejects.toThrow(
+        RequestIdConflictError,
+      );
+      await expect(store.append(entry(user(), 1, { requestId: "r".repeat(129) }))).rejects.toThrow(
+        HistoryInputError,
+      );
+      await expect(store.append(entry(user(), 0, { createdAtMs: -1 }))).rejects.toThrow(
+        HistoryInputError,
+      );
+      await expect(
+        store.append(entry(user(), 0, { createdAtMs: Date.UTC(10_000, 0, 1) })),
+      ).rejects.toThrow(HistoryInputError);
+      const longest = await store.append(entry(user(), 1, { requestId: "r".repeat(128) }));
+      expect(longest.entry.requestId).toBe("r".repeat(128));
+    });
+
+    it("keeps everything across a reopen, and migrating again changes nothing", async () => {
+      const u = user();
+      const stored = (await store.append(entry(u, 1))).entry;
+      const reopened = await open(database.url);
+      try {
+        expect((await reopened.list({ userId: u, pageSize: 1, pageToken: "" })).entries).toEqual([
+          stored,
+        ]);
+      } finally {
+        await reopened.close();
+      }
+    });
+  });
+}
+
+conformance("SQLite", createSqliteDatabase);
+if ("skip" in mysql) {
+  describe.skip(`history store on MariaDB (${mysql.skip})`, () => {
+    it("runs the conformance suite", () => {});
+  });
+} else {
+  conformance("MariaDB", async () => mysql);
+}
