@@ -122,7 +122,17 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     maxTextChars: config.maxTextChars,
     chats,
     refunds,
-    onChatDone: deps.onChatDone,
+    // Streamed chats are kept like the others once they reach `done`.
+    onChatDone:
+      deps.onChatDone ??
+      ((chat) =>
+        history.record({
+          userId: chat.userId,
+          text: chat.cleaned,
+          reply: chat.reply,
+          createdAt: new Date(),
+          requestId: chat.requestId,
+        })),
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

@@ -86,6 +86,22 @@ describe("history through the real processes", () => {
     expect(first.next_page_token).not.toBe("");
   });
 
+  it("keeps streamed chats once they reach done", async () => {
+    const res = await fetch(`${stack.gatewayUrl}/chat/stream`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "e2e-stream", text: "streamed   words here" }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain("event: done");
+    await vi.waitFor(
+      async () => expect(await texts("e2e-stream")).toEqual(["streamed words here"]),
+      {
+        timeout: 10_000,
+      },
+    );
+  });
+
   it("answers the contract's errors", async () => {
     expect(await curlHistory("page_size=2")).toEqual({
       status: 400,
