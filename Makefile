@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-quota
+.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-micro bench-quota
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -47,6 +47,10 @@ client: $(STAMP) ## The seed's client: make client TEXT="…"
 bench: $(STAMP) ## Load benchmark of the whole chain vs a bare Fastify ceiling (autocannon)
 	$(BIN)/tsx bench/chain-bench.ts
 	@$(BIN)/tsx bench/quota-bench.ts
+	@$(BIN)/tsx bench/micro-bench.ts
+
+bench-micro: $(STAMP) ## Unary RPC per transport, and the filter's matcher with 10k terms
+	@$(BIN)/tsx bench/micro-bench.ts
 
 bench-quota: $(STAMP) ## CheckAndInc/s of the memory and redis quota stores (REDIS_URL)
 	@$(BIN)/tsx bench/quota-bench.ts

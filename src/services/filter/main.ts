@@ -5,13 +5,13 @@ import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import { createFilterService } from "./filter-service.js";
-import { createTermMatcher, loadTerms } from "./terms.js";
+import { createReloadableMatcher } from "./reloadable.js";
 
 /** Starts the filter process from the environment. */
 export async function main(): Promise<void> {
   const config = loadFilterConfig();
   const logger = createLogger("filter", config.logLevel);
-  const matcher = createTermMatcher(await loadTerms(config.termsFile));
+  const matcher = await createReloadableMatcher(config.termsFile, logger);
   logger.info({ terms: matcher.size, file: config.termsFile ?? null }, "banned terms loaded");
   const registry = createMetricsRegistry();
   const app = await createRpcServer({
@@ -21,5 +21,6 @@ export async function main(): Promise<void> {
     registry,
     routes: (router) => router.service(FilterService, createFilterService({ matcher, registry })),
   });
+  app.addHook("onClose", async () => matcher.close());
   await serve(app, { ...config, portEnv: defaultPorts.filter.env, logger });
 }

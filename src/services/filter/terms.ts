@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { ConfigError } from "../../lib/config.js";
+import { buildAutomaton } from "./aho-corasick.js";
 import { normalizeForMatch } from "./text.js";
 
 /** The default banned-term list of the contract. */
@@ -13,15 +14,16 @@ export interface TermMatcher {
   matches(text: string): boolean;
 }
 
-/** Builds a matcher over the normalised forms of `terms`. */
+/**
+ * Builds a matcher over the normalised forms of `terms`: the text is
+ * normalised once and scanned once, however many terms there are.
+ */
 export function createTermMatcher(terms: Iterable<string>): TermMatcher {
   const normalized = [...new Set([...terms].map(normalizeForMatch).filter((t) => t.length > 0))];
+  const automaton = buildAutomaton(normalized);
   return {
     size: normalized.length,
-    matches(text) {
-      const haystack = normalizeForMatch(text);
-      return normalized.some((term) => haystack.includes(term));
-    },
+    matches: (text) => automaton.test(normalizeForMatch(text)),
   };
 }
 

@@ -3,6 +3,8 @@ const whiteSpaceRun = /\p{White_Space}+/gu;
 // variation selectors…) and format characters hide a term without changing
 // how it looks.
 const invisible = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu;
+// Anything outside ASCII takes the Unicode passes.
+const nonAscii = /[^\p{ASCII}]/u;
 
 /**
  * Trims the text and folds every run of white space (Unicode White_Space,
@@ -18,6 +20,9 @@ export function cleanText(text: string): string {
  * (upper then lower case, so "ß" and "SS" meet), white space folded.
  */
 export function normalizeForMatch(text: string): string {
+  // ASCII has no invisible or compatibility characters and folds by lower
+  // case alone: skip the Unicode passes for it.
+  if (!nonAscii.test(text)) return cleanText(text.toLowerCase());
   return cleanText(
     text
       .replace(invisible, "")

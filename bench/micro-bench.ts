@@ -1,0 +1,107 @@
+/**
+ * Micro-benchmarks, in one run: one unary RPC through each client transport
+ * against the same LLM service process (gRPC over HTTP/2, Connect over
+ * HTTP/2 and HTTP/1.1 with the stock connect-node transports, and the
+ * gateway's lean transport), then the filter's matcher with 10,000 terms.
+ * Options (env): MICRO_SECONDS (3), MICRO_CONCURRENCY (50).
+ */
+import { randomBytes } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { LLMService } from "../gen/chat/v1/llm_pb.js";
+import { createFastTransport } from "../src/lib/fast-transport.js";
+import { createTermMatcher } from "../src/services/filter/terms.js";
+import { freePort, startProcess, waitHealthy } from "./stack.js";
+
+const seconds = Number(process.env.MICRO_SECONDS ?? 3);
+const concurrency = Number(process.env.MICRO_CONCURRENCY ?? 50);
+
+async function callsPerSecond(transport: Transport): Promise<number> {
+  const client = createClient(LLMService, transport);
+  const warmEnd = Date.now() + 1_000;
+  while (Date.now() < warmEnd) await client.generate({ text: "warm up" });
+  let calls = 0;
+  const end = Date.now() + seconds * 1_000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < end) {
+        await client.generate({ text: "Hello world from Go!" });
+        calls++;
+      }
+    }),
+  );
+  return calls / seconds;
+}
+
+async function rpc(): Promise<Record<string, number>> {
+  const port = await freePort();
+  const llm = startProcess("llm", { LLM_PORT: String(port) });
+  try {
+    await waitHealthy(port);
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const grpc = createGrpcTransport({ baseUrl });
+    const options: [string, Transport][] = [
+      ["grpc http/2 (stock)", grpc],
+      [
+        "connect http/2 (stock)",
+        createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
+      ],
+      [
+        "connect http/1.1 (stock)",
+        createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true }),
+      ],
+      [
+        "connect http/1.1 (lean)",
+        createFastTransport({ baseUrl, defaultTimeoutMs: 5_000, streamTransport: grpc }),
+      ],
+    ];
+    const results: Record<string, number> = {};
+    for (const [name, transport] of options) results[name] = await callsPerSecond(transport);
+    return results;
+  } finally {
+    llm.kill("SIGTERM");
+  }
+}
+
+function matcher(): Record<string, number> {
+  const letters = "abcdefghijklmnopqrstuvwxyz";
+  const word = (n: number) =>
+    Array.from(randomBytes(n), (b) => letters[b % letters.length]).join("");
+  const terms = Array.from({ length: 10_000 }, () => word(4 + ((randomBytes(1)[0] as number) % 9)));
+  const m = createTermMatcher(terms);
+  const ascii = Array.from({ length: 200 }, () => word(5))
+    .join(" ")
+    .replace(/[xq]/g, "Z");
+  const unicode = `${ascii.slice(0, 500)} 这是一条最小链路测试 ｆｕｌｌｗｉｄｔｈ Straße ${ascii.slice(500)}`;
+  const results: Record<string, number> = {};
+  for (const [name, text] of [
+    ["ascii text", ascii],
+    ["unicode text", unicode],
+  ] as const) {
+    let chars = 0;
+    const end = performance.now() + seconds * 1_000;
+    while (performance.now() < end) {
+      for (let i = 0; i < 100; i++) m.matches(text);
+      chars += text.length * 100;
+    }
+    results[`${name}, 10k terms (chars/s)`] = chars / seconds;
+  }
+  return results;
+}
+
+const rpcResults = await rpc();
+const matcherResults = matcher();
+console.log(`\nunary RPC, ${concurrency} calls in flight, one LLM service process (calls/s):`);
+for (const [name, value] of Object.entries(rpcResults))
+  console.log(`  ${name.padEnd(26)} ${value.toFixed(0).padStart(8)}`);
+console.log("filter matcher, normalisation included:");
+for (const [name, value] of Object.entries(matcherResults))
+  console.log(`  ${name.padEnd(36)} ${(value / 1e6).toFixed(1).padStart(6)} M`);
+const dir = fileURLToPath(new URL("./results/", import.meta.url));
+mkdirSync(dir, { recursive: true });
+writeFileSync(
+  `${dir}micro-${new Date().toISOString().replace(/[:.]/g, "-")}.json`,
+  `${JSON.stringify({ at: new Date().toISOString(), seconds, concurrency, rpc: rpcResults, matcher: matcherResults }, null, 2)}\n`,
+);

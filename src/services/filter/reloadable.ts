@@ -1,0 +1,62 @@
+import { type FSWatcher, watch } from "node:fs";
+import type { Logger } from "../../lib/logger.js";
+import { createTermMatcher, loadTerms, type TermMatcher } from "./terms.js";
+
+/** A matcher whose term list can be replaced while the process serves. */
+export interface ReloadableMatcher extends TermMatcher {
+  /** Reads the file again; on any error the current list stays. */
+  reload(): Promise<void>;
+  /** Stops watching the file and listening for SIGHUP. */
+  close(): void;
+}
+
+/**
+ * The filter's terms from FILTER_TERMS_FILE, reloaded without a restart on
+ * SIGHUP and when the file changes. The new list is built completely before
+ * it replaces the old one, so every call sees one whole list.
+ */
+export async function createReloadableMatcher(
+  path: string | undefined,
+  logger: Logger,
+): Promise<ReloadableMatcher> {
+  let current = createTermMatcher(await loadTerms(path));
+  let watcher: FSWatcher | undefined;
+  let debounce: NodeJS.Timeout | undefined;
+
+  const reload = async () => {
+    try {
+      const next = createTermMatcher(await loadTerms(path));
+      current = next;
+      logger.info({ terms: next.size, file: path ?? null }, "banned terms reloaded");
+    } catch (err) {
+      logger.error({ err, file: path }, "banned terms not reloaded; the previous list stays");
+    }
+  };
+  const onSighup = () => void reload();
+  process.on("SIGHUP", onSighup);
+  if (path !== undefined) {
+    try {
+      watcher = watch(path, () => {
+        clearTimeout(debounce);
+        debounce = setTimeout(() => void reload(), 100);
+      });
+      watcher.on("error", (err) =>
+        logger.warn({ err }, "cannot watch the terms file; SIGHUP still reloads"),
+      );
+    } catch (err) {
+      logger.warn({ err }, "cannot watch the terms file; SIGHUP still reloads");
+    }
+  }
+  return {
+    get size() {
+      return current.size;
+    },
+    matches: (text) => current.matches(text),
+    reload,
+    close() {
+      process.off("SIGHUP", onSighup);
+      clearTimeout(debounce);
+      watcher?.close();
+    },
+  };
+}

@@ -1,0 +1,64 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { FilterService } from "../../gen/chat/v1/filter_pb.js";
+import { freePort, type Running, startChatmesh, waitHealthy } from "../fixtures/processes.js";
+
+const dir = mkdtempSync(join(tmpdir(), "chatmesh-terms-"));
+const file = join(dir, "terms.txt");
+let filter: Running;
+let client: ReturnType<typeof createClient<typeof FilterService>>;
+
+beforeAll(async () => {
+  writeFileSync(file, "# banned\nfoo\n");
+  const port = await freePort();
+  filter = startChatmesh(["filter"], { FILTER_PORT: String(port), FILTER_TERMS_FILE: file });
+  await waitHealthy(port, filter);
+  client = createClient(
+    FilterService,
+    createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+  );
+});
+afterAll(async () => {
+  await filter?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function blocked(text: string): Promise<boolean> {
+  try {
+    await client.filter({ text });
+    return false;
+  } catch (err) {
+    if (ConnectError.from(err).code === Code.InvalidArgument) return true;
+    throw err;
+  }
+}
+
+describe("the filter's term list", () => {
+  it("is read from FILTER_TERMS_FILE, which replaces the default list", async () => {
+    expect(await blocked("foo here")).toBe(true);
+    expect(await blocked("bar here")).toBe(false);
+  });
+
+  it("is reloaded when the file changes, without a restart", async () => {
+    writeFileSync(file, "bar\n");
+    await vi.waitFor(async () => expect(await blocked("bar here")).toBe(true), { timeout: 5_000 });
+    expect(await blocked("foo here")).toBe(false);
+  });
+
+  it("keeps the current list when the file cannot be read, and reloads on SIGHUP", async () => {
+    rmSync(file);
+    await vi.waitFor(() => expect(filter.output()).toMatch(/banned terms not reloaded/), {
+      timeout: 5_000,
+    });
+    expect(await blocked("bar here")).toBe(true);
+    writeFileSync(join(dir, "other.txt"), "unrelated\n");
+    writeFileSync(file, "baz\n");
+    filter.child.kill("SIGHUP");
+    await vi.waitFor(async () => expect(await blocked("baz here")).toBe(true), { timeout: 5_000 });
+    expect(filter.child.exitCode).toBeNull();
+  });
+});
