@@ -197,6 +197,35 @@ describe("the stack started from the image's command", () => {
   });
 });
 
+describe("run-all from the build", () => {
+  it("starts every process from dist/ and stops them all on Ctrl-C", async () => {
+    const env: Record<string, string> = { PATH: process.env.PATH ?? "", HOST: "127.0.0.1" };
+    for (const name of ["TOKEN_PORT", "FILTER_PORT", "LLM_PORT", "GATEWAY_PORT"]) {
+      env[name] = String(await freePort());
+    }
+    const child = spawn(process.execPath, ["bin/chatmesh.js", "run-all"], {
+      cwd: steps.workdir,
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (d: Buffer) => {
+      output += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      output += d.toString();
+    });
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    const deadline = Date.now() + 30_000;
+    while (!output.includes("chatmesh is up") && child.exitCode === null && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill("SIGINT");
+    expect(await exited).toBe(0);
+    expect(output).toContain("chatmesh is up");
+  });
+});
+
 /** Whether this build's token process knows QUOTA_STORE=redis (the Exact quota work). */
 function redisQuotaSupported(): boolean {
   try {
