@@ -23,6 +23,9 @@ COPY package.json package-lock.json ./
 RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --no-audit --no-fund
 COPY bin ./bin
 COPY --from=build /app/dist ./dist
+# The embedded SQLite history's default folder (sqlite:./data/history.db),
+# writable by the image's user; Compose and Kubernetes use MySQL instead.
+RUN mkdir -p data && chown 1000:1000 data
 # The node user of the base image (uid 1000); Kubernetes sets the same uid.
 USER node
 EXPOSE 8080 50051 50052 50053 50055

@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test run-all client
+.PHONY: help install generate checkgenerate lint breaking test run-all client build deploy-check
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -43,3 +43,9 @@ run-all: generate ## Start every process with embedded defaults; Ctrl-C stops th
 
 client: $(STAMP) ## The seed's client: make client TEXT="…"
 	@node bin/chatmesh.js client "$(TEXT)"
+
+build: $(STAMP) ## Compile src/ and gen/ to dist/ (what the image runs)
+	npm run build
+
+deploy-check: $(STAMP) ## Dockerfile steps, Compose and Kubernetes manifests, checked without Docker or a cluster
+	$(BIN)/vitest run test/deploy
