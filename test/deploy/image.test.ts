@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTokenConfig } from "../../src/lib/config.js";
 import { type Container, canIsolate, startContainer } from "../fixtures/container.js";
+import { chatmeshHasProcess } from "../fixtures/deploy.js";
 import { type DockerSteps, runDockerfile } from "../fixtures/dockerfile.js";
 import { freePort, waitHealthy } from "../fixtures/processes.js";
 
@@ -98,21 +99,22 @@ describe("the image", () => {
 
 describe("the stack started from the image's command", () => {
   const containers = new Map<string, Container>();
-  const ports = { token: 0, filter: 0, llm: 0, gateway: 0 };
+  const ports: Record<string, number> = { token: 0, filter: 0, llm: 0, gateway: 0 };
   let env: Record<string, string>;
+  let withHistory = false;
 
   beforeAll(async () => {
-    for (const name of Object.keys(ports) as (keyof typeof ports)[]) ports[name] = await freePort();
-    env = {
-      TOKEN_PORT: String(ports.token),
-      FILTER_PORT: String(ports.filter),
-      LLM_PORT: String(ports.llm),
-      GATEWAY_PORT: String(ports.gateway),
-      TOKEN_URL: `http://127.0.0.1:${ports.token}`,
-      FILTER_URL: `http://127.0.0.1:${ports.filter}`,
-      LLM_URL: `http://127.0.0.1:${ports.llm}`,
-    };
-    for (const name of ["token", "filter", "llm"] as const) {
+    withHistory = await chatmeshHasProcess("history");
+    if (withHistory) ports.history = 0;
+    else console.log("image test: this build has no history process yet; the stack runs without");
+    for (const name of Object.keys(ports)) ports[name] = await freePort();
+    env = {};
+    for (const [name, port] of Object.entries(ports)) {
+      env[`${name.toUpperCase()}_PORT`] = String(port);
+      if (name !== "gateway") env[`${name.toUpperCase()}_URL`] = `http://127.0.0.1:${port}`;
+    }
+    // The history, if any, on its default: the embedded SQLite in the image's data/.
+    for (const name of Object.keys(ports).filter((n) => n !== "gateway")) {
       containers.set(name, startContainer(steps, [name], env));
     }
     // The gateway is the image's default command: no arguments.
@@ -188,6 +190,20 @@ describe("the stack started from the image's command", () => {
     ]);
     expect(code).toBe(1);
     expect(stderr).toMatch(/^history unhealthy: /);
+  });
+
+  it("keeps the chats in the embedded history, written as the image's user", async ({ skip }) => {
+    if (!withHistory) skip("this build has no history process yet");
+    let items: { text: string; reply: string }[] = [];
+    for (let i = 0; i < 100 && items.length === 0; i++) {
+      const res = await fetch(`http://127.0.0.1:${ports.gateway}/history?user_id=u1`);
+      items = ((await res.json()) as { items?: typeof items }).items ?? [];
+      if (items.length === 0) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(items[0]).toMatchObject({
+      text: "Hello world from Go!",
+      reply: "Echo: Hello world from Go!",
+    });
   });
 
   it("stops gracefully on SIGTERM as PID 1, exiting 0", async () => {
