@@ -4,7 +4,7 @@
 #   docker run --rm -p 8080:8080 chatmesh:local            # the gateway
 #   docker run --rm chatmesh:local token                   # token, filter, llm, history
 # Every step below is also run outside Docker by test/deploy/image.test.ts
-# (scripts/docker-steps.ts), so keep RUN commands relative to WORKDIR.
+# (test/fixtures/dockerfile.ts), so keep RUN commands relative to WORKDIR.
 
 FROM node:20-slim AS build
 WORKDIR /app
