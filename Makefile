@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-micro bench-quota
+.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-micro bench-quota build deploy-check
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -44,7 +44,7 @@ run-all: generate ## Start every process with embedded defaults; Ctrl-C stops th
 client: $(STAMP) ## The seed's client: make client TEXT="…"
 	@node bin/chatmesh.js client "$(TEXT)"
 
-bench: $(STAMP) ## Load benchmark of the whole chain vs a bare Fastify ceiling (autocannon)
+bench: build ## Load benchmark of the whole chain (from dist/) vs a bare Fastify ceiling (autocannon)
 	$(BIN)/tsx bench/chain-bench.ts
 	@$(BIN)/tsx bench/quota-bench.ts
 	@$(BIN)/tsx bench/micro-bench.ts
@@ -54,3 +54,8 @@ bench-micro: $(STAMP) ## Unary RPC per transport, and the filter's matcher with 
 
 bench-quota: $(STAMP) ## CheckAndInc/s of the memory and redis quota stores (REDIS_URL)
 	@$(BIN)/tsx bench/quota-bench.ts
+build: $(STAMP) ## Compile src/ and gen/ to dist/ (what the image runs)
+	npm run build
+
+deploy-check: $(STAMP) ## Dockerfile steps, Compose and Kubernetes manifests, checked without Docker or a cluster
+	$(BIN)/vitest run test/deploy

@@ -10,6 +10,7 @@ commands:
   history            chat.v1.HistoryService (HISTORY_PORT, default 50053)
   client "text"      the seed's client: Filter then LLM over gRPC
   run-all            every process at once, for development
+  healthcheck [name] GET /healthz of a process (default: the container's), exit 0 if 200
 
 Processes are configured by environment variables (see README.md).`;
 
@@ -35,6 +36,10 @@ async function run(argv: readonly string[]): Promise<number | undefined> {
   if (command === "client") {
     const { runClient } = await import("./client.js");
     return runClient(rest.join(" "), loadClientConfig());
+  }
+  if (command === "healthcheck") {
+    const { runHealthcheck } = await import("./lib/healthcheck.js");
+    return runHealthcheck(rest[0]);
   }
   if (command === "run-all") {
     const { runAll } = await import("./dev/run-all.js");

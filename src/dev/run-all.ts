@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import net from "node:net";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import {
   defaultPorts,
   type Env,
@@ -11,6 +11,7 @@ import {
   loadLlmConfig,
   loadTokenConfig,
 } from "../lib/config.js";
+import { packageRoot } from "../lib/package-root.js";
 import { formatLogLine } from "./pretty.js";
 
 type Name = "token" | "filter" | "llm" | "history" | "gateway";
@@ -24,7 +25,7 @@ const colors: Record<Name, string> = {
   history: "\x1b[34m",
   gateway: "\x1b[32m",
 };
-const bin = fileURLToPath(new URL("../../bin/chatmesh.js", import.meta.url));
+const bin = join(packageRoot(), "bin", "chatmesh.js");
 
 function portFree(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {

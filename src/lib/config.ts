@@ -257,6 +257,20 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
   });
 }
 
+/** Where `chatmesh healthcheck` finds a process: its HOST and its *_PORT. */
+export interface HealthcheckConfig {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Config of `chatmesh healthcheck <name>`, read from the environment the process has. */
+export function loadHealthcheckConfig(
+  name: keyof typeof defaultPorts,
+  env: Env = process.env,
+): HealthcheckConfig {
+  return Object.freeze({ host: readCommon(env).host, port: readPort(env, name) });
+}
+
 /** What the `chatmesh client` command talks to. */
 export interface ClientConfig {
   readonly filterUrl: string;

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# One image for every chatmesh process; the command picks which one runs:
+#   docker build -t chatmesh:local .
+#   docker run --rm -p 8080:8080 chatmesh:local            # the gateway
+#   docker run --rm chatmesh:local token                   # token, filter, llm, history
+# Every step below is also run outside Docker by test/deploy/image.test.ts
+# (test/fixtures/dockerfile.ts), so keep RUN commands relative to WORKDIR.
+
+FROM node:20-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN --mount=type=cache,target=/root/.npm npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY gen ./gen
+COPY src ./src
+RUN npm run build
+
+FROM node:20-slim AS runtime
+ENV HOST=0.0.0.0 \
+    NODE_OPTIONS=--enable-source-maps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --no-audit --no-fund
+COPY bin ./bin
+COPY --from=build /app/dist ./dist
+# The embedded SQLite history's default folder (sqlite:./data/history.db),
+# writable by the image's user; Compose and Kubernetes use MySQL instead.
+RUN mkdir -p data && chown 1000:1000 data
+# The node user of the base image (uid 1000); Kubernetes sets the same uid.
+USER node
+EXPOSE 8080 50051 50052 50053 50055
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["node", "bin/chatmesh.js", "healthcheck"]
+ENTRYPOINT ["node", "bin/chatmesh.js"]
+CMD ["gateway"]

@@ -1,0 +1,78 @@
+import { type Copy, DockerfileParser } from "dockerfile-ast";
+import { ValidationSeverity, validate } from "dockerfile-utils";
+import { describe, expect, it } from "vitest";
+import { repoFile } from "../fixtures/deploy.js";
+import { dockerignore } from "../fixtures/dockerfile.js";
+
+/**
+ * Lints the Dockerfile without Docker: hadolint is in neither Debian nor npm,
+ * so the Dockerfile language server's validator (dockerfile-utils) checks the
+ * syntax, and the rules below hold the practices hadolint would.
+ */
+const text = repoFile("Dockerfile");
+const instructions = DockerfileParser.parse(text).getInstructions();
+const keyword = (k: string) => instructions.filter((i) => i.getKeyword() === k);
+const ignored = dockerignore(repoFile(".dockerignore"));
+
+describe("Dockerfile", () => {
+  it("has no problem the Dockerfile validator finds, at its strictest settings", () => {
+    const strict = ValidationSeverity.ERROR;
+    const problems = validate(text, {
+      deprecatedMaintainer: strict,
+      directiveCasing: strict,
+      emptyContinuationLine: strict,
+      instructionCasing: strict,
+      instructionCmdMultiple: strict,
+      instructionEntrypointMultiple: strict,
+      instructionHealthcheckMultiple: strict,
+      instructionJSONInSingleQuotes: strict,
+      instructionWorkdirRelative: strict,
+    });
+    expect(problems.map((p) => `line ${p.range.start.line + 1}: ${p.message}`)).toEqual([]);
+  });
+
+  it("pins its base images and names its stages", () => {
+    for (const from of keyword("FROM")) {
+      const [image, as, stage] = from.getArguments().map((a) => a.getValue());
+      expect(image).toMatch(/^node:\d+[\w.-]*$/);
+      expect(image).not.toMatch(/:latest$/);
+      expect([as?.toUpperCase(), stage]).toEqual(["AS", expect.stringMatching(/^[a-z]+$/)]);
+    }
+  });
+
+  it("uses COPY, not ADD, and exec-form ENTRYPOINT, CMD and HEALTHCHECK", () => {
+    expect(keyword("ADD")).toEqual([]);
+    for (const k of ["ENTRYPOINT", "CMD"]) {
+      const [only, ...more] = keyword(k);
+      expect(more, k).toEqual([]);
+      expect(only?.getArgumentsContent()?.trim().startsWith("["), k).toBe(true);
+    }
+    expect(keyword("HEALTHCHECK")[0]?.getArgumentsContent()).toMatch(/^CMD \[/);
+  });
+
+  it("switches to a non-root user in the final stage before the command", () => {
+    const lastFrom = instructions.lastIndexOf(keyword("FROM").at(-1) as never);
+    const users = keyword("USER").filter((u) => instructions.indexOf(u) > lastFrom);
+    expect(users.at(-1)?.getArgumentsContent()).not.toMatch(/^(root|0)(:|$)/);
+    expect(instructions.indexOf(users.at(-1) as never)).toBeLessThan(
+      instructions.indexOf(keyword("ENTRYPOINT")[0] as never),
+    );
+  });
+
+  it("sends only what it copies: every COPY source is in the context, the rest is ignored", () => {
+    for (const copy of keyword("COPY")) {
+      if ((copy as Copy).getFromFlag() !== null) continue;
+      const args = copy.getArguments().map((a) => a.getValue());
+      for (const source of args.slice(0, -1)) expect(ignored(source), source).toBe(false);
+    }
+    for (const path of [
+      "node_modules/fastify",
+      "dist/src/cli.js",
+      ".git/HEAD",
+      "test/e2e",
+      "deploy",
+    ]) {
+      expect(ignored(path), path).toBe(true);
+    }
+  });
+});
