@@ -9,7 +9,8 @@ const files = [
 
 /**
  * Serves the chat page (`GET /`) and its script and style from
- * `src/gateway/page/`: plain files, read once at start-up, no build step.
+ * `page/` beside this module (`npm run build` copies it into dist/): plain
+ * files, read once at start-up, no bundler.
  */
 export async function registerChatPage(app: FastifyInstance): Promise<void> {
   for (const { url, file, type } of files) {
