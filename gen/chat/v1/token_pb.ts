@@ -254,7 +254,8 @@ export type SettleResponse = Message<"chat.v1.SettleResponse"> & {
   settled: boolean;
 
   /**
-   * What is left of the charge's day quota after settling, never below 0.
+   * What is left of the charge's day quota after settling, never below 0
+   * (meaningful only when settled).
    *
    * @generated from field: int64 remaining = 2;
    */
