@@ -53,9 +53,12 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
   const clock = deps.clock ?? systemClock;
   const events =
     deps.registry &&
-    counter(deps.registry, "chatmesh_quota_events_total", "Quota charges, rejections, refunds and settlements", [
-      "event",
-    ]);
+    counter(
+      deps.registry,
+      "chatmesh_quota_events_total",
+      "Quota charges, rejections, refunds and settlements",
+      ["event"],
+    );
   const failOpen = deps.failOpen ?? false;
   return {
     async checkAndInc(req) {
