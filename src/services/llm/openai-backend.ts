@@ -112,6 +112,9 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
           if (choice?.finish_reason) finishReason = choice.finish_reason;
           usage = usageOf(chunk.usage) ?? usage;
         }
+        // The SDK ends a stream quietly when its signal aborts: a cut-off
+        // reply must not pass for a whole one.
+        call.signal.throwIfAborted();
       } catch (err) {
         throw call.fail(err);
       }
