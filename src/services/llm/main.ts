@@ -16,6 +16,14 @@ function createBackend(config: LlmConfig, logger: Logger): LlmBackend {
   return createEchoBackend({ delayMs: config.echoDelayMs, chunkDelayMs: config.echoChunkDelayMs });
 }
 
+/** A URL fit for logs: a user or password in it is left out. */
+function withoutCredentials(url: string): string {
+  const shown = new URL(url);
+  shown.username = "";
+  shown.password = "";
+  return shown.toString();
+}
+
 /** Starts the LLM process from the environment. */
 export async function main(): Promise<void> {
   const config = loadLlmConfig();
@@ -35,7 +43,7 @@ export async function main(): Promise<void> {
     {
       backend: backend.name,
       model: backend.model ?? backend.name,
-      ...(config.openai && { base_url: config.openai.baseUrl }),
+      ...(config.openai && { base_url: withoutCredentials(config.openai.baseUrl) }),
     },
     "backend ready",
   );
