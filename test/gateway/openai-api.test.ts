@@ -220,6 +220,23 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     expect(err).toMatchObject({ status: 400, type: "invalid_request_error", param, code });
   });
 
+  it("counts /v1 chats with /chat's, by bounded outcomes", async () => {
+    await gateway();
+    await sdk().chat.completions.create(ask("m1", "hi"));
+    await thrown(sdk().chat.completions.create(ask("m1", "has foo")));
+    await thrown(
+      sdk().chat.completions.create({
+        model: "echo",
+        user: "m1",
+        messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }],
+      }),
+    );
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toContain('chatmesh_chats_total{outcome="ok"} 1');
+    expect(metrics).toContain('chatmesh_chats_total{outcome="text_blocked_by_filter"} 1');
+    expect(metrics).toContain('chatmesh_chats_total{outcome="bad_request"} 1');
+  });
+
   it("answers 500 server_error when the model fails, and gives the charge back", async () => {
     await gateway({ llm: failingLlmBackend });
     const err = await thrown(sdk().chat.completions.create(ask("u3", "hi")));

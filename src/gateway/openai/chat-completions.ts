@@ -12,7 +12,7 @@ import {
   completionHead,
   usageChunk,
 } from "./completions.js";
-import { invalidRequest, type OpenAiError, openAiErrorFrom } from "./errors.js";
+import { invalidRequest, type OpenAiError, openAiErrorFrom, outcomeOf } from "./errors.js";
 import { type CompletionRequest, parseCompletionRequest } from "./request.js";
 import { userFor } from "./user.js";
 
@@ -63,7 +63,7 @@ export async function handleChatCompletion(
 ): Promise<unknown> {
   const parsed = chatInputOf(req, deps);
   if (isOpenAiError(parsed)) {
-    deps.count(parsed.body.error.message);
+    deps.count(outcomeOf(parsed));
     return sendOpenAiError(reply, parsed);
   }
   const { request, input } = parsed;

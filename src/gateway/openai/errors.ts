@@ -50,6 +50,16 @@ const known: Readonly<Record<string, Known>> = {
 };
 
 /**
+ * The outcome a refusal is counted under in chatmesh_chats_total: the
+ * contract's words, or "bad request" for the /v1 API's own checks (their
+ * messages name parameters, which would make labels without bound).
+ */
+export function outcomeOf(err: OpenAiError): string {
+  const message = err.body.error.message;
+  return message in known ? message : "bad request";
+}
+
+/**
  * Turns one of the gateway's errors (same status, same words) into OpenAI's
  * error JSON: 400 blocked or bad request, 401 invalid api key, 429 quota
  * exceeded (`insufficient_quota`) or rate limited (`rate_limit_exceeded`),

@@ -36,10 +36,10 @@ function textOf(content: unknown, param: string): string | OpenAiError {
   return texts.join("\n");
 }
 
-function optionalBoolean(body: Body, name: string): boolean | OpenAiError {
+function optionalBoolean(body: Body, name: string, param = name): boolean | OpenAiError {
   const value = body[name];
   if (value === undefined || value === null) return false;
-  return typeof value === "boolean" ? value : invalidRequest(`${name} must be a boolean`, name);
+  return typeof value === "boolean" ? value : invalidRequest(`${param} must be a boolean`, param);
 }
 
 function optionalTokens(body: Body, name: string): number | undefined | OpenAiError {
@@ -87,7 +87,11 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   if (options !== undefined && options !== null && !isRecord(options)) {
     return invalidRequest("stream_options must be an object", "stream_options");
   }
-  const includeUsage = optionalBoolean(options ?? {}, "include_usage");
+  const includeUsage = optionalBoolean(
+    options ?? {},
+    "include_usage",
+    "stream_options.include_usage",
+  );
   if (isError(includeUsage)) return includeUsage;
   const maxCompletion = optionalTokens(body, "max_completion_tokens");
   if (isError(maxCompletion)) return maxCompletion;

@@ -18,10 +18,11 @@ export interface UpstreamFailure {
   readonly message: string;
 }
 
-const secretPatterns: readonly RegExp[] = [
-  /\bsk-[A-Za-z0-9_*-]+/g,
-  /\bBearer\s+\S+/gi,
-  /(api[_-]?key["'=:\s]+)[^\s"',}]+/gi,
+/** What looks like a key, and what it is replaced with. */
+const secretShapes: readonly (readonly [RegExp, string])[] = [
+  [/\bsk-[A-Za-z0-9_*-]+/g, "sk-[redacted]"],
+  [/\bBearer\s+\S+/gi, "Bearer [redacted]"],
+  [/(api[_-]?key["'=:\s]+)[^\s"',}]+/gi, "$1[redacted]"],
 ];
 
 /**
@@ -31,9 +32,8 @@ const secretPatterns: readonly RegExp[] = [
 export function redactSecrets(text: string, secrets: readonly string[]): string {
   let out = text;
   for (const secret of secrets) if (secret !== "") out = out.replaceAll(secret, "[redacted]");
-  out = out.replace(secretPatterns[0] as RegExp, "sk-[redacted]");
-  out = out.replace(secretPatterns[1] as RegExp, "Bearer [redacted]");
-  return out.replace(secretPatterns[2] as RegExp, "$1[redacted]");
+  for (const [shape, replacement] of secretShapes) out = out.replace(shape, replacement);
+  return out;
 }
 
 /** What the model server said about a failure, with secrets removed. */
