@@ -144,6 +144,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
           "chatmesh is up:",
           `  gateway  ${base}:${portOf("gateway")}   (POST /chat, POST /chat/stream, GET /history, GET /health)`,
           `  chat     ${base}:${portOf("gateway")}/  (the chat page, in a browser)`,
+          `  openai   ${base}:${portOf("gateway")}/v1  (OpenAI-compatible: baseURL of the OpenAI SDKs)`,
           `  token    ${base}:${portOf("token")}  (chat.v1.TokenService)`,
           `  filter   ${base}:${portOf("filter")}  (chat.v1.FilterService)`,
           `  llm      ${base}:${portOf("llm")}  (chat.v1.LLMService)`,

@@ -10,8 +10,10 @@ import { runWithTrace } from "../lib/trace.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import { registerHistory } from "./history.js";
+import { registerOpenAiApi } from "./openai/routes.js";
 import { registerChatPage } from "./page.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
+import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
 import { type OnChatDone, registerChatStream } from "./stream.js";
 import type { Upstreams } from "./upstreams.js";
@@ -50,8 +52,8 @@ function errorResponse(err: FastifyError): HttpError {
 
 /**
  * Builds the HTTP gateway (not listening): POST /chat, POST /chat/stream,
- * the chat page at GET /, GET /quota, GET /history, GET /health and
- * /healthz. Every response carries `x-request-id`, made here (never taken
+ * the chat page at GET /, GET /quota, GET /history, the OpenAI-compatible
+ * API under /v1, GET /health and /healthz. Every response carries `x-request-id`, made here (never taken
  * from the caller, because it is also the id the quota is charged under); a
  * chat answered 200 or 429 carries the RateLimit headers.
  */
@@ -98,6 +100,18 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     "state",
     () => ({ ...history.stats() }),
   );
+  const cost = createCostPolicy(config);
+  // Streamed chats are kept like the others once they reach `done`.
+  const onChatDone: OnChatDone =
+    deps.onChatDone ??
+    ((chat) =>
+      history.record({
+        userId: chat.userId,
+        text: chat.cleaned,
+        reply: chat.reply,
+        createdAt: new Date(),
+        requestId: chat.requestId,
+      }));
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
     const seen: { quota?: QuotaState } = {};
@@ -105,7 +119,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const result = isHttpError(input)
       ? input
       : await runWithTrace(req.trace, () =>
-          runChat({ upstreams, logger, refunds, onQuota, history }, input, req.id),
+          runChat({ upstreams, logger, refunds, onQuota, history, cost }, input, req.id),
         );
     chats.inc({ outcome: outcomeOf(result) });
     const status = isHttpError(result) ? result.status : 200;
@@ -122,17 +136,18 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     maxTextChars: config.maxTextChars,
     chats,
     refunds,
-    // Streamed chats are kept like the others once they reach `done`.
-    onChatDone:
-      deps.onChatDone ??
-      ((chat) =>
-        history.record({
-          userId: chat.userId,
-          text: chat.cleaned,
-          reply: chat.reply,
-          createdAt: new Date(),
-          requestId: chat.requestId,
-        })),
+    onChatDone,
+    cost,
+  });
+  await registerOpenAiApi(app, {
+    upstreams,
+    logger,
+    maxTextChars: config.maxTextChars,
+    chats,
+    refunds,
+    history,
+    onChatDone,
+    cost,
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

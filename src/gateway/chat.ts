@@ -2,13 +2,16 @@ import type { FastifyBaseLogger } from "fastify";
 import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
-import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
+import { chargeChat, type QuotaState, retryOnceIfUnavailable, settleChat } from "./quota.js";
+import { type ChatUsage, type CostPolicy, chatUsage } from "./quota-cost.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
 export interface ChatInput {
   readonly userId: string;
   readonly text: string;
+  /** Most tokens the reply may have (the OpenAI API's max_tokens); the LLM service's cap when absent. */
+  readonly maxTokens?: number | undefined;
 }
 
 /** The contract's 200 body of POST /chat. */
@@ -51,12 +54,24 @@ export interface ChatDeps {
   readonly onQuota?: (state: QuotaState) => void;
   /** Keeps each successful chat; it never throws, fails or delays the chat. */
   readonly history?: HistoryRecorder;
+  /** How chats are priced (QUOTA_COST_MODE); the fixed cost when absent. */
+  readonly cost?: CostPolicy;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
 export interface AdmittedChat {
   readonly cleaned: string;
   readonly remaining: number;
+}
+
+/** A chat answered in full, with what /v1/chat/completions tells beside the reply. */
+export interface CompletedChat extends ChatOutput {
+  /** The model that answered. */
+  readonly model: string;
+  /** Why the reply ended; "stop" unless the model said otherwise. */
+  readonly finishReason: string;
+  /** The usage the model server reported, if it did. */
+  readonly reportedUsage: ChatUsage | undefined;
 }
 
 /**
@@ -79,9 +94,10 @@ export async function admitChat(
   }
 
   try {
+    const cost = BigInt((await deps.cost?.reserve(cleaned, input.maxTokens)) ?? 0);
     const { remaining } = await chargeChat(
       upstreams.token,
-      { userId: input.userId, chargeId: requestId },
+      { userId: input.userId, chargeId: requestId, cost },
       {},
       deps.onQuota,
     );
@@ -97,18 +113,38 @@ export async function runChat(
   input: ChatInput,
   requestId: string,
 ): Promise<ChatOutput | HttpError> {
+  const chat = await completeChat(deps, input, requestId);
+  if ("status" in chat) return chat;
+  return { cleaned: chat.cleaned, reply: chat.reply, remaining: chat.remaining };
+}
+
+/**
+ * runChat with everything the model told: what /chat and /v1/chat/completions
+ * share. The chat is kept in history, and its charge settled to its usage
+ * when chats are priced by tokens.
+ */
+export async function completeChat(
+  deps: ChatDeps,
+  input: ChatInput,
+  requestId: string,
+): Promise<CompletedChat | HttpError> {
   const admitted = await admitChat(deps, input, requestId);
   if ("status" in admitted) return admitted;
-  const { cleaned, remaining } = admitted;
+  const { cleaned } = admitted;
 
-  let reply: string;
+  let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
-    ({ reply } = await deps.upstreams.llm.generate({ text: cleaned, userId: input.userId }));
+    answer = await deps.upstreams.llm.generate({
+      text: cleaned,
+      userId: input.userId,
+      maxTokens: input.maxTokens ?? 0,
+    });
   } catch (err) {
     logFailure(deps.logger, "llm", err);
     await refund(deps, input.userId, requestId);
     return httpErrorFromRpc("llm", err);
   }
+  const { reply } = answer;
   deps.history?.record({
     userId: input.userId,
     text: cleaned,
@@ -116,7 +152,43 @@ export async function runChat(
     createdAt: new Date(),
     requestId,
   });
-  return { cleaned, reply, remaining: Number(remaining) };
+  const reportedUsage = answer.usage && {
+    promptTokens: answer.usage.promptTokens,
+    completionTokens: answer.usage.completionTokens,
+    totalTokens: answer.usage.totalTokens,
+  };
+  const settled = await settle(deps, input.userId, requestId, () =>
+    chatUsage(cleaned, reply, reportedUsage),
+  );
+  return {
+    cleaned,
+    reply,
+    remaining: settled ?? admitted.remaining,
+    model: answer.model,
+    finishReason: answer.finishReason || "stop",
+    reportedUsage,
+  };
+}
+
+/**
+ * Settles an answered chat's charge to its usage when chats are priced by
+ * tokens; resolves with what is left then. A failure is logged and the
+ * reservation stays: the reply is given all the same.
+ */
+export async function settle(
+  deps: ChatDeps,
+  userId: string,
+  chargeId: string,
+  usage: () => Promise<ChatUsage>,
+): Promise<number | undefined> {
+  if (deps.cost?.settles !== true) return undefined;
+  try {
+    const cost = (await usage()).totalTokens;
+    return await settleChat(deps.upstreams.token, { userId, chargeId, cost }, deps.onQuota);
+  } catch (err) {
+    deps.logger.error({ err }, "settling the charge failed: the reservation stays");
+    return undefined;
+  }
 }
 
 /** Gives a charge back after the model failed; a failed refund is logged, not thrown. */

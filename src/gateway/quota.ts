@@ -33,7 +33,7 @@ export async function retryOnceIfUnavailable<T>(call: () => Promise<T>): Promise
  */
 export async function chargeChat(
   token: Client<typeof TokenService>,
-  charge: { readonly userId: string; readonly chargeId: string },
+  charge: { readonly userId: string; readonly chargeId: string; readonly cost?: bigint },
   callOptions: CallOptions,
   onQuota: (state: QuotaState) => void = () => {},
 ): Promise<CheckAndIncResponse> {
@@ -59,6 +59,31 @@ export async function chargeChat(
     }
     throw err;
   }
+}
+
+/**
+ * Settles a chat's charge to what it really cost (QUOTA_COST_MODE=tokens)
+ * and reports the quota after it to `onQuota`. Resolves with what is left,
+ * or undefined when the charge was not settled (refunded, unknown, or
+ * unmetered); a failure is thrown to the caller, who keeps the reservation.
+ */
+export async function settleChat(
+  token: Client<typeof TokenService>,
+  charge: { readonly userId: string; readonly chargeId: string; readonly cost: number },
+  onQuota: (state: QuotaState) => void = () => {},
+): Promise<number | undefined> {
+  const res = await retryOnceIfUnavailable(() =>
+    token.settle({ ...charge, cost: BigInt(charge.cost) }),
+  );
+  if (!res.settled) return undefined;
+  if (res.resetTime !== undefined) {
+    onQuota({
+      limit: Number(res.limit),
+      remaining: Number(res.remaining),
+      resetAt: timestampDate(res.resetTime),
+    });
+  }
+  return Number(res.remaining);
 }
 
 /** The RateLimit-Limit, -Remaining and -Reset (seconds to go) headers of a quota. */

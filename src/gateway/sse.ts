@@ -11,6 +11,14 @@ export function sseFrame(event: string, data: unknown): string {
   return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
 }
 
+/**
+ * An unnamed event, as OpenAI's streams send them: `data:` only. A string is
+ * sent as is (the closing `[DONE]`), anything else as JSON.
+ */
+export function sseDataFrame(data: unknown): string {
+  return `data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`;
+}
+
 /** An open `text/event-stream` response. */
 export interface SseStream {
   /** Aborts when the client goes away before `end()`. */
@@ -20,6 +28,8 @@ export interface SseStream {
    * more (or the client is gone, when writing is skipped).
    */
   send(event: string, data: unknown): Promise<void>;
+  /** Writes one frame as it is (see sseFrame, sseDataFrame), as `send` does. */
+  write(frame: string): Promise<void>;
   end(): void;
 }
 
@@ -48,21 +58,23 @@ export function openSseStream(res: ServerResponse, headers: SseHeaders): SseStre
   // Nagle's algorithm would hold back small frames (a test double socket may lack it).
   res.socket?.setNoDelay?.(true);
 
+  const write = (frame: string): Promise<void> => {
+    if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
+    if (res.write(frame)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        res.off("drain", done);
+        gone.signal.removeEventListener("abort", done);
+        resolve();
+      };
+      res.once("drain", done);
+      gone.signal.addEventListener("abort", done, { once: true });
+    });
+  };
   return {
     signal: gone.signal,
-    send(event, data) {
-      if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
-      if (res.write(sseFrame(event, data))) return Promise.resolve();
-      return new Promise((resolve) => {
-        const done = () => {
-          res.off("drain", done);
-          gone.signal.removeEventListener("abort", done);
-          resolve();
-        };
-        res.once("drain", done);
-        gone.signal.addEventListener("abort", done, { once: true });
-      });
-    },
+    send: (event, data) => write(sseFrame(event, data)),
+    write,
     end() {
       if (!res.writableEnded && !gone.signal.aborted) res.end();
     },

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { Counter } from "prom-client";
 import type { Logger } from "../lib/logger.js";
 import { runWithTrace } from "../lib/trace.js";
@@ -7,12 +7,12 @@ import {
   admitChat,
   type ChatDeps,
   type ChatInput,
-  logFailure,
   parseChatInput,
-  refund,
 } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
+import type { CostPolicy } from "./quota-cost.js";
+import { relayReply } from "./reply-stream.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -41,6 +41,8 @@ export interface ChatStreamDeps {
   /** Counts refunds after LLM failures, by result. */
   readonly refunds?: Counter<"result">;
   readonly onChatDone?: OnChatDone | undefined;
+  /** How chats are priced (QUOTA_COST_MODE); the fixed cost when absent. */
+  readonly cost?: CostPolicy | undefined;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -72,6 +74,7 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
         logger,
         onQuota,
         ...(deps.refunds && { refunds: deps.refunds }),
+        ...(deps.cost && { cost: deps.cost }),
       };
       const admitted = await admitChat(chatDeps, input, req.id);
       if (quota !== undefined) reply.headers(rateLimitHeaders(quota));
@@ -106,36 +109,28 @@ async function streamReply(
   admitted: AdmittedChat,
   requestId: string,
 ): Promise<"ok" | "llm failed" | "client gone"> {
-  const { sse, logger } = deps;
+  const { sse } = deps;
   const { cleaned } = admitted;
   await sse.send("meta", { cleaned, remaining: admitted.remaining });
-  let reply = "";
-  try {
-    const pieces = deps.upstreams.llm.generateStream(
-      { text: cleaned, userId: input.userId },
-      { signal: sse.signal },
-    );
-    for await (const { delta } of pieces) {
-      if (delta === "") continue;
-      reply += delta;
-      await sse.send("delta", { text: delta });
-    }
-  } catch (err) {
-    if (sse.signal.aborted) return "client gone";
-    logFailure(logger, "llm", err);
-    await refund(deps, input.userId, requestId);
+  const result = await relayReply(deps, { input, admitted, requestId }, sse.signal, (text) =>
+    sse.send("delta", { text }),
+  );
+  if (result.outcome === "llm failed") {
     await sse.send("error", { error: "llm failed" });
     sse.end();
-    return "llm failed";
   }
-  if (sse.signal.aborted) return "client gone";
-  await sse.send("done", { reply });
-  await notifyDone(deps, { requestId, userId: input.userId, cleaned, reply });
+  if (result.outcome !== "ok") return result.outcome;
+  await sse.send("done", { reply: result.reply });
+  await notifyDone(deps, { requestId, userId: input.userId, cleaned, reply: result.reply });
   sse.end();
   return "ok";
 }
 
-async function notifyDone(deps: StreamDeps, chat: StreamedChat): Promise<void> {
+/** Hands a finished streamed chat to `onChatDone`; an error there is logged, never thrown. */
+export async function notifyDone(
+  deps: { readonly logger: FastifyBaseLogger; readonly onChatDone?: OnChatDone | undefined },
+  chat: StreamedChat,
+): Promise<void> {
   if (deps.onChatDone === undefined) return;
   try {
     await deps.onChatDone(chat);

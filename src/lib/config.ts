@@ -41,12 +41,28 @@ export interface TokenConfig extends ServiceConfig {
   readonly quotaFailOpen: boolean;
 }
 
+/** Where LLM_BACKEND=openai sends its calls: any OpenAI-compatible server. */
+export interface OpenAiBackendConfig {
+  /** OPENAI_BASE_URL, such as https://api.openai.com/v1 or http://127.0.0.1:11434/v1. */
+  readonly baseUrl: string;
+  /** OPENAI_API_KEY; empty for local servers that need none (never logged). */
+  readonly apiKey: string;
+  /** LLM_MODEL, the model the server is asked for. */
+  readonly model: string;
+}
+
 export interface LlmConfig extends ServiceConfig {
-  readonly backend: "echo";
+  readonly backend: "echo" | "openai";
   /** Delay before the echo backend answers, to try out deadlines. */
   readonly echoDelayMs: number;
   /** Delay before each streamed piece of the echo backend, so streaming is visible. */
   readonly echoChunkDelayMs: number;
+  /** Set when the backend is "openai". */
+  readonly openai: OpenAiBackendConfig | undefined;
+  /** LLM_TIMEOUT_MS: most time one call to the model server may take, streaming included. */
+  readonly timeoutMs: number;
+  /** LLM_MAX_TOKENS: most tokens a reply may have; a request may ask for fewer. */
+  readonly maxTokens: number;
 }
 
 /** Where the history store lives: an embedded SQLite file or a MySQL/MariaDB server. */
@@ -79,6 +95,14 @@ export interface GatewayConfig extends CommonConfig {
    * Connect over pooled HTTP/1.1, the lean path) or "grpc" (gRPC over HTTP/2).
    */
   readonly upstreamProtocol: "connect" | "grpc";
+  /**
+   * QUOTA_COST_MODE: "fixed" charges the token service's QUOTA_COST per chat;
+   * "tokens" reserves an estimate of the chat's tokens and settles to the
+   * tokens it used once answered.
+   */
+  readonly quotaCostMode: "fixed" | "tokens";
+  /** QUOTA_REPLY_RESERVE: tokens reserved for a reply before it is known (tokens mode). */
+  readonly quotaReplyReserve: number;
 }
 
 /** Default ports of the contract, with the variable that moves each. */
@@ -212,13 +236,34 @@ export function loadTokenConfig(env: Env = process.env): TokenConfig {
   });
 }
 
+function readRequired(env: Env, name: string, expected: string): string {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") {
+    throw new ConfigError(`${name} is required with LLM_BACKEND=openai: ${expected}`);
+  }
+  return raw.trim();
+}
+
+function readOpenAi(env: Env): OpenAiBackendConfig {
+  readRequired(env, "OPENAI_BASE_URL", "the server's /v1 URL, such as http://127.0.0.1:11434/v1");
+  return {
+    baseUrl: readHttpUrl(env, "OPENAI_BASE_URL", ""),
+    apiKey: (env.OPENAI_API_KEY ?? "").trim(),
+    model: readRequired(env, "LLM_MODEL", "the model to ask, such as llama3.2 or gpt-4o-mini"),
+  };
+}
+
 /** Config of the LLM process. */
 export function loadLlmConfig(env: Env = process.env): LlmConfig {
+  const backend = readEnum(env, "LLM_BACKEND", ["echo", "openai"] as const, "echo");
   return Object.freeze({
     ...readService(env, "llm"),
-    backend: readEnum(env, "LLM_BACKEND", ["echo"] as const, "echo"),
+    backend,
     echoDelayMs: readInt(env, "ECHO_DELAY_MS", 0, 0, 600_000),
     echoChunkDelayMs: readInt(env, "ECHO_CHUNK_DELAY_MS", 0, 0, 60_000),
+    openai: backend === "openai" ? Object.freeze(readOpenAi(env)) : undefined,
+    timeoutMs: readInt(env, "LLM_TIMEOUT_MS", 60_000, 1, 3_600_000),
+    maxTokens: readInt(env, "LLM_MAX_TOKENS", 1_024, 1, 10_000_000),
   });
 }
 
@@ -254,6 +299,8 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     maxBodyBytes: readInt(env, "MAX_BODY_BYTES", 65_536, 64, 64 * 1_048_576),
     maxTextChars: readInt(env, "MAX_TEXT_CHARS", 8_000, 1, 10_000_000),
     upstreamProtocol: readEnum(env, "UPSTREAM_PROTOCOL", ["connect", "grpc"] as const, "connect"),
+    quotaCostMode: readEnum(env, "QUOTA_COST_MODE", ["fixed", "tokens"] as const, "fixed"),
+    quotaReplyReserve: readInt(env, "QUOTA_REPLY_RESERVE", 100, 0, 10_000_000),
   });
 }
 

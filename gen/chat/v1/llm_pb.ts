@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/llm.proto.
  */
 export const file_chat_v1_llm: GenFile = /*@__PURE__*/
-  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSIwCg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIiEKEEdlbmVyYXRlUmVzcG9uc2USDQoFcmVwbHkYASABKAkiNgoVR2VuZXJhdGVTdHJlYW1SZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSInChZHZW5lcmF0ZVN0cmVhbVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJMqIBCgpMTE1TZXJ2aWNlEj8KCEdlbmVyYXRlEhguY2hhdC52MS5HZW5lcmF0ZVJlcXVlc3QaGS5jaGF0LnYxLkdlbmVyYXRlUmVzcG9uc2USUwoOR2VuZXJhdGVTdHJlYW0SHi5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVxdWVzdBofLmNoYXQudjEuR2VuZXJhdGVTdHJlYW1SZXNwb25zZTABYgZwcm90bzM");
+  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSJECg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhIKCm1heF90b2tlbnMYAyABKAUiVAoKVG9rZW5Vc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSJrChBHZW5lcmF0ZVJlc3BvbnNlEg0KBXJlcGx5GAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkiSgoVR2VuZXJhdGVTdHJlYW1SZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgptYXhfdG9rZW5zGAMgASgFInEKFkdlbmVyYXRlU3RyZWFtUmVzcG9uc2USDQoFZGVsdGEYASABKAkSIgoFdXNhZ2UYAiABKAsyEy5jaGF0LnYxLlRva2VuVXNhZ2USDQoFbW9kZWwYAyABKAkSFQoNZmluaXNoX3JlYXNvbhgEIAEoCSITChFMaXN0TW9kZWxzUmVxdWVzdCITCgVNb2RlbBIKCgJpZBgBIAEoCSI0ChJMaXN0TW9kZWxzUmVzcG9uc2USHgoGbW9kZWxzGAEgAygLMg4uY2hhdC52MS5Nb2RlbDLpAQoKTExNU2VydmljZRI/CghHZW5lcmF0ZRIYLmNoYXQudjEuR2VuZXJhdGVSZXF1ZXN0GhkuY2hhdC52MS5HZW5lcmF0ZVJlc3BvbnNlElMKDkdlbmVyYXRlU3RyZWFtEh4uY2hhdC52MS5HZW5lcmF0ZVN0cmVhbVJlcXVlc3QaHy5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVzcG9uc2UwARJFCgpMaXN0TW9kZWxzEhouY2hhdC52MS5MaXN0TW9kZWxzUmVxdWVzdBobLmNoYXQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message chat.v1.GenerateRequest
@@ -29,6 +29,14 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
    * @generated from field: string user_id = 2;
    */
   userId: string;
+
+  /**
+   * Most tokens the reply may have; 0 means the service's limit
+   * (LLM_MAX_TOKENS). A larger value than that limit is lowered to it.
+   *
+   * @generated from field: int32 max_tokens = 3;
+   */
+  maxTokens: number;
 };
 
 /**
@@ -37,6 +45,41 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
   messageDesc(file_chat_v1_llm, 0);
+
+/**
+ * Tokens a model call used, as the model server counted them.
+ *
+ * @generated from message chat.v1.TokenUsage
+ */
+export type TokenUsage = Message<"chat.v1.TokenUsage"> & {
+  /**
+   * Tokens of the prompt.
+   *
+   * @generated from field: int32 prompt_tokens = 1;
+   */
+  promptTokens: number;
+
+  /**
+   * Tokens of the reply.
+   *
+   * @generated from field: int32 completion_tokens = 2;
+   */
+  completionTokens: number;
+
+  /**
+   * Both together.
+   *
+   * @generated from field: int32 total_tokens = 3;
+   */
+  totalTokens: number;
+};
+
+/**
+ * Describes the message chat.v1.TokenUsage.
+ * Use `create(TokenUsageSchema)` to create a new message.
+ */
+export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 1);
 
 /**
  * @generated from message chat.v1.GenerateResponse
@@ -48,6 +91,28 @@ export type GenerateResponse = Message<"chat.v1.GenerateResponse"> & {
    * @generated from field: string reply = 1;
    */
   reply: string;
+
+  /**
+   * What the call used; absent when the backend does not count tokens (echo).
+   *
+   * @generated from field: chat.v1.TokenUsage usage = 2;
+   */
+  usage?: TokenUsage | undefined;
+
+  /**
+   * The model that answered.
+   *
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * Why the reply ended: "stop" (done), "length" (max_tokens reached) or
+   * another reason the model server gave; empty means "stop".
+   *
+   * @generated from field: string finish_reason = 4;
+   */
+  finishReason: string;
 };
 
 /**
@@ -55,7 +120,7 @@ export type GenerateResponse = Message<"chat.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 1);
+  messageDesc(file_chat_v1_llm, 2);
 
 /**
  * @generated from message chat.v1.GenerateStreamRequest
@@ -74,6 +139,13 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
    * @generated from field: string user_id = 2;
    */
   userId: string;
+
+  /**
+   * Most tokens the reply may have, as in GenerateRequest.
+   *
+   * @generated from field: int32 max_tokens = 3;
+   */
+  maxTokens: number;
 };
 
 /**
@@ -81,7 +153,7 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
  * Use `create(GenerateStreamRequestSchema)` to create a new message.
  */
 export const GenerateStreamRequestSchema: GenMessage<GenerateStreamRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 2);
+  messageDesc(file_chat_v1_llm, 3);
 
 /**
  * @generated from message chat.v1.GenerateStreamResponse
@@ -93,6 +165,27 @@ export type GenerateStreamResponse = Message<"chat.v1.GenerateStreamResponse"> &
    * @generated from field: string delta = 1;
    */
   delta: string;
+
+  /**
+   * Set on the last message only, when the backend counts tokens.
+   *
+   * @generated from field: chat.v1.TokenUsage usage = 2;
+   */
+  usage?: TokenUsage | undefined;
+
+  /**
+   * The model that answers; set on the first message.
+   *
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * Set on the last message: why the reply ended, as in GenerateResponse.
+   *
+   * @generated from field: string finish_reason = 4;
+   */
+  finishReason: string;
 };
 
 /**
@@ -100,7 +193,59 @@ export type GenerateStreamResponse = Message<"chat.v1.GenerateStreamResponse"> &
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 3);
+  messageDesc(file_chat_v1_llm, 4);
+
+/**
+ * @generated from message chat.v1.ListModelsRequest
+ */
+export type ListModelsRequest = Message<"chat.v1.ListModelsRequest"> & {
+};
+
+/**
+ * Describes the message chat.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 5);
+
+/**
+ * A model the service answers with.
+ *
+ * @generated from message chat.v1.Model
+ */
+export type Model = Message<"chat.v1.Model"> & {
+  /**
+   * The model's id, as OpenAI-compatible clients name it (LLM_MODEL, or
+   * "echo" for the echo backend).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message chat.v1.Model.
+ * Use `create(ModelSchema)` to create a new message.
+ */
+export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 6);
+
+/**
+ * @generated from message chat.v1.ListModelsResponse
+ */
+export type ListModelsResponse = Message<"chat.v1.ListModelsResponse"> & {
+  /**
+   * @generated from field: repeated chat.v1.Model models = 1;
+   */
+  models: Model[];
+};
+
+/**
+ * Describes the message chat.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 7);
 
 /**
  * LLMService answers a cleaned user text with a model reply.
@@ -129,6 +274,17 @@ export const LLMService: GenService<{
     methodKind: "server_streaming";
     input: typeof GenerateStreamRequestSchema;
     output: typeof GenerateStreamResponseSchema;
+  },
+  /**
+   * ListModels names the models this service answers with (today exactly
+   * one: the configured model), for OpenAI-compatible clients.
+   *
+   * @generated from rpc chat.v1.LLMService.ListModels
+   */
+  listModels: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof ListModelsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_llm, 0);

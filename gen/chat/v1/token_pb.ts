@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/token.proto.
  */
 export const file_chat_v1_token: GenFile = /*@__PURE__*/
-  fileDesc("ChNjaGF0L3YxL3Rva2VuLnByb3RvEgdjaGF0LnYxIkYKEkNoZWNrQW5kSW5jUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgwKBGNvc3QYAiABKAMSEQoJY2hhcmdlX2lkGAMgASgJIogBChNDaGVja0FuZEluY1Jlc3BvbnNlEhEKCXJlbWFpbmluZxgBIAEoAxINCgVsaW1pdBgCIAEoAxIMCgRjb3N0GAMgASgDEi4KCnJlc2V0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXVubWV0ZXJlZBgFIAEoCCIzCg1SZWZ1bmRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJY2hhcmdlX2lkGAIgASgJIjUKDlJlZnVuZFJlc3BvbnNlEhAKCHJlZnVuZGVkGAEgASgDEhEKCXJlbWFpbmluZxgCIAEoAyIiCg9HZXRRdW90YVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJyChBHZXRRdW90YVJlc3BvbnNlEgwKBHVzZWQYASABKAMSEQoJcmVtYWluaW5nGAIgASgDEg0KBWxpbWl0GAMgASgDEi4KCnJlc2V0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMtQBCgxUb2tlblNlcnZpY2USSAoLQ2hlY2tBbmRJbmMSGy5jaGF0LnYxLkNoZWNrQW5kSW5jUmVxdWVzdBocLmNoYXQudjEuQ2hlY2tBbmRJbmNSZXNwb25zZRI5CgZSZWZ1bmQSFi5jaGF0LnYxLlJlZnVuZFJlcXVlc3QaFy5jaGF0LnYxLlJlZnVuZFJlc3BvbnNlEj8KCEdldFF1b3RhEhguY2hhdC52MS5HZXRRdW90YVJlcXVlc3QaGS5jaGF0LnYxLkdldFF1b3RhUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChNjaGF0L3YxL3Rva2VuLnByb3RvEgdjaGF0LnYxIkYKEkNoZWNrQW5kSW5jUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgwKBGNvc3QYAiABKAMSEQoJY2hhcmdlX2lkGAMgASgJIogBChNDaGVja0FuZEluY1Jlc3BvbnNlEhEKCXJlbWFpbmluZxgBIAEoAxINCgVsaW1pdBgCIAEoAxIMCgRjb3N0GAMgASgDEi4KCnJlc2V0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXVubWV0ZXJlZBgFIAEoCCIzCg1SZWZ1bmRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJY2hhcmdlX2lkGAIgASgJIjUKDlJlZnVuZFJlc3BvbnNlEhAKCHJlZnVuZGVkGAEgASgDEhEKCXJlbWFpbmluZxgCIAEoAyIiCg9HZXRRdW90YVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJyChBHZXRRdW90YVJlc3BvbnNlEgwKBHVzZWQYASABKAMSEQoJcmVtYWluaW5nGAIgASgDEg0KBWxpbWl0GAMgASgDEi4KCnJlc2V0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkEKDVNldHRsZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCgljaGFyZ2VfaWQYAiABKAkSDAoEY29zdBgDIAEoAyKBAQoOU2V0dGxlUmVzcG9uc2USDwoHc2V0dGxlZBgBIAEoCBIRCglyZW1haW5pbmcYAiABKAMSDQoFbGltaXQYAyABKAMSDAoEY29zdBgEIAEoAxIuCgpyZXNldF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDKPAgoMVG9rZW5TZXJ2aWNlEkgKC0NoZWNrQW5kSW5jEhsuY2hhdC52MS5DaGVja0FuZEluY1JlcXVlc3QaHC5jaGF0LnYxLkNoZWNrQW5kSW5jUmVzcG9uc2USOQoGUmVmdW5kEhYuY2hhdC52MS5SZWZ1bmRSZXF1ZXN0GhcuY2hhdC52MS5SZWZ1bmRSZXNwb25zZRI/CghHZXRRdW90YRIYLmNoYXQudjEuR2V0UXVvdGFSZXF1ZXN0GhkuY2hhdC52MS5HZXRRdW90YVJlc3BvbnNlEjkKBlNldHRsZRIWLmNoYXQudjEuU2V0dGxlUmVxdWVzdBoXLmNoYXQudjEuU2V0dGxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message chat.v1.CheckAndIncRequest
@@ -210,6 +210,87 @@ export const GetQuotaResponseSchema: GenMessage<GetQuotaResponse> = /*@__PURE__*
   messageDesc(file_chat_v1_token, 5);
 
 /**
+ * @generated from message chat.v1.SettleRequest
+ */
+export type SettleRequest = Message<"chat.v1.SettleRequest"> & {
+  /**
+   * The user who was charged.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The charge_id given to CheckAndInc.
+   *
+   * @generated from field: string charge_id = 2;
+   */
+  chargeId: string;
+
+  /**
+   * What the charge costs in the end.
+   *
+   * @generated from field: int64 cost = 3;
+   */
+  cost: bigint;
+};
+
+/**
+ * Describes the message chat.v1.SettleRequest.
+ * Use `create(SettleRequestSchema)` to create a new message.
+ */
+export const SettleRequestSchema: GenMessage<SettleRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_token, 6);
+
+/**
+ * @generated from message chat.v1.SettleResponse
+ */
+export type SettleResponse = Message<"chat.v1.SettleResponse"> & {
+  /**
+   * False when the charge was unknown or refunded: nothing changed.
+   *
+   * @generated from field: bool settled = 1;
+   */
+  settled: boolean;
+
+  /**
+   * What is left of the charge's day quota after settling, never below 0
+   * (meaningful only when settled).
+   *
+   * @generated from field: int64 remaining = 2;
+   */
+  remaining: bigint;
+
+  /**
+   * The user's daily limit.
+   *
+   * @generated from field: int64 limit = 3;
+   */
+  limit: bigint;
+
+  /**
+   * The charge's cost now.
+   *
+   * @generated from field: int64 cost = 4;
+   */
+  cost: bigint;
+
+  /**
+   * When the quota window resets (start of the next UTC day).
+   *
+   * @generated from field: google.protobuf.Timestamp reset_time = 5;
+   */
+  resetTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chat.v1.SettleResponse.
+ * Use `create(SettleResponseSchema)` to create a new message.
+ */
+export const SettleResponseSchema: GenMessage<SettleResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_token, 7);
+
+/**
  * TokenService keeps each user's daily quota.
  *
  * @generated from service chat.v1.TokenService
@@ -248,6 +329,21 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof GetQuotaRequestSchema;
     output: typeof GetQuotaResponseSchema;
+  },
+  /**
+   * Settle changes the cost of a charge made by CheckAndInc to what the chat
+   * really used, once that is known: the difference is given back, or
+   * charged on top. The extra is charged even past the limit (the tokens are
+   * spent); later charges are refused then. Settling again to the same cost
+   * changes nothing, so a retry is safe. A refunded or unknown charge is left
+   * alone (`settled` false).
+   *
+   * @generated from rpc chat.v1.TokenService.Settle
+   */
+  settle: {
+    methodKind: "unary";
+    input: typeof SettleRequestSchema;
+    output: typeof SettleResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_token, 0);

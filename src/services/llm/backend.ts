@@ -2,12 +2,28 @@
 export interface LlmRequest {
   readonly text: string;
   readonly userId: string;
+  /** Most tokens the reply may have; undefined leaves it to the backend. */
+  readonly maxTokens?: number | undefined;
+}
+
+/** Tokens one model call used, as the model server counted them. */
+export interface LlmUsage {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly totalTokens: number;
 }
 
 /** What a model answered. */
 export interface LlmResult {
   readonly reply: string;
+  /** Absent when the backend does not count tokens (echo). */
+  readonly usage?: LlmUsage | undefined;
+  /** Why the reply ended ("stop", "length", …); absent means "stop". */
+  readonly finishReason?: string | undefined;
 }
+
+/** The last item of a stream, after its pieces: what `generate` tells beside the reply. */
+export type LlmStreamEnd = Omit<LlmResult, "reply">;
 
 /**
  * A model behind the LLM service. `signal` aborts when the caller cancels or
@@ -15,11 +31,14 @@ export interface LlmResult {
  */
 export interface LlmBackend {
   readonly name: string;
+  /** The model id clients see (GET /v1/models); `name` when absent. */
+  readonly model?: string;
   generate(request: LlmRequest, signal: AbortSignal): Promise<LlmResult>;
   /**
    * The same reply as `generate`, in pieces as the model produces them: the
-   * pieces joined are the whole reply. Iteration ends early (throwing the
-   * abort reason) once `signal` aborts.
+   * pieces (strings) joined are the whole reply; a backend that knows more
+   * may end with one LlmStreamEnd. Iteration ends early (throwing the abort
+   * reason) once `signal` aborts.
    */
-  stream(request: LlmRequest, signal: AbortSignal): AsyncIterable<string>;
+  stream(request: LlmRequest, signal: AbortSignal): AsyncIterable<string | LlmStreamEnd>;
 }

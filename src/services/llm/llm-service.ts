@@ -1,12 +1,14 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { LLMService } from "../../../gen/chat/v1/llm_pb.js";
 import type { Logger } from "../../lib/logger.js";
-import type { LlmBackend } from "./backend.js";
+import type { LlmBackend, LlmRequest, LlmResult } from "./backend.js";
 
 export interface LlmServiceDeps {
   readonly backend: LlmBackend;
   /** Where a cancelled stream is reported; nothing is logged without one. */
   readonly logger?: Logger;
+  /** LLM_MAX_TOKENS: the cap of every reply; a request may ask for less. None when absent. */
+  readonly maxTokens?: number;
 }
 
 function requireText(text: string): void {
@@ -40,30 +42,55 @@ function watchCancel(ctx: HandlerContext, logger: Logger | undefined): () => voi
   return () => ctx.signal.removeEventListener("abort", onAbort);
 }
 
+/** The usage and finish reason of a result, as message fields (absent ones left out). */
+function endFields(end: Omit<LlmResult, "reply">) {
+  return {
+    ...(end.usage && { usage: end.usage }),
+    ...(end.finishReason !== undefined && { finishReason: end.finishReason }),
+  };
+}
+
 /** chat.v1.LLMService over an LlmBackend. */
 export function createLlmService({
   backend,
   logger,
+  maxTokens: cap,
 }: LlmServiceDeps): ServiceImpl<typeof LLMService> {
+  const model = backend.model ?? backend.name;
+  const request = (req: { text: string; userId: string; maxTokens: number }): LlmRequest => {
+    requireText(req.text);
+    if (req.maxTokens < 0) {
+      throw new ConnectError("max_tokens must not be negative", Code.InvalidArgument);
+    }
+    const asked = req.maxTokens === 0 ? undefined : req.maxTokens;
+    const maxTokens = asked === undefined ? cap : Math.min(asked, cap ?? asked);
+    return { text: req.text, userId: req.userId, maxTokens };
+  };
   return {
     async generate(req, ctx) {
-      requireText(req.text);
-      const { reply } = await backend.generate({ text: req.text, userId: req.userId }, ctx.signal);
-      return { reply };
+      const result = await backend.generate(request(req), ctx.signal);
+      return { reply: result.reply, model, ...endFields(result) };
     },
     async *generateStream(req, ctx) {
-      requireText(req.text);
+      const llmRequest = request(req);
       const unwatch = watchCancel(ctx, logger);
+      let first = true;
       try {
-        for await (const delta of backend.stream(
-          { text: req.text, userId: req.userId },
-          ctx.signal,
-        )) {
-          yield { delta };
+        for await (const piece of backend.stream(llmRequest, ctx.signal)) {
+          const head = first ? { model } : {};
+          first = false;
+          yield typeof piece === "string"
+            ? { delta: piece, ...head }
+            : { ...head, ...endFields(piece) };
         }
+        // Even an empty reply names its model.
+        if (first) yield { model };
       } finally {
         unwatch();
       }
+    },
+    async listModels() {
+      return { models: [{ id: model }] };
     },
   };
 }

@@ -1,25 +1,51 @@
 import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
-import { defaultPorts, loadLlmConfig } from "../../lib/config.js";
-import { createLogger } from "../../lib/logger.js";
+import { defaultPorts, type LlmConfig, loadLlmConfig } from "../../lib/config.js";
+import { createLogger, type Logger } from "../../lib/logger.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
+import type { LlmBackend } from "./backend.js";
 import { createEchoBackend } from "./echo-backend.js";
 import { createLlmService } from "./llm-service.js";
+import { createOpenAiBackend } from "./openai-backend.js";
+
+/** The backend LLM_BACKEND names. */
+function createBackend(config: LlmConfig, logger: Logger): LlmBackend {
+  if (config.openai !== undefined) {
+    return createOpenAiBackend({ ...config.openai, timeoutMs: config.timeoutMs, logger });
+  }
+  return createEchoBackend({ delayMs: config.echoDelayMs, chunkDelayMs: config.echoChunkDelayMs });
+}
+
+/** A URL fit for logs: a user or password in it is left out. */
+function withoutCredentials(url: string): string {
+  const shown = new URL(url);
+  shown.username = "";
+  shown.password = "";
+  return shown.toString();
+}
 
 /** Starts the LLM process from the environment. */
 export async function main(): Promise<void> {
   const config = loadLlmConfig();
   const logger = createLogger("llm", config.logLevel);
-  const backend = createEchoBackend({
-    delayMs: config.echoDelayMs,
-    chunkDelayMs: config.echoChunkDelayMs,
-  });
+  const backend = createBackend(config, logger);
   const app = await createRpcServer({
     name: "llm",
     config,
     logger,
-    routes: (router) => router.service(LLMService, createLlmService({ backend, logger })),
+    routes: (router) =>
+      router.service(
+        LLMService,
+        createLlmService({ backend, logger, maxTokens: config.maxTokens }),
+      ),
   });
-  logger.info({ backend: backend.name }, "backend ready");
+  logger.info(
+    {
+      backend: backend.name,
+      model: backend.model ?? backend.name,
+      ...(config.openai && { base_url: withoutCredentials(config.openai.baseUrl) }),
+    },
+    "backend ready",
+  );
   await serve(app, { ...config, portEnv: defaultPorts.llm.env, logger });
 }

@@ -6,10 +6,12 @@ import type {
   QuotaStore,
   RefundInput,
   RefundResult,
+  SettleInput,
+  SettleResult,
 } from "./quota-store.js";
 
 interface ChargeRecord {
-  readonly cost: number;
+  cost: number;
   refunded: boolean;
 }
 
@@ -39,6 +41,15 @@ export function createMemoryQuotaStore(): QuotaStore {
     return state;
   };
   const chargeKey = (userId: string, chargeId: string) => `${userId}\u0000${chargeId}`;
+  /** A charge in the window given or the one before (for calls just after midnight). */
+  const findCharge = (input: RefundInput) => {
+    for (const window of [input.window, previousWindow(input.window)]) {
+      const state = days.get(window.day);
+      const record = state?.charges.get(chargeKey(input.userId, input.chargeId));
+      if (state !== undefined && record !== undefined) return { state, record };
+    }
+    return undefined;
+  };
 
   return {
     async charge(input: ChargeInput): Promise<ChargeResult> {
@@ -61,18 +72,25 @@ export function createMemoryQuotaStore(): QuotaStore {
     },
 
     async refund(input: RefundInput): Promise<RefundResult> {
-      for (const window of [input.window, previousWindow(input.window)]) {
-        const state = days.get(window.day);
-        const record = state?.charges.get(chargeKey(input.userId, input.chargeId));
-        if (state === undefined || record === undefined) continue;
-        const used = state.used.get(input.userId) ?? 0;
-        if (record.refunded) return { refunded: 0, used };
-        record.refunded = true;
-        const after = Math.max(0, used - record.cost);
-        state.used.set(input.userId, after);
-        return { refunded: record.cost, used: after };
-      }
-      return { refunded: 0, used: 0 };
+      const found = findCharge(input);
+      if (found === undefined) return { refunded: 0, used: 0 };
+      const { state, record } = found;
+      const used = state.used.get(input.userId) ?? 0;
+      if (record.refunded) return { refunded: 0, used };
+      record.refunded = true;
+      const after = Math.max(0, used - record.cost);
+      state.used.set(input.userId, after);
+      return { refunded: record.cost, used: after };
+    },
+
+    async settle(input: SettleInput): Promise<SettleResult> {
+      const found = findCharge(input);
+      if (found === undefined || found.record.refunded) return { settled: false, used: 0 };
+      const { state, record } = found;
+      const after = Math.max(0, (state.used.get(input.userId) ?? 0) + input.cost - record.cost);
+      record.cost = input.cost;
+      state.used.set(input.userId, after);
+      return { settled: true, used: after };
     },
 
     async get(input: PeekInput): Promise<number> {

@@ -34,6 +34,22 @@ export interface RefundResult {
   readonly used: number;
 }
 
+export interface SettleInput {
+  readonly userId: string;
+  readonly chargeId: string;
+  /** What the charge costs in the end. */
+  readonly cost: number;
+  /** The window at the time of settling; the charge is looked for as by refund. */
+  readonly window: QuotaWindow;
+}
+
+export interface SettleResult {
+  /** False when no such charge exists or it was refunded: nothing changed. */
+  readonly settled: boolean;
+  /** Tokens used in the charge's window after settling (0 when not settled). */
+  readonly used: number;
+}
+
 export interface PeekInput {
   readonly userId: string;
   readonly window: QuotaWindow;
@@ -48,6 +64,13 @@ export interface PeekInput {
 export interface QuotaStore {
   charge(input: ChargeInput): Promise<ChargeResult>;
   refund(input: RefundInput): Promise<RefundResult>;
+  /**
+   * Sets a charge's cost to what the chat really used: the counter moves by
+   * the difference, past the limit if need be (never below 0). Settling to
+   * the cost the charge has already changes nothing; a later refund gives
+   * back the settled cost.
+   */
+  settle(input: SettleInput): Promise<SettleResult>;
   /** Tokens used by the user in the window, without charging anything. */
   get(input: PeekInput): Promise<number>;
   close(): Promise<void>;

@@ -57,3 +57,31 @@ for i = 1, 3, 2 do
 end
 return {0, 0}
 `;
+
+/**
+ * KEYS as for refund; ARGV[1] the charge's final cost. Returns {settled
+ * (0/1), used}: {0, 0} when no such charge exists or it was refunded.
+ * The counter moves by the difference, never below 0.
+ */
+export const settleScript = `
+for i = 1, 3, 2 do
+  local record = redis.call('HMGET', KEYS[i], 'cost', 'refunded')
+  if record[1] then
+    if record[2] == '1' then
+      return {0, 0}
+    end
+    local cost = tonumber(ARGV[1])
+    local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+    local after = math.max(0, used + cost - tonumber(record[1]))
+    redis.call('HSET', KEYS[i], 'cost', ARGV[1])
+    if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+      redis.call('SET', KEYS[i + 1], after, 'KEEPTTL')
+    else
+      redis.call('SET', KEYS[i + 1], after)
+      redis.call('EXPIRE', KEYS[i + 1], redis.call('TTL', KEYS[i]))
+    end
+    return {1, after}
+  end
+end
+return {0, 0}
+`;

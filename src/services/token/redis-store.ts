@@ -9,8 +9,10 @@ import {
   QuotaStoreUnavailableError,
   type RefundInput,
   type RefundResult,
+  type SettleInput,
+  type SettleResult,
 } from "./quota-store.js";
-import { chargeScript, refundScript } from "./redis-scripts.js";
+import { chargeScript, refundScript, settleScript } from "./redis-scripts.js";
 
 export interface RedisQuotaStoreOptions {
   /** `redis://[user:pass@]host:port[/db]` or `rediss://…` (REDIS_URL). */
@@ -46,11 +48,12 @@ export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {
 interface ScriptCommands {
   quotaCharge(...args: (string | number)[]): Promise<[number, number]>;
   quotaRefund(...args: string[]): Promise<[number, number]>;
+  quotaSettle(...args: (string | number)[]): Promise<[number, number]>;
 }
 
 /**
  * The quota store on Redis: exact across any number of token replicas.
- * Check-and-charge and refund are each one Lua script (one round trip,
+ * Check-and-charge, refund and settle are each one Lua script (one round trip,
  * atomic on the server). Keys are per user per UTC day and expire at the end
  * of the day plus a margin. While Redis is unreachable every call fails at
  * once with QuotaStoreUnavailableError (no offline queue, no retries, a short
@@ -69,6 +72,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
     scripts: {
       quotaCharge: { lua: chargeScript, numberOfKeys: 2 },
       quotaRefund: { lua: refundScript, numberOfKeys: 4 },
+      quotaSettle: { lua: settleScript, numberOfKeys: 4 },
     },
   });
   const scripts = redis as unknown as ScriptCommands;
@@ -124,6 +128,21 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
         ),
       );
       return { refunded: Number(refunded), used: Number(used) };
+    },
+
+    async settle(input: SettleInput): Promise<SettleResult> {
+      const today = quotaKeys(prefix, input.userId, input.window);
+      const before = quotaKeys(prefix, input.userId, previousWindow(input.window));
+      const [settled, used] = await run(() =>
+        scripts.quotaSettle(
+          today.charge(input.chargeId),
+          today.counter,
+          before.charge(input.chargeId),
+          before.counter,
+          input.cost,
+        ),
+      );
+      return { settled: settled === 1, used: Number(used) };
     },
 
     async get(input: PeekInput): Promise<number> {

@@ -53,9 +53,12 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
   const clock = deps.clock ?? systemClock;
   const events =
     deps.registry &&
-    counter(deps.registry, "chatmesh_quota_events_total", "Quota charges, rejections and refunds", [
-      "event",
-    ]);
+    counter(
+      deps.registry,
+      "chatmesh_quota_events_total",
+      "Quota charges, rejections, refunds and settlements",
+      ["event"],
+    );
   const failOpen = deps.failOpen ?? false;
   return {
     async checkAndInc(req) {
@@ -119,6 +122,33 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       );
       if (result.refunded > 0) events?.inc({ event: "refunded" });
       return { refunded: BigInt(result.refunded), remaining: BigInt(limit - result.used) };
+    },
+
+    async settle(req) {
+      requireUserId(req.userId);
+      if (req.chargeId === "") {
+        throw new ConnectError("charge_id is required", Code.InvalidArgument);
+      }
+      if (req.cost < 0n || req.cost > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new ConnectError("cost must be from 0 to 2^53-1", Code.InvalidArgument);
+      }
+      const window = windowAt(clock.now());
+      const result = await fromStore(() =>
+        store.settle({
+          userId: req.userId,
+          chargeId: req.chargeId,
+          cost: Number(req.cost),
+          window,
+        }),
+      );
+      if (result.settled) events?.inc({ event: "settled" });
+      return {
+        settled: result.settled,
+        remaining: BigInt(Math.max(0, limit - result.used)),
+        limit: BigInt(limit),
+        cost: result.settled ? req.cost : 0n,
+        resetTime: timestampFromDate(window.resetAt),
+      };
     },
 
     async getQuota(req) {

@@ -1,9 +1,13 @@
 import { describe, expect, it } from "vitest";
+import type { LlmStreamEnd } from "../../../src/services/llm/backend.js";
 import { createEchoBackend, splitWords } from "../../../src/services/llm/echo-backend.js";
 
-async function collect(pieces: AsyncIterable<string>): Promise<string[]> {
+async function collect(pieces: AsyncIterable<string | LlmStreamEnd>): Promise<string[]> {
   const out: string[] = [];
-  for await (const piece of pieces) out.push(piece);
+  for await (const piece of pieces) {
+    if (typeof piece !== "string") throw new Error("the echo backend ends with no usage");
+    out.push(piece);
+  }
   return out;
 }
 

@@ -1,6 +1,7 @@
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
+import type { LlmBackend, LlmRequest } from "../../../src/services/llm/backend.js";
 import { createEchoBackend } from "../../../src/services/llm/echo-backend.js";
 import { createLlmService } from "../../../src/services/llm/llm-service.js";
 
@@ -52,5 +53,86 @@ describe("LLMService.GenerateStream with the echo backend", () => {
     await expect(stream[Symbol.asyncIterator]().next()).rejects.toMatchObject({
       code: Code.InvalidArgument,
     });
+  });
+});
+
+/** A test double of a model that counts tokens: records what it was asked. */
+function countingBackend() {
+  const asked: LlmRequest[] = [];
+  const backend: LlmBackend = {
+    name: "counting (test double)",
+    model: "counter-1",
+    async generate(request) {
+      asked.push(request);
+      return {
+        reply: "a b",
+        usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 },
+        finishReason: "length",
+      };
+    },
+    async *stream(request) {
+      asked.push(request);
+      yield "a ";
+      yield "b";
+      yield { usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } };
+    },
+  };
+  return { backend, asked };
+}
+
+describe("LLMService with a backend that counts tokens", () => {
+  const clientOf = (backend: LlmBackend, maxTokens?: number) =>
+    createClient(
+      LLMService,
+      createRouterTransport((router) =>
+        router.service(
+          LLMService,
+          createLlmService({ backend, ...(maxTokens !== undefined && { maxTokens }) }),
+        ),
+      ),
+    );
+
+  it("returns the usage, the model and why the reply ended", async () => {
+    const res = await clientOf(countingBackend().backend).generate({ text: "hi" });
+    expect(res).toMatchObject({
+      reply: "a b",
+      model: "counter-1",
+      finishReason: "length",
+      usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 },
+    });
+  });
+
+  it("streams the model on the first message and the usage on the last", async () => {
+    const messages = [];
+    for await (const m of clientOf(countingBackend().backend).generateStream({ text: "hi" })) {
+      messages.push({ delta: m.delta, model: m.model, usage: m.usage?.totalTokens });
+    }
+    expect(messages).toEqual([
+      { delta: "a ", model: "counter-1", usage: undefined },
+      { delta: "b", model: "", usage: undefined },
+      { delta: "", model: "", usage: 5 },
+    ]);
+  });
+
+  it("caps the reply at LLM_MAX_TOKENS; a request may ask for less", async () => {
+    const { backend, asked } = countingBackend();
+    const client = clientOf(backend, 100);
+    await client.generate({ text: "hi" });
+    await client.generate({ text: "hi", maxTokens: 10 });
+    await client.generate({ text: "hi", maxTokens: 5_000 });
+    for await (const _ of client.generateStream({ text: "hi", maxTokens: 7 })) {
+      // drained
+    }
+    expect(asked.map((r) => r.maxTokens)).toEqual([100, 10, 100, 7]);
+    await expect(client.generate({ text: "hi", maxTokens: -1 })).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+  });
+
+  it("lists its one model: LLM_MODEL, or echo", async () => {
+    expect((await clientOf(countingBackend().backend).listModels({})).models).toMatchObject([
+      { id: "counter-1" },
+    ]);
+    expect((await clientWith().listModels({})).models).toMatchObject([{ id: "echo" }]);
   });
 });

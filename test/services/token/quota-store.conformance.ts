@@ -16,8 +16,8 @@ const tomorrow = windowAt(today.resetAt);
 /**
  * The semantics every QuotaStore has, as one suite that each store runs:
  * refuse without charging, per user and per UTC day, charge ids charged at
- * most once, refunds once and only to the charge's user, exact under
- * concurrency.
+ * most once, refunds once and only to the charge's user, settling to the real
+ * cost, exact under concurrency.
  */
 export function describeQuotaStore(name: string, factory: StoreFactory): void {
   describe(`${name} quota store (conformance)`, () => {
@@ -133,6 +133,67 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
         used: 0,
       });
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
+    });
+
+    it("settles a charge to its real cost: gives back the difference or charges the extra", async () => {
+      const store = await fresh();
+      const settle = (chargeId: string, cost: number, window = today) =>
+        store.settle({ userId: "u1", chargeId, cost, window });
+      await charge(store, "u1", "a", today, 60);
+      await charge(store, "u1", "b", today, 40);
+      expect(await settle("a", 25)).toEqual({ settled: true, used: 65 });
+      // Settling again to the same cost is a no-op, so a retry is safe.
+      expect(await settle("a", 25)).toEqual({ settled: true, used: 65 });
+      // The extra goes on even past the limit: the tokens were spent.
+      expect(await settle("b", 190)).toEqual({ settled: true, used: 215 });
+      expect(await store.get({ userId: "u1", window: today })).toBe(215);
+      expect((await charge(store, "u1", "c", today, 1)).allowed).toBe(false);
+      // A refund gives back the settled cost, not the reserved one.
+      expect(await store.refund({ userId: "u1", chargeId: "b", window: today })).toEqual({
+        refunded: 190,
+        used: 25,
+      });
+    });
+
+    it("settles nothing for an unknown, refunded or other user's charge", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "a", today, 50);
+      expect(
+        await store.settle({ userId: "u1", chargeId: "nope", cost: 10, window: today }),
+      ).toEqual({ settled: false, used: 0 });
+      expect(await store.settle({ userId: "u2", chargeId: "a", cost: 10, window: today })).toEqual({
+        settled: false,
+        used: 0,
+      });
+      await store.refund({ userId: "u1", chargeId: "a", window: today });
+      expect(await store.settle({ userId: "u1", chargeId: "a", cost: 10, window: today })).toEqual({
+        settled: false,
+        used: 0,
+      });
+      expect(await store.get({ userId: "u1", window: today })).toBe(0);
+    });
+
+    it("settles after midnight a charge made before it, in its own day", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "late", today, 50);
+      await charge(store, "u1", "early", tomorrow, 50);
+      expect(
+        await store.settle({ userId: "u1", chargeId: "late", cost: 80, window: tomorrow }),
+      ).toEqual({ settled: true, used: 80 });
+      expect(await store.get({ userId: "u1", window: today })).toBe(80);
+      expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
+    });
+
+    it("keeps the counter exact when many charges settle at once", async () => {
+      const store = await fresh();
+      const ids = Array.from({ length: 40 }, (_, i) => `s${i}`);
+      await Promise.all(ids.map((id) => charge(store, "u1", id, today, 5)));
+      await Promise.all(
+        ids.map((id, i) =>
+          store.settle({ userId: "u1", chargeId: id, cost: i % 2 === 0 ? 2 : 7, window: today }),
+        ),
+      );
+      expect(await store.get({ userId: "u1", window: today })).toBe(20 * 2 + 20 * 7);
     });
 
     it("lets exactly as many concurrent charges through as fit", async () => {

@@ -84,6 +84,30 @@ describe("TokenService over a router transport", () => {
     expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(100n);
   });
 
+  it("settles a charge to its real cost, and settles a refunded one no more", async () => {
+    const { client } = setup();
+    await client.checkAndInc({ userId: "u1", chargeId: "s1", cost: 60n });
+    expect(await client.settle({ userId: "u1", chargeId: "s1", cost: 25n })).toMatchObject({
+      settled: true,
+      remaining: 175n,
+      limit: 200n,
+      cost: 25n,
+    });
+    expect(await client.settle({ userId: "u1", chargeId: "s1", cost: 260n })).toMatchObject({
+      settled: true,
+      remaining: 0n,
+      cost: 260n,
+    });
+    expect((await client.getQuota({ userId: "u1" })).used).toBe(260n);
+    await client.refund({ userId: "u1", chargeId: "s1" });
+    expect(await client.settle({ userId: "u1", chargeId: "s1", cost: 10n })).toMatchObject({
+      settled: false,
+      remaining: 200n,
+      cost: 0n,
+    });
+    expect((await client.getQuota({ userId: "u1" })).used).toBe(0n);
+  });
+
   it("reads the quota without charging it", async () => {
     const { client } = setup();
     expect(await client.getQuota({ userId: "u1" })).toMatchObject({
@@ -110,5 +134,11 @@ describe("TokenService over a router transport", () => {
       Code.InvalidArgument,
     );
     expect((await refusal(client.getQuota({ userId: "" }))).code).toBe(Code.InvalidArgument);
+    expect((await refusal(client.settle({ userId: "u", chargeId: "", cost: 1n }))).code).toBe(
+      Code.InvalidArgument,
+    );
+    expect((await refusal(client.settle({ userId: "u", chargeId: "c", cost: -1n }))).code).toBe(
+      Code.InvalidArgument,
+    );
   });
 });

@@ -1,0 +1,148 @@
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
+import { type QuotaState, rateLimitHeaders } from "../quota.js";
+import { chatUsage } from "../quota-cost.js";
+import { relayReply, type StreamingChat } from "../reply-stream.js";
+import { openSseStream, type SseStream, sseDataFrame } from "../sse.js";
+import { notifyDone, type OnChatDone } from "../stream.js";
+import {
+  type CompletionHead,
+  completionBody,
+  completionChunk,
+  completionHead,
+  usageChunk,
+} from "./completions.js";
+import { invalidRequest, type OpenAiError, openAiErrorFrom, outcomeOf } from "./errors.js";
+import { type CompletionRequest, parseCompletionRequest } from "./request.js";
+import { userFor } from "./user.js";
+
+/** What POST /v1/chat/completions needs beside the chat's own deps. */
+export interface CompletionsDeps extends Omit<ChatDeps, "onQuota"> {
+  readonly maxTextChars: number;
+  /** Called with each streamed chat that reached its end (history). */
+  readonly onChatDone?: OnChatDone | undefined;
+  /** Told how each chat ended: "ok", an error's words, "llm failed" or "client gone". */
+  readonly count: (outcome: string) => void;
+}
+
+/** Sends an OpenAI error; an exhausted daily quota tells the SDKs not to retry. */
+export function sendOpenAiError(reply: FastifyReply, err: OpenAiError): FastifyReply {
+  if (err.body.error.type === "insufficient_quota") reply.header("x-should-retry", "false");
+  return reply.code(err.status).send(err.body);
+}
+
+const isOpenAiError = (value: object): value is OpenAiError => "status" in value;
+
+/** The request as a chat of the chain, or the OpenAI error that refuses it. */
+function chatInputOf(
+  req: FastifyRequest,
+  deps: CompletionsDeps,
+): { request: CompletionRequest; input: ChatInput } | OpenAiError {
+  const request = parseCompletionRequest(req.body);
+  if (isOpenAiError(request)) return request;
+  const userId = userFor(req, request.user);
+  if (userId === undefined) {
+    return invalidRequest("user is required: send the user field, or an API key", "user");
+  }
+  const input = parseChatInput({ user_id: userId, text: request.text }, deps.maxTextChars);
+  if ("status" in input) return openAiErrorFrom(input);
+  return { request, input: { ...input, maxTokens: request.maxTokens } };
+}
+
+/**
+ * POST /v1/chat/completions: the last user message runs through Filter →
+ * Token → LLM → History like a /chat, answered as OpenAI's `chat.completion`,
+ * or with `stream: true` as `chat.completion.chunk` events and `[DONE]`.
+ * Refusals before the reply starts are OpenAI error JSON with the contract's
+ * statuses; a model failure after the stream started is an error event.
+ */
+export async function handleChatCompletion(
+  deps: CompletionsDeps,
+  req: FastifyRequest,
+  reply: FastifyReply,
+): Promise<unknown> {
+  const parsed = chatInputOf(req, deps);
+  if (isOpenAiError(parsed)) {
+    deps.count(outcomeOf(parsed));
+    return sendOpenAiError(reply, parsed);
+  }
+  const { request, input } = parsed;
+  let quota: QuotaState | undefined;
+  const onQuota = (state: QuotaState) => {
+    quota = state;
+  };
+  const chatDeps: ChatDeps = { ...deps, onQuota };
+
+  if (!request.stream) {
+    const chat = await completeChat(chatDeps, input, req.id);
+    deps.count("status" in chat ? chat.body.error : "ok");
+    // After a model failure the charge was given back: the quota seen before it is stale.
+    const status = "status" in chat ? chat.status : 200;
+    if (quota !== undefined && (status === 200 || status === 429)) {
+      reply.headers(rateLimitHeaders(quota));
+    }
+    if ("status" in chat) return sendOpenAiError(reply, openAiErrorFrom(chat));
+    const head = completionHead(req.id, chat.model || request.model);
+    const usage = await chatUsage(chat.cleaned, chat.reply, chat.reportedUsage);
+    return completionBody(head, chat.reply, chat.finishReason, usage);
+  }
+
+  const admitted = await admitChat(chatDeps, input, req.id);
+  if (quota !== undefined) reply.headers(rateLimitHeaders(quota));
+  if ("status" in admitted) {
+    deps.count(admitted.body.error);
+    return sendOpenAiError(reply, openAiErrorFrom(admitted));
+  }
+  reply.hijack();
+  const sse = openSseStream(reply.raw, reply.getHeaders());
+  const outcome = await streamCompletion(
+    { ...chatDeps, onChatDone: deps.onChatDone },
+    sse,
+    { input, admitted, requestId: req.id },
+    request,
+  );
+  deps.count(outcome);
+  deps.logger.info({ outcome }, "stream ended");
+  return undefined;
+}
+
+/** Streams the reply as chunks; resolves with how the stream ended. */
+async function streamCompletion(
+  deps: ChatDeps & { readonly onChatDone?: OnChatDone | undefined },
+  sse: SseStream,
+  chat: StreamingChat,
+  request: CompletionRequest,
+): Promise<string> {
+  let head: CompletionHead | undefined;
+  const send = (data: unknown) => sse.write(sseDataFrame(data));
+  // The first chunk names the model, which the model's first piece tells.
+  const start = async (model: string): Promise<CompletionHead> => {
+    if (head !== undefined) return head;
+    head = completionHead(chat.requestId, model || request.model);
+    await send(
+      completionChunk(head, { role: "assistant", content: "" }, null, request.includeUsage),
+    );
+    return head;
+  };
+
+  const result = await relayReply(deps, chat, sse.signal, async (text, model) =>
+    send(completionChunk(await start(model), { content: text }, null, request.includeUsage)),
+  );
+  if (result.outcome === "llm failed") {
+    await send(openAiErrorFrom({ status: 500, body: { error: "llm failed" } }).body);
+    sse.end();
+  }
+  if (result.outcome !== "ok") return result.outcome;
+
+  const done = await start(result.model);
+  await send(completionChunk(done, {}, result.finishReason, request.includeUsage));
+  const { cleaned } = chat.admitted;
+  if (request.includeUsage) {
+    await send(usageChunk(done, await chatUsage(cleaned, result.reply, result.reportedUsage)));
+  }
+  const { input, requestId } = chat;
+  await notifyDone(deps, { requestId, userId: input.userId, cleaned, reply: result.reply });
+  await send("[DONE]");
+  sse.end();
+  return "ok";
+}

@@ -1,0 +1,85 @@
+import {
+  type AdmittedChat,
+  type ChatDeps,
+  type ChatInput,
+  logFailure,
+  refund,
+  settle,
+} from "./chat.js";
+import { type ChatUsage, chatUsage } from "./quota-cost.js";
+
+/** How a streamed reply ended. */
+export type RelayOutcome =
+  | {
+      readonly outcome: "ok";
+      readonly reply: string;
+      /** The model that answered. */
+      readonly model: string;
+      readonly finishReason: string;
+      readonly reportedUsage: ChatUsage | undefined;
+      /** What is left of the quota once the charge was settled (tokens mode). */
+      readonly remaining: number | undefined;
+    }
+  | { readonly outcome: "llm failed" | "client gone" };
+
+/** A chat admitted and about to be answered in pieces. */
+export interface StreamingChat {
+  readonly input: ChatInput;
+  readonly admitted: AdmittedChat;
+  readonly requestId: string;
+}
+
+/**
+ * What /chat/stream and /v1/chat/completions (stream: true) share: relays
+ * the model's reply piece by piece to `onDelta` (with the model's name),
+ * gives the charge back when the model fails, and settles it to the chat's
+ * usage once the reply is whole. `signal` aborts when the client goes away;
+ * the model call is cancelled then and the charge stays.
+ */
+export async function relayReply(
+  deps: ChatDeps,
+  chat: StreamingChat,
+  signal: AbortSignal,
+  onDelta: (text: string, model: string) => Promise<void>,
+): Promise<RelayOutcome> {
+  const { input, requestId } = chat;
+  const { cleaned } = chat.admitted;
+  let reply = "";
+  let model = "";
+  let finishReason = "";
+  let reportedUsage: ChatUsage | undefined;
+  try {
+    const pieces = deps.upstreams.llm.generateStream(
+      { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
+      { signal },
+    );
+    for await (const piece of pieces) {
+      model ||= piece.model;
+      finishReason = piece.finishReason || finishReason;
+      if (piece.usage !== undefined) {
+        const { promptTokens, completionTokens, totalTokens } = piece.usage;
+        reportedUsage = { promptTokens, completionTokens, totalTokens };
+      }
+      if (piece.delta === "") continue;
+      reply += piece.delta;
+      await onDelta(piece.delta, model);
+    }
+  } catch (err) {
+    if (signal.aborted) return { outcome: "client gone" };
+    logFailure(deps.logger, "llm", err);
+    await refund(deps, input.userId, requestId);
+    return { outcome: "llm failed" };
+  }
+  if (signal.aborted) return { outcome: "client gone" };
+  const remaining = await settle(deps, input.userId, requestId, () =>
+    chatUsage(cleaned, reply, reportedUsage),
+  );
+  return {
+    outcome: "ok",
+    reply,
+    model,
+    finishReason: finishReason || "stop",
+    reportedUsage,
+    remaining,
+  };
+}

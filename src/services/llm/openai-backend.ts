@@ -1,0 +1,124 @@
+import type { ConnectError } from "@connectrpc/connect";
+import OpenAI from "openai";
+import type { CompletionUsage } from "openai/resources/completions";
+import type { Logger } from "../../lib/logger.js";
+import type { LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
+import { connectErrorFromUpstream, describeFailure } from "./openai-errors.js";
+
+export interface OpenAiBackendOptions {
+  /** OPENAI_BASE_URL: the server's /v1 URL. */
+  readonly baseUrl: string;
+  /** OPENAI_API_KEY; empty sends no Authorization header (local servers). */
+  readonly apiKey: string;
+  /** LLM_MODEL. */
+  readonly model: string;
+  /** LLM_TIMEOUT_MS: most time one call may take, streaming included. */
+  readonly timeoutMs: number;
+  readonly logger?: Logger;
+}
+
+const usageOf = (usage: CompletionUsage | null | undefined): LlmUsage | undefined =>
+  usage
+    ? {
+        promptTokens: usage.prompt_tokens,
+        completionTokens: usage.completion_tokens,
+        totalTokens: usage.total_tokens,
+      }
+    : undefined;
+
+/**
+ * An LLM backend on any OpenAI-compatible chat completions server (OpenAI,
+ * vLLM, Ollama, llama.cpp server) through the official `openai` SDK. The text
+ * goes as one user message. The SDK retries nothing (the gateway's deadline
+ * governs); each call ends at LLM_TIMEOUT_MS or when the RPC's signal aborts
+ * (its caller left or its deadline passed), whichever comes first, and the
+ * HTTP request to the server is aborted with it.
+ */
+export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
+  const { model, timeoutMs, logger } = options;
+  const keyless = options.apiKey === "";
+  // Every option is given, so the SDK reads none of its own environment variables.
+  const client = new OpenAI({
+    baseURL: options.baseUrl,
+    // The SDK insists on a key; without one, the header it would make is removed.
+    apiKey: keyless ? "unused" : options.apiKey,
+    ...(keyless && { defaultHeaders: { Authorization: null } }),
+    adminAPIKey: null,
+    organization: null,
+    project: null,
+    webhookSecret: null,
+    maxRetries: 0,
+    timeout: timeoutMs,
+    logLevel: "off",
+  });
+
+  /** The call's signal: the RPC's, or LLM_TIMEOUT_MS if that comes first. */
+  const deadline = (caller: AbortSignal) => {
+    const timeout = AbortSignal.timeout(timeoutMs);
+    return {
+      signal: AbortSignal.any([caller, timeout]),
+      fail(err: unknown): ConnectError {
+        const mapped = connectErrorFromUpstream(err, {
+          caller,
+          timedOut: timeout.aborted,
+          timeoutMs,
+        });
+        if (!caller.aborted) {
+          logger?.warn(
+            { upstream: describeFailure(err, [options.apiKey]), code: mapped.code },
+            `model server call failed: ${mapped.rawMessage}`,
+          );
+        }
+        return mapped;
+      },
+    };
+  };
+  const body = (request: LlmRequest) => ({
+    model,
+    messages: [{ role: "user" as const, content: request.text }],
+    ...(request.maxTokens !== undefined && { max_tokens: request.maxTokens }),
+  });
+
+  return {
+    name: "openai",
+    model,
+    async generate(request, signal) {
+      const call = deadline(signal);
+      try {
+        const res = await client.chat.completions.create(body(request), { signal: call.signal });
+        const choice = res.choices[0];
+        return {
+          reply: choice?.message.content ?? "",
+          usage: usageOf(res.usage),
+          finishReason: choice?.finish_reason ?? undefined,
+        };
+      } catch (err) {
+        throw call.fail(err);
+      }
+    },
+
+    async *stream(request, signal) {
+      const call = deadline(signal);
+      let usage: LlmUsage | undefined;
+      let finishReason: string | undefined;
+      try {
+        const chunks = await client.chat.completions.create(
+          { ...body(request), stream: true, stream_options: { include_usage: true } },
+          { signal: call.signal },
+        );
+        for await (const chunk of chunks) {
+          const choice = chunk.choices[0];
+          if (choice?.delta?.content) yield choice.delta.content;
+          if (choice?.finish_reason) finishReason = choice.finish_reason;
+          usage = usageOf(chunk.usage) ?? usage;
+        }
+        // The SDK ends a stream quietly when its signal aborts: a cut-off
+        // reply must not pass for a whole one.
+        call.signal.throwIfAborted();
+      } catch (err) {
+        throw call.fail(err);
+      }
+      if (usage !== undefined || finishReason !== undefined) yield { usage, finishReason };
+    },
+  };
+}

@@ -1,0 +1,93 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
+
+/** What a failed model call is judged by besides the error itself. */
+export interface FailedCall {
+  /** The RPC's own signal: aborted when its caller left or its deadline passed. */
+  readonly caller: AbortSignal;
+  /** True when LLM_TIMEOUT_MS ran out first. */
+  readonly timedOut: boolean;
+  readonly timeoutMs: number;
+}
+
+/** The facts of a failed model call that are safe to log (secrets removed). */
+export interface UpstreamFailure {
+  readonly status: number | undefined;
+  readonly type: string | undefined;
+  readonly code: string | undefined;
+  readonly message: string;
+}
+
+/** What looks like a key, and what it is replaced with. */
+const secretShapes: readonly (readonly [RegExp, string])[] = [
+  [/\bsk-[A-Za-z0-9_*-]+/g, "sk-[redacted]"],
+  [/\bBearer\s+\S+/gi, "Bearer [redacted]"],
+  [/(api[_-]?key["'=:\s]+)[^\s"',}]+/gi, "$1[redacted]"],
+];
+
+/**
+ * Removes the API key, and anything shaped like one, from a text the model
+ * server sent back (OpenAI echoes part of a wrong key in its 401 message).
+ */
+export function redactSecrets(text: string, secrets: readonly string[]): string {
+  let out = text;
+  for (const secret of secrets) if (secret !== "") out = out.replaceAll(secret, "[redacted]");
+  for (const [shape, replacement] of secretShapes) out = out.replace(shape, replacement);
+  return out;
+}
+
+/** What the model server said about a failure, with secrets removed. */
+export function describeFailure(err: unknown, secrets: readonly string[]): UpstreamFailure {
+  const clean = (value: unknown) =>
+    typeof value === "string" ? redactSecrets(value, secrets) : undefined;
+  if (err instanceof APIError) {
+    const body = (err.error ?? {}) as Record<string, unknown>;
+    return {
+      status: err.status,
+      type: clean(body.type),
+      code: clean(body.code),
+      message: redactSecrets(err.message, secrets),
+    };
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return { status: undefined, type: undefined, code: undefined, message: clean(message) ?? "" };
+}
+
+/**
+ * Turns a failed call to the model server into the gRPC error the LLM
+ * service returns. The caller's own cancellation or deadline keeps its code;
+ * our timeout is DEADLINE_EXCEEDED; what may pass on a retry (connection
+ * failures, 429, 5xx, an error in the middle of a stream) is UNAVAILABLE;
+ * a refused key, a missing model or a wrong URL (401, 403, 404) is
+ * FAILED_PRECONDITION, other 4xx INVALID_ARGUMENT. Messages never carry the
+ * server's words, so nothing it echoed (a key) goes further.
+ */
+export function connectErrorFromUpstream(err: unknown, call: FailedCall): ConnectError {
+  if (call.caller.aborted) return ConnectError.from(call.caller.reason, Code.Canceled);
+  if (call.timedOut || err instanceof APIConnectionTimeoutError) {
+    return new ConnectError(
+      `model server did not answer within LLM_TIMEOUT_MS (${call.timeoutMs} ms)`,
+      Code.DeadlineExceeded,
+    );
+  }
+  if (err instanceof APIConnectionError) {
+    return new ConnectError("model server unreachable", Code.Unavailable);
+  }
+  if (err instanceof APIError) {
+    const status = err.status as number | undefined;
+    if (status === undefined) {
+      return new ConnectError("model server reported an error in the stream", Code.Unavailable);
+    }
+    if (status === 429 || status >= 500) {
+      return new ConnectError(`model server answered ${status}`, Code.Unavailable);
+    }
+    if (status === 401 || status === 403 || status === 404) {
+      return new ConnectError(
+        `model server refused the call (${status}): check OPENAI_API_KEY, OPENAI_BASE_URL and LLM_MODEL`,
+        Code.FailedPrecondition,
+      );
+    }
+    return new ConnectError(`model server rejected the request (${status})`, Code.InvalidArgument);
+  }
+  return new ConnectError("model call failed", Code.Internal);
+}

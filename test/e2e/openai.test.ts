@@ -1,0 +1,137 @@
+import OpenAI, { APIError, BadRequestError, InternalServerError, RateLimitError } from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type OpenAiTestDouble, startOpenAiTestDouble } from "../fixtures/openai-test-double.js";
+import { type Stack, startChatmesh, startStack } from "../fixtures/processes.js";
+
+const key = "sk-e2e-0123456789SECRET";
+let double: OpenAiTestDouble;
+let stack: Stack;
+beforeAll(async () => {
+  double = await startOpenAiTestDouble({ model: "llama-double" });
+  // The whole chain as real processes; the model server is the test double (a paid API's stand-in).
+  stack = await startStack({
+    LLM_BACKEND: "openai",
+    OPENAI_BASE_URL: double.baseUrl,
+    OPENAI_API_KEY: key,
+    LLM_MODEL: "llama-double",
+    LLM_TIMEOUT_MS: "1500",
+    QUOTA_COST_MODE: "tokens",
+    QUOTA_LIMIT: "40",
+    QUOTA_REPLY_RESERVE: "10",
+  });
+});
+afterAll(async () => {
+  await stack?.stopAll();
+  await double?.close();
+});
+
+const sdk = () =>
+  new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: "unused", maxRetries: 0 });
+const ask = (user: string, text: string) => ({
+  model: "llama-double",
+  user,
+  messages: [{ role: "user" as const, content: text }],
+});
+const quotaOf = async (user: string) =>
+  (await (await fetch(`${stack.gatewayUrl}/quota?user_id=${user}`)).json()) as { used: number };
+const thrown = (promise: Promise<unknown>) =>
+  promise.then(
+    () => {
+      throw new Error("expected the call to fail");
+    },
+    (err: unknown) => err,
+  );
+
+describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI SDK", () => {
+  it("answers with the server's reply, model and usage, and charges the usage", async () => {
+    const seen = double.requests.length;
+    const completion = await sdk().chat.completions.create(ask("e1", "Hello   world"));
+    expect(completion.model).toBe("llama-double");
+    expect(completion.choices[0]?.message.content).toBe("Reply to: Hello world");
+    // The test double counts words: 2 of prompt, 4 of reply.
+    expect(completion.usage).toEqual({ prompt_tokens: 2, completion_tokens: 4, total_tokens: 6 });
+    expect((await quotaOf("e1")).used).toBe(6);
+    // The model server saw the cleaned text and the key; never the user id.
+    expect(double.requests[seen]).toMatchObject({
+      authorization: `Bearer ${key}`,
+      body: { model: "llama-double", messages: [{ role: "user", content: "Hello world" }] },
+    });
+    expect(double.requests[seen]?.body.user).toBeUndefined();
+  });
+
+  it("streams the server's reply and settles to its usage", async () => {
+    const stream = await sdk().chat.completions.create({
+      ...ask("e2", "streaming now please"),
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      usage = chunk.usage ?? usage;
+    }
+    expect(text).toBe("Reply to: streaming now please");
+    expect(usage).toEqual({ prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 });
+    expect((await quotaOf("e2")).used).toBe(8);
+    const models = [];
+    for await (const model of sdk().models.list()) models.push(model.id);
+    expect(models).toEqual(["llama-double"]);
+  });
+
+  it("refuses blocked text before the model server, and a spent quota with 429", async () => {
+    const seen = double.requests.length;
+    expect(await thrown(sdk().chat.completions.create(ask("e3", "has foo in it")))).toBeInstanceOf(
+      BadRequestError,
+    );
+    expect(double.requests.length).toBe(seen);
+    // 40 tokens a day; each chat of 1 word uses 1 + 3 = 4 and reserves 1 + 10.
+    for (let i = 0; i < 7; i++) await sdk().chat.completions.create(ask("e3", "hi"));
+    expect((await quotaOf("e3")).used).toBe(28);
+    const err = await thrown(sdk().chat.completions.create(ask("e3", "a b c d e f g h i j k")));
+    expect(err).toBeInstanceOf(RateLimitError);
+    expect(err).toMatchObject({ code: "insufficient_quota" });
+  });
+
+  it("answers 500 when the model server fails or times out, gives the charge back, and logs no key", async () => {
+    expect(await thrown(sdk().chat.completions.create(ask("e4", "status 500")))).toBeInstanceOf(
+      InternalServerError,
+    );
+    const started = Date.now();
+    expect(await thrown(sdk().chat.completions.create(ask("e4", "hang")))).toBeInstanceOf(
+      InternalServerError,
+    );
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const stream = await sdk().chat.completions.create({ ...ask("e4", "stall"), stream: true });
+    const broken = await thrown(
+      (async () => {
+        for await (const _ of stream) {
+          // the first piece comes, then the server stalls past LLM_TIMEOUT_MS
+        }
+      })(),
+    );
+    expect(broken).toBeInstanceOf(APIError);
+    expect((await quotaOf("e4")).used).toBe(0);
+    expect(await thrown(sdk().chat.completions.create(ask("e4", "status 401")))).toBeInstanceOf(
+      InternalServerError,
+    );
+    const llmLog = stack.procs.get("llm")?.output() ?? "";
+    expect(llmLog).toContain("model server call failed");
+    expect(llmLog).toContain('"status":401');
+    expect(llmLog).not.toContain(key);
+    expect(stack.procs.get("gateway")?.output()).not.toContain(key);
+  });
+
+  it("stops at start-up with one line naming a missing variable", async () => {
+    const llm = startChatmesh(["llm"], {
+      LLM_BACKEND: "openai",
+      OPENAI_BASE_URL: "",
+      LLM_MODEL: "x",
+      LLM_PORT: "0",
+    });
+    expect(await llm.exited).toBe(1);
+    expect(llm.output().trim()).toMatch(
+      /^chatmesh llm: OPENAI_BASE_URL is required with LLM_BACKEND=openai: .+$/,
+    );
+  });
+});

@@ -1,0 +1,349 @@
+import type { FastifyInstance } from "fastify";
+import OpenAI, {
+  APIError,
+  BadRequestError,
+  InternalServerError,
+  NotFoundError,
+  RateLimitError,
+} from "openai";
+import { afterEach, describe, expect, it } from "vitest";
+import { buildGateway } from "../../src/gateway/app.js";
+import { countTokens } from "../../src/gateway/quota-cost.js";
+import { loadGatewayConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import {
+  breakingLlmBackend,
+  createInProcessUpstreams,
+  failingLlmBackend,
+} from "../fixtures/upstreams.js";
+
+let app: FastifyInstance;
+let baseUrl: string;
+afterEach(() => app?.close());
+
+/** The gateway over in-process services, listening on a free port. */
+async function gateway(
+  options: Parameters<typeof createInProcessUpstreams>[0] = {},
+  env: Record<string, string> = {},
+) {
+  app = await buildGateway({
+    config: loadGatewayConfig({ MAX_TEXT_CHARS: "40", MAX_BODY_BYTES: "2048", ...env }),
+    logger: createLogger("gateway", "silent"),
+    upstreams: createInProcessUpstreams(options),
+  });
+  baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+}
+
+/** The official OpenAI SDK, pointed at the gateway. */
+const sdk = (options: { maxRetries?: number; fetch?: typeof fetch } = {}) =>
+  new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "unused", maxRetries: 0, ...options });
+
+const ask = (user: string | undefined, text: string) => ({
+  model: "echo",
+  messages: [{ role: "user" as const, content: text }],
+  ...(user !== undefined && { user }),
+});
+
+async function thrown(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error("expected the call to fail");
+}
+
+const quotaOf = async (user: string) =>
+  (await (await fetch(`${baseUrl}/quota?user_id=${user}`)).json()) as { used: number };
+
+const historyOf = async (user: string) =>
+  (
+    (await (await fetch(`${baseUrl}/history?user_id=${user}`)).json()) as {
+      items: { text: string; reply: string }[];
+    }
+  ).items;
+
+describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
+  it("answers a chat completion through Filter → Token → LLM, and keeps it in history", async () => {
+    await gateway();
+    const { data, response } = await sdk()
+      .chat.completions.create(ask("u1", "Hello   world   from   Go!"))
+      .withResponse();
+    expect(data.id).toBe(`chatcmpl-${response.headers.get("x-request-id")}`);
+    expect(data.object).toBe("chat.completion");
+    expect(data.model).toBe("echo");
+    expect(Math.abs(data.created - Date.now() / 1000)).toBeLessThan(60);
+    expect(data.choices).toEqual([
+      {
+        index: 0,
+        message: { role: "assistant", content: "Echo: Hello world from Go!", refusal: null },
+        logprobs: null,
+        finish_reason: "stop",
+      },
+    ]);
+    const prompt = await countTokens("Hello world from Go!");
+    const completion = await countTokens("Echo: Hello world from Go!");
+    expect(data.usage).toEqual({
+      prompt_tokens: prompt,
+      completion_tokens: completion,
+      total_tokens: prompt + completion,
+    });
+    expect(response.headers.get("ratelimit-remaining")).toBe("150");
+    expect((await quotaOf("u1")).used).toBe(50);
+    await expect
+      .poll(() => historyOf("u1"))
+      .toMatchObject([{ text: "Hello world from Go!", reply: "Echo: Hello world from Go!" }]);
+  });
+
+  it("answers the last user message; system prompts and earlier turns are not sent on", async () => {
+    await gateway();
+    const completion = await sdk().chat.completions.create({
+      model: "echo",
+      user: "u1",
+      messages: [
+        { role: "system", content: "You are terse." },
+        { role: "user", content: "first question" },
+        { role: "assistant", content: "first answer" },
+        { role: "user", content: [{ type: "text", text: "second   question" }] },
+      ],
+    });
+    expect(completion.choices[0]?.message.content).toBe("Echo: second question");
+  });
+
+  it("streams chunks and [DONE], with the usage last when asked for", async () => {
+    await gateway();
+    const stream = await sdk().chat.completions.create({
+      ...ask("u1", "Hello streaming world"),
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks = [];
+    for await (const chunk of stream) chunks.push(chunk);
+    expect(chunks.length).toBeGreaterThan(4);
+    expect(chunks.every((c) => c.object === "chat.completion.chunk" && c.model === "echo")).toBe(
+      true,
+    );
+    expect(new Set(chunks.map((c) => c.id)).size).toBe(1);
+    expect(chunks[0]?.choices[0]?.delta).toEqual({ role: "assistant", content: "" });
+    const text = chunks.map((c) => c.choices[0]?.delta.content ?? "").join("");
+    expect(text).toBe("Echo: Hello streaming world");
+    expect(chunks.at(-2)?.choices[0]?.finish_reason).toBe("stop");
+    const last = chunks.at(-1);
+    expect(last?.choices).toEqual([]);
+    expect(last?.usage?.total_tokens).toBe(
+      (await countTokens("Hello streaming world")) + (await countTokens(text)),
+    );
+    await expect.poll(() => historyOf("u1")).toMatchObject([{ reply: text }]);
+  });
+
+  it("ends the raw stream with data: [DONE] and sends no usage unless asked", async () => {
+    await gateway();
+    const res = await fetch(`${baseUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...ask("u1", "hi there"), stream: true }),
+    });
+    expect(res.headers.get("content-type")).toBe("text/event-stream; charset=utf-8");
+    const frames = (await res.text()).split("\n\n").filter((f) => f !== "");
+    expect(frames.every((f) => f.startsWith("data: "))).toBe(true);
+    expect(frames.at(-1)).toBe("data: [DONE]");
+    expect(frames.some((f) => f.includes('"usage"'))).toBe(false);
+  });
+
+  it("refuses blocked text with 400, as the SDK's BadRequestError, charging nothing", async () => {
+    await gateway();
+    const err = await thrown(sdk().chat.completions.create(ask("u1", "this has foo inside")));
+    expect(err).toBeInstanceOf(BadRequestError);
+    expect(err).toMatchObject({
+      status: 400,
+      type: "invalid_request_error",
+      code: "content_filter",
+      param: "messages",
+      error: { message: "text blocked by filter" },
+    });
+    expect((await quotaOf("u1")).used).toBe(0);
+  });
+
+  it("refuses a chat over the quota with 429 insufficient_quota, once: the SDK does not retry", async () => {
+    await gateway();
+    let requests = 0;
+    const counting: typeof fetch = (input, init) => {
+      requests++;
+      return fetch(input, init);
+    };
+    // The SDK's default retries are on: a daily quota must not be retried.
+    const client = sdk({ maxRetries: 2, fetch: counting });
+    for (let i = 0; i < 4; i++) await client.chat.completions.create(ask("u2", "quick call"));
+    const err = await thrown(client.chat.completions.create(ask("u2", "quick call")));
+    expect(err).toBeInstanceOf(RateLimitError);
+    expect(err).toMatchObject({
+      status: 429,
+      type: "insufficient_quota",
+      code: "insufficient_quota",
+    });
+    expect((err as RateLimitError).headers.get("ratelimit-remaining")).toBe("0");
+    expect(requests).toBe(5);
+    const stream = thrown(client.chat.completions.create({ ...ask("u2", "more"), stream: true }));
+    expect(await stream).toBeInstanceOf(RateLimitError);
+  });
+
+  it.each([
+    ["no user", { model: "echo", messages: [{ role: "user", content: "hi" }] }, "user", null],
+    ["no model", { messages: [{ role: "user", content: "hi" }], user: "u" }, "model", null],
+    ["no messages", { model: "echo", messages: [], user: "u" }, "messages", null],
+    [
+      "no user message",
+      { model: "echo", messages: [{ role: "system", content: "hi" }], user: "u" },
+      "messages",
+      null,
+    ],
+    [
+      "an image part",
+      {
+        model: "echo",
+        user: "u",
+        messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }],
+      },
+      "messages[0].content",
+      null,
+    ],
+    ["a blank text", ask("u", "   "), "messages", null],
+    ["a text too long", ask("u", "x".repeat(41)), "messages", "context_length_exceeded"],
+    ["n=2", { ...ask("u", "hi"), n: 2 }, "n", null],
+    ["max_tokens 0", { ...ask("u", "hi"), max_tokens: 0 }, "max_tokens", null],
+  ])("refuses %s with 400 in OpenAI's error shape", async (_case, body, param, code) => {
+    await gateway();
+    const err = await thrown(
+      sdk().chat.completions.create(body as OpenAI.ChatCompletionCreateParamsNonStreaming),
+    );
+    expect(err).toBeInstanceOf(BadRequestError);
+    expect(err).toMatchObject({ status: 400, type: "invalid_request_error", param, code });
+  });
+
+  it("counts /v1 chats with /chat's, by bounded outcomes", async () => {
+    await gateway();
+    await sdk().chat.completions.create(ask("m1", "hi"));
+    await thrown(sdk().chat.completions.create(ask("m1", "has foo")));
+    await thrown(
+      sdk().chat.completions.create({
+        model: "echo",
+        user: "m1",
+        messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }],
+      }),
+    );
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toContain('chatmesh_chats_total{outcome="ok"} 1');
+    expect(metrics).toContain('chatmesh_chats_total{outcome="text_blocked_by_filter"} 1');
+    expect(metrics).toContain('chatmesh_chats_total{outcome="bad_request"} 1');
+  });
+
+  it("answers 500 server_error when the model fails, and gives the charge back", async () => {
+    await gateway({ llm: failingLlmBackend });
+    const err = await thrown(sdk().chat.completions.create(ask("u3", "hi")));
+    expect(err).toBeInstanceOf(InternalServerError);
+    expect(err).toMatchObject({ status: 500, type: "server_error", message: "500 llm failed" });
+    expect((await quotaOf("u3")).used).toBe(0);
+  });
+
+  it("ends a stream whose model breaks with an error event the SDK throws, refunded", async () => {
+    await gateway({ llm: breakingLlmBackend });
+    const stream = await sdk().chat.completions.create({ ...ask("u3", "hi"), stream: true });
+    const seen: string[] = [];
+    const err = await thrown(
+      (async () => {
+        for await (const chunk of stream) seen.push(chunk.choices[0]?.delta.content ?? "");
+      })(),
+    );
+    expect(err).toBeInstanceOf(APIError);
+    expect((err as APIError).type).toBe("server_error");
+    expect(seen.join("")).toBe("Echo: half ");
+    expect((await quotaOf("u3")).used).toBe(0);
+  });
+
+  it("lists the LLM service's model and retrieves it; another model is not found", async () => {
+    await gateway();
+    const models = [];
+    for await (const model of sdk().models.list()) models.push(model);
+    expect(models).toEqual([{ id: "echo", object: "model", created: 0, owned_by: "chatmesh" }]);
+    expect((await sdk().models.retrieve("echo")).id).toBe("echo");
+    const err = await thrown(sdk().models.retrieve("gpt-4o"));
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect(err).toMatchObject({ code: "model_not_found" });
+  });
+
+  it.each([
+    ["an unknown path", "/v1/nope", "application/json", "{}", 404, "unknown_url"],
+    ["bad JSON", "/v1/chat/completions", "application/json", "{nope", 400, null],
+    [
+      "a body too large",
+      "/v1/chat/completions",
+      "application/json",
+      "x".repeat(4000),
+      413,
+      "request_too_large",
+    ],
+    ["a body not JSON", "/v1/chat/completions", "text/plain", "hi", 415, null],
+  ])("answers %s in OpenAI's error shape", async (_case, path, type, body, status, code) => {
+    await gateway();
+    const res = await fetch(`${baseUrl}${path}`, {
+      method: "POST",
+      headers: { "content-type": type },
+      body,
+    });
+    expect(res.status).toBe(status);
+    const json = (await res.json()) as { error: Record<string, unknown> };
+    expect(json.error).toMatchObject({ type: "invalid_request_error", code });
+    expect(typeof json.error.message).toBe("string");
+  });
+});
+
+describe("the OpenAI-compatible API with QUOTA_COST_MODE=tokens", () => {
+  const tokens = { QUOTA_COST_MODE: "tokens", QUOTA_REPLY_RESERVE: "20" };
+
+  it("charges what the chat used, reported back in usage and in the quota", async () => {
+    await gateway({}, tokens);
+    const { data, response } = await sdk()
+      .chat.completions.create(ask("t1", "Hello world from Go!"))
+      .withResponse();
+    const used = data.usage?.total_tokens ?? 0;
+    expect(used).toBeGreaterThan(5);
+    expect((await quotaOf("t1")).used).toBe(used);
+    expect(response.headers.get("ratelimit-remaining")).toBe(String(200 - used));
+  });
+
+  it("settles streamed chats too", async () => {
+    await gateway({}, tokens);
+    const stream = await sdk().chat.completions.create({
+      ...ask("t2", "Hello streaming world"),
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let used = 0;
+    for await (const chunk of stream) used = chunk.usage?.total_tokens ?? used;
+    expect(used).toBeGreaterThan(5);
+    expect((await quotaOf("t2")).used).toBe(used);
+  });
+
+  it("prices /chat by tokens as well: remaining is what is left after the settled chat", async () => {
+    await gateway({}, tokens);
+    const res = await fetch(`${baseUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "t3", text: "Hello world from Go!" }),
+    });
+    const used =
+      (await countTokens("Hello world from Go!")) +
+      (await countTokens("Echo: Hello world from Go!"));
+    expect(await res.json()).toMatchObject({ remaining: 200 - used });
+    expect((await quotaOf("t3")).used).toBe(used);
+  });
+
+  it("refuses a chat whose reservation does not fit, though a smaller max_tokens does", async () => {
+    await gateway({}, { QUOTA_COST_MODE: "tokens", QUOTA_REPLY_RESERVE: "199" });
+    const err = await thrown(sdk().chat.completions.create(ask("t4", "Hello world from Go!")));
+    expect(err).toBeInstanceOf(RateLimitError);
+    expect((await quotaOf("t4")).used).toBe(0);
+    const ok = await sdk().chat.completions.create({ ...ask("t4", "Hello world"), max_tokens: 10 });
+    expect((await quotaOf("t4")).used).toBe(ok.usage?.total_tokens);
+  });
+});

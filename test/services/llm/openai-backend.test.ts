@@ -1,0 +1,205 @@
+import { Writable } from "node:stream";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
+import { createLlmService } from "../../../src/services/llm/llm-service.js";
+import { createOpenAiBackend } from "../../../src/services/llm/openai-backend.js";
+import { redactSecrets } from "../../../src/services/llm/openai-errors.js";
+import { type OpenAiTestDouble, startOpenAiTestDouble } from "../../fixtures/openai-test-double.js";
+import { freePort } from "../../fixtures/processes.js";
+
+const key = "sk-test-0123456789abcdefSECRET";
+let double: OpenAiTestDouble;
+beforeAll(async () => {
+  double = await startOpenAiTestDouble();
+});
+afterAll(() => double.close());
+
+/** The LLM service on the openai backend, pointed at the test double; logs kept in memory. */
+function llm(options: { apiKey?: string; timeoutMs?: number; baseUrl?: string } = {}) {
+  const lines: string[] = [];
+  const logger = pino(
+    { level: "info" },
+    new Writable({
+      write(chunk, _enc, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    }),
+  );
+  const backend = createOpenAiBackend({
+    baseUrl: options.baseUrl ?? double.baseUrl,
+    apiKey: options.apiKey ?? key,
+    model: "test-double-model",
+    timeoutMs: options.timeoutMs ?? 10_000,
+    logger,
+  });
+  const client = createClient(
+    LLMService,
+    createRouterTransport((router) =>
+      router.service(LLMService, createLlmService({ backend, logger, maxTokens: 256 })),
+    ),
+  );
+  return { client, logs: () => lines.join("") };
+}
+
+const failure = (promise: Promise<unknown>) =>
+  promise.then(
+    () => {
+      throw new Error("expected the call to fail");
+    },
+    (err: unknown) => ConnectError.from(err),
+  );
+
+async function drain(stream: AsyncIterable<{ delta: string }>): Promise<string> {
+  let text = "";
+  for await (const { delta } of stream) text += delta;
+  return text;
+}
+
+describe("the openai backend against an OpenAI-compatible test double", () => {
+  it("answers a text with the model's reply, usage, model and finish reason", async () => {
+    const seen = double.requests.length;
+    const res = await llm().client.generate({ text: "Hello world", userId: "u1" });
+    expect(res).toMatchObject({
+      reply: "Reply to: Hello world",
+      model: "test-double-model",
+      finishReason: "stop",
+      usage: { promptTokens: 2, completionTokens: 4, totalTokens: 6 },
+    });
+    const [request] = double.requests.slice(seen);
+    expect(request?.authorization).toBe(`Bearer ${key}`);
+    expect(request?.body).toEqual({
+      model: "test-double-model",
+      messages: [{ role: "user", content: "Hello world" }],
+      max_tokens: 256,
+    });
+  });
+
+  it("sends no Authorization header without a key (local servers)", async () => {
+    const seen = double.requests.length;
+    await llm({ apiKey: "" }).client.generate({ text: "hi" });
+    expect(double.requests[seen]?.authorization).toBeUndefined();
+  });
+
+  it("passes a smaller max_tokens on, and tells when the reply was cut", async () => {
+    const seen = double.requests.length;
+    const res = await llm().client.generate({ text: "a b c", maxTokens: 2 });
+    expect(double.requests[seen]?.body.max_tokens).toBe(2);
+    expect(res.finishReason).toBe("length");
+  });
+
+  it("streams the reply in pieces, with the model first and the usage last", async () => {
+    const seen = double.requests.length;
+    const messages = [];
+    for await (const m of llm().client.generateStream({ text: "Hello streaming world" })) {
+      messages.push(m);
+    }
+    expect(messages.length).toBeGreaterThan(3);
+    expect(messages.map((m) => m.delta).join("")).toBe("Reply to: Hello streaming world");
+    expect(messages[0]?.model).toBe("test-double-model");
+    expect(messages.at(-1)).toMatchObject({
+      delta: "",
+      finishReason: "stop",
+      usage: { promptTokens: 3, completionTokens: 5, totalTokens: 8 },
+    });
+    expect(double.requests[seen]?.body).toMatchObject({
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+  });
+
+  it("ends a call that outlives LLM_TIMEOUT_MS with DEADLINE_EXCEEDED, and aborts it upstream", async () => {
+    const gone = double.clientsGone();
+    const { client } = llm({ timeoutMs: 300 });
+    const started = Date.now();
+    const err = await failure(client.generate({ text: "hang" }));
+    expect(err.code).toBe(Code.DeadlineExceeded);
+    expect(err.rawMessage).toMatch(/LLM_TIMEOUT_MS \(300 ms\)/);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await expect.poll(() => double.clientsGone()).toBeGreaterThan(gone);
+  });
+
+  it("ends a stream that stalls past LLM_TIMEOUT_MS with DEADLINE_EXCEEDED, not as a whole reply", async () => {
+    const gone = double.clientsGone();
+    const { client } = llm({ timeoutMs: 400 });
+    const err = await failure(drain(client.generateStream({ text: "stall" })));
+    expect(err.code).toBe(Code.DeadlineExceeded);
+    await expect.poll(() => double.clientsGone()).toBeGreaterThan(gone);
+  });
+
+  it("stops a stream at the caller's deadline, upstream too", async () => {
+    const gone = double.clientsGone();
+    const { client } = llm({ timeoutMs: 60_000 });
+    const err = await failure(drain(client.generateStream({ text: "stall" }, { timeoutMs: 300 })));
+    expect(err.code).toBe(Code.DeadlineExceeded);
+    await expect.poll(() => double.clientsGone()).toBeGreaterThan(gone);
+  });
+
+  it("stops at the caller's deadline when it comes before LLM_TIMEOUT_MS", async () => {
+    const gone = double.clientsGone();
+    const { client } = llm({ timeoutMs: 60_000 });
+    const started = Date.now();
+    const err = await failure(client.generate({ text: "hang" }, { timeoutMs: 200 }));
+    expect(err.code).toBe(Code.DeadlineExceeded);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await expect.poll(() => double.clientsGone()).toBeGreaterThan(gone);
+  });
+
+  it.each([
+    [500, Code.Unavailable],
+    [503, Code.Unavailable],
+    [429, Code.Unavailable],
+    [401, Code.FailedPrecondition],
+    [403, Code.FailedPrecondition],
+    [404, Code.FailedPrecondition],
+    [400, Code.InvalidArgument],
+    [422, Code.InvalidArgument],
+  ])("maps an upstream %i to %s, once (no SDK retries)", async (status, code) => {
+    const seen = double.requests.length;
+    const err = await failure(llm().client.generate({ text: `status ${status}` }));
+    expect(err.code).toBe(code);
+    expect(double.requests.length - seen).toBe(1);
+  });
+
+  it("maps a refused stream the same way", async () => {
+    const err = await failure(drain(llm().client.generateStream({ text: "status 500" })));
+    expect(err.code).toBe(Code.Unavailable);
+  });
+
+  it("maps an error in the middle of a stream to UNAVAILABLE", async () => {
+    const err = await failure(drain(llm().client.generateStream({ text: "break" })));
+    expect(err.code).toBe(Code.Unavailable);
+  });
+
+  it("maps a dropped connection and an unreachable server to UNAVAILABLE", async () => {
+    expect((await failure(llm().client.generate({ text: "drop" }))).code).toBe(Code.Unavailable);
+    const closed = `http://127.0.0.1:${await freePort()}/v1`;
+    expect((await failure(llm({ baseUrl: closed }).client.generate({ text: "hi" }))).code).toBe(
+      Code.Unavailable,
+    );
+  });
+
+  it("logs the upstream failure without the key, and tells the caller nothing of it", async () => {
+    const { client, logs } = llm();
+    const err = await failure(client.generate({ text: "status 401" }));
+    expect(err.rawMessage).not.toContain(key);
+    expect(logs()).toContain("model server call failed");
+    expect(logs()).toContain('"status":401');
+    expect(logs()).toContain("Incorrect API key provided");
+    expect(logs()).not.toContain(key);
+    expect(logs()).not.toContain("0123456789abcdef");
+  });
+});
+
+describe("redactSecrets", () => {
+  it.each([
+    ["key sk-abc123XYZ_-def here", "key sk-[redacted] here"],
+    ["Authorization: Bearer abc.def", "Authorization: Bearer [redacted]"],
+    ['{"api_key":"s3cret"}', '{"api_key":"[redacted]"}'],
+    ["my-own-key-value leaked", "[redacted] leaked"],
+  ])("removes secrets from %j", (text, expected) => {
+    expect(redactSecrets(text, ["my-own-key-value"])).toBe(expected);
+  });
+});
