@@ -1,6 +1,6 @@
 /**
- * `make bench`: the whole chain (gateway → filter → token → llm, separate
- * processes) under autocannon, then a bare Fastify server answering the same
+ * `make bench`: the whole chain (gateway → filter → token → llm, and the
+ * history append, as separate processes) under autocannon, then a bare Fastify server answering the same
  * JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
  * latency percentiles, errors, peak RSS of our processes and the ratio
  * chain / ceiling; writes the figures to bench/results/.
@@ -105,7 +105,7 @@ console.log(
 console.log(row("chain", chain));
 console.log(row("ceiling", ceiling));
 console.log(
-  `chain / ceiling = ${ratio.toFixed(3)}   peak RSS of the 4 processes = ${(chain.peakRssBytes / 1048576).toFixed(0)} MB`,
+  `chain / ceiling = ${ratio.toFixed(3)}   peak RSS of the 5 processes = ${(chain.peakRssBytes / 1048576).toFixed(0)} MB`,
 );
 
 const dir = fileURLToPath(new URL("./results/", import.meta.url));

@@ -1,6 +1,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const bin = fileURLToPath(new URL("../bin/chatmesh.js", import.meta.url));
@@ -54,7 +56,8 @@ export function startProcess(name: string, env: Record<string, string>): ChildPr
 
 /** The chain as separate processes on free ports. */
 export async function startChain(extraEnv: Record<string, string> = {}) {
-  const names = ["token", "filter", "llm", "gateway"] as const;
+  const names = ["token", "filter", "llm", "history", "gateway"] as const;
+  const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-bench-"));
   const ports = Object.fromEntries(
     await Promise.all(names.map(async (n) => [n, await freePort()])),
   ) as Record<(typeof names)[number], number>;
@@ -66,6 +69,9 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
     TOKEN_URL: `http://127.0.0.1:${ports.token}`,
     FILTER_URL: `http://127.0.0.1:${ports.filter}`,
     LLM_URL: `http://127.0.0.1:${ports.llm}`,
+    HISTORY_PORT: String(ports.history),
+    HISTORY_URL: `http://127.0.0.1:${ports.history}`,
+    HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "history.db")}`,
     QUOTA_LIMIT: String(Number.MAX_SAFE_INTEGER),
     ...extraEnv,
   };
@@ -85,6 +91,7 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
             }),
         ),
       );
+      rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }
