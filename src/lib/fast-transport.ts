@@ -57,14 +57,15 @@ export function createFastTransport(options: FastTransportOptions): Transport {
     timeout: 30_000,
   });
 
-  const send = (req: UnaryRequest, timeoutMs: number): Promise<UnaryResponse> =>
+  // The deadline travels in the request's `connect-timeout-ms` header, as on the wire.
+  const send = (req: UnaryRequest): Promise<UnaryResponse> =>
     new Promise((resolve, reject) => {
       const method = req.method as DescMethodUnary;
+      const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
       const body = toBinary(method.input, req.message);
       const headers: Record<string, string | number> = {
         "content-type": "application/proto",
         "connect-protocol-version": "1",
-        "connect-timeout-ms": timeoutMs,
         "content-length": body.byteLength,
       };
       req.header.forEach((value, key) => {
@@ -127,6 +128,11 @@ export function createFastTransport(options: FastTransportOptions): Transport {
       outgoing.end(body);
     });
 
+  const call = (options.interceptors ?? []).reduceRight<Call>(
+    (next, interceptor) => interceptor(next as never) as never,
+    send,
+  );
+
   return {
     async unary<I extends DescMessage, O extends DescMessage>(
       method: DescMethodUnary<I, O>,
@@ -135,11 +141,8 @@ export function createFastTransport(options: FastTransportOptions): Transport {
       header: ConstructorParameters<typeof Headers>[0] | undefined,
       input: MessageInitShape<I>,
     ): Promise<UnaryResponse<I, O>> {
-      const deadline = timeoutMs ?? options.defaultTimeoutMs;
-      const call = (options.interceptors ?? []).reduceRight<Call>(
-        (next, interceptor) => interceptor(next as never) as never,
-        (req) => send(req, deadline),
-      );
+      const requestHeader = new Headers(header);
+      requestHeader.set("connect-timeout-ms", String(timeoutMs ?? options.defaultTimeoutMs));
       const response = await call({
         stream: false,
         service: method.parent,
@@ -147,7 +150,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         requestMethod: "POST",
         url: `${prefix}/${method.parent.typeName}/${method.name}`,
         signal: signal ?? new AbortController().signal,
-        header: new Headers(header),
+        header: requestHeader,
         contextValues: createContextValues(),
         message: isMessage(input, method.input) ? input : create(method.input, input),
       });

@@ -63,13 +63,28 @@ export function createRpcMetricsInterceptor(
     `RPC latency seen by the ${side}`,
     ["service", "method", "code"],
   );
+  // Label children are looked up once per service, method and code, not hashed on every call.
+  const children = new Map<
+    string,
+    { handled: Counter.Internal; seconds: Histogram.Internal<string> }
+  >();
+  const child = (service: string, method: string, code: string) => {
+    const key = `${service}/${method}/${code}`;
+    let found = children.get(key);
+    if (found === undefined) {
+      const labels = { service, method, code };
+      found = { handled: handled.labels(labels), seconds: seconds.labels(labels) };
+      children.set(key, found);
+    }
+    return found;
+  };
   return (next) => async (req) => {
     const started = performance.now();
-    const labels = { service: req.service.typeName, method: req.method.name };
     const done = (err: unknown) => {
       const code = err === undefined ? "ok" : codeName(ConnectError.from(err).code);
-      handled.inc({ ...labels, code });
-      seconds.observe({ ...labels, code }, (performance.now() - started) / 1000);
+      const metrics = child(req.service.typeName, req.method.name, code);
+      metrics.handled.inc();
+      metrics.seconds.observe((performance.now() - started) / 1000);
     };
     let res: Awaited<ReturnType<typeof next>>;
     try {
@@ -113,14 +128,21 @@ export function registerHttpMetrics(app: FastifyInstance, registry: Registry): v
     "route",
     "status",
   ]);
+  const children = new Map<
+    string,
+    { requests: Counter.Internal; seconds: Histogram.Internal<string> }
+  >();
   app.addHook("onResponse", async (req, reply) => {
-    const labels = {
-      method: req.method,
-      route: req.routeOptions.url ?? "unmatched",
-      status: String(reply.statusCode),
-    };
-    requests.inc(labels);
-    seconds.observe(labels, reply.elapsedTime / 1000);
+    const route = req.routeOptions.url ?? "unmatched";
+    const key = `${req.method} ${route} ${reply.statusCode}`;
+    let metrics = children.get(key);
+    if (metrics === undefined) {
+      const labels = { method: req.method, route, status: String(reply.statusCode) };
+      metrics = { requests: requests.labels(labels), seconds: seconds.labels(labels) };
+      children.set(key, metrics);
+    }
+    metrics.requests.inc();
+    metrics.seconds.observe(reply.elapsedTime / 1000);
   });
   app.get("/metrics", async (_req, reply) =>
     reply.type(registry.contentType).send(await registry.metrics()),
