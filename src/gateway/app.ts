@@ -12,6 +12,7 @@ import type { HttpError } from "./errors.js";
 import { registerHistory } from "./history.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { registerQuotaRoute } from "./quota-route.js";
+import { registerBodyGuards } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
 export interface GatewayDeps {
@@ -84,6 +85,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
+  registerBodyGuards(app);
 
   const history = registerHistory(app, { client: upstreams.history, config });
   registerGaugeSet(

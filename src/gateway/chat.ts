@@ -3,6 +3,7 @@ import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
+import { isUserId } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
@@ -34,9 +35,7 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
     return badRequest("bad json or missing user_id");
   }
   const { user_id: userId, text } = body as Record<string, unknown>;
-  if (typeof userId !== "string" || userId === "") {
-    return badRequest("bad json or missing user_id");
-  }
+  if (!isUserId(userId)) return badRequest("bad json or missing user_id");
   if (typeof text !== "string" || text === "") return badRequest("text is required");
   if (codePointsOver(text, maxTextChars)) return badRequest("text too long");
   return { userId, text };
