@@ -7,9 +7,11 @@ import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { runWithTrace } from "../lib/trace.js";
+import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import { registerHistory } from "./history.js";
+import { RateLimitedError, registerProtection } from "./protection.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { registerQuotaRoute } from "./quota-route.js";
 import { registerBodyGuards } from "./request-guards.js";
@@ -23,6 +25,8 @@ export interface GatewayDeps {
   readonly registry?: Registry;
   /** What `/readyz` checks: the upstream services. */
   readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
+  /** The keys of API_KEYS_FILE; without them no key is asked for. */
+  readonly apiKeys?: ApiKeys;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -33,6 +37,7 @@ const outcomeOf = (result: object): string =>
 
 /** Turns Fastify's own request errors into the contract's bodies. */
 function errorResponse(err: FastifyError): HttpError {
+  if (err instanceof RateLimitedError) return { status: 429, body: { error: "rate limited" } };
   switch (err.code) {
     case "FST_ERR_CTP_BODY_TOO_LARGE":
       return { status: 413, body: { error: "request body too large" } };
@@ -85,6 +90,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
+  await registerProtection(app, {
+    rateLimitPerMinute: config.rateLimitPerMinute,
+    apiKeys: deps.apiKeys,
+  });
   registerBodyGuards(app);
 
   const history = registerHistory(app, { client: upstreams.history, config });

@@ -3,6 +3,7 @@ import { createLogger } from "../lib/logger.js";
 import { createMetricsRegistry } from "../lib/metrics.js";
 import { serve } from "../lib/serve.js";
 import { buildGateway } from "./app.js";
+import { loadApiKeys } from "./auth.js";
 import { createUpstreams } from "./upstreams.js";
 
 /** Starts the HTTP gateway from the environment. */
@@ -11,7 +12,16 @@ export async function main(): Promise<void> {
   const logger = createLogger("gateway", config.logLevel);
   const registry = createMetricsRegistry();
   const { readyChecks, ...upstreams } = createUpstreams(config, registry);
-  const app = await buildGateway({ config, logger, upstreams, registry, readyChecks });
+  const apiKeys =
+    config.apiKeysFile === undefined ? undefined : await loadApiKeys(config.apiKeysFile);
+  const app = await buildGateway({
+    config,
+    logger,
+    upstreams,
+    registry,
+    readyChecks,
+    ...(apiKeys === undefined ? {} : { apiKeys }),
+  });
   logger.info(
     { filter: config.filterUrl, token: config.tokenUrl, llm: config.llmUrl },
     "upstreams",
