@@ -6,6 +6,7 @@ import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
+import { readTlsCredentials } from "../lib/tls.js";
 import { runWithTrace } from "../lib/trace.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
@@ -68,6 +69,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     "Refunds after LLM failures, by result",
     ["result"],
   );
+  const credentials = await readTlsCredentials(config.tls);
   const app = createHttpApp({
     logger,
     registry,
@@ -77,6 +79,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       bodyLimit: config.maxBodyBytes,
       requestIdHeader: false,
       genReqId: () => randomUUID(),
+      // Fastify's options type has no room for `https`; its constructor takes it.
+      ...((credentials === undefined ? {} : { https: credentials }) as object),
     },
   });
   // JSON only: every other content type, text/plain included, is a 415.
