@@ -15,6 +15,7 @@ import { registerHistory } from "./history.js";
 import { RateLimitedError, registerProtection } from "./protection.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { registerQuotaRoute } from "./quota-route.js";
+import { createRefunder } from "./refunder.js";
 import { registerBodyGuards } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -101,6 +102,13 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   registerBodyGuards(app);
 
   const history = registerHistory(app, { client: upstreams.history, config });
+  const refunder = createRefunder({
+    token: upstreams.token,
+    logger,
+    refunds,
+    settleMs: config.tokenTimeoutMs,
+  });
+  app.addHook("onClose", async () => refunder.close());
   registerGaugeSet(
     registry,
     "chatmesh_history_appends",
@@ -115,7 +123,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const result = isHttpError(input)
       ? input
       : await runWithTrace(req.trace, () =>
-          runChat({ upstreams, logger, refunds, onQuota, history }, input, req.id),
+          runChat({ upstreams, logger, refunds, onQuota, history, refunder }, input, req.id),
         );
     chats.inc({ outcome: outcomeOf(result) });
     const status = isHttpError(result) ? result.status : 200;

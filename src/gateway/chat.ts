@@ -3,6 +3,7 @@ import type { Counter } from "prom-client";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable } from "./quota.js";
+import { chargeOutcomeUnknown, type Refunder } from "./refunder.js";
 import { isUserId } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -50,6 +51,8 @@ export interface ChatDeps {
   readonly onQuota?: (state: QuotaState) => void;
   /** Keeps each successful chat; it never throws, fails or delays the chat. */
   readonly history?: HistoryRecorder;
+  /** Gives charges back, retrying in the background; without it one refund is tried. */
+  readonly refunder?: Refunder;
 }
 
 /**
@@ -79,6 +82,8 @@ export async function runChat(
       deps.onQuota,
     ));
   } catch (err) {
+    // The service may have charged before it failed to answer: give it back if so.
+    if (chargeOutcomeUnknown(err)) deps.refunder?.refundIfCharged(input.userId, requestId);
     return httpErrorFromRpc("token", logFailure(logger, "token", err));
   }
 
@@ -101,6 +106,7 @@ export async function runChat(
 }
 
 async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
+  if (deps.refunder !== undefined) return deps.refunder.refund(userId, chargeId);
   try {
     const { refunded } = await retryOnceIfUnavailable(() =>
       deps.upstreams.token.refund({ userId, chargeId }),
