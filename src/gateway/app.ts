@@ -67,7 +67,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   const refunds = counter(
     registry,
     "chatmesh_refunds_total",
-    "Refunds after LLM failures, by result",
+    "Refunds of failed chats' charges, by result: ok, retried (done in the background), failed (given up)",
     ["result"],
   );
   const credentials = await readTlsCredentials(config.tls);
