@@ -84,9 +84,13 @@ const stack = await startStack();
 const samples: Sample[] = [];
 const started = Date.now();
 let exited: string[] = [];
+let stopping = false;
 for (const name of names) {
   stack.children[name].once("exit", (code, signal) => {
-    exited = [...exited, `${name} (${code ?? signal})`];
+    if (stopping) return;
+    const at = ((Date.now() - started) / 1000).toFixed(0);
+    exited = [...exited, `${name} (${code ?? signal} at ${at} s)`];
+    console.error(`soak: ${name} exited (${code ?? signal}) at ${at} s`);
   });
 }
 async function sample() {
@@ -110,13 +114,18 @@ async function sample() {
     }),
   );
   const probeStarted = performance.now();
-  const probe = await fetch(`http://127.0.0.1:${stack.ports.gateway}/chat`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user_id: "soak-probe", text: "probe" }),
-  });
-  await probe.arrayBuffer();
-  const probeMs = probe.ok ? performance.now() - probeStarted : Number.NaN;
+  let probeMs = Number.NaN;
+  try {
+    const probe = await fetch(`http://127.0.0.1:${stack.ports.gateway}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "soak-probe", text: "probe" }),
+    });
+    await probe.arrayBuffer();
+    if (probe.ok) probeMs = performance.now() - probeStarted;
+  } catch {
+    // Shown as "?": the table and the exit report say why.
+  }
   samples.push({ at: (Date.now() - started) / 1000, probeMs, rssMb, lagMs, lagP99Ms, heapMb });
 }
 
@@ -177,6 +186,7 @@ writeFileSync(
   `${JSON.stringify({ at: new Date().toISOString(), seconds, rate, connections, users, cpus: os.cpus().length, samples, verdicts, result, exited: exitedDuringRun }, null, 2)}\n`,
 );
 console.log(`figures written to ${file}`);
+stopping = true;
 await stack.stop();
 
 const ok =
