@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test run-all client bench bench-micro bench-quota build deploy-check
+.PHONY: help install generate checkgenerate lint breaking test test-faults soak run-all client bench bench-micro bench-quota build deploy-check
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -37,6 +37,12 @@ breaking: $(STAMP) ## buf breaking against main (BREAKING_AGAINST to change)
 
 test: $(STAMP) ## Run every test (Redis/MySQL tests skip when unreachable, outside CI)
 	$(BIN)/vitest run
+
+test-faults: $(STAMP) ## Kill and restart each process and store under load (also part of make test)
+	$(BIN)/vitest run test/faults
+
+soak: $(STAMP) ## Mixed load for SOAK_SECONDS (600): RSS and event-loop delay per process, leak check
+	@$(BIN)/tsx bench/soak.ts
 
 run-all: generate ## Start every process with embedded defaults; Ctrl-C stops them
 	@node bin/chatmesh.js run-all

@@ -6,15 +6,20 @@ import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
+import { readTlsCredentials } from "../lib/tls.js";
 import { runWithTrace } from "../lib/trace.js";
+import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
 import { registerHistory } from "./history.js";
 import { registerOpenAiApi } from "./openai/routes.js";
 import { registerChatPage } from "./page.js";
+import { RateLimitedError, registerProtection } from "./protection.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
+import { createRefunder } from "./refunder.js";
+import { registerBodyGuards } from "./request-guards.js";
 import { type OnChatDone, registerChatStream } from "./stream.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -28,6 +33,8 @@ export interface GatewayDeps {
   readonly readyChecks?: Readonly<Record<string, ReadyCheck>>;
   /** Called with each streamed chat that reached `done` (where history saving plugs in). */
   readonly onChatDone?: OnChatDone;
+  /** The keys of API_KEYS_FILE; without them no key is asked for. */
+  readonly apiKeys?: ApiKeys;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -38,6 +45,7 @@ const outcomeOf = (result: object): string =>
 
 /** Turns Fastify's own request errors into the contract's bodies. */
 function errorResponse(err: FastifyError): HttpError {
+  if (err instanceof RateLimitedError) return { status: 429, body: { error: "rate limited" } };
   switch (err.code) {
     case "FST_ERR_CTP_BODY_TOO_LARGE":
       return { status: 413, body: { error: "request body too large" } };
@@ -66,9 +74,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   const refunds = counter(
     registry,
     "chatmesh_refunds_total",
-    "Refunds after LLM failures, by result",
+    "Refunds of failed chats' charges, by result: ok, retried (done in the background), failed (given up)",
     ["result"],
   );
+  const credentials = await readTlsCredentials(config.tls);
   const app = createHttpApp({
     logger,
     registry,
@@ -78,6 +87,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       bodyLimit: config.maxBodyBytes,
       requestIdHeader: false,
       genReqId: () => randomUUID(),
+      // Fastify's options type has no room for `https`; its constructor takes it.
+      ...((credentials === undefined ? {} : { https: credentials }) as object),
     },
   });
   // JSON only: every other content type, text/plain included, is a 415.
@@ -91,8 +102,20 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
+  await registerProtection(app, {
+    rateLimitPerMinute: config.rateLimitPerMinute,
+    apiKeys: deps.apiKeys,
+  });
+  registerBodyGuards(app);
 
   const history = registerHistory(app, { client: upstreams.history, config });
+  const refunder = createRefunder({
+    token: upstreams.token,
+    logger,
+    refunds,
+    settleMs: config.tokenTimeoutMs,
+  });
+  app.addHook("onClose", async () => refunder.close());
   registerGaugeSet(
     registry,
     "chatmesh_history_appends",
@@ -119,7 +142,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const result = isHttpError(input)
       ? input
       : await runWithTrace(req.trace, () =>
-          runChat({ upstreams, logger, refunds, onQuota, history, cost }, input, req.id),
+          runChat({ upstreams, logger, refunds, onQuota, history, cost, refunder }, input, req.id),
         );
     chats.inc({ outcome: outcomeOf(result) });
     const status = isHttpError(result) ? result.status : 200;
@@ -138,6 +161,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     refunds,
     onChatDone,
     cost,
+    refunder,
   });
   await registerOpenAiApi(app, {
     upstreams,
@@ -148,6 +172,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     history,
     onChatDone,
     cost,
+    refunder,
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

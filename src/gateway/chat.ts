@@ -4,6 +4,8 @@ import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable, settleChat } from "./quota.js";
 import { type ChatUsage, type CostPolicy, chatUsage } from "./quota-cost.js";
+import { chargeOutcomeUnknown, type Refunder } from "./refunder.js";
+import { isUserId } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** A valid chat request. */
@@ -37,9 +39,7 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
     return badRequest("bad json or missing user_id");
   }
   const { user_id: userId, text } = body as Record<string, unknown>;
-  if (typeof userId !== "string" || userId === "") {
-    return badRequest("bad json or missing user_id");
-  }
+  if (!isUserId(userId)) return badRequest("bad json or missing user_id");
   if (typeof text !== "string" || text === "") return badRequest("text is required");
   if (codePointsOver(text, maxTextChars)) return badRequest("text too long");
   return { userId, text };
@@ -56,6 +56,8 @@ export interface ChatDeps {
   readonly history?: HistoryRecorder;
   /** How chats are priced (QUOTA_COST_MODE); the fixed cost when absent. */
   readonly cost?: CostPolicy;
+  /** Gives charges back, retrying in the background; without it one refund is tried. */
+  readonly refunder?: Refunder;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
@@ -103,6 +105,8 @@ export async function admitChat(
     );
     return { cleaned, remaining: Number(remaining) };
   } catch (err) {
+    // The service may have charged before it failed to answer: give it back if so.
+    if (chargeOutcomeUnknown(err)) deps.refunder?.refundIfCharged(input.userId, requestId);
     return httpErrorFromRpc("token", logFailure(logger, "token", err));
   }
 }
@@ -193,6 +197,7 @@ export async function settle(
 
 /** Gives a charge back after the model failed; a failed refund is logged, not thrown. */
 export async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
+  if (deps.refunder !== undefined) return deps.refunder.refund(userId, chargeId);
   try {
     const { refunded } = await retryOnceIfUnavailable(() =>
       deps.upstreams.token.refund({ userId, chargeId }),

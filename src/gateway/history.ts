@@ -5,6 +5,7 @@ import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
 import { badRequest, type HttpError } from "./errors.js";
 import { createHistoryRecorder, type HistoryRecorder } from "./history-recorder.js";
+import { isUserId } from "./request-guards.js";
 
 /** One item of GET /history (contract). */
 export interface HistoryItem {
@@ -37,7 +38,7 @@ export function parseHistoryQuery(query: unknown): HistoryQuery | HttpError {
     page_size: size,
     page_token: token,
   } = (query ?? {}) as Record<string, unknown>;
-  if (typeof userId !== "string" || userId === "") return badRequest("user_id is required");
+  if (!isUserId(userId)) return badRequest("user_id is required");
   let pageSize = 0;
   if (size !== undefined && size !== "") {
     if (typeof size !== "string" || !/^\d+$/.test(size)) return badRequest("invalid page_size");

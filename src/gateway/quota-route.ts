@@ -2,6 +2,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance } from "fastify";
 import { httpErrorFromRpc } from "./errors.js";
 import { retryOnceIfUnavailable } from "./quota.js";
+import { isUserId } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** The 200 body of GET /quota. */
@@ -22,7 +23,7 @@ export interface QuotaBody {
 export function registerQuotaRoute(app: FastifyInstance, upstreams: Upstreams): void {
   app.get("/quota", async (req, reply) => {
     const { user_id: userId } = req.query as Record<string, unknown>;
-    if (typeof userId !== "string" || userId === "") {
+    if (!isUserId(userId)) {
       return reply.code(400).send({ error: "user_id is required" });
     }
     try {

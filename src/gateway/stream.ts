@@ -12,6 +12,7 @@ import {
 import type { HttpError } from "./errors.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import type { CostPolicy } from "./quota-cost.js";
+import type { Refunder } from "./refunder.js";
 import { relayReply } from "./reply-stream.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
@@ -43,6 +44,8 @@ export interface ChatStreamDeps {
   readonly onChatDone?: OnChatDone | undefined;
   /** How chats are priced (QUOTA_COST_MODE); the fixed cost when absent. */
   readonly cost?: CostPolicy | undefined;
+  /** Gives charges back, retrying in the background. */
+  readonly refunder?: Refunder | undefined;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -75,6 +78,7 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
         onQuota,
         ...(deps.refunds && { refunds: deps.refunds }),
         ...(deps.cost && { cost: deps.cost }),
+        ...(deps.refunder && { refunder: deps.refunder }),
       };
       const admitted = await admitChat(chatDeps, input, req.id);
       if (quota !== undefined) reply.headers(rateLimitHeaders(quota));

@@ -39,7 +39,12 @@ const readinessTimeoutMs = 500;
  * a broken one is replaced on the next call, so a restarted service is used
  * again without restarting the gateway.
  */
-export function createUpstreams(config: GatewayConfig, registry: Registry): ConnectedUpstreams {
+export function createUpstreams(
+  config: GatewayConfig,
+  registry: Registry,
+  /** UPSTREAM_CA_FILE's CA, trusted for https:// service URLs. */
+  ca?: Buffer,
+): ConnectedUpstreams {
   const interceptors: Interceptor[] = [
     createRpcMetricsInterceptor(registry, "client"),
     createTraceClientInterceptor(),
@@ -52,9 +57,16 @@ export function createUpstreams(config: GatewayConfig, registry: Registry): Conn
       idleConnectionTimeoutMs: 60_000,
       pingIntervalMs: 30_000,
       pingTimeoutMs: 5_000,
+      ...(ca === undefined ? {} : { nodeOptions: { ca } }),
     });
     if (config.upstreamProtocol === "grpc") return grpc;
-    return createFastTransport({ baseUrl, defaultTimeoutMs, interceptors, streamTransport: grpc });
+    return createFastTransport({
+      baseUrl,
+      defaultTimeoutMs,
+      interceptors,
+      streamTransport: grpc,
+      ...(ca === undefined ? {} : { ca }),
+    });
   };
   const targets = [
     ["filter", FilterService, config.filterUrl, config.filterTimeoutMs],

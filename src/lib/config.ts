@@ -13,11 +13,19 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+/** Where a listener's certificate and private key are (PEM files). */
+export interface TlsFiles {
+  readonly certFile: string;
+  readonly keyFile: string;
+}
+
 /** Settings every process shares. */
 export interface CommonConfig {
   readonly host: string;
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   readonly shutdownTimeoutMs: number;
+  /** TLS_CERT_FILE and TLS_KEY_FILE: the listener speaks TLS; undefined for cleartext. */
+  readonly tls: TlsFiles | undefined;
 }
 
 /** Settings of an RPC service process. */
@@ -103,6 +111,12 @@ export interface GatewayConfig extends CommonConfig {
   readonly quotaCostMode: "fixed" | "tokens";
   /** QUOTA_REPLY_RESERVE: tokens reserved for a reply before it is known (tokens mode). */
   readonly quotaReplyReserve: number;
+  /** Requests per minute per client (RATE_LIMIT_PER_MINUTE); 0 turns the limit off. */
+  readonly rateLimitPerMinute: number;
+  /** API_KEYS_FILE: `key user_id` lines; when set, every API call needs a key. */
+  readonly apiKeysFile: string | undefined;
+  /** UPSTREAM_CA_FILE: a PEM CA the gateway trusts for https:// service URLs. */
+  readonly upstreamCaFile: string | undefined;
 }
 
 /** Default ports of the contract, with the variable that moves each. */
@@ -194,6 +208,22 @@ function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl 
   return { dialect: "mysql", url: raw };
 }
 
+function readOptionalPath(env: Env, name: string): string | undefined {
+  const raw = env[name];
+  return raw === undefined || raw.trim() === "" ? undefined : raw;
+}
+
+function readTls(env: Env): TlsFiles | undefined {
+  const certFile = readOptionalPath(env, "TLS_CERT_FILE");
+  const keyFile = readOptionalPath(env, "TLS_KEY_FILE");
+  if (certFile === undefined && keyFile === undefined) return undefined;
+  if (certFile === undefined || keyFile === undefined) {
+    const missing = certFile === undefined ? "TLS_CERT_FILE" : "TLS_KEY_FILE";
+    throw new ConfigError(`${missing} must be set too: TLS_CERT_FILE and TLS_KEY_FILE go together`);
+  }
+  return { certFile, keyFile };
+}
+
 function readPort(env: Env, service: keyof typeof defaultPorts): number {
   const { env: name, port } = defaultPorts[service];
   return readInt(env, name, port, 0, 65535);
@@ -204,6 +234,7 @@ function readCommon(env: Env): CommonConfig {
     host: readString(env, "HOST", "127.0.0.1"),
     logLevel: readEnum(env, "LOG_LEVEL", logLevels, "info"),
     shutdownTimeoutMs: readInt(env, "SHUTDOWN_TIMEOUT_MS", 10_000, 0, 600_000),
+    tls: readTls(env),
   };
 }
 
@@ -301,6 +332,9 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     upstreamProtocol: readEnum(env, "UPSTREAM_PROTOCOL", ["connect", "grpc"] as const, "connect"),
     quotaCostMode: readEnum(env, "QUOTA_COST_MODE", ["fixed", "tokens"] as const, "fixed"),
     quotaReplyReserve: readInt(env, "QUOTA_REPLY_RESERVE", 100, 0, 10_000_000),
+    rateLimitPerMinute: readInt(env, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000_000),
+    apiKeysFile: readOptionalPath(env, "API_KEYS_FILE"),
+    upstreamCaFile: readOptionalPath(env, "UPSTREAM_CA_FILE"),
   });
 }
 

@@ -1,4 +1,5 @@
 import http from "node:http";
+import https from "node:https";
 import {
   create,
   type DescMessage,
@@ -29,13 +30,15 @@ export interface FastTransportOptions {
   readonly streamTransport: Transport;
   /** Most connections kept open to the service. */
   readonly maxSockets?: number;
+  /** For an https:// service: the CA its certificate is checked against (the system's when absent). */
+  readonly ca?: Buffer;
 }
 
 type Call = (req: UnaryRequest) => Promise<UnaryResponse>;
 
 /**
  * A Connect-protocol client transport for unary calls in binary over pooled
- * HTTP/1.1 keep-alive connections: the same wire format any Connect server
+ * HTTP/1.1 keep-alive connections (cleartext, or TLS for an https:// URL): the same wire format any Connect server
  * accepts (timeouts in `connect-timeout-ms`, errors as Connect error JSON),
  * with one request and one small allocation set per call. The generated
  * clients use it like any transport; streaming calls are handed to
@@ -43,19 +46,30 @@ type Call = (req: UnaryRequest) => Promise<UnaryResponse>;
  */
 export function createFastTransport(options: FastTransportOptions): Transport {
   const url = new URL(options.baseUrl);
-  if (url.protocol !== "http:")
-    throw new Error("the fast transport speaks cleartext HTTP/1.1 only");
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new Error("the fast transport speaks HTTP/1.1 over http:// or https:// only");
+  }
+  const secure = url.protocol === "https:";
   const host = url.hostname;
-  const port = Number(url.port || 80);
+  const port = Number(url.port || (secure ? 443 : 80));
   const prefix = url.pathname.replace(/\/+$/, "");
-  const agent = new http.Agent({
+  const agentOptions = {
     keepAlive: true,
     maxSockets: options.maxSockets ?? 256,
     maxFreeSockets: options.maxSockets ?? 256,
-    scheduling: "lifo",
+    scheduling: "lifo" as const,
     // Idle sockets are dropped before the server's keep-alive timeout (65 s).
     timeout: 30_000,
-  });
+  };
+  const agent = secure
+    ? new https.Agent({
+        ...agentOptions,
+        ...(options.ca === undefined ? {} : { ca: options.ca }),
+        // HTTP/1.1 on purpose: the server's ALPN would otherwise pick h2.
+        ALPNProtocols: ["http/1.1"],
+      })
+    : new http.Agent(agentOptions);
+  const request = secure ? https.request : http.request;
 
   // The deadline travels in the request's `connect-timeout-ms` header, as on the wire.
   const send = (req: UnaryRequest): Promise<UnaryResponse> =>
@@ -85,7 +99,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
       );
       const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
       req.signal.addEventListener("abort", onAbort, { once: true });
-      const outgoing = http.request(
+      const outgoing = request(
         { agent, host, port, method: "POST", path: req.url, headers },
         (res) => {
           const chunks: Buffer[] = [];

@@ -13,6 +13,8 @@ import type { Logger } from "./logger.js";
 import { createMetricsRegistry, createRpcMetricsInterceptor } from "./metrics.js";
 import type { ReadyCheck } from "./readiness.js";
 import { registerReflection } from "./reflection.js";
+import { createSecureDualProtocolServer } from "./secure-dual-protocol-server.js";
+import { readTlsCredentials } from "./tls.js";
 import { createTraceServerInterceptor } from "./trace.js";
 
 export interface RpcServerOptions {
@@ -31,7 +33,8 @@ export interface RpcServerOptions {
 
 /**
  * Builds the Fastify app of an RPC service: Connect routes that speak gRPC,
- * gRPC-Web and Connect over HTTP/1.1 and cleartext HTTP/2 on one port, with
+ * gRPC-Web and Connect over HTTP/1.1 and HTTP/2 on one port (cleartext, or
+ * TLS with ALPN when TLS_CERT_FILE and TLS_KEY_FILE are set), with
  * grpc.health.v1.Health and server reflection (v1, v1alpha) beside the
  * services; every RPC is traced and measured; plus `GET /healthz`,
  * `GET /readyz` and `GET /metrics`. Nothing listens until the caller calls
@@ -51,6 +54,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     readMaxBytes: config.maxRequestBytes,
     logger,
   });
+  const credentials = await readTlsCredentials(config.tls);
   const app = createHttpApp({
     logger,
     registry,
@@ -63,7 +67,11 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
       forceCloseConnections: "idle",
       // Fastify's types know one protocol per server; this one serves both.
       serverFactory: (handler) =>
-        createDualProtocolServer(handler as DualHandler, { fastPath }) as unknown as http.Server,
+        (credentials === undefined
+          ? createDualProtocolServer(handler as DualHandler, { fastPath })
+          : createSecureDualProtocolServer(handler as DualHandler, credentials, {
+              fastPath,
+            })) as unknown as http.Server,
     },
   });
   let draining = false;

@@ -4,6 +4,7 @@ import type { Logger } from "../../lib/logger.js";
 import { runWithTrace } from "../../lib/trace.js";
 import type { HistoryRecorder } from "../history-recorder.js";
 import type { CostPolicy } from "../quota-cost.js";
+import type { Refunder } from "../refunder.js";
 import type { OnChatDone } from "../stream.js";
 import type { Upstreams } from "../upstreams.js";
 import { handleChatCompletion, sendOpenAiError } from "./chat-completions.js";
@@ -22,6 +23,8 @@ export interface OpenAiApiDeps {
   /** Keeps each streamed chat that reached its end. */
   readonly onChatDone?: OnChatDone | undefined;
   readonly cost?: CostPolicy | undefined;
+  /** Gives charges back, retrying in the background. */
+  readonly refunder?: Refunder | undefined;
 }
 
 const llmFailed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });

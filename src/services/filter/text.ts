@@ -14,16 +14,8 @@ export function cleanText(text: string): string {
   return text.replace(whiteSpaceRun, " ").trim();
 }
 
-/**
- * The form banned terms are matched on: invisible characters removed, NFKC
- * (full-width and compatibility forms become plain ones), full case folding
- * (upper then lower case, so "ß" and "SS" meet), white space folded.
- */
-export function normalizeForMatch(text: string): string {
-  // ASCII has no invisible or compatibility characters and folds by lower
-  // case alone: skip the Unicode passes for it.
-  if (!nonAscii.test(text)) return cleanText(text.toLowerCase());
-  return cleanText(
+const foldOnce = (text: string): string =>
+  cleanText(
     text
       .replace(invisible, "")
       .normalize("NFKC")
@@ -32,4 +24,27 @@ export function normalizeForMatch(text: string): string {
       .normalize("NFKC")
       .replace(invisible, ""),
   );
+
+/** Enough rounds for every chain in Unicode (ẞ → ß → ss takes two). */
+const maxFoldRounds = 4;
+
+/**
+ * The form banned terms are matched on: invisible characters removed, NFKC
+ * (full-width and compatibility forms become plain ones), full case folding
+ * (upper then lower case, so "ß" and "SS" meet), white space folded — repeated
+ * until nothing changes, because one round can make text that folds further
+ * ("ẞ" lower-cases to "ß", which folds to "ss"): the form is then the same
+ * for a text and for its normalised form.
+ */
+export function normalizeForMatch(text: string): string {
+  // ASCII has no invisible or compatibility characters and folds by lower
+  // case alone, in one round: skip the Unicode passes for it.
+  if (!nonAscii.test(text)) return cleanText(text.toLowerCase());
+  let current = foldOnce(text);
+  for (let round = 1; round < maxFoldRounds; round++) {
+    const next = foldOnce(current);
+    if (next === current) break;
+    current = next;
+  }
+  return current;
 }

@@ -1,0 +1,102 @@
+/** One request of the soak's mix. */
+export interface MixedRequest {
+  readonly method: "GET" | "POST";
+  readonly path: string;
+  readonly headers: Record<string, string>;
+  readonly body?: string;
+}
+
+/**
+ * The mix: 70 % chats that pass, 8 % blocked by the filter, 5 % bad JSON,
+ * 3 % a wrong content type, 8 % history pages, 6 % quota reads, over
+ * `users` users (a bounded set, so the quota store's size plateaus too).
+ */
+export function mixedRequest(users: number): MixedRequest {
+  const user = `soak-${Math.floor(Math.random() * users)}`;
+  const json = { "content-type": "application/json" };
+  const chat = (text: string) => ({
+    method: "POST" as const,
+    path: "/chat",
+    headers: json,
+    body: JSON.stringify({ user_id: user, text }),
+  });
+  const roll = Math.random();
+  if (roll < 0.7) return chat(`Hello   soak   ${Math.random().toString(36).slice(2)}`);
+  if (roll < 0.78) return chat("this has foo inside");
+  if (roll < 0.83) return { method: "POST", path: "/chat", headers: json, body: "{not json" };
+  if (roll < 0.86) {
+    return { method: "POST", path: "/chat", headers: { "content-type": "text/plain" }, body: "hi" };
+  }
+  if (roll < 0.94)
+    return { method: "GET", path: `/history?user_id=${user}&page_size=20`, headers: {} };
+  return { method: "GET", path: `/quota?user_id=${user}`, headers: {} };
+}
+
+/** What the load saw. */
+export interface LoadResult {
+  readonly total: number;
+  readonly statuses: Record<string, number>;
+  /** Requests that got no HTTP answer, by reason. */
+  readonly errors: Record<string, number>;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+}
+
+const percentile = (sorted: number[], p: number) =>
+  sorted.length === 0
+    ? Number.NaN
+    : (sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] as number);
+
+/**
+ * A steady load: `workers` loops, each starting one request every
+ * workers / rate seconds (evenly spaced, not in bursts), until `seconds` pass.
+ */
+export async function runSteadyLoad(options: {
+  readonly url: string;
+  readonly rate: number;
+  readonly workers: number;
+  readonly seconds: number;
+  readonly users: number;
+}): Promise<LoadResult> {
+  const intervalMs = (options.workers / options.rate) * 1000;
+  const end = Date.now() + options.seconds * 1000;
+  const latencies: number[] = [];
+  const statuses: Record<string, number> = {};
+  const errors: Record<string, number> = {};
+  const worker = async (offsetMs: number) => {
+    await new Promise((r) => setTimeout(r, offsetMs));
+    let next = performance.now();
+    while (Date.now() < end) {
+      const { method, path, headers, body } = mixedRequest(options.users);
+      const started = performance.now();
+      try {
+        const res = await fetch(`${options.url}${path}`, {
+          method,
+          headers,
+          ...(body === undefined ? {} : { body }),
+          signal: AbortSignal.timeout(30_000),
+        });
+        await res.arrayBuffer();
+        statuses[res.status] = (statuses[res.status] ?? 0) + 1;
+        latencies.push(performance.now() - started);
+      } catch (err) {
+        const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
+        errors[cause] = (errors[cause] ?? 0) + 1;
+      }
+      next += intervalMs;
+      const wait = next - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
+  };
+  await Promise.all(
+    Array.from({ length: options.workers }, (_, i) => worker((i * intervalMs) / options.workers)),
+  );
+  latencies.sort((a, b) => a - b);
+  return {
+    total: latencies.length + Object.values(errors).reduce((a, b) => a + b, 0),
+    statuses,
+    errors,
+    p50Ms: percentile(latencies, 0.5),
+    p99Ms: percentile(latencies, 0.99),
+  };
+}

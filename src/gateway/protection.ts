@@ -1,0 +1,90 @@
+import helmet from "@fastify/helmet";
+import rateLimit from "@fastify/rate-limit";
+import type { FastifyInstance } from "fastify";
+import { type ApiKeys, registerApiKeyAuth } from "./auth.js";
+
+/**
+ * Paths that need no key and count against no rate limit: health checks,
+ * metrics, and the chat page's static files (its chats are API calls, which
+ * do need a key when keys are configured).
+ */
+export const opsPaths: ReadonlySet<string> = new Set([
+  "/health",
+  "/healthz",
+  "/readyz",
+  "/metrics",
+  "/",
+  "/chat.js",
+  "/chat.css",
+]);
+
+/**
+ * Content-Security-Policy of every response: only the gateway's own scripts,
+ * styles and connections (a page it serves needs no inline code), nothing
+ * framed, no plugins.
+ */
+export const contentSecurityPolicy = {
+  useDefaults: false,
+  directives: {
+    defaultSrc: ["'self'"],
+    scriptSrc: ["'self'"],
+    styleSrc: ["'self'"],
+    imgSrc: ["'self'", "data:"],
+    connectSrc: ["'self'"],
+    objectSrc: ["'none'"],
+    baseUri: ["'none'"],
+    formAction: ["'self'"],
+    frameAncestors: ["'none'"],
+  },
+};
+
+/** Marks the rate limiter's refusal, for the gateway's error handler. */
+export class RateLimitedError extends Error {
+  override name = "RateLimitedError";
+  readonly statusCode = 429;
+}
+
+export interface ProtectionOptions {
+  /** Requests per minute per client; 0 turns the limit off. */
+  readonly rateLimitPerMinute: number;
+  /** When set, every request but the ops paths needs one of these keys. */
+  readonly apiKeys?: ApiKeys | undefined;
+}
+
+/**
+ * The gateway's locked-down edge, registered before its routes: security
+ * headers (helmet) on every response; with API keys, a key on every call
+ * and the key's user as the only user; with a rate limit, at most N requests
+ * a minute per client (the key's user, else the client address), refused
+ * with 429 and Retry-After (the error handler words it `rate limited`).
+ */
+export async function registerProtection(
+  app: FastifyInstance,
+  options: ProtectionOptions,
+): Promise<void> {
+  await app.register(helmet, { contentSecurityPolicy });
+  if (options.apiKeys !== undefined) {
+    registerApiKeyAuth(app, options.apiKeys, { publicPaths: opsPaths });
+  }
+  if (options.rateLimitPerMinute > 0) {
+    await app.register(rateLimit, {
+      max: options.rateLimitPerMinute,
+      timeWindow: 60_000,
+      keyGenerator: (req) => (req.apiUser === undefined ? `ip:${req.ip}` : `user:${req.apiUser}`),
+      allowList: (req) => opsPaths.has(req.routeOptions.url ?? ""),
+      // The quota has the RateLimit-* headers; this limit only says when to come back.
+      addHeadersOnExceeding: {
+        "x-ratelimit-limit": false,
+        "x-ratelimit-remaining": false,
+        "x-ratelimit-reset": false,
+      },
+      addHeaders: {
+        "x-ratelimit-limit": false,
+        "x-ratelimit-remaining": false,
+        "x-ratelimit-reset": false,
+        "retry-after": true,
+      },
+      errorResponseBuilder: () => new RateLimitedError("rate limited"),
+    });
+  }
+}

@@ -1,0 +1,37 @@
+import type { FastifyInstance } from "fastify";
+
+// With the u flag a well-formed surrogate pair is one code point, so only lone halves match.
+const loneSurrogate = /\p{Cs}/u;
+
+/**
+ * Whether `value` can be a user id: a non-empty string of whole Unicode
+ * characters. A lone surrogate (JSON allows `"\ud800"`) is refused: protobuf
+ * would turn it into U+FFFD on the way to the services, so two different ids
+ * would share one quota and one history.
+ */
+export function isUserId(value: unknown): value is string {
+  return typeof value === "string" && value !== "" && !loneSurrogate.test(value);
+}
+
+const bodyMethods = new Set(["POST", "PUT", "PATCH"]);
+const charsetParam = /;\s*charset\s*=\s*"?([^";\s]*)"?/i;
+
+/**
+ * Refuses, with 415, request bodies the JSON parser would misread rather than
+ * reject: a charset other than UTF-8 (JSON is UTF-8, RFC 8259, and Fastify
+ * decodes every body as UTF-8) and any content coding (Fastify does not
+ * decompress, so a gzip body would be parsed as if it were plain text).
+ */
+export function registerBodyGuards(app: FastifyInstance): void {
+  app.addHook("onRequest", async (req, reply) => {
+    if (!bodyMethods.has(req.method)) return;
+    const encoding = req.headers["content-encoding"];
+    if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
+      return reply.code(415).send({ error: "content-encoding not supported" });
+    }
+    const charset = charsetParam.exec(req.headers["content-type"] ?? "")?.[1]?.toLowerCase();
+    if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+      return reply.code(415).send({ error: "content-type must be application/json" });
+    }
+  });
+}

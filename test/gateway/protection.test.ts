@@ -1,0 +1,232 @@
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { buildGateway } from "../../src/gateway/app.js";
+import { bearerKey, createApiKeys, parseApiKeys } from "../../src/gateway/auth.js";
+import {
+  ConfigError,
+  loadFilterConfig,
+  loadGatewayConfig,
+  loadHistoryConfig,
+  loadLlmConfig,
+  loadTokenConfig,
+} from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createInProcessUpstreams } from "../fixtures/upstreams.js";
+
+const aliceKey = "alice-key-0123456789abcdef";
+const bobKey = "bob-key-0123456789abcdef00";
+const keys = createApiKeys(parseApiKeys(`# test keys\n${aliceKey} alice\n\n  ${bobKey}\tbob  \n`));
+
+let app: FastifyInstance;
+afterEach(() => app?.close());
+
+async function gateway(env: Record<string, string> = {}, withKeys = false) {
+  app = await buildGateway({
+    config: loadGatewayConfig(env),
+    logger: createLogger("gateway", "silent"),
+    upstreams: createInProcessUpstreams(),
+    ...(withKeys ? { apiKeys: keys } : {}),
+  });
+  return app;
+}
+
+const chat = (payload: object, key?: string, remoteAddress = "127.0.0.1") =>
+  app.inject({
+    method: "POST",
+    url: "/chat",
+    remoteAddress,
+    headers: key === undefined ? {} : { authorization: `Bearer ${key}` },
+    payload,
+  });
+const get = (url: string, key?: string) =>
+  app.inject({
+    method: "GET",
+    url,
+    headers: key === undefined ? {} : { authorization: `Bearer ${key}` },
+  });
+
+describe("security headers", () => {
+  it("are on every response: answers, refusals and health checks", async () => {
+    await gateway({}, true);
+    const responses = [
+      await chat({ user_id: "alice", text: "hi" }, aliceKey),
+      await chat({ text: "hi" }),
+      await app.inject({
+        method: "POST",
+        url: "/chat",
+        payload: "x",
+        headers: { "content-type": "text/plain", authorization: `Bearer ${aliceKey}` },
+      }),
+      await get("/healthz"),
+      await get("/nowhere", aliceKey),
+    ];
+    expect(responses.map((r) => r.statusCode)).toEqual([200, 401, 415, 200, 404]);
+    for (const res of responses) {
+      expect(res.headers["content-security-policy"]).toBe(
+        "default-src 'self';script-src 'self';style-src 'self';img-src 'self' data:;connect-src 'self';object-src 'none';base-uri 'none';form-action 'self';frame-ancestors 'none'",
+      );
+      expect(res.headers["x-content-type-options"]).toBe("nosniff");
+      expect(res.headers["x-frame-options"]).toBe("SAMEORIGIN");
+      expect(res.headers["strict-transport-security"]).toMatch(/^max-age=\d+/);
+      expect(res.headers["referrer-policy"]).toBe("no-referrer");
+      expect(res.headers["x-powered-by"]).toBeUndefined();
+    }
+  });
+});
+
+describe("API keys", () => {
+  it("refuse a request without a valid key with 401, and let health checks and metrics through", async () => {
+    await gateway({}, true);
+    for (const authorization of [
+      undefined,
+      "Bearer nope",
+      `Basic ${aliceKey}`,
+      `Bearer ${aliceKey}x`,
+      `Bearer`,
+    ]) {
+      const res = await app.inject({
+        method: "POST",
+        url: "/chat",
+        headers: authorization === undefined ? {} : { authorization },
+        payload: { user_id: "alice", text: "hi" },
+      });
+      expect([res.statusCode, res.json()]).toEqual([401, { error: "invalid api key" }]);
+      expect(res.headers["www-authenticate"]).toBe('Bearer realm="chatmesh"');
+      expect(res.headers["x-request-id"]).toBeDefined();
+    }
+    expect((await get("/quota?user_id=alice")).statusCode).toBe(401);
+    expect((await get("/history?user_id=alice")).statusCode).toBe(401);
+    for (const path of ["/health", "/healthz", "/metrics"]) {
+      expect((await get(path)).statusCode).toBe(200);
+    }
+  });
+
+  it("make the key's user the user: named or left out, never anyone else", async () => {
+    await gateway({}, true);
+    const mine = await chat({ user_id: "alice", text: "mine" }, aliceKey);
+    expect([mine.statusCode, mine.json().remaining]).toEqual([200, 150]);
+    const implied = await chat({ text: "implied" }, aliceKey);
+    expect([implied.statusCode, implied.json().remaining]).toEqual([200, 100]);
+    const other = await chat({ user_id: "bob", text: "spend bob's" }, aliceKey);
+    expect([other.statusCode, other.json()]).toEqual([
+      400,
+      { error: "user_id does not match the api key" },
+    ]);
+    // Bob's quota is untouched; alice's shows both chats.
+    expect((await get("/quota", bobKey)).json()).toMatchObject({ user_id: "bob", used: 0 });
+    expect((await get("/quota?user_id=alice", aliceKey)).json()).toMatchObject({ used: 100 });
+    expect((await get("/quota?user_id=alice", bobKey)).statusCode).toBe(400);
+    expect((await get("/history?user_id=alice", bobKey)).json()).toEqual({
+      error: "user_id does not match the api key",
+    });
+    expect((await get("/history?page_size=5", bobKey)).json()).toEqual({
+      items: [],
+      next_page_token: "",
+    });
+  });
+
+  it("are parsed strictly, matched exactly, and read from the Authorization header", () => {
+    expect(keys.size).toBe(2);
+    expect(keys.userOf(aliceKey)).toBe("alice");
+    expect(keys.userOf(bobKey)).toBe("bob");
+    expect(keys.userOf(aliceKey.slice(0, -1))).toBeUndefined();
+    expect(keys.userOf("")).toBeUndefined();
+    expect(bearerKey(`bearer   ${aliceKey}`)).toBe(aliceKey);
+    expect(bearerKey(`Bearer ${aliceKey} extra`)).toBeUndefined();
+    expect(bearerKey(undefined)).toBeUndefined();
+    expect(() => parseApiKeys("only-one-field-here-000")).toThrow(/^API_KEYS_FILE line 1 must be/);
+    expect(() => parseApiKeys("# c\nshort u1")).toThrow(
+      /^API_KEYS_FILE line 2: a key must have at least 16/,
+    );
+    expect(() => parseApiKeys(`${aliceKey} a\n${aliceKey} b`)).toThrow(
+      /line 2: the key is given twice/,
+    );
+    expect(() => parseApiKeys("# nothing")).toThrow(ConfigError);
+  });
+});
+
+describe("rate limit", () => {
+  it("is off by default", async () => {
+    await gateway();
+    for (let i = 0; i < 60; i++) {
+      expect((await chat({ user_id: `u${i}`, text: "hi" })).statusCode).toBe(200);
+    }
+  });
+
+  it("refuses the request over RATE_LIMIT_PER_MINUTE with 429 rate limited and Retry-After, apart from the quota's 429", async () => {
+    await gateway({ RATE_LIMIT_PER_MINUTE: "6" });
+    const statuses = [];
+    for (let i = 0; i < 5; i++)
+      statuses.push((await chat({ user_id: "q", text: "hi" })).statusCode);
+    // The quota's 429 (the fifth chat of a day) is not the rate limiter's.
+    const quota = await chat({ user_id: "q", text: "hi" });
+    expect(statuses).toEqual([200, 200, 200, 200, 429]);
+    expect(quota.json()).toEqual({ error: "quota exceeded", remaining: -50 });
+    const limited = await chat({ user_id: "other", text: "hi" });
+    expect([limited.statusCode, limited.json()]).toEqual([429, { error: "rate limited" }]);
+    expect(Number(limited.headers["retry-after"])).toBeGreaterThan(0);
+    expect(Number(limited.headers["retry-after"])).toBeLessThanOrEqual(60);
+    expect(limited.headers["ratelimit-remaining"]).toBeUndefined();
+    expect(limited.headers["x-request-id"]).toBeDefined();
+    expect(limited.headers["content-security-policy"]).toBeDefined();
+    // Per client: another address still gets through; health checks are never limited.
+    expect((await chat({ user_id: "other", text: "hi" }, undefined, "10.0.0.2")).statusCode).toBe(
+      200,
+    );
+    expect((await get("/healthz")).statusCode).toBe(200);
+    expect((await get("/metrics")).statusCode).toBe(200);
+  });
+
+  it("counts per API key user when keys are configured", async () => {
+    await gateway({ RATE_LIMIT_PER_MINUTE: "2" }, true);
+    expect((await chat({ text: "1" }, aliceKey)).statusCode).toBe(200);
+    expect((await get("/quota", aliceKey)).statusCode).toBe(200);
+    expect((await chat({ text: "3" }, aliceKey)).json()).toEqual({ error: "rate limited" });
+    // Same address, another user: a budget of its own.
+    expect((await chat({ text: "1" }, bobKey)).statusCode).toBe(200);
+  });
+});
+
+describe("locked-down configuration", () => {
+  it("binds every process to loopback unless HOST says otherwise", () => {
+    for (const load of [
+      loadGatewayConfig,
+      loadFilterConfig,
+      loadTokenConfig,
+      loadLlmConfig,
+      loadHistoryConfig,
+    ]) {
+      expect(load({}).host).toBe("127.0.0.1");
+      expect(load({ HOST: "0.0.0.0" }).host).toBe("0.0.0.0");
+    }
+  });
+
+  it("reads the protection variables, naming a bad one", () => {
+    expect(loadGatewayConfig({})).toMatchObject({
+      rateLimitPerMinute: 0,
+      apiKeysFile: undefined,
+      upstreamCaFile: undefined,
+      tls: undefined,
+    });
+    expect(
+      loadGatewayConfig({
+        RATE_LIMIT_PER_MINUTE: "120",
+        API_KEYS_FILE: "/etc/keys",
+        TLS_CERT_FILE: "c.pem",
+        TLS_KEY_FILE: "k.pem",
+        UPSTREAM_CA_FILE: "ca.pem",
+      }),
+    ).toMatchObject({
+      rateLimitPerMinute: 120,
+      apiKeysFile: "/etc/keys",
+      tls: { certFile: "c.pem", keyFile: "k.pem" },
+      upstreamCaFile: "ca.pem",
+    });
+    expect(() => loadGatewayConfig({ RATE_LIMIT_PER_MINUTE: "-1" })).toThrow(
+      /^RATE_LIMIT_PER_MINUTE must be an integer from 0 to/,
+    );
+    expect(() => loadLlmConfig({ TLS_CERT_FILE: "c.pem" })).toThrow(
+      "TLS_KEY_FILE must be set too: TLS_CERT_FILE and TLS_KEY_FILE go together",
+    );
+  });
+});

@@ -1,0 +1,99 @@
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { TokenService } from "../../gen/chat/v1/token_pb.js";
+import { buildGateway } from "../../src/gateway/app.js";
+import { loadGatewayConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createMetricsRegistry } from "../../src/lib/metrics.js";
+import { createMemoryQuotaStore } from "../../src/services/token/memory-store.js";
+import { createTokenService } from "../../src/services/token/token-service.js";
+import { createInProcessUpstreams, failingLlmBackend } from "../fixtures/upstreams.js";
+
+let app: FastifyInstance;
+afterEach(() => app?.close());
+
+/**
+ * The real token service over a real memory store, wrapped by a test double
+ * that fails like a process dying mid-call: `checkAndInc` charges, then
+ * answers UNAVAILABLE; `refund` answers UNAVAILABLE its first `refundFailures` times.
+ */
+function flakyToken(options: { dieAfterCharge: boolean; refundFailures: number }) {
+  const real = createTokenService({ store: createMemoryQuotaStore(), limit: 200, defaultCost: 50 });
+  let refundFailures = options.refundFailures;
+  const transport = createRouterTransport((router) =>
+    router.service(TokenService, {
+      ...real,
+      async checkAndInc(req, ctx) {
+        const res = await real.checkAndInc(req, ctx);
+        if (options.dieAfterCharge) throw new ConnectError("connection reset", Code.Unavailable);
+        return res;
+      },
+      async refund(req, ctx) {
+        if (refundFailures-- > 0) throw new ConnectError("connection refused", Code.Unavailable);
+        return real.refund(req, ctx);
+      },
+    }),
+  );
+  return createClient(TokenService, transport);
+}
+
+async function gateway(token: ReturnType<typeof flakyToken>, llmFails = false) {
+  const registry = createMetricsRegistry();
+  app = await buildGateway({
+    config: loadGatewayConfig({ TOKEN_TIMEOUT_MS: "50" }),
+    logger: createLogger("gateway", "silent"),
+    upstreams: {
+      ...createInProcessUpstreams(llmFails ? { llm: failingLlmBackend } : {}),
+      token,
+    },
+    registry,
+  });
+  return registry;
+}
+
+const used = async (user: string) =>
+  (await app.inject({ method: "GET", url: `/quota?user_id=${user}` })).json().used;
+
+describe("the gateway's refunds keep the quota exact", () => {
+  it("gives back a charge made by a token service that died before answering", async () => {
+    const token = flakyToken({ dieAfterCharge: true, refundFailures: 0 });
+    const registry = await gateway(token);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "d", text: "hi" },
+    });
+    expect([res.statusCode, res.json()]).toEqual([500, { error: "token failed" }]);
+    // Charged twice under one id (the call and its retry): one charge, given back.
+    await vi.waitFor(async () => expect(await used("d")).toBe(0), { timeout: 5_000 });
+    expect(await registry.getSingleMetricAsString("chatmesh_refunds_total")).toMatch(
+      /chatmesh_refunds_total\{result="retried"\} 1/,
+    );
+  });
+
+  it("retries a refund after an LLM failure until the token service answers", async () => {
+    const token = flakyToken({ dieAfterCharge: false, refundFailures: 4 });
+    await gateway(token, true);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "r", text: "hi" },
+    });
+    expect([res.statusCode, res.json()]).toEqual([500, { error: "llm failed" }]);
+    await vi.waitFor(async () => expect(await used("r")).toBe(0), {
+      timeout: 10_000,
+      interval: 100,
+    });
+  });
+
+  it("refunds nothing when the quota refused the chat", async () => {
+    const token = flakyToken({ dieAfterCharge: false, refundFailures: 0 });
+    await gateway(token);
+    for (let i = 0; i < 5; i++) {
+      await app.inject({ method: "POST", url: "/chat", payload: { user_id: "q", text: "hi" } });
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await used("q")).toBe(200);
+  });
+});

@@ -1,0 +1,162 @@
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { FilterService } from "../../../gen/chat/v1/filter_pb.js";
+import { createFilterService } from "../../../src/services/filter/filter-service.js";
+import { createTermMatcher } from "../../../src/services/filter/terms.js";
+import { cleanText, normalizeForMatch } from "../../../src/services/filter/text.js";
+
+/** Property-based tests of the filter: cleaning, normalisation and blocking. */
+
+const numRuns = Number(process.env.FUZZ_RUNS ?? 500);
+
+/** Any text, weighted towards what the filter cares about: space, invisibles, compatibility forms. */
+const text = fc.oneof(
+  fc.string({ maxLength: 200 }),
+  fc.string({ unit: "grapheme", maxLength: 60 }),
+  fc.string({ unit: "binary", maxLength: 60 }),
+  fc.string({
+    unit: fc.constantFrom(
+      ..." \t\n\r\u00a0\u1680\u2000\u2028\u2029\u202f\u205f\u3000\u0085\u180e",
+      ..."\u200b\u200c\u200d\u2060\ufeff\u00ad\u034f\ufe0f\u200e\u061c",
+      ..."ﬀﬁﬃſẞßİıǅǄΣςσ\u0345ᾼ℃№™ⓕ𝐟ｆＯ①½ﾟ゙\u0301\u0308\u0307",
+      "a",
+      "o",
+      "F",
+    ),
+    maxLength: 80,
+  }),
+);
+
+describe("cleanText", () => {
+  it("never grows the text, is idempotent, and leaves no space to fold", () => {
+    fc.assert(
+      fc.property(text, (raw) => {
+        const cleaned = cleanText(raw);
+        expect(cleaned.length).toBeLessThanOrEqual(raw.length);
+        expect(cleanText(cleaned)).toBe(cleaned);
+        expect(cleaned).not.toMatch(/^\p{White_Space}|\p{White_Space}$|\p{White_Space}{2}/u);
+      }),
+      { numRuns },
+    );
+  });
+});
+
+describe("normalizeForMatch", () => {
+  it("folds the capital sharp s all the way, so it cannot hide a term (found by fuzzing)", () => {
+    expect(normalizeForMatch("\u1e9e")).toBe("ss");
+    expect(createTermMatcher(["straße"]).matches("STRA\u1e9eE")).toBe(true);
+    expect(createTermMatcher(["strasse"]).matches("Stra\u1e9ee")).toBe(true);
+  });
+
+  it("is idempotent on every code point", { timeout: 120_000 }, () => {
+    const unstable: string[] = [];
+    for (let cp = 0; cp <= 0x10ffff; cp++) {
+      if (cp >= 0xd800 && cp <= 0xdfff) continue;
+      const once = normalizeForMatch(String.fromCodePoint(cp));
+      if (normalizeForMatch(once) !== once) unstable.push(cp.toString(16));
+    }
+    expect(unstable).toEqual([]);
+  });
+
+  it("is idempotent", () => {
+    fc.assert(
+      fc.property(text, (raw) => {
+        const once = normalizeForMatch(raw);
+        expect(normalizeForMatch(once)).toBe(once);
+      }),
+      { numRuns },
+    );
+  });
+});
+
+const zeroWidth = [
+  "\u200b",
+  "\u200c",
+  "\u200d",
+  "\u2060",
+  "\ufeff",
+  "\u00ad",
+  "\u034f",
+  "\ufe0f",
+  "\u200e",
+  "\u180e",
+  "\u{e0020}",
+];
+
+/** One letter a–z as a reader would still read it. */
+function disguisedLetter(letter: string) {
+  const offset = letter.charCodeAt(0) - 0x61;
+  return fc.constantFrom(
+    letter,
+    letter.toUpperCase(),
+    String.fromCodePoint(0xff41 + offset), // full width
+    String.fromCodePoint(0xff21 + offset), // full width capital
+    String.fromCodePoint(0x1d41a + offset), // mathematical bold
+    String.fromCodePoint(0x1d400 + offset), // mathematical bold capital
+    String.fromCodePoint(0x24d0 + offset), // circled
+    String.fromCodePoint(0x1d5ba + offset), // mathematical sans-serif
+  );
+}
+
+/** A banned term written so that it looks the same, with invisibles between its letters. */
+const disguised = (term: string) =>
+  fc
+    .tuple(
+      ...[...term].map((letter) =>
+        fc.tuple(
+          disguisedLetter(letter),
+          fc.array(fc.constantFrom(...zeroWidth), { maxLength: 2 }),
+        ),
+      ),
+    )
+    .map((parts) => parts.map(([letter, hidden]) => letter + hidden.join("")).join(""));
+
+const term = fc.stringMatching(/^[a-z]{2,10}$/);
+/** Text around the term; it ends or starts at a space, so it never merges with the term's letters. */
+const around = fc.string({ maxLength: 30 });
+
+describe("a banned term in disguise", () => {
+  it("is always caught: width, case, zero-width and compatibility characters", () => {
+    fc.assert(
+      fc.property(
+        term.chain((t) => fc.tuple(fc.constant(t), disguised(t), around, around)),
+        ([banned, hidden, before, after]) => {
+          const matcher = createTermMatcher([banned]);
+          expect(matcher.matches(cleanText(`${before} ${hidden} ${after}`))).toBe(true);
+          expect(matcher.matches(cleanText(hidden))).toBe(true);
+        },
+      ),
+      { numRuns },
+    );
+  });
+
+  it("is refused by the FilterService as INVALID_ARGUMENT, and a passed text never holds one", async () => {
+    const client = createClient(
+      FilterService,
+      createRouterTransport((router) =>
+        router.service(FilterService, createFilterService({ matcher: createTermMatcher(["foo"]) })),
+      ),
+    );
+    const matcher = createTermMatcher(["foo"]);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          disguised("foo").chain((h) => around.map((a) => `${a} ${h}`)),
+          text,
+        ),
+        async (raw) => {
+          try {
+            const { cleaned } = await client.filter({ text: raw });
+            expect(cleaned.length).toBeLessThanOrEqual(raw.length);
+            expect(matcher.matches(cleaned)).toBe(false);
+            expect(normalizeForMatch(raw)).not.toContain("foo");
+          } catch (err) {
+            expect(ConnectError.from(err).code).toBe(Code.InvalidArgument);
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+});
