@@ -230,3 +230,37 @@ describe("locked-down configuration", () => {
     );
   });
 });
+
+describe("the OpenAI-compatible API with API keys", () => {
+  const completion = (key: string | undefined, user?: string) =>
+    app.inject({
+      method: "POST",
+      url: "/v1/chat/completions",
+      headers: key === undefined ? {} : { authorization: `Bearer ${key}` },
+      payload: {
+        model: "echo",
+        messages: [{ role: "user", content: "hi" }],
+        ...(user === undefined ? {} : { user }),
+      },
+    });
+
+  it("charges the key's user, with or without a matching `user` field", async () => {
+    await gateway({}, true);
+    expect((await completion(aliceKey)).statusCode).toBe(200);
+    expect((await completion(aliceKey, "alice")).statusCode).toBe(200);
+    const quota = await get("/quota", aliceKey);
+    expect(quota.json()).toMatchObject({ user_id: "alice", used: 100 });
+    expect((await get("/quota", bobKey)).json()).toMatchObject({ user_id: "bob", used: 0 });
+  });
+
+  it("refuses a `user` naming someone else, and a call without a key, in OpenAI's error shape", async () => {
+    await gateway({}, true);
+    const other = await completion(aliceKey, "bob");
+    expect(other.statusCode).toBe(400);
+    expect(other.json()).toMatchObject({ error: { message: expect.any(String) } });
+    const anonymous = await completion(undefined, "alice");
+    expect(anonymous.statusCode).toBe(401);
+    expect(anonymous.json()).toMatchObject({ error: { message: expect.any(String) } });
+    expect((await get("/quota", bobKey)).json()).toMatchObject({ used: 0 });
+  });
+});
