@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTokenConfig } from "../../src/lib/config.js";
 import { type Container, canIsolate, startContainer } from "../fixtures/container.js";
+import { curlPost } from "../fixtures/curl.js";
 import { chatmeshHasProcess } from "../fixtures/deploy.js";
 import { type DockerSteps, runDockerfile } from "../fixtures/dockerfile.js";
 import { freePort, waitHealthy } from "../fixtures/processes.js";
@@ -133,22 +134,7 @@ describe("the stack started from the image's command", () => {
   });
   afterAll(() => Promise.all([...containers.values()].map((c) => c.stop())));
 
-  async function curlChat(body: string) {
-    const { stdout } = await run("curl", [
-      "-s",
-      "-w",
-      "\n%{http_code}",
-      "-X",
-      "POST",
-      `http://127.0.0.1:${ports.gateway}/chat`,
-      "-H",
-      "Content-Type: application/json",
-      "-d",
-      body,
-    ]);
-    const cut = stdout.lastIndexOf("\n");
-    return { body: stdout.slice(0, cut), status: Number(stdout.slice(cut + 1)) };
-  }
+  const curlChat = (body: string) => curlPost(`http://127.0.0.1:${ports.gateway}/chat`, body);
 
   it("gives the seed's bodies byte for byte", async () => {
     expect(await curlChat('{"user_id":"u1","text":"Hello   world   from   Go!"}')).toEqual({

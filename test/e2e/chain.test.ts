@@ -5,6 +5,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
+import { curlPost } from "../fixtures/curl.js";
 import { postChat, type Stack, startStack } from "../fixtures/processes.js";
 
 const run = promisify(execFile);
@@ -18,23 +19,9 @@ beforeAll(async () => {
 });
 afterAll(() => stack?.stopAll());
 
-/** `curl -s -X POST …/chat` with a JSON body, as the contract's lines do. */
-async function curlChat(body: string, contentType = "application/json") {
-  const { stdout } = await run("curl", [
-    "-s",
-    "-w",
-    "\n%{http_code}",
-    "-X",
-    "POST",
-    `${stack.gatewayUrl}/chat`,
-    "-H",
-    `Content-Type: ${contentType}`,
-    "-d",
-    body,
-  ]);
-  const cut = stdout.lastIndexOf("\n");
-  return { body: stdout.slice(0, cut), status: Number(stdout.slice(cut + 1)) };
-}
+/** `curl -s -X POST …/chat` with a body, as the contract's lines do. */
+const curlChat = (body: string, contentType = "application/json") =>
+  curlPost(`${stack.gatewayUrl}/chat`, body, contentType);
 
 describe("the chain as real processes, driven by curl", () => {
   it("gives the seed's bodies byte for byte", async () => {

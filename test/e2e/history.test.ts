@@ -5,6 +5,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { HistoryService } from "../../gen/chat/v1/history_pb.js";
+import { curl } from "../fixtures/curl.js";
 import { createMysqlDatabase } from "../fixtures/databases.js";
 import {
   freePort,
@@ -32,16 +33,7 @@ interface HistoryBody {
 }
 
 /** `curl -s …/history?…`, as a user would page through it. */
-async function curlHistory(query: string): Promise<{ status: number; body: string }> {
-  const { stdout } = await run("curl", [
-    "-s",
-    "-w",
-    "\n%{http_code}",
-    `${stack.gatewayUrl}/history?${query}`,
-  ]);
-  const cut = stdout.lastIndexOf("\n");
-  return { body: stdout.slice(0, cut), status: Number(stdout.slice(cut + 1)) };
-}
+const curlHistory = (query: string) => curl([`${stack.gatewayUrl}/history?${query}`]);
 
 async function texts(userId: string): Promise<string[]> {
   const all: string[] = [];
