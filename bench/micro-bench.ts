@@ -2,7 +2,7 @@
  * Micro-benchmarks, in one run: one unary RPC through each client transport
  * against the same LLM service process (gRPC over HTTP/2, Connect over
  * HTTP/2 and HTTP/1.1 with the stock connect-node transports, and the
- * gateway's lean transport), then the filter's matcher with 10,000 terms.
+ * gateway's lean transports: Connect over HTTP/1.1 and frames), then the filter's matcher with 10,000 terms.
  * Options (env): MICRO_SECONDS (3), MICRO_CONCURRENCY (50).
  */
 import { randomBytes } from "node:crypto";
@@ -12,6 +12,7 @@ import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { LLMService } from "../gen/chat/v1/llm_pb.js";
 import { createFastTransport } from "../src/lib/fast-transport.js";
+import { createFramesTransport } from "../src/lib/frames-transport.js";
 import { createTermMatcher } from "../src/services/filter/terms.js";
 import { freePort, startProcess, waitHealthy } from "./stack.js";
 
@@ -55,6 +56,10 @@ async function rpc(): Promise<Record<string, number>> {
       [
         "connect http/1.1 (lean)",
         createFastTransport({ baseUrl, defaultTimeoutMs: 5_000, streamTransport: grpc }),
+      ],
+      [
+        "frames (lean, multiplexed)",
+        createFramesTransport({ baseUrl, defaultTimeoutMs: 5_000, streamTransport: grpc }),
       ],
     ];
     const results: Record<string, number> = {};

@@ -36,9 +36,13 @@ export function rssOf(pid: number | undefined): number {
   }
 }
 
+// BENCH_CPU_PROF_DIR=dir: every process writes a CPU profile there when it stops.
+const profileDir = process.env.BENCH_CPU_PROF_DIR;
+const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+
 /** Starts `chatmesh <name>` quietly; its stderr is kept for errors. */
 export function startProcess(name: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [bin, name], {
+  const child = spawn(process.execPath, [...nodeArgs, bin, name], {
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "ignore", "inherit"],
   });

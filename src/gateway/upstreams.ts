@@ -11,6 +11,7 @@ import {
 } from "../../gen/health/v1/health_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
 import { createFastTransport } from "../lib/fast-transport.js";
+import { createFramesTransport } from "../lib/frames-transport.js";
 import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { createTraceClientInterceptor } from "../lib/trace.js";
@@ -31,8 +32,10 @@ export interface ConnectedUpstreams extends Upstreams {
 const readinessTimeoutMs = 500;
 
 /**
- * Makes one transport per service, once: the lean Connect/HTTP/1.1 path for
- * unary calls (or gRPC over HTTP/2 with UPSTREAM_PROTOCOL=grpc), gRPC for
+ * Makes one transport per service, once, for unary calls as
+ * UPSTREAM_PROTOCOL says: lean frames over one multiplexed connection
+ * (`frames`, cleartext only), binary Connect over pooled HTTP/1.1
+ * (`connect`, and `frames` over TLS) or gRPC over HTTP/2 (`grpc`); gRPC for
  * streams. Every call has a
  * deadline and carries the request's trace (`traceparent`, `x-request-id`);
  * an idle connection is dropped well before the server's session timeout, and
@@ -60,6 +63,15 @@ export function createUpstreams(
       ...(ca === undefined ? {} : { nodeOptions: { ca } }),
     });
     if (config.upstreamProtocol === "grpc") return grpc;
+    // Frames are cleartext only: a TLS upstream gets the lean Connect path.
+    if (config.upstreamProtocol === "frames" && baseUrl.startsWith("http:")) {
+      return createFramesTransport({
+        baseUrl,
+        defaultTimeoutMs,
+        interceptors,
+        streamTransport: grpc,
+      });
+    }
     return createFastTransport({
       baseUrl,
       defaultTimeoutMs,

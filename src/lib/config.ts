@@ -99,10 +99,12 @@ export interface GatewayConfig extends CommonConfig {
   readonly maxBodyBytes: number;
   readonly maxTextChars: number;
   /**
-   * How the gateway calls the services: "connect" (unary calls as binary
-   * Connect over pooled HTTP/1.1, the lean path) or "grpc" (gRPC over HTTP/2).
+   * How the gateway calls the services: "frames" (unary calls multiplexed
+   * over one connection per service in lean frames; cleartext only, TLS
+   * upstreams get "connect"), "connect" (binary Connect over pooled
+   * HTTP/1.1) or "grpc" (gRPC over HTTP/2).
    */
-  readonly upstreamProtocol: "connect" | "grpc";
+  readonly upstreamProtocol: "frames" | "connect" | "grpc";
   /**
    * QUOTA_COST_MODE: "fixed" charges the token service's QUOTA_COST per chat;
    * "tokens" reserves an estimate of the chat's tokens and settles to the
@@ -329,7 +331,12 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     historyQueueLimit: readInt(env, "HISTORY_QUEUE_LIMIT", 10_000, 0, 10_000_000),
     maxBodyBytes: readInt(env, "MAX_BODY_BYTES", 65_536, 64, 64 * 1_048_576),
     maxTextChars: readInt(env, "MAX_TEXT_CHARS", 8_000, 1, 10_000_000),
-    upstreamProtocol: readEnum(env, "UPSTREAM_PROTOCOL", ["connect", "grpc"] as const, "connect"),
+    upstreamProtocol: readEnum(
+      env,
+      "UPSTREAM_PROTOCOL",
+      ["frames", "connect", "grpc"] as const,
+      "frames",
+    ),
     quotaCostMode: readEnum(env, "QUOTA_COST_MODE", ["fixed", "tokens"] as const, "fixed"),
     quotaReplyReserve: readInt(env, "QUOTA_REPLY_RESERVE", 100, 0, 10_000_000),
     rateLimitPerMinute: readInt(env, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000_000),

@@ -1,6 +1,8 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import { framesPreface } from "./frames.js";
+import type { FramesServer } from "./frames-server.js";
 
 /** A request handler that serves both HTTP/1.1 and HTTP/2 compat requests. */
 export type DualHandler = (
@@ -14,7 +16,8 @@ export type DualHandler = (
  * TLS, so each connection's first bytes are read: the HTTP/2 connection
  * preface ("PRI * HTTP/2.0") goes to an http2 server, anything else to an
  * http1 server. Both call the same handler, which Fastify gets through
- * `serverFactory`.
+ * `serverFactory`. With `frames`, connections that open with the lean frames
+ * preface (frames.ts) go to it.
  *
  * It carries the close helpers Fastify looks for, so `fastify.close()`
  * lets in-flight requests finish and then lets the process exit.
@@ -34,6 +37,8 @@ export interface DualProtocolServer extends net.Server {
 export interface DualProtocolServerOptions {
   /** Tried first on every HTTP/1.1 request; what it declines goes to the handler. */
   readonly fastPath?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
+  /** Takes the connections that open with the lean frames preface. */
+  readonly frames?: FramesServer;
   /** Idle HTTP/2 sessions are closed after this long. */
   readonly http2SessionTimeoutMs?: number;
   /** Idle HTTP/1.1 keep-alive connections are closed after this long. */
@@ -105,7 +110,11 @@ export function createDualProtocolServer(
       socket.pause();
       socket.unshift(chunk);
       const n = Math.min(chunk.length, preface.length);
-      if (chunk.subarray(0, n).equals(preface.subarray(0, n))) {
+      const m = Math.min(chunk.length, framesPreface.length);
+      if (options.frames && chunk.subarray(0, m).equals(framesPreface.subarray(0, m))) {
+        options.frames.accept(socket);
+        socket.resume();
+      } else if (chunk.subarray(0, n).equals(preface.subarray(0, n))) {
         // The http2 session reads what is buffered on the socket itself; a
         // resumed socket would hand the preface to nobody.
         h2.emit("connection", socket);
@@ -122,6 +131,7 @@ export function createDualProtocolServer(
       if (requests === 0) socket.end();
     }
     for (const socket of undecided) socket.destroy();
+    options.frames?.drain();
   };
   server.closeAllConnections = () => {
     for (const socket of sockets) socket.destroy();

@@ -34,8 +34,6 @@ export interface FastMethod {
 export type FastPath = (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
 
 export interface FastUnaryOptions {
-  /** The same interceptors as the Connect router's. */
-  readonly interceptors: readonly Interceptor[];
   readonly readMaxBytes: number;
   /** Gets one line per call, as the router's requests do. */
   readonly logger: Logger;
@@ -84,6 +82,170 @@ function sendError(res: http.ServerResponse, err: unknown): void {
   res.end(body);
 }
 
+function decode(fast: FastMethod, body: Uint8Array) {
+  try {
+    return fromBinary(fast.method.input, body);
+  } catch (err) {
+    throw new ConnectError(
+      `parse binary: ${err instanceof Error ? err.message : String(err)}`,
+      Code.InvalidArgument,
+    );
+  }
+}
+
+/** One unary call being served: its answer in binary, and a way to end it early. */
+export interface ServedCall {
+  /** The response message in protobuf binary; rejects with the call's error. */
+  readonly done: Promise<Uint8Array>;
+  /** Ends the call with `reason` (cancelled, timed out); the handler's signal aborts. */
+  abort(reason: ConnectError): void;
+}
+
+/** Serves unary calls to recorded methods through the server's interceptors. */
+export interface UnaryInvoker {
+  lookup(path: string): FastMethod | undefined;
+  /**
+   * Starts a call with the request message in binary; `header` carries the
+   * caller's trace headers; `timeoutMs` is the caller's deadline, if any.
+   */
+  start(
+    fast: FastMethod,
+    body: Uint8Array,
+    header: Headers,
+    timeoutMs: number | undefined,
+  ): ServedCall;
+}
+
+/**
+ * What the lean paths (Connect over HTTP/1.1, lean frames) share: method
+ * lookup by path, the interceptor chain, deadlines and cancellation. The
+ * handler's AbortSignal is made only if something reads it.
+ */
+export function createUnaryInvoker(
+  methods: readonly FastMethod[],
+  interceptors: readonly Interceptor[],
+): UnaryInvoker {
+  // Methods are recorded while the router is built, after this is created.
+  let byPath: Map<string, FastMethod> | undefined;
+  const chains = new Map<FastMethod, (req: UnaryRequest) => Promise<UnaryResponse>>();
+  const chainOf = (fast: FastMethod) => {
+    let chain = chains.get(fast);
+    if (chain === undefined) {
+      chain = interceptors.reduceRight<(req: UnaryRequest) => Promise<UnaryResponse>>(
+        (next, interceptor) => interceptor(next as never) as never,
+        async (req) => {
+          const ctx = (req as UnaryRequest & { ctx: HandlerContext }).ctx;
+          const out = await fast.impl(req.message, ctx);
+          return {
+            stream: false,
+            service: fast.service,
+            method: fast.method,
+            header: ctx.responseHeader,
+            trailer: ctx.responseTrailer,
+            message: isMessage(out, fast.method.output)
+              ? out
+              : create(fast.method.output, out as never),
+          };
+        },
+      );
+      chains.set(fast, chain);
+    }
+    return chain;
+  };
+
+  return {
+    lookup(path) {
+      byPath ??= new Map(methods.map((m) => [`/${m.service.typeName}/${m.method.name}`, m]));
+      return byPath.get(path);
+    },
+    start(fast, body, header, timeoutMs) {
+      let controller: AbortController | undefined;
+      let aborted: ConnectError | undefined;
+      let fail: (reason: ConnectError) => void = () => {};
+      const signal = () => {
+        if (controller === undefined) {
+          controller = new AbortController();
+          if (aborted !== undefined) controller.abort(aborted);
+        }
+        return controller.signal;
+      };
+      const abort = (reason: ConnectError) => {
+        if (aborted !== undefined) return;
+        aborted = reason;
+        controller?.abort(reason);
+        fail(reason);
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(
+              () => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
+              timeoutMs,
+            );
+      const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+      const url = `/${fast.service.typeName}/${fast.method.name}`;
+      const ctx: HandlerContext = {
+        service: fast.service,
+        method: fast.method,
+        protocolName: "connect",
+        requestMethod: "POST",
+        url,
+        get signal() {
+          return signal();
+        },
+        timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
+        requestHeader: header,
+        responseHeader: new Headers(),
+        responseTrailer: new Headers(),
+        values: createContextValues(),
+      };
+      const done = new Promise<Uint8Array>((resolve, reject) => {
+        fail = reject;
+        const request = {
+          stream: false as const,
+          service: fast.service,
+          method: fast.method,
+          requestMethod: "POST",
+          url,
+          get signal() {
+            return signal();
+          },
+          header,
+          contextValues: ctx.values,
+          message: decode(fast, body),
+          ctx,
+        };
+        chainOf(fast)(request).then(
+          (response) => resolve(toBinary(fast.method.output, response.message)),
+          reject,
+        );
+      });
+      if (timer !== undefined) {
+        const clear = () => clearTimeout(timer);
+        done.then(clear, clear);
+      }
+      return { done, abort };
+    },
+  };
+}
+
+/** The caller's trace headers, as the handler sees them. */
+export function traceHeaders(get: (name: string) => string | undefined): Headers {
+  const header = new Headers();
+  for (const name of ["traceparent", "x-request-id"]) {
+    const value = get(name);
+    if (value !== undefined) header.set(name, value);
+  }
+  return header;
+}
+
+/** A `connect-timeout-ms` value as a deadline, undefined when absent or not positive. */
+export function parseTimeoutMs(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = Number(value);
+  return Number.isFinite(ms) && ms > 0 ? ms : undefined;
+}
+
 /**
  * The lean path of an RPC server: Connect unary calls in binary over
  * HTTP/1.1 (`POST /pkg.Service/Method`, `content-type: application/proto`),
@@ -92,35 +254,7 @@ function sendError(res: http.ServerResponse, err: unknown): void {
  * the same interceptors; every other request — gRPC, gRPC-Web, Connect JSON,
  * HTTP/2 — is left to the router.
  */
-export function createFastUnaryPath(
-  methods: readonly FastMethod[],
-  options: FastUnaryOptions,
-): FastPath {
-  // Methods are recorded while the router is built, after this is created.
-  let byPath: Map<string, FastMethod> | undefined;
-  const lookup = (path: string) => {
-    byPath ??= new Map(methods.map((m) => [`/${m.service.typeName}/${m.method.name}`, m]));
-    return byPath.get(path);
-  };
-
-  const call = (fast: FastMethod, ctx: HandlerContext) =>
-    options.interceptors.reduceRight<(req: UnaryRequest) => Promise<UnaryResponse>>(
-      (next, interceptor) => interceptor(next as never) as never,
-      async (req) => {
-        const out = await fast.impl(req.message, ctx);
-        return {
-          stream: false,
-          service: fast.service,
-          method: fast.method,
-          header: ctx.responseHeader,
-          trailer: ctx.responseTrailer,
-          message: isMessage(out, fast.method.output)
-            ? out
-            : create(fast.method.output, out as never),
-        };
-      },
-    );
-
+export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOptions): FastPath {
   async function serve(
     fast: FastMethod,
     req: http.IncomingMessage,
@@ -128,69 +262,27 @@ export function createFastUnaryPath(
     body: Buffer,
   ) {
     const started = performance.now();
-    const abort = new AbortController();
-    res.once("close", () => {
-      if (!res.writableFinished) abort.abort(new ConnectError("client went away", Code.Canceled));
-    });
-    const timeoutHeader = req.headers["connect-timeout-ms"];
-    const timeoutMs = typeof timeoutHeader === "string" ? Number(timeoutHeader) : undefined;
-    let timer: NodeJS.Timeout | undefined;
-    if (timeoutMs !== undefined && Number.isFinite(timeoutMs) && timeoutMs > 0) {
-      timer = setTimeout(
-        () => abort.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
-        timeoutMs,
-      );
-    }
-    const header = new Headers();
-    for (const name of ["traceparent", "x-request-id"]) {
+    const header = traceHeaders((name) => {
       const value = req.headers[name];
-      if (typeof value === "string") header.set(name, value);
-    }
-    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
-    const ctx: HandlerContext = {
-      service: fast.service,
-      method: fast.method,
-      protocolName: "connect",
-      requestMethod: "POST",
-      url: req.url ?? "",
-      signal: abort.signal,
-      timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
-      requestHeader: header,
-      responseHeader: new Headers(),
-      responseTrailer: new Headers(),
-      values: createContextValues(),
-    };
+      return typeof value === "string" ? value : undefined;
+    });
+    const timeout = req.headers["connect-timeout-ms"];
     try {
-      const message = fromBinary(fast.method.input, body);
-      const invoke = call(fast, ctx);
-      const pending = invoke({
-        stream: false,
-        service: fast.service,
-        method: fast.method,
-        requestMethod: "POST",
-        url: ctx.url,
-        signal: abort.signal,
+      const call = invoker.start(
+        fast,
+        body,
         header,
-        contextValues: ctx.values,
-        message,
+        parseTimeoutMs(typeof timeout === "string" ? timeout : undefined),
+      );
+      res.once("close", () => {
+        if (!res.writableFinished) call.abort(new ConnectError("client went away", Code.Canceled));
       });
-      const response = await (timer === undefined
-        ? pending
-        : Promise.race([
-            pending,
-            new Promise<never>((_, reject) =>
-              abort.signal.addEventListener("abort", () => reject(abort.signal.reason), {
-                once: true,
-              }),
-            ),
-          ]));
-      const bytes = toBinary(fast.method.output, response.message);
+      const bytes = await call.done;
       res.writeHead(200, { "content-type": protoType, "content-length": bytes.byteLength });
       res.end(bytes);
     } catch (err) {
       if (!res.headersSent && !res.destroyed) sendError(res, err);
     } finally {
-      if (timer !== undefined) clearTimeout(timer);
       options.logger.info(
         {
           method: "POST",
@@ -205,7 +297,7 @@ export function createFastUnaryPath(
 
   return (req, res) => {
     if (req.method !== "POST" || req.headers["content-type"] !== protoType) return false;
-    const fast = lookup(req.url ?? "");
+    const fast = invoker.lookup(req.url ?? "");
     if (fast === undefined) return false;
     const chunks: Buffer[] = [];
     let size = 0;

@@ -6,7 +6,13 @@ import type { FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
 import type { ServiceConfig } from "./config.js";
 import { createDualProtocolServer, type DualHandler } from "./dual-protocol-server.js";
-import { createFastUnaryPath, type FastMethod, recordServices } from "./fast-unary.js";
+import {
+  createFastUnaryPath,
+  createUnaryInvoker,
+  type FastMethod,
+  recordServices,
+} from "./fast-unary.js";
+import { createFramesServer } from "./frames-server.js";
 import { createHealthService, Health } from "./health.js";
 import { createHttpApp } from "./http-app.js";
 import type { Logger } from "./logger.js";
@@ -49,11 +55,9 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     createTraceServerInterceptor(),
   ];
   const fastMethods: FastMethod[] = [];
-  const fastPath = createFastUnaryPath(fastMethods, {
-    interceptors,
-    readMaxBytes: config.maxRequestBytes,
-    logger,
-  });
+  const invoker = createUnaryInvoker(fastMethods, interceptors);
+  const fastPath = createFastUnaryPath(invoker, { readMaxBytes: config.maxRequestBytes, logger });
+  const frames = createFramesServer(invoker, { readMaxBytes: config.maxRequestBytes, logger });
   const credentials = await readTlsCredentials(config.tls);
   const app = createHttpApp({
     logger,
@@ -68,7 +72,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
       // Fastify's types know one protocol per server; this one serves both.
       serverFactory: (handler) =>
         (credentials === undefined
-          ? createDualProtocolServer(handler as DualHandler, { fastPath })
+          ? createDualProtocolServer(handler as DualHandler, { fastPath, frames })
           : createSecureDualProtocolServer(handler as DualHandler, credentials, {
               fastPath,
             })) as unknown as http.Server,
@@ -80,10 +84,11 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   });
 
   const routes = (router: ConnectRouter) => {
-    options.routes(recordServices(router, fastMethods));
+    const recording = recordServices(router, fastMethods);
+    options.routes(recording);
     const services = [...new Set(router.handlers.map((h) => h.service))];
     const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
-    router.service(
+    recording.service(
       Health,
       createHealthService({
         services: services.map((s) => s.typeName),

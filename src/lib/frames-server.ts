@@ -1,0 +1,184 @@
+import type net from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import type { ServedCall, UnaryInvoker } from "./fast-unary.js";
+import {
+  decodeRequest,
+  encodeFrame,
+  FrameKind,
+  FrameReader,
+  FrameWriter,
+  framesPreface,
+} from "./frames.js";
+import type { Logger } from "./logger.js";
+import { continueTrace, runWithTrace } from "./trace.js";
+
+/** The server side of the lean frames protocol, fed connections by the dual-protocol server. */
+export interface FramesServer {
+  /** Serves a connection whose first bytes (still unread) are the frames preface. */
+  accept(socket: net.Socket): void;
+  /** Answers the calls in flight, then closes each connection; new calls are refused. */
+  drain(): void;
+}
+
+export interface FramesServerOptions {
+  readonly readMaxBytes: number;
+  readonly logger: Logger;
+}
+
+/** Room for the path and trace headers beside the largest message. */
+const frameOverheadBytes = 64 * 1024;
+
+const errorFrame = (id: number, error: ConnectError) =>
+  encodeFrame(FrameKind.Error, id, errorToJsonBytes(error, {}));
+
+/**
+ * Serves unary calls to the recorded methods over lean frames (see
+ * frames.ts): the same interceptors, deadlines and errors as the Connect
+ * paths. Answers go out as they are ready, whatever the order of the
+ * requests; a malformed stream closes its connection, never the process.
+ */
+export function createFramesServer(
+  invoker: UnaryInvoker,
+  options: FramesServerOptions,
+): FramesServer {
+  const { logger } = options;
+  let draining = false;
+  const connections = new Map<net.Socket, Map<number, ServedCall>>();
+
+  const endIfIdle = (socket: net.Socket, calls: Map<number, ServedCall>) => {
+    if (draining && calls.size === 0) setImmediate(() => socket.end());
+  };
+
+  function serve(
+    socket: net.Socket,
+    writer: FrameWriter,
+    calls: Map<number, ServedCall>,
+    id: number,
+    body: Buffer,
+  ) {
+    const started = performance.now();
+    let path = "";
+    let status = "ok";
+    const answer = (frame: Buffer) => {
+      calls.delete(id);
+      writer.send(frame);
+      if (logger.isLevelEnabled("info")) {
+        const ms = Math.round((performance.now() - started) * 10) / 10;
+        logger.info({ protocol: "frames", route: path, status, ms }, "request");
+      }
+      endIfIdle(socket, calls);
+    };
+    const refuse = (error: ConnectError) => {
+      status = Code[error.code] ?? String(error.code);
+      answer(errorFrame(id, error));
+    };
+    if (draining) return refuse(new ConnectError("the server is shutting down", Code.Unavailable));
+    if (calls.has(id)) return refuse(new ConnectError("call id in use", Code.InvalidArgument));
+    let request: ReturnType<typeof decodeRequest>;
+    try {
+      request = decodeRequest(body);
+    } catch {
+      return refuse(new ConnectError("malformed request frame", Code.InvalidArgument));
+    }
+    path = request.path;
+    const fast = invoker.lookup(path);
+    if (fast === undefined) {
+      return refuse(new ConnectError(`${path} is not implemented`, Code.Unimplemented));
+    }
+    if (request.message.byteLength > options.readMaxBytes) {
+      return refuse(
+        new ConnectError(
+          `message larger than ${options.readMaxBytes} bytes`,
+          Code.ResourceExhausted,
+        ),
+      );
+    }
+    const header = new Headers();
+    for (let i = 0; i < request.headers.length; i += 2) {
+      header.append(request.headers[i] as string, request.headers[i + 1] as string);
+    }
+    const trace = continueTrace(header.get("traceparent"), header.get("x-request-id"));
+    runWithTrace(trace, () => {
+      const call = invoker.start(
+        fast,
+        request.message,
+        header,
+        request.timeoutMs === 0 ? undefined : request.timeoutMs,
+      );
+      calls.set(id, call);
+      call.done.then(
+        (bytes) => {
+          if (calls.get(id) === call) answer(encodeFrame(FrameKind.Ok, id, bytes));
+        },
+        (err: unknown) => {
+          if (calls.get(id) === call) refuse(ConnectError.from(err));
+        },
+      );
+    });
+  }
+
+  return {
+    accept(socket) {
+      const calls = new Map<number, ServedCall>();
+      connections.set(socket, calls);
+      const writer = new FrameWriter(socket);
+      socket.setNoDelay(true);
+      socket.setKeepAlive(true, 30_000);
+      let prefaceLeft = framesPreface.length;
+      const reader = new FrameReader(
+        options.readMaxBytes + frameOverheadBytes,
+        (kind, id, body) => {
+          if (kind === FrameKind.Request) serve(socket, writer, calls, id, body);
+          else if (kind === FrameKind.Cancel) {
+            const call = calls.get(id);
+            calls.delete(id);
+            call?.abort(new ConnectError("cancelled by the client", Code.Canceled));
+            endIfIdle(socket, calls);
+          } else throw new RangeError(`unexpected frame kind ${kind}`);
+        },
+        (_kind, id) =>
+          writer.send(
+            errorFrame(
+              id,
+              new ConnectError(
+                `message larger than ${options.readMaxBytes} bytes`,
+                Code.ResourceExhausted,
+              ),
+            ),
+          ),
+      );
+      socket.on("data", (chunk: Buffer) => {
+        if (prefaceLeft > 0) {
+          const n = Math.min(prefaceLeft, chunk.length);
+          const offset = framesPreface.length - prefaceLeft;
+          if (!chunk.subarray(0, n).equals(framesPreface.subarray(offset, offset + n))) {
+            socket.destroy();
+            return;
+          }
+          prefaceLeft -= n;
+          chunk = chunk.subarray(n);
+        }
+        try {
+          reader.push(chunk);
+        } catch (err) {
+          logger.warn({ err }, "malformed frames stream: connection closed");
+          socket.destroy();
+        }
+      });
+      socket.on("error", () => socket.destroy());
+      socket.once("close", () => {
+        connections.delete(socket);
+        for (const call of calls.values()) {
+          call.abort(new ConnectError("client went away", Code.Canceled));
+        }
+        calls.clear();
+      });
+      endIfIdle(socket, calls);
+    },
+    drain() {
+      draining = true;
+      for (const [socket, calls] of connections) endIfIdle(socket, calls);
+    },
+  };
+}

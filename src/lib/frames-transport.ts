@@ -1,0 +1,254 @@
+import net from "node:net";
+import {
+  create,
+  type DescMessage,
+  type DescMethodUnary,
+  fromBinary,
+  isMessage,
+  type MessageInitShape,
+  toBinary,
+} from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  type Interceptor,
+  type Transport,
+  type UnaryRequest,
+  type UnaryResponse,
+} from "@connectrpc/connect";
+import { errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import {
+  encodeFrame,
+  encodeRequest,
+  FrameKind,
+  FrameReader,
+  FrameWriter,
+  framesPreface,
+} from "./frames.js";
+
+export interface FramesTransportOptions {
+  /** `http://host:port` of the service (the port its HTTP and gRPC listen on). */
+  readonly baseUrl: string;
+  /** The deadline of a call that names none. */
+  readonly defaultTimeoutMs: number;
+  readonly interceptors?: readonly Interceptor[];
+  /** Streaming calls go here (frames carry unary calls only). */
+  readonly streamTransport: Transport;
+  /** Largest answer accepted. */
+  readonly readMaxBytes?: number;
+  /** An idle connection is closed after this long. */
+  readonly idleTimeoutMs?: number;
+}
+
+interface Pending {
+  readonly method: DescMethodUnary;
+  readonly resolve: (message: UnaryResponse["message"]) => void;
+  readonly reject: (err: ConnectError) => void;
+}
+
+type Call = (req: UnaryRequest) => Promise<UnaryResponse>;
+
+/** Never aborted: the signal of calls made without one. */
+const noSignal = new AbortController().signal;
+
+/** One TCP connection carrying many calls at once. */
+class Connection {
+  private readonly socket: net.Socket;
+  private readonly writer: FrameWriter;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
+  closed = false;
+
+  constructor(host: string, port: number, readMaxBytes: number, idleTimeoutMs: number) {
+    this.socket = net.connect({ host, port, noDelay: true, keepAlive: true });
+    this.writer = new FrameWriter(this.socket);
+    this.socket.write(framesPreface);
+    const reader = new FrameReader(
+      readMaxBytes,
+      (kind, id, body) => this.answer(kind, id, body),
+      (_kind, id) =>
+        this.settle(id)?.reject(
+          new ConnectError(`answer larger than ${readMaxBytes} bytes`, Code.ResourceExhausted),
+        ),
+    );
+    this.socket.on("data", (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        this.socket.destroy(err as Error);
+      }
+    });
+    this.socket.setTimeout(idleTimeoutMs, () => {
+      if (this.pending.size === 0) this.socket.end();
+    });
+    let cause: Error | undefined;
+    this.socket.on("error", (err) => {
+      cause = err;
+    });
+    // The server ends a connection when it drains: new calls go to a new one.
+    this.socket.once("end", () => {
+      this.closed = true;
+    });
+    this.socket.once("close", () => {
+      this.closed = true;
+      const error = new ConnectError(
+        `connection to ${host}:${port} closed${cause ? `: ${cause.message}` : ""}`,
+        Code.Unavailable,
+        undefined,
+        undefined,
+        cause,
+      );
+      for (const pending of this.pending.values()) pending.reject(error);
+      this.pending.clear();
+    });
+  }
+
+  /** Sends a request; `cancel` takes it back (the server is told). */
+  send(
+    method: DescMethodUnary,
+    path: string,
+    timeoutMs: number,
+    headers: string[],
+    message: Uint8Array,
+    pending: Omit<Pending, "method">,
+  ): (reason: ConnectError) => void {
+    this.nextId = (this.nextId + 1) >>> 0;
+    const id = this.nextId;
+    this.pending.set(id, { method, ...pending });
+    this.writer.send(encodeRequest(id, { timeoutMs, path, headers, message }));
+    return (reason) => {
+      const cancelled = this.settle(id);
+      if (cancelled === undefined) return;
+      if (!this.closed) this.writer.send(encodeFrame(FrameKind.Cancel, id, new Uint8Array(0)));
+      cancelled.reject(reason);
+    };
+  }
+
+  private settle(id: number): Pending | undefined {
+    const pending = this.pending.get(id);
+    this.pending.delete(id);
+    return pending;
+  }
+
+  private answer(kind: number, id: number, body: Buffer) {
+    const pending = this.settle(id);
+    if (pending === undefined) return;
+    if (kind === FrameKind.Ok) {
+      try {
+        pending.resolve(fromBinary(pending.method.output, body));
+      } catch (err) {
+        pending.reject(ConnectError.from(err, Code.Internal));
+      }
+      return;
+    }
+    const fallback = new ConnectError("malformed error answer", Code.Internal);
+    try {
+      pending.reject(errorFromJsonBytes(body, undefined, fallback));
+    } catch {
+      pending.reject(fallback);
+    }
+  }
+}
+
+/**
+ * A client transport for unary calls over lean frames (see frames.ts): one
+ * connection per service, calls multiplexed on it, requests written in
+ * batches. The generated clients use it like any transport; streaming calls
+ * go to `streamTransport`. A broken connection fails its calls with
+ * Unavailable, and the next call opens a new one, so a restarted service is
+ * used again without restarting the caller.
+ */
+export function createFramesTransport(options: FramesTransportOptions): Transport {
+  const url = new URL(options.baseUrl);
+  if (url.protocol !== "http:") throw new Error("frames run over cleartext http:// URLs only");
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(url.port || 80);
+  const readMaxBytes = options.readMaxBytes ?? 4 * 1024 * 1024;
+  const idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
+  let connection: Connection | undefined;
+  const connected = () => {
+    if (connection === undefined || connection.closed) {
+      connection = new Connection(host, port, readMaxBytes, idleTimeoutMs);
+    }
+    return connection;
+  };
+
+  const send: Call = (req) =>
+    new Promise((resolve, reject) => {
+      const method = req.method as DescMethodUnary;
+      const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
+      const headers: string[] = [];
+      req.header.forEach((value, key) => {
+        if (key !== "connect-timeout-ms") headers.push(key, value);
+      });
+      let message: Uint8Array;
+      try {
+        message = toBinary(method.input, req.message);
+      } catch (err) {
+        reject(ConnectError.from(err, Code.Internal));
+        return;
+      }
+      const onAbort = () => cancel(ConnectError.from(req.signal.reason, Code.Canceled));
+      const timer = setTimeout(
+        () => cancel(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
+        timeoutMs,
+      );
+      // The shared never-aborted signal gets no listeners.
+      const listens = req.signal !== noSignal;
+      const done = () => {
+        clearTimeout(timer);
+        if (listens) req.signal.removeEventListener("abort", onAbort);
+      };
+      const cancel = connected().send(method, req.url, timeoutMs, headers, message, {
+        resolve: (out) => {
+          done();
+          resolve({
+            stream: false,
+            service: req.service,
+            method,
+            header: new Headers(),
+            trailer: new Headers(),
+            message: out,
+          });
+        },
+        reject: (err) => {
+          done();
+          reject(err);
+        },
+      });
+      if (req.signal.aborted) onAbort();
+      else if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
+    });
+
+  const call = (options.interceptors ?? []).reduceRight<Call>(
+    (next, interceptor) => interceptor(next as never) as never,
+    send,
+  );
+
+  return {
+    async unary<I extends DescMessage, O extends DescMessage>(
+      method: DescMethodUnary<I, O>,
+      signal: AbortSignal | undefined,
+      timeoutMs: number | undefined,
+      header: ConstructorParameters<typeof Headers>[0] | undefined,
+      input: MessageInitShape<I>,
+    ): Promise<UnaryResponse<I, O>> {
+      const requestHeader = new Headers(header);
+      requestHeader.set("connect-timeout-ms", String(timeoutMs ?? options.defaultTimeoutMs));
+      const response = await call({
+        stream: false,
+        service: method.parent,
+        method: method as DescMethodUnary,
+        requestMethod: "POST",
+        url: `/${method.parent.typeName}/${method.name}`,
+        signal: signal ?? noSignal,
+        header: requestHeader,
+        contextValues: createContextValues(),
+        message: isMessage(input, method.input) ? input : create(method.input, input),
+      });
+      return response as unknown as UnaryResponse<I, O>;
+    },
+    stream: (...args) => options.streamTransport.stream(...args),
+  };
+}

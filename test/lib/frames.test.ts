@@ -1,0 +1,221 @@
+import net, { type AddressInfo } from "node:net";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import { Health } from "../../gen/health/v1/health_pb.js";
+import { loadLlmConfig } from "../../src/lib/config.js";
+import {
+  decodeRequest,
+  encodeFrame,
+  encodeRequest,
+  FrameKind,
+  FrameReader,
+  framesPreface,
+} from "../../src/lib/frames.js";
+import { createFramesTransport } from "../../src/lib/frames-transport.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createRpcServer } from "../../src/lib/rpc-server.js";
+import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { createLlmService } from "../../src/services/llm/llm-service.js";
+
+describe("the frames wire format", () => {
+  it("reads the same frames however the stream is cut", () => {
+    const frames = Array.from({ length: 50 }, (_, i) =>
+      encodeFrame(FrameKind.Ok, i + 1, Buffer.alloc(i * 7, i)),
+    );
+    const stream = Buffer.concat(frames);
+    for (let trial = 0; trial < 20; trial++) {
+      const seen: [number, number, Buffer][] = [];
+      const reader = new FrameReader(
+        1 << 20,
+        (kind, id, body) => seen.push([kind, id, Buffer.from(body)]),
+        () => expect.unreachable(),
+      );
+      let at = 0;
+      while (at < stream.length) {
+        const n = 1 + Math.floor(Math.random() * 40);
+        reader.push(stream.subarray(at, at + n));
+        at += n;
+      }
+      expect(seen).toEqual(
+        frames.map((_, i) => [FrameKind.Ok, i + 1, Buffer.alloc(i * 7, i)] as const),
+      );
+    }
+  });
+
+  it("skips a frame over the limit, reports it, and reads the next one", () => {
+    const seen: number[] = [];
+    const tooLarge: number[] = [];
+    const reader = new FrameReader(
+      100,
+      (_kind, id) => seen.push(id),
+      (_kind, id) => tooLarge.push(id),
+    );
+    const stream = Buffer.concat([
+      encodeFrame(FrameKind.Request, 1, Buffer.alloc(10)),
+      encodeFrame(FrameKind.Request, 2, Buffer.alloc(5_000)),
+      encodeFrame(FrameKind.Request, 3, Buffer.alloc(10)),
+    ]);
+    for (let at = 0; at < stream.length; at += 333) reader.push(stream.subarray(at, at + 333));
+    expect([seen, tooLarge]).toEqual([[1, 3], [2]]);
+  });
+
+  it("round-trips a request and refuses a truncated one", () => {
+    const request = {
+      timeoutMs: 1500,
+      path: "/chat.v1.LLMService/Generate",
+      headers: ["traceparent", "00-abc", "x-request-id", "r-1"],
+      message: new Uint8Array([1, 2, 3]),
+    };
+    const frame = encodeRequest(7, request);
+    expect(frame.readUInt32BE(0)).toBe(frame.length - 4);
+    const body = frame.subarray(9);
+    expect({ ...decodeRequest(body), message: [...decodeRequest(body).message] }).toEqual({
+      ...request,
+      message: [1, 2, 3],
+    });
+    expect(() => decodeRequest(body.subarray(0, 40))).toThrow(RangeError);
+  });
+});
+
+let app: FastifyInstance | undefined;
+afterEach(async () => {
+  await app?.close();
+  app = undefined;
+});
+
+async function start(options: { delayMs?: number; port?: number; env?: Record<string, string> }) {
+  app = await createRpcServer({
+    name: "llm",
+    config: loadLlmConfig(options.env ?? {}),
+    logger: createLogger("llm", "silent"),
+    routes: (router) =>
+      router.service(
+        LLMService,
+        createLlmService({ backend: createEchoBackend({ delayMs: options.delayMs ?? 0 }) }),
+      ),
+  });
+  await app.listen({ host: "127.0.0.1", port: options.port ?? 0 });
+  const { port } = app.server.address() as AddressInfo;
+  return { port, baseUrl: `http://127.0.0.1:${port}` };
+}
+
+const connectionsOf = (server: net.Server) =>
+  new Promise<number>((resolve, reject) =>
+    server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
+  );
+
+const framesClient = (baseUrl: string, defaultTimeoutMs = 5_000) =>
+  createClient(
+    LLMService,
+    createFramesTransport({
+      baseUrl,
+      defaultTimeoutMs,
+      streamTransport: createGrpcTransport({ baseUrl }),
+    }),
+  );
+
+const codeOf = async (call: Promise<unknown>) => {
+  try {
+    await call;
+    return "answered";
+  } catch (err) {
+    return Code[ConnectError.from(err).code];
+  }
+};
+
+describe("unary calls over frames", () => {
+  it("multiplexes many calls in flight on one connection", async () => {
+    const { baseUrl } = await start({ delayMs: 20 });
+    const client = framesClient(baseUrl);
+    const replies = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => client.generate({ text: `m${i}` })),
+    );
+    expect(replies.map((r) => r.reply)).toEqual(
+      Array.from({ length: 200 }, (_, i) => `Echo: m${i}`),
+    );
+    expect(await connectionsOf(app?.server as net.Server)).toBe(1);
+  });
+
+  it("carries the service's errors, unknown methods and oversized messages as Connect codes", async () => {
+    const { baseUrl, port } = await start({ env: { MAX_REQUEST_BYTES: "2048" } });
+    const client = framesClient(baseUrl);
+    expect(await codeOf(client.generate({ text: "" }))).toBe("InvalidArgument");
+    expect(await codeOf(client.generate({ text: "x".repeat(100_000) }))).toBe("ResourceExhausted");
+    const health = createClient(
+      Health,
+      createFramesTransport({
+        baseUrl,
+        defaultTimeoutMs: 1_000,
+        streamTransport: createGrpcTransport({ baseUrl }),
+      }),
+    );
+    expect((await health.check({ service: LLMService.typeName })).status).toBe(1);
+    // The same connection keeps working after errors.
+    expect((await client.generate({ text: "still here" })).reply).toBe("Echo: still here");
+    // A method nobody serves, asked for on a raw connection.
+    const socket = net.connect({ host: "127.0.0.1", port });
+    socket.write(framesPreface);
+    socket.write(
+      encodeRequest(9, {
+        timeoutMs: 0,
+        path: "/x.v1.Nobody/Call",
+        headers: [],
+        message: new Uint8Array(),
+      }),
+    );
+    const answer = await new Promise<[number, number, string]>((resolve) => {
+      const reader = new FrameReader(
+        1 << 20,
+        (kind, id, body) => resolve([kind, id, body.toString()]),
+        () => {},
+      );
+      socket.on("data", (chunk: Buffer) => reader.push(chunk));
+    });
+    socket.destroy();
+    expect(answer[0]).toBe(FrameKind.Error);
+    expect(answer[1]).toBe(9);
+    expect(JSON.parse(answer[2])).toMatchObject({ code: "unimplemented" });
+  });
+
+  it("keeps deadlines and cancels, and the connection serves the next call", async () => {
+    const { baseUrl } = await start({ delayMs: 400 });
+    const client = framesClient(baseUrl);
+    const started = Date.now();
+    expect(await codeOf(client.generate({ text: "slow" }, { timeoutMs: 50 }))).toBe(
+      "DeadlineExceeded",
+    );
+    expect(Date.now() - started).toBeLessThan(300);
+    const abort = new AbortController();
+    const cancelled = client.generate({ text: "slow" }, { signal: abort.signal });
+    setTimeout(() => abort.abort(), 20);
+    expect(await codeOf(cancelled)).toBe("Canceled");
+    expect((await client.generate({ text: "next" })).reply).toBe("Echo: next");
+  });
+
+  it("finishes calls in flight when the server closes, then uses a restarted server", async () => {
+    const { baseUrl, port } = await start({ delayMs: 200 });
+    const client = framesClient(baseUrl);
+    expect((await client.generate({ text: "warm up" })).reply).toBe("Echo: warm up");
+    const inFlight = client.generate({ text: "in flight" });
+    await new Promise((r) => setTimeout(r, 50));
+    await app?.close();
+    app = undefined;
+    expect((await inFlight).reply).toBe("Echo: in flight");
+    expect(await codeOf(client.generate({ text: "nobody" }))).toBe("Unavailable");
+    await start({ port });
+    expect((await client.generate({ text: "again" })).reply).toBe("Echo: again");
+  });
+
+  it("closes a connection that sends garbage after the preface, and goes on serving", async () => {
+    const { port, baseUrl } = await start({});
+    const socket = net.connect({ host: "127.0.0.1", port });
+    const closed = new Promise((resolve) => socket.once("close", resolve));
+    socket.on("error", () => {});
+    socket.write(Buffer.concat([framesPreface, Buffer.from([0, 0, 0, 1, 9, 9, 9, 9, 9])]));
+    await closed;
+    expect((await framesClient(baseUrl).generate({ text: "fine" })).reply).toBe("Echo: fine");
+  });
+});
