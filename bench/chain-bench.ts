@@ -2,7 +2,7 @@
  * `make bench`: the whole chain (gateway → filter → token → llm, and the
  * history append, as separate processes) under autocannon, then a bare Fastify server answering the same
  * JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
- * latency percentiles, errors, peak RSS of our processes and the ratio
+ * latency percentiles, errors, peak RSS and PSS of our processes and the ratio
  * chain / ceiling; writes the figures to bench/results/.
  *
  * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
@@ -13,7 +13,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import { freePort, rssOf, startChain } from "./stack.js";
+import { freePort, memoryOf, startChain } from "./stack.js";
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 50);
 const duration = Number(process.env.BENCH_DURATION_S ?? 10);
@@ -64,14 +64,21 @@ async function measureChain() {
   try {
     await load(chain.url, warmup);
     let peakRss = 0;
+    let peakPss = 0;
     const sampler = setInterval(() => {
-      let total = 0;
-      for (const pid of chain.pids) total += rssOf(pid);
-      peakRss = Math.max(peakRss, total);
+      let rss = 0;
+      let pss = 0;
+      for (const pid of chain.pids) {
+        const memory = memoryOf(pid);
+        rss += memory.rss;
+        pss += memory.pss;
+      }
+      peakRss = Math.max(peakRss, rss);
+      peakPss = Math.max(peakPss, pss);
     }, 250);
     const figures = await load(chain.url, duration);
     clearInterval(sampler);
-    return { ...figures, peakRssBytes: peakRss };
+    return { ...figures, peakRssBytes: peakRss, peakPssBytes: peakPss };
   } finally {
     await chain.stop();
   }
@@ -105,7 +112,7 @@ console.log(
 console.log(row("chain", chain));
 console.log(row("ceiling", ceiling));
 console.log(
-  `chain / ceiling = ${ratio.toFixed(3)}   peak RSS of the 5 processes = ${(chain.peakRssBytes / 1048576).toFixed(0)} MB`,
+  `chain / ceiling = ${ratio.toFixed(3)}   peak memory of the 5 processes: RSS ${(chain.peakRssBytes / 1048576).toFixed(0)} MB, PSS ${(chain.peakPssBytes / 1048576).toFixed(0)} MB (shared pages counted once)`,
 );
 
 const dir = fileURLToPath(new URL("./results/", import.meta.url));

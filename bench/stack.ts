@@ -26,13 +26,24 @@ export async function waitHealthy(port: number, timeoutMs = 30_000): Promise<voi
 
 /** Resident set size of a process in bytes (Linux), 0 when gone. */
 export function rssOf(pid: number | undefined): number {
-  if (pid === undefined) return 0;
+  return memoryOf(pid).rss;
+}
+
+/**
+ * A process's resident memory (Linux), zeros when gone: `rss` counts every
+ * page it maps, `pss` divides the pages it shares (the node binary's code,
+ * say) among the processes sharing them, so the PSS of several processes adds
+ * up to the memory they use together.
+ */
+export function memoryOf(pid: number | undefined): { rss: number; pss: number } {
+  if (pid === undefined) return { rss: 0, pss: 0 };
   try {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = /VmRSS:\s+(\d+) kB/.exec(status)?.[1];
-    return kb === undefined ? 0 : Number(kb) * 1024;
+    const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+    const kb = (field: string) =>
+      Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1] ?? 0);
+    return { rss: kb("Rss") * 1024, pss: kb("Pss") * 1024 };
   } catch {
-    return 0;
+    return { rss: 0, pss: 0 };
   }
 }
 
