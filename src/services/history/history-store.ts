@@ -46,6 +46,7 @@ export interface HistoryStore {
   list(query: ListQuery): Promise<Page>;
   /** Resolves when the database answers. */
   ping(): Promise<void>;
+  /** Finishes the appends under way, then closes the database. */
   close(): Promise<void>;
 }
 

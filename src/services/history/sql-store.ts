@@ -1,6 +1,6 @@
-import { createHash } from "node:crypto";
 import { type Kysely, type Selectable, sql } from "kysely";
 import type { HistoryDatabase, HistoryEntriesTable } from "./database.js";
+import { createGroupCommit } from "./group-commit.js";
 import {
   type AppendResult,
   type Entry,
@@ -13,13 +13,13 @@ import {
   RequestIdConflictError,
   resolvePageSize,
 } from "./history-store.js";
+import { type Inserted, insertEntries, isUniqueViolation, userKeyOf } from "./insert-entries.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
 import { storableTime, timeFromDb, timeToDb } from "./time.js";
 
 const columns = ["id", "user_id", "request_id", "text", "reply", "created_at"] as const;
 type Row = Pick<Selectable<HistoryEntriesTable>, (typeof columns)[number]>;
-
-const userKeyOf = (userId: string) => createHash("sha256").update(userId).digest("hex");
+type StoredRow = Row & Pick<Selectable<HistoryEntriesTable>, "user_key">;
 
 const toEntry = (row: Row): Entry => ({
   id: String(row.id),
@@ -30,58 +30,79 @@ const toEntry = (row: Row): Entry => ({
   createdAtMs: timeFromDb(row.created_at),
 });
 
-/** A duplicate key, as SQLite (better-sqlite3) and MySQL (mysql2) report it. */
-function isUniqueViolation(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return code === "SQLITE_CONSTRAINT_UNIQUE" || code === "ER_DUP_ENTRY";
+/** Most entries written in one transaction. */
+const maxBatchSize = 256;
+
+/** Refused because its request id is stored already: answered from the stored row. */
+const isRetry = (entry: NewEntry, inserted: Inserted): boolean =>
+  "refusal" in inserted && entry.requestId !== "" && isUniqueViolation(inserted.refusal);
+
+function checkInput(entry: NewEntry): void {
+  if (!storableTime(entry.createdAtMs)) {
+    throw new HistoryInputError("created_at is out of range");
+  }
+  if (entry.requestId.length > maxRequestIdLength) {
+    throw new HistoryInputError(`request_id is longer than ${maxRequestIdLength} characters`);
+  }
 }
 
 /**
  * The history store over Kysely: the same queries for SQLite and MySQL. The
- * database must be migrated (migrateHistory) before use.
+ * database must be migrated (migrateHistory) before use. Appends are group
+ * committed (group-commit.ts): those that arrive while a batch is being
+ * written go into the next one, a single transaction, so a busy store syncs
+ * once per batch rather than once per chat. Every caller still hears only
+ * after its entry committed.
  */
 export function createSqlHistoryStore(db: Kysely<HistoryDatabase>): HistoryStore {
-  const byRequestId = (requestId: string) =>
-    db
+  /** The stored rows of these request ids, read after the batch committed. */
+  async function byRequestIds(requestIds: readonly string[]) {
+    if (requestIds.length === 0) return new Map<string, StoredRow>();
+    const rows = await db
       .selectFrom("history_entries")
       .select([...columns, "user_key"])
-      .where("request_id", "=", requestId)
-      .executeTakeFirst();
+      .where("request_id", "in", [...new Set(requestIds)])
+      .execute();
+    return new Map(rows.map((row) => [row.request_id ?? "", row]));
+  }
+
+  /** What one caller hears about its entry of a committed batch. */
+  async function resultOf(
+    entry: NewEntry,
+    inserted: Inserted,
+    stored: Promise<Map<string, StoredRow>>,
+  ): Promise<AppendResult> {
+    if ("id" in inserted) return { entry: { ...entry, id: inserted.id }, created: true };
+    if (!isRetry(entry, inserted)) throw inserted.refusal;
+    const existing = (await stored).get(entry.requestId);
+    if (existing === undefined) throw inserted.refusal;
+    if (existing.user_key !== userKeyOf(entry.userId)) {
+      throw new RequestIdConflictError("request_id is stored for another user", {
+        cause: inserted.refusal,
+      });
+    }
+    return { entry: toEntry(existing), created: false };
+  }
+
+  /** Writes a batch, more than one entry in one transaction, and answers each entry. */
+  async function writeBatch(batch: readonly NewEntry[]) {
+    const inserted =
+      batch.length === 1
+        ? await insertEntries(db, batch)
+        : await db.transaction().execute((trx) => insertEntries(trx, batch));
+    const retries = batch.filter((entry, i) => isRetry(entry, inserted[i] as Inserted));
+    const stored = byRequestIds(retries.map((entry) => entry.requestId));
+    return Promise.allSettled(
+      batch.map((entry, i) => resultOf(entry, inserted[i] as Inserted, stored)),
+    );
+  }
+
+  const appends = createGroupCommit(writeBatch, maxBatchSize);
 
   return {
     async append(entry: NewEntry): Promise<AppendResult> {
-      if (!storableTime(entry.createdAtMs)) {
-        throw new HistoryInputError("created_at is out of range");
-      }
-      if (entry.requestId.length > maxRequestIdLength) {
-        throw new HistoryInputError(`request_id is longer than ${maxRequestIdLength} characters`);
-      }
-      const userKey = userKeyOf(entry.userId);
-      try {
-        const result = await db
-          .insertInto("history_entries")
-          .values({
-            user_key: userKey,
-            user_id: entry.userId,
-            request_id: entry.requestId === "" ? null : entry.requestId,
-            text: entry.text,
-            reply: entry.reply,
-            created_at: timeToDb(entry.createdAtMs),
-          })
-          .executeTakeFirstOrThrow();
-        return { entry: { ...entry, id: String(result.insertId) }, created: true };
-      } catch (err) {
-        // Only a retry of a stored request id lands here; anything else is the database's failure.
-        if (entry.requestId === "" || !isUniqueViolation(err)) throw err;
-        const existing = await byRequestId(entry.requestId);
-        if (existing === undefined) throw err;
-        if (existing.user_key !== userKey) {
-          throw new RequestIdConflictError("request_id is stored for another user", {
-            cause: err,
-          });
-        }
-        return { entry: toEntry(existing), created: false };
-      }
+      checkInput(entry);
+      return appends.submit(entry);
     },
 
     async list(query: ListQuery): Promise<Page> {
@@ -123,6 +144,7 @@ export function createSqlHistoryStore(db: Kysely<HistoryDatabase>): HistoryStore
     },
 
     async close() {
+      await appends.drain();
       await db.destroy();
     },
   };

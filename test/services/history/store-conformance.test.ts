@@ -290,6 +290,208 @@ function conformance(name: string, makeDatabase: () => Promise<TestDatabase>) {
       expect(longest.entry.requestId).toBe("r".repeat(128));
     });
 
+    /**
+     * Makes the database fail inserts of `text` until the returned function is
+     * called: "refuse" as one row's bad data (a constraint), "break" as a
+     * failure of the statement that is not about the row.
+     */
+    async function failInserts(text: string, how: "refuse" | "break") {
+      const name = `fail_${how}`;
+      const sqlite = {
+        refuse: "SELECT RAISE(ABORT, 'refused by the test')",
+        // A run-time error, not a constraint.
+        break: "SELECT abs(-9223372036854775808)",
+      };
+      const mysqlState = { refuse: "23000", break: "45000" };
+      await database.execute(
+        database.dialect === "sqlite"
+          ? `CREATE TRIGGER ${name} BEFORE INSERT ON history_entries WHEN NEW.text = '${text}' BEGIN ${sqlite[how]}; END`
+          : `CREATE TRIGGER ${name} BEFORE INSERT ON history_entries FOR EACH ROW BEGIN IF NEW.text = '${text}' THEN SIGNAL SQLSTATE '${mysqlState[how]}' SET MESSAGE_TEXT = 'failed by the test'; END IF; END`,
+      );
+      return () => database.execute(`DROP TRIGGER ${name}`);
+    }
+
+    const isStoreRefusal = (reason: unknown) =>
+      reason instanceof HistoryInputError || reason instanceof RequestIdConflictError;
+
+    it("stores 200 concurrent appends of several users, each under its own id", async () => {
+      const users = [user(), user(), user(), user(), user()];
+      const inputs = Array.from({ length: 200 }, (_, n) =>
+        entry(users[n % users.length] as string, n),
+      );
+      const results = await Promise.all(inputs.map((input) => store.append(input)));
+      expect(results.every((r) => r.created)).toBe(true);
+      expect(results.map((r) => r.entry)).toEqual(
+        inputs.map((input) => ({ ...input, id: expect.stringMatching(/^[1-9]\d*$/) })),
+      );
+      expect(new Set(results.map((r) => r.entry.id)).size).toBe(200);
+      for (const u of users) {
+        const listed = (await allPages(store, u, 100)).flat();
+        const appended = results.map((r) => r.entry).filter((e) => e.userId === u);
+        expect(listed).toHaveLength(40);
+        expect([...listed].sort(newestFirst)).toEqual([...appended].sort(newestFirst));
+      }
+    });
+
+    it("answers each append of a batch on its own: new, retried, and another user's request ids", async () => {
+      const [u, v] = [user(), user()];
+      const storedOfU = (await store.append(entry(u, 1))).entry;
+      const storedOfV = (await store.append(entry(v, 2))).entry;
+      const [twice, contested] = [randomUUID(), randomUUID()];
+      const appends = [
+        entry(u, 10),
+        entry(u, 11, { requestId: storedOfU.requestId, text: "retried" }),
+        entry(v, 12, { requestId: storedOfU.requestId }),
+        entry(u, 13),
+        entry(u, 14, { requestId: twice }),
+        entry(u, 15, { requestId: twice, text: "second" }),
+        entry(v, 16, { requestId: storedOfV.requestId }),
+        entry(u, 17, { requestId: contested }),
+        entry(v, 18, { requestId: contested }),
+        entry(v, 19),
+        entry(u, 20, { requestId: "" }),
+        entry(u, 21, { requestId: "" }),
+      ];
+      const outcomes = await Promise.allSettled(appends.map((e) => store.append(e)));
+      const value = (i: number) => {
+        const outcome = outcomes[i];
+        if (outcome?.status !== "fulfilled") {
+          throw new Error(`append ${i} failed: ${outcome?.reason}`);
+        }
+        return outcome.value;
+      };
+      const created = [0, 3, 4, 7, 9, 10, 11];
+      for (const i of created) {
+        expect(value(i), `append ${i}`).toEqual({
+          entry: { ...appends[i], id: expect.any(String) },
+          created: true,
+        });
+      }
+      expect(value(1)).toEqual({ entry: storedOfU, created: false });
+      expect(value(5)).toEqual({ entry: value(4).entry, created: false });
+      expect(value(6)).toEqual({ entry: storedOfV, created: false });
+      for (const i of [2, 8]) {
+        expect(outcomes[i], `append ${i}`).toMatchObject({ status: "rejected" });
+        expect((outcomes[i] as PromiseRejectedResult).reason).toBeInstanceOf(
+          RequestIdConflictError,
+        );
+      }
+      const ids = created.map((i) => value(i).entry.id);
+      expect(new Set([...ids, storedOfU.id, storedOfV.id]).size).toBe(9);
+      const listedU = (await allPages(store, u, 100)).flat();
+      expect(listedU.map((e) => e.text).sort()).toEqual(
+        ["text 1", "text 10", "text 13", "text 14", "text 17", "text 20", "text 21"].sort(),
+      );
+      const listedV = (await allPages(store, v, 100)).flat();
+      expect(listedV.map((e) => e.text).sort()).toEqual(["text 19", "text 2"].sort());
+    });
+
+    it("fails an append with bad input alone; the others of its batch are stored", async () => {
+      const u = user();
+      const appends = [
+        entry(u, 1),
+        entry(u, 2, { createdAtMs: -1 }),
+        entry(u, 3),
+        entry(u, 4, { requestId: "r".repeat(129) }),
+        entry(u, 5),
+      ];
+      const outcomes = await Promise.allSettled(appends.map((e) => store.append(e)));
+      expect(outcomes.map((o) => o.status)).toEqual([
+        "fulfilled",
+        "rejected",
+        "fulfilled",
+        "rejected",
+        "fulfilled",
+      ]);
+      for (const i of [1, 3]) {
+        expect((outcomes[i] as PromiseRejectedResult).reason).toBeInstanceOf(HistoryInputError);
+      }
+      const listed = (await allPages(store, u, 100)).flat();
+      expect(listed.map((e) => e.text)).toEqual(["text 5", "text 3", "text 1"]);
+    });
+
+    it("fails a row the database refuses alone; the rest of its batch commits", async () => {
+      const u = user();
+      const restore = await failInserts("refused", "refuse");
+      let outcomes: PromiseSettledResult<unknown>[];
+      try {
+        const appends = Array.from({ length: 12 }, (_, n) =>
+          entry(u, n, n === 0 || n === 6 ? { text: "refused" } : {}),
+        );
+        outcomes = await Promise.allSettled(appends.map((e) => store.append(e)));
+      } finally {
+        await restore();
+      }
+      const refused = outcomes.flatMap((o, n) => (o.status === "rejected" ? [n] : []));
+      expect(refused).toEqual([0, 6]);
+      for (const n of refused) {
+        expect(isStoreRefusal((outcomes[n] as PromiseRejectedResult).reason)).toBe(false);
+      }
+      const reopened = await open(database.url);
+      try {
+        const listed = (await allPages(reopened, u, 100)).flat();
+        expect(listed).toHaveLength(10);
+        expect(listed.some((e) => e.text === "refused")).toBe(false);
+      } finally {
+        await reopened.close();
+      }
+    });
+
+    // Batches with request ids go in as one statement, those without row by row.
+    for (const requestIds of ["with", "without"]) {
+      it(`fails a whole batch ${requestIds} request ids on a database failure, storing none of it`, async () => {
+        const u = user();
+        const extra = requestIds === "with" ? {} : { requestId: "" };
+        const restore = await failInserts("breaks", "break");
+        let outcomes: PromiseSettledResult<unknown>[];
+        try {
+          const appends = Array.from({ length: 8 }, (_, n) =>
+            entry(u, n, n === 5 ? { ...extra, text: "breaks" } : extra),
+          );
+          outcomes = await Promise.allSettled(appends.map((e) => store.append(e)));
+        } finally {
+          await restore();
+        }
+        expect(outcomes.map((o) => o.status)).toEqual(Array(8).fill("rejected"));
+        expect(outcomes.some((o) => isStoreRefusal((o as PromiseRejectedResult).reason))).toBe(
+          false,
+        );
+        expect(await store.list({ userId: u, pageSize: 100, pageToken: "" })).toEqual({
+          entries: [],
+          nextPageToken: "",
+        });
+        const after = await store.append(entry(u, 9, extra));
+        expect(after.created).toBe(true);
+        expect((await allPages(store, u, 100)).flat()).toEqual([after.entry]);
+      });
+    }
+
+    it("stores a batch larger than MySQL's max_allowed_packet, every entry under its own id", async () => {
+      const u = user();
+      // 18 MB in all: over the 16 MiB MariaDB allows a statement by default.
+      const inputs = Array.from({ length: 6 }, (_, n) =>
+        entry(u, n, { text: `${n}`.repeat(3_000_000), reply: `reply ${n}` }),
+      );
+      const results = await Promise.all(inputs.map((input) => store.append(input)));
+      expect(results.map((r) => r.entry)).toEqual(
+        inputs.map((input) => ({ ...input, id: expect.any(String) })),
+      );
+      const listed = (await allPages(store, u, 100)).flat();
+      expect([...listed].sort(newestFirst)).toEqual(results.map((r) => r.entry).sort(newestFirst));
+    });
+
+    it("writes every append still in flight before close() resolves", async () => {
+      const u = user();
+      const closing = await open(database.url);
+      const inputs = Array.from({ length: 100 }, (_, n) => entry(u, n));
+      const appends = inputs.map((input) => closing.append(input));
+      await closing.close();
+      const results = await Promise.all(appends);
+      expect(results.every((r) => r.created)).toBe(true);
+      const listed = (await allPages(store, u, 100)).flat();
+      expect([...listed].sort(newestFirst)).toEqual(results.map((r) => r.entry).sort(newestFirst));
+    });
+
     it("keeps everything across a reopen, and migrating again changes nothing", async () => {
       const u = user();
       const stored = (await store.append(entry(u, 1))).entry;

@@ -1,0 +1,79 @@
+/**
+ * Group commit: items submitted while a batch is being written, or in the
+ * event-loop turn it was written in, are written together by the next call of
+ * `write` — one transaction, one sync to disk — and then each submitter gets
+ * its own outcome. An item that finds the queue idle is written at once: no
+ * timer, no wait for the event loop.
+ */
+
+/**
+ * Writes a batch and returns exactly one outcome per item, in order. Throwing
+ * fails every item of the batch (and no later one).
+ */
+export type WriteBatch<T, R> = (items: readonly T[]) => Promise<PromiseSettledResult<R>[]>;
+
+/** A queue of items written in batches, one batch at a time. */
+export interface GroupCommit<T, R> {
+  /** Settles with the item's own outcome once its batch is written. */
+  submit(item: T): Promise<R>;
+  /** Resolves when every submitted item, including those submitted meanwhile, is written. */
+  drain(): Promise<void>;
+}
+
+interface Waiting<T, R> {
+  readonly item: T;
+  resolve(value: R): void;
+  reject(reason: unknown): void;
+}
+
+/**
+ * A queue that hands `write` up to `maxBatch` items at a time; the next batch
+ * starts when the previous one is written.
+ */
+export function createGroupCommit<T, R>(
+  write: WriteBatch<T, R>,
+  maxBatch: number,
+): GroupCommit<T, R> {
+  const queue: Waiting<T, R>[] = [];
+  let writing: Promise<void> | undefined;
+
+  async function writeQueue(): Promise<void> {
+    // Items submitted in the same synchronous run go in together.
+    await Promise.resolve();
+    do {
+      await writeBatch(queue.splice(0, maxBatch));
+      // Until this event-loop turn ends, arrivals (other requests read in the
+      // same poll) wait for the next batch. SQLite writes synchronously, so
+      // nothing could queue up while its batch runs; this is its chance.
+      if (queue.length === 0) await new Promise((resolve) => setImmediate(resolve));
+    } while (queue.length > 0);
+    writing = undefined;
+  }
+
+  async function writeBatch(batch: readonly Waiting<T, R>[]): Promise<void> {
+    let outcomes: PromiseSettledResult<R>[];
+    try {
+      outcomes = await write(batch.map((waiting) => waiting.item));
+    } catch (err) {
+      for (const waiting of batch) waiting.reject(err);
+      return;
+    }
+    for (const [i, waiting] of batch.entries()) {
+      const outcome = outcomes[i] as PromiseSettledResult<R>;
+      if (outcome.status === "fulfilled") waiting.resolve(outcome.value);
+      else waiting.reject(outcome.reason);
+    }
+  }
+
+  return {
+    submit(item) {
+      const settled = new Promise<R>((resolve, reject) => queue.push({ item, resolve, reject }));
+      writing ??= writeQueue();
+      return settled;
+    },
+
+    async drain() {
+      while (writing !== undefined) await writing;
+    },
+  };
+}
