@@ -30,6 +30,7 @@ export interface ConnectedUpstreams extends Upstreams {
 }
 
 const readinessTimeoutMs = 500;
+const historyWriteSpacingMs = 5;
 
 /**
  * Makes one transport per service, once, for unary calls as
@@ -52,7 +53,7 @@ export function createUpstreams(
     createRpcMetricsInterceptor(registry, "client"),
     createTraceClientInterceptor(),
   ];
-  const transport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
+  const transport = (baseUrl: string, defaultTimeoutMs: number, spacingMs?: number): Transport => {
     const grpc = createGrpcTransport({
       baseUrl,
       defaultTimeoutMs,
@@ -70,6 +71,7 @@ export function createUpstreams(
         defaultTimeoutMs,
         interceptors,
         streamTransport: grpc,
+        ...(spacingMs === undefined ? {} : { writeSpacingMs: spacingMs }),
       });
     }
     return createFastTransport({
@@ -103,7 +105,11 @@ export function createUpstreams(
     token: createClient(TokenService, token),
     llm: createClient(LLMService, llm),
     // History is not a readiness dependency: chats go on while it is down.
-    history: createClient(HistoryService, transport(config.historyUrl, config.historyTimeoutMs)),
+    // Appends are made in the background: their requests are written together every few ms.
+    history: createClient(
+      HistoryService,
+      transport(config.historyUrl, config.historyTimeoutMs, historyWriteSpacingMs),
+    ),
     readyChecks,
   };
 }

@@ -9,6 +9,7 @@ import {
   FrameReader,
   FrameWriter,
   framesPreface,
+  writeSpacingMs,
 } from "./frames.js";
 import type { Logger } from "./logger.js";
 import { continueTrace, runWithTrace } from "./trace.js";
@@ -122,7 +123,7 @@ export function createFramesServer(
     accept(socket) {
       const calls = new Map<number, ServedCall>();
       connections.set(socket, calls);
-      const writer = new FrameWriter(socket);
+      const writer = new FrameWriter(socket, writeSpacingMs);
       socket.setNoDelay(true);
       socket.setKeepAlive(true, 30_000);
       let prefaceLeft = framesPreface.length;
