@@ -18,7 +18,10 @@ describe("buildAutomaton", () => {
     expect(a.test("abcf")).toBe(false);
   });
 
-  it("agrees with a naive search on random texts and terms", () => {
+  it.each([
+    ["as a DFA", undefined],
+    ["walking failure links", 0],
+  ])("agrees with a naive search on random texts and terms, %s", (_, maxDenseCells) => {
     let seed = 7;
     const rand = (n: number) => {
       seed = (seed * 1103515245 + 12345) % 2 ** 31;
@@ -27,7 +30,7 @@ describe("buildAutomaton", () => {
     const word = (len: number) => Array.from({ length: len }, () => "abcé😀"[rand(5)]).join("");
     for (let round = 0; round < 200; round++) {
       const terms = Array.from({ length: 1 + rand(6) }, () => word(1 + rand(4)));
-      const a = buildAutomaton(terms);
+      const a = buildAutomaton(terms, maxDenseCells);
       for (let k = 0; k < 20; k++) {
         const text = word(rand(30));
         expect(a.test(text), `${JSON.stringify(terms)} in ${JSON.stringify(text)}`).toBe(
