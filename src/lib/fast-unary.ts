@@ -11,6 +11,7 @@ import {
   Code,
   ConnectError,
   type ConnectRouter,
+  type ContextValues,
   createContextValues,
   type HandlerContext,
   type Interceptor,
@@ -28,6 +29,8 @@ export interface FastMethod {
   readonly service: DescService;
   readonly method: DescMethodUnary;
   readonly impl: AnyUnaryImpl;
+  /** `/pkg.Service/Method`. */
+  readonly path: string;
 }
 
 /** A request handler that answers what it can and returns false for the rest. */
@@ -55,6 +58,7 @@ export function recordServices(router: ConnectRouter, into: FastMethod[]): Conne
           into.push({
             service,
             method: method as DescMethodUnary,
+            path: `/${service.typeName}/${method.name}`,
             impl: (fn as AnyUnaryImpl).bind(impl),
           });
         }
@@ -140,8 +144,12 @@ export function createUnaryInvoker(
             stream: false,
             service: fast.service,
             method: fast.method,
-            header: ctx.responseHeader,
-            trailer: ctx.responseTrailer,
+            get header() {
+              return ctx.responseHeader;
+            },
+            get trailer() {
+              return ctx.responseTrailer;
+            },
             message: isMessage(out, fast.method.output)
               ? out
               : create(fast.method.output, out as never),
@@ -155,7 +163,7 @@ export function createUnaryInvoker(
 
   return {
     lookup(path) {
-      byPath ??= new Map(methods.map((m) => [`/${m.service.typeName}/${m.method.name}`, m]));
+      byPath ??= new Map(methods.map((m) => [m.path, m]));
       return byPath.get(path);
     },
     start(fast, body, header, timeoutMs) {
@@ -183,7 +191,11 @@ export function createUnaryInvoker(
               timeoutMs,
             );
       const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
-      const url = `/${fast.service.typeName}/${fast.method.name}`;
+      const url = fast.path;
+      // Response headers and context values are made only if something uses them.
+      let responseHeader: Headers | undefined;
+      let responseTrailer: Headers | undefined;
+      let values: ContextValues | undefined;
       const ctx: HandlerContext = {
         service: fast.service,
         method: fast.method,
@@ -195,9 +207,18 @@ export function createUnaryInvoker(
         },
         timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
         requestHeader: header,
-        responseHeader: new Headers(),
-        responseTrailer: new Headers(),
-        values: createContextValues(),
+        get responseHeader() {
+          responseHeader ??= new Headers();
+          return responseHeader;
+        },
+        get responseTrailer() {
+          responseTrailer ??= new Headers();
+          return responseTrailer;
+        },
+        get values() {
+          values ??= createContextValues();
+          return values;
+        },
       };
       const done = new Promise<Uint8Array>((resolve, reject) => {
         fail = reject;
@@ -211,7 +232,9 @@ export function createUnaryInvoker(
             return signal();
           },
           header,
-          contextValues: ctx.values,
+          get contextValues() {
+            return ctx.values;
+          },
           message: decode(fast, body),
           ctx,
         };

@@ -11,6 +11,7 @@ import {
 import {
   Code,
   ConnectError,
+  type ContextValues,
   createContextValues,
   type Interceptor,
   type Transport,
@@ -55,6 +56,26 @@ interface Pending {
 }
 
 type Call = (req: UnaryRequest) => Promise<UnaryResponse>;
+
+/** A call's response; its (always empty) headers and trailers are made only if read. */
+function answered(req: UnaryRequest, message: UnaryResponse["message"]): UnaryResponse {
+  let header: Headers | undefined;
+  let trailer: Headers | undefined;
+  return {
+    stream: false,
+    service: req.service,
+    method: req.method,
+    get header() {
+      header ??= new Headers();
+      return header;
+    },
+    get trailer() {
+      trailer ??= new Headers();
+      return trailer;
+    },
+    message,
+  };
+}
 
 /** Never aborted: the signal of calls made without one. */
 const noSignal = new AbortController().signal;
@@ -222,14 +243,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
       const cancel = connected().send(method, req.url, timeoutMs, headers, message, {
         resolve: (out) => {
           done();
-          resolve({
-            stream: false,
-            service: req.service,
-            method,
-            header: new Headers(),
-            trailer: new Headers(),
-            message: out,
-          });
+          resolve(answered(req, out));
         },
         reject: (err) => {
           done();
@@ -255,6 +269,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
     ): Promise<UnaryResponse<I, O>> {
       const requestHeader = new Headers(header);
       requestHeader.set("connect-timeout-ms", String(timeoutMs ?? options.defaultTimeoutMs));
+      let contextValues: ContextValues | undefined;
       const response = await call({
         stream: false,
         service: method.parent,
@@ -263,7 +278,10 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
         url: `/${method.parent.typeName}/${method.name}`,
         signal: signal ?? noSignal,
         header: requestHeader,
-        contextValues: createContextValues(),
+        get contextValues() {
+          contextValues ??= createContextValues();
+          return contextValues;
+        },
         message: isMessage(input, method.input) ? input : create(method.input, input),
       });
       return response as unknown as UnaryResponse<I, O>;
