@@ -1,24 +1,9 @@
 import http from "node:http";
 import https from "node:https";
-import {
-  create,
-  type DescMessage,
-  type DescMethodUnary,
-  fromBinary,
-  isMessage,
-  type MessageInitShape,
-  toBinary,
-} from "@bufbuild/protobuf";
-import {
-  Code,
-  ConnectError,
-  createContextValues,
-  type Interceptor,
-  type Transport,
-  type UnaryRequest,
-  type UnaryResponse,
-} from "@connectrpc/connect";
+import { type DescMethodUnary, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
 
 export interface FastTransportOptions {
   /** `http://host:port` of the service. */
@@ -33,8 +18,6 @@ export interface FastTransportOptions {
   /** For an https:// service: the CA its certificate is checked against (the system's when absent). */
   readonly ca?: Buffer;
 }
-
-type Call = (req: UnaryRequest) => Promise<UnaryResponse>;
 
 /**
  * A Connect-protocol client transport for unary calls in binary over pooled
@@ -72,7 +55,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
   const request = secure ? https.request : http.request;
 
   // The deadline travels in the request's `connect-timeout-ms` header, as on the wire.
-  const send = (req: UnaryRequest): Promise<UnaryResponse> =>
+  const send: SendUnary = (req) =>
     new Promise((resolve, reject) => {
       const method = req.method as DescMethodUnary;
       const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
@@ -98,7 +81,9 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         timeoutMs,
       );
       const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
-      req.signal.addEventListener("abort", onAbort, { once: true });
+      // The shared never-aborted signal gets no listeners.
+      const listens = req.signal !== noSignal;
+      if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
       const outgoing = request(
         { agent, host, port, method: "POST", path: req.url, headers },
         (res) => {
@@ -109,7 +94,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
             if (settled) return;
             settled = true;
             clearTimeout(timer);
-            req.signal.removeEventListener("abort", onAbort);
+            if (listens) req.signal.removeEventListener("abort", onAbort);
             const bytes = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
             const status = res.statusCode ?? 0;
             if (status === 200) {
@@ -142,34 +127,11 @@ export function createFastTransport(options: FastTransportOptions): Transport {
       outgoing.end(body);
     });
 
-  const call = (options.interceptors ?? []).reduceRight<Call>(
-    (next, interceptor) => interceptor(next as never) as never,
+  return createUnaryTransport({
     send,
-  );
-
-  return {
-    async unary<I extends DescMessage, O extends DescMessage>(
-      method: DescMethodUnary<I, O>,
-      signal: AbortSignal | undefined,
-      timeoutMs: number | undefined,
-      header: ConstructorParameters<typeof Headers>[0] | undefined,
-      input: MessageInitShape<I>,
-    ): Promise<UnaryResponse<I, O>> {
-      const requestHeader = new Headers(header);
-      requestHeader.set("connect-timeout-ms", String(timeoutMs ?? options.defaultTimeoutMs));
-      const response = await call({
-        stream: false,
-        service: method.parent,
-        method: method as DescMethodUnary,
-        requestMethod: "POST",
-        url: `${prefix}/${method.parent.typeName}/${method.name}`,
-        signal: signal ?? new AbortController().signal,
-        header: requestHeader,
-        contextValues: createContextValues(),
-        message: isMessage(input, method.input) ? input : create(method.input, input),
-      });
-      return response as unknown as UnaryResponse<I, O>;
-    },
-    stream: (...args) => options.streamTransport.stream(...args),
-  };
+    defaultTimeoutMs: options.defaultTimeoutMs,
+    pathPrefix: prefix,
+    streamTransport: options.streamTransport,
+    ...(options.interceptors === undefined ? {} : { interceptors: options.interceptors }),
+  });
 }

@@ -1,18 +1,8 @@
 import net from "node:net";
-import {
-  create,
-  type DescMessage,
-  type DescMethodUnary,
-  fromBinary,
-  isMessage,
-  type MessageInitShape,
-  toBinary,
-} from "@bufbuild/protobuf";
+import { type DescMethodUnary, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
-  type ContextValues,
-  createContextValues,
   type Interceptor,
   type Transport,
   type UnaryRequest,
@@ -28,6 +18,7 @@ import {
   framesPreface,
   writeSpacingMs,
 } from "./frames.js";
+import { createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
 
 export interface FramesTransportOptions {
   /** `http://host:port` of the service (the port its HTTP and gRPC listen on). */
@@ -55,8 +46,6 @@ interface Pending {
   readonly reject: (err: ConnectError) => void;
 }
 
-type Call = (req: UnaryRequest) => Promise<UnaryResponse>;
-
 /** A call's response; its (always empty) headers and trailers are made only if read. */
 function answered(req: UnaryRequest, message: UnaryResponse["message"]): UnaryResponse {
   let header: Headers | undefined;
@@ -76,9 +65,6 @@ function answered(req: UnaryRequest, message: UnaryResponse["message"]): UnaryRe
     message,
   };
 }
-
-/** Never aborted: the signal of calls made without one. */
-const noSignal = new AbortController().signal;
 
 /** One TCP connection carrying many calls at once. */
 class Connection {
@@ -214,7 +200,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
     return connection;
   };
 
-  const send: Call = (req) =>
+  const send: SendUnary = (req) =>
     new Promise((resolve, reject) => {
       const method = req.method as DescMethodUnary;
       const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
@@ -254,38 +240,10 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
       else if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
     });
 
-  const call = (options.interceptors ?? []).reduceRight<Call>(
-    (next, interceptor) => interceptor(next as never) as never,
+  return createUnaryTransport({
     send,
-  );
-
-  return {
-    async unary<I extends DescMessage, O extends DescMessage>(
-      method: DescMethodUnary<I, O>,
-      signal: AbortSignal | undefined,
-      timeoutMs: number | undefined,
-      header: ConstructorParameters<typeof Headers>[0] | undefined,
-      input: MessageInitShape<I>,
-    ): Promise<UnaryResponse<I, O>> {
-      const requestHeader = new Headers(header);
-      requestHeader.set("connect-timeout-ms", String(timeoutMs ?? options.defaultTimeoutMs));
-      let contextValues: ContextValues | undefined;
-      const response = await call({
-        stream: false,
-        service: method.parent,
-        method: method as DescMethodUnary,
-        requestMethod: "POST",
-        url: `/${method.parent.typeName}/${method.name}`,
-        signal: signal ?? noSignal,
-        header: requestHeader,
-        get contextValues() {
-          contextValues ??= createContextValues();
-          return contextValues;
-        },
-        message: isMessage(input, method.input) ? input : create(method.input, input),
-      });
-      return response as unknown as UnaryResponse<I, O>;
-    },
-    stream: (...args) => options.streamTransport.stream(...args),
-  };
+    defaultTimeoutMs: options.defaultTimeoutMs,
+    streamTransport: options.streamTransport,
+    ...(options.interceptors === undefined ? {} : { interceptors: options.interceptors }),
+  });
 }
