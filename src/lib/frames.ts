@@ -155,6 +155,9 @@ export class FrameReader {
  */
 export const writeSpacingMs = 1;
 
+/** Most bytes a connection may hold unwritten (the kernel's buffers are full) before it is dropped. */
+export const maxUnwrittenBytes = 8 * 1024 * 1024;
+
 /**
  * Queues frames for a socket and writes them together, one write for many
  * calls: at the end of the event-loop turn when the last write was at least
@@ -188,6 +191,13 @@ export class FrameWriter {
     const queue = this.queue;
     this.queue = [];
     if (this.socket.destroyed || !this.socket.writable) return;
+    // A peer that stops reading (hung, stopped) must not make this process
+    // buffer without end: past the limit the connection is dropped, its calls
+    // fail as Unavailable, and the next call opens a new one.
+    if (this.socket.writableLength > maxUnwrittenBytes) {
+      this.socket.destroy(new Error("the peer stopped reading"));
+      return;
+    }
     this.socket.write(queue.length === 1 ? (queue[0] as Buffer) : Buffer.concat(queue));
   };
 }

@@ -209,6 +209,29 @@ describe("unary calls over frames", () => {
     expect((await client.generate({ text: "again" })).reply).toBe("Echo: again");
   });
 
+  it("drops a connection whose server stopped reading, failing its calls fast as Unavailable", async () => {
+    // A server that accepts connections and never reads from them.
+    const stuck = net.createServer((socket) => socket.pause());
+    await new Promise<void>((resolve) => stuck.listen(0, "127.0.0.1", resolve));
+    const { port } = stuck.address() as AddressInfo;
+    try {
+      const client = framesClient(`http://127.0.0.1:${port}`, 20_000);
+      const started = Date.now();
+      const text = "x".repeat(512 * 1024);
+      // Calls keep coming, as under load: the buffered bytes pass the limit.
+      const calls: Promise<string>[] = [];
+      for (let i = 0; i < 48; i++) {
+        calls.push(codeOf(client.generate({ text })));
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const codes = await Promise.all(calls);
+      expect(new Set(codes)).toEqual(new Set(["Unavailable"]));
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      stuck.close();
+    }
+  });
+
   it("closes a connection that sends garbage after the preface, and goes on serving", async () => {
     const { port, baseUrl } = await start({});
     const socket = net.connect({ host: "127.0.0.1", port });
