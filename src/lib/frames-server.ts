@@ -74,8 +74,9 @@ export function createFramesServer(
       status = Code[error.code] ?? String(error.code);
       answer(errorFrame(id, error));
     };
+    // Answering would end the call in flight under that id: the stream is broken.
+    if (calls.has(id)) throw new RangeError(`call id ${id} is in use`);
     if (draining) return refuse(new ConnectError("the server is shutting down", Code.Unavailable));
-    if (calls.has(id)) return refuse(new ConnectError("call id in use", Code.InvalidArgument));
     let request: ReturnType<typeof decodeRequest>;
     try {
       request = decodeRequest(body);

@@ -232,12 +232,27 @@ describe("unary calls over frames", () => {
     }
   });
 
-  it("closes a connection that sends garbage after the preface, and goes on serving", async () => {
-    const { port, baseUrl } = await start({});
+  it.each([
+    ["a frame too short to be one", Buffer.from([0, 0, 0, 1, 9, 9, 9, 9, 9])],
+    [
+      "a second call under an id in flight",
+      Buffer.concat(
+        [1, 2].map(() =>
+          encodeRequest(5, {
+            timeoutMs: 0,
+            path: "/chat.v1.LLMService/Generate",
+            headers: [],
+            message: new Uint8Array([10, 2, 104, 105]),
+          }),
+        ),
+      ),
+    ],
+  ])("closes a connection that sends %s, and goes on serving", async (_, garbage) => {
+    const { port, baseUrl } = await start({ delayMs: 200 });
     const socket = net.connect({ host: "127.0.0.1", port });
     const closed = new Promise((resolve) => socket.once("close", resolve));
     socket.on("error", () => {});
-    socket.write(Buffer.concat([framesPreface, Buffer.from([0, 0, 0, 1, 9, 9, 9, 9, 9])]));
+    socket.write(Buffer.concat([framesPreface, garbage]));
     await closed;
     expect((await framesClient(baseUrl).generate({ text: "fine" })).reply).toBe("Echo: fine");
   });
