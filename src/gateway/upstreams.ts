@@ -30,25 +30,6 @@ export interface ConnectedUpstreams extends Upstreams {
 }
 
 const readinessTimeoutMs = 500;
-/**
- * Appends are made in the background, nobody waits on them: their requests
- * are written together, at most one write per this many ms (measured with
- * make bench: 25 ms takes the history process from about 42 % to 35 % of a
- * core at 4,000 chats/s, and the chain from about 3,900 to 4,450 chats/s).
- */
-const appendWriteSpacingMs = 25;
-
-/** History's transport: Append on its own connection (`appends`), List on `interactive`. */
-function appendsApart(interactive: Transport, appends: Transport): Transport {
-  return {
-    unary: (method, ...rest) =>
-      (method.parent === HistoryService && method.name === "Append" ? appends : interactive).unary(
-        method,
-        ...rest,
-      ),
-    stream: (...args) => interactive.stream(...args),
-  };
-}
 
 /**
  * Makes one transport per service, once, for unary calls as
@@ -71,7 +52,7 @@ export function createUpstreams(
     createRpcMetricsInterceptor(registry, "client"),
     createTraceClientInterceptor(),
   ];
-  const transport = (baseUrl: string, defaultTimeoutMs: number, spacingMs?: number): Transport => {
+  const transport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
     const grpc = createGrpcTransport({
       baseUrl,
       defaultTimeoutMs,
@@ -89,7 +70,6 @@ export function createUpstreams(
         defaultTimeoutMs,
         interceptors,
         streamTransport: grpc,
-        ...(spacingMs === undefined ? {} : { writeSpacingMs: spacingMs }),
       });
     }
     return createFastTransport({
@@ -123,13 +103,7 @@ export function createUpstreams(
     token: createClient(TokenService, token),
     llm: createClient(LLMService, llm),
     // History is not a readiness dependency: chats go on while it is down.
-    history: createClient(
-      HistoryService,
-      appendsApart(
-        transport(config.historyUrl, config.historyTimeoutMs),
-        transport(config.historyUrl, config.historyTimeoutMs, appendWriteSpacingMs),
-      ),
-    ),
+    history: createClient(HistoryService, transport(config.historyUrl, config.historyTimeoutMs)),
     readyChecks,
   };
 }

@@ -32,12 +32,6 @@ export interface FramesTransportOptions {
   readonly readMaxBytes?: number;
   /** An idle connection is closed after this long. */
   readonly idleTimeoutMs?: number;
-  /**
-   * Least time between two writes on the connection (FrameWriter): what
-   * queues up meanwhile goes out together. `writeSpacingMs` when absent; for
-   * calls off the request's path (history appends) a few ms save more.
-   */
-  readonly writeSpacingMs?: number;
 }
 
 interface Pending {
@@ -189,13 +183,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
   let connection: Connection | undefined;
   const connected = () => {
     if (connection === undefined || connection.closed) {
-      connection = new Connection(
-        host,
-        port,
-        readMaxBytes,
-        idleTimeoutMs,
-        options.writeSpacingMs ?? writeSpacingMs,
-      );
+      connection = new Connection(host, port, readMaxBytes, idleTimeoutMs, writeSpacingMs);
     }
     return connection;
   };

@@ -23,6 +23,11 @@ export function currentTrace(): TraceContext | undefined {
   return storage.getStore();
 }
 
+/** Runs `fn` outside any trace context (for work done for many requests at once). */
+export function outsideTrace<T>(fn: () => T): T {
+  return storage.exit(fn);
+}
+
 /** Runs `fn` with `trace` as the current trace context. */
 export function runWithTrace<T>(trace: TraceContext, fn: () => T): T {
   return storage.run(trace, fn);

@@ -27,13 +27,35 @@ let port: number;
 let server: FastifyInstance | undefined;
 const logger = createLogger("gateway", "silent");
 
-async function startServer() {
+/** Calls the server answered since it started, by method. */
+const served = { append: 0, appendBatch: 0 };
+
+async function startServer(options: { withoutAppendBatch?: boolean } = {}) {
   const config = loadHistoryConfig({ HISTORY_PORT: String(port) });
+  const impl = createHistoryService({ store });
+  served.append = 0;
+  served.appendBatch = 0;
+  const counted: Partial<typeof impl> = {
+    append: (req, ctx) => {
+      served.append++;
+      return impl.append(req, ctx);
+    },
+    list: impl.list,
+    // An older history service has no AppendBatch: Connect answers UNIMPLEMENTED.
+    ...(options.withoutAppendBatch
+      ? {}
+      : {
+          appendBatch: (req, ctx) => {
+            served.appendBatch++;
+            return impl.appendBatch(req, ctx);
+          },
+        }),
+  };
   server = await createRpcServer({
     name: "history",
     config,
     logger: createLogger("history", "silent"),
-    routes: (router) => router.service(HistoryService, createHistoryService({ store })),
+    routes: (router) => router.service(HistoryService, counted),
   });
   await server.listen({ host: "127.0.0.1", port });
 }
@@ -119,6 +141,36 @@ describe("the history recorder against a real history server", () => {
     r.record(chats[0] as ChatRecord);
     await vi.waitFor(() => expect(r.stats().appended).toBe(4));
     expect(await texts("outage")).toHaveLength(3);
+  });
+
+  it("sends the chats of a moment together, in AppendBatch calls of at most 256", async () => {
+    await startServer();
+    const r = makeRecorder();
+    const chats = Array.from({ length: 600 }, () => chat("many"));
+    for (const c of chats) r.record(c);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(600), { timeout: 10_000 });
+    const stored: string[] = [];
+    let pageToken = "";
+    do {
+      const page = await store.list({ userId: "many", pageSize: 100, pageToken });
+      stored.push(...page.entries.map((e) => e.text));
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+    expect(stored.reverse()).toEqual(chats.map((c) => c.text));
+    expect(served).toEqual({ append: 0, appendBatch: 3 });
+  });
+
+  it("appends one by one to a history service without AppendBatch", async () => {
+    await startServer({ withoutAppendBatch: true });
+    const r = makeRecorder();
+    const chats = [chat("old"), chat("old"), chat("old")];
+    for (const c of chats) r.record(c);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(3));
+    r.record(chat("old"));
+    await vi.waitFor(() => expect(r.stats().appended).toBe(4));
+    expect(await texts("old")).toHaveLength(4);
+    expect(served).toEqual({ append: 4, appendBatch: 0 });
+    expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0 });
   });
 
   it("drops a chat whose retry window passed", async () => {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/history.proto.
  */
 export const file_chat_v1_history: GenFile = /*@__PURE__*/
-  fileDesc("ChVjaGF0L3YxL2hpc3RvcnkucHJvdG8SB2NoYXQudjEijAEKDEhpc3RvcnlFbnRyeRIKCgJpZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEgwKBHRleHQYAyABKAkSDQoFcmVwbHkYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgGIAEoCSKPAQobSGlzdG9yeVNlcnZpY2VBcHBlbmRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDAoEdGV4dBgCIAEoCRINCgVyZXBseRgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGAUgASgJIlUKHEhpc3RvcnlTZXJ2aWNlQXBwZW5kUmVzcG9uc2USJAoFZW50cnkYASABKAsyFS5jaGF0LnYxLkhpc3RvcnlFbnRyeRIPCgdjcmVhdGVkGAIgASgIIlMKGUhpc3RvcnlTZXJ2aWNlTGlzdFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJdChpIaXN0b3J5U2VydmljZUxpc3RSZXNwb25zZRImCgdlbnRyaWVzGAEgAygLMhUuY2hhdC52MS5IaXN0b3J5RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMsIBCg5IaXN0b3J5U2VydmljZRJaCgZBcHBlbmQSJC5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlQXBwZW5kUmVxdWVzdBolLmNoYXQudjEuSGlzdG9yeVNlcnZpY2VBcHBlbmRSZXNwb25zZSIDkAICElQKBExpc3QSIi5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlTGlzdFJlcXVlc3QaIy5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlTGlzdFJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChVjaGF0L3YxL2hpc3RvcnkucHJvdG8SB2NoYXQudjEijAEKDEhpc3RvcnlFbnRyeRIKCgJpZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEgwKBHRleHQYAyABKAkSDQoFcmVwbHkYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgGIAEoCSKkAQobSGlzdG9yeVNlcnZpY2VBcHBlbmRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDAoEdGV4dBgCIAEoCRINCgVyZXBseRgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGAUgASgJEhMKC3RyYWNlcGFyZW50GAYgASgJIlUKHEhpc3RvcnlTZXJ2aWNlQXBwZW5kUmVzcG9uc2USJAoFZW50cnkYASABKAsyFS5jaGF0LnYxLkhpc3RvcnlFbnRyeRIPCgdjcmVhdGVkGAIgASgIIlkKIEhpc3RvcnlTZXJ2aWNlQXBwZW5kQmF0Y2hSZXF1ZXN0EjUKB2VudHJpZXMYASADKAsyJC5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlQXBwZW5kUmVxdWVzdCJeCiFIaXN0b3J5U2VydmljZUFwcGVuZEJhdGNoUmVzcG9uc2USOQoHcmVzdWx0cxgBIAMoCzIoLmNoYXQudjEuSGlzdG9yeVNlcnZpY2VBcHBlbmRCYXRjaFJlc3VsdCKgAQofSGlzdG9yeVNlcnZpY2VBcHBlbmRCYXRjaFJlc3VsdBI5CghhcHBlbmRlZBgBIAEoCzIlLmNoYXQudjEuSGlzdG9yeVNlcnZpY2VBcHBlbmRSZXNwb25zZUgAEjgKBWVycm9yGAIgASgLMicuY2hhdC52MS5IaXN0b3J5U2VydmljZUFwcGVuZEJhdGNoRXJyb3JIAEIICgZyZXN1bHQiPwoeSGlzdG9yeVNlcnZpY2VBcHBlbmRCYXRjaEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJTChlIaXN0b3J5U2VydmljZUxpc3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiXQoaSGlzdG9yeVNlcnZpY2VMaXN0UmVzcG9uc2USJgoHZW50cmllcxgBIAMoCzIVLmNoYXQudjEuSGlzdG9yeUVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKtAgoOSGlzdG9yeVNlcnZpY2USWgoGQXBwZW5kEiQuY2hhdC52MS5IaXN0b3J5U2VydmljZUFwcGVuZFJlcXVlc3QaJS5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlQXBwZW5kUmVzcG9uc2UiA5ACAhJpCgtBcHBlbmRCYXRjaBIpLmNoYXQudjEuSGlzdG9yeVNlcnZpY2VBcHBlbmRCYXRjaFJlcXVlc3QaKi5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlQXBwZW5kQmF0Y2hSZXNwb25zZSIDkAICElQKBExpc3QSIi5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlTGlzdFJlcXVlc3QaIy5jaGF0LnYxLkhpc3RvcnlTZXJ2aWNlTGlzdFJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * One stored chat.
@@ -109,6 +109,15 @@ export type HistoryServiceAppendRequest = Message<"chat.v1.HistoryServiceAppendR
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * The W3C traceparent of the chat, for an entry sent in an AppendBatch
+   * (whose call has a trace of its own): the entry is logged in the chat's
+   * trace. Optional; Append uses the call's own trace.
+   *
+   * @generated from field: string traceparent = 6;
+   */
+  traceparent: string;
 };
 
 /**
@@ -145,6 +154,107 @@ export const HistoryServiceAppendResponseSchema: GenMessage<HistoryServiceAppend
   messageDesc(file_chat_v1_history, 2);
 
 /**
+ * @generated from message chat.v1.HistoryServiceAppendBatchRequest
+ */
+export type HistoryServiceAppendBatchRequest = Message<"chat.v1.HistoryServiceAppendBatchRequest"> & {
+  /**
+   * The chats, each as Append takes it.
+   *
+   * @generated from field: repeated chat.v1.HistoryServiceAppendRequest entries = 1;
+   */
+  entries: HistoryServiceAppendRequest[];
+};
+
+/**
+ * Describes the message chat.v1.HistoryServiceAppendBatchRequest.
+ * Use `create(HistoryServiceAppendBatchRequestSchema)` to create a new message.
+ */
+export const HistoryServiceAppendBatchRequestSchema: GenMessage<HistoryServiceAppendBatchRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_history, 3);
+
+/**
+ * @generated from message chat.v1.HistoryServiceAppendBatchResponse
+ */
+export type HistoryServiceAppendBatchResponse = Message<"chat.v1.HistoryServiceAppendBatchResponse"> & {
+  /**
+   * One result per entry, in the order of the entries.
+   *
+   * @generated from field: repeated chat.v1.HistoryServiceAppendBatchResult results = 1;
+   */
+  results: HistoryServiceAppendBatchResult[];
+};
+
+/**
+ * Describes the message chat.v1.HistoryServiceAppendBatchResponse.
+ * Use `create(HistoryServiceAppendBatchResponseSchema)` to create a new message.
+ */
+export const HistoryServiceAppendBatchResponseSchema: GenMessage<HistoryServiceAppendBatchResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_history, 4);
+
+/**
+ * What became of one entry of a batch.
+ *
+ * @generated from message chat.v1.HistoryServiceAppendBatchResult
+ */
+export type HistoryServiceAppendBatchResult = Message<"chat.v1.HistoryServiceAppendBatchResult"> & {
+  /**
+   * @generated from oneof chat.v1.HistoryServiceAppendBatchResult.result
+   */
+  result: {
+    /**
+     * Stored, or stored already: what Append would have answered.
+     *
+     * @generated from field: chat.v1.HistoryServiceAppendResponse appended = 1;
+     */
+    value: HistoryServiceAppendResponse;
+    case: "appended";
+  } | {
+    /**
+     * Refused: the error Append would have failed with.
+     *
+     * @generated from field: chat.v1.HistoryServiceAppendBatchError error = 2;
+     */
+    value: HistoryServiceAppendBatchError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chat.v1.HistoryServiceAppendBatchResult.
+ * Use `create(HistoryServiceAppendBatchResultSchema)` to create a new message.
+ */
+export const HistoryServiceAppendBatchResultSchema: GenMessage<HistoryServiceAppendBatchResult> = /*@__PURE__*/
+  messageDesc(file_chat_v1_history, 5);
+
+/**
+ * An entry's refusal within a batch.
+ *
+ * @generated from message chat.v1.HistoryServiceAppendBatchError
+ */
+export type HistoryServiceAppendBatchError = Message<"chat.v1.HistoryServiceAppendBatchError"> & {
+  /**
+   * The gRPC status code (3 INVALID_ARGUMENT, 6 ALREADY_EXISTS, 13 INTERNAL…).
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * What was wrong, in one line.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message chat.v1.HistoryServiceAppendBatchError.
+ * Use `create(HistoryServiceAppendBatchErrorSchema)` to create a new message.
+ */
+export const HistoryServiceAppendBatchErrorSchema: GenMessage<HistoryServiceAppendBatchError> = /*@__PURE__*/
+  messageDesc(file_chat_v1_history, 6);
+
+/**
  * @generated from message chat.v1.HistoryServiceListRequest
  */
 export type HistoryServiceListRequest = Message<"chat.v1.HistoryServiceListRequest"> & {
@@ -176,7 +286,7 @@ export type HistoryServiceListRequest = Message<"chat.v1.HistoryServiceListReque
  * Use `create(HistoryServiceListRequestSchema)` to create a new message.
  */
 export const HistoryServiceListRequestSchema: GenMessage<HistoryServiceListRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_history, 3);
+  messageDesc(file_chat_v1_history, 7);
 
 /**
  * @generated from message chat.v1.HistoryServiceListResponse
@@ -202,7 +312,7 @@ export type HistoryServiceListResponse = Message<"chat.v1.HistoryServiceListResp
  * Use `create(HistoryServiceListResponseSchema)` to create a new message.
  */
 export const HistoryServiceListResponseSchema: GenMessage<HistoryServiceListResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_history, 4);
+  messageDesc(file_chat_v1_history, 8);
 
 /**
  * HistoryService keeps every successful chat of a user and pages through
@@ -222,6 +332,18 @@ export const HistoryService: GenService<{
     methodKind: "unary";
     input: typeof HistoryServiceAppendRequestSchema;
     output: typeof HistoryServiceAppendResponseSchema;
+  },
+  /**
+   * AppendBatch stores many chats at once, each exactly as Append would,
+   * in one call: results come back in the order of the entries, and one
+   * entry's refusal does not affect the others. At most 1000 entries.
+   *
+   * @generated from rpc chat.v1.HistoryService.AppendBatch
+   */
+  appendBatch: {
+    methodKind: "unary";
+    input: typeof HistoryServiceAppendBatchRequestSchema;
+    output: typeof HistoryServiceAppendBatchResponseSchema;
   },
   /**
    * List returns a user's chats newest first, one page at a time (AIP-158).

@@ -5,7 +5,10 @@ import {
   type HistoryEntry,
   HistoryEntrySchema,
   type HistoryService,
+  type HistoryServiceAppendRequest,
 } from "../../../gen/chat/v1/history_pb.js";
+import type { Logger } from "../../lib/logger.js";
+import { continueTrace, runWithTrace } from "../../lib/trace.js";
 import {
   type Entry,
   HistoryInputError,
@@ -15,9 +18,14 @@ import {
 
 export interface HistoryServiceDeps {
   readonly store: HistoryStore;
+  /** Gets a line per entry of an AppendBatch, in that entry's trace. */
+  readonly logger?: Logger;
   /** The time of an append that names none (the system clock by default). */
   readonly now?: () => Date;
 }
+
+/** Most entries one AppendBatch may carry. */
+export const maxBatchEntries = 1000;
 
 function requireUserId(userId: string): void {
   if (userId === "") throw new ConnectError("user_id is required", Code.InvalidArgument);
@@ -52,21 +60,57 @@ function fromStoreError(err: unknown): ConnectError {
 export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<typeof HistoryService> {
   const { store } = deps;
   const now = deps.now ?? (() => new Date());
+  const append = async (req: HistoryServiceAppendRequest) => {
+    requireUserId(req.userId);
+    try {
+      const { entry, created } = await store.append({
+        userId: req.userId,
+        text: req.text,
+        reply: req.reply,
+        createdAtMs: req.createdAt === undefined ? now().getTime() : toMs(req.createdAt),
+        requestId: req.requestId,
+      });
+      return { entry: toMessage(entry), created };
+    } catch (err) {
+      throw fromStoreError(err);
+    }
+  };
   return {
-    async append(req) {
-      requireUserId(req.userId);
-      try {
-        const { entry, created } = await store.append({
-          userId: req.userId,
-          text: req.text,
-          reply: req.reply,
-          createdAtMs: req.createdAt === undefined ? now().getTime() : toMs(req.createdAt),
-          requestId: req.requestId,
-        });
-        return { entry: toMessage(entry), created };
-      } catch (err) {
-        throw fromStoreError(err);
+    append,
+
+    async appendBatch(req) {
+      if (req.entries.length > maxBatchEntries) {
+        throw new ConnectError(
+          `at most ${maxBatchEntries} entries per batch, got ${req.entries.length}`,
+          Code.InvalidArgument,
+        );
       }
+      // The store commits what arrives together in one transaction. Each
+      // entry runs in the trace of its chat (W3C span-link style), so its log
+      // line carries the chat's trace and request ids.
+      const results = await Promise.all(
+        req.entries.map((entry) =>
+          runWithTrace(continueTrace(entry.traceparent, entry.requestId), () =>
+            append(entry).then(
+              (appended) => {
+                deps.logger?.info({ created: appended.created }, "history entry appended");
+                return { result: { case: "appended" as const, value: appended } };
+              },
+              (err: unknown) => {
+                const { code, rawMessage } = ConnectError.from(err);
+                deps.logger?.warn(
+                  { code: Code[code], reason: rawMessage },
+                  "history entry refused",
+                );
+                return {
+                  result: { case: "error" as const, value: { code, message: rawMessage } },
+                };
+              },
+            ),
+          ),
+        ),
+      );
+      return { results };
     },
 
     async list(req) {

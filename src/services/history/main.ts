@@ -17,7 +17,7 @@ export async function main(): Promise<void> {
     name: "history",
     config,
     logger,
-    routes: (router) => router.service(HistoryService, createHistoryService({ store })),
+    routes: (router) => router.service(HistoryService, createHistoryService({ store, logger })),
     readyChecks: { database: () => store.ping() },
   });
   app.addHook("onClose", () => store.close());

@@ -121,4 +121,43 @@ describe("chat.v1.HistoryService over the router transport", () => {
     expect((err as ConnectError).code).toBe(Code.Internal);
     expect((err as ConnectError).rawMessage).toBe("history store failed");
   });
+
+  it("appends a batch entry by entry: results in order, one refusal affecting no other", async () => {
+    const stored = await client.append({ userId: "b1", text: "t", reply: "r", requestId: "b-old" });
+    const { results } = await client.appendBatch({
+      entries: [
+        { userId: "b1", text: "one", reply: "r1", requestId: "b-1" },
+        { userId: "", text: "no user", reply: "r" },
+        { userId: "b1", text: "retry", reply: "r", requestId: "b-old" },
+        { userId: "b2", text: "not yours", reply: "r", requestId: "b-old" },
+        { userId: "b2", text: "two", reply: "r2", requestId: "b-2" },
+      ],
+    });
+    expect(results.map((r) => r.result.case)).toEqual([
+      "appended",
+      "error",
+      "appended",
+      "error",
+      "appended",
+    ]);
+    const [one, noUser, retry, notYours, two] = results.map((r) => r.result.value);
+    expect(one).toMatchObject({ created: true, entry: { text: "one", requestId: "b-1" } });
+    expect(noUser).toMatchObject({ code: Code.InvalidArgument, message: "user_id is required" });
+    expect(retry).toMatchObject({ created: false, entry: { id: stored.entry?.id } });
+    expect(notYours).toMatchObject({ code: Code.AlreadyExists });
+    expect(two).toMatchObject({ created: true, entry: { userId: "b2", text: "two" } });
+    const listed = await client.list({ userId: "b1" });
+    expect(listed.entries.map((e) => e.text)).toEqual(expect.arrayContaining(["one", "t"]));
+    expect(listed.entries).toHaveLength(2);
+  });
+
+  it("refuses a batch of more than 1000 entries as a whole", async () => {
+    const entries = Array.from({ length: 1001 }, (_, i) => ({
+      userId: "big",
+      text: `${i}`,
+      reply: "r",
+    }));
+    expect(await codeOf(client.appendBatch({ entries }))).toBe(Code.InvalidArgument);
+    expect((await client.list({ userId: "big" })).entries).toHaveLength(0);
+  });
 });
