@@ -51,6 +51,11 @@ export interface HistoryRecorderOptions {
 
 /** Most chats in one AppendBatch; a full batch is sent at once. */
 const maxBatchChats = 256;
+/**
+ * Most characters of text in one AppendBatch: at most 3 bytes each in UTF-8,
+ * the batch stays under the services' default 1 MiB message limit.
+ */
+const maxBatchChars = 256 * 1024;
 
 interface Pending {
   readonly chat: ChatRecord;
@@ -65,7 +70,7 @@ const isPermanent = (err: unknown) => {
 
 /**
  * Appends every chat, in batches: new chats gather for `batchWindowMs` (or
- * until 256 are waiting) and go in one AppendBatch call, which costs both
+ * until 256 are waiting, or 256 Ki characters) and go in one AppendBatch call, which costs both
  * processes far less than a call per chat. A history service without
  * AppendBatch gets one Append per chat. A failed append waits in a bounded
  * queue and is retried with exponential backoff until it is stored or its
@@ -176,6 +181,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
 
   /** The chats gathered for the next AppendBatch, each with its chat's traceparent. */
   let batch: { chat: ChatRecord; traceparent: string }[] = [];
+  let batchChars = 0;
   let batchTimer: NodeJS.Timeout | undefined;
   let batchSupported = true;
   const batchWindowMs = options.batchWindowMs ?? 25;
@@ -220,6 +226,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     batchTimer = undefined;
     const gathered = batch;
     batch = [];
+    batchChars = 0;
     if (gathered.length > 0) track(appendAll(gathered));
   };
 
@@ -228,7 +235,9 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       if (closed) return drop(chat, "gateway shutting down");
       const trace = currentTrace();
       batch.push({ chat, traceparent: trace === undefined ? "" : formatTraceparent(trace) });
-      if (batch.length >= maxBatchChats) flushBatch();
+      batchChars +=
+        chat.userId.length + chat.text.length + chat.reply.length + chat.requestId.length;
+      if (batch.length >= maxBatchChats || batchChars >= maxBatchChars) flushBatch();
       // The batch belongs to no one chat's trace.
       else batchTimer ??= outsideTrace(() => setTimeout(flushBatch, batchWindowMs));
     },

@@ -160,6 +160,18 @@ describe("the history recorder against a real history server", () => {
     expect(served).toEqual({ append: 0, appendBatch: 3 });
   });
 
+  it("keeps each AppendBatch under the service's message limit", async () => {
+    await startServer();
+    const r = makeRecorder();
+    // 20 chats of 60,000 characters: 1.2 MB in one batch, over the 1 MiB limit.
+    for (let i = 0; i < 20; i++) {
+      r.record(chat("long", { text: "t".repeat(30_000), reply: "r".repeat(30_000) }));
+    }
+    await vi.waitFor(() => expect(r.stats().appended).toBe(20), { timeout: 10_000 });
+    expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0, pending: 0 });
+    expect(served.appendBatch).toBeGreaterThan(1);
+  });
+
   it("appends one by one to a history service without AppendBatch", async () => {
     await startServer({ withoutAppendBatch: true });
     const r = makeRecorder();
