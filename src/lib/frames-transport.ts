@@ -127,10 +127,12 @@ class Connection {
     message: Uint8Array,
     pending: Omit<Pending, "method">,
   ): (reason: ConnectError) => void {
-    this.nextId = (this.nextId + 1) >>> 0;
-    const id = this.nextId;
+    const id = (this.nextId + 1) >>> 0;
+    // Encoded first: a request the format cannot carry throws before it is pending.
+    const frame = encodeRequest(id, { timeoutMs, path, headers, message });
+    this.nextId = id;
     this.pending.set(id, { method, ...pending });
-    this.writer.send(encodeRequest(id, { timeoutMs, path, headers, message }));
+    this.writer.send(frame);
     return (reason) => {
       const cancelled = this.settle(id);
       if (cancelled === undefined) return;
@@ -203,6 +205,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
         reject(ConnectError.from(err, Code.Internal));
         return;
       }
+      let cancel: (reason: ConnectError) => void = () => {};
       const onAbort = () => cancel(ConnectError.from(req.signal.reason, Code.Canceled));
       const timer = setTimeout(
         () => cancel(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
@@ -214,16 +217,23 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
         clearTimeout(timer);
         if (listens) req.signal.removeEventListener("abort", onAbort);
       };
-      const cancel = connected().send(method, req.url, timeoutMs, headers, message, {
-        resolve: (out) => {
-          done();
-          resolve(answered(req, out));
-        },
-        reject: (err) => {
-          done();
-          reject(err);
-        },
-      });
+      try {
+        cancel = connected().send(method, req.url, timeoutMs, headers, message, {
+          resolve: (out) => {
+            done();
+            resolve(answered(req, out));
+          },
+          reject: (err) => {
+            done();
+            reject(err);
+          },
+        });
+      } catch (err) {
+        // A header or path too long for the format.
+        clearTimeout(timer);
+        reject(ConnectError.from(err, Code.InvalidArgument));
+        return;
+      }
       if (req.signal.aborted) onAbort();
       else if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
     });

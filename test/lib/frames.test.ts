@@ -153,6 +153,10 @@ describe("unary calls over frames", () => {
       }),
     );
     expect((await health.check({ service: LLMService.typeName })).status).toBe(1);
+    // A header the format cannot carry fails that call alone.
+    expect(
+      await codeOf(client.generate({ text: "hi" }, { headers: { "x-big": "a".repeat(70_000) } })),
+    ).toBe("InvalidArgument");
     // The same connection keeps working after errors.
     expect((await client.generate({ text: "still here" })).reply).toBe("Echo: still here");
     // A method nobody serves, asked for on a raw connection.
