@@ -59,8 +59,9 @@ export function createGroupCommit<T, R>(
       return;
     }
     for (const [i, waiting] of batch.entries()) {
-      const outcome = outcomes[i] as PromiseSettledResult<R>;
-      if (outcome.status === "fulfilled") waiting.resolve(outcome.value);
+      const outcome = outcomes[i];
+      if (outcome === undefined) waiting.reject(new Error("the batch write gave no outcome"));
+      else if (outcome.status === "fulfilled") waiting.resolve(outcome.value);
       else waiting.reject(outcome.reason);
     }
   }

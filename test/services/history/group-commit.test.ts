@@ -32,6 +32,19 @@ function heldWriter() {
 }
 
 describe("group commit", () => {
+  it("fails an item its batch write gave no outcome for, and goes on with the next batch", async () => {
+    const queue = createGroupCommit(
+      async (items: readonly number[]) => items.slice(1).map((n) => fulfilled(n * 10)),
+      256,
+    );
+    // The writer answers one item short: the last item of each batch has no outcome.
+    expect(await Promise.allSettled([queue.submit(1), queue.submit(2)])).toMatchObject([
+      { status: "fulfilled", value: 20 },
+      { status: "rejected" },
+    ]);
+    expect(await Promise.allSettled([queue.submit(3)])).toMatchObject([{ status: "rejected" }]);
+  });
+
   it("writes an item that finds the queue idle at once, without waiting for the event loop", async () => {
     const writer = recordingWriter();
     const queue = createGroupCommit(writer.write, 256);
