@@ -16,14 +16,12 @@
  * SOAK_CONNECTIONS (20), SOAK_USERS (2000), SOAK_SAMPLE_S (10),
  * SOAK_MAX_GROWTH (0.10).
  */
-import type { ChildProcess } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import os, { tmpdir } from "node:os";
-import { join } from "node:path";
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { runSteadyLoad } from "./soak-load.js";
 import { formatVerdicts, judgeMemory, type Sample } from "./soak-verdict.js";
-import { freePort, rssOf, startProcess, waitHealthy } from "./stack.js";
+import { rssOf, startChain } from "./stack.js";
 
 const seconds = Number(process.env.SOAK_SECONDS ?? 600);
 const rate = Number(process.env.SOAK_RATE ?? 100);
@@ -41,46 +39,7 @@ function gauge(text: string, name: string): number {
   return line === undefined ? Number.NaN : Number(line.split(" ")[1]);
 }
 
-async function startStack() {
-  const ports = Object.fromEntries(
-    await Promise.all(names.map(async (n) => [n, await freePort()])),
-  ) as Record<Name, number>;
-  const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-soak-"));
-  const env: Record<string, string> = {
-    ...Object.fromEntries(names.map((n) => [`${n.toUpperCase()}_PORT`, String(ports[n])])),
-    ...Object.fromEntries(
-      names
-        .filter((n) => n !== "gateway")
-        .map((n) => [`${n.toUpperCase()}_URL`, `http://127.0.0.1:${ports[n]}`]),
-    ),
-    HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "history.db")}`,
-    QUOTA_LIMIT: String(Number.MAX_SAFE_INTEGER),
-  };
-  const children = Object.fromEntries(names.map((n) => [n, startProcess(n, env)])) as Record<
-    Name,
-    ChildProcess
-  >;
-  await Promise.all(names.map((n) => waitHealthy(ports[n])));
-  return {
-    ports,
-    children,
-    async stop() {
-      await Promise.all(
-        Object.values(children).map(
-          (c) =>
-            new Promise<void>((resolve) => {
-              if (c.exitCode !== null) return resolve();
-              c.once("exit", () => resolve());
-              c.kill("SIGTERM");
-            }),
-        ),
-      );
-      rmSync(dataDir, { recursive: true, force: true });
-    },
-  };
-}
-
-const stack = await startStack();
+const stack = await startChain();
 const samples: Sample[] = [];
 const started = Date.now();
 let exited: string[] = [];

@@ -81,14 +81,20 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
     QUOTA_LIMIT: String(Number.MAX_SAFE_INTEGER),
     ...extraEnv,
   };
-  const children = names.map((n) => startProcess(n, env));
+  const children = Object.fromEntries(names.map((n) => [n, startProcess(n, env)])) as Record<
+    (typeof names)[number],
+    ChildProcess
+  >;
   await Promise.all(names.map((n) => waitHealthy(ports[n])));
   return {
     url: `http://127.0.0.1:${ports.gateway}`,
-    pids: children.map((c) => c.pid),
+    ports,
+    /** Each process by name. */
+    children,
+    pids: names.map((n) => children[n].pid),
     async stop() {
       await Promise.all(
-        children.map(
+        Object.values(children).map(
           (c) =>
             new Promise<void>((resolve) => {
               if (c.exitCode !== null) return resolve();
