@@ -253,7 +253,7 @@ export function createUnaryInvoker(
 }
 
 /** The caller's trace headers, as the handler sees them. */
-export function traceHeaders(get: (name: string) => string | undefined): Headers {
+function traceHeaders(get: (name: string) => string | undefined): Headers {
   const header = new Headers();
   for (const name of ["traceparent", "x-request-id"]) {
     const value = get(name);
@@ -263,7 +263,7 @@ export function traceHeaders(get: (name: string) => string | undefined): Headers
 }
 
 /** A `connect-timeout-ms` value as a deadline, undefined when absent or not positive. */
-export function parseTimeoutMs(value: string | undefined): number | undefined {
+function parseTimeoutMs(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const ms = Number(value);
   return Number.isFinite(ms) && ms > 0 ? ms : undefined;

@@ -68,15 +68,9 @@ class Connection {
   private nextId = 0;
   closed = false;
 
-  constructor(
-    host: string,
-    port: number,
-    readMaxBytes: number,
-    idleTimeoutMs: number,
-    spacingMs: number,
-  ) {
+  constructor(host: string, port: number, readMaxBytes: number, idleTimeoutMs: number) {
     this.socket = net.connect({ host, port, noDelay: true, keepAlive: true });
-    this.writer = new FrameWriter(this.socket, spacingMs);
+    this.writer = new FrameWriter(this.socket, writeSpacingMs);
     this.socket.write(framesPreface);
     const reader = new FrameReader(
       readMaxBytes,
@@ -185,7 +179,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
   let connection: Connection | undefined;
   const connected = () => {
     if (connection === undefined || connection.closed) {
-      connection = new Connection(host, port, readMaxBytes, idleTimeoutMs, writeSpacingMs);
+      connection = new Connection(host, port, readMaxBytes, idleTimeoutMs);
     }
     return connection;
   };
