@@ -6,7 +6,11 @@
  * chain / ceiling; writes the figures to bench/results/.
  *
  * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
- * BENCH_USERS (1000000), BENCH_WARMUP_S (3).
+ * BENCH_USERS (1000000), BENCH_WARMUP_S (3). BENCH_REFERENCE_URL names
+ * another chat gateway already running (another build, or another
+ * implementation of the same POST /chat) to measure under the same load in the
+ * same run; BENCH_REFERENCE_PIDS (space or comma separated) are its processes,
+ * for its peak memory.
  */
 import { fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -20,6 +24,11 @@ const duration = Number(process.env.BENCH_DURATION_S ?? 10);
 const users = Number(process.env.BENCH_USERS ?? 1_000_000);
 const warmup = Number(process.env.BENCH_WARMUP_S ?? 3);
 const text = "Hello   world   from   Go!";
+const referenceUrl = process.env.BENCH_REFERENCE_URL?.replace(/\/+$/, "");
+const referencePids = (process.env.BENCH_REFERENCE_PIDS ?? "")
+  .split(/[\s,]+/)
+  .filter((pid) => pid !== "")
+  .map(Number);
 
 interface Figures {
   readonly requestsPerSec: number;
@@ -59,26 +68,34 @@ async function load(url: string, seconds: number): Promise<Figures> {
   };
 }
 
+/** Runs the warm-up and the measured load, sampling the peak memory of `pids` meanwhile. */
+async function measure(url: string, pids: readonly (number | undefined)[]) {
+  await load(url, warmup);
+  let peakRss = 0;
+  let peakPss = 0;
+  const sampler = setInterval(() => {
+    let rss = 0;
+    let pss = 0;
+    for (const pid of pids) {
+      const memory = memoryOf(pid);
+      rss += memory.rss;
+      pss += memory.pss;
+    }
+    peakRss = Math.max(peakRss, rss);
+    peakPss = Math.max(peakPss, pss);
+  }, 250);
+  try {
+    const figures = await load(url, duration);
+    return { ...figures, peakRssBytes: peakRss, peakPssBytes: peakPss };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
 async function measureChain() {
   const chain = await startChain();
   try {
-    await load(chain.url, warmup);
-    let peakRss = 0;
-    let peakPss = 0;
-    const sampler = setInterval(() => {
-      let rss = 0;
-      let pss = 0;
-      for (const pid of chain.pids) {
-        const memory = memoryOf(pid);
-        rss += memory.rss;
-        pss += memory.pss;
-      }
-      peakRss = Math.max(peakRss, rss);
-      peakPss = Math.max(peakPss, pss);
-    }, 250);
-    const figures = await load(chain.url, duration);
-    clearInterval(sampler);
-    return { ...figures, peakRssBytes: peakRss, peakPssBytes: peakPss };
+    return await measure(chain.url, chain.pids);
   } finally {
     await chain.stop();
   }
@@ -102,24 +119,37 @@ async function measureCeiling() {
 }
 
 const chain = await measureChain();
+const reference =
+  referenceUrl === undefined ? undefined : await measure(referenceUrl, referencePids);
 const ceiling = await measureCeiling();
 const ratio = chain.requestsPerSec / ceiling.requestsPerSec;
 const row = (name: string, f: Figures) =>
-  `${name.padEnd(8)} ${f.requestsPerSec.toFixed(0).padStart(8)} req/s  p50 ${f.p50} ms  p90 ${f.p90} ms  p99 ${f.p99} ms  non-2xx ${f.non2xx}  errors ${f.errors}`;
+  `${name.padEnd(9)} ${f.requestsPerSec.toFixed(0).padStart(8)} req/s  p50 ${f.p50} ms  p90 ${f.p90} ms  p99 ${f.p99} ms  non-2xx ${f.non2xx}  errors ${f.errors}`;
 console.log(
   `\nchatmesh bench: ${connections} connections, ${duration} s, ${users} users, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"})`,
 );
 console.log(row("chain", chain));
+if (reference !== undefined) console.log(row("reference", reference));
 console.log(row("ceiling", ceiling));
+const mb = (bytes: number) => (bytes / 1048576).toFixed(0);
 console.log(
-  `chain / ceiling = ${ratio.toFixed(3)}   peak memory of the 5 processes: RSS ${(chain.peakRssBytes / 1048576).toFixed(0)} MB, PSS ${(chain.peakPssBytes / 1048576).toFixed(0)} MB (shared pages counted once)`,
+  `chain / ceiling = ${ratio.toFixed(3)}   peak memory of the 5 processes: RSS ${mb(chain.peakRssBytes)} MB, PSS ${mb(chain.peakPssBytes)} MB (shared pages counted once)`,
 );
+if (reference !== undefined) {
+  const memory =
+    referencePids.length === 0
+      ? "(BENCH_REFERENCE_PIDS unset)"
+      : `RSS ${mb(reference.peakRssBytes)} MB, PSS ${mb(reference.peakPssBytes)} MB`;
+  console.log(
+    `reference / ceiling = ${(reference.requestsPerSec / ceiling.requestsPerSec).toFixed(3)}   chain / reference = ${(chain.requestsPerSec / reference.requestsPerSec).toFixed(3)}   peak memory of the reference: ${memory}`,
+  );
+}
 
 const dir = fileURLToPath(new URL("./results/", import.meta.url));
 mkdirSync(dir, { recursive: true });
 const file = `${dir}chain-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
 writeFileSync(
   file,
-  `${JSON.stringify({ at: new Date().toISOString(), connections, duration, users, cpus: os.cpus().length, chain, ceiling, ratio }, null, 2)}\n`,
+  `${JSON.stringify({ at: new Date().toISOString(), connections, duration, users, cpus: os.cpus().length, chain, reference, ceiling, ratio }, null, 2)}\n`,
 );
 console.log(`figures written to ${file}`);
