@@ -8,7 +8,7 @@ STAMP := node_modules/.chatmesh-installed
 TEXT ?= 这是一条最小链路测试
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help install generate checkgenerate lint breaking test test-faults soak run-all client bench bench-micro bench-quota build deploy-check
+.PHONY: help install generate checkgenerate lint breaking test test-faults soak run-all client bench bench-go bench-micro bench-quota build deploy-check
 
 help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -54,6 +54,9 @@ bench: build ## Load benchmark of the whole chain (from dist/) vs a bare Fastify
 	$(BIN)/tsx bench/chain-bench.ts
 	@$(BIN)/tsx bench/quota-bench.ts
 	@$(BIN)/tsx bench/micro-bench.ts
+
+bench-go: build ## make bench with the seed's Go original beside the chain, same load, same run (needs Go: bench/go-reference/build.sh)
+	$(BIN)/tsx bench/go-bench.ts
 
 bench-micro: $(STAMP) ## Unary RPC per transport, and the filter's matcher with 10k terms
 	@$(BIN)/tsx bench/micro-bench.ts
