@@ -173,7 +173,9 @@ describe("POST /chat/stream with real processes and curl", () => {
   });
 
   it("ends with an error event when the LLM dies mid-stream, and refunds", async () => {
-    const stream = startCurlStream('{"user_id":"s6","text":"a b c d e f g h i j k l"}');
+    // 40 words at chunkDelayMs each: the model is killed long before it could finish, even on a loaded machine.
+    const words = Array.from({ length: 40 }, (_, i) => `w${i}`).join(" ");
+    const stream = startCurlStream(JSON.stringify({ user_id: "s6", text: words }));
     await until("a delta", () =>
       stream.arrivals.some((a) => a.event === "delta") ? true : undefined,
     );
