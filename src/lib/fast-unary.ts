@@ -20,7 +20,7 @@ import {
 } from "@connectrpc/connect";
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "./logger.js";
-import { continueTrace, runWithTrace } from "./trace.js";
+import { continueTrace, type TraceContext, traceKey, traceLogFields } from "./trace.js";
 
 type AnyUnaryImpl = (request: unknown, context: HandlerContext) => unknown;
 
@@ -110,12 +110,14 @@ export interface UnaryInvoker {
   lookup(path: string): FastMethod | undefined;
   /**
    * Starts a call with the request message in binary; `header` carries the
-   * caller's trace headers; `timeoutMs` is the caller's deadline, if any.
+   * caller's trace headers, `trace` the trace continued from them (the
+   * handler's `traceOf(ctx)`); `timeoutMs` is the caller's deadline, if any.
    */
   start(
     fast: FastMethod,
     body: Uint8Array,
     header: Headers,
+    trace: TraceContext,
     timeoutMs: number | undefined,
   ): ServedCall;
 }
@@ -166,7 +168,7 @@ export function createUnaryInvoker(
       byPath ??= new Map(methods.map((m) => [m.path, m]));
       return byPath.get(path);
     },
-    start(fast, body, header, timeoutMs) {
+    start(fast, body, header, trace, timeoutMs) {
       let controller: AbortController | undefined;
       let aborted: ConnectError | undefined;
       let fail: (reason: ConnectError) => void = () => {};
@@ -216,7 +218,7 @@ export function createUnaryInvoker(
           return responseTrailer;
         },
         get values() {
-          values ??= createContextValues();
+          values ??= createContextValues().set(traceKey, trace);
           return values;
         },
       };
@@ -283,6 +285,7 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
     req: http.IncomingMessage,
     res: http.ServerResponse,
     body: Buffer,
+    trace: TraceContext,
   ) {
     const started = performance.now();
     const header = traceHeaders((name) => {
@@ -295,6 +298,7 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
         fast,
         body,
         header,
+        trace,
         parseTimeoutMs(typeof timeout === "string" ? timeout : undefined),
       );
       res.once("close", () => {
@@ -308,6 +312,7 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
     } finally {
       options.logger.info(
         {
+          ...traceLogFields(trace),
           method: "POST",
           route: req.url,
           status: res.statusCode,
@@ -349,7 +354,7 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
         typeof traceparent === "string" ? traceparent : undefined,
         typeof requestId === "string" ? requestId : undefined,
       );
-      runWithTrace(trace, () => void serve(fast, req, res, body));
+      void serve(fast, req, res, body, trace);
     });
     return true;
   };

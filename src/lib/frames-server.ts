@@ -12,7 +12,7 @@ import {
   writeSpacingMs,
 } from "./frames.js";
 import type { Logger } from "./logger.js";
-import { continueTrace, runWithTrace } from "./trace.js";
+import { continueTrace, type TraceContext, traceLogFields } from "./trace.js";
 
 /** The server side of the lean frames protocol, fed connections by the dual-protocol server. */
 export interface FramesServer {
@@ -61,12 +61,16 @@ export function createFramesServer(
     const started = performance.now();
     let path = "";
     let status = "ok";
+    let trace: TraceContext | undefined;
     const answer = (frame: Buffer) => {
       calls.delete(id);
       writer.send(frame);
       if (logger.isLevelEnabled("info")) {
         const ms = Math.round((performance.now() - started) * 10) / 10;
-        logger.info({ protocol: "frames", route: path, status, ms }, "request");
+        logger.info(
+          { ...traceLogFields(trace), protocol: "frames", route: path, status, ms },
+          "request",
+        );
       }
       endIfIdle(socket, calls);
     };
@@ -100,24 +104,23 @@ export function createFramesServer(
     for (let i = 0; i < request.headers.length; i += 2) {
       header.append(request.headers[i] as string, request.headers[i + 1] as string);
     }
-    const trace = continueTrace(header.get("traceparent"), header.get("x-request-id"));
-    runWithTrace(trace, () => {
-      const call = invoker.start(
-        fast,
-        request.message,
-        header,
-        request.timeoutMs === 0 ? undefined : request.timeoutMs,
-      );
-      calls.set(id, call);
-      call.done.then(
-        (bytes) => {
-          if (calls.get(id) === call) answer(encodeFrame(FrameKind.Ok, id, bytes));
-        },
-        (err: unknown) => {
-          if (calls.get(id) === call) refuse(ConnectError.from(err));
-        },
-      );
-    });
+    trace = continueTrace(header.get("traceparent"), header.get("x-request-id"));
+    const call = invoker.start(
+      fast,
+      request.message,
+      header,
+      trace,
+      request.timeoutMs === 0 ? undefined : request.timeoutMs,
+    );
+    calls.set(id, call);
+    call.done.then(
+      (bytes) => {
+        if (calls.get(id) === call) answer(encodeFrame(FrameKind.Ok, id, bytes));
+      },
+      (err: unknown) => {
+        if (calls.get(id) === call) refuse(ConnectError.from(err));
+      },
+    );
   }
 
   return {

@@ -10,7 +10,7 @@ import type { Registry } from "prom-client";
 import type { Logger } from "./logger.js";
 import { registerHttpMetrics } from "./metrics.js";
 import { type ReadyCheck, registerHealthRoutes } from "./readiness.js";
-import { continueTrace, runWithTrace, type TraceContext } from "./trace.js";
+import { continueTrace, type TraceContext, traceLogFields } from "./trace.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -50,16 +50,15 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     );
   });
   app.addHook("onResponse", async (req, reply) => {
-    runWithTrace(req.trace, () =>
-      req.log.info(
-        {
-          method: req.method,
-          route: req.routeOptions.url ?? "unmatched",
-          status: reply.statusCode,
-          ms: Math.round(reply.elapsedTime * 10) / 10,
-        },
-        "request",
-      ),
+    req.log.info(
+      {
+        ...traceLogFields(req.trace),
+        method: req.method,
+        route: req.routeOptions.url ?? "unmatched",
+        status: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+      },
+      "request",
     );
   });
   // While draining, an HTTP/1.1 connection closes after its response, so a

@@ -8,7 +8,7 @@ import {
   type HistoryServiceAppendRequest,
 } from "../../../gen/chat/v1/history_pb.js";
 import type { Logger } from "../../lib/logger.js";
-import { continueTrace, runWithTrace } from "../../lib/trace.js";
+import { continueTrace, traceLogFields } from "../../lib/trace.js";
 import {
   type Entry,
   HistoryInputError,
@@ -56,6 +56,10 @@ function fromStoreError(err: unknown): ConnectError {
   return new ConnectError("history store failed", Code.Internal, undefined, undefined, err);
 }
 
+/** The log fields of a batched entry's own trace. */
+const entryTrace = (entry: HistoryServiceAppendRequest) =>
+  traceLogFields(continueTrace(entry.traceparent, entry.requestId));
+
 /** chat.v1.HistoryService over a HistoryStore. */
 export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<typeof HistoryService> {
   const { store } = deps;
@@ -86,27 +90,30 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
         );
       }
       // The store commits what arrives together in one transaction. Each
-      // entry runs in the trace of its chat (W3C span-link style), so its log
-      // line carries the chat's trace and request ids.
+      // entry's log line is in the trace of its chat (W3C span-link style):
+      // it carries the chat's trace and request ids.
       const results = await Promise.all(
         req.entries.map((entry) =>
-          runWithTrace(continueTrace(entry.traceparent, entry.requestId), () =>
-            append(entry).then(
-              (appended) => {
-                deps.logger?.info({ created: appended.created }, "history entry appended");
-                return { result: { case: "appended" as const, value: appended } };
-              },
-              (err: unknown) => {
-                const { code, rawMessage } = ConnectError.from(err);
-                deps.logger?.warn(
-                  { code: Code[code], reason: rawMessage },
-                  "history entry refused",
+          append(entry).then(
+            (appended) => {
+              if (deps.logger?.isLevelEnabled("info")) {
+                deps.logger.info(
+                  { ...entryTrace(entry), created: appended.created },
+                  "history entry appended",
                 );
-                return {
-                  result: { case: "error" as const, value: { code, message: rawMessage } },
-                };
-              },
-            ),
+              }
+              return { result: { case: "appended" as const, value: appended } };
+            },
+            (err: unknown) => {
+              const { code, rawMessage } = ConnectError.from(err);
+              deps.logger?.warn(
+                { ...entryTrace(entry), code: Code[code], reason: rawMessage },
+                "history entry refused",
+              );
+              return {
+                result: { case: "error" as const, value: { code, message: rawMessage } },
+              };
+            },
           ),
         ),
       );

@@ -1,9 +1,13 @@
+import type { TraceContext } from "../../lib/trace.js";
+
 /** What a model is asked. */
 export interface LlmRequest {
   readonly text: string;
   readonly userId: string;
   /** Most tokens the reply may have; undefined leaves it to the backend. */
   readonly maxTokens?: number | undefined;
+  /** The call's trace, for the backend's log lines. */
+  readonly trace?: TraceContext | undefined;
 }
 
 /** Tokens one model call used, as the model server counted them. */

@@ -1,6 +1,7 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { LLMService } from "../../../gen/chat/v1/llm_pb.js";
 import type { Logger } from "../../lib/logger.js";
+import { traceLogFields, traceOf } from "../../lib/trace.js";
 import type { LlmBackend, LlmRequest, LlmResult } from "./backend.js";
 
 export interface LlmServiceDeps {
@@ -28,6 +29,7 @@ function watchCancel(ctx: HandlerContext, logger: Logger | undefined): () => voi
     const reason = ctx.signal.reason;
     logger.info(
       {
+        ...traceLogFields(traceOf(ctx)),
         request_id: ctx.requestHeader.get("x-request-id") ?? undefined,
         reason: reason instanceof Error ? reason.message : String(reason),
       },
@@ -57,22 +59,25 @@ export function createLlmService({
   maxTokens: cap,
 }: LlmServiceDeps): ServiceImpl<typeof LLMService> {
   const model = backend.model ?? backend.name;
-  const request = (req: { text: string; userId: string; maxTokens: number }): LlmRequest => {
+  const request = (
+    req: { text: string; userId: string; maxTokens: number },
+    ctx: HandlerContext,
+  ): LlmRequest => {
     requireText(req.text);
     if (req.maxTokens < 0) {
       throw new ConnectError("max_tokens must not be negative", Code.InvalidArgument);
     }
     const asked = req.maxTokens === 0 ? undefined : req.maxTokens;
     const maxTokens = asked === undefined ? cap : Math.min(asked, cap ?? asked);
-    return { text: req.text, userId: req.userId, maxTokens };
+    return { text: req.text, userId: req.userId, maxTokens, trace: traceOf(ctx) };
   };
   return {
     async generate(req, ctx) {
-      const result = await backend.generate(request(req), ctx.signal);
+      const result = await backend.generate(request(req, ctx), ctx.signal);
       return { reply: result.reply, model, ...endFields(result) };
     },
     async *generateStream(req, ctx) {
-      const llmRequest = request(req);
+      const llmRequest = request(req, ctx);
       const unwatch = watchCancel(ctx, logger);
       let first = true;
       try {

@@ -2,6 +2,7 @@ import type { ConnectError } from "@connectrpc/connect";
 import OpenAI from "openai";
 import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
+import { traceLogFields } from "../../lib/trace.js";
 import type { LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
 import { connectErrorFromUpstream, describeFailure } from "./openai-errors.js";
 
@@ -53,7 +54,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   });
 
   /** The call's signal: the RPC's, or LLM_TIMEOUT_MS if that comes first. */
-  const deadline = (caller: AbortSignal) => {
+  const deadline = (caller: AbortSignal, request: LlmRequest) => {
     const timeout = AbortSignal.timeout(timeoutMs);
     return {
       signal: AbortSignal.any([caller, timeout]),
@@ -65,7 +66,11 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         });
         if (!caller.aborted) {
           logger?.warn(
-            { upstream: describeFailure(err, [options.apiKey]), code: mapped.code },
+            {
+              ...traceLogFields(request.trace),
+              upstream: describeFailure(err, [options.apiKey]),
+              code: mapped.code,
+            },
             `model server call failed: ${mapped.rawMessage}`,
           );
         }
@@ -83,7 +88,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     name: "openai",
     model,
     async generate(request, signal) {
-      const call = deadline(signal);
+      const call = deadline(signal, request);
       try {
         const res = await client.chat.completions.create(body(request), { signal: call.signal });
         const choice = res.choices[0];
@@ -98,7 +103,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     },
 
     async *stream(request, signal) {
-      const call = deadline(signal);
+      const call = deadline(signal, request);
       let usage: LlmUsage | undefined;
       let finishReason: string | undefined;
       try {

@@ -5,6 +5,7 @@ import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
 import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { counter } from "../../lib/metrics.js";
+import { traceLogFields, traceOf } from "../../lib/trace.js";
 import { type Clock, systemClock, windowAt } from "./clock.js";
 import { type QuotaStore, QuotaStoreUnavailableError } from "./quota-store.js";
 
@@ -61,7 +62,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
     );
   const failOpen = deps.failOpen ?? false;
   return {
-    async checkAndInc(req) {
+    async checkAndInc(req, ctx) {
       requireUserId(req.userId);
       if (req.cost < 0n || req.cost > BigInt(Number.MAX_SAFE_INTEGER)) {
         throw new ConnectError("cost must be from 0 to 2^53-1", Code.InvalidArgument);
@@ -81,7 +82,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       } catch (err) {
         if (!(failOpen && err instanceof QuotaStoreUnavailableError)) throw storeFailure(err);
         logger?.warn(
-          { err, userId: req.userId, chargeId: req.chargeId },
+          { ...traceLogFields(traceOf(ctx)), err, userId: req.userId, chargeId: req.chargeId },
           "quota store unavailable: chat let through uncharged (QUOTA_FAIL_OPEN)",
         );
         return {
