@@ -7,7 +7,6 @@ import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { readTlsCredentials } from "../lib/tls.js";
-import { runWithTrace } from "../lib/trace.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
@@ -134,6 +133,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
         reply: chat.reply,
         createdAt: new Date(),
         requestId: chat.requestId,
+        trace: chat.trace,
       }));
   app.post("/chat", async (req, reply) => {
     const input = parseChatInput(req.body, config.maxTextChars);
@@ -141,8 +141,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const onQuota = (quota: QuotaState) => Object.assign(seen, { quota });
     const result = isHttpError(input)
       ? input
-      : await runWithTrace(req.trace, () =>
-          runChat({ upstreams, logger, refunds, onQuota, history, cost, refunder }, input, req.id),
+      : await runChat(
+          { upstreams, logger, trace: req.trace, refunds, onQuota, history, cost, refunder },
+          input,
+          req.id,
         );
     chats.inc({ outcome: outcomeOf(result) });
     const status = isHttpError(result) ? result.status : 200;

@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from "fastify";
 import type { Counter } from "prom-client";
+import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable, settleChat } from "./quota.js";
@@ -48,6 +49,8 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
 export interface ChatDeps {
   readonly upstreams: Upstreams;
   readonly logger: FastifyBaseLogger;
+  /** The request's trace: sent with every call made for the chat, and on its log lines. */
+  readonly trace?: TraceContext | undefined;
   /** Counts refunds after LLM failures, by result. */
   readonly refunds?: Counter<"result">;
   /** Told the user's quota once the charge is answered (for the RateLimit headers). */
@@ -86,13 +89,14 @@ export async function admitChat(
   input: ChatInput,
   requestId: string,
 ): Promise<AdmittedChat | HttpError> {
-  const { upstreams, logger } = deps;
+  const { upstreams, logger, trace } = deps;
+  const callOptions = traceCallOptions(trace);
 
   let cleaned: string;
   try {
-    ({ cleaned } = await upstreams.filter.filter({ text: input.text }));
+    ({ cleaned } = await upstreams.filter.filter({ text: input.text }, callOptions));
   } catch (err) {
-    return httpErrorFromRpc("filter", logFailure(logger, "filter", err));
+    return httpErrorFromRpc("filter", logFailure(logger, "filter", err, trace));
   }
 
   try {
@@ -100,14 +104,14 @@ export async function admitChat(
     const { remaining } = await chargeChat(
       upstreams.token,
       { userId: input.userId, chargeId: requestId, cost },
-      {},
+      callOptions,
       deps.onQuota,
     );
     return { cleaned, remaining: Number(remaining) };
   } catch (err) {
     // The service may have charged before it failed to answer: give it back if so.
-    if (chargeOutcomeUnknown(err)) deps.refunder?.refundIfCharged(input.userId, requestId);
-    return httpErrorFromRpc("token", logFailure(logger, "token", err));
+    if (chargeOutcomeUnknown(err)) deps.refunder?.refundIfCharged(input.userId, requestId, trace);
+    return httpErrorFromRpc("token", logFailure(logger, "token", err, trace));
   }
 }
 
@@ -138,13 +142,12 @@ export async function completeChat(
 
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
-    answer = await deps.upstreams.llm.generate({
-      text: cleaned,
-      userId: input.userId,
-      maxTokens: input.maxTokens ?? 0,
-    });
+    answer = await deps.upstreams.llm.generate(
+      { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
+      traceCallOptions(deps.trace),
+    );
   } catch (err) {
-    logFailure(deps.logger, "llm", err);
+    logFailure(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return httpErrorFromRpc("llm", err);
   }
@@ -155,6 +158,7 @@ export async function completeChat(
     reply,
     createdAt: new Date(),
     requestId,
+    trace: deps.trace,
   });
   const reportedUsage = answer.usage && {
     promptTokens: answer.usage.promptTokens,
@@ -188,30 +192,47 @@ export async function settle(
   if (deps.cost?.settles !== true) return undefined;
   try {
     const cost = (await usage()).totalTokens;
-    return await settleChat(deps.upstreams.token, { userId, chargeId, cost }, deps.onQuota);
+    return await settleChat(
+      deps.upstreams.token,
+      { userId, chargeId, cost },
+      deps.onQuota,
+      traceCallOptions(deps.trace),
+    );
   } catch (err) {
-    deps.logger.error({ err }, "settling the charge failed: the reservation stays");
+    deps.logger.error(
+      { ...traceLogFields(deps.trace), err },
+      "settling the charge failed: the reservation stays",
+    );
     return undefined;
   }
 }
 
 /** Gives a charge back after the model failed; a failed refund is logged, not thrown. */
 export async function refund(deps: ChatDeps, userId: string, chargeId: string): Promise<void> {
-  if (deps.refunder !== undefined) return deps.refunder.refund(userId, chargeId);
+  if (deps.refunder !== undefined) return deps.refunder.refund(userId, chargeId, deps.trace);
+  const fields = traceLogFields(deps.trace);
   try {
     const { refunded } = await retryOnceIfUnavailable(() =>
-      deps.upstreams.token.refund({ userId, chargeId }),
+      deps.upstreams.token.refund({ userId, chargeId }, traceCallOptions(deps.trace)),
     );
     deps.refunds?.inc({ result: "ok" });
-    deps.logger.info({ refunded: Number(refunded) }, "charge refunded after llm failure");
+    deps.logger.info(
+      { ...fields, refunded: Number(refunded) },
+      "charge refunded after llm failure",
+    );
   } catch (err) {
     deps.refunds?.inc({ result: "failed" });
-    deps.logger.error({ err }, "refund failed: the charge stays");
+    deps.logger.error({ ...fields, err }, "refund failed: the charge stays");
   }
 }
 
-/** Logs a failed upstream call and hands the error on. */
-export function logFailure(logger: FastifyBaseLogger, stage: string, err: unknown): unknown {
-  logger.warn({ err, stage }, `${stage} call failed`);
+/** Logs a failed upstream call (in the request's trace) and hands the error on. */
+export function logFailure(
+  logger: FastifyBaseLogger,
+  stage: string,
+  err: unknown,
+  trace: TraceContext | undefined,
+): unknown {
+  logger.warn({ ...traceLogFields(trace), err, stage }, `${stage} call failed`);
   return err;
 }

@@ -2,7 +2,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
-import { currentTrace, formatTraceparent, outsideTrace } from "../lib/trace.js";
+import { formatTraceparent, type TraceContext } from "../lib/trace.js";
 
 /** A successful chat, as the gateway hands it to the history. */
 export interface ChatRecord {
@@ -13,6 +13,8 @@ export interface ChatRecord {
   readonly createdAt: Date;
   /** The gateway's request id: makes a retried append store the chat once. */
   readonly requestId: string;
+  /** The chat's trace: history logs the entry in it. */
+  readonly trace?: TraceContext | undefined;
 }
 
 /** What the recorder did since it started; `pending` is what waits for a retry now. */
@@ -233,13 +235,12 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   return {
     record(chat) {
       if (closed) return drop(chat, "gateway shutting down");
-      const trace = currentTrace();
+      const { trace } = chat;
       batch.push({ chat, traceparent: trace === undefined ? "" : formatTraceparent(trace) });
       batchChars +=
         chat.userId.length + chat.text.length + chat.reply.length + chat.requestId.length;
       if (batch.length >= maxBatchChats || batchChars >= maxBatchChars) flushBatch();
-      // The batch belongs to no one chat's trace.
-      else batchTimer ??= outsideTrace(() => setTimeout(flushBatch, batchWindowMs));
+      else batchTimer ??= setTimeout(flushBatch, batchWindowMs);
     },
 
     stats: () => ({ ...counts, pending: queue.length }),

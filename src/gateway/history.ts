@@ -3,6 +3,7 @@ import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
 import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
+import { traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { badRequest, type HttpError } from "./errors.js";
 import { createHistoryRecorder, type HistoryRecorder } from "./history-recorder.js";
 import { isUserId } from "./request-guards.js";
@@ -72,7 +73,7 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
     const query = parseHistoryQuery(req.query);
     if ("status" in query) return reply.code(query.status).send(query.body);
     try {
-      const page = await client.list(query, { headers: { "x-request-id": req.id } });
+      const page = await client.list(query, traceCallOptions(req.trace));
       const body: HistoryPage = {
         items: page.entries.map((e) => ({
           id: e.id,
@@ -90,7 +91,7 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
       if (ConnectError.from(err).code === Code.InvalidArgument) {
         return reply.code(400).send({ error: "invalid page_token" });
       }
-      req.log.warn({ err, stage: "history" }, "history call failed");
+      req.log.warn({ ...traceLogFields(req.trace), err, stage: "history" }, "history call failed");
       return reply.code(500).send({ error: "history failed" });
     }
   });

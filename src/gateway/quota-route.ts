@@ -1,5 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance } from "fastify";
+import { traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { httpErrorFromRpc } from "./errors.js";
 import { retryOnceIfUnavailable } from "./quota.js";
 import { isUserId } from "./request-guards.js";
@@ -28,7 +29,7 @@ export function registerQuotaRoute(app: FastifyInstance, upstreams: Upstreams): 
     }
     try {
       const quota = await retryOnceIfUnavailable(() =>
-        upstreams.token.getQuota({ userId }, { headers: { "x-request-id": req.id } }),
+        upstreams.token.getQuota({ userId }, traceCallOptions(req.trace)),
       );
       const body: QuotaBody = {
         user_id: userId,
@@ -39,7 +40,7 @@ export function registerQuotaRoute(app: FastifyInstance, upstreams: Upstreams): 
       };
       return body;
     } catch (err) {
-      req.log.warn({ err, stage: "token" }, "token call failed");
+      req.log.warn({ ...traceLogFields(req.trace), err, stage: "token" }, "token call failed");
       const { status, body } = httpErrorFromRpc("token", err);
       return reply.code(status).send(body);
     }

@@ -71,9 +71,10 @@ export async function settleChat(
   token: Client<typeof TokenService>,
   charge: { readonly userId: string; readonly chargeId: string; readonly cost: number },
   onQuota: (state: QuotaState) => void = () => {},
+  callOptions: CallOptions = {},
 ): Promise<number | undefined> {
   const res = await retryOnceIfUnavailable(() =>
-    token.settle({ ...charge, cost: BigInt(charge.cost) }),
+    token.settle({ ...charge, cost: BigInt(charge.cost) }, callOptions),
   );
   if (!res.settled) return undefined;
   if (res.resetTime !== undefined) {

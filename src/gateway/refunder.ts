@@ -2,18 +2,22 @@ import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import type { Counter } from "prom-client";
 import type { TokenService } from "../../gen/chat/v1/token_pb.js";
+import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { retryOnceIfUnavailable } from "./quota.js";
 
 /** Gives charges back, retrying in the background while the token service is away. */
 export interface Refunder {
-  /** Refunds now; when that fails, keeps retrying in the background. */
-  refund(userId: string, chargeId: string): Promise<void>;
+  /**
+   * Refunds now; when that fails, keeps retrying in the background. Every
+   * attempt is made, and logged, in `trace` (the chat's).
+   */
+  refund(userId: string, chargeId: string, trace?: TraceContext): Promise<void>;
   /**
    * For a charge whose outcome is unknown (the token call failed without a
    * verdict: the service may have charged before it died). Refunds in the
    * background; a refund of a charge that was never made changes nothing.
    */
-  refundIfCharged(userId: string, chargeId: string): void;
+  refundIfCharged(userId: string, chargeId: string, trace?: TraceContext): void;
   /** Stops retrying. */
   close(): void;
 }
@@ -54,28 +58,42 @@ export function createRefunder(options: RefunderOptions): Refunder {
   const timers = new Set<NodeJS.Timeout>();
   let closed = false;
 
-  const attempt = async (userId: string, chargeId: string) => {
-    const { refunded } = await retryOnceIfUnavailable(() => token.refund({ userId, chargeId }));
+  const attempt = async (userId: string, chargeId: string, trace: TraceContext | undefined) => {
+    const { refunded } = await retryOnceIfUnavailable(() =>
+      token.refund({ userId, chargeId }, traceCallOptions(trace)),
+    );
     return Number(refunded);
   };
 
-  const later = (userId: string, chargeId: string, delayMs: number, deadline: number) => {
+  const later = (
+    userId: string,
+    chargeId: string,
+    trace: TraceContext | undefined,
+    delayMs: number,
+    deadline: number,
+  ) => {
     if (closed) return;
     const timer = setTimeout(async () => {
       timers.delete(timer);
       try {
-        const refunded = await attempt(userId, chargeId);
+        const refunded = await attempt(userId, chargeId, trace);
         if (refunded > 0) {
           refunds?.inc({ result: "retried" });
-          logger.info({ refunded, chargeId }, "charge refunded in the background");
+          logger.info(
+            { ...traceLogFields(trace), refunded, chargeId },
+            "charge refunded in the background",
+          );
         }
       } catch (err) {
         if (Date.now() + delayMs > deadline) {
           refunds?.inc({ result: "failed" });
-          logger.error({ err, chargeId }, "refund failed: the charge stays");
+          logger.error(
+            { ...traceLogFields(trace), err, chargeId },
+            "refund failed: the charge stays",
+          );
           return;
         }
-        later(userId, chargeId, Math.min(delayMs * 2, maxDelayMs), deadline);
+        later(userId, chargeId, trace, Math.min(delayMs * 2, maxDelayMs), deadline);
       }
     }, delayMs);
     timer.unref();
@@ -83,18 +101,18 @@ export function createRefunder(options: RefunderOptions): Refunder {
   };
 
   return {
-    async refund(userId, chargeId) {
+    async refund(userId, chargeId, trace) {
       try {
-        const refunded = await attempt(userId, chargeId);
+        const refunded = await attempt(userId, chargeId, trace);
         refunds?.inc({ result: "ok" });
-        logger.info({ refunded }, "charge refunded after llm failure");
+        logger.info({ ...traceLogFields(trace), refunded }, "charge refunded after llm failure");
       } catch (err) {
-        logger.warn({ err }, "refund failed: retrying in the background");
-        later(userId, chargeId, firstDelayMs, Date.now() + retryWindowMs);
+        logger.warn({ ...traceLogFields(trace), err }, "refund failed: retrying in the background");
+        later(userId, chargeId, trace, firstDelayMs, Date.now() + retryWindowMs);
       }
     },
-    refundIfCharged(userId, chargeId) {
-      later(userId, chargeId, settleMs, Date.now() + retryWindowMs);
+    refundIfCharged(userId, chargeId, trace) {
+      later(userId, chargeId, trace, settleMs, Date.now() + retryWindowMs);
     },
     close() {
       closed = true;

@@ -1,3 +1,4 @@
+import { traceCallOptions } from "../lib/trace.js";
 import {
   type AdmittedChat,
   type ChatDeps,
@@ -51,7 +52,7 @@ export async function relayReply(
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      { signal },
+      { signal, ...traceCallOptions(deps.trace) },
     );
     for await (const piece of pieces) {
       model ||= piece.model;
@@ -66,7 +67,7 @@ export async function relayReply(
     }
   } catch (err) {
     if (signal.aborted) return { outcome: "client gone" };
-    logFailure(deps.logger, "llm", err);
+    logFailure(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
   }

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { Counter } from "prom-client";
 import type { Logger } from "../lib/logger.js";
-import { runWithTrace } from "../lib/trace.js";
+import { type TraceContext, traceLogFields } from "../lib/trace.js";
 import {
   type AdmittedChat,
   admitChat,
@@ -23,6 +23,8 @@ export interface StreamedChat {
   readonly userId: string;
   readonly cleaned: string;
   readonly reply: string;
+  /** The request's trace. */
+  readonly trace?: TraceContext | undefined;
 }
 
 /**
@@ -61,44 +63,43 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
   const { upstreams, logger } = deps;
   const count = (outcome: string) => deps.chats?.inc({ outcome: outcome.replaceAll(" ", "_") });
 
-  app.post("/chat/stream", (req, reply) =>
-    runWithTrace(req.trace, async () => {
-      const input = parseChatInput(req.body, deps.maxTextChars);
-      if (isHttpError(input)) {
-        count(input.body.error);
-        return reply.code(input.status).send(input.body);
-      }
-      let quota: QuotaState | undefined;
-      const onQuota = (state: QuotaState) => {
-        quota = state;
-      };
-      const chatDeps: ChatDeps = {
-        upstreams,
-        logger,
-        onQuota,
-        ...(deps.refunds && { refunds: deps.refunds }),
-        ...(deps.cost && { cost: deps.cost }),
-        ...(deps.refunder && { refunder: deps.refunder }),
-      };
-      const admitted = await admitChat(chatDeps, input, req.id);
-      if (quota !== undefined) reply.headers(rateLimitHeaders(quota));
-      if (isHttpError(admitted)) {
-        count(admitted.body.error);
-        return reply.code(admitted.status).send(admitted.body);
-      }
+  app.post("/chat/stream", async (req, reply) => {
+    const input = parseChatInput(req.body, deps.maxTextChars);
+    if (isHttpError(input)) {
+      count(input.body.error);
+      return reply.code(input.status).send(input.body);
+    }
+    let quota: QuotaState | undefined;
+    const onQuota = (state: QuotaState) => {
+      quota = state;
+    };
+    const chatDeps: ChatDeps = {
+      upstreams,
+      logger,
+      trace: req.trace,
+      onQuota,
+      ...(deps.refunds && { refunds: deps.refunds }),
+      ...(deps.cost && { cost: deps.cost }),
+      ...(deps.refunder && { refunder: deps.refunder }),
+    };
+    const admitted = await admitChat(chatDeps, input, req.id);
+    if (quota !== undefined) reply.headers(rateLimitHeaders(quota));
+    if (isHttpError(admitted)) {
+      count(admitted.body.error);
+      return reply.code(admitted.status).send(admitted.body);
+    }
 
-      reply.hijack();
-      const sse = openSseStream(reply.raw, reply.getHeaders());
-      const outcome = await streamReply(
-        { ...chatDeps, sse, onChatDone: deps.onChatDone },
-        input,
-        admitted,
-        req.id,
-      );
-      count(outcome);
-      logger.info({ outcome }, "stream ended");
-    }),
-  );
+    reply.hijack();
+    const sse = openSseStream(reply.raw, reply.getHeaders());
+    const outcome = await streamReply(
+      { ...chatDeps, sse, onChatDone: deps.onChatDone },
+      input,
+      admitted,
+      req.id,
+    );
+    count(outcome);
+    logger.info({ ...traceLogFields(req.trace), outcome }, "stream ended");
+  });
 }
 
 interface StreamDeps extends ChatDeps {
@@ -125,7 +126,13 @@ async function streamReply(
   }
   if (result.outcome !== "ok") return result.outcome;
   await sse.send("done", { reply: result.reply });
-  await notifyDone(deps, { requestId, userId: input.userId, cleaned, reply: result.reply });
+  await notifyDone(deps, {
+    requestId,
+    userId: input.userId,
+    cleaned,
+    reply: result.reply,
+    trace: deps.trace,
+  });
   sse.end();
   return "ok";
 }
@@ -139,6 +146,6 @@ export async function notifyDone(
   try {
     await deps.onChatDone(chat);
   } catch (err) {
-    deps.logger.error({ err }, "onChatDone failed");
+    deps.logger.error({ ...traceLogFields(chat.trace), err }, "onChatDone failed");
   }
 }

@@ -14,7 +14,6 @@ import { createFastTransport } from "../lib/fast-transport.js";
 import { createFramesTransport } from "../lib/frames-transport.js";
 import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
-import { createTraceClientInterceptor } from "../lib/trace.js";
 
 /** The typed clients of the services the gateway calls. */
 export interface Upstreams {
@@ -48,10 +47,7 @@ export function createUpstreams(
   /** UPSTREAM_CA_FILE's CA, trusted for https:// service URLs. */
   ca?: Buffer,
 ): ConnectedUpstreams {
-  const interceptors: Interceptor[] = [
-    createRpcMetricsInterceptor(registry, "client"),
-    createTraceClientInterceptor(),
-  ];
+  const interceptors: Interceptor[] = [createRpcMetricsInterceptor(registry, "client")];
   const transport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
     const grpc = createGrpcTransport({
       baseUrl,

@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from "node:async_hooks";
 import { randomFillSync, randomUUID } from "node:crypto";
 import { type ContextValues, createContextKey, type Interceptor } from "@connectrpc/connect";
 
@@ -14,16 +13,15 @@ export interface TraceContext {
   readonly requestId: string;
 }
 
-const storage = new AsyncLocalStorage<TraceContext>();
 const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 const requestIdPattern = /^[\w.:-]{1,128}$/;
 
 /**
  * The trace of the call an RPC handler serves, in the call's context values
- * (`traceOf(ctx)`). The services carry it there rather than in
+ * (`traceOf(ctx)`). Traces are passed along explicitly — in context values,
+ * in the gateway's chat deps, as call options — never kept in
  * AsyncLocalStorage: on Node 20 that storage makes every promise pay for
- * async hooks, which cost the services about a fifth of their CPU in
- * `make bench` (and much garbage-collection work).
+ * async hooks, about a fifth of the gateway's CPU in `make bench`.
  */
 export const traceKey = createContextKey<TraceContext | undefined>(undefined, {
   description: "the call's trace context",
@@ -32,21 +30,6 @@ export const traceKey = createContextKey<TraceContext | undefined>(undefined, {
 /** The trace of the call whose context values these are, if any. */
 export function traceOf(ctx: { readonly values: ContextValues }): TraceContext | undefined {
   return ctx.values.get(traceKey);
-}
-
-/** The trace context of the code running now, if any (the gateway's requests). */
-export function currentTrace(): TraceContext | undefined {
-  return storage.getStore();
-}
-
-/** Runs `fn` outside any trace context (for work done for many requests at once). */
-export function outsideTrace<T>(fn: () => T): T {
-  return storage.exit(fn);
-}
-
-/** Runs `fn` with `trace` as the current trace context. */
-export function runWithTrace<T>(trace: TraceContext, fn: () => T): T {
-  return storage.run(trace, fn);
 }
 
 // Ids are cut from a pool of random bytes refilled 4 KiB at a time: one
@@ -91,24 +74,22 @@ export function formatTraceparent(trace: TraceContext): string {
   return `00-${trace.traceId}-${trace.spanId}-${trace.flags}`;
 }
 
+/**
+ * Call options that send `trace` to the service called, as the
+ * `traceparent` and `x-request-id` headers (none without a trace).
+ */
+export function traceCallOptions(trace: TraceContext | undefined): {
+  headers?: Record<string, string>;
+} {
+  if (trace === undefined) return {};
+  return {
+    headers: { traceparent: formatTraceparent(trace), "x-request-id": trace.requestId },
+  };
+}
+
 /** The fields every log line about a request carries. */
 export function traceLogFields(trace: TraceContext | undefined): Record<string, string> {
   return trace === undefined ? {} : { trace_id: trace.traceId, request_id: trace.requestId };
-}
-
-/**
- * Client side: sends the current trace context as gRPC metadata
- * (`traceparent`, `x-request-id`) on every call.
- */
-export function createTraceClientInterceptor(): Interceptor {
-  return (next) => (req) => {
-    const trace = storage.getStore();
-    if (trace !== undefined) {
-      req.header.set("traceparent", formatTraceparent(trace));
-      req.header.set("x-request-id", trace.requestId);
-    }
-    return next(req);
-  };
 }
 
 /**

@@ -123,6 +123,36 @@ describe("trace propagation", () => {
     }
   });
 
+  it.each([
+    ["/chat/stream", { user_id: "traced-stream", text: "hi" }],
+    [
+      "/v1/chat/completions",
+      { model: "echo", user: "traced-openai", messages: [{ role: "user", content: "hi" }] },
+    ],
+  ])("carries the caller's trace through %s to the token and llm services", async (path, body) => {
+    const traceId = randomBytes(16).toString("hex");
+    const res = await fetch(`${stack.gatewayUrl}${path}`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01`,
+      },
+      body: JSON.stringify(body),
+    });
+    expect(res.status).toBe(200);
+    await res.text();
+    const requestId = res.headers.get("x-request-id");
+    for (const name of ["token", "llm"] as const) {
+      const proc = stack.procs.get(name);
+      if (proc === undefined) throw new Error(`${name} is not running`);
+      await waitForOutput(
+        proc,
+        new RegExp(`"trace_id":"${traceId}","request_id":"${requestId}"`),
+        5_000,
+      );
+    }
+  });
+
   it("starts a trace when the caller sends none", async () => {
     const res = await postChat(stack.gatewayUrl, { user_id: "untraced", text: "hi" });
     const requestId = res.headers.get("x-request-id");

@@ -60,6 +60,11 @@ describe("gateway POST /chat/stream over in-process services", () => {
         userId: "u1",
         cleaned: "Hello world from Go!",
         reply: "Echo: Hello world from Go!",
+        // The request's trace, for history to log the entry in.
+        trace: expect.objectContaining({
+          traceId: expect.stringMatching(/^[0-9a-f]{32}$/),
+          requestId: res.headers.get("x-request-id"),
+        }),
       },
     ]);
   });

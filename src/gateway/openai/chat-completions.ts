@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
+import { traceLogFields } from "../../lib/trace.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
 import { type QuotaState, rateLimitHeaders } from "../quota.js";
 import { chatUsage } from "../quota-cost.js";
@@ -71,7 +72,7 @@ export async function handleChatCompletion(
   const onQuota = (state: QuotaState) => {
     quota = state;
   };
-  const chatDeps: ChatDeps = { ...deps, onQuota };
+  const chatDeps: ChatDeps = { ...deps, trace: req.trace, onQuota };
 
   if (!request.stream) {
     const chat = await completeChat(chatDeps, input, req.id);
@@ -102,7 +103,7 @@ export async function handleChatCompletion(
     request,
   );
   deps.count(outcome);
-  deps.logger.info({ outcome }, "stream ended");
+  deps.logger.info({ ...traceLogFields(req.trace), outcome }, "stream ended");
   return undefined;
 }
 
@@ -141,7 +142,13 @@ async function streamCompletion(
     await send(usageChunk(done, await chatUsage(cleaned, result.reply, result.reportedUsage)));
   }
   const { input, requestId } = chat;
-  await notifyDone(deps, { requestId, userId: input.userId, cleaned, reply: result.reply });
+  await notifyDone(deps, {
+    requestId,
+    userId: input.userId,
+    cleaned,
+    reply: result.reply,
+    trace: deps.trace,
+  });
   await send("[DONE]");
   sse.end();
   return "ok";

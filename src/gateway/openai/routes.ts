@@ -1,7 +1,7 @@
 import type { FastifyError, FastifyInstance } from "fastify";
 import type { Counter } from "prom-client";
 import type { Logger } from "../../lib/logger.js";
-import { runWithTrace } from "../../lib/trace.js";
+import { type TraceContext, traceCallOptions, traceLogFields } from "../../lib/trace.js";
 import type { HistoryRecorder } from "../history-recorder.js";
 import type { CostPolicy } from "../quota-cost.js";
 import type { Refunder } from "../refunder.js";
@@ -75,16 +75,17 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
       });
 
       v1.post("/chat/completions", (req, reply) =>
-        runWithTrace(req.trace, () => handleChatCompletion(completionsDeps, req, reply)),
+        handleChatCompletion(completionsDeps, req, reply),
       );
 
-      const listModels = async () => (await upstreams.llm.listModels({})).models;
+      const listModels = async (trace: TraceContext) =>
+        (await upstreams.llm.listModels({}, traceCallOptions(trace))).models;
       v1.get("/models", async (req, reply) => {
         try {
-          const models = await runWithTrace(req.trace, listModels);
+          const models = await listModels(req.trace);
           return { object: "list", data: models.map((m) => modelObject(m.id)) };
         } catch (err) {
-          req.log.warn({ err, stage: "llm" }, "llm call failed");
+          req.log.warn({ ...traceLogFields(req.trace), err, stage: "llm" }, "llm call failed");
           return sendOpenAiError(reply, llmFailed);
         }
       });
@@ -92,10 +93,10 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
       v1.get("/models/*", async (req, reply) => {
         const id = (req.params as { "*": string })["*"];
         try {
-          const models = await runWithTrace(req.trace, listModels);
+          const models = await listModels(req.trace);
           if (models.some((m) => m.id === id)) return modelObject(id);
         } catch (err) {
-          req.log.warn({ err, stage: "llm" }, "llm call failed");
+          req.log.warn({ ...traceLogFields(req.trace), err, stage: "llm" }, "llm call failed");
           return sendOpenAiError(reply, llmFailed);
         }
         return reply.code(404).send({
