@@ -7,6 +7,7 @@ import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { readTlsCredentials } from "../lib/tls.js";
+import { traceLogFields } from "../lib/trace.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
@@ -97,7 +98,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   });
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const { status, body } = errorResponse(err);
-    if (status === 500) req.log.error({ err }, "unhandled error");
+    if (status === 500) req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));

@@ -2,7 +2,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
-import { formatTraceparent, type TraceContext } from "../lib/trace.js";
+import { formatTraceparent, type TraceContext, traceLogFields } from "../lib/trace.js";
 
 /** A successful chat, as the gateway hands it to the history. */
 export interface ChatRecord {
@@ -111,7 +111,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   const drop = (chat: ChatRecord, why: string, err?: unknown) => {
     counts.dropped++;
     logger.error(
-      { err, requestId: chat.requestId, userId: chat.userId },
+      { ...traceLogFields(chat.trace), err, requestId: chat.requestId, userId: chat.userId },
       `history entry lost: ${why}`,
     );
   };
@@ -177,7 +177,10 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     }
     counts.failedAttempts++;
     if (isPermanent(err)) return drop(chat, "refused by history", err);
-    logger.warn({ err, requestId: chat.requestId }, "history append failed; will retry");
+    logger.warn(
+      { ...traceLogFields(chat.trace), err, requestId: chat.requestId },
+      "history append failed; will retry",
+    );
     enqueue(chat);
   };
 

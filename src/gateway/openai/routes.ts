@@ -55,7 +55,9 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
     async (v1) => {
       v1.setErrorHandler((err: FastifyError, req, reply) => {
         const openAi = openAiErrorFromFastify(err);
-        if (openAi.status === 500) req.log.error({ err }, "unhandled error");
+        if (openAi.status === 500) {
+          req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
+        }
         return sendOpenAiError(reply, openAi);
       });
       v1.setNotFoundHandler((req, reply) =>
