@@ -13,7 +13,7 @@ import type { HttpError } from "./errors.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import type { CostPolicy } from "./quota-cost.js";
 import type { Refunder } from "./refunder.js";
-import { relayReply } from "./reply-stream.js";
+import { relayReply, type StreamingChat } from "./reply-stream.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -117,35 +117,39 @@ async function streamReply(
   const { sse } = deps;
   const { cleaned } = admitted;
   await sse.send("meta", { cleaned, remaining: admitted.remaining });
-  const result = await relayReply(deps, { input, admitted, requestId }, sse.signal, (text) =>
-    sse.send("delta", { text }),
-  );
+  const chat: StreamingChat = { input, admitted, requestId };
+  const result = await relayReply(deps, chat, sse.signal, (text) => sse.send("delta", { text }));
   if (result.outcome === "llm failed") {
     await sse.send("error", { error: "llm failed" });
     sse.end();
   }
   if (result.outcome !== "ok") return result.outcome;
   await sse.send("done", { reply: result.reply });
-  await notifyDone(deps, {
-    requestId,
-    userId: input.userId,
-    cleaned,
-    reply: result.reply,
-    trace: deps.trace,
-  });
+  await notifyDone(deps, chat, result.reply);
   sse.end();
   return "ok";
 }
 
 /** Hands a finished streamed chat to `onChatDone`; an error there is logged, never thrown. */
 export async function notifyDone(
-  deps: { readonly logger: FastifyBaseLogger; readonly onChatDone?: OnChatDone | undefined },
-  chat: StreamedChat,
+  deps: {
+    readonly logger: FastifyBaseLogger;
+    readonly trace?: TraceContext | undefined;
+    readonly onChatDone?: OnChatDone | undefined;
+  },
+  chat: StreamingChat,
+  reply: string,
 ): Promise<void> {
   if (deps.onChatDone === undefined) return;
   try {
-    await deps.onChatDone(chat);
+    await deps.onChatDone({
+      requestId: chat.requestId,
+      userId: chat.input.userId,
+      cleaned: chat.admitted.cleaned,
+      reply,
+      trace: deps.trace,
+    });
   } catch (err) {
-    deps.logger.error({ ...traceLogFields(chat.trace), err }, "onChatDone failed");
+    deps.logger.error({ ...traceLogFields(deps.trace), err }, "onChatDone failed");
   }
 }

@@ -141,14 +141,7 @@ async function streamCompletion(
   if (request.includeUsage) {
     await send(usageChunk(done, await chatUsage(cleaned, result.reply, result.reportedUsage)));
   }
-  const { input, requestId } = chat;
-  await notifyDone(deps, {
-    requestId,
-    userId: input.userId,
-    cleaned,
-    reply: result.reply,
-    trace: deps.trace,
-  });
+  await notifyDone(deps, chat, result.reply);
   await send("[DONE]");
   sse.end();
   return "ok";
