@@ -310,16 +310,18 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
     } catch (err) {
       if (!res.headersSent && !res.destroyed) sendError(res, err);
     } finally {
-      options.logger.info(
-        {
-          ...traceLogFields(trace),
-          method: "POST",
-          route: req.url,
-          status: res.statusCode,
-          ms: Math.round((performance.now() - started) * 10) / 10,
-        },
-        "request",
-      );
+      if (options.logger.isLevelEnabled("info")) {
+        options.logger.info(
+          {
+            ...traceLogFields(trace),
+            method: "POST",
+            route: req.url,
+            status: res.statusCode,
+            ms: Math.round((performance.now() - started) * 10) / 10,
+          },
+          "request",
+        );
+      }
     }
   }
 

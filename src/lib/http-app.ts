@@ -50,6 +50,8 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     );
   });
   app.addHook("onResponse", async (req, reply) => {
+    // The line's fields cost more than a request's share of CPU: built only when written.
+    if (!options.logger.isLevelEnabled("info")) return;
     req.log.info(
       {
         ...traceLogFields(req.trace),
