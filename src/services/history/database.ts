@@ -1,8 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import Database from "better-sqlite3";
 import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
-import { createPool } from "mysql2";
 import type { DatabaseUrl } from "../../lib/config.js";
 
 /** The history table as Kysely sees it. */
@@ -35,11 +33,13 @@ export interface OpenDatabase {
  * Opens the database a HISTORY_DATABASE_URL names. SQLite files get their
  * directory created and run in WAL mode (a killed process loses no committed
  * chat); MySQL gets a pool that speaks utf8mb4 and hands times back as text.
- * Nothing is queried until the first use.
+ * Nothing is queried until the first use. Only the driver of the URL's
+ * dialect is loaded (mysql2 alone is about 16 MB of RSS).
  */
-export function openHistoryDatabase(url: DatabaseUrl): OpenDatabase {
+export async function openHistoryDatabase(url: DatabaseUrl): Promise<OpenDatabase> {
   if (url.dialect === "sqlite") {
     if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
+    const { default: Database } = await import("better-sqlite3");
     const sqlite = new Database(url.path);
     sqlite.pragma("journal_mode = WAL");
     sqlite.pragma("busy_timeout = 5000");
@@ -49,6 +49,7 @@ export function openHistoryDatabase(url: DatabaseUrl): OpenDatabase {
     };
   }
   const parsed = new URL(url.url);
+  const { createPool } = await import("mysql2");
   const pool = createPool({
     host: decodeURIComponent(parsed.hostname.replace(/^\[(.*)\]$/, "$1")),
     port: parsed.port === "" ? 3306 : Number(parsed.port),

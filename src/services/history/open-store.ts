@@ -9,7 +9,7 @@ import { createSqlHistoryStore } from "./sql-store.js";
  * and returns the store over it. A failed migration closes the database.
  */
 export async function openHistoryStore(url: DatabaseUrl): Promise<HistoryStore> {
-  const { db, dialect } = openHistoryDatabase(url);
+  const { db, dialect } = await openHistoryDatabase(url);
   try {
     await migrateHistory(db, dialect);
   } catch (err) {

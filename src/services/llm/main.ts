@@ -6,11 +6,14 @@ import { serve } from "../../lib/serve.js";
 import type { LlmBackend } from "./backend.js";
 import { createEchoBackend } from "./echo-backend.js";
 import { createLlmService } from "./llm-service.js";
-import { createOpenAiBackend } from "./openai-backend.js";
 
-/** The backend LLM_BACKEND names. */
-function createBackend(config: LlmConfig, logger: Logger): LlmBackend {
+/**
+ * The backend LLM_BACKEND names. The OpenAI SDK is loaded only for the
+ * openai backend: it is about 13 MB of RSS the echo stub does not need.
+ */
+async function createBackend(config: LlmConfig, logger: Logger): Promise<LlmBackend> {
   if (config.openai !== undefined) {
+    const { createOpenAiBackend } = await import("./openai-backend.js");
     return createOpenAiBackend({ ...config.openai, timeoutMs: config.timeoutMs, logger });
   }
   return createEchoBackend({ delayMs: config.echoDelayMs, chunkDelayMs: config.echoChunkDelayMs });
@@ -28,7 +31,7 @@ function withoutCredentials(url: string): string {
 export async function main(): Promise<void> {
   const config = loadLlmConfig();
   const logger = createLogger("llm", config.logLevel);
-  const backend = createBackend(config, logger);
+  const backend = await createBackend(config, logger);
   const app = await createRpcServer({
     name: "llm",
     config,

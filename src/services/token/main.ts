@@ -11,7 +11,7 @@ import { createTokenService } from "./token-service.js";
 export async function main(): Promise<void> {
   const config = loadTokenConfig();
   const logger = createLogger("token", config.logLevel);
-  const { store, readyChecks } = createQuotaStoreFromConfig(config, logger);
+  const { store, readyChecks } = await createQuotaStoreFromConfig(config, logger);
   const registry = createMetricsRegistry();
   const service = createTokenService({
     store,

@@ -3,7 +3,6 @@ import type { Logger } from "../../lib/logger.js";
 import type { ReadyCheck } from "../../lib/readiness.js";
 import { createMemoryQuotaStore } from "./memory-store.js";
 import type { QuotaStore } from "./quota-store.js";
-import { createRedisQuotaStore } from "./redis-store.js";
 
 /** A quota store with what /readyz must check for it. */
 export interface ConfiguredStore {
@@ -11,9 +10,17 @@ export interface ConfiguredStore {
   readonly readyChecks: Readonly<Record<string, ReadyCheck>>;
 }
 
-/** The store QUOTA_STORE names; the redis one makes the process not ready while Redis is down. */
-export function createQuotaStoreFromConfig(config: TokenConfig, logger: Logger): ConfiguredStore {
+/**
+ * The store QUOTA_STORE names; the redis one makes the process not ready
+ * while Redis is down. The Redis client is loaded only then: it is about
+ * 25 MB of RSS that the memory store does not need.
+ */
+export async function createQuotaStoreFromConfig(
+  config: TokenConfig,
+  logger: Logger,
+): Promise<ConfiguredStore> {
   if (config.quotaStore === "redis") {
+    const { createRedisQuotaStore } = await import("./redis-store.js");
     const store = createRedisQuotaStore({ url: config.redisUrl, logger });
     return { store, readyChecks: { redis: () => store.ping() } };
   }
