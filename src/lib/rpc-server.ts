@@ -52,9 +52,10 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   const interceptors = [
     ...(options.interceptors ?? []),
     createRpcMetricsInterceptor(registry, "server"),
-    createTraceServerInterceptor(),
   ];
   const fastMethods: FastMethod[] = [];
+  // The lean paths hand the invoker the trace they continued; calls through
+  // the router get theirs from the trace interceptor.
   const invoker = createUnaryInvoker(fastMethods, interceptors);
   const fastPath = createFastUnaryPath(invoker, { readMaxBytes: config.maxRequestBytes, logger });
   const frames = createFramesServer(invoker, { readMaxBytes: config.maxRequestBytes, logger });
@@ -101,9 +102,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   await app.register(fastifyConnectPlugin, {
     routes,
     readMaxBytes: config.maxRequestBytes,
-    // The last interceptor runs first: trace outermost, so metrics and
-    // handlers run inside the caller's trace.
-    interceptors,
+    interceptors: [...interceptors, createTraceServerInterceptor()],
     shutdownTimeoutMs: config.shutdownTimeoutMs,
   });
   return app;

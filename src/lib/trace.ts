@@ -93,19 +93,17 @@ export function traceLogFields(trace: TraceContext | undefined): Record<string, 
 }
 
 /**
- * Server side: reads `traceparent` and `x-request-id` from the call's
- * metadata and puts that trace context in the call's context values, where
- * the handler finds it with `traceOf(ctx)` for its log lines.
+ * Server side, for calls through the Connect router: reads `traceparent` and
+ * `x-request-id` from the call's metadata and puts that trace context in the
+ * call's context values, where the handler finds it with `traceOf(ctx)` for
+ * its log lines. (The lean paths hand the invoker their trace themselves.)
  */
 export function createTraceServerInterceptor(): Interceptor {
   return (next) => (req) => {
-    // The lean paths set the trace already (from the same headers).
-    if (req.contextValues.get(traceKey) === undefined) {
-      req.contextValues.set(
-        traceKey,
-        continueTrace(req.header.get("traceparent"), req.header.get("x-request-id")),
-      );
-    }
+    req.contextValues.set(
+      traceKey,
+      continueTrace(req.header.get("traceparent"), req.header.get("x-request-id")),
+    );
     return next(req);
   };
 }
