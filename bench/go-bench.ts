@@ -8,21 +8,7 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { connect } from "node:net";
 import { fileURLToPath } from "node:url";
-import { freePort } from "./stack.js";
-
-/** Resolves once `check` does, trying every 50 ms for 10 s. */
-async function waitFor(what: string, check: () => Promise<unknown>): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`${what} did not start: ${err}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
+import { freePort, waitFor, waitHealthy } from "./stack.js";
 
 const accepts = (port: number) =>
   new Promise<void>((resolve, reject) => {
@@ -57,12 +43,12 @@ const start = (name: string): ChildProcess =>
 const children = ["tokenserver", "filterserver", "llmserver"].map(start);
 try {
   await Promise.all(
-    [token, filter, llm].map((port) => waitFor(`port ${port}`, () => accepts(port))),
+    [token, filter, llm].map((port) =>
+      waitFor(`port ${port} not listening`, () => accepts(port), 10_000),
+    ),
   );
   children.push(start("gateway"));
-  await waitFor("the Go gateway", async () => {
-    if (!(await fetch(`http://127.0.0.1:${gateway}/health`)).ok) throw new Error("not ok");
-  });
+  await waitHealthy(gateway, 10_000, "/health");
   const bench = spawn(process.execPath, ["--import", "tsx", here("./chain-bench.ts")], {
     env: {
       ...process.env,

@@ -10,18 +10,33 @@ import { freePort } from "../src/dev/ports.js";
 
 export { freePort };
 
-/** Polls GET /healthz until it answers. */
-export async function waitHealthy(port: number, timeoutMs = 30_000): Promise<void> {
+/** Resolves once `check` does, trying every 50 ms until `timeoutMs` has passed. */
+export async function waitFor(
+  what: string,
+  check: () => Promise<unknown>,
+  timeoutMs = 30_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
+  for (;;) {
     try {
-      if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return;
-    } catch {
-      // not up yet
+      await check();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`${what}: ${err}`);
+      await new Promise((r) => setTimeout(r, 50));
     }
-    await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(`port ${port} not healthy`);
+}
+
+/** Polls GET `path` (/healthz) until it answers 2xx. */
+export function waitHealthy(port: number, timeoutMs = 30_000, path = "/healthz"): Promise<void> {
+  return waitFor(
+    `port ${port} not healthy`,
+    async () => {
+      if (!(await fetch(`http://127.0.0.1:${port}${path}`)).ok) throw new Error("not ok");
+    },
+    timeoutMs,
+  );
 }
 
 /** Resident set size of a process in bytes (Linux), 0 when gone. */
