@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 const bin = fileURLToPath(new URL("../bin/chatmesh.js", import.meta.url));
 
 import { freePort } from "../src/dev/ports.js";
+import { nodeOptionsFor } from "../src/lib/node-options.js";
 
 export { freePort };
 
@@ -69,7 +70,12 @@ const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [
 /** Starts `chatmesh <name>` quietly; its stderr is kept for errors. */
 export function startProcess(name: string, env: Record<string, string>): ChildProcess {
   const child = spawn(process.execPath, [...nodeArgs, bin, name], {
-    env: { ...process.env, LOG_LEVEL: "warn", ...env },
+    env: {
+      ...process.env,
+      LOG_LEVEL: "warn",
+      ...env,
+      NODE_OPTIONS: nodeOptionsFor(name, env.NODE_OPTIONS ?? process.env.NODE_OPTIONS),
+    },
     stdio: ["ignore", "ignore", "inherit"],
   });
   return child;

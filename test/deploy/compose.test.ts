@@ -13,10 +13,12 @@ import {
   loadLlmConfig,
   loadTokenConfig,
 } from "../../src/lib/config.js";
+import { serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
   type ContractProcess,
   chatmeshHasProcess,
   contractProcesses,
+  imageNodeOptions,
   isContractProcess,
   isThirdPartyImage,
   repoFile,
@@ -125,6 +127,15 @@ describe("deploy/compose.yaml", () => {
     expect(loadGatewayConfig(env).tokenUrl).toBe("http://token:50051");
     expect(loadFilterConfig(envOf(serviceOf("filter"))).host).toBe("0.0.0.0");
     expect(loadLlmConfig(envOf(serviceOf("llm"))).backend).toBe("echo");
+  });
+
+  it("runs the four services with the smaller young generation, keeping the image's flags", () => {
+    for (const name of ["token", "filter", "history", "llm"] as const) {
+      expect(envOf(serviceOf(name)).NODE_OPTIONS, name).toBe(
+        `${imageNodeOptions()} ${serviceHeapFlags}`,
+      );
+    }
+    expect(envOf(serviceOf("gateway")).NODE_OPTIONS).toBeUndefined();
   });
 
   it("keeps the quota on Redis and the history on MariaDB, with matching credentials", () => {

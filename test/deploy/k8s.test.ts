@@ -1,6 +1,12 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { loadFilterConfig, loadGatewayConfig, loadLlmConfig } from "../../src/lib/config.js";
-import { type ContractProcess, contractProcesses, isThirdPartyImage } from "../fixtures/deploy.js";
+import { serviceHeapFlags } from "../../src/lib/node-options.js";
+import {
+  type ContractProcess,
+  contractProcesses,
+  imageNodeOptions,
+  isThirdPartyImage,
+} from "../fixtures/deploy.js";
 import {
   type K8sObject,
   kubectl,
@@ -170,9 +176,9 @@ describe.skipIf(kubectl === undefined)("deploy/k8s", () => {
       expect(loadFilterConfig(config.data).port).toBe(50052);
       expect(loadLlmConfig(config.data).backend).toBe("echo");
       const secretsOf = (name: string) =>
-        (container(find(objects(), "Deployment", name)).env ?? []).map(
-          (e: { name: string }) => e.name,
-        );
+        (container(find(objects(), "Deployment", name)).env ?? [])
+          .filter((e: { valueFrom?: unknown }) => e.valueFrom !== undefined)
+          .map((e: { name: string }) => e.name);
       expect(secretsOf("token")).toEqual(["REDIS_URL"]);
       expect(secretsOf("history")).toEqual(["HISTORY_DATABASE_URL"]);
       expect(secretsOf("llm")).toEqual(["OPENAI_API_KEY"]);
@@ -184,6 +190,17 @@ describe.skipIf(kubectl === undefined)("deploy/k8s", () => {
         /^mysql:\/\/\w+:[^@]+@[\w.-]+:\d+\/\w+$/,
       );
     });
+  });
+
+  it("runs the four services with the smaller young generation, keeping the image's flags", () => {
+    const nodeOptionsOf = (name: string) =>
+      (container(find(renders.base as K8sObject[], "Deployment", name)).env ?? []).find(
+        (e: { name: string }) => e.name === "NODE_OPTIONS",
+      )?.value;
+    for (const name of ["token", "filter", "history", "llm"]) {
+      expect(nodeOptionsOf(name), name).toBe(`${imageNodeOptions()} ${serviceHeapFlags}`);
+    }
+    expect(nodeOptionsOf("gateway")).toBeUndefined();
   });
 
   describe("overlays/local", () => {

@@ -1,8 +1,10 @@
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
+import { serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
   freePort,
   type Running,
@@ -10,6 +12,19 @@ import {
   waitForOutput,
   waitHealthy,
 } from "../fixtures/processes.js";
+
+/** Each direct child of `pid` (Linux /proc): its last argument and its NODE_OPTIONS. */
+function childrenOf(pid: number): { name: string; nodeOptions: string | undefined }[] {
+  const ids = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/);
+  return ids.map((id) => {
+    const args = readFileSync(`/proc/${id}/cmdline`, "utf8").split("\0").filter(Boolean);
+    const env = readFileSync(`/proc/${id}/environ`, "utf8").split("\0");
+    const nodeOptions = env
+      .find((e) => e.startsWith("NODE_OPTIONS="))
+      ?.slice("NODE_OPTIONS=".length);
+    return { name: args.at(-1) ?? "", nodeOptions };
+  });
+}
 
 describe("chatmesh client (the seed's client)", () => {
   const env: Record<string, string> = {};
@@ -112,9 +127,20 @@ describe("run-all", () => {
       HISTORY_PORT: String(history),
       HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "data", "history.db")}`,
       GATEWAY_PORT: String(gateway),
+      NODE_OPTIONS: "--max-old-space-size=512",
     });
     await waitForOutput(run, /chatmesh is up/);
     expect(run.output()).toContain(`gateway  http://127.0.0.1:${gateway}`);
+    // The services get the smaller young generation before the caller's own flags; the gateway only the caller's.
+    expect(
+      childrenOf(run.child.pid as number).sort((a, b) => a.name.localeCompare(b.name)),
+    ).toEqual([
+      { name: "filter", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
+      { name: "gateway", nodeOptions: "--max-old-space-size=512" },
+      { name: "history", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
+      { name: "llm", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
+      { name: "token", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
+    ]);
     const res = await fetch(`http://127.0.0.1:${gateway}/chat`, {
       method: "POST",
       headers: { "content-type": "application/json" },
