@@ -109,14 +109,15 @@ export interface ServedCall {
 export interface UnaryInvoker {
   lookup(path: string): FastMethod | undefined;
   /**
-   * Starts a call with the request message in binary; `header` carries the
-   * caller's trace headers, `trace` the trace continued from them (the
+   * Starts a call with the request message in binary; `header` makes the
+   * caller's headers (called at most once, only if the handler or an
+   * interceptor reads them), `trace` is the trace continued from them (the
    * handler's `traceOf(ctx)`); `timeoutMs` is the caller's deadline, if any.
    */
   start(
     fast: FastMethod,
     body: Uint8Array,
-    header: Headers,
+    header: () => Headers,
     trace: TraceContext,
     timeoutMs: number | undefined,
   ): ServedCall;
@@ -125,7 +126,8 @@ export interface UnaryInvoker {
 /**
  * What the lean paths (Connect over HTTP/1.1, lean frames) share: method
  * lookup by path, the interceptor chain, deadlines and cancellation. The
- * handler's AbortSignal is made only if something reads it.
+ * handler's AbortSignal and request headers are made only if something reads
+ * them.
  */
 export function createUnaryInvoker(
   methods: readonly FastMethod[],
@@ -194,7 +196,12 @@ export function createUnaryInvoker(
             );
       const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
       const url = fast.path;
-      // Response headers and context values are made only if something uses them.
+      // Headers and context values are made only if something uses them.
+      let requestHeader: Headers | undefined;
+      const requestHeaderOf = () => {
+        requestHeader ??= header();
+        return requestHeader;
+      };
       let responseHeader: Headers | undefined;
       let responseTrailer: Headers | undefined;
       let values: ContextValues | undefined;
@@ -208,7 +215,9 @@ export function createUnaryInvoker(
           return signal();
         },
         timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
-        requestHeader: header,
+        get requestHeader() {
+          return requestHeaderOf();
+        },
         get responseHeader() {
           responseHeader ??= new Headers();
           return responseHeader;
@@ -233,7 +242,9 @@ export function createUnaryInvoker(
           get signal() {
             return signal();
           },
-          header,
+          get header() {
+            return requestHeaderOf();
+          },
           get contextValues() {
             return ctx.values;
           },
@@ -288,10 +299,11 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
     trace: TraceContext,
   ) {
     const started = performance.now();
-    const header = traceHeaders((name) => {
-      const value = req.headers[name];
-      return typeof value === "string" ? value : undefined;
-    });
+    const header = () =>
+      traceHeaders((name) => {
+        const value = req.headers[name];
+        return typeof value === "string" ? value : undefined;
+      });
     const timeout = req.headers["connect-timeout-ms"];
     try {
       const call = invoker.start(

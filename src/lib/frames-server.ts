@@ -30,6 +30,25 @@ export interface FramesServerOptions {
 /** Room for the path and trace headers beside the largest message. */
 const frameOverheadBytes = 64 * 1024;
 
+/** HTTP whitespace around a header value, which `Headers` drops. */
+const edgeWhitespace = /^[\t\n\r ]+|[\t\n\r ]+$/g;
+
+/**
+ * Header `name` (lower case) of a request's name/value pairs, as
+ * `Headers.get` answers it, without making a `Headers`: the values trimmed and
+ * joined by ", ", null if absent.
+ */
+export function headerValue(pairs: readonly string[], name: string): string | null {
+  let value: string | null = null;
+  for (let i = 0; i < pairs.length; i += 2) {
+    if ((pairs[i] as string).toLowerCase() === name) {
+      const next = (pairs[i + 1] as string).replace(edgeWhitespace, "");
+      value = value === null ? next : `${value}, ${next}`;
+    }
+  }
+  return value;
+}
+
 const errorFrame = (id: number, error: ConnectError) =>
   encodeFrame(FrameKind.Error, id, errorToJsonBytes(error, {}));
 
@@ -100,11 +119,15 @@ export function createFramesServer(
         ),
       );
     }
-    const header = new Headers();
-    for (let i = 0; i < request.headers.length; i += 2) {
-      header.append(request.headers[i] as string, request.headers[i + 1] as string);
-    }
-    trace = continueTrace(header.get("traceparent"), header.get("x-request-id"));
+    const pairs = request.headers;
+    const header = () => {
+      const made = new Headers();
+      for (let i = 0; i < pairs.length; i += 2) {
+        made.append(pairs[i] as string, pairs[i + 1] as string);
+      }
+      return made;
+    };
+    trace = continueTrace(headerValue(pairs, "traceparent"), headerValue(pairs, "x-request-id"));
     const call = invoker.start(
       fast,
       request.message,

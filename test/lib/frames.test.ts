@@ -14,6 +14,7 @@ import {
   FrameReader,
   framesPreface,
 } from "../../src/lib/frames.js";
+import { headerValue } from "../../src/lib/frames-server.js";
 import { createFramesTransport } from "../../src/lib/frames-transport.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
@@ -60,6 +61,24 @@ describe("the frames wire format", () => {
     ]);
     for (let at = 0; at < stream.length; at += 333) reader.push(stream.subarray(at, at + 333));
     expect([seen, tooLarge]).toEqual([[1, 3], [2]]);
+  });
+
+  it("reads a header from a request's pairs as Headers.get does", () => {
+    const cases: string[][] = [
+      [],
+      ["traceparent", "00-abc"],
+      ["TraceParent", " 00-abc\t", "x-other", "1"],
+      ["traceparent", "a", "x-request-id", "r", "traceparent", "b"],
+      ["x-request-id", "r"],
+      ["traceparent", "\u00a0a\u00a0"],
+    ];
+    for (const pairs of cases) {
+      const headers = new Headers();
+      for (let i = 0; i < pairs.length; i += 2) headers.append(pairs[i] ?? "", pairs[i + 1] ?? "");
+      for (const name of ["traceparent", "x-request-id"]) {
+        expect(headerValue(pairs, name), JSON.stringify(pairs)).toBe(headers.get(name));
+      }
+    }
   });
 
   it("round-trips a request and refuses a truncated one", () => {
@@ -127,6 +146,28 @@ const codeOf = async (call: Promise<unknown>) => {
 };
 
 describe("unary calls over frames", () => {
+  it("gives the handler the caller's headers when it reads them", async () => {
+    app = await createRpcServer({
+      name: "llm",
+      config: loadLlmConfig({}),
+      logger: createLogger("llm", "silent"),
+      routes: (router) =>
+        router.service(LLMService, {
+          generate: (_req, ctx) => ({
+            reply: `${ctx.requestHeader.get("x-tenant")} ${ctx.requestHeader.get("x-request-id")}`,
+          }),
+        }),
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const { port } = app.server.address() as AddressInfo;
+    const client = framesClient(`http://127.0.0.1:${port}`);
+    const res = await client.generate(
+      { text: "hi" },
+      { headers: { "x-tenant": "acme", "x-request-id": "r-9" } },
+    );
+    expect(res.reply).toBe("acme r-9");
+  });
+
   it("multiplexes many calls in flight on one connection", async () => {
     const { baseUrl } = await start({ delayMs: 20 });
     const client = framesClient(baseUrl);
