@@ -1,7 +1,8 @@
 /**
  * `make bench`: the whole chain (gateway → filter → token → llm, and the
- * history append, as separate processes) under autocannon, then a bare Fastify server answering the same
- * JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
+ * history append, as separate processes) under autocannon, then the same
+ * chain in one process (`chatmesh all`), then a bare Fastify server answering
+ * the same JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
  * latency percentiles, errors, peak RSS and PSS of our processes and the ratio
  * chain / ceiling; writes the figures to bench/results/.
  *
@@ -17,7 +18,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import { freePort, memoryOf, startChain } from "./stack.js";
+import { freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 50);
 const duration = Number(process.env.BENCH_DURATION_S ?? 10);
@@ -92,8 +93,8 @@ async function measure(url: string, pids: readonly (number | undefined)[]) {
   }
 }
 
-async function measureChain() {
-  const chain = await startChain();
+async function measureStack(start: typeof startChain | typeof startAllInOne) {
+  const chain = await start();
   try {
     return await measure(chain.url, chain.pids);
   } finally {
@@ -118,7 +119,8 @@ async function measureCeiling() {
   }
 }
 
-const chain = await measureChain();
+const chain = await measureStack(startChain);
+const allInOne = await measureStack(startAllInOne);
 const reference =
   referenceUrl === undefined ? undefined : await measure(referenceUrl, referencePids);
 const ceiling = await measureCeiling();
@@ -129,11 +131,15 @@ console.log(
   `\nchatmesh bench: ${connections} connections, ${duration} s, ${users} users, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"})`,
 );
 console.log(row("chain", chain));
+console.log(row("all", allInOne));
 if (reference !== undefined) console.log(row("reference", reference));
 console.log(row("ceiling", ceiling));
 const mb = (bytes: number) => (bytes / 1048576).toFixed(0);
 console.log(
   `chain / ceiling = ${ratio.toFixed(3)}   peak memory of the 5 processes: RSS ${mb(chain.peakRssBytes)} MB, PSS ${mb(chain.peakPssBytes)} MB (shared pages counted once)`,
+);
+console.log(
+  `all / ceiling = ${(allInOne.requestsPerSec / ceiling.requestsPerSec).toFixed(3)}   peak memory of \`chatmesh all\`: RSS ${mb(allInOne.peakRssBytes)} MB, PSS ${mb(allInOne.peakPssBytes)} MB`,
 );
 if (reference !== undefined) {
   const memory =
@@ -150,6 +156,6 @@ mkdirSync(dir, { recursive: true });
 const file = `${dir}chain-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
 writeFileSync(
   file,
-  `${JSON.stringify({ at: new Date().toISOString(), connections, duration, users, cpus: os.cpus().length, chain, reference, ceiling, ratio }, null, 2)}\n`,
+  `${JSON.stringify({ at: new Date().toISOString(), connections, duration, users, cpus: os.cpus().length, chain, allInOne, reference, ceiling, ratio }, null, 2)}\n`,
 );
 console.log(`figures written to ${file}`);

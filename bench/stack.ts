@@ -81,13 +81,12 @@ export function startProcess(name: string, env: Record<string, string>): ChildPr
   return child;
 }
 
-/** The chain as separate processes on free ports. */
-export async function startChain(extraEnv: Record<string, string> = {}) {
-  const names = ["token", "filter", "llm", "history", "gateway"] as const;
+/** The environment of the chain on free ports, its history in a new directory. */
+async function chainEnv(extraEnv: Record<string, string>) {
   const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-bench-"));
   const ports = Object.fromEntries(
     await Promise.all(names.map(async (n) => [n, await freePort()])),
-  ) as Record<(typeof names)[number], number>;
+  ) as Record<Name, number>;
   const env: Record<string, string> = {
     TOKEN_PORT: String(ports.token),
     FILTER_PORT: String(ports.filter),
@@ -102,8 +101,33 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
     QUOTA_LIMIT: String(Number.MAX_SAFE_INTEGER),
     ...extraEnv,
   };
+  return { dataDir, ports, env };
+}
+
+const names = ["token", "filter", "llm", "history", "gateway"] as const;
+type Name = (typeof names)[number];
+
+function stopAll(children: readonly ChildProcess[], dataDir: string) {
+  return async () => {
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null) return resolve();
+            c.once("exit", () => resolve());
+            c.kill("SIGTERM");
+          }),
+      ),
+    );
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+}
+
+/** The chain as separate processes on free ports. */
+export async function startChain(extraEnv: Record<string, string> = {}) {
+  const { dataDir, ports, env } = await chainEnv(extraEnv);
   const children = Object.fromEntries(names.map((n) => [n, startProcess(n, env)])) as Record<
-    (typeof names)[number],
+    Name,
     ChildProcess
   >;
   await Promise.all(names.map((n) => waitHealthy(ports[n])));
@@ -113,18 +137,19 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
     /** Each process by name. */
     children,
     pids: names.map((n) => children[n].pid),
-    async stop() {
-      await Promise.all(
-        Object.values(children).map(
-          (c) =>
-            new Promise<void>((resolve) => {
-              if (c.exitCode !== null) return resolve();
-              c.once("exit", () => resolve());
-              c.kill("SIGTERM");
-            }),
-        ),
-      );
-      rmSync(dataDir, { recursive: true, force: true });
-    },
+    stop: stopAll(Object.values(children), dataDir),
+  };
+}
+
+/** The chain in one process (`chatmesh all`) on free ports. */
+export async function startAllInOne(extraEnv: Record<string, string> = {}) {
+  const { dataDir, ports, env } = await chainEnv(extraEnv);
+  const child = startProcess("all", env);
+  await Promise.all(names.map((n) => waitHealthy(ports[n])));
+  return {
+    url: `http://127.0.0.1:${ports.gateway}`,
+    ports,
+    pids: [child.pid],
+    stop: stopAll([child], dataDir),
   };
 }

@@ -8,6 +8,7 @@ commands:
   token              chat.v1.TokenService (TOKEN_PORT, default 50051)
   llm                chat.v1.LLMService (LLM_PORT, default 50055)
   history            chat.v1.HistoryService (HISTORY_PORT, default 50053)
+  all                the gateway and the four services in one process, each on its port
   client "text"      the seed's client: Filter then LLM over gRPC
   run-all            every process at once, for development
   healthcheck [name] GET /healthz of a process (default: the container's), exit 0 if 200
@@ -20,6 +21,7 @@ const processes: Record<string, () => Promise<{ main: () => Promise<void> }>> = 
   token: () => import("./services/token/main.js"),
   llm: () => import("./services/llm/main.js"),
   history: () => import("./services/history/main.js"),
+  all: () => import("./all-in-one.js"),
 };
 
 async function run(argv: readonly string[]): Promise<number | undefined> {

@@ -12,8 +12,10 @@ import {
 import type { GatewayConfig } from "../lib/config.js";
 import { createFastTransport } from "../lib/fast-transport.js";
 import { createFramesTransport } from "../lib/frames-transport.js";
+import { createLocalTransport } from "../lib/local-transport.js";
 import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
+import type { LocalService } from "../lib/rpc-server.js";
 
 /** The typed clients of the services the gateway calls. */
 export interface Upstreams {
@@ -22,6 +24,9 @@ export interface Upstreams {
   readonly llm: Client<typeof LLMService>;
   readonly history: Client<typeof HistoryService>;
 }
+
+/** The services the gateway calls, by name. */
+export type UpstreamName = keyof Upstreams;
 
 /** Upstreams plus the readiness checks of their gRPC health services. */
 export interface ConnectedUpstreams extends Upstreams {
@@ -39,16 +44,22 @@ const readinessTimeoutMs = 500;
  * deadline and carries the request's trace (`traceparent`, `x-request-id`);
  * an idle connection is dropped well before the server's session timeout, and
  * a broken one is replaced on the next call, so a restarted service is used
- * again without restarting the gateway.
+ * again without restarting the gateway. A service in `local` runs in the
+ * gateway's process (`chatmesh all`) and is called there, its URL unused.
  */
 export function createUpstreams(
   config: GatewayConfig,
   registry: Registry,
   /** UPSTREAM_CA_FILE's CA, trusted for https:// service URLs. */
   ca?: Buffer,
+  local: Partial<Record<UpstreamName, LocalService>> = {},
 ): ConnectedUpstreams {
   const interceptors: Interceptor[] = [createRpcMetricsInterceptor(registry, "client")];
-  const transport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
+  const transport = (name: UpstreamName, baseUrl: string, defaultTimeoutMs: number): Transport => {
+    const service = local[name];
+    if (service !== undefined) {
+      return createLocalTransport({ service, defaultTimeoutMs, interceptors });
+    }
     const grpc = createGrpcTransport({
       baseUrl,
       defaultTimeoutMs,
@@ -81,7 +92,7 @@ export function createUpstreams(
     ["token", TokenService, config.tokenUrl, config.tokenTimeoutMs],
     ["llm", LLMService, config.llmUrl, config.llmTimeoutMs],
   ] as const;
-  const transports = targets.map(([, , url, timeout]) => transport(url, timeout));
+  const transports = targets.map(([name, , url, timeout]) => transport(name, url, timeout));
   const readyChecks: Record<string, ReadyCheck> = {};
   targets.forEach(([name, service], i) => {
     const health = createClient(Health, transports[i] as Transport);
@@ -99,7 +110,10 @@ export function createUpstreams(
     token: createClient(TokenService, token),
     llm: createClient(LLMService, llm),
     // History is not a readiness dependency: chats go on while it is down.
-    history: createClient(HistoryService, transport(config.historyUrl, config.historyTimeoutMs)),
+    history: createClient(
+      HistoryService,
+      transport("history", config.historyUrl, config.historyTimeoutMs),
+    ),
     readyChecks,
   };
 }

@@ -5,7 +5,6 @@ import {
   ConnectError,
   type Interceptor,
   type Transport,
-  type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
 import { errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
@@ -18,7 +17,7 @@ import {
   framesPreface,
   writeSpacingMs,
 } from "./frames.js";
-import { createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
+import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
 
 export interface FramesTransportOptions {
   /** `http://host:port` of the service (the port its HTTP and gRPC listen on). */
@@ -38,26 +37,6 @@ interface Pending {
   readonly method: DescMethodUnary;
   readonly resolve: (message: UnaryResponse["message"]) => void;
   readonly reject: (err: ConnectError) => void;
-}
-
-/** A call's response; its (always empty) headers and trailers are made only if read. */
-function answered(req: UnaryRequest, message: UnaryResponse["message"]): UnaryResponse {
-  let header: Headers | undefined;
-  let trailer: Headers | undefined;
-  return {
-    stream: false,
-    service: req.service,
-    method: req.method,
-    get header() {
-      header ??= new Headers();
-      return header;
-    },
-    get trailer() {
-      trailer ??= new Headers();
-      return trailer;
-    },
-    message,
-  };
 }
 
 /** One TCP connection carrying many calls at once. */

@@ -8,8 +8,13 @@
  */
 export const serviceHeapFlags = "--max-semi-space-size=4";
 
-/** NODE_OPTIONS for process `name`: ours first, so flags the caller set win. */
+const services = new Set(["token", "filter", "llm", "history"]);
+
+/**
+ * NODE_OPTIONS for process `name`: ours first for the four services, so
+ * flags the caller set win; the gateway's and `all`'s are the caller's.
+ */
 export function nodeOptionsFor(name: string, inherited: string | undefined): string | undefined {
-  if (name === "gateway") return inherited;
+  if (!services.has(name)) return inherited;
   return inherited ? `${serviceHeapFlags} ${inherited}` : serviceHeapFlags;
 }

@@ -1,6 +1,11 @@
 import type http from "node:http";
 import type { DescFile } from "@bufbuild/protobuf";
-import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import {
+  type ConnectRouter,
+  createRouterTransport,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import type { FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
@@ -11,6 +16,7 @@ import {
   createUnaryInvoker,
   type FastMethod,
   recordServices,
+  type UnaryInvoker,
 } from "./fast-unary.js";
 import { createFramesServer } from "./frames-server.js";
 import { createHealthService, Health } from "./health.js";
@@ -22,6 +28,25 @@ import { registerReflection } from "./reflection.js";
 import { createSecureDualProtocolServer } from "./secure-dual-protocol-server.js";
 import { readTlsCredentials } from "./tls.js";
 import { createTraceServerInterceptor } from "./trace.js";
+
+/**
+ * A service as another component of the same process calls it (`chatmesh
+ * all`): unary calls through the lean paths' invoker, streams through an
+ * in-memory Connect router; both with the server's interceptors.
+ */
+export interface LocalService {
+  readonly invoker: UnaryInvoker;
+  readonly streams: Transport;
+}
+
+const localServices = new WeakMap<FastifyInstance, LocalService>();
+
+/** How a component of the same process calls the services of `app` (made by createRpcServer). */
+export function localServiceOf(app: FastifyInstance): LocalService {
+  const local = localServices.get(app);
+  if (local === undefined) throw new Error("not an app of createRpcServer");
+  return local;
+}
 
 export interface RpcServerOptions {
   /** The process name. */
@@ -84,12 +109,9 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     draining = true;
   });
 
-  const routes = (router: ConnectRouter) => {
-    const recording = recordServices(router, fastMethods);
-    options.routes(recording);
+  const health = (router: ConnectRouter) => {
     const services = [...new Set(router.handlers.map((h) => h.service))];
-    const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
-    recording.service(
+    router.service(
       Health,
       createHealthService({
         services: services.map((s) => s.typeName),
@@ -97,13 +119,31 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
         ...(options.readyChecks ? { readyChecks: options.readyChecks } : {}),
       }),
     );
+    return services;
+  };
+  const routes = (router: ConnectRouter) => {
+    const recording = recordServices(router, fastMethods);
+    options.routes(recording);
+    const services = health(recording);
+    const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
     registerReflection(router, files, [...services.map((s) => s.typeName), Health.typeName]);
   };
+  const routerInterceptors = [...interceptors, createTraceServerInterceptor()];
   await app.register(fastifyConnectPlugin, {
     routes,
     readMaxBytes: config.maxRequestBytes,
-    interceptors: [...interceptors, createTraceServerInterceptor()],
+    interceptors: routerInterceptors,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+  });
+  localServices.set(app, {
+    invoker,
+    streams: createRouterTransport(
+      (router) => {
+        options.routes(router);
+        health(router);
+      },
+      { router: { interceptors: routerInterceptors, readMaxBytes: config.maxRequestBytes } },
+    ),
   });
   return app;
 }

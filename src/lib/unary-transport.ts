@@ -74,3 +74,23 @@ export function createUnaryTransport(options: UnaryTransportOptions): Transport 
     stream: (...args) => options.streamTransport.stream(...args),
   };
 }
+
+/** A call's response; its (always empty) headers and trailers are made only if read. */
+export function answered(req: UnaryRequest, message: UnaryResponse["message"]): UnaryResponse {
+  let header: Headers | undefined;
+  let trailer: Headers | undefined;
+  return {
+    stream: false,
+    service: req.service,
+    method: req.method,
+    get header() {
+      header ??= new Headers();
+      return header;
+    },
+    get trailer() {
+      trailer ??= new Headers();
+      return trailer;
+    },
+    message,
+  };
+}

@@ -1,15 +1,17 @@
+import type { FastifyInstance } from "fastify";
 import { FilterService } from "../../../gen/chat/v1/filter_pb.js";
-import { defaultPorts, loadFilterConfig } from "../../lib/config.js";
-import { createLogger } from "../../lib/logger.js";
+import { defaultPorts, type FilterConfig, loadFilterConfig } from "../../lib/config.js";
+import { createLogger, type Logger } from "../../lib/logger.js";
 import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import { createFilterService } from "./filter-service.js";
 import { createReloadableMatcher } from "./reloadable.js";
 
-/** Starts the filter process from the environment. */
-export async function main(): Promise<void> {
-  const config = loadFilterConfig();
+/** Builds the filter service, not yet listening. */
+export async function buildFilter(
+  config: FilterConfig,
+): Promise<{ app: FastifyInstance; logger: Logger }> {
   const logger = createLogger("filter", config.logLevel);
   const matcher = await createReloadableMatcher(config.termsFile, logger);
   logger.info({ terms: matcher.size, file: config.termsFile ?? null }, "banned terms loaded");
@@ -22,5 +24,12 @@ export async function main(): Promise<void> {
     routes: (router) => router.service(FilterService, createFilterService({ matcher, registry })),
   });
   app.addHook("onClose", async () => matcher.close());
+  return { app, logger };
+}
+
+/** Starts the filter process from the environment. */
+export async function main(): Promise<void> {
+  const config = loadFilterConfig();
+  const { app, logger } = await buildFilter(config);
   await serve(app, { ...config, portEnv: defaultPorts.filter.env, logger });
 }

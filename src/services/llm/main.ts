@@ -1,3 +1,4 @@
+import type { FastifyInstance } from "fastify";
 import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
 import { defaultPorts, type LlmConfig, loadLlmConfig } from "../../lib/config.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
@@ -27,9 +28,10 @@ function withoutCredentials(url: string): string {
   return shown.toString();
 }
 
-/** Starts the LLM process from the environment. */
-export async function main(): Promise<void> {
-  const config = loadLlmConfig();
+/** Builds the LLM service, not yet listening. */
+export async function buildLlm(
+  config: LlmConfig,
+): Promise<{ app: FastifyInstance; logger: Logger }> {
   const logger = createLogger("llm", config.logLevel);
   const backend = await createBackend(config, logger);
   const app = await createRpcServer({
@@ -50,5 +52,12 @@ export async function main(): Promise<void> {
     },
     "backend ready",
   );
+  return { app, logger };
+}
+
+/** Starts the LLM process from the environment. */
+export async function main(): Promise<void> {
+  const config = loadLlmConfig();
+  const { app, logger } = await buildLlm(config);
   await serve(app, { ...config, portEnv: defaultPorts.llm.env, logger });
 }

@@ -1,15 +1,17 @@
+import type { FastifyInstance } from "fastify";
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
-import { defaultPorts, loadTokenConfig } from "../../lib/config.js";
-import { createLogger } from "../../lib/logger.js";
+import { defaultPorts, loadTokenConfig, type TokenConfig } from "../../lib/config.js";
+import { createLogger, type Logger } from "../../lib/logger.js";
 import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import { createQuotaStoreFromConfig } from "./store-from-config.js";
 import { createTokenService } from "./token-service.js";
 
-/** Starts the token (quota) process from the environment. */
-export async function main(): Promise<void> {
-  const config = loadTokenConfig();
+/** Builds the token (quota) service, not yet listening. */
+export async function buildToken(
+  config: TokenConfig,
+): Promise<{ app: FastifyInstance; logger: Logger }> {
   const logger = createLogger("token", config.logLevel);
   const { store, readyChecks } = await createQuotaStoreFromConfig(config, logger);
   const registry = createMetricsRegistry();
@@ -40,6 +42,13 @@ export async function main(): Promise<void> {
     },
     "quota ready",
   );
+  return { app, logger };
+}
+
+/** Starts the token (quota) process from the environment. */
+export async function main(): Promise<void> {
+  const config = loadTokenConfig();
+  const { app, logger } = await buildToken(config);
   await serve(app, { ...config, portEnv: defaultPorts.token.env, logger });
 }
 

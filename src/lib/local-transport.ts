@@ -1,0 +1,66 @@
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
+import type { LocalService } from "./rpc-server.js";
+import { continueTrace } from "./trace.js";
+import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
+
+export interface LocalTransportOptions {
+  /** The service, as `localServiceOf` gives it. */
+  readonly service: LocalService;
+  /** The deadline of a call that names none. */
+  readonly defaultTimeoutMs: number;
+  readonly interceptors?: readonly Interceptor[];
+}
+
+/**
+ * A client transport to a service in the same process (`chatmesh all`): a
+ * unary call goes to the service's invoker as the lean paths hand it over —
+ * the message in binary, the caller's headers, trace and deadline, the
+ * server's interceptors — with no socket between; streams go through the
+ * service's in-memory router. Cancelling the caller's signal cancels the
+ * handler's.
+ */
+export function createLocalTransport(options: LocalTransportOptions): Transport {
+  const { invoker } = options.service;
+  const send: SendUnary = (req) => {
+    const fast = invoker.lookup(req.url);
+    if (fast === undefined) {
+      return Promise.reject(new ConnectError(`${req.url} is not implemented`, Code.Unimplemented));
+    }
+    const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
+    const trace = continueTrace(req.header.get("traceparent"), req.header.get("x-request-id"));
+    let body: Uint8Array;
+    try {
+      body = toBinary(fast.method.input, req.message);
+    } catch (err) {
+      return Promise.reject(ConnectError.from(err, Code.Internal));
+    }
+    const call = invoker.start(
+      fast,
+      body,
+      () => {
+        const header = new Headers(req.header);
+        header.delete("connect-timeout-ms");
+        return header;
+      },
+      trace,
+      timeoutMs,
+    );
+    if (req.signal !== noSignal) {
+      const onAbort = () => call.abort(ConnectError.from(req.signal.reason, Code.Canceled));
+      if (req.signal.aborted) onAbort();
+      else {
+        req.signal.addEventListener("abort", onAbort, { once: true });
+        const done = () => req.signal.removeEventListener("abort", onAbort);
+        call.done.then(done, done);
+      }
+    }
+    return call.done.then((bytes) => answered(req, fromBinary(fast.method.output, bytes)));
+  };
+  return createUnaryTransport({
+    send,
+    defaultTimeoutMs: options.defaultTimeoutMs,
+    streamTransport: options.service.streams,
+    ...(options.interceptors === undefined ? {} : { interceptors: options.interceptors }),
+  });
+}

@@ -1,0 +1,155 @@
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { curlPost } from "../fixtures/curl.js";
+import {
+  freePort,
+  postChat,
+  type Running,
+  startChatmesh,
+  waitForOutput,
+  waitHealthy,
+} from "../fixtures/processes.js";
+
+const run = promisify(execFile);
+const buf = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
+const protoDir = fileURLToPath(new URL("../../proto", import.meta.url));
+const names = ["token", "filter", "llm", "history", "gateway"] as const;
+
+/** `chatmesh all` on free ports, its history in a temporary directory. */
+async function startAll(extraEnv: Record<string, string> = {}) {
+  const ports = Object.fromEntries(
+    await Promise.all(names.map(async (n) => [n, await freePort()])),
+  ) as Record<(typeof names)[number], number>;
+  const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-all-"));
+  const running = startChatmesh(["all"], {
+    TOKEN_PORT: String(ports.token),
+    FILTER_PORT: String(ports.filter),
+    LLM_PORT: String(ports.llm),
+    HISTORY_PORT: String(ports.history),
+    GATEWAY_PORT: String(ports.gateway),
+    HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "history.db")}`,
+    ...extraEnv,
+  });
+  for (const name of names) await waitHealthy(ports[name], running);
+  return {
+    ports,
+    running,
+    url: `http://127.0.0.1:${ports.gateway}`,
+    async stop() {
+      await running.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+describe("chatmesh all: the five components in one process", () => {
+  let all: Awaited<ReturnType<typeof startAll>>;
+  beforeAll(async () => {
+    all = await startAll();
+  });
+  afterAll(() => all?.stop());
+
+  it("gives the seed's bodies and quota loop byte for byte", async () => {
+    const chat = (body: string) => curlPost(`${all.url}/chat`, body);
+    expect(await chat('{"user_id":"u1","text":"Hello   world   from   Go!"}')).toEqual({
+      status: 200,
+      body: '{"cleaned":"Hello world from Go!","reply":"Echo: Hello world from Go!","remaining":150}',
+    });
+    expect(await chat('{"user_id":"u1","text":"this has foo inside"}')).toEqual({
+      status: 400,
+      body: '{"error":"text blocked by filter"}',
+    });
+    const seen = [];
+    for (let i = 0; i < 5; i++) seen.push(await chat('{"user_id":"loop","text":"quick call"}'));
+    expect(seen.map((r) => r.status)).toEqual([200, 200, 200, 200, 429]);
+    expect(seen.slice(0, 4).map((r) => JSON.parse(r.body).remaining)).toEqual([150, 100, 50, 0]);
+    expect(seen[4]?.body).toBe('{"error":"quota exceeded","remaining":-50}');
+  });
+
+  it("says the services are in the process, keeps the history, and streams", async () => {
+    expect(all.running.output()).toMatch(
+      /"filter":"in this process","token":"in this process","llm":"in this process","history":"in this process"/,
+    );
+    await postChat(all.url, { user_id: "kept", text: "remember me" });
+    await expect
+      .poll(async () => (await fetch(`${all.url}/history?user_id=kept`)).json())
+      .toMatchObject({ items: [{ text: "remember me", reply: "Echo: remember me" }] });
+    const res = await fetch(`${all.url}/chat/stream`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "streamer", text: "one two" }),
+    });
+    const events = await res.text();
+    expect(events).toContain('event: done\ndata: {"reply":"Echo: one two"}');
+    expect((await fetch(`${all.url}/readyz`)).status).toBe(200);
+  });
+
+  it.each([
+    [
+      "filter",
+      "chat.v1.FilterService/Filter",
+      '{"text":"Hello   world"}',
+      { cleaned: "Hello world" },
+    ],
+    ["token", "chat.v1.TokenService/CheckAndInc", '{"userId":"bufcurl"}', { remaining: "150" }],
+  ] as const)(
+    "answers buf curl over gRPC on each service's own port (%s)",
+    async (name, path, body, expected) => {
+      const { stdout } = await run(buf, [
+        "curl",
+        "--http2-prior-knowledge",
+        "--protocol",
+        "grpc",
+        "--schema",
+        protoDir,
+        "-d",
+        body,
+        `http://127.0.0.1:${all.ports[name]}/${path}`,
+      ]);
+      expect(JSON.parse(stdout)).toMatchObject(expected);
+    },
+  );
+});
+
+describe("chatmesh all, when the model is slow", () => {
+  let all: Awaited<ReturnType<typeof startAll>>;
+  beforeAll(async () => {
+    all = await startAll({ ECHO_DELAY_MS: "3000", LLM_TIMEOUT_MS: "300" });
+  });
+  afterAll(() => all?.stop());
+
+  it("answers 500 llm failed at the deadline and refunds the charge", async () => {
+    const started = Date.now();
+    const res = await postChat(all.url, { user_id: "slow", text: "hi" });
+    expect(res).toMatchObject({ status: 500, json: { error: "llm failed" } });
+    expect(Date.now() - started).toBeLessThan(2_000);
+    const { json } = await postChat(all.url, { user_id: "slow", text: "hi" });
+    expect(json).toMatchObject({ error: "llm failed" });
+    const quota = await (await fetch(`${all.url}/quota?user_id=slow`)).json();
+    expect(quota).toMatchObject({ remaining: 200 });
+  });
+});
+
+describe("chatmesh all, stopping", () => {
+  it("drains and exits 0 on SIGTERM, every port closed", async () => {
+    const all = await startAll();
+    let exited: Running["exited"] | undefined;
+    try {
+      expect((await postChat(all.url, { user_id: "bye", text: "hi" })).status).toBe(200);
+      all.running.child.kill("SIGTERM");
+      exited = all.running.exited;
+      expect(await exited).toBe(0);
+      await waitForOutput(all.running, /"signal":"SIGTERM","msg":"shutting down"/);
+      for (const name of names) {
+        await expect(fetch(`http://127.0.0.1:${all.ports[name]}/healthz`)).rejects.toThrow();
+      }
+    } finally {
+      await all.stop();
+    }
+  });
+});

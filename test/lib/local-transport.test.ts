@@ -1,0 +1,115 @@
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import { loadLlmConfig } from "../../src/lib/config.js";
+import { createLocalTransport } from "../../src/lib/local-transport.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createMetricsRegistry } from "../../src/lib/metrics.js";
+import { createRpcServer, localServiceOf } from "../../src/lib/rpc-server.js";
+import { traceOf } from "../../src/lib/trace.js";
+
+let app: FastifyInstance | undefined;
+afterEach(async () => {
+  await app?.close();
+  app = undefined;
+});
+
+const traceId = "0af7651916cd43dd8448eb211c80319c";
+
+/** An LLM service that answers what its handler saw; nothing listens on a port. */
+async function localClient(seen: { signal?: AbortSignal } = {}) {
+  const registry = createMetricsRegistry();
+  app = await createRpcServer({
+    name: "llm",
+    config: loadLlmConfig({}),
+    logger: createLogger("llm", "silent"),
+    registry,
+    routes: (router) =>
+      router.service(LLMService, {
+        async generate(req, ctx) {
+          seen.signal = ctx.signal;
+          if (req.text === "slow") await new Promise((r) => setTimeout(r, 2_000));
+          if (req.text === "missing") throw new ConnectError("no such model", Code.NotFound);
+          const deadline = ctx.timeoutMs();
+          return {
+            reply: [
+              traceOf(ctx)?.traceId,
+              ctx.requestHeader.get("x-tenant"),
+              ctx.requestHeader.has("connect-timeout-ms"),
+              deadline !== undefined && deadline > 0 && deadline <= 1_500,
+            ].join(" "),
+          };
+        },
+        async *generateStream(req) {
+          for (const word of req.text.split(" ")) yield { delta: word };
+        },
+      }),
+  });
+  await app.ready();
+  const client = createClient(
+    LLMService,
+    createLocalTransport({ service: localServiceOf(app), defaultTimeoutMs: 1_500 }),
+  );
+  return { client, registry };
+}
+
+const codeOf = async (call: Promise<unknown>) => {
+  try {
+    await call;
+    return "answered";
+  } catch (err) {
+    return Code[ConnectError.from(err).code];
+  }
+};
+
+describe("calls to a service in the same process", () => {
+  it("hand the handler the caller's trace, headers and deadline, and count in the server's metrics", async () => {
+    const { client, registry } = await localClient();
+    const res = await client.generate(
+      { text: "hi" },
+      { headers: { traceparent: `00-${traceId}-b7ad6b7169203331-01`, "x-tenant": "acme" } },
+    );
+    expect(res.reply).toBe(`${traceId} acme false true`);
+    const metrics = await registry.metrics();
+    expect(metrics).toMatch(
+      /rpc_server_handled_total\{service="chat\.v1\.LLMService",method="Generate",code="ok"\} 1/,
+    );
+  });
+
+  it("end with the handler's error, its code and message kept", async () => {
+    const { client } = await localClient();
+    const err = await client.generate({ text: "missing" }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConnectError);
+    expect([Code[(err as ConnectError).code], (err as ConnectError).rawMessage]).toEqual([
+      "NotFound",
+      "no such model",
+    ]);
+  });
+
+  it("time out at the caller's deadline, and cancel with the caller's signal", async () => {
+    const seen: { signal?: AbortSignal } = {};
+    const { client } = await localClient(seen);
+    const started = Date.now();
+    expect(await codeOf(client.generate({ text: "slow" }, { timeoutMs: 100 }))).toBe(
+      "DeadlineExceeded",
+    );
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(seen.signal?.aborted).toBe(true);
+
+    const controller = new AbortController();
+    const call = client.generate({ text: "slow" }, { signal: controller.signal });
+    setTimeout(() => controller.abort(), 50);
+    expect(await codeOf(call)).toBe("Canceled");
+    expect(seen.signal?.aborted).toBe(true);
+  });
+
+  it("stream through the service's in-memory router", async () => {
+    const { client } = await localClient();
+    const words: string[] = [];
+    for await (const chunk of client.generateStream({ text: "one two three" })) {
+      words.push(chunk.delta);
+    }
+    expect(words).toEqual(["one", "two", "three"]);
+  });
+});
