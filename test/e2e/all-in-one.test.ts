@@ -1,11 +1,8 @@
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { curlPost } from "../fixtures/curl.js";
+import { bufCurlGrpc, curlPost } from "../fixtures/curl.js";
 import {
   freePort,
   postChat,
@@ -15,9 +12,6 @@ import {
   waitHealthy,
 } from "../fixtures/processes.js";
 
-const run = promisify(execFile);
-const buf = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
-const protoDir = fileURLToPath(new URL("../../proto", import.meta.url));
 const names = ["token", "filter", "llm", "history", "gateway"] as const;
 
 /** `chatmesh all` on free ports, its history in a temporary directory. */
@@ -100,18 +94,9 @@ describe("chatmesh all: the five components in one process", () => {
   ] as const)(
     "answers buf curl over gRPC on each service's own port (%s)",
     async (name, path, body, expected) => {
-      const { stdout } = await run(buf, [
-        "curl",
-        "--http2-prior-knowledge",
-        "--protocol",
-        "grpc",
-        "--schema",
-        protoDir,
-        "-d",
-        body,
-        `http://127.0.0.1:${all.ports[name]}/${path}`,
-      ]);
-      expect(JSON.parse(stdout)).toMatchObject(expected);
+      expect(await bufCurlGrpc(`http://127.0.0.1:${all.ports[name]}/${path}`, body)).toMatchObject(
+        expected,
+      );
     },
   );
 });

@@ -1,16 +1,13 @@
 import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
-import { curlPost } from "../fixtures/curl.js";
+import { bufCurlGrpc, curlPost } from "../fixtures/curl.js";
 import { postChat, type Stack, startStack } from "../fixtures/processes.js";
 
 const run = promisify(execFile);
-const buf = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
-const protoDir = fileURLToPath(new URL("../../proto", import.meta.url));
 const llmTimeoutMs = 1_000;
 
 let stack: Stack;
@@ -119,18 +116,9 @@ describe("each service to standard clients", () => {
   ] as const)(
     "answers buf curl over gRPC with HTTP/2 prior knowledge (%s)",
     async (name, path, body, expected) => {
-      const { stdout } = await run(buf, [
-        "curl",
-        "--http2-prior-knowledge",
-        "--protocol",
-        "grpc",
-        "--schema",
-        protoDir,
-        "-d",
-        body,
-        `http://127.0.0.1:${stack.ports[name]}/${path}`,
-      ]);
-      expect(JSON.parse(stdout)).toMatchObject(expected);
+      expect(
+        await bufCurlGrpc(`http://127.0.0.1:${stack.ports[name]}/${path}`, body),
+      ).toMatchObject(expected);
     },
   );
 

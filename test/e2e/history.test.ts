@@ -1,11 +1,8 @@
-import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { HistoryService } from "../../gen/chat/v1/history_pb.js";
-import { curl } from "../fixtures/curl.js";
+import { bufCurlGrpc, curl } from "../fixtures/curl.js";
 import { createMysqlDatabase } from "../fixtures/databases.js";
 import {
   freePort,
@@ -16,10 +13,6 @@ import {
   startStack,
   waitHealthy,
 } from "../fixtures/processes.js";
-
-const run = promisify(execFile);
-const buf = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
-const protoDir = fileURLToPath(new URL("../../proto", import.meta.url));
 
 let stack: Stack;
 beforeAll(async () => {
@@ -106,18 +99,12 @@ describe("history through the real processes", () => {
   });
 
   it("serves chat.v1.HistoryService to buf curl over gRPC", async () => {
-    const { stdout } = await run(buf, [
-      "curl",
-      "--http2-prior-knowledge",
-      "--protocol",
-      "grpc",
-      "--schema",
-      protoDir,
-      "-d",
-      '{"userId":"e2e-1","pageSize":1}',
-      `http://127.0.0.1:${stack.ports.history}/chat.v1.HistoryService/List`,
-    ]);
-    expect(JSON.parse(stdout)).toMatchObject({ entries: [{ userId: "e2e-1", text: "third" }] });
+    expect(
+      await bufCurlGrpc(
+        `http://127.0.0.1:${stack.ports.history}/chat.v1.HistoryService/List`,
+        '{"userId":"e2e-1","pageSize":1}',
+      ),
+    ).toMatchObject({ entries: [{ userId: "e2e-1", text: "third" }] });
   });
 
   it("loses nothing when the history process is killed and restarted", async () => {

@@ -1,5 +1,5 @@
 import net, { type AddressInfo } from "node:net";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
@@ -20,6 +20,7 @@ import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
 import { createLlmService } from "../../src/services/llm/llm-service.js";
+import { codeOf } from "../fixtures/rpc.js";
 
 describe("the frames wire format", () => {
   it("reads the same frames however the stream is cut", () => {
@@ -135,15 +136,6 @@ const framesClient = (baseUrl: string, defaultTimeoutMs = 5_000) =>
       streamTransport: createGrpcTransport({ baseUrl }),
     }),
   );
-
-const codeOf = async (call: Promise<unknown>) => {
-  try {
-    await call;
-    return "answered";
-  } catch (err) {
-    return Code[ConnectError.from(err).code];
-  }
-};
 
 describe("unary calls over frames", () => {
   it("gives the handler the caller's headers when it reads them", async () => {

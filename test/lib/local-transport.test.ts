@@ -8,6 +8,7 @@ import { createLogger } from "../../src/lib/logger.js";
 import { createMetricsRegistry } from "../../src/lib/metrics.js";
 import { createRpcServer, localServiceOf } from "../../src/lib/rpc-server.js";
 import { traceOf } from "../../src/lib/trace.js";
+import { codeOf } from "../fixtures/rpc.js";
 
 let app: FastifyInstance | undefined;
 afterEach(async () => {
@@ -53,15 +54,6 @@ async function localClient(seen: { signal?: AbortSignal } = {}) {
   );
   return { client, registry };
 }
-
-const codeOf = async (call: Promise<unknown>) => {
-  try {
-    await call;
-    return "answered";
-  } catch (err) {
-    return Code[ConnectError.from(err).code];
-  }
-};
 
 describe("calls to a service in the same process", () => {
   it("hand the handler the caller's trace, headers and deadline, and count in the server's metrics", async () => {
