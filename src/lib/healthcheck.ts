@@ -11,12 +11,15 @@ function isProcess(name: string | undefined): name is CheckedProcess {
 /**
  * The chatmesh process a NUL-separated command line starts
  * (`node bin/chatmesh.js token`, also behind an init such as
- * `docker-init -- node bin/chatmesh.js token`), or undefined.
+ * `docker-init -- node bin/chatmesh.js token`; the gateway for `chatmesh
+ * all`), or undefined.
  */
 export function processFromCmdline(cmdline: string): CheckedProcess | undefined {
   const args = cmdline.split("\0");
   const at = args.findIndex((arg) => /(^|\/)chatmesh(\.js)?$/.test(arg));
   const name = at === -1 ? undefined : args[at + 1];
+  // `chatmesh all` is healthy when its gateway is: the gateway's port answers last.
+  if (name === "all") return "gateway";
   return isProcess(name) ? name : undefined;
 }
 

@@ -135,15 +135,24 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     interceptors: routerInterceptors,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
   });
-  localServices.set(app, {
-    invoker,
-    streams: createRouterTransport(
-      (router) => {
-        options.routes(router);
-        health(router);
+  // Made on the first call of a component in the same process, which most processes never get.
+  let inMemoryTransport: Transport | undefined;
+  const inMemory = () => {
+    inMemoryTransport ??= createRouterTransport(
+      (r) => {
+        options.routes(r);
+        health(r);
       },
       { router: { interceptors: routerInterceptors, readMaxBytes: config.maxRequestBytes } },
-    ),
+    );
+    return inMemoryTransport;
+  };
+  localServices.set(app, {
+    invoker,
+    streams: {
+      unary: (...args) => inMemory().unary(...args),
+      stream: (...args) => inMemory().stream(...args),
+    },
   });
   return app;
 }

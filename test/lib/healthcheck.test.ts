@@ -10,6 +10,10 @@ describe("processFromCmdline", () => {
     expect(processFromCmdline(cmdline("/usr/local/bin/chatmesh", "llm"))).toBe("llm");
   });
 
+  it("checks the gateway of chatmesh all", () => {
+    expect(processFromCmdline(cmdline("node", "bin/chatmesh.js", "all"))).toBe("gateway");
+  });
+
   it("looks past an init in front of the command (docker run --init)", () => {
     expect(
       processFromCmdline(cmdline("/sbin/docker-init", "--", "node", "bin/chatmesh.js", "gateway")),
