@@ -55,7 +55,13 @@ export function createLocalTransport(options: LocalTransportOptions): Transport 
         call.done.then(done, done);
       }
     }
-    return call.done.then((bytes) => answered(req, fromBinary(fast.method.output, bytes)));
+    return call.done.then(
+      (bytes) => answered(req, fromBinary(fast.method.output, bytes)),
+      // As over the wire: whatever the handler threw arrives as a ConnectError.
+      (err: unknown) => {
+        throw ConnectError.from(err);
+      },
+    );
   };
   return createUnaryTransport({
     send,

@@ -32,6 +32,7 @@ async function localClient(seen: { signal?: AbortSignal } = {}) {
           seen.signal = ctx.signal;
           if (req.text === "slow") await new Promise((r) => setTimeout(r, 2_000));
           if (req.text === "missing") throw new ConnectError("no such model", Code.NotFound);
+          if (req.text === "broken") throw new TypeError("oops");
           const deadline = ctx.timeoutMs();
           return {
             reply: [
@@ -69,13 +70,19 @@ describe("calls to a service in the same process", () => {
     );
   });
 
-  it("end with the handler's error, its code and message kept", async () => {
+  it("end with the handler's error, its code and message kept, as a ConnectError", async () => {
     const { client } = await localClient();
     const err = await client.generate({ text: "missing" }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConnectError);
     expect([Code[(err as ConnectError).code], (err as ConnectError).rawMessage]).toEqual([
       "NotFound",
       "no such model",
+    ]);
+    const broken = await client.generate({ text: "broken" }).catch((e: unknown) => e);
+    expect(broken).toBeInstanceOf(ConnectError);
+    expect([Code[(broken as ConnectError).code], (broken as ConnectError).rawMessage]).toEqual([
+      "Unknown",
+      "oops",
     ]);
   });
 
