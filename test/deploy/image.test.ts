@@ -8,10 +8,10 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTokenConfig } from "../../src/lib/config.js";
 import { type Container, canIsolate, startContainer } from "../fixtures/container.js";
-import { curlPost } from "../fixtures/curl.js";
 import { chatmeshHasProcess } from "../fixtures/deploy.js";
 import { type DockerSteps, runDockerfile } from "../fixtures/dockerfile.js";
 import { freePort, waitHealthy } from "../fixtures/processes.js";
+import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
 
 /**
  * The Dockerfile's steps run outside Docker (no engine here): the build
@@ -134,25 +134,15 @@ describe("the stack started from the image's command", () => {
   });
   afterAll(() => Promise.all([...containers.values()].map((c) => c.stop())));
 
-  const curlChat = (body: string) => curlPost(`http://127.0.0.1:${ports.gateway}/chat`, body);
+  // The ports are chosen in beforeAll.
+  const gatewayUrl = () => `http://127.0.0.1:${ports.gateway}`;
 
   it("gives the seed's bodies byte for byte", async () => {
-    expect(await curlChat('{"user_id":"u1","text":"Hello   world   from   Go!"}')).toEqual({
-      status: 200,
-      body: '{"cleaned":"Hello world from Go!","reply":"Echo: Hello world from Go!","remaining":150}',
-    });
-    expect(await curlChat('{"user_id":"u1","text":"this has foo inside"}')).toEqual({
-      status: 400,
-      body: '{"error":"text blocked by filter"}',
-    });
+    await expectSeedBodies(gatewayUrl());
   });
 
   it("runs the seed's quota loop: 150, 100, 50, 0, then 429 with -50", async () => {
-    const seen = [];
-    for (let i = 0; i < 5; i++) seen.push(await curlChat('{"user_id":"u2","text":"quick call"}'));
-    expect(seen.map((r) => r.status)).toEqual([200, 200, 200, 200, 429]);
-    expect(seen.slice(0, 4).map((r) => JSON.parse(r.body).remaining)).toEqual([150, 100, 50, 0]);
-    expect(seen[4]?.body).toBe('{"error":"quota exceeded","remaining":-50}');
+    await expectSeedQuotaLoop(gatewayUrl(), "u2");
   });
 
   it("passes the image's HEALTHCHECK, run inside the container as Docker runs it", async () => {

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bufCurlGrpc, curlPost } from "../fixtures/curl.js";
+import { bufCurlGrpc } from "../fixtures/curl.js";
 import {
   freePort,
   postChat,
@@ -11,6 +11,7 @@ import {
   waitForOutput,
   waitHealthy,
 } from "../fixtures/processes.js";
+import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
 
 const names = ["token", "filter", "llm", "history", "gateway"] as const;
 
@@ -49,20 +50,8 @@ describe("chatmesh all: the five components in one process", () => {
   afterAll(() => all?.stop());
 
   it("gives the seed's bodies and quota loop byte for byte", async () => {
-    const chat = (body: string) => curlPost(`${all.url}/chat`, body);
-    expect(await chat('{"user_id":"u1","text":"Hello   world   from   Go!"}')).toEqual({
-      status: 200,
-      body: '{"cleaned":"Hello world from Go!","reply":"Echo: Hello world from Go!","remaining":150}',
-    });
-    expect(await chat('{"user_id":"u1","text":"this has foo inside"}')).toEqual({
-      status: 400,
-      body: '{"error":"text blocked by filter"}',
-    });
-    const seen = [];
-    for (let i = 0; i < 5; i++) seen.push(await chat('{"user_id":"loop","text":"quick call"}'));
-    expect(seen.map((r) => r.status)).toEqual([200, 200, 200, 200, 429]);
-    expect(seen.slice(0, 4).map((r) => JSON.parse(r.body).remaining)).toEqual([150, 100, 50, 0]);
-    expect(seen[4]?.body).toBe('{"error":"quota exceeded","remaining":-50}');
+    await expectSeedBodies(all.url);
+    await expectSeedQuotaLoop(all.url, "loop");
   });
 
   it("says the services are in the process, keeps the history, and streams", async () => {

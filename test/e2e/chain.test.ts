@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
 import { bufCurlGrpc, curlPost } from "../fixtures/curl.js";
 import { postChat, type Stack, startStack } from "../fixtures/processes.js";
+import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
 
 const run = promisify(execFile);
 const llmTimeoutMs = 1_000;
@@ -22,22 +23,11 @@ const curlChat = (body: string, contentType = "application/json") =>
 
 describe("the chain as real processes, driven by curl", () => {
   it("gives the seed's bodies byte for byte", async () => {
-    expect(await curlChat('{"user_id":"u1","text":"Hello   world   from   Go!"}')).toEqual({
-      status: 200,
-      body: '{"cleaned":"Hello world from Go!","reply":"Echo: Hello world from Go!","remaining":150}',
-    });
-    expect(await curlChat('{"user_id":"u1","text":"this has foo inside"}')).toEqual({
-      status: 400,
-      body: '{"error":"text blocked by filter"}',
-    });
+    await expectSeedBodies(stack.gatewayUrl);
   });
 
   it("runs the seed's quota loop: 150, 100, 50, 0, then 429 with -50", async () => {
-    const seen = [];
-    for (let i = 0; i < 5; i++) seen.push(await curlChat('{"user_id":"loop","text":"quick call"}'));
-    expect(seen.map((r) => r.status)).toEqual([200, 200, 200, 200, 429]);
-    expect(seen.slice(0, 4).map((r) => JSON.parse(r.body).remaining)).toEqual([150, 100, 50, 0]);
-    expect(seen[4]?.body).toBe('{"error":"quota exceeded","remaining":-50}');
+    await expectSeedQuotaLoop(stack.gatewayUrl, "loop");
   });
 
   it.each([
