@@ -5,6 +5,7 @@ import {
   type DescService,
   fromBinary,
   isMessage,
+  type Message,
   toBinary,
 } from "@bufbuild/protobuf";
 import {
@@ -97,10 +98,10 @@ function decode(fast: FastMethod, body: Uint8Array) {
   }
 }
 
-/** One unary call being served: its answer in binary, and a way to end it early. */
-export interface ServedCall {
-  /** The response message in protobuf binary; rejects with the call's error. */
-  readonly done: Promise<Uint8Array>;
+/** One unary call being served: its answer (in binary, by default), and a way to end it early. */
+export interface ServedCall<Answer = Uint8Array> {
+  /** The response message; rejects with the call's error. */
+  readonly done: Promise<Answer>;
   /** Ends the call with `reason` (cancelled, timed out); the handler's signal aborts. */
   abort(reason: ConnectError): void;
 }
@@ -121,6 +122,18 @@ export interface UnaryInvoker {
     trace: TraceContext,
     timeoutMs: number | undefined,
   ): ServedCall;
+  /**
+   * As `start`, for a caller in the same process: the request and response
+   * messages are handed over as they are, not encoded, so neither side may
+   * change them afterwards.
+   */
+  call(
+    fast: FastMethod,
+    message: Message,
+    header: () => Headers,
+    trace: TraceContext,
+    timeoutMs: number | undefined,
+  ): ServedCall<Message>;
 }
 
 /**
@@ -170,99 +183,123 @@ export function createUnaryInvoker(
       byPath ??= new Map(methods.map((m) => [m.path, m]));
       return byPath.get(path);
     },
-    start(fast, body, header, trace, timeoutMs) {
-      let controller: AbortController | undefined;
-      let aborted: ConnectError | undefined;
-      let fail: (reason: ConnectError) => void = () => {};
-      const signal = () => {
-        if (controller === undefined) {
-          controller = new AbortController();
-          if (aborted !== undefined) controller.abort(aborted);
-        }
-        return controller.signal;
-      };
-      const abort = (reason: ConnectError) => {
-        if (aborted !== undefined) return;
-        aborted = reason;
-        controller?.abort(reason);
-        fail(reason);
-      };
-      const timer =
-        timeoutMs === undefined
-          ? undefined
-          : setTimeout(
-              () => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
-              timeoutMs,
-            );
-      const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
-      const url = fast.path;
-      // Headers and context values are made only if something uses them.
-      let requestHeader: Headers | undefined;
-      const requestHeaderOf = () => {
-        requestHeader ??= header();
-        return requestHeader;
-      };
-      let responseHeader: Headers | undefined;
-      let responseTrailer: Headers | undefined;
-      let values: ContextValues | undefined;
-      const ctx: HandlerContext = {
+    start: (fast, body, header, trace, timeoutMs) =>
+      serve(
+        fast,
+        () => decode(fast, body),
+        (message) => toBinary(fast.method.output, message),
+        header,
+        trace,
+        timeoutMs,
+      ),
+    call: (fast, message, header, trace, timeoutMs) =>
+      serve(
+        fast,
+        () => message,
+        (answer) => answer,
+        header,
+        trace,
+        timeoutMs,
+      ),
+  };
+
+  /** A call of `fast` with the request `message()` makes; `answer` turns the response into what `done` gives. */
+  function serve<Answer>(
+    fast: FastMethod,
+    message: () => Message,
+    answer: (response: Message) => Answer,
+    header: () => Headers,
+    trace: TraceContext,
+    timeoutMs: number | undefined,
+  ): ServedCall<Answer> {
+    let controller: AbortController | undefined;
+    let aborted: ConnectError | undefined;
+    let fail: (reason: ConnectError) => void = () => {};
+    const signal = () => {
+      if (controller === undefined) {
+        controller = new AbortController();
+        if (aborted !== undefined) controller.abort(aborted);
+      }
+      return controller.signal;
+    };
+    const abort = (reason: ConnectError) => {
+      if (aborted !== undefined) return;
+      aborted = reason;
+      controller?.abort(reason);
+      fail(reason);
+    };
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(
+            () => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
+            timeoutMs,
+          );
+    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+    const url = fast.path;
+    // Headers and context values are made only if something uses them.
+    let requestHeader: Headers | undefined;
+    const requestHeaderOf = () => {
+      requestHeader ??= header();
+      return requestHeader;
+    };
+    let responseHeader: Headers | undefined;
+    let responseTrailer: Headers | undefined;
+    let values: ContextValues | undefined;
+    const ctx: HandlerContext = {
+      service: fast.service,
+      method: fast.method,
+      protocolName: "connect",
+      requestMethod: "POST",
+      url,
+      get signal() {
+        return signal();
+      },
+      timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
+      get requestHeader() {
+        return requestHeaderOf();
+      },
+      get responseHeader() {
+        responseHeader ??= new Headers();
+        return responseHeader;
+      },
+      get responseTrailer() {
+        responseTrailer ??= new Headers();
+        return responseTrailer;
+      },
+      get values() {
+        values ??= createContextValues().set(traceKey, trace);
+        return values;
+      },
+    };
+    const done = new Promise<Answer>((resolve, reject) => {
+      fail = reject;
+      const request = {
+        stream: false as const,
         service: fast.service,
         method: fast.method,
-        protocolName: "connect",
         requestMethod: "POST",
         url,
         get signal() {
           return signal();
         },
-        timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
-        get requestHeader() {
+        get header() {
           return requestHeaderOf();
         },
-        get responseHeader() {
-          responseHeader ??= new Headers();
-          return responseHeader;
+        get contextValues() {
+          return ctx.values;
         },
-        get responseTrailer() {
-          responseTrailer ??= new Headers();
-          return responseTrailer;
-        },
-        get values() {
-          values ??= createContextValues().set(traceKey, trace);
-          return values;
-        },
+        message: message(),
+        ctx,
       };
-      const done = new Promise<Uint8Array>((resolve, reject) => {
-        fail = reject;
-        const request = {
-          stream: false as const,
-          service: fast.service,
-          method: fast.method,
-          requestMethod: "POST",
-          url,
-          get signal() {
-            return signal();
-          },
-          get header() {
-            return requestHeaderOf();
-          },
-          get contextValues() {
-            return ctx.values;
-          },
-          message: decode(fast, body),
-          ctx,
-        };
-        chainOf(fast)(request).then(
-          (response) => resolve(toBinary(fast.method.output, response.message)),
-          reject,
-        );
-      });
-      if (timer !== undefined) {
-        const clear = () => clearTimeout(timer);
-        done.then(clear, clear);
-      }
-      return { done, abort };
-    },
-  };
+      chainOf(fast)(request).then((response) => resolve(answer(response.message)), reject);
+    });
+    if (timer !== undefined) {
+      const clear = () => clearTimeout(timer);
+      done.then(clear, clear);
+    }
+    return { done, abort };
+  }
 }
 
 /** The caller's trace headers, as the handler sees them. */
