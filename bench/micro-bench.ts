@@ -2,17 +2,28 @@
  * Micro-benchmarks, in one run: one unary RPC through each client transport
  * against the same LLM service process (gRPC over HTTP/2, Connect over
  * HTTP/2 and HTTP/1.1 with the stock connect-node transports, and the
- * gateway's lean transports: Connect over HTTP/1.1 and frames), then the filter's matcher with 10,000 terms.
+ * gateway's lean transports: Connect over HTTP/1.1 and frames), the protobuf
+ * encoding of a chat's messages, then the filter's matcher with 10,000 terms.
  * Options (env): MICRO_SECONDS (3), MICRO_CONCURRENCY (50).
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { create, type DescMessage, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { LLMService } from "../gen/chat/v1/llm_pb.js";
+import { FilterRequestSchema, FilterResponseSchema } from "../gen/chat/v1/filter_pb.js";
+import {
+  GenerateRequestSchema,
+  GenerateResponseSchema,
+  LLMService,
+} from "../gen/chat/v1/llm_pb.js";
+import { CheckAndIncRequestSchema, CheckAndIncResponseSchema } from "../gen/chat/v1/token_pb.js";
 import { createFastTransport } from "../src/lib/fast-transport.js";
 import { createFramesTransport } from "../src/lib/frames-transport.js";
+import { useBufferUtf8Encoding } from "../src/lib/utf8.js";
 import { createTermMatcher } from "../src/services/filter/terms.js";
 import { freePort, startProcess, waitHealthy } from "./stack.js";
 
@@ -96,11 +107,59 @@ function matcher(): Record<string, number> {
   return results;
 }
 
+/**
+ * µs to `toBinary` and `fromBinary` the six messages of a chat's filter,
+ * token and llm calls, with protobuf-es's own string encoder (TextEncoder)
+ * and with the one the servers configure (Buffer.from).
+ */
+function codec(): Record<string, number> {
+  const messages: [DescMessage, object][] = [
+    [FilterRequestSchema, { text: "Hello   world   from   Go!" }],
+    [FilterResponseSchema, { cleaned: "Hello world from Go!" }],
+    [
+      CheckAndIncRequestSchema,
+      { userId: "u123456", cost: 50n, chargeId: randomBytes(16).toString("hex") },
+    ],
+    [
+      CheckAndIncResponseSchema,
+      { remaining: 150n, limit: 200n, cost: 50n, resetTime: timestampNow() },
+    ],
+    [GenerateRequestSchema, { text: "Hello world from Go!" }],
+    [GenerateResponseSchema, { reply: "Echo: Hello world from Go!" }],
+  ];
+  const built = messages.map(([schema, init]) => [schema, create(schema, init as never)] as const);
+  const perChat = () => {
+    const rounds = 100_000;
+    let best = Number.POSITIVE_INFINITY;
+    for (let trial = 0; trial < 3; trial++) {
+      const started = performance.now();
+      for (let i = 0; i < rounds; i++) {
+        for (const [schema, message] of built) fromBinary(schema, toBinary(schema, message));
+      }
+      best = Math.min(best, ((performance.now() - started) * 1e3) / rounds);
+    }
+    return best;
+  };
+  const stock = getTextEncoding();
+  const textEncoder = perChat();
+  useBufferUtf8Encoding();
+  const bufferFrom = perChat();
+  configureTextEncoding(stock);
+  return {
+    "TextEncoder (protobuf-es's own)": textEncoder,
+    "Buffer.from (the servers')": bufferFrom,
+  };
+}
+
 const rpcResults = await rpc();
+const codecResults = codec();
 const matcherResults = matcher();
 console.log(`\nunary RPC, ${concurrency} calls in flight, one LLM service process (calls/s):`);
 for (const [name, value] of Object.entries(rpcResults))
   console.log(`  ${name.padEnd(26)} ${value.toFixed(0).padStart(8)}`);
+console.log("protobuf toBinary + fromBinary of a chat's six call messages (µs):");
+for (const [name, value] of Object.entries(codecResults))
+  console.log(`  ${name.padEnd(36)} ${value.toFixed(1).padStart(6)}`);
 console.log("filter matcher, normalisation included:");
 for (const [name, value] of Object.entries(matcherResults))
   console.log(`  ${name.padEnd(36)} ${(value / 1e6).toFixed(1).padStart(6)} M`);
@@ -108,5 +167,5 @@ const dir = fileURLToPath(new URL("./results/", import.meta.url));
 mkdirSync(dir, { recursive: true });
 writeFileSync(
   `${dir}micro-${new Date().toISOString().replace(/[:.]/g, "-")}.json`,
-  `${JSON.stringify({ at: new Date().toISOString(), seconds, concurrency, rpc: rpcResults, matcher: matcherResults }, null, 2)}\n`,
+  `${JSON.stringify({ at: new Date().toISOString(), seconds, concurrency, rpc: rpcResults, codec: codecResults, matcher: matcherResults }, null, 2)}\n`,
 );

@@ -8,6 +8,7 @@ import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics
 import type { ReadyCheck } from "../lib/readiness.js";
 import { readTlsCredentials } from "../lib/tls.js";
 import { traceLogFields } from "../lib/trace.js";
+import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
 import type { HttpError } from "./errors.js";
@@ -66,6 +67,7 @@ function errorResponse(err: FastifyError): HttpError {
  * chat answered 200 or 429 carries the RateLimit headers.
  */
 export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> {
+  useBufferUtf8Encoding();
   const { config, logger, upstreams } = deps;
   const registry = deps.registry ?? createMetricsRegistry();
   const chats = counter(registry, "chatmesh_chats_total", "Chats answered, by outcome", [

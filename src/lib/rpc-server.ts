@@ -28,6 +28,7 @@ import { registerReflection } from "./reflection.js";
 import { createSecureDualProtocolServer } from "./secure-dual-protocol-server.js";
 import { readTlsCredentials } from "./tls.js";
 import { createTraceServerInterceptor } from "./trace.js";
+import { useBufferUtf8Encoding } from "./utf8.js";
 
 /**
  * A service as another component of the same process calls it (`chatmesh
@@ -72,6 +73,7 @@ export interface RpcServerOptions {
  * `listen`.
  */
 export async function createRpcServer(options: RpcServerOptions): Promise<FastifyInstance> {
+  useBufferUtf8Encoding();
   const { config, logger } = options;
   const registry = options.registry ?? createMetricsRegistry();
   const interceptors = [
