@@ -81,6 +81,9 @@ export function startProcess(name: string, env: Record<string, string>): ChildPr
   return child;
 }
 
+const names = ["token", "filter", "llm", "history", "gateway"] as const;
+type Name = (typeof names)[number];
+
 /** The environment of the chain on free ports, its history in a new directory. */
 async function chainEnv(extraEnv: Record<string, string>) {
   const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-bench-"));
@@ -103,9 +106,6 @@ async function chainEnv(extraEnv: Record<string, string>) {
   };
   return { dataDir, ports, env };
 }
-
-const names = ["token", "filter", "llm", "history", "gateway"] as const;
-type Name = (typeof names)[number];
 
 function stopAll(children: readonly ChildProcess[], dataDir: string) {
   return async () => {

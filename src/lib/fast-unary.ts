@@ -45,9 +45,14 @@ export interface FastUnaryOptions {
 
 /**
  * Records the implementations registered on a Connect router, so that the
- * unary ones can also be served by `createFastUnaryPath`.
+ * unary ones can also be served by `createFastUnaryPath`; `replays` gets, for
+ * each registration, a function making the same one on another router.
  */
-export function recordServices(router: ConnectRouter, into: FastMethod[]): ConnectRouter {
+export function recordServices(
+  router: ConnectRouter,
+  into: FastMethod[],
+  replays: ((router: ConnectRouter) => void)[] = [],
+): ConnectRouter {
   return {
     get handlers() {
       return router.handlers;
@@ -65,10 +70,12 @@ export function recordServices(router: ConnectRouter, into: FastMethod[]): Conne
         }
       }
       router.service(service, impl, options);
+      replays.push((other) => other.service(service, impl, options));
       return this;
     },
     rpc(method, impl, options) {
       router.rpc(method, impl, options);
+      replays.push((other) => other.rpc(method, impl, options));
       return this;
     },
   } as ConnectRouter;
@@ -97,6 +104,12 @@ function decode(fast: FastMethod, body: Uint8Array) {
     );
   }
 }
+
+/** The response message in protobuf binary, as the lean paths answer. */
+const toWire = (fast: FastMethod, message: Message) => toBinary(fast.method.output, message);
+
+/** A message handed over as it is, to or from a caller in the same process. */
+const asIs = (_fast: FastMethod, message: Message) => message;
 
 /** One unary call being served: its answer (in binary, by default), and a way to end it early. */
 export interface ServedCall<Answer = Uint8Array> {
@@ -184,30 +197,21 @@ export function createUnaryInvoker(
       return byPath.get(path);
     },
     start: (fast, body, header, trace, timeoutMs) =>
-      serve(
-        fast,
-        () => decode(fast, body),
-        (message) => toBinary(fast.method.output, message),
-        header,
-        trace,
-        timeoutMs,
-      ),
+      serve(fast, body, decode, toWire, header, trace, timeoutMs),
     call: (fast, message, header, trace, timeoutMs) =>
-      serve(
-        fast,
-        () => message,
-        (answer) => answer,
-        header,
-        trace,
-        timeoutMs,
-      ),
+      serve(fast, message, asIs, asIs, header, trace, timeoutMs),
   };
 
-  /** A call of `fast` with the request `message()` makes; `answer` turns the response into what `done` gives. */
-  function serve<Answer>(
+  /**
+   * A call of `fast`: `read` makes the request message of `request` (inside
+   * the call, so that a bad one fails it), `answer` makes what `done` gives
+   * of the response message.
+   */
+  function serve<Request, Answer>(
     fast: FastMethod,
-    message: () => Message,
-    answer: (response: Message) => Answer,
+    request: Request,
+    read: (fast: FastMethod, request: Request) => Message,
+    answer: (fast: FastMethod, response: Message) => Answer,
     header: () => Headers,
     trace: TraceContext,
     timeoutMs: number | undefined,
@@ -274,7 +278,7 @@ export function createUnaryInvoker(
     };
     const done = new Promise<Answer>((resolve, reject) => {
       fail = reject;
-      const request = {
+      const unaryRequest = {
         stream: false as const,
         service: fast.service,
         method: fast.method,
@@ -289,10 +293,13 @@ export function createUnaryInvoker(
         get contextValues() {
           return ctx.values;
         },
-        message: message(),
+        message: read(fast, request),
         ctx,
       };
-      chainOf(fast)(request).then((response) => resolve(answer(response.message)), reject);
+      chainOf(fast)(unaryRequest).then(
+        (response) => resolve(answer(fast, response.message)),
+        reject,
+      );
     });
     if (timer !== undefined) {
       const clear = () => clearTimeout(timer);

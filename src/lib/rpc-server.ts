@@ -111,9 +111,14 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     draining = true;
   });
 
-  const health = (router: ConnectRouter) => {
+  // Each registration, to make again on the in-memory router (same implementations).
+  const replays: ((router: ConnectRouter) => void)[] = [];
+  const routes = (router: ConnectRouter) => {
+    const recording = recordServices(router, fastMethods, replays);
+    options.routes(recording);
     const services = [...new Set(router.handlers.map((h) => h.service))];
-    router.service(
+    const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
+    recording.service(
       Health,
       createHealthService({
         services: services.map((s) => s.typeName),
@@ -121,13 +126,6 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
         ...(options.readyChecks ? { readyChecks: options.readyChecks } : {}),
       }),
     );
-    return services;
-  };
-  const routes = (router: ConnectRouter) => {
-    const recording = recordServices(router, fastMethods);
-    options.routes(recording);
-    const services = health(recording);
-    const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
     registerReflection(router, files, [...services.map((s) => s.typeName), Health.typeName]);
   };
   const routerInterceptors = [...interceptors, createTraceServerInterceptor()];
@@ -142,8 +140,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   const inMemory = () => {
     inMemoryTransport ??= createRouterTransport(
       (r) => {
-        options.routes(r);
-        health(r);
+        for (const replay of replays) replay(r);
       },
       { router: { interceptors: routerInterceptors, readMaxBytes: config.maxRequestBytes } },
     );
