@@ -55,7 +55,8 @@ function startCurlStream(body: string) {
       arrivals.push({ event: m[1] as string, at: Date.now() });
     }
   });
-  const exited = new Promise<void>((resolve) => curl.once("exit", () => resolve()));
+  // "close", not "exit": a process can exit before its last output has been read.
+  const exited = new Promise<void>((resolve) => curl.once("close", () => resolve()));
   return {
     curl,
     exited,
