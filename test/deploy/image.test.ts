@@ -192,7 +192,7 @@ describe("the stack started from the image's command", () => {
 describe("run-all from the build", () => {
   it("starts every process from dist/ and stops them all on Ctrl-C", async () => {
     const env: Record<string, string> = { PATH: process.env.PATH ?? "", HOST: "127.0.0.1" };
-    for (const name of ["TOKEN_PORT", "FILTER_PORT", "LLM_PORT", "GATEWAY_PORT"]) {
+    for (const name of ["TOKEN_PORT", "FILTER_PORT", "LLM_PORT", "HISTORY_PORT", "GATEWAY_PORT"]) {
       env[name] = String(await freePort());
     }
     const child = spawn(process.execPath, ["bin/chatmesh.js", "run-all"], {

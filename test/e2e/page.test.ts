@@ -153,20 +153,24 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
 
 describe.skipIf(missing)("the chat page under run-all", () => {
   it("streams a reply in Chromium with run-all's defaults", async () => {
-    const ports = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-    const [token, filter, llm, gateway] = ports;
+    const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+    const [token, filter, llm, history, gateway] = ports;
+    // Every port moved, so that another test's run-all cannot collide with this one.
     const run = startChatmesh(["run-all"], {
       TOKEN_PORT: String(token),
       FILTER_PORT: String(filter),
       LLM_PORT: String(llm),
+      HISTORY_PORT: String(history),
       GATEWAY_PORT: String(gateway),
     });
-    const own = await chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      args: chromiumArgs,
-    });
+    let own: Browser | undefined;
     try {
+      // Inside the try: a browser that fails to start must not leave run-all running.
+      own = await chromium.launch({
+        executablePath: chromiumPath,
+        headless: true,
+        args: chromiumArgs,
+      });
       await waitForOutput(run, /chatmesh is up/);
       expect(run.output()).toContain(`chat     http://127.0.0.1:${gateway}/`);
       const tab = await own.newPage();
@@ -178,7 +182,7 @@ describe.skipIf(missing)("the chat page under run-all", () => {
         .waitFor();
       expect(await tab.locator("#quota").textContent()).toBe("150");
     } finally {
-      await own.close();
+      await own?.close();
       run.child.kill("SIGINT");
       await run.exited;
     }
