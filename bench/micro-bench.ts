@@ -21,6 +21,7 @@ import {
   LLMService,
 } from "../gen/chat/v1/llm_pb.js";
 import { CheckAndIncRequestSchema, CheckAndIncResponseSchema } from "../gen/chat/v1/token_pb.js";
+import { type Codec, codecFallbacks, codecFor } from "../src/lib/codec.js";
 import { createFastTransport } from "../src/lib/fast-transport.js";
 import { createFramesTransport } from "../src/lib/frames-transport.js";
 import { useBufferUtf8Encoding } from "../src/lib/utf8.js";
@@ -108,9 +109,10 @@ function matcher(): Record<string, number> {
 }
 
 /**
- * µs to `toBinary` and `fromBinary` the six messages of a chat's filter,
- * token and llm calls, with protobuf-es's own string encoder (TextEncoder)
- * and with the one the servers configure (Buffer.from).
+ * µs to encode and decode the six messages of a chat's filter, token and
+ * llm calls: with protobuf-es's `toBinary` and `fromBinary`, with its own
+ * string encoder (TextEncoder) and with the one the servers configure
+ * (Buffer.from), then with the compiled codec the lean paths use.
  */
 function codec(): Record<string, number> {
   const messages: [DescMessage, object][] = [
@@ -128,26 +130,39 @@ function codec(): Record<string, number> {
     [GenerateResponseSchema, { reply: "Echo: Hello world from Go!" }],
   ];
   const built = messages.map(([schema, init]) => [schema, create(schema, init as never)] as const);
-  const perChat = () => {
+  const perChat = (codecs: readonly Codec[]) => {
     const rounds = 100_000;
     let best = Number.POSITIVE_INFINITY;
     for (let trial = 0; trial < 3; trial++) {
       const started = performance.now();
       for (let i = 0; i < rounds; i++) {
-        for (const [schema, message] of built) fromBinary(schema, toBinary(schema, message));
+        for (let m = 0; m < codecs.length; m++) {
+          const codec = codecs[m] as Codec;
+          codec.decode(codec.encode((built[m] as (typeof built)[number])[1]));
+        }
       }
       best = Math.min(best, ((performance.now() - started) * 1e3) / rounds);
     }
     return best;
   };
+  const reflective = built.map(
+    ([schema]): Codec => ({
+      encode: (message) => toBinary(schema, message),
+      decode: (bytes) => fromBinary(schema, bytes),
+    }),
+  );
   const stock = getTextEncoding();
-  const textEncoder = perChat();
+  const textEncoder = perChat(reflective);
   useBufferUtf8Encoding();
-  const bufferFrom = perChat();
+  const bufferFrom = perChat(reflective);
   configureTextEncoding(stock);
+  const before = codecFallbacks();
+  const compiled = perChat(built.map(([schema]) => codecFor(schema)));
+  if (codecFallbacks() !== before) throw new Error("the compiled codec fell back to protobuf-es");
   return {
-    "TextEncoder (protobuf-es's own)": textEncoder,
-    "Buffer.from (the servers')": bufferFrom,
+    "protobuf-es, TextEncoder (its own)": textEncoder,
+    "protobuf-es, Buffer.from": bufferFrom,
+    "compiled codec (the lean paths')": compiled,
   };
 }
 
@@ -157,7 +172,7 @@ const matcherResults = matcher();
 console.log(`\nunary RPC, ${concurrency} calls in flight, one LLM service process (calls/s):`);
 for (const [name, value] of Object.entries(rpcResults))
   console.log(`  ${name.padEnd(26)} ${value.toFixed(0).padStart(8)}`);
-console.log("protobuf toBinary + fromBinary of a chat's six call messages (µs):");
+console.log("protobuf encode + decode of a chat's six call messages (µs):");
 for (const [name, value] of Object.entries(codecResults))
   console.log(`  ${name.padEnd(36)} ${value.toFixed(1).padStart(6)}`);
 console.log("filter matcher, normalisation included:");

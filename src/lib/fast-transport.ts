@@ -1,8 +1,9 @@
 import http from "node:http";
 import https from "node:https";
-import { type DescMethodUnary, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { DescMethodUnary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { codecFor } from "./codec.js";
 import { createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
 
 export interface FastTransportOptions {
@@ -59,7 +60,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
     new Promise((resolve, reject) => {
       const method = req.method as DescMethodUnary;
       const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
-      const body = toBinary(method.input, req.message);
+      const body = codecFor(method.input).encode(req.message);
       const headers: Record<string, string | number> = {
         "content-type": "application/proto",
         "connect-protocol-version": "1",
@@ -105,7 +106,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
                   method,
                   header: new Headers(),
                   trailer: new Headers(),
-                  message: fromBinary(method.output, bytes),
+                  message: codecFor(method.output).decode(bytes),
                 });
               } catch (err) {
                 reject(ConnectError.from(err, Code.Internal));

@@ -3,10 +3,8 @@ import {
   create,
   type DescMethodUnary,
   type DescService,
-  fromBinary,
   isMessage,
   type Message,
-  toBinary,
 } from "@bufbuild/protobuf";
 import {
   Code,
@@ -20,6 +18,7 @@ import {
   type UnaryResponse,
 } from "@connectrpc/connect";
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { codecFor } from "./codec.js";
 import type { Logger } from "./logger.js";
 import { continueTrace, type TraceContext, traceKey, traceLogFields } from "./trace.js";
 
@@ -96,7 +95,7 @@ function sendError(res: http.ServerResponse, err: unknown): void {
 
 function decode(fast: FastMethod, body: Uint8Array) {
   try {
-    return fromBinary(fast.method.input, body);
+    return codecFor(fast.method.input).decode(body);
   } catch (err) {
     throw new ConnectError(
       `parse binary: ${err instanceof Error ? err.message : String(err)}`,
@@ -106,7 +105,7 @@ function decode(fast: FastMethod, body: Uint8Array) {
 }
 
 /** The response message in protobuf binary, as the lean paths answer. */
-const toWire = (fast: FastMethod, message: Message) => toBinary(fast.method.output, message);
+const toWire = (fast: FastMethod, message: Message) => codecFor(fast.method.output).encode(message);
 
 /** A message handed over as it is, to or from a caller in the same process. */
 const asIs = (_fast: FastMethod, message: Message) => message;

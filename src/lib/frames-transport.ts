@@ -1,5 +1,5 @@
 import net from "node:net";
-import { type DescMethodUnary, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { DescMethodUnary } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -8,6 +8,7 @@ import {
   type UnaryResponse,
 } from "@connectrpc/connect";
 import { errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { codecFor } from "./codec.js";
 import {
   encodeFrame,
   encodeRequest,
@@ -125,7 +126,7 @@ class Connection {
     if (pending === undefined) return;
     if (kind === FrameKind.Ok) {
       try {
-        pending.resolve(fromBinary(pending.method.output, body));
+        pending.resolve(codecFor(pending.method.output).decode(body));
       } catch (err) {
         pending.reject(ConnectError.from(err, Code.Internal));
       }
@@ -173,7 +174,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
       });
       let message: Uint8Array;
       try {
-        message = toBinary(method.input, req.message);
+        message = codecFor(method.input).encode(req.message);
       } catch (err) {
         reject(ConnectError.from(err, Code.Internal));
         return;

@@ -4,12 +4,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { HistoryServiceAppendRequestSchema } from "../../gen/chat/v1/history_pb.js";
 import { useBufferUtf8Encoding } from "../../src/lib/utf8.js";
-
-/** Any UTF-16 string, lone surrogates included. */
-const anyText = fc.oneof(
-  fc.string({ unit: "binary" }),
-  fc.array(fc.integer({ min: 0, max: 0xffff })).map((units) => String.fromCharCode(...units)),
-);
+import { anyText } from "../fixtures/text.js";
 
 describe("protobuf strings encoded with Buffer.from", () => {
   const textEncoder = new TextEncoder();
