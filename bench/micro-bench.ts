@@ -92,10 +92,16 @@ function matcher(): Record<string, number> {
     .join(" ")
     .replace(/[xq]/g, "Z");
   const unicode = `${ascii.slice(0, 500)} 这是一条最小链路测试 ｆｕｌｌｗｉｄｔｈ Straße ${ascii.slice(500)}`;
+  // Non-ASCII throughout: Cyrillic, Greek and Chinese words, full-width letters.
+  const nonAscii = Array.from(
+    { length: 100 },
+    (_, i) => ["Привет", "мир", "Γειά", "σου", "这是一条", "测试", "ｆｕｌｌ", "Straße"][i % 8],
+  ).join(" ");
   const results: Record<string, number> = {};
   for (const [name, text] of [
     ["ascii text", ascii],
     ["unicode text", unicode],
+    ["non-ascii text", nonAscii],
   ] as const) {
     let chars = 0;
     const end = performance.now() + seconds * 1_000;

@@ -28,6 +28,81 @@ const text = fc.oneof(
   }),
 );
 
+/**
+ * The definition of the matching form, done on the whole text each round, as
+ * the faster `cleanText` and `normalizeForMatch` must give it.
+ */
+const spaceRun = /\p{White_Space}+/gu;
+const hidden = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu;
+const definedClean = (text: string) => text.replace(spaceRun, " ").trim();
+const definedFoldOnce = (text: string) =>
+  definedClean(
+    text
+      .replace(hidden, "")
+      .normalize("NFKC")
+      .toUpperCase()
+      .toLowerCase()
+      .normalize("NFKC")
+      .replace(hidden, ""),
+  );
+function definedForm(text: string): string {
+  let current = definedFoldOnce(text);
+  for (let round = 1; round < 4; round++) {
+    const next = definedFoldOnce(current);
+    if (next === current) break;
+    current = next;
+  }
+  return current;
+}
+
+/** Words of ASCII (case-ignorable punctuation included) and of anything, among spaces. */
+const mixedText = fc
+  .array(
+    fc.oneof(
+      fc.constant(" "),
+      fc.stringMatching(/^[A-Za-z'.:^`]{1,8}$/),
+      text,
+      fc.constantFrom(
+        "Σ",
+        "ΑΣ",
+        "σ.",
+        "ß",
+        "ẞ",
+        "\u0301",
+        "e\u0301",
+        "ﬁ",
+        "\u00a0",
+        "\u200b",
+        "ｆｏｏ",
+      ),
+    ),
+    { maxLength: 12 },
+  )
+  .map((pieces) => pieces.join(""));
+
+describe("the matching form", () => {
+  it("cleans as the definition does", () => {
+    fc.assert(
+      fc.property(fc.oneof(text, mixedText), (raw) => {
+        expect(cleanText(raw)).toBe(definedClean(raw));
+      }),
+      { numRuns },
+    );
+  });
+
+  it("normalises as the definition does, whatever ASCII surrounds the non-ASCII words", () => {
+    fc.assert(
+      fc.property(fc.oneof(text, mixedText), (raw) => {
+        expect(normalizeForMatch(raw)).toBe(definedForm(raw));
+      }),
+      { numRuns: numRuns * 4 },
+    );
+    // Final sigma looks at its neighbours, up to a space.
+    expect(normalizeForMatch("Ab ΑΣ xy")).toBe("ab ας xy");
+    expect(normalizeForMatch("ΑΣ'a b")).toBe(definedForm("ΑΣ'a b"));
+  });
+});
+
 describe("cleanText", () => {
   it("never grows the text, is idempotent, and leaves no space to fold", () => {
     fc.assert(
