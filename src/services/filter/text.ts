@@ -19,15 +19,41 @@ export function cleanText(text: string): string {
   return text.replace(foldableSpace, " ").trim();
 }
 
+let invisibleUnits: Uint8Array | undefined;
+
+/** 1 for each BMP code unit the invisible pattern matches, and for surrogates. */
+function invisibleTable(): Uint8Array {
+  const table = new Uint8Array(65_536);
+  const one = new RegExp(invisible.source, "u");
+  for (let unit = 0; unit < 65_536; unit++) {
+    const surrogate = unit >= 0xd800 && unit <= 0xdfff;
+    if (surrogate || one.test(String.fromCharCode(unit))) table[unit] = 1;
+  }
+  return table;
+}
+
+/**
+ * `text` without its invisible characters. Most text has none, and finding
+ * that out through a table of code units (made on first use from the same
+ * pattern, in a few milliseconds) is several times faster than the pattern's own
+ * scan; from the first unit the table flags (a surrogate among them, since
+ * the table cannot judge a pair), the pattern does the rest.
+ */
+function withoutInvisible(text: string): string {
+  invisibleUnits ??= invisibleTable();
+  for (let i = 0; i < text.length; i++) {
+    if (invisibleUnits[text.charCodeAt(i)] === 1) {
+      return text.slice(0, i) + text.slice(i).replace(invisible, "");
+    }
+  }
+  return text;
+}
+
 /** One round of folding, before white space is folded. */
 const fold = (text: string): string =>
-  text
-    .replace(invisible, "")
-    .normalize("NFKC")
-    .toUpperCase()
-    .toLowerCase()
-    .normalize("NFKC")
-    .replace(invisible, "");
+  withoutInvisible(
+    withoutInvisible(text).normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC"),
+  );
 
 /**
  * `cleanText(fold(text))`, with the Unicode passes run only on the part of
