@@ -10,10 +10,11 @@ import {
 import { TimestampSchema } from "@bufbuild/protobuf/wkt";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { file_chat_v1_errors } from "../../gen/chat/v1/errors_pb.js";
+import { FilterRejectionSchema, file_chat_v1_errors } from "../../gen/chat/v1/errors_pb.js";
 import { file_chat_v1_filter } from "../../gen/chat/v1/filter_pb.js";
 import {
   file_chat_v1_history,
+  HistoryServiceAppendBatchResponseSchema,
   HistoryServiceAppendBatchResultSchema,
   HistoryServiceAppendRequestSchema,
   HistoryServiceAppendResponseSchema,
@@ -116,7 +117,7 @@ function outcome(fn: () => unknown): string {
 }
 
 describe("compiled protobuf codec", () => {
-  it("covers the messages of the chat's calls, and leaves oneofs to protobuf-es", () => {
+  it("covers the messages of the chat's calls", () => {
     for (const schema of [
       CheckAndIncRequestSchema,
       CheckAndIncResponseSchema,
@@ -128,7 +129,9 @@ describe("compiled protobuf codec", () => {
     ]) {
       expect(isCompiled(schema), schema.typeName).toBe(true);
     }
-    expect(isCompiled(HistoryServiceAppendBatchResultSchema)).toBe(false);
+    // Oneofs too; enums are left to protobuf-es.
+    expect(isCompiled(HistoryServiceAppendBatchResultSchema)).toBe(true);
+    expect(isCompiled(FilterRejectionSchema)).toBe(false);
   });
 
   for (const schema of schemas) {
@@ -221,6 +224,27 @@ describe("compiled protobuf codec", () => {
         Buffer.from(toBinary(HistoryServiceAppendResponseSchema, m)),
       );
       expect(codec.decode(codec.encode(m))).toStrictEqual(m);
+    }
+  });
+
+  it("writes every byte when a field falls at the end of its scratch buffer", () => {
+    // Small results fill the buffer little by little; each ends with a
+    // five-byte int32, landing at every offset near the end.
+    const schema = HistoryServiceAppendBatchResponseSchema;
+    const codec = codecFor(schema);
+    const error = (code: number, message = "") => ({
+      result: { case: "error" as const, value: { code, message } },
+    });
+    // A message past 1 MB leaves the codec a fresh, small scratch buffer.
+    const large = create(schema, { results: [error(1, "x".repeat(2 ** 21))] });
+    for (let pad = 0; pad < 10; pad++) {
+      codec.encode(large);
+      const results = [
+        error(1, "m".repeat(pad)),
+        ...Array.from({ length: 1_650 }, () => error(2 ** 30)),
+      ];
+      const m = create(schema, { results });
+      expect(Buffer.from(codec.encode(m)).equals(toBinary(schema, m))).toBe(true);
     }
   });
 
