@@ -167,22 +167,12 @@ export function createUnaryInvoker(
       chain = interceptors.reduceRight<(req: UnaryRequest) => Promise<UnaryResponse>>(
         (next, interceptor) => interceptor(next as never) as never,
         async (req) => {
-          const ctx = (req as UnaryRequest & { ctx: HandlerContext }).ctx;
+          const ctx = (req as LeanRequest).ctx;
           const out = await fast.impl(req.message, ctx);
-          return {
-            stream: false,
-            service: fast.service,
-            method: fast.method,
-            get header() {
-              return ctx.responseHeader;
-            },
-            get trailer() {
-              return ctx.responseTrailer;
-            },
-            message: isMessage(out, fast.method.output)
-              ? out
-              : create(fast.method.output, out as never),
-          };
+          return new LeanResponse(
+            ctx,
+            isMessage(out, fast.method.output) ? out : create(fast.method.output, out as never),
+          );
         },
       );
       chains.set(fast, chain);
@@ -215,21 +205,15 @@ export function createUnaryInvoker(
     trace: TraceContext,
     timeoutMs: number | undefined,
   ): ServedCall<Answer> {
-    let controller: AbortController | undefined;
-    let aborted: ConnectError | undefined;
+    const ctx = new LeanContext(
+      fast,
+      timeoutMs === undefined ? undefined : Date.now() + timeoutMs,
+      header,
+      trace,
+    );
     let fail: (reason: ConnectError) => void = () => {};
-    const signal = () => {
-      if (controller === undefined) {
-        controller = new AbortController();
-        if (aborted !== undefined) controller.abort(aborted);
-      }
-      return controller.signal;
-    };
     const abort = (reason: ConnectError) => {
-      if (aborted !== undefined) return;
-      aborted = reason;
-      controller?.abort(reason);
-      fail(reason);
+      if (ctx.abort(reason)) fail(reason);
     };
     const timer =
       timeoutMs === undefined
@@ -238,64 +222,9 @@ export function createUnaryInvoker(
             () => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
             timeoutMs,
           );
-    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
-    const url = fast.path;
-    // Headers and context values are made only if something uses them.
-    let requestHeader: Headers | undefined;
-    const requestHeaderOf = () => {
-      requestHeader ??= header();
-      return requestHeader;
-    };
-    let responseHeader: Headers | undefined;
-    let responseTrailer: Headers | undefined;
-    let values: ContextValues | undefined;
-    const ctx: HandlerContext = {
-      service: fast.service,
-      method: fast.method,
-      protocolName: "connect",
-      requestMethod: "POST",
-      url,
-      get signal() {
-        return signal();
-      },
-      timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
-      get requestHeader() {
-        return requestHeaderOf();
-      },
-      get responseHeader() {
-        responseHeader ??= new Headers();
-        return responseHeader;
-      },
-      get responseTrailer() {
-        responseTrailer ??= new Headers();
-        return responseTrailer;
-      },
-      get values() {
-        values ??= createContextValues().set(traceKey, trace);
-        return values;
-      },
-    };
     const done = new Promise<Answer>((resolve, reject) => {
       fail = reject;
-      const unaryRequest = {
-        stream: false as const,
-        service: fast.service,
-        method: fast.method,
-        requestMethod: "POST",
-        url,
-        get signal() {
-          return signal();
-        },
-        get header() {
-          return requestHeaderOf();
-        },
-        get contextValues() {
-          return ctx.values;
-        },
-        message: read(fast, request),
-        ctx,
-      };
-      chainOf(fast)(unaryRequest).then(
+      chainOf(fast)(new LeanRequest(ctx, read(fast, request))).then(
         (response) => resolve(answer(fast, response.message)),
         reject,
       );
@@ -305,6 +234,132 @@ export function createUnaryInvoker(
       done.then(clear, clear);
     }
     return { done, abort };
+  }
+}
+
+/*
+ * A lean call's context, request and response are instances of classes, not
+ * object literals with getters: a literal's getters are new closures each
+ * time, so V8 gives every such object a hidden class of its own, made in the
+ * old generation and pointing at the call's young objects, which then
+ * outlive every scavenge until a full collection. Measured on one llm
+ * service under frames load (`--trace-gc-nvp`): about 4 KB of each call's
+ * 12 KB promoted with the literals, next to nothing with the classes.
+ */
+
+/** A lean call's handler context: signal, headers and context values are made only if read. */
+class LeanContext implements HandlerContext {
+  readonly protocolName = "connect";
+  readonly requestMethod = "POST";
+  readonly service: DescService;
+  readonly method: DescMethodUnary;
+  readonly url: string;
+  /** Why the call was ended early, once it is. */
+  private aborted: ConnectError | undefined = undefined;
+  private controller: AbortController | undefined = undefined;
+  private requestHeaderMade: Headers | undefined = undefined;
+  private responseHeaderMade: Headers | undefined = undefined;
+  private responseTrailerMade: Headers | undefined = undefined;
+  private valuesMade: ContextValues | undefined = undefined;
+
+  constructor(
+    fast: FastMethod,
+    private readonly deadline: number | undefined,
+    private readonly makeHeader: () => Headers,
+    private readonly trace: TraceContext,
+  ) {
+    this.service = fast.service;
+    this.method = fast.method;
+    this.url = fast.path;
+  }
+
+  readonly timeoutMs = (): number | undefined =>
+    this.deadline === undefined ? undefined : this.deadline - Date.now();
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.aborted !== undefined) this.controller.abort(this.aborted);
+    }
+    return this.controller.signal;
+  }
+
+  /** Ends the call with `reason`: the signal aborts. False if it had already ended. */
+  abort(reason: ConnectError): boolean {
+    if (this.aborted !== undefined) return false;
+    this.aborted = reason;
+    this.controller?.abort(reason);
+    return true;
+  }
+
+  get requestHeader(): Headers {
+    this.requestHeaderMade ??= this.makeHeader();
+    return this.requestHeaderMade;
+  }
+
+  get responseHeader(): Headers {
+    this.responseHeaderMade ??= new Headers();
+    return this.responseHeaderMade;
+  }
+
+  get responseTrailer(): Headers {
+    this.responseTrailerMade ??= new Headers();
+    return this.responseTrailerMade;
+  }
+
+  get values(): ContextValues {
+    this.valuesMade ??= createContextValues().set(traceKey, this.trace);
+    return this.valuesMade;
+  }
+}
+
+/**
+ * A lean call's request, as the interceptors see it. What is made lazily
+ * comes from getters on the prototype, which a copy made by spreading does
+ * not carry: an interceptor passes this request on, as ours do.
+ */
+class LeanRequest implements UnaryRequest {
+  readonly stream = false;
+  readonly requestMethod = "POST";
+  readonly service: DescService;
+  readonly method: DescMethodUnary;
+  readonly url: string;
+  constructor(
+    readonly ctx: LeanContext,
+    readonly message: Message,
+  ) {
+    this.service = ctx.service;
+    this.method = ctx.method;
+    this.url = ctx.url;
+  }
+  get signal(): AbortSignal {
+    return this.ctx.signal;
+  }
+  get header(): Headers {
+    return this.ctx.requestHeader;
+  }
+  get contextValues(): ContextValues {
+    return this.ctx.values;
+  }
+}
+
+/** A lean call's response: its headers and trailers are the handler's. */
+class LeanResponse implements UnaryResponse {
+  readonly stream = false;
+  readonly service: DescService;
+  readonly method: DescMethodUnary;
+  constructor(
+    private readonly ctx: LeanContext,
+    readonly message: Message,
+  ) {
+    this.service = ctx.service;
+    this.method = ctx.method;
+  }
+  get header(): Headers {
+    return this.ctx.responseHeader;
+  }
+  get trailer(): Headers {
+    return this.ctx.responseTrailer;
   }
 }
 
