@@ -33,8 +33,9 @@ export function createEchoBackend(options: EchoBackendOptions = {}): LlmBackend 
   const chunkDelayMs = options.chunkDelayMs ?? 0;
   return {
     name: "echo",
-    async generate(request, signal) {
-      await pause(delayMs, signal);
+    async generate(request, call) {
+      // Without a delay the reply is at hand: an ended call drops it.
+      if (delayMs > 0) await pause(delayMs, call.signal);
       return { reply: `Echo: ${request.text}` };
     },
     async *stream(request, signal) {

@@ -73,7 +73,8 @@ export function createLlmService({
   };
   return {
     async generate(req, ctx) {
-      const result = await backend.generate(request(req, ctx), ctx.signal);
+      // The context itself: its signal is made only if the backend reads it.
+      const result = await backend.generate(request(req, ctx), ctx);
       return { reply: result.reply, model, ...endFields(result) };
     },
     async *generateStream(req, ctx) {

@@ -87,8 +87,8 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   return {
     name: "openai",
     model,
-    async generate(request, signal) {
-      const call = deadline(signal, request);
+    async generate(request, caller) {
+      const call = deadline(caller.signal, request);
       try {
         const res = await client.chat.completions.create(body(request), { signal: call.signal });
         const choice = res.choices[0];

@@ -24,12 +24,40 @@ describe("splitWords", () => {
   });
 });
 
+describe("the echo backend's unary reply", () => {
+  it("answers at once without reading the call's signal when it has no delay", async () => {
+    let reads = 0;
+    const call = {
+      get signal() {
+        reads++;
+        return new AbortController().signal;
+      },
+    };
+    const backend = createEchoBackend();
+    expect(await backend.generate({ text: "hi", userId: "u1" }, call)).toEqual({
+      reply: "Echo: hi",
+    });
+    expect(reads).toBe(0);
+  });
+
+  it("stops waiting its delay when the call's signal aborts", async () => {
+    const backend = createEchoBackend({ delayMs: 5_000 });
+    const controller = new AbortController();
+    const started = Date.now();
+    setTimeout(() => controller.abort(new Error("gone")), 50);
+    await expect(backend.generate({ text: "hi", userId: "u1" }, controller)).rejects.toThrow(
+      "gone",
+    );
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+});
+
 describe("the echo backend's stream", () => {
   it("yields the unary reply in several pieces", async () => {
     const backend = createEchoBackend();
     const request = { text: "Hello world from Go!", userId: "u1" };
     const pieces = await collect(backend.stream(request, new AbortController().signal));
-    const { reply } = await backend.generate(request, new AbortController().signal);
+    const { reply } = await backend.generate(request, new AbortController());
     expect(pieces.length).toBeGreaterThan(2);
     expect(pieces.join("")).toBe(reply);
   });
