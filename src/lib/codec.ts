@@ -39,7 +39,7 @@ export function codecFor<T extends Message>(desc: DescMessage): Codec<T> {
 
 /** Whether `desc` gets a compiled plan (else protobuf-es does all the work). */
 export function isCompiled(desc: DescMessage): boolean {
-  return planFor(desc, new Map()) !== undefined;
+  return compiledCodecs.has(codecFor(desc));
 }
 
 /**
@@ -51,6 +51,7 @@ export const codecFallbacks = (): number => fallbacks;
 let fallbacks = 0;
 
 const codecs = new WeakMap<DescMessage, Codec>();
+const compiledCodecs = new WeakSet<Codec>();
 
 const reflective = (desc: DescMessage): Codec => ({
   encode: (message) => toBinary(desc, message),
@@ -58,7 +59,7 @@ const reflective = (desc: DescMessage): Codec => ({
 });
 
 function compiled(plan: Plan): Codec {
-  return {
+  const codec: Codec = {
     encode(message) {
       try {
         return encodeMessage(plan, message);
@@ -78,6 +79,8 @@ function compiled(plan: Plan): Codec {
       }
     },
   };
+  compiledCodecs.add(codec);
+  return codec;
 }
 
 // Field kinds a plan covers.

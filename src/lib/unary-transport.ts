@@ -99,7 +99,6 @@ class OutgoingRequest implements UnaryRequest {
   }
 }
 
-/** A call's response; its (always empty) headers and trailers are made only if read. */
 class Answered implements UnaryResponse {
   readonly stream = false;
   readonly service: DescService;
