@@ -49,7 +49,9 @@ export async function openHistoryDatabase(url: DatabaseUrl): Promise<OpenDatabas
     };
   }
   const parsed = new URL(url.url);
-  const { createPool } = await import("mysql2");
+  // mysql2 is CommonJS: its exports are the default export of the module
+  // (Node also names them, esbuild's bundle does not).
+  const { createPool } = (await import("mysql2")).default;
   const pool = createPool({
     host: decodeURIComponent(parsed.hostname.replace(/^\[(.*)\]$/, "$1")),
     port: parsed.port === "" ? 3306 : Number(parsed.port),
