@@ -17,8 +17,10 @@ COPY src ./src
 RUN npm run build
 
 FROM node:20-slim AS runtime
+# MALLOC_MMAP_THRESHOLD_: glibc's default, fixed (src/lib/node-options.ts).
 ENV HOST=0.0.0.0 \
-    NODE_OPTIONS=--enable-source-maps
+    NODE_OPTIONS=--enable-source-maps \
+    MALLOC_MMAP_THRESHOLD_=131072
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --no-audit --no-fund

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 const bin = fileURLToPath(new URL("../bin/chatmesh.js", import.meta.url));
 
 import { freePort } from "../src/dev/ports.js";
-import { nodeOptionsFor } from "../src/lib/node-options.js";
+import { processEnvFor } from "../src/lib/node-options.js";
 
 export { freePort };
 
@@ -70,12 +70,7 @@ const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [
 /** Starts `chatmesh <name>` quietly; its stderr is kept for errors. */
 export function startProcess(name: string, env: Record<string, string>): ChildProcess {
   const child = spawn(process.execPath, [...nodeArgs, bin, name], {
-    env: {
-      ...process.env,
-      LOG_LEVEL: "warn",
-      ...env,
-      NODE_OPTIONS: nodeOptionsFor(name, env.NODE_OPTIONS ?? process.env.NODE_OPTIONS),
-    },
+    env: processEnvFor(name, { ...process.env, LOG_LEVEL: "warn", ...env }),
     stdio: ["ignore", "ignore", "inherit"],
   });
   return child;

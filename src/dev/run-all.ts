@@ -11,7 +11,7 @@ import {
   loadLlmConfig,
   loadTokenConfig,
 } from "../lib/config.js";
-import { nodeOptionsFor } from "../lib/node-options.js";
+import { processEnvFor } from "../lib/node-options.js";
 import { packageRoot } from "../lib/package-root.js";
 import { formatLogLine } from "./pretty.js";
 
@@ -114,7 +114,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
   const exited: Promise<void>[] = [];
   for (const name of names) {
     const child = spawn(process.execPath, [bin, name], {
-      env: { ...childEnv, NODE_OPTIONS: nodeOptionsFor(name, childEnv.NODE_OPTIONS) },
+      env: processEnvFor(name, childEnv),
       stdio: ["ignore", "pipe", "pipe"],
     });
     children.set(name, child);

@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTokenConfig } from "../../src/lib/config.js";
+import { mallocEnv } from "../../src/lib/node-options.js";
 import { type Container, canIsolate, startContainer } from "../fixtures/container.js";
 import { createMysqlDatabase, type TestDatabase } from "../fixtures/databases.js";
 import { chatmeshHasProcess } from "../fixtures/deploy.js";
@@ -57,6 +58,9 @@ describe("the image", () => {
       expect(base).toMatch(/^node:20(\.\d+)*-(slim|alpine)/);
     expect(steps.image.user).toBe("node");
     expect(steps.image.env.HOST).toBe("0.0.0.0");
+    // The malloc setting run-all and `make bench` give every process.
+    for (const [name, value] of Object.entries(mallocEnv))
+      expect(steps.image.env[name]).toBe(value);
     expect(steps.image.entrypoint).toEqual(["node", "bin/chatmesh.js"]);
     expect(steps.image.cmd).toEqual(["gateway"]);
     expect(steps.image.healthcheck.cmd).toEqual(["node", "bin/chatmesh.js", "healthcheck"]);

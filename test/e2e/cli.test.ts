@@ -4,7 +4,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
-import { serviceHeapFlags } from "../../src/lib/node-options.js";
+import { mallocEnv, serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
   freePort,
   type Running,
@@ -14,15 +14,20 @@ import {
 } from "../fixtures/processes.js";
 
 /** Each direct child of `pid` (Linux /proc): its last argument and its NODE_OPTIONS. */
-function childrenOf(pid: number): { name: string; nodeOptions: string | undefined }[] {
+function childrenOf(
+  pid: number,
+): { name: string; nodeOptions: string | undefined; malloc: string | undefined }[] {
   const ids = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/);
   return ids.map((id) => {
     const args = readFileSync(`/proc/${id}/cmdline`, "utf8").split("\0").filter(Boolean);
     const env = readFileSync(`/proc/${id}/environ`, "utf8").split("\0");
-    const nodeOptions = env
-      .find((e) => e.startsWith("NODE_OPTIONS="))
-      ?.slice("NODE_OPTIONS=".length);
-    return { name: args.at(-1) ?? "", nodeOptions };
+    const value = (name: string) =>
+      env.find((e) => e.startsWith(`${name}=`))?.slice(name.length + 1);
+    return {
+      name: args.at(-1) ?? "",
+      nodeOptions: value("NODE_OPTIONS"),
+      malloc: value("MALLOC_MMAP_THRESHOLD_"),
+    };
   });
 }
 
@@ -132,14 +137,16 @@ describe("run-all", () => {
     await waitForOutput(run, /chatmesh is up/);
     expect(run.output()).toContain(`gateway  http://127.0.0.1:${gateway}`);
     // The services get the smaller young generation before the caller's own flags; the gateway only the caller's.
+    // Every process gets the fixed malloc threshold.
+    const malloc = mallocEnv.MALLOC_MMAP_THRESHOLD_;
     expect(
       childrenOf(run.child.pid as number).sort((a, b) => a.name.localeCompare(b.name)),
     ).toEqual([
-      { name: "filter", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
-      { name: "gateway", nodeOptions: "--max-old-space-size=512" },
-      { name: "history", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
-      { name: "llm", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
-      { name: "token", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512` },
+      { name: "filter", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "gateway", nodeOptions: "--max-old-space-size=512", malloc },
+      { name: "history", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "llm", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "token", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
     ]);
     const res = await fetch(`http://127.0.0.1:${gateway}/chat`, {
       method: "POST",

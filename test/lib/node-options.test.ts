@@ -1,0 +1,25 @@
+import { describe, expect, it } from "vitest";
+import { mallocEnv, processEnvFor, serviceHeapFlags } from "../../src/lib/node-options.js";
+
+describe("processEnvFor", () => {
+  it("adds the services' heap flag before the caller's NODE_OPTIONS, and the malloc threshold", () => {
+    expect(
+      processEnvFor("token", { PATH: "/bin", NODE_OPTIONS: "--max-old-space-size=512" }),
+    ).toEqual({
+      PATH: "/bin",
+      NODE_OPTIONS: `${serviceHeapFlags} --max-old-space-size=512`,
+      MALLOC_MMAP_THRESHOLD_: "131072",
+    });
+  });
+
+  it("leaves the gateway's NODE_OPTIONS to the caller, unset when the caller has none", () => {
+    const env = processEnvFor("gateway", { PATH: "/bin" });
+    expect(env).toEqual({ PATH: "/bin", NODE_OPTIONS: undefined, ...mallocEnv });
+  });
+
+  it("keeps a malloc threshold the caller set", () => {
+    const env = processEnvFor("history", { MALLOC_MMAP_THRESHOLD_: "65536" });
+    expect(env.MALLOC_MMAP_THRESHOLD_).toBe("65536");
+    expect(env.NODE_OPTIONS).toBe(serviceHeapFlags);
+  });
+});

@@ -1,0 +1,26 @@
+import { sql } from "kysely";
+import { afterEach, describe, expect, it } from "vitest";
+import { openHistoryDatabase, sqliteCacheSize } from "../../../src/services/history/database.js";
+import { createSqliteDatabase, type TestDatabase } from "../../fixtures/databases.js";
+
+describe("the SQLite history database", () => {
+  let database: TestDatabase | undefined;
+  afterEach(() => database?.drop());
+
+  it("runs in WAL mode with SQLite's own 2 MiB page cache, not better-sqlite3's 16 MiB", async () => {
+    database = await createSqliteDatabase();
+    const { db } = await openHistoryDatabase({
+      dialect: "sqlite",
+      path: database.url.slice("sqlite:".length),
+    });
+    try {
+      const pragma = async (name: string) =>
+        (await sql.raw(`PRAGMA ${name}`).execute(db)).rows[0] as Record<string, unknown>;
+      expect(await pragma("journal_mode")).toEqual({ journal_mode: "wal" });
+      expect(sqliteCacheSize).toBe(-2000);
+      expect(await pragma("cache_size")).toEqual({ cache_size: sqliteCacheSize });
+    } finally {
+      await db.destroy();
+    }
+  });
+});
