@@ -91,6 +91,19 @@ describe("the image", () => {
     expect(installed).not.toContain("typescript");
   });
 
+  it("reports errors at their TypeScript lines: the bundle's source maps, read under the image's --enable-source-maps", async () => {
+    // A file where the history's folder should be: it cannot start.
+    const history = startContainer(steps, ["history"], {
+      HISTORY_PORT: String(await freePort()),
+      HISTORY_DATABASE_URL: "sqlite:/etc/passwd/history.db",
+    });
+    expect(await history.exited).toBe(1);
+    expect(history.output()).toMatch(/^chatmesh history: failed to start: Error: E\w+: /m);
+    expect(history.output()).toMatch(
+      /at openHistoryDatabase \(\S*\/src\/services\/history\/database\.ts:\d+:\d+\)/,
+    );
+  });
+
   it("bundles every dependency but the native SQLite driver: the rest it loads are Node built-ins", () => {
     // What esbuild leaves to Node: static and dynamic imports, and require()
     // calls of bundled CommonJS code.
