@@ -13,7 +13,7 @@ import {
   waitHealthy,
 } from "../fixtures/processes.js";
 
-/** Each direct child of `pid` (Linux /proc): its last argument and its NODE_OPTIONS. */
+/** Each direct child of `pid` (Linux /proc): its last argument, its NODE_OPTIONS and its malloc threshold. */
 function childrenOf(
   pid: number,
 ): { name: string; nodeOptions: string | undefined; malloc: string | undefined }[] {
