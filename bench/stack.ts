@@ -29,12 +29,15 @@ export async function waitFor(
   }
 }
 
-/** Polls GET `path` (/healthz) until it answers 2xx. */
+/** Polls GET `path` (/healthz) until it answers 2xx; each probe gets a second. */
 export function waitHealthy(port: number, timeoutMs = 30_000, path = "/healthz"): Promise<void> {
   return waitFor(
     `port ${port} not healthy`,
     async () => {
-      if (!(await fetch(`http://127.0.0.1:${port}${path}`)).ok) throw new Error("not ok");
+      const res = await fetch(`http://127.0.0.1:${port}${path}`, {
+        signal: AbortSignal.timeout(1000),
+      });
+      if (!res.ok) throw new Error("not ok");
     },
     timeoutMs,
   );
@@ -108,7 +111,7 @@ function stopAll(children: readonly ChildProcess[], dataDir: string) {
       children.map(
         (c) =>
           new Promise<void>((resolve) => {
-            if (c.exitCode !== null) return resolve();
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
             c.once("exit", () => resolve());
             c.kill("SIGTERM");
           }),
@@ -118,6 +121,32 @@ function stopAll(children: readonly ChildProcess[], dataDir: string) {
   };
 }
 
+/**
+ * Waits until every port answers /healthz. A process that exits first (it
+ * could not bind its port, say) fails the wait at once, and everything
+ * started is stopped.
+ */
+async function healthyOrStopped(
+  processes: Readonly<Record<string, ChildProcess>>,
+  ports: readonly number[],
+  stop: () => Promise<void>,
+): Promise<void> {
+  const exited = Object.entries(processes).map(
+    ([name, child]) =>
+      new Promise<never>((_, reject) =>
+        child.once("exit", (code, signal) =>
+          reject(new Error(`chatmesh ${name} exited (${signal ?? code}) before it was healthy`)),
+        ),
+      ),
+  );
+  try {
+    await Promise.race([Promise.all(ports.map((port) => waitHealthy(port))), ...exited]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
 /** The chain as separate processes on free ports. */
 export async function startChain(extraEnv: Record<string, string> = {}) {
   const { dataDir, ports, env } = await chainEnv(extraEnv);
@@ -125,14 +154,15 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
     Name,
     ChildProcess
   >;
-  await Promise.all(names.map((n) => waitHealthy(ports[n])));
+  const stop = stopAll(Object.values(children), dataDir);
+  await healthyOrStopped(children, Object.values(ports), stop);
   return {
     url: `http://127.0.0.1:${ports.gateway}`,
     ports,
     /** Each process by name. */
     children,
     pids: names.map((n) => children[n].pid),
-    stop: stopAll(Object.values(children), dataDir),
+    stop,
   };
 }
 
@@ -140,11 +170,12 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
 export async function startAllInOne(extraEnv: Record<string, string> = {}) {
   const { dataDir, ports, env } = await chainEnv(extraEnv);
   const child = startProcess("all", env);
-  await Promise.all(names.map((n) => waitHealthy(ports[n])));
+  const stop = stopAll([child], dataDir);
+  await healthyOrStopped({ all: child }, Object.values(ports), stop);
   return {
     url: `http://127.0.0.1:${ports.gateway}`,
     ports,
     pids: [child.pid],
-    stop: stopAll([child], dataDir),
+    stop,
   };
 }

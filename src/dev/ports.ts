@@ -1,6 +1,6 @@
 import net from "node:net";
 
-/** Whether something can listen on `port` on loopback right now (0 asks the system for one). */
+/** The port if something can listen on it on loopback right now. */
 function tryListen(port: number): Promise<number | undefined> {
   return new Promise((resolve) => {
     const server = net.createServer();
@@ -12,25 +12,25 @@ function tryListen(port: number): Promise<number | undefined> {
   });
 }
 
-// Test workers run side by side: a port handed out by one could be bound by
-// another's process before the first one's process binds it. Each worker
-// therefore hands out ports from a range of its own, below the system's
-// ephemeral range (32768 and up on Linux) so outgoing connections never hold them.
+// Every port is handed out below the system's ephemeral range (32768 and up
+// on Linux). A port from that range (what listening on port 0 gives) can be
+// taken before its process binds it by the source port of an outgoing
+// connection, and a health probe of it can even connect to itself (a TCP
+// self-connect) and wait for an answer forever. Test workers run side by
+// side: a port handed out by one could be bound by another's process before
+// the first one's process binds it, so each worker has a range of its own;
+// anything else (benchmarks, a single process) uses the range below theirs.
 const rangeSize = 1500;
 const rangeBase = 20_000;
-const worker = Number(process.env.VITEST_POOL_ID ?? 0);
+const poolId = Number(process.env.VITEST_POOL_ID ?? 0);
+const worker = poolId >= 1 && poolId <= 8 ? poolId : 0;
 let next = Math.floor(Math.random() * rangeSize);
 
 /** A loopback port nobody listens on right now (for tests, benchmarks and local runs). */
 export async function freePort(): Promise<number> {
-  if (!(worker >= 1 && worker <= 8)) {
-    const port = await tryListen(0);
-    if (port === undefined) throw new Error("no free loopback port");
-    return port;
-  }
   for (let tries = 0; tries < rangeSize; tries++) {
     const port = rangeBase + (worker - 1) * rangeSize + (next++ % rangeSize);
     if ((await tryListen(port)) !== undefined) return port;
   }
-  throw new Error(`no free port in test worker ${worker}'s range`);
+  throw new Error(`no free loopback port in ${rangeBase + (worker - 1) * rangeSize}+${rangeSize}`);
 }
