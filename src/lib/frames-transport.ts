@@ -32,6 +32,8 @@ export interface FramesTransportOptions {
   readonly readMaxBytes?: number;
   /** An idle connection is closed after this long. */
   readonly idleTimeoutMs?: number;
+  /** Opens a connection to the service: `net.connect` unless given (tests bind its source port). */
+  readonly dial?: (options: net.TcpNetConnectOpts) => net.Socket;
 }
 
 interface Pending {
@@ -48,8 +50,26 @@ class Connection {
   private nextId = 0;
   closed = false;
 
-  constructor(host: string, port: number, readMaxBytes: number, idleTimeoutMs: number) {
-    this.socket = net.connect({ host, port, noDelay: true, keepAlive: true });
+  constructor(
+    host: string,
+    port: number,
+    readMaxBytes: number,
+    idleTimeoutMs: number,
+    dial: (options: net.TcpNetConnectOpts) => net.Socket,
+  ) {
+    this.socket = dial({ host, port, noDelay: true, keepAlive: true });
+    // A port nobody listens on, dialled from the same host, can be connected
+    // to itself: TCP's simultaneous open, when the system picks that very
+    // port as the source (the services' default ports are in Linux's
+    // ephemeral range). The socket would read its own requests until their
+    // deadlines and hold the port, so the service could not listen on it
+    // again. Such a connection is dropped at once, as Go's net package does.
+    this.socket.once("connect", () => {
+      const { localAddress, localPort, remoteAddress, remotePort } = this.socket;
+      if (localPort === remotePort && localAddress === remoteAddress) {
+        this.socket.destroy(new Error("connected to itself: nothing listens there"));
+      }
+    });
     this.writer = new FrameWriter(this.socket, writeSpacingMs);
     this.socket.write(framesPreface);
     const reader = new FrameReader(
@@ -156,10 +176,11 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
   const port = Number(url.port || 80);
   const readMaxBytes = options.readMaxBytes ?? 4 * 1024 * 1024;
   const idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
+  const dial = options.dial ?? net.connect;
   let connection: Connection | undefined;
   const connected = () => {
     if (connection === undefined || connection.closed) {
-      connection = new Connection(host, port, readMaxBytes, idleTimeoutMs);
+      connection = new Connection(host, port, readMaxBytes, idleTimeoutMs, dial);
     }
     return connection;
   };

@@ -1,10 +1,11 @@
 import net, { type AddressInfo } from "node:net";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { Health } from "../../gen/health/v1/health_pb.js";
+import { freePort } from "../../src/dev/ports.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
 import {
   decodeRequest,
@@ -267,6 +268,35 @@ describe("unary calls over frames", () => {
     } finally {
       stuck.close();
     }
+  });
+
+  it("drops a connection to itself at once, leaving the port to the service", async () => {
+    const port = await freePort();
+    const baseUrl = `http://127.0.0.1:${port}`;
+    let dials = 0;
+    const client = createClient(
+      LLMService,
+      createFramesTransport({
+        baseUrl,
+        defaultTimeoutMs: 5_000,
+        streamTransport: createGrpcTransport({ baseUrl }),
+        // The first connection gets the source port the system could pick
+        // by chance when nothing listens: the port dialled.
+        dial: (options) =>
+          net.connect(
+            dials++ === 0 ? { ...options, localAddress: "127.0.0.1", localPort: port } : options,
+          ),
+      }),
+    );
+    const started = Date.now();
+    const failed = await client.generate({ text: "nobody" }).catch((err: unknown) => err);
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(ConnectError.from(failed).code).toBe(Code.Unavailable);
+    expect(ConnectError.from(failed).rawMessage).toContain("connected to itself");
+    // The port is free again: the service starts on it and is used.
+    await start({ port });
+    expect((await client.generate({ text: "again" })).reply).toBe("Echo: again");
+    expect(dials).toBe(2);
   });
 
   it.each([
