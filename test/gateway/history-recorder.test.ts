@@ -143,7 +143,7 @@ describe("the history recorder against a real history server", () => {
     expect(await texts("outage")).toHaveLength(3);
   });
 
-  it("sends the chats of a moment together, in AppendBatch calls of at most 256", async () => {
+  it("sends the chats of a moment together, in AppendBatch calls of at most 128", async () => {
     await startServer();
     const r = makeRecorder();
     const chats = Array.from({ length: 600 }, () => chat("many"));
@@ -157,7 +157,7 @@ describe("the history recorder against a real history server", () => {
       pageToken = page.nextPageToken;
     } while (pageToken !== "");
     expect(stored.reverse()).toEqual(chats.map((c) => c.text));
-    expect(served).toEqual({ append: 0, appendBatch: 3 });
+    expect(served).toEqual({ append: 0, appendBatch: 5 });
   });
 
   it("keeps each AppendBatch under the service's message limit", async () => {
