@@ -63,7 +63,7 @@ bench-micro: $(STAMP) ## Unary RPC per transport, and the filter's matcher with 
 
 bench-quota: $(STAMP) ## CheckAndInc/s of the memory and redis quota stores (REDIS_URL)
 	@$(BIN)/tsx bench/quota-bench.ts
-build: $(STAMP) ## Compile src/ and gen/ to dist/ (what the image runs)
+build: $(STAMP) ## Type-check, then bundle src/ and gen/ into dist/ (what the image runs)
 	npm run build
 
 deploy-check: $(STAMP) ## Dockerfile steps, Compose and Kubernetes manifests, checked without Docker or a cluster

@@ -9,8 +9,8 @@ const files = [
 
 /**
  * Serves the chat page (`GET /`) and its script and style from
- * `page/` beside this module (`npm run build` copies it into dist/): plain
- * files, read once at start-up, no bundler.
+ * `page/` beside this module (`npm run build` copies it beside the bundle's
+ * chunks in dist/src/): plain files, read once at start-up, served as they are.
  */
 export async function registerChatPage(app: FastifyInstance): Promise<void> {
   for (const { url, file, type } of files) {

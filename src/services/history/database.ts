@@ -56,8 +56,8 @@ export async function openHistoryDatabase(url: DatabaseUrl): Promise<OpenDatabas
     };
   }
   const parsed = new URL(url.url);
-  // mysql2 is CommonJS: its exports are the module's default export (Node
-  // also names them; a bundler need not).
+  // mysql2 is CommonJS: its exports are the default export of the module
+  // (Node also names them, esbuild's bundle does not).
   const { createPool } = (await import("mysql2")).default;
   const pool = createPool({
     host: decodeURIComponent(parsed.hostname.replace(/^\[(.*)\]$/, "$1")),
