@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type http from "node:http";
 import type { DescFile } from "@bufbuild/protobuf";
 import {
@@ -129,11 +130,22 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     registerReflection(router, files, [...services.map((s) => s.typeName), Health.typeName]);
   };
   const routerInterceptors = [...interceptors, createTraceServerInterceptor()];
+  // Calls still running SHUTDOWN_TIMEOUT_MS after close began are aborted
+  // through this signal (as the plugin's own shutdownTimeoutMs would do).
+  // Every call in flight listens to it and stops listening when it ends:
+  // unlimited listeners, or the 11th call at once made Node print a
+  // MaxListenersExceededWarning about a memory leak that is none.
+  const shutdown = new AbortController();
+  setMaxListeners(0, shutdown.signal);
+  app.addHook("preClose", (done) => {
+    setTimeout(() => shutdown.abort(), config.shutdownTimeoutMs);
+    done();
+  });
   await app.register(fastifyConnectPlugin, {
     routes,
     readMaxBytes: config.maxRequestBytes,
     interceptors: routerInterceptors,
-    shutdownTimeoutMs: config.shutdownTimeoutMs,
+    shutdownSignal: shutdown.signal,
   });
   // Made on the first call of a component in the same process, which most processes never get.
   let inMemoryTransport: Transport | undefined;

@@ -1,6 +1,6 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { createClient } from "@connectrpc/connect";
+import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
@@ -17,10 +17,10 @@ afterEach(async () => {
   app = undefined;
 });
 
-async function start(delayMs = 0): Promise<string> {
+async function start(delayMs = 0, env: Record<string, string> = {}): Promise<string> {
   app = await createRpcServer({
     name: "llm",
-    config: loadLlmConfig({}),
+    config: loadLlmConfig(env),
     logger: createLogger("llm", "silent"),
     routes: (router) =>
       router.service(LLMService, createLlmService({ backend: createEchoBackend({ delayMs }) })),
@@ -68,5 +68,43 @@ describe("the RPC server bootstrap", () => {
     expect(Date.now() - started).toBeLessThan(2_000);
     await expect(fetch(`${baseUrl}/healthz`)).rejects.toThrow();
     agent.destroy();
+  });
+
+  it("aborts the calls still running SHUTDOWN_TIMEOUT_MS after close began", async () => {
+    const baseUrl = await start(5_000, { SHUTDOWN_TIMEOUT_MS: "200" });
+    const client = createClient(LLMService, createGrpcTransport({ baseUrl }));
+    const slow = client.generate({ text: "too slow" }).catch((err: unknown) => err);
+    await new Promise((r) => setTimeout(r, 100));
+    const started = Date.now();
+    await app?.close();
+    app = undefined;
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await slow).toBeInstanceOf(ConnectError);
+  });
+
+  it("serves many calls at once without a listener-leak warning", async () => {
+    const baseUrl = await start(100);
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on("warning", onWarning);
+    try {
+      for (const transport of [
+        createGrpcTransport({ baseUrl }),
+        createConnectTransport({ baseUrl, httpVersion: "2" }),
+      ]) {
+        const client = createClient(LLMService, transport);
+        const replies = await Promise.all(
+          Array.from({ length: 30 }, (_, i) => client.generate({ text: `call ${i}` })),
+        );
+        expect(replies.map((r) => r.reply)).toEqual(
+          Array.from({ length: 30 }, (_, i) => `Echo: call ${i}`),
+        );
+      }
+      // Warnings are emitted on the next tick.
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.map((w) => w.name)).not.toContain("MaxListenersExceededWarning");
+    } finally {
+      process.off("warning", onWarning);
+    }
   });
 });
