@@ -16,7 +16,10 @@ import {
   framesPreface,
 } from "../../src/lib/frames.js";
 import { headerValue } from "../../src/lib/frames-server.js";
-import { createFramesTransport } from "../../src/lib/frames-transport.js";
+import {
+  createFramesTransport,
+  type FramesTransportOptions,
+} from "../../src/lib/frames-transport.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
@@ -128,13 +131,18 @@ const connectionsOf = (server: net.Server) =>
     server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
   );
 
-const framesClient = (baseUrl: string, defaultTimeoutMs = 5_000) =>
+const framesClient = (
+  baseUrl: string,
+  defaultTimeoutMs = 5_000,
+  dial?: FramesTransportOptions["dial"],
+) =>
   createClient(
     LLMService,
     createFramesTransport({
       baseUrl,
       defaultTimeoutMs,
       streamTransport: createGrpcTransport({ baseUrl }),
+      ...(dial === undefined ? {} : { dial }),
     }),
   );
 
@@ -274,19 +282,12 @@ describe("unary calls over frames", () => {
     const port = await freePort();
     const baseUrl = `http://127.0.0.1:${port}`;
     let dials = 0;
-    const client = createClient(
-      LLMService,
-      createFramesTransport({
-        baseUrl,
-        defaultTimeoutMs: 5_000,
-        streamTransport: createGrpcTransport({ baseUrl }),
-        // The first connection gets the source port the system could pick
-        // by chance when nothing listens: the port dialled.
-        dial: (options) =>
-          net.connect(
-            dials++ === 0 ? { ...options, localAddress: "127.0.0.1", localPort: port } : options,
-          ),
-      }),
+    // The first connection gets the source port the system could pick by
+    // chance when nothing listens: the port dialled.
+    const client = framesClient(baseUrl, 5_000, (options) =>
+      net.connect(
+        dials++ === 0 ? { ...options, localAddress: "127.0.0.1", localPort: port } : options,
+      ),
     );
     const started = Date.now();
     const failed = await client.generate({ text: "nobody" }).catch((err: unknown) => err);
