@@ -33,6 +33,17 @@ export interface OpenDatabase {
 export const sqliteCacheSize = -2000;
 
 /**
+ * PRAGMA wal_autocheckpoint of the SQLite history, in pages (~40 MB of WAL
+ * at 4 KiB a page). At SQLite's default of 1,000 a busy history checkpointed
+ * after every few group commits, each time copying pages back into the
+ * database file and syncing it; a page written by many commits between two
+ * checkpoints is copied once. Under `make bench` (three alternating rounds):
+ * ~11 % less history CPU per chat and ~6 % more chats/s, for a WAL file of
+ * up to ~40 MB on disk and a longer (rarer) checkpoint.
+ */
+export const sqliteWalAutocheckpoint = 10_000;
+
+/**
  * Opens the database a HISTORY_DATABASE_URL names. SQLite files get their
  * directory created and run in WAL mode (a killed process loses no committed
  * chat); MySQL gets a pool that speaks utf8mb4 and hands times back as text.
@@ -50,6 +61,7 @@ export async function openHistoryDatabase(url: DatabaseUrl): Promise<OpenDatabas
     // which under `make bench` held ~18 MB more RSS for no measurable speed
     // (the file's pages stay in the OS's cache).
     sqlite.pragma(`cache_size = ${sqliteCacheSize}`);
+    sqlite.pragma(`wal_autocheckpoint = ${sqliteWalAutocheckpoint}`);
     return {
       db: new Kysely({ dialect: new SqliteDialect({ database: sqlite }) }),
       dialect: "sqlite",

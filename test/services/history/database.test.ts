@@ -1,13 +1,17 @@
 import { sql } from "kysely";
 import { afterEach, describe, expect, it } from "vitest";
-import { openHistoryDatabase, sqliteCacheSize } from "../../../src/services/history/database.js";
+import {
+  openHistoryDatabase,
+  sqliteCacheSize,
+  sqliteWalAutocheckpoint,
+} from "../../../src/services/history/database.js";
 import { createSqliteDatabase, type TestDatabase } from "../../fixtures/databases.js";
 
 describe("the SQLite history database", () => {
   let database: TestDatabase | undefined;
   afterEach(() => database?.drop());
 
-  it("runs in WAL mode with SQLite's own 2 MiB page cache, not better-sqlite3's 16 MiB", async () => {
+  it("runs in WAL mode with SQLite's own 2 MiB page cache and checkpoints every 10,000 pages", async () => {
     database = await createSqliteDatabase();
     const { db } = await openHistoryDatabase({
       dialect: "sqlite",
@@ -19,6 +23,10 @@ describe("the SQLite history database", () => {
       expect(await pragma("journal_mode")).toEqual({ journal_mode: "wal" });
       expect(sqliteCacheSize).toBe(-2000);
       expect(await pragma("cache_size")).toEqual({ cache_size: sqliteCacheSize });
+      expect(sqliteWalAutocheckpoint).toBe(10_000);
+      expect(await pragma("wal_autocheckpoint")).toEqual({
+        wal_autocheckpoint: sqliteWalAutocheckpoint,
+      });
     } finally {
       await db.destroy();
     }
