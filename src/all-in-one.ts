@@ -10,6 +10,7 @@ import {
 import { localServiceOf } from "./lib/rpc-server.js";
 import { closeOnSignals, listen } from "./lib/serve.js";
 import { buildFilter } from "./services/filter/main.js";
+import { sharedThreadWalAutocheckpoint } from "./services/history/database.js";
 import { buildHistory } from "./services/history/main.js";
 import { buildLlm } from "./services/llm/main.js";
 import { buildToken } from "./services/token/main.js";
@@ -36,7 +37,10 @@ export async function main(): Promise<void> {
     token: await buildToken(configs.token),
     filter: await buildFilter(configs.filter),
     llm: await buildLlm(configs.llm),
-    history: await buildHistory(configs.history),
+    // SQLite's checkpoints run on this thread, the one that serves chats: kept short.
+    history: await buildHistory(configs.history, {
+      walAutocheckpoint: sharedThreadWalAutocheckpoint,
+    }),
   };
   const gateway = await buildGatewayProcess(configs.gateway, {
     token: localServiceOf(services.token.app),

@@ -39,9 +39,23 @@ export const sqliteCacheSize = -2000;
  * database file and syncing it; a page written by many commits between two
  * checkpoints is copied once. Under `make bench` (three alternating rounds):
  * ~11 % less history CPU per chat and ~6 % more chats/s, for a WAL file of
- * up to ~40 MB on disk and a longer (rarer) checkpoint.
+ * up to ~40 MB on disk and a longer (rarer) checkpoint. A checkpoint blocks
+ * the thread it runs on: where the history shares the thread that serves
+ * chats (`chatmesh all`), it keeps SQLite's default instead.
  */
 export const sqliteWalAutocheckpoint = 10_000;
+
+/**
+ * PRAGMA wal_autocheckpoint where the history runs on the gateway's thread
+ * (`chatmesh all`): SQLite's default. With 10,000 pages the p99 of
+ * `chatmesh all` under `make bench` went from 21-22 to 42-45 ms.
+ */
+export const sharedThreadWalAutocheckpoint = 1_000;
+
+export interface OpenDatabaseOptions {
+  /** PRAGMA wal_autocheckpoint of a SQLite file: `sqliteWalAutocheckpoint` unless given. */
+  readonly walAutocheckpoint?: number;
+}
 
 /**
  * Opens the database a HISTORY_DATABASE_URL names. SQLite files get their
@@ -50,7 +64,10 @@ export const sqliteWalAutocheckpoint = 10_000;
  * Nothing is queried until the first use. Only the driver of the URL's
  * dialect is loaded (mysql2 alone is about 16 MB of RSS).
  */
-export async function openHistoryDatabase(url: DatabaseUrl): Promise<OpenDatabase> {
+export async function openHistoryDatabase(
+  url: DatabaseUrl,
+  options: OpenDatabaseOptions = {},
+): Promise<OpenDatabase> {
   if (url.dialect === "sqlite") {
     if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
     const { default: Database } = await import("better-sqlite3");
@@ -61,7 +78,7 @@ export async function openHistoryDatabase(url: DatabaseUrl): Promise<OpenDatabas
     // which under `make bench` held ~18 MB more RSS for no measurable speed
     // (the file's pages stay in the OS's cache).
     sqlite.pragma(`cache_size = ${sqliteCacheSize}`);
-    sqlite.pragma(`wal_autocheckpoint = ${sqliteWalAutocheckpoint}`);
+    sqlite.pragma(`wal_autocheckpoint = ${options.walAutocheckpoint ?? sqliteWalAutocheckpoint}`);
     return {
       db: new Kysely({ dialect: new SqliteDialect({ database: sqlite }) }),
       dialect: "sqlite",

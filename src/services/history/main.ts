@@ -4,16 +4,18 @@ import { defaultPorts, type HistoryConfig, loadHistoryConfig } from "../../lib/c
 import { createLogger, type Logger } from "../../lib/logger.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
-import { redactDatabaseUrl } from "./database.js";
+import { type OpenDatabaseOptions, redactDatabaseUrl } from "./database.js";
 import { createHistoryService } from "./history-service.js";
 import { openHistoryStore } from "./open-store.js";
 
 /** Builds the history service, its store migrated, not yet listening. */
 export async function buildHistory(
   config: HistoryConfig,
+  /** How the database is opened: `chatmesh all` checkpoints SQLite more often. */
+  databaseOptions: OpenDatabaseOptions = {},
 ): Promise<{ app: FastifyInstance; logger: Logger }> {
   const logger = createLogger("history", config.logLevel);
-  const store = await openHistoryStore(config.database);
+  const store = await openHistoryStore(config.database, databaseOptions);
   logger.info({ database: redactDatabaseUrl(config.database) }, "history store ready");
   const app = await createRpcServer({
     name: "history",

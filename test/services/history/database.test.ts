@@ -2,6 +2,7 @@ import { sql } from "kysely";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   openHistoryDatabase,
+  sharedThreadWalAutocheckpoint,
   sqliteCacheSize,
   sqliteWalAutocheckpoint,
 } from "../../../src/services/history/database.js";
@@ -27,6 +28,21 @@ describe("the SQLite history database", () => {
       expect(await pragma("wal_autocheckpoint")).toEqual({
         wal_autocheckpoint: sqliteWalAutocheckpoint,
       });
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it("checkpoints at SQLite's default where it shares the chats' thread (chatmesh all)", async () => {
+    database = await createSqliteDatabase();
+    const { db } = await openHistoryDatabase(
+      { dialect: "sqlite", path: database.url.slice("sqlite:".length) },
+      { walAutocheckpoint: sharedThreadWalAutocheckpoint },
+    );
+    try {
+      const { rows } = await sql.raw("PRAGMA wal_autocheckpoint").execute(db);
+      expect(sharedThreadWalAutocheckpoint).toBe(1_000);
+      expect(rows[0]).toEqual({ wal_autocheckpoint: 1_000 });
     } finally {
       await db.destroy();
     }
