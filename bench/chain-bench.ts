@@ -3,8 +3,9 @@
  * history append, as separate processes) under autocannon, then the same
  * chain in one process (`chatmesh all`), then a bare Fastify server answering
  * the same JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
- * latency percentiles, errors, peak RSS and PSS of our processes and the ratio
- * chain / ceiling; writes the figures to bench/results/.
+ * latency percentiles, errors, peak RSS and PSS of our processes (and each
+ * process's peak RSS and CPU time per chat) and the ratio chain / ceiling;
+ * writes the figures to bench/results/.
  *
  * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
  * BENCH_USERS (1000000), BENCH_WARMUP_S (3). BENCH_REFERENCE_URL names
@@ -18,7 +19,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import { freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
+import { cpuTimeMs, freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 50);
 const duration = Number(process.env.BENCH_DURATION_S ?? 10);
@@ -69,25 +70,45 @@ async function load(url: string, seconds: number): Promise<Figures> {
   };
 }
 
-/** Runs the warm-up and the measured load, sampling the peak memory of `pids` meanwhile. */
-async function measure(url: string, pids: readonly (number | undefined)[]) {
+/** One process's share of a measured load. */
+interface ProcessFigures {
+  readonly name: string;
+  readonly peakRssBytes: number;
+  /** CPU time (user + system) per request answered, in µs. */
+  readonly cpuUsPerRequest: number;
+}
+
+/**
+ * Runs the warm-up and the measured load, sampling the peak memory of `pids`
+ * meanwhile (of all together, and of each), and the CPU time each used.
+ */
+async function measure(url: string, pids: readonly (number | undefined)[], names: string[] = []) {
   await load(url, warmup);
   let peakRss = 0;
   let peakPss = 0;
+  const peakEach = pids.map(() => 0);
+  const cpuBefore = pids.map(cpuTimeMs);
   const sampler = setInterval(() => {
     let rss = 0;
     let pss = 0;
-    for (const pid of pids) {
+    pids.forEach((pid, i) => {
       const memory = memoryOf(pid);
       rss += memory.rss;
       pss += memory.pss;
-    }
+      peakEach[i] = Math.max(peakEach[i] as number, memory.rss);
+    });
     peakRss = Math.max(peakRss, rss);
     peakPss = Math.max(peakPss, pss);
   }, 250);
   try {
     const figures = await load(url, duration);
-    return { ...figures, peakRssBytes: peakRss, peakPssBytes: peakPss };
+    const processes: ProcessFigures[] = pids.map((pid, i) => ({
+      name: names[i] ?? String(pid),
+      peakRssBytes: peakEach[i] as number,
+      cpuUsPerRequest:
+        ((cpuTimeMs(pid) - (cpuBefore[i] as number)) * 1000) / Math.max(1, figures.total),
+    }));
+    return { ...figures, peakRssBytes: peakRss, peakPssBytes: peakPss, processes };
   } finally {
     clearInterval(sampler);
   }
@@ -96,7 +117,7 @@ async function measure(url: string, pids: readonly (number | undefined)[]) {
 async function measureStack(start: typeof startChain | typeof startAllInOne) {
   const chain = await start();
   try {
-    return await measure(chain.url, chain.pids);
+    return await measure(chain.url, chain.pids, chain.names);
   } finally {
     await chain.stop();
   }
@@ -137,6 +158,11 @@ console.log(row("ceiling", ceiling));
 const mb = (bytes: number) => (bytes / 1048576).toFixed(0);
 console.log(
   `chain / ceiling = ${ratio.toFixed(3)}   peak memory of the 5 processes: RSS ${mb(chain.peakRssBytes)} MB, PSS ${mb(chain.peakPssBytes)} MB (shared pages counted once)`,
+);
+console.log(
+  `chain, each process (peak RSS, CPU per chat): ${chain.processes
+    .map((p) => `${p.name} ${mb(p.peakRssBytes)} MB ${p.cpuUsPerRequest.toFixed(0)} µs`)
+    .join(" · ")}`,
 );
 console.log(
   `all / ceiling = ${(allInOne.requestsPerSec / ceiling.requestsPerSec).toFixed(3)}   peak memory of \`chatmesh all\`: RSS ${mb(allInOne.peakRssBytes)} MB, PSS ${mb(allInOne.peakPssBytes)} MB`,

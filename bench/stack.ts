@@ -66,6 +66,19 @@ export function memoryOf(pid: number | undefined): { rss: number; pss: number } 
   }
 }
 
+/** CPU time (user + system) a process has used, in ms (Linux), 0 when gone. */
+export function cpuTimeMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    // Fields 14 and 15 of /proc/<pid>/stat, after the command in parentheses,
+    // in clock ticks (USER_HZ, 100 a second on Linux).
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return 0;
+  }
+}
+
 // BENCH_CPU_PROF_DIR=dir: every process writes a CPU profile there when it stops.
 const profileDir = process.env.BENCH_CPU_PROF_DIR;
 const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
@@ -162,6 +175,8 @@ export async function startChain(extraEnv: Record<string, string> = {}) {
     /** Each process by name. */
     children,
     pids: names.map((n) => children[n].pid),
+    /** The processes' names, as `pids` lists them. */
+    names: [...names],
     stop,
   };
 }
@@ -176,6 +191,7 @@ export async function startAllInOne(extraEnv: Record<string, string> = {}) {
     url: `http://127.0.0.1:${ports.gateway}`,
     ports,
     pids: [child.pid],
+    names: ["all"],
     stop,
   };
 }
