@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { FastifyError, FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
@@ -7,7 +6,7 @@ import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { readTlsCredentials } from "../lib/tls.js";
-import { traceLogFields } from "../lib/trace.js";
+import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
@@ -88,7 +87,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     fastify: {
       bodyLimit: config.maxBodyBytes,
       requestIdHeader: false,
-      genReqId: () => randomUUID(),
+      genReqId: () => newRequestId(),
       // Fastify's options type has no room for `https`; its constructor takes it.
       ...((credentials === undefined ? {} : { https: credentials }) as object),
     },

@@ -1,4 +1,4 @@
-import { randomFillSync, randomUUID } from "node:crypto";
+import { randomFillSync } from "node:crypto";
 import { type ContextValues, createContextKey, type Interceptor } from "@connectrpc/connect";
 
 /** What ties the log lines of one request together, in every process. */
@@ -50,6 +50,42 @@ function randomHex(bytes: number): string {
 
 const newSpanId = () => randomHex(8);
 
+// The last id's millisecond and its 12-bit counter (RFC 9562 section 6.2, method 1).
+let lastMs = 0;
+let counter = 0;
+const uuid = Buffer.allocUnsafe(16);
+
+/**
+ * A new request id: a UUIDv7 (RFC 9562), its first 48 bits the Unix time in
+ * milliseconds. Ids of one process sort in the order they were made: within
+ * a millisecond a 12-bit counter, started at a random value up to 2047,
+ * orders them (when it runs out, the time moves one millisecond ahead), and
+ * a clock that goes back is not followed. Being time-ordered, they go in at
+ * the end of the history's unique index on request_id, not at a random page
+ * of it as UUIDv4s do, which makes that index much cheaper to insert into.
+ */
+export function newRequestId(now: number = Date.now()): string {
+  if (poolOffset + 10 > pool.length) {
+    randomFillSync(pool);
+    poolOffset = 0;
+  }
+  const r = poolOffset;
+  poolOffset += 10;
+  if (now > lastMs) {
+    lastMs = now;
+    counter = pool.readUInt16BE(r) & 0x7ff;
+  } else if (++counter > 0xfff) {
+    lastMs += 1;
+    counter = 0;
+  }
+  uuid.writeUIntBE(lastMs, 0, 6);
+  uuid.writeUInt16BE(0x7000 | counter, 6);
+  uuid[8] = 0x80 | ((pool[r + 2] as number) & 0x3f);
+  pool.copy(uuid, 9, r + 3, r + 10);
+  const hex = uuid.toString("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 /**
  * Continues the caller's W3C `traceparent` (a new span under its trace) or,
  * when it is absent or malformed, starts a new trace.
@@ -65,7 +101,7 @@ export function continueTrace(
     traceId: valid ? traceId : randomHex(16),
     spanId: newSpanId(),
     flags: valid ? (match?.[3] ?? "01") : "01",
-    requestId: requestId && requestIdPattern.test(requestId) ? requestId : randomUUID(),
+    requestId: requestId && requestIdPattern.test(requestId) ? requestId : newRequestId(),
   };
 }
 

@@ -33,7 +33,10 @@ describe("gateway POST /chat over in-process services", () => {
     expect(res.body).toBe(
       '{"cleaned":"Hello world from Go!","reply":"Echo: Hello world from Go!","remaining":150}',
     );
-    expect(res.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+    // A UUIDv7 (RFC 9562): time-ordered, so history inserts stay local.
+    expect(res.headers["x-request-id"]).toMatch(
+      /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/,
+    );
   });
 
   it.each([
