@@ -4,7 +4,12 @@ import type { DescMethodUnary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { codecFor } from "./codec.js";
-import { createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
+import {
+  createUnaryTransport,
+  noSignal,
+  requestHeaders,
+  type SendUnary,
+} from "./unary-transport.js";
 
 export interface FastTransportOptions {
   /** `http://host:port` of the service. */
@@ -59,16 +64,17 @@ export function createFastTransport(options: FastTransportOptions): Transport {
   const send: SendUnary = (req) =>
     new Promise((resolve, reject) => {
       const method = req.method as DescMethodUnary;
-      const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
+      const { timeoutMs, pairs } = requestHeaders(req, options.defaultTimeoutMs);
       const body = codecFor(method.input).encode(req.message);
       const headers: Record<string, string | number> = {
         "content-type": "application/proto",
         "connect-protocol-version": "1",
         "content-length": body.byteLength,
+        "connect-timeout-ms": timeoutMs,
       };
-      req.header.forEach((value, key) => {
-        headers[key] = value;
-      });
+      for (let i = 0; i < pairs.length; i += 2) {
+        headers[pairs[i] as string] = pairs[i + 1] as string;
+      }
       let settled = false;
       const fail = (err: ConnectError) => {
         if (settled) return;

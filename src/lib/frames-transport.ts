@@ -18,7 +18,13 @@ import {
   framesPreface,
   writeSpacingMs,
 } from "./frames.js";
-import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
+import {
+  answered,
+  createUnaryTransport,
+  noSignal,
+  requestHeaders,
+  type SendUnary,
+} from "./unary-transport.js";
 
 export interface FramesTransportOptions {
   /** `http://host:port` of the service (the port its HTTP and gRPC listen on). */
@@ -188,11 +194,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
   const send: SendUnary = (req) =>
     new Promise((resolve, reject) => {
       const method = req.method as DescMethodUnary;
-      const timeoutMs = Number(req.header.get("connect-timeout-ms") ?? options.defaultTimeoutMs);
-      const headers: string[] = [];
-      req.header.forEach((value, key) => {
-        if (key !== "connect-timeout-ms") headers.push(key, value);
-      });
+      const { timeoutMs, pairs: headers } = requestHeaders(req, options.defaultTimeoutMs);
       let message: Uint8Array;
       try {
         message = codecFor(method.input).encode(req.message);
