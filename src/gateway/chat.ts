@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from "fastify";
-import type { Counter } from "prom-client";
+import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";

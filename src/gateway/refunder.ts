@@ -1,7 +1,7 @@
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
-import type { Counter } from "prom-client";
 import type { TokenService } from "../../gen/chat/v1/token_pb.js";
+import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { retryOnceIfUnavailable } from "./quota.js";
 

@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
-import type { Counter } from "prom-client";
 import type { Logger } from "../lib/logger.js";
+import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceLogFields } from "../lib/trace.js";
 import {
   type AdmittedChat,

@@ -1,6 +1,6 @@
 import type { FastifyError, FastifyInstance } from "fastify";
-import type { Counter } from "prom-client";
 import type { Logger } from "../../lib/logger.js";
+import type { LabeledCounter as Counter } from "../../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../../lib/trace.js";
 import type { HistoryRecorder } from "../history-recorder.js";
 import type { CostPolicy } from "../quota-cost.js";
