@@ -75,16 +75,16 @@ function checkedLabels(
 }
 
 /**
- * A counter by label set, printed as prom-client prints its own. Each label
- * set is looked up once, by its values, and counts in a plain number:
- * prom-client checks and hashes the labels on every `inc`, which with the
- * latency histogram below was some 10 % of the gateway's CPU per chat under
- * `make bench` (and 2-3 µs per call in each service).
+ * A metric by label set, printed as prom-client prints its own. Each label
+ * set is looked up once, by its values, and counts in plain numbers:
+ * prom-client checks and hashes the labels on every update, which for the
+ * gateway's counters and latency histograms was some 10 % of its CPU per
+ * chat under `make bench` (and 2-3 µs per call in each service).
  */
-export class LabeledCounter<L extends string = string> implements RegistryMetric {
-  readonly type = "counter" as const;
+abstract class LabeledMetric<L extends string, C> implements RegistryMetric {
+  abstract readonly type: "counter" | "histogram";
   readonly aggregator = "sum" as const;
-  private readonly children = new Map<string, Count>();
+  protected readonly children = new Map<string, C>();
 
   constructor(
     public name: string,
@@ -92,33 +92,50 @@ export class LabeledCounter<L extends string = string> implements RegistryMetric
     readonly labelNames: readonly L[],
   ) {}
 
-  /** The counter of one label set, to keep and count on. */
-  child(labels: Readonly<Record<L, string>>): CounterChild {
+  /** The figures of a new label set. */
+  protected abstract made(labels: Readonly<Record<string, string>>): C;
+  /** What the registry prints of the label sets seen so far. */
+  protected abstract values(): Exposed["values"];
+  abstract reset(): void;
+
+  protected childOf(labels: Readonly<Record<L, string>>): C {
     const key = keyOf(this.labelNames, labels);
     let child = this.children.get(key);
     if (child === undefined) {
-      child = new Count(checkedLabels(this.name, this.labelNames, labels));
+      child = this.made(checkedLabels(this.name, this.labelNames, labels));
       this.children.set(key, child);
     }
     return child;
   }
 
-  inc(labels: Readonly<Record<L, string>>, value = 1): void {
-    this.child(labels).inc(value);
+  async get(): Promise<Exposed> {
+    const { name, help, type, aggregator } = this;
+    return { name, help, type, aggregator, values: this.values() };
+  }
+}
+
+/** A counter by label set. */
+export class LabeledCounter<L extends string = string> extends LabeledMetric<L, Count> {
+  readonly type = "counter" as const;
+
+  /** The counter of one label set, to keep and count on. */
+  child(labels: Readonly<Record<L, string>>): CounterChild {
+    return this.childOf(labels);
   }
 
-  async get(): Promise<Exposed> {
-    const values = [...this.children.values()].map(({ labels, value }) => ({
+  inc(labels: Readonly<Record<L, string>>, value = 1): void {
+    this.childOf(labels).inc(value);
+  }
+
+  protected made(labels: Readonly<Record<string, string>>): Count {
+    return new Count(labels);
+  }
+
+  protected values(): Exposed["values"] {
+    return [...this.children.values()].map(({ labels, value }) => ({
       labels: { ...labels },
       value,
     }));
-    return {
-      name: this.name,
-      help: this.help,
-      type: this.type,
-      aggregator: this.aggregator,
-      values,
-    };
   }
 
   reset(): void {
@@ -135,59 +152,48 @@ class Count implements CounterChild {
   }
 }
 
-/** A latency histogram by label set, with `buckets`, kept as `LabeledCounter` keeps counts. */
-export class LabeledHistogram<L extends string = string> implements RegistryMetric {
+/** A latency histogram by label set, with `upperBounds` as its buckets. */
+export class LabeledHistogram<L extends string = string> extends LabeledMetric<L, Observed> {
   readonly type = "histogram" as const;
-  readonly aggregator = "sum" as const;
-  private readonly children = new Map<string, Observed>();
 
   constructor(
-    public name: string,
-    readonly help: string,
-    readonly labelNames: readonly L[],
+    name: string,
+    help: string,
+    labelNames: readonly L[],
     readonly upperBounds: readonly number[] = latencyBuckets,
-  ) {}
+  ) {
+    super(name, help, labelNames);
+  }
 
   /** The histogram of one label set, to keep and observe into. */
   child(labels: Readonly<Record<L, string>>): HistogramChild {
-    const key = keyOf(this.labelNames, labels);
-    let child = this.children.get(key);
-    if (child === undefined) {
-      child = new Observed(checkedLabels(this.name, this.labelNames, labels), this.upperBounds);
-      this.children.set(key, child);
-    }
-    return child;
+    return this.childOf(labels);
   }
 
   observe(labels: Readonly<Record<L, string>>, value: number): void {
-    this.child(labels).observe(value);
+    this.childOf(labels).observe(value);
   }
 
-  async get(): Promise<Exposed> {
+  protected made(labels: Readonly<Record<string, string>>): Observed {
+    return new Observed(labels, this.upperBounds);
+  }
+
+  protected values(): Exposed["values"] {
     const values: Exposed["values"] = [];
+    const bucket = `${this.name}_bucket`;
     for (const { labels, counts, sum, count } of this.children.values()) {
       let cumulative = 0;
       this.upperBounds.forEach((le, i) => {
         cumulative += counts[i] as number;
-        values.push({
-          labels: { le, ...labels },
-          value: cumulative,
-          metricName: `${this.name}_bucket`,
-        });
+        values.push({ labels: { le, ...labels }, value: cumulative, metricName: bucket });
       });
       values.push(
-        { labels: { le: "+Inf", ...labels }, value: count, metricName: `${this.name}_bucket` },
+        { labels: { le: "+Inf", ...labels }, value: count, metricName: bucket },
         { labels: { ...labels }, value: sum, metricName: `${this.name}_sum` },
         { labels: { ...labels }, value: count, metricName: `${this.name}_count` },
       );
     }
-    return {
-      name: this.name,
-      help: this.help,
-      type: this.type,
-      aggregator: this.aggregator,
-      values,
-    };
+    return values;
   }
 
   reset(): void {
