@@ -138,7 +138,8 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   const shutdown = new AbortController();
   setMaxListeners(0, shutdown.signal);
   app.addHook("preClose", (done) => {
-    setTimeout(() => shutdown.abort(), config.shutdownTimeoutMs);
+    // Unref'd: a server closed in time does not hold its process open.
+    setTimeout(() => shutdown.abort(), config.shutdownTimeoutMs).unref();
     done();
   });
   await app.register(fastifyConnectPlugin, {

@@ -50,7 +50,7 @@ export function createUnaryTransport(options: UnaryTransportOptions): Transport 
       method: DescMethodUnary<I, O>,
       signal: AbortSignal | undefined,
       timeoutMs: number | undefined,
-      header: ConstructorParameters<typeof Headers>[0] | undefined,
+      header: HeaderInit | undefined,
       input: MessageInitShape<I>,
     ): Promise<UnaryResponse<I, O>> {
       const response = await call(
