@@ -1,4 +1,7 @@
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { describe, expect, it } from "vitest";
+import { newRequestId } from "../../../src/lib/trace.js";
 import { previousWindow, windowAt } from "../../../src/services/token/clock.js";
 import { createMemoryQuotaStore } from "../../../src/services/token/memory-store.js";
 import { describeQuotaStore } from "./quota-store.conformance.js";
@@ -21,4 +24,34 @@ describe("windowAt", () => {
 describeQuotaStore("memory", {
   create: () => createMemoryQuotaStore(),
   dispose: (store) => store.close(),
+});
+
+describe("memory quota store's footprint", () => {
+  it("keeps a new user's charge in under 200 bytes of heap", async () => {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const store = createMemoryQuotaStore();
+    const window = windowAt(new Date("2026-11-26T10:00:00Z"));
+    const n = 50_000;
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 0; i < n; i++) {
+      // Ids as a decoded request gives them: fresh flat strings.
+      await store.charge({
+        window,
+        userId: Buffer.from(`user-${i}`).toString(),
+        chargeId: Buffer.from(newRequestId()).toString(),
+        cost: 1,
+        limit: 10,
+      });
+    }
+    gc();
+    const perCharge = (process.memoryUsage().heapUsed - before) / n;
+    // The store still holds every charge: the last one is refunded once.
+    expect(await store.get({ userId: `user-${n - 1}`, window })).toBe(1);
+    // A user's id and counter (~65 bytes) and the charge's key and number
+    // (~100); an object per charge and a template-literal key took ~250.
+    expect(perCharge).toBeLessThan(200);
+    expect(perCharge).toBeGreaterThan(100);
+  });
 });
