@@ -13,7 +13,7 @@ import {
   loadLlmConfig,
   loadTokenConfig,
 } from "../../src/lib/config.js";
-import { serviceHeapFlags } from "../../src/lib/node-options.js";
+import { heapFlags } from "../../src/lib/node-options.js";
 import {
   type ContractProcess,
   chatmeshHasProcess,
@@ -129,10 +129,10 @@ describe("deploy/compose.yaml", () => {
     expect(loadLlmConfig(envOf(serviceOf("llm"))).backend).toBe("echo");
   });
 
-  it("runs the four services with the smaller young generation, keeping the image's flags", () => {
+  it("runs the four services with their heap flags, keeping the image's flags", () => {
     for (const name of ["token", "filter", "history", "llm"] as const) {
       expect(envOf(serviceOf(name)).NODE_OPTIONS, name).toBe(
-        `${imageNodeOptions()} ${serviceHeapFlags}`,
+        `${imageNodeOptions()} ${heapFlags[name]}`,
       );
     }
     expect(envOf(serviceOf("gateway")).NODE_OPTIONS).toBeUndefined();

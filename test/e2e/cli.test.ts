@@ -4,7 +4,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
-import { mallocEnv, serviceHeapFlags } from "../../src/lib/node-options.js";
+import { historyHeapFlags, mallocEnv, serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
   freePort,
   type Running,
@@ -136,7 +136,7 @@ describe("run-all", () => {
     });
     await waitForOutput(run, /chatmesh is up/);
     expect(run.output()).toContain(`gateway  http://127.0.0.1:${gateway}`);
-    // The services get the smaller young generation before the caller's own flags; the gateway only the caller's.
+    // The services get their heap flags before the caller's own flags; the gateway only the caller's.
     // Every process gets the fixed malloc threshold.
     const malloc = mallocEnv.MALLOC_MMAP_THRESHOLD_;
     expect(
@@ -144,7 +144,7 @@ describe("run-all", () => {
     ).toEqual([
       { name: "filter", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
       { name: "gateway", nodeOptions: "--max-old-space-size=512", malloc },
-      { name: "history", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "history", nodeOptions: `${historyHeapFlags} --max-old-space-size=512`, malloc },
       { name: "llm", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
       { name: "token", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
     ]);

@@ -1,5 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { mallocEnv, processEnvFor, serviceHeapFlags } from "../../src/lib/node-options.js";
+import {
+  historyHeapFlags,
+  mallocEnv,
+  processEnvFor,
+  serviceHeapFlags,
+} from "../../src/lib/node-options.js";
 
 describe("processEnvFor", () => {
   it("adds the services' heap flag before the caller's NODE_OPTIONS, and the malloc threshold", () => {
@@ -18,8 +23,22 @@ describe("processEnvFor", () => {
   });
 
   it("keeps a malloc threshold the caller set", () => {
-    const env = processEnvFor("history", { MALLOC_MMAP_THRESHOLD_: "65536" });
+    const env = processEnvFor("filter", { MALLOC_MMAP_THRESHOLD_: "65536" });
     expect(env.MALLOC_MMAP_THRESHOLD_).toBe("65536");
     expect(env.NODE_OPTIONS).toBe(serviceHeapFlags);
+  });
+
+  it("caps history's old generation, before the caller's flags, and no other process's", () => {
+    expect(historyHeapFlags).toBe("--max-semi-space-size=4 --max-old-space-size=512");
+    expect(processEnvFor("history", {}).NODE_OPTIONS).toBe(historyHeapFlags);
+    expect(
+      processEnvFor("history", { NODE_OPTIONS: "--max-old-space-size=1024" }).NODE_OPTIONS,
+    ).toBe(`${historyHeapFlags} --max-old-space-size=1024`);
+    for (const name of ["token", "filter", "llm"]) {
+      expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBe(serviceHeapFlags);
+    }
+    for (const name of ["gateway", "all", "toString", "constructor"]) {
+      expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBeUndefined();
+    }
   });
 });
