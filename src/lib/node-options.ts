@@ -21,7 +21,10 @@ export const historyHeapFlags = `${serviceHeapFlags} --max-old-space-size=512`;
 
 /**
  * The V8 heap flags of each service. run-all and `make bench` put them in its
- * NODE_OPTIONS, and the Compose file and the Kubernetes manifests set the same.
+ * NODE_OPTIONS, and the Compose file sets the same. The Kubernetes manifests
+ * set `serviceHeapFlags` only: in a container with a memory limit Node sizes
+ * the heap from that limit (history's 256 MiB gives V8's smallest factor,
+ * 1.3), and 512 MB would be above it.
  */
 export const heapFlags: Readonly<Record<string, string>> = {
   token: serviceHeapFlags,
