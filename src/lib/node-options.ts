@@ -9,9 +9,10 @@ export const serviceHeapFlags = "--max-semi-space-size=4";
 /**
  * History's: a 512 MB old generation besides. V8 lets the old generation grow
  * to between 1.3 and 4 times what the last full collection left, by how large
- * it may get; at the default (about 2 GB here and more) that is 4 times.
+ * it may get: 4 times for a limit of 2 GB and more, which Node's default is
+ * on a machine with 8 GB or more (4 GB on a 24 GB one).
  * History promotes a little of each batch it writes, so under `make bench`
- * its old generation held ~16 MB of garbage (12 MB live, 28 MB in all)
+ * its old generation held ~17 MB of garbage (12 MB live, 29 MB in all)
  * before its next full collection; at 512 MB the factor is 1.4 and its peak
  * RSS is ~14 MB lower for the same CPU per chat. What history keeps is
  * bounded by a batch and a page of results. The token's store grows with the
