@@ -37,15 +37,21 @@ export function traceOf(ctx: { readonly values: ContextValues }): TraceContext |
 const pool = Buffer.allocUnsafe(4096);
 let poolOffset = pool.length;
 
-/** `bytes` random bytes as lowercase hex. */
-function randomHex(bytes: number): string {
+/** Where the next `bytes` random bytes start in the pool, refilled when short. */
+function takeRandom(bytes: number): number {
   if (poolOffset + bytes > pool.length) {
     randomFillSync(pool);
     poolOffset = 0;
   }
-  const hex = pool.toString("hex", poolOffset, poolOffset + bytes);
+  const at = poolOffset;
   poolOffset += bytes;
-  return hex;
+  return at;
+}
+
+/** `bytes` random bytes as lowercase hex. */
+function randomHex(bytes: number): string {
+  const at = takeRandom(bytes);
+  return pool.toString("hex", at, at + bytes);
 }
 
 const newSpanId = () => randomHex(8);
@@ -65,12 +71,7 @@ const uuid = Buffer.allocUnsafe(16);
  * of it as UUIDv4s do, which makes that index much cheaper to insert into.
  */
 export function newRequestId(now: number = Date.now()): string {
-  if (poolOffset + 10 > pool.length) {
-    randomFillSync(pool);
-    poolOffset = 0;
-  }
-  const r = poolOffset;
-  poolOffset += 10;
+  const r = takeRandom(10);
   if (now > lastMs) {
     lastMs = now;
     counter = pool.readUInt16BE(r) & 0x7ff;
