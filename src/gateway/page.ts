@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import type { FastifyInstance } from "fastify";
+import { documentHeaders } from "./protection.js";
 
 const files = [
   { url: "/", file: "index.html", type: "text/html; charset=utf-8" },
@@ -10,13 +11,17 @@ const files = [
 /**
  * Serves the chat page (`GET /`) and its script and style from
  * `page/` beside this module (`npm run build` copies it beside the bundle's
- * chunks in dist/src/): plain files, read once at start-up, served as they are.
+ * chunks in dist/src/): plain files, read once at start-up, served as they are,
+ * with helmet's document headers in place of the API answers' (the page's
+ * Content-Security-Policy lets it load its own script and style and call the
+ * gateway).
  */
 export async function registerChatPage(app: FastifyInstance): Promise<void> {
+  const headers = documentHeaders();
   for (const { url, file, type } of files) {
     const body = await readFile(new URL(`./page/${file}`, import.meta.url));
     app.get(url, async (_req, reply) =>
-      reply.type(type).header("cache-control", "no-cache").send(body),
+      reply.headers(headers).type(type).header("cache-control", "no-cache").send(body),
     );
   }
 }

@@ -46,7 +46,7 @@ const get = (url: string, key?: string) =>
   });
 
 describe("security headers", () => {
-  it("are on every response: answers, refusals and health checks", async () => {
+  it("are OWASP's API set on every answer: chats, refusals, health checks, metrics", async () => {
     await gateway({}, true);
     const responses = [
       await chat({ user_id: "alice", text: "hi" }, aliceKey),
@@ -58,19 +58,59 @@ describe("security headers", () => {
         headers: { "content-type": "text/plain", authorization: `Bearer ${aliceKey}` },
       }),
       await get("/healthz"),
+      await get("/metrics"),
       await get("/nowhere", aliceKey),
     ];
-    expect(responses.map((r) => r.statusCode)).toEqual([200, 401, 415, 200, 404]);
+    expect(responses.map((r) => r.statusCode)).toEqual([200, 401, 415, 200, 200, 404]);
     for (const res of responses) {
+      expect(res.headers["content-security-policy"]).toBe(
+        "default-src 'none'; frame-ancestors 'none'",
+      );
+      expect(res.headers["x-content-type-options"]).toBe("nosniff");
+      expect(res.headers["x-frame-options"]).toBe("DENY");
+      expect(res.headers["strict-transport-security"]).toBe("max-age=31536000; includeSubDomains");
+      expect(res.headers["cache-control"]).toBe("no-store");
+      // A document's headers are not an API answer's.
+      expect(res.headers["referrer-policy"]).toBeUndefined();
+      expect(res.headers["cross-origin-opener-policy"]).toBeUndefined();
+      expect(res.headers["x-powered-by"]).toBeUndefined();
+    }
+  });
+
+  it("are helmet's document set on the chat page's files", async () => {
+    await gateway({}, true);
+    for (const url of ["/", "/chat.js", "/chat.css"]) {
+      const res = await get(url);
+      expect(res.statusCode).toBe(200);
       expect(res.headers["content-security-policy"]).toBe(
         "default-src 'self';script-src 'self';style-src 'self';img-src 'self' data:;connect-src 'self';object-src 'none';base-uri 'none';form-action 'self';frame-ancestors 'none'",
       );
       expect(res.headers["x-content-type-options"]).toBe("nosniff");
-      expect(res.headers["x-frame-options"]).toBe("SAMEORIGIN");
-      expect(res.headers["strict-transport-security"]).toMatch(/^max-age=\d+/);
+      expect(res.headers["x-frame-options"]).toBe("DENY");
+      expect(res.headers["strict-transport-security"]).toBe("max-age=31536000; includeSubDomains");
       expect(res.headers["referrer-policy"]).toBe("no-referrer");
+      expect(res.headers["cross-origin-opener-policy"]).toBe("same-origin");
+      expect(res.headers["cross-origin-resource-policy"]).toBe("same-origin");
+      // Revalidated before use, so a new page reaches browsers at once.
+      expect(res.headers["cache-control"]).toBe("no-cache");
       expect(res.headers["x-powered-by"]).toBeUndefined();
     }
+  });
+
+  it("keep an event stream's own Cache-Control", async () => {
+    await gateway({}, true);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat/stream",
+      headers: { authorization: `Bearer ${aliceKey}` },
+      payload: { text: "hi" },
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["content-type"]).toBe("text/event-stream; charset=utf-8");
+    expect(res.headers["cache-control"]).toBe("no-cache, no-transform");
+    expect(res.headers["content-security-policy"]).toBe(
+      "default-src 'none'; frame-ancestors 'none'",
+    );
   });
 });
 
