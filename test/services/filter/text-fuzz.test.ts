@@ -70,6 +70,10 @@ const mixedText = fc
         "ẞ",
         "\u0301",
         "e\u0301",
+        // An invisible character between a letter and its mark: they compose once it is taken out.
+        "e\u034f\u0301",
+        "A\u200d\u030a",
+        "İ",
         "ﬁ",
         "\u00a0",
         "\u200b",
