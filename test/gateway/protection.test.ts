@@ -46,6 +46,15 @@ const get = (url: string, key?: string) =>
   });
 
 describe("security headers", () => {
+  const hsts = "max-age=31536000; includeSubDomains";
+  /** OWASP's set for API answers, but Cache-Control (an event stream has its own). */
+  const apiHeaders = {
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "strict-transport-security": hsts,
+  };
+
   it("are OWASP's API set on every answer: chats, refusals, health checks, metrics", async () => {
     await gateway({}, true);
     const responses = [
@@ -63,17 +72,11 @@ describe("security headers", () => {
     ];
     expect(responses.map((r) => r.statusCode)).toEqual([200, 401, 415, 200, 200, 404]);
     for (const res of responses) {
-      expect(res.headers["content-security-policy"]).toBe(
-        "default-src 'none'; frame-ancestors 'none'",
-      );
-      expect(res.headers["x-content-type-options"]).toBe("nosniff");
-      expect(res.headers["x-frame-options"]).toBe("DENY");
-      expect(res.headers["strict-transport-security"]).toBe("max-age=31536000; includeSubDomains");
-      expect(res.headers["cache-control"]).toBe("no-store");
+      expect(res.headers).toMatchObject({ ...apiHeaders, "cache-control": "no-store" });
       // A document's headers are not an API answer's.
-      expect(res.headers["referrer-policy"]).toBeUndefined();
-      expect(res.headers["cross-origin-opener-policy"]).toBeUndefined();
-      expect(res.headers["x-powered-by"]).toBeUndefined();
+      for (const name of ["referrer-policy", "cross-origin-opener-policy", "x-powered-by"]) {
+        expect(res.headers).not.toHaveProperty(name);
+      }
     }
   });
 
@@ -82,18 +85,19 @@ describe("security headers", () => {
     for (const url of ["/", "/chat.js", "/chat.css"]) {
       const res = await get(url);
       expect(res.statusCode).toBe(200);
-      expect(res.headers["content-security-policy"]).toBe(
-        "default-src 'self';script-src 'self';style-src 'self';img-src 'self' data:;connect-src 'self';object-src 'none';base-uri 'none';form-action 'self';frame-ancestors 'none'",
-      );
-      expect(res.headers["x-content-type-options"]).toBe("nosniff");
-      expect(res.headers["x-frame-options"]).toBe("DENY");
-      expect(res.headers["strict-transport-security"]).toBe("max-age=31536000; includeSubDomains");
-      expect(res.headers["referrer-policy"]).toBe("no-referrer");
-      expect(res.headers["cross-origin-opener-policy"]).toBe("same-origin");
-      expect(res.headers["cross-origin-resource-policy"]).toBe("same-origin");
-      // Revalidated before use, so a new page reaches browsers at once.
-      expect(res.headers["cache-control"]).toBe("no-cache");
-      expect(res.headers["x-powered-by"]).toBeUndefined();
+      expect(res.headers).toMatchObject({
+        "content-security-policy":
+          "default-src 'self';script-src 'self';style-src 'self';img-src 'self' data:;connect-src 'self';object-src 'none';base-uri 'none';form-action 'self';frame-ancestors 'none'",
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "strict-transport-security": hsts,
+        "referrer-policy": "no-referrer",
+        "cross-origin-opener-policy": "same-origin",
+        "cross-origin-resource-policy": "same-origin",
+        // Revalidated before use, so a new page reaches browsers at once.
+        "cache-control": "no-cache",
+      });
+      expect(res.headers).not.toHaveProperty("x-powered-by");
     }
   });
 
@@ -106,11 +110,11 @@ describe("security headers", () => {
       payload: { text: "hi" },
     });
     expect(res.statusCode).toBe(200);
-    expect(res.headers["content-type"]).toBe("text/event-stream; charset=utf-8");
-    expect(res.headers["cache-control"]).toBe("no-cache, no-transform");
-    expect(res.headers["content-security-policy"]).toBe(
-      "default-src 'none'; frame-ancestors 'none'",
-    );
+    expect(res.headers).toMatchObject({
+      ...apiHeaders,
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache, no-transform",
+    });
   });
 });
 
