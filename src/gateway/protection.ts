@@ -70,11 +70,12 @@ export function documentHeaders(): Readonly<Record<string, string>> {
 /**
  * The headers of every other response (JSON answers, event streams, metrics,
  * errors): the set OWASP's REST Security Cheat Sheet gives for API
- * responses. Nothing may be loaded by, framed from, sniffed out of or cached
- * from them, and HSTS is helmet's. The rest of helmet's headers (Referrer-
- * Policy, the Cross-Origin-* policies, X-DNS-Prefetch-Control…) govern a
- * document a browser renders, and each header costs the gateway on every
- * answer (~3 % of its CPU per chat under `make bench`).
+ * responses: they load nothing, no page may frame them, no browser may
+ * sniff another type in them, no cache may keep them; HSTS is helmet's. The
+ * rest of helmet's headers (Referrer-Policy, the Cross-Origin-* policies,
+ * X-DNS-Prefetch-Control…) govern a document a browser renders; on every
+ * answer those eight cost the gateway ~3 % of its CPU per chat under
+ * `make bench`.
  */
 export function apiHeaders(): Readonly<Record<string, string>> {
   const hsts = documentHeaders()["strict-transport-security"];

@@ -85,12 +85,12 @@ const maxFoldRounds = 4;
 /**
  * Whether another round would leave `folded`, the outcome of a round, as it
  * is. A round leaves no invisible character and no white space to fold, so
- * only two of its passes could still change it: the case mapping ("ß"
- * upper-cases to "SS") and NFKC (were the round's last removal of invisible
- * characters to bring a letter and a combining mark together; the property
- * tests against the definition find no such text, and the check is cheap).
- * Checking the two takes about half the time of a round, which most
- * non-ASCII text would otherwise run only to find nothing changed.
+ * only two of its passes could change its outcome again: the case mapping
+ * ("ß" upper-cases to "SS"), and NFKC, should the round's last removal of
+ * invisible characters have brought a letter and a combining mark together
+ * (no such text is known; the check is cheap). Checking both takes about
+ * half the time of a round, which most non-ASCII text would otherwise run
+ * only to find that nothing changed.
  */
 const isFolded = (folded: string): boolean =>
   folded.normalize("NFKC") === folded && folded.toUpperCase().toLowerCase() === folded;
