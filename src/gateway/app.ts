@@ -10,11 +10,11 @@ import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
-import type { HttpError } from "./errors.js";
+import { type HttpError, httpErrorFromFastify } from "./errors.js";
 import { registerHistory } from "./history.js";
 import { registerOpenAiApi } from "./openai/routes.js";
 import { registerChatPage } from "./page.js";
-import { RateLimitedError, registerProtection } from "./protection.js";
+import { registerProtection } from "./protection.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
@@ -42,21 +42,6 @@ const isHttpError = (value: object): value is HttpError => "status" in value;
 /** A bounded label for a chat's result: "ok", or the error's words in snake case. */
 const outcomeOf = (result: object): string =>
   isHttpError(result) ? result.body.error.replaceAll(" ", "_") : "ok";
-
-/** Turns Fastify's own request errors into the contract's bodies. */
-function errorResponse(err: FastifyError): HttpError {
-  if (err instanceof RateLimitedError) return { status: 429, body: { error: "rate limited" } };
-  switch (err.code) {
-    case "FST_ERR_CTP_BODY_TOO_LARGE":
-      return { status: 413, body: { error: "request body too large" } };
-    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return { status: 415, body: { error: "content-type must be application/json" } };
-  }
-  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
-    return { status: 400, body: { error: "bad json or missing user_id" } };
-  }
-  return { status: 500, body: { error: "internal error" } };
-}
 
 /**
  * Builds the HTTP gateway (not listening): POST /chat, POST /chat/stream,
@@ -98,7 +83,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     reply.header("x-request-id", req.id);
   });
   app.setErrorHandler((err: FastifyError, req, reply) => {
-    const { status, body } = errorResponse(err);
+    const { status, body } = httpErrorFromFastify(err);
     if (status === 500) req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
     return reply.code(status).send(body);
   });

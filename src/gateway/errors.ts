@@ -1,10 +1,12 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { FastifyError } from "fastify";
 import {
   FilterRejectionReason,
   FilterRejectionSchema,
   QuotaExceededSchema,
 } from "../../gen/chat/v1/errors_pb.js";
 import { httpStatusFromCode } from "../lib/http-status.js";
+import { RateLimitedError } from "./protection.js";
 
 /** The body of every gateway error response. */
 export interface ErrorBody {
@@ -44,4 +46,23 @@ export function httpErrorFromRpc(stage: Stage, err: unknown): HttpError {
     return { status, body: { error: "quota exceeded" } };
   }
   return { status, body: { error: `${stage} failed` } };
+}
+
+/**
+ * Fastify's own request errors (and the rate limiter's refusal) as the
+ * contract's statuses and bodies: 413 too large, 415 not JSON, 429 rate
+ * limited, 400 for any other request error (the body did not parse), else 500.
+ */
+export function httpErrorFromFastify(err: FastifyError): HttpError {
+  if (err instanceof RateLimitedError) return { status: 429, body: { error: "rate limited" } };
+  switch (err.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return { status: 413, body: { error: "request body too large" } };
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return { status: 415, body: { error: "content-type must be application/json" } };
+  }
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
+    return badRequest("bad json or missing user_id");
+  }
+  return { status: 500, body: { error: "internal error" } };
 }

@@ -1,11 +1,11 @@
 import type { FastifyInstance } from "fastify";
 import OpenAI, { AuthenticationError, RateLimitError } from "openai";
 import { afterEach, describe, expect, it } from "vitest";
+import { buildGateway } from "../../src/gateway/app.js";
+import { createApiKeys, parseApiKeys } from "../../src/gateway/auth.js";
 import { openAiErrorFrom } from "../../src/gateway/openai/errors.js";
-import { registerOpenAiApi } from "../../src/gateway/openai/routes.js";
-import { createHttpApp } from "../../src/lib/http-app.js";
+import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
-import { createMetricsRegistry } from "../../src/lib/metrics.js";
 import { createInProcessUpstreams } from "../fixtures/upstreams.js";
 
 describe("the gateway's errors in OpenAI's terms", () => {
@@ -29,36 +29,35 @@ describe("errors sent by hooks shared with the rest of the gateway", () => {
   let app: FastifyInstance;
   afterEach(() => app?.close());
 
-  it("reach /v1 clients in OpenAI's shape (an API key check, a rate limit)", async () => {
-    const logger = createLogger("gateway", "silent");
-    app = createHttpApp({ logger, registry: createMetricsRegistry(), requestId: () => "r" });
-    // Stands in for the gateway's API key check and rate limit, which answer in its own shape.
-    app.addHook("onRequest", async (req, reply) => {
-      if (req.headers.authorization === "Bearer wrong") {
-        return reply.code(401).send({ error: "invalid api key" });
-      }
-      if (req.headers.authorization === "Bearer busy") {
-        return reply.code(429).header("retry-after", "0").send({ error: "rate limited" });
-      }
-    });
-    await registerOpenAiApi(app, {
+  it("reach /v1 clients in OpenAI's shape: the API key check, the rate limit", async () => {
+    const aliceKey = "alice-key-0123456789abcdef";
+    app = await buildGateway({
+      config: loadGatewayConfig({ RATE_LIMIT_PER_MINUTE: "2" }),
+      logger: createLogger("gateway", "silent"),
       upstreams: createInProcessUpstreams(),
-      logger,
-      maxTextChars: 100,
+      apiKeys: createApiKeys(parseApiKeys(`${aliceKey} alice\n`)),
     });
     const baseURL = `${await app.listen({ host: "127.0.0.1", port: 0 })}/v1`;
+    const client = (apiKey: string) => new OpenAI({ baseURL, apiKey, maxRetries: 0 });
     const ask = (apiKey: string) =>
-      new OpenAI({ baseURL, apiKey, maxRetries: 0 }).chat.completions.create({
+      client(apiKey).chat.completions.create({
         model: "echo",
-        user: "u1",
         messages: [{ role: "user", content: "hi" }],
       });
-    const wrong = await ask("wrong").catch((e: unknown) => e);
+    const wrong = await ask("wrong-key-0123456789abcdef").catch((e: unknown) => e);
     expect(wrong).toBeInstanceOf(AuthenticationError);
     expect(wrong).toMatchObject({ status: 401, code: "invalid_api_key" });
-    const busy = await ask("busy").catch((e: unknown) => e);
-    expect(busy).toBeInstanceOf(RateLimitError);
-    expect(busy).toMatchObject({ type: "rate_limit_exceeded", code: "rate_limit_exceeded" });
-    expect((await ask("right")).choices[0]?.message.content).toBe("Echo: hi");
+    expect((await ask(aliceKey)).choices[0]?.message.content).toBe("Echo: hi");
+    expect((await client(aliceKey).models.list()).data.map((m) => m.id)).toEqual(["echo"]);
+    // The third request of the minute, on either route.
+    for (const third of [() => ask(aliceKey), () => client(aliceKey).models.list()]) {
+      const limited = await third().catch((e: unknown) => e);
+      expect(limited).toBeInstanceOf(RateLimitError);
+      expect(limited).toMatchObject({
+        status: 429,
+        type: "rate_limit_exceeded",
+        code: "rate_limit_exceeded",
+      });
+    }
   });
 });

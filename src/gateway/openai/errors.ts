@@ -1,5 +1,5 @@
 import type { FastifyError } from "fastify";
-import type { HttpError } from "../errors.js";
+import { type HttpError, httpErrorFromFastify } from "../errors.js";
 
 /** OpenAI's error JSON: what its SDKs turn into typed errors. */
 export interface OpenAiErrorBody {
@@ -81,21 +81,15 @@ export function openAiErrorFrom(err: HttpError): OpenAiError {
   };
 }
 
-/** Fastify's own request errors (body too large, not JSON, bad JSON) in OpenAI's shape. */
+/**
+ * Fastify's own request errors (body too large, not JSON, bad JSON) and the
+ * rate limiter's refusal in OpenAI's shape: the gateway's status and words,
+ * but a body that did not parse says so and is OpenAI's invalid_request_error.
+ */
 export function openAiErrorFromFastify(err: FastifyError): OpenAiError {
-  switch (err.code) {
-    case "FST_ERR_CTP_BODY_TOO_LARGE":
-      return openAiErrorFrom({ status: 413, body: { error: "request body too large" } });
-    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return openAiErrorFrom({
-        status: 415,
-        body: { error: "content-type must be application/json" },
-      });
-  }
-  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
-    return invalidRequest("request body is not valid JSON", null);
-  }
-  return openAiErrorFrom({ status: 500, body: { error: "internal error" } });
+  const http = httpErrorFromFastify(err);
+  if (http.status === 400) return invalidRequest("request body is not valid JSON", null);
+  return openAiErrorFrom(http);
 }
 
 /**
