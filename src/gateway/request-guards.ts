@@ -1,4 +1,5 @@
-import type { FastifyInstance } from "fastify";
+import { isUtf8 } from "node:buffer";
+import { errorCodes, type FastifyInstance } from "fastify";
 
 // With the u flag a well-formed surrogate pair is one code point, so only lone halves match.
 const loneSurrogate = /\p{Cs}/u;
@@ -17,12 +18,20 @@ const bodyMethods = new Set(["POST", "PUT", "PATCH"]);
 const charsetParam = /;\s*charset\s*=\s*"?([^";\s]*)"?/i;
 
 /**
- * Refuses, with 415, request bodies the JSON parser would misread rather than
- * reject: a charset other than UTF-8 (JSON is UTF-8, RFC 8259, and Fastify
- * decodes every body as UTF-8) and any content coding (Fastify does not
- * decompress, so a gzip body would be parsed as if it were plain text).
+ * Refuses request bodies the JSON parser would misread rather than reject:
+ * with 415 a charset other than UTF-8 (JSON is UTF-8, RFC 8259) and any
+ * content coding (Fastify does not decompress, so a gzip body would be parsed
+ * as if it were plain text); with 400, as JSON that does not parse, bytes that
+ * are not UTF-8. Decoded as it was, each bad sequence became U+FFFD, so
+ * `"X\xff"` and `"X\xfe"` were one user id, sharing one quota and history.
  */
 export function registerBodyGuards(app: FastifyInstance): void {
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
+    if (!isUtf8(body as Buffer)) return done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY());
+    parseJson(req, body.toString("utf8"), done);
+  });
   app.addHook("onRequest", async (req, reply) => {
     if (!bodyMethods.has(req.method)) return;
     const encoding = req.headers["content-encoding"];

@@ -220,6 +220,29 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     expect(err).toMatchObject({ status: 400, type: "invalid_request_error", param, code });
   });
 
+  it.each([
+    ["not JSON", Buffer.from('{"model":"echo",')],
+    ["not UTF-8", Buffer.from([...Buffer.from('{"model":"echo","user":"X'), 0xff, 0x22, 0x7d])],
+  ])("refuses a body %s with 400 invalid_request_error", async (_case, body) => {
+    await gateway();
+    const res = await fetch(`${baseUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+    expect([res.status, await res.json()]).toEqual([
+      400,
+      {
+        error: {
+          message: "request body is not valid JSON",
+          type: "invalid_request_error",
+          param: null,
+          code: null,
+        },
+      },
+    ]);
+  });
+
   it("counts /v1 chats with /chat's, by bounded outcomes", async () => {
     await gateway();
     await sdk().chat.completions.create(ask("m1", "hi"));

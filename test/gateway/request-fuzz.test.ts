@@ -171,7 +171,7 @@ describe("POST /chat under hostile input", () => {
     );
   });
 
-  it("answers invalid UTF-8 inside JSON strings with a contract status", async () => {
+  it("refuses invalid UTF-8 inside JSON strings as bad JSON: decoded as U+FFFD, two user ids would be one", async () => {
     await fc.assert(
       fc.asyncProperty(
         badUtf8,
@@ -188,7 +188,9 @@ describe("POST /chat under hostile input", () => {
             Buffer.from(safe),
             Buffer.from('"}'),
           ]);
-          expectContractAnswer(await post(small, payload));
+          const res = await post(small, payload);
+          expectContractAnswer(res);
+          expect(res.json()).toEqual({ error: "bad json or missing user_id" });
         },
       ),
       { numRuns },
