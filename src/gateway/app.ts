@@ -1,6 +1,8 @@
+import type { Socket } from "node:net";
 import type { FastifyError, FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
+import { closeIfSilent, requestTimeoutOptions } from "../lib/dual-protocol-server.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
@@ -64,6 +66,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     ["result"],
   );
   const credentials = await readTlsCredentials(config.tls);
+  const timeouts = requestTimeoutOptions(config.requestTimeoutMs);
   const app = createHttpApp({
     logger,
     registry,
@@ -73,8 +76,13 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       bodyLimit: config.maxBodyBytes,
       requestIdHeader: false,
       genReqId: () => newRequestId(),
-      // Fastify's options type has no room for `https`; its constructor takes it.
-      ...((credentials === undefined ? {} : { https: credentials }) as object),
+      // Node's own default is 300 s, and Fastify turns it off (0): a client
+      // sending a byte now and then would hold its connection for ever.
+      requestTimeout: config.requestTimeoutMs,
+      // Fastify's options type has no room for `http` or `https`; its constructor takes them.
+      ...((credentials === undefined
+        ? { http: timeouts }
+        : { https: { ...credentials, ...timeouts } }) as object),
     },
   });
   // JSON only: every other content type, text/plain included, is a 415.
@@ -87,6 +95,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     if (status === 500) req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
     return reply.code(status).send(body);
   });
+  app.server.on("connection", (socket: Socket) => closeIfSilent(socket, config.requestTimeoutMs));
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
   await registerProtection(app, {
     rateLimitPerMinute: config.rateLimitPerMinute,

@@ -24,6 +24,11 @@ export interface CommonConfig {
   readonly host: string;
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   readonly shutdownTimeoutMs: number;
+  /**
+   * REQUEST_TIMEOUT_MS: most time an HTTP/1.1 client may take to send a
+   * request's headers and body; then 408 and the connection is closed.
+   */
+  readonly requestTimeoutMs: number;
   /** TLS_CERT_FILE and TLS_KEY_FILE: the listener speaks TLS; undefined for cleartext. */
   readonly tls: TlsFiles | undefined;
 }
@@ -236,6 +241,7 @@ function readCommon(env: Env): CommonConfig {
     host: readString(env, "HOST", "127.0.0.1"),
     logLevel: readEnum(env, "LOG_LEVEL", logLevels, "info"),
     shutdownTimeoutMs: readInt(env, "SHUTDOWN_TIMEOUT_MS", 10_000, 0, 600_000),
+    requestTimeoutMs: readInt(env, "REQUEST_TIMEOUT_MS", 30_000, 100, 600_000),
     tls: readTls(env),
   };
 }

@@ -43,10 +43,33 @@ export interface DualProtocolServerOptions {
   readonly http2SessionTimeoutMs?: number;
   /** Idle HTTP/1.1 keep-alive connections are closed after this long. */
   readonly keepAliveTimeoutMs?: number;
+  /**
+   * An HTTP/1.1 request whose headers and body take longer to arrive gets
+   * 408, and a connection that sends nothing for that long is closed (30 s).
+   */
+  readonly requestTimeoutMs?: number;
+}
+
+/**
+ * Node's options for an http1 server: the request
+ * timeout (headers included), checked every 5 s at most, so a client that
+ * sends a byte now and then cannot hold a connection for ever.
+ */
+export function requestTimeoutOptions(requestTimeoutMs = 30_000): http.ServerOptions {
+  return {
+    requestTimeout: requestTimeoutMs,
+    headersTimeout: requestTimeoutMs,
+    connectionsCheckingInterval: Math.min(5_000, requestTimeoutMs),
+  };
 }
 
 const preface = Buffer.from("PRI * HTTP/2.0");
-const firstByteTimeoutMs = 30_000;
+
+/** Destroys `socket` unless its first byte comes within `timeoutMs`: a silent connection is not kept for ever. */
+export function closeIfSilent(socket: net.Socket, timeoutMs: number): void {
+  socket.setTimeout(timeoutMs, () => socket.destroy());
+  socket.once("data", () => socket.setTimeout(0));
+}
 
 /** Creates the server; call `listen` on it as on any net.Server. */
 export function createDualProtocolServer(
@@ -56,6 +79,7 @@ export function createDualProtocolServer(
   let draining = false;
   const fastPath = options.fastPath;
   const h1 = http.createServer(
+    requestTimeoutOptions(options.requestTimeoutMs),
     fastPath === undefined
       ? (handler as http.RequestListener)
       : (req, res) => {
@@ -63,6 +87,11 @@ export function createDualProtocolServer(
         },
   );
   h1.keepAliveTimeout = options.keepAliveTimeoutMs ?? 65_000;
+  // Node checks the request timeout only on a server that listened: it
+  // starts the checks on "listening". This one never listens itself (it is
+  // handed its connections), so it is told it did; closing the outer server
+  // closes it, which stops them.
+  h1.emit("listening");
   // The http1 server never listens itself, so Node does not track its
   // connections (closeIdleConnections would see none): count requests in
   // flight per socket here.
@@ -102,10 +131,8 @@ export function createDualProtocolServer(
       undecided.delete(socket);
     });
     socket.on("error", () => socket.destroy());
-    // A connection that never sends a byte is not kept forever.
-    socket.setTimeout(firstByteTimeoutMs, () => socket.destroy());
+    closeIfSilent(socket, options.requestTimeoutMs ?? 30_000);
     socket.once("data", (chunk: Buffer) => {
-      socket.setTimeout(0);
       undecided.delete(socket);
       socket.pause();
       socket.unshift(chunk);
@@ -125,6 +152,7 @@ export function createDualProtocolServer(
     });
   }) as DualProtocolServer;
 
+  server.once("close", () => h1.close());
   server.closeIdleConnections = () => {
     draining = true;
     for (const [socket, requests] of inFlight) {

@@ -101,7 +101,11 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
       // Fastify's types know one protocol per server; this one serves both.
       serverFactory: (handler) =>
         (credentials === undefined
-          ? createDualProtocolServer(handler as DualHandler, { fastPath, frames })
+          ? createDualProtocolServer(handler as DualHandler, {
+              fastPath,
+              frames,
+              requestTimeoutMs: config.requestTimeoutMs,
+            })
           : createSecureDualProtocolServer(handler as DualHandler, credentials, {
               fastPath,
             })) as unknown as http.Server,

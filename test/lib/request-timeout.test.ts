@@ -1,0 +1,142 @@
+import type { AddressInfo } from "node:net";
+import net from "node:net";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import type { FastifyInstance } from "fastify";
+import { afterEach, describe, expect, it } from "vitest";
+import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import { buildGateway } from "../../src/gateway/app.js";
+import { loadGatewayConfig, loadLlmConfig } from "../../src/lib/config.js";
+import { createLogger } from "../../src/lib/logger.js";
+import { createRpcServer } from "../../src/lib/rpc-server.js";
+import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { createLlmService } from "../../src/services/llm/llm-service.js";
+import { createInProcessUpstreams } from "../fixtures/upstreams.js";
+
+const env = { REQUEST_TIMEOUT_MS: "600" };
+let app: FastifyInstance | undefined;
+afterEach(async () => {
+  await app?.close();
+  app = undefined;
+});
+
+const portOf = (a: FastifyInstance) => (a.server.address() as AddressInfo).port;
+
+async function llmService(delayMs = 0): Promise<number> {
+  app = await createRpcServer({
+    name: "llm",
+    config: loadLlmConfig(env),
+    logger: createLogger("llm", "silent"),
+    routes: (router) =>
+      router.service(LLMService, createLlmService({ backend: createEchoBackend({ delayMs }) })),
+  });
+  await app.listen({ host: "127.0.0.1", port: 0 });
+  return portOf(app);
+}
+
+async function gateway(llmDelayMs = 0): Promise<number> {
+  app = await buildGateway({
+    config: loadGatewayConfig(env),
+    logger: createLogger("gateway", "silent"),
+    upstreams: createInProcessUpstreams({ llm: createEchoBackend({ chunkDelayMs: llmDelayMs }) }),
+  });
+  await app.listen({ host: "127.0.0.1", port: 0 });
+  return portOf(app);
+}
+
+/**
+ * Sends `head` at once, then one byte of `drip` every 150 ms, for ever (or
+ * nothing at all, when both are empty);
+ * resolves with what came back and when the server closed the connection
+ * (or "still open" after 5 s).
+ */
+function slowClient(port: number, head: string, drip: string) {
+  return new Promise<{ answer: string; ms: number }>((resolve) => {
+    const started = Date.now();
+    let answer = "";
+    const socket = net.connect(port, "127.0.0.1", () => {
+      if (head !== "") socket.write(head);
+    });
+    let i = 0;
+    const dripping = setInterval(() => {
+      if (!socket.destroyed && drip !== "") socket.write(drip[i++ % drip.length] as string);
+    }, 150);
+    const done = (result: string) => {
+      clearInterval(dripping);
+      clearTimeout(giveUp);
+      socket.destroy();
+      resolve({ answer: result, ms: Date.now() - started });
+    };
+    const giveUp = setTimeout(() => done("still open"), 5_000);
+    socket.on("data", (chunk) => {
+      answer += chunk.toString("latin1");
+    });
+    socket.on("error", () => {});
+    socket.on("close", () => done(answer.split("\r\n")[0] ?? ""));
+  });
+}
+
+const silent = (port: number) => slowClient(port, "", "");
+const slowHeaders = (port: number) =>
+  slowClient(port, "GET /healthz HTTP/1.1\r\nHost: x\r\n", "X-Slow: a\r\n");
+const slowBody = (port: number, path: string) =>
+  slowClient(
+    port,
+    `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{`,
+    " ",
+  );
+
+describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
+  it("gets 408 from the gateway when its headers or its body are slower than that", async () => {
+    const port = await gateway();
+    for (const client of [slowHeaders(port), slowBody(port, "/chat")]) {
+      const { answer, ms } = await client;
+      expect(answer).toBe("HTTP/1.1 408 Request Timeout");
+      expect(ms).toBeGreaterThanOrEqual(600);
+      expect(ms).toBeLessThan(2_500);
+    }
+  });
+
+  it("is closed, by the gateway and by a service, when it sends nothing at all for that long", async () => {
+    for (const start of [gateway, llmService]) {
+      const { answer, ms } = await silent(await start());
+      expect(answer).toBe("");
+      expect(ms).toBeGreaterThanOrEqual(550);
+      expect(ms).toBeLessThan(2_500);
+      await app?.close();
+      app = undefined;
+    }
+  });
+
+  it("gets 408 from a service's HTTP/1.1, which is handed its connections", async () => {
+    const port = await llmService();
+    const path = "/chat.v1.LLMService/Generate";
+    for (const client of [slowHeaders(port), slowBody(port, path)]) {
+      const { answer, ms } = await client;
+      expect(answer).toBe("HTTP/1.1 408 Request Timeout");
+      expect(ms).toBeLessThan(2_500);
+    }
+  });
+
+  it("leaves an answer that takes longer than that alone: only the request is timed", async () => {
+    const port = await llmService(1_200);
+    const client = createClient(
+      LLMService,
+      createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+    );
+    expect((await client.generate({ text: "slow" })).reply).toBe("Echo: slow");
+  });
+
+  it("leaves the gateway's event streams alone however long they last", async () => {
+    const port = await gateway(200);
+    const started = Date.now();
+    const res = await fetch(`http://127.0.0.1:${port}/chat/stream`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "s", text: "one two three four five" }),
+    });
+    const events = await res.text();
+    expect(Date.now() - started).toBeGreaterThan(1_000);
+    expect(events).toContain('event: done\ndata: {"reply":"Echo: one two three four five"}');
+  });
+});
