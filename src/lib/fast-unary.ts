@@ -216,7 +216,7 @@ export function createUnaryInvoker(
       if (ctx.abort(reason)) fail(reason);
     };
     const timer =
-      timeoutMs === undefined
+      timeoutMs === undefined || timeoutMs > maxTimerMs
         ? undefined
         : setTimeout(
             () => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
@@ -375,11 +375,48 @@ function traceHeaders(get: (name: string) => string | undefined): Headers {
   return header;
 }
 
-/** A `connect-timeout-ms` value as a deadline, undefined when absent or not positive. */
+/**
+ * The longest a Node timer waits (2³¹ − 1 ms, ~24.8 days): a longer one fires
+ * at once. A deadline farther away than that is served as no deadline.
+ */
+export const maxTimerMs = 2_147_483_647;
+
+/** A valid `connect-timeout-ms` (the Connect protocol's 1–10 digits), or absent. */
+const connectTimeout = /^[0-9]{1,10}$/;
+
+const grpcTimeout = /^([0-9]{1,8})([HMSmun])$/;
+const grpcTimeoutUnitMs: Readonly<Record<string, number>> = {
+  H: 3_600_000,
+  M: 60_000,
+  S: 1_000,
+  m: 1,
+  u: 1e-3,
+  n: 1e-6,
+};
+
+/**
+ * Removes a `grpc-timeout` or `connect-timeout-ms` farther away than a Node
+ * timer can wait, before the Connect router reads it: the router's timer
+ * would fire at once and fail the call with DEADLINE_EXCEEDED (a grpc-js
+ * client with a 30-day deadline, say). Such a call then runs without one.
+ */
+export function dropFarDeadline(headers: http.IncomingHttpHeaders): void {
+  const grpc = headers["grpc-timeout"];
+  const match = typeof grpc === "string" ? grpcTimeout.exec(grpc) : null;
+  if (match && Number(match[1]) * (grpcTimeoutUnitMs[match[2] as string] as number) > maxTimerMs) {
+    delete headers["grpc-timeout"];
+  }
+  const connect = headers["connect-timeout-ms"];
+  if (typeof connect === "string" && connectTimeout.test(connect) && Number(connect) > maxTimerMs) {
+    delete headers["connect-timeout-ms"];
+  }
+}
+
+/** A `connect-timeout-ms` value as a deadline, undefined when absent or 0. */
 function parseTimeoutMs(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const ms = Number(value);
-  return Number.isFinite(ms) && ms > 0 ? ms : undefined;
+  return ms > 0 ? ms : undefined;
 }
 
 /**
@@ -439,6 +476,14 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
 
   return (req, res) => {
     if (req.method !== "POST" || req.headers["content-type"] !== protoType) return false;
+    // A compressed body, or a timeout the protocol does not allow, goes to
+    // the router, which decompresses or refuses it as the protocol says.
+    const encoding = req.headers["content-encoding"];
+    if (encoding !== undefined && encoding !== "identity") return false;
+    const timeout = req.headers["connect-timeout-ms"];
+    if (timeout !== undefined && (typeof timeout !== "string" || !connectTimeout.test(timeout))) {
+      return false;
+    }
     const fast = invoker.lookup(req.url ?? "");
     if (fast === undefined) return false;
     const chunks: Buffer[] = [];

@@ -15,6 +15,7 @@ import { createDualProtocolServer, type DualHandler } from "./dual-protocol-serv
 import {
   createFastUnaryPath,
   createUnaryInvoker,
+  dropFarDeadline,
   type FastMethod,
   recordServices,
   type UnaryInvoker,
@@ -111,6 +112,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
             })) as unknown as http.Server,
     },
   });
+  app.addHook("onRequest", async (req) => dropFarDeadline(req.raw.headers));
   let draining = false;
   app.addHook("preClose", async () => {
     draining = true;

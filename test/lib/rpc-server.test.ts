@@ -1,10 +1,17 @@
 import http from "node:http";
+import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
+import { gzipSync } from "node:zlib";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
-import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import {
+  GenerateRequestSchema,
+  GenerateResponseSchema,
+  LLMService,
+} from "../../gen/chat/v1/llm_pb.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
@@ -105,6 +112,89 @@ describe("the RPC server bootstrap", () => {
       expect(warnings.map((w) => w.name)).not.toContain("MaxListenersExceededWarning");
     } finally {
       process.off("warning", onWarning);
+    }
+  });
+});
+
+/** A raw gRPC unary call over HTTP/2 with the given headers: its grpc-status. */
+function rawGrpc(baseUrl: string, path: string, message: Uint8Array, headers: object) {
+  return new Promise<string | undefined>((resolve, reject) => {
+    const session = http2.connect(baseUrl);
+    session.on("error", reject);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": path,
+      "content-type": "application/grpc",
+      te: "trailers",
+      ...headers,
+    });
+    let status: string | undefined;
+    stream.on("response", (h) => {
+      status ??= h["grpc-status"] as string | undefined;
+    });
+    stream.on("trailers", (t) => {
+      status = t["grpc-status"] as string | undefined;
+    });
+    stream.resume();
+    stream.on("close", () => {
+      session.close();
+      resolve(status);
+    });
+    const frame = Buffer.alloc(5 + message.length);
+    frame.writeUInt32BE(message.length, 1);
+    frame.set(message, 5);
+    stream.end(frame);
+  });
+}
+
+describe("deadlines and encodings on every path", () => {
+  const path = "/chat.v1.LLMService/Generate";
+  const hi = toBinary(GenerateRequestSchema, create(GenerateRequestSchema, { text: "hi" }));
+  const post = (baseUrl: string, headers: Record<string, string>, body: Uint8Array | string) =>
+    fetch(`${baseUrl}${path}`, { method: "POST", headers, body });
+
+  it("serves a call whose deadline is farther than a Node timer can wait (~24.8 days) as one without", async () => {
+    const baseUrl = await start(300);
+    // gRPC over HTTP/2 and Connect JSON reach the router; Connect binary over HTTP/1.1 the lean path.
+    expect(await rawGrpc(baseUrl, path, hi, { "grpc-timeout": "99999999S" })).toBe("0");
+    const far = { "connect-timeout-ms": "9999999999" };
+    const json = await post(
+      baseUrl,
+      { "content-type": "application/json", ...far },
+      '{"text":"hi"}',
+    );
+    expect([json.status, await json.json()]).toMatchObject([200, { reply: "Echo: hi" }]);
+    const binary = await post(baseUrl, { "content-type": "application/proto", ...far }, hi);
+    expect(binary.status).toBe(200);
+    const reply = fromBinary(GenerateResponseSchema, new Uint8Array(await binary.arrayBuffer()));
+    expect(reply.reply).toBe("Echo: hi");
+    // A near deadline still ends the call.
+    expect(await rawGrpc(baseUrl, path, hi, { "grpc-timeout": "50m" })).toBe("4");
+  });
+
+  it("decompresses a gzip Connect binary call over HTTP/1.1, and refuses an unknown coding, as over HTTP/2", async () => {
+    const baseUrl = await start();
+    const proto = { "content-type": "application/proto" };
+    const gzip = await post(baseUrl, { ...proto, "content-encoding": "gzip" }, gzipSync(hi));
+    expect(gzip.status).toBe(200);
+    const reply = fromBinary(GenerateResponseSchema, new Uint8Array(await gzip.arrayBuffer()));
+    expect(reply.reply).toBe("Echo: hi");
+    const snappy = await post(baseUrl, { ...proto, "content-encoding": "snappy" }, hi);
+    expect([snappy.status, ((await snappy.json()) as { code: string }).code]).toEqual([
+      501,
+      "unimplemented",
+    ]);
+  });
+
+  it("refuses a malformed connect-timeout-ms on the lean path as the router does", async () => {
+    const baseUrl = await start();
+    for (const timeout of ["abc", "-5", "1.5", "12345678901"]) {
+      const res = await post(
+        baseUrl,
+        { "content-type": "application/proto", "connect-timeout-ms": timeout },
+        hi,
+      );
+      expect([timeout, res.status]).toEqual([timeout, 400]);
     }
   });
 });
