@@ -25,12 +25,16 @@ interface DayState {
 }
 
 /**
- * The key of a user's charge: the two ids with a NUL between them, as one
- * flat string. A template literal would make a rope of the two (V8's
- * ConsString) that the map keeps beside its flattened copy, ~50 bytes more
- * per charge.
+ * The key of a user's charge: the user id's length, a colon, then the two
+ * ids, as one flat string. The length says where the user id ends, so no two
+ * (user, charge) pairs share a key, whatever characters the ids hold (with a
+ * NUL between them, user "a\0b" with charge "c" was user "a" with charge
+ * "b\0c": one could refund the other's charge). A template literal would make
+ * a rope of the parts (V8's ConsString) that the map keeps beside its
+ * flattened copy, ~50 bytes more per charge.
  */
-const chargeKey = (userId: string, chargeId: string) => [userId, chargeId].join("\u0000");
+const chargeKey = (userId: string, chargeId: string) =>
+  [userId.length, ":", userId, chargeId].join("");
 
 /**
  * The embedded quota store: counters in this process's memory. Exact for one

@@ -77,6 +77,33 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       }
     });
 
+    it("keeps charges apart whatever their ids contain: one user cannot refund another's", async () => {
+      const store = await fresh();
+      // Split differently, the same characters: user "a" with charge "\0b\0c", user "a\0b" with "\0c".
+      const pairs = [
+        ["a", "\u0000b\u0000c"],
+        ["a\u0000b", "\u0000c"],
+        ["a\u0000b\u0000", "c"],
+        ["1:a", "b"],
+        ["1", ":ab"],
+      ] as const;
+      for (const [userId, chargeId] of pairs) {
+        expect(await charge(store, userId, chargeId)).toEqual({ allowed: true, used: 50 });
+      }
+      expect(
+        await store.refund({ userId: "a", chargeId: "\u0000b\u0000c", window: today }),
+      ).toEqual({ refunded: 50, used: 0 });
+      for (const [userId, chargeId] of pairs.slice(1)) {
+        expect(await store.get({ userId, window: today })).toBe(50);
+        // Each charge is still its own user's: a retry charges nothing more, a refund gives it back.
+        expect(await charge(store, userId, chargeId)).toEqual({ allowed: true, used: 50 });
+        expect(await store.refund({ userId, chargeId, window: today })).toEqual({
+          refunded: 50,
+          used: 0,
+        });
+      }
+    });
+
     it("starts every UTC day afresh, leaving the day before as it was", async () => {
       const store = await fresh();
       for (let i = 0; i < 4; i++) await charge(store, "u1");
