@@ -10,6 +10,7 @@ import {
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import type { FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
+import { file_chat_v1_errors } from "../../gen/chat/v1/errors_pb.js";
 import type { ServiceConfig } from "./config.js";
 import { createDualProtocolServer, type DualHandler } from "./dual-protocol-server.js";
 import {
@@ -124,7 +125,13 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     const recording = recordServices(router, fastMethods, replays);
     options.routes(recording);
     const services = [...new Set(router.handlers.map((h) => h.service))];
-    const files: DescFile[] = [...new Set(services.map((s) => s.file)), Health.file];
+    // errors.proto too: no service's file imports it, but its messages are
+    // the typed details of their errors, which a client then can decode.
+    const files: DescFile[] = [
+      ...new Set(services.map((s) => s.file)),
+      file_chat_v1_errors,
+      Health.file,
+    ];
     recording.service(
       Health,
       createHealthService({

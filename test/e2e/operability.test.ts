@@ -83,6 +83,28 @@ describe("buf curl without a schema (server reflection)", () => {
     expect(alpha.stdout).toContain(path.split("/")[0]);
   });
 
+  it.each([
+    ["filter", "chat.v1.FilterRejection"],
+    ["token", "chat.v1.QuotaExceeded"],
+  ] as const)(
+    "serves the %s service's error details (%s) by reflection, for clients to decode them",
+    async (name, symbol) => {
+      const { stdout } = await run(buf, [
+        "curl",
+        "--http2-prior-knowledge",
+        "-d",
+        JSON.stringify({ fileContainingSymbol: symbol }),
+        `http://127.0.0.1:${stack.ports[name]}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo`,
+      ]);
+      const [file] = (
+        JSON.parse(stdout) as { fileDescriptorResponse: { fileDescriptorProto: string[] } }
+      ).fileDescriptorResponse.fileDescriptorProto;
+      expect(Buffer.from(file as string, "base64").toString("latin1")).toContain(
+        "chat/v1/errors.proto",
+      );
+    },
+  );
+
   it.each(["filter", "llm", "token"] as const)(
     "says SERVING for grpc.health.v1.Health/Check on %s",
     async (name) => {
