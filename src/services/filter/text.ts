@@ -5,9 +5,14 @@
 // biome-ignore lint/complexity/useRegexLiterals: the v flag (set subtraction) is newer than the compile target
 const foldableSpace = new RegExp("\\p{White_Space}{2,}|[\\p{White_Space}--[ ]]", "gv");
 // Default-ignorable code points (zero-width spaces and joiners, soft hyphen,
-// variation selectors…) and format characters hide a term without changing
+// variation selectors…), format characters and control characters other
+// than white space (NUL, DEL, the C1 controls…) hide a term without changing
 // how it looks.
-const invisible = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu;
+// biome-ignore lint/complexity/useRegexLiterals: the v flag (set subtraction) is newer than the compile target
+const invisible = new RegExp(
+  "[\\p{Default_Ignorable_Code_Point}\\p{Cf}[\\p{Cc}--\\p{White_Space}]]",
+  "gv",
+);
 // Anything outside ASCII takes the Unicode passes.
 const nonAscii = /[^\p{ASCII}]/u;
 
@@ -24,7 +29,7 @@ let invisibleUnits: Uint8Array | undefined;
 /** 1 for each BMP code unit the invisible pattern matches, and for surrogates. */
 function invisibleTable(): Uint8Array {
   const table = new Uint8Array(65_536);
-  const one = new RegExp(invisible.source, "u");
+  const one = new RegExp(invisible.source, "v");
   for (let unit = 0; unit < 65_536; unit++) {
     const surrogate = unit >= 0xd800 && unit <= 0xdfff;
     if (surrogate || one.test(String.fromCharCode(unit))) table[unit] = 1;
@@ -104,10 +109,12 @@ const isFolded = (folded: string): boolean =>
  * for a text and for its normalised form.
  */
 export function normalizeForMatch(text: string): string {
-  // ASCII has no invisible or compatibility characters and folds by lower
-  // case alone, in one round: skip the Unicode passes for it.
-  if (!nonAscii.test(text)) return cleanText(text.toLowerCase());
-  let current = foldOnce(text);
+  // Control characters can be ASCII, which the rounds below leave as it is.
+  const visible = withoutInvisible(text);
+  // ASCII has no compatibility characters and folds by lower case alone, in
+  // one round: skip the Unicode passes for it.
+  if (!nonAscii.test(visible)) return cleanText(visible.toLowerCase());
+  let current = foldOnce(visible);
   // Text already in the form needs no second round to show it.
   if (current === text) return current;
   for (let round = 1; round < maxFoldRounds && !isFolded(current); round++) {

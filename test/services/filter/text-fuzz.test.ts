@@ -19,6 +19,7 @@ const text = fc.oneof(
     unit: fc.constantFrom(
       ..." \t\n\r\u00a0\u1680\u2000\u2028\u2029\u202f\u205f\u3000\u0085\u180e",
       ..."\u200b\u200c\u200d\u2060\ufeff\u00ad\u034f\ufe0f\u200e\u061c",
+      ..."\u0000\u0001\u001f\u007f\u0090\u009f",
       ..."ﬀﬁﬃſẞßİıǅǄΣςσ\u0345ᾼ℃№™ⓕ𝐟ｆＯ①½ﾟ゙\u0301\u0308\u0307",
       "a",
       "o",
@@ -33,7 +34,11 @@ const text = fc.oneof(
  * the faster `cleanText` and `normalizeForMatch` must give it.
  */
 const spaceRun = /\p{White_Space}+/gu;
-const hidden = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu;
+// biome-ignore lint/complexity/useRegexLiterals: the v flag (set subtraction) is newer than the compile target
+const hidden = new RegExp(
+  "[\\p{Default_Ignorable_Code_Point}\\p{Cf}[\\p{Cc}--\\p{White_Space}]]",
+  "gv",
+);
 const definedClean = (text: string) => text.replace(spaceRun, " ").trim();
 const definedFoldOnce = (text: string) =>
   definedClean(

@@ -29,6 +29,14 @@ describe("normalizeForMatch", () => {
     expect(normalizeForMatch("f\u00ADo\u2060o")).toBe("foo");
     expect(normalizeForMatch("Straße")).toBe("strasse");
   });
+
+  it("drops control characters, ASCII or not, but folds those that are white space", () => {
+    for (const control of ["\u0000", "\u0001", "\u001f", "\u007f", "\u0090", "\u009f"]) {
+      expect(normalizeForMatch(`f${control}oo`)).toBe("foo");
+      expect(normalizeForMatch(`Ｆ${control}oo`)).toBe("foo");
+    }
+    expect(normalizeForMatch("a\tb\u0085c\u000bd")).toBe("a b c d");
+  });
 });
 
 describe("createTermMatcher", () => {
@@ -41,6 +49,8 @@ describe("createTermMatcher", () => {
     "f\u200Boo",
     "a bad word here",
     "BAD\u3000WORD",
+    "f\u0000oo",
+    "x f\u007fo\u0090o",
   ])("blocks %j", (text) => {
     expect(matcher.matches(text)).toBe(true);
   });
