@@ -16,7 +16,7 @@ import { type HttpError, httpErrorFromFastify } from "./errors.js";
 import { registerHistory } from "./history.js";
 import { registerOpenAiApi } from "./openai/routes.js";
 import { registerChatPage } from "./page.js";
-import { registerProtection } from "./protection.js";
+import { createClientErrorHandler, registerProtection } from "./protection.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
@@ -76,6 +76,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       bodyLimit: config.maxBodyBytes,
       requestIdHeader: false,
       genReqId: () => newRequestId(),
+      clientErrorHandler: createClientErrorHandler(newRequestId),
       // Node's own default is 300 s, and Fastify turns it off (0): a client
       // sending a byte now and then would hold its connection for ever.
       requestTimeout: config.requestTimeoutMs,

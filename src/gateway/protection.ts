@@ -1,4 +1,5 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
 import rateLimit from "@fastify/rate-limit";
 import type { FastifyInstance } from "fastify";
 import helmet from "helmet";
@@ -86,6 +87,39 @@ export function apiHeaders(): Readonly<Record<string, string>> {
     "x-frame-options": "DENY",
     "strict-transport-security": hsts,
     "cache-control": "no-store",
+  };
+}
+
+/** What Node's HTTP parser refuses before Fastify sees a request: status and the gateway's words. */
+function clientErrorAnswer(code: string | undefined): [number, string] {
+  if (code === "ERR_HTTP_REQUEST_TIMEOUT") return [408, "request timeout"];
+  if (code === "HPE_HEADER_OVERFLOW") return [431, "request headers too large"];
+  return [400, "bad request"];
+}
+
+/**
+ * Answers a request Node's HTTP parser refused (a malformed request line or
+ * header, headers over the size limit, a request slower than
+ * REQUEST_TIMEOUT_MS) as the gateway answers every error: a JSON
+ * `{"error": …}` body, an `x-request-id`, the API's security headers; then
+ * closes the connection, as Node does. Fastify's own answer had none of these.
+ */
+export function createClientErrorHandler(
+  newRequestId: () => string,
+): (err: Error & { code?: string }, socket: Duplex) => void {
+  const headers = Object.entries(apiHeaders())
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join("");
+  return (err, socket) => {
+    if (err.code === "ECONNRESET" || socket.destroyed) return;
+    if (socket.writable) {
+      const [status, words] = clientErrorAnswer(err.code);
+      const body = JSON.stringify({ error: words });
+      socket.write(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${newRequestId()}\r\n${headers}connection: close\r\n\r\n${body}`,
+      );
+    }
+    socket.destroy(err);
   };
 }
 

@@ -1,3 +1,4 @@
+import net from "node:net";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildGateway } from "../../src/gateway/app.js";
@@ -307,4 +308,52 @@ describe("the OpenAI-compatible API with API keys", () => {
     expect(anonymous.json()).toMatchObject({ error: { message: expect.any(String) } });
     expect((await get("/quota", bobKey)).json()).toMatchObject({ used: 0 });
   });
+});
+
+/** Sends raw bytes to the gateway; resolves with all it answered before closing. */
+async function raw(bytes: string): Promise<{ head: string; body: string }> {
+  const address = await app.listen({ host: "127.0.0.1", port: 0 });
+  const port = Number(new URL(address).port);
+  return new Promise((resolve, reject) => {
+    let answer = "";
+    const socket = net.connect(port, "127.0.0.1", () => socket.end(bytes));
+    socket.on("data", (chunk) => {
+      answer += chunk.toString("latin1");
+    });
+    socket.on("error", reject);
+    socket.on("close", () => {
+      const [head = "", body = ""] = answer.split("\r\n\r\n");
+      resolve({ head, body });
+    });
+  });
+}
+
+describe("requests Node's HTTP parser refuses", () => {
+  it.each([
+    ["a garbage request line", "NOT HTTP AT ALL\r\n\r\n", "400 Bad Request", "bad request"],
+    [
+      "a malformed header",
+      "GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+      "400 Bad Request",
+      "bad request",
+    ],
+    [
+      "headers over Node's size limit",
+      `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`,
+      "431 Request Header Fields Too Large",
+      "request headers too large",
+    ],
+  ])(
+    "answers %s in the gateway's shape, with a request id and the API headers",
+    async (_case, bytes, status, words) => {
+      await gateway();
+      const { head, body } = await raw(bytes);
+      expect(head.split("\r\n")[0]).toBe(`HTTP/1.1 ${status}`);
+      expect(JSON.parse(body)).toEqual({ error: words });
+      expect(head).toMatch(/^x-request-id: [0-9a-f-]{36}$/m);
+      expect(head).toContain("content-security-policy: default-src 'none'; frame-ancestors 'none'");
+      expect(head).toContain("x-content-type-options: nosniff");
+      expect(head).toContain("connection: close");
+    },
+  );
 });
