@@ -1,8 +1,7 @@
-import type { Socket } from "node:net";
 import type { FastifyError, FastifyInstance } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
-import { closeIfSilent, requestTimeoutOptions } from "../lib/dual-protocol-server.js";
+import { requestTimeoutOptions } from "../lib/dual-protocol-server.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
 import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
@@ -96,7 +95,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     if (status === 500) req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
     return reply.code(status).send(body);
   });
-  app.server.on("connection", (socket: Socket) => closeIfSilent(socket, config.requestTimeoutMs));
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
   await registerProtection(app, {
     rateLimitPerMinute: config.rateLimitPerMinute,

@@ -51,9 +51,9 @@ export interface DualProtocolServerOptions {
 }
 
 /**
- * Node's options for an http1 server: the request
- * timeout (headers included), checked every 5 s at most, so a client that
- * sends a byte now and then cannot hold a connection for ever.
+ * Node's options for an http1 server: the request timeout (headers
+ * included), checked every 5 s at most, so a client that sends a byte now
+ * and then, or nothing at all, cannot hold a connection for ever.
  */
 export function requestTimeoutOptions(requestTimeoutMs = 30_000): http.ServerOptions {
   return {
@@ -66,7 +66,7 @@ export function requestTimeoutOptions(requestTimeoutMs = 30_000): http.ServerOpt
 const preface = Buffer.from("PRI * HTTP/2.0");
 
 /** Destroys `socket` unless its first byte comes within `timeoutMs`: a silent connection is not kept for ever. */
-export function closeIfSilent(socket: net.Socket, timeoutMs: number): void {
+function closeIfSilent(socket: net.Socket, timeoutMs: number): void {
   socket.setTimeout(timeoutMs, () => socket.destroy());
   socket.once("data", () => socket.setTimeout(0));
 }
