@@ -6,11 +6,10 @@ import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { buildGateway } from "../../src/gateway/app.js";
-import { loadGatewayConfig, loadLlmConfig } from "../../src/lib/config.js";
+import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
-import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
-import { createLlmService } from "../../src/services/llm/llm-service.js";
+import { startEchoLlmService } from "../fixtures/rpc.js";
 import { createInProcessUpstreams } from "../fixtures/upstreams.js";
 
 const env = { REQUEST_TIMEOUT_MS: "600" };
@@ -23,15 +22,9 @@ afterEach(async () => {
 const portOf = (a: FastifyInstance) => (a.server.address() as AddressInfo).port;
 
 async function llmService(delayMs = 0): Promise<number> {
-  app = await createRpcServer({
-    name: "llm",
-    config: loadLlmConfig(env),
-    logger: createLogger("llm", "silent"),
-    routes: (router) =>
-      router.service(LLMService, createLlmService({ backend: createEchoBackend({ delayMs }) })),
-  });
-  await app.listen({ host: "127.0.0.1", port: 0 });
-  return portOf(app);
+  const started = await startEchoLlmService(delayMs, env);
+  app = started.app;
+  return started.port;
 }
 
 async function gateway(llmDelayMs = 0): Promise<number> {

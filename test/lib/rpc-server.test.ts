@@ -1,6 +1,5 @@
 import http from "node:http";
 import http2 from "node:http2";
-import type { AddressInfo } from "node:net";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
@@ -12,11 +11,7 @@ import {
   GenerateResponseSchema,
   LLMService,
 } from "../../gen/chat/v1/llm_pb.js";
-import { loadLlmConfig } from "../../src/lib/config.js";
-import { createLogger } from "../../src/lib/logger.js";
-import { createRpcServer } from "../../src/lib/rpc-server.js";
-import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
-import { createLlmService } from "../../src/services/llm/llm-service.js";
+import { startEchoLlmService } from "../fixtures/rpc.js";
 
 let app: FastifyInstance | undefined;
 afterEach(async () => {
@@ -25,15 +20,9 @@ afterEach(async () => {
 });
 
 async function start(delayMs = 0, env: Record<string, string> = {}): Promise<string> {
-  app = await createRpcServer({
-    name: "llm",
-    config: loadLlmConfig(env),
-    logger: createLogger("llm", "silent"),
-    routes: (router) =>
-      router.service(LLMService, createLlmService({ backend: createEchoBackend({ delayMs }) })),
-  });
-  await app.listen({ host: "127.0.0.1", port: 0 });
-  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  const started = await startEchoLlmService(delayMs, env);
+  app = started.app;
+  return `http://127.0.0.1:${started.port}`;
 }
 
 describe("the RPC server bootstrap", () => {
