@@ -379,7 +379,7 @@ function traceHeaders(get: (name: string) => string | undefined): Headers {
  * The longest a Node timer waits (2³¹ − 1 ms, ~24.8 days): a longer one fires
  * at once. A deadline farther away than that is served as no deadline.
  */
-export const maxTimerMs = 2_147_483_647;
+const maxTimerMs = 2_147_483_647;
 
 /** A valid `connect-timeout-ms` (the Connect protocol's 1–10 digits), or absent. */
 const connectTimeout = /^[0-9]{1,10}$/;
