@@ -41,9 +41,9 @@ const chargeKey = (userId: string, chargeId: string) =>
  * token process (Node runs each charge to completion); replicas need the Redis
  * store. When a new day is seen, every day but it and the one before is
  * dropped (the day before stays for refunds across midnight), so memory holds
- * at most two days of users. Each charge id is kept for its day (a retry is
- * charged once, whenever it comes) in about 100 bytes: a string key and a
- * number.
+ * at most two days of users. Each charge id is kept for its day and the next
+ * (a retry is charged once, whenever it comes) in about 100 bytes: a string
+ * key and a number.
  */
 export function createMemoryQuotaStore(): QuotaStore {
   const days = new Map<string, DayState>();
@@ -59,7 +59,7 @@ export function createMemoryQuotaStore(): QuotaStore {
     return state;
   };
   /** A charge in the window given or the one before (for calls just after midnight). */
-  const findCharge = (input: RefundInput) => {
+  const findCharge = (input: RefundInput | ChargeInput) => {
     const key = chargeKey(input.userId, input.chargeId);
     for (const window of [input.window, previousWindow(input.window)]) {
       const state = days.get(window.day);
@@ -73,11 +73,9 @@ export function createMemoryQuotaStore(): QuotaStore {
     async charge(input: ChargeInput): Promise<ChargeResult> {
       const state = dayState(input);
       const used = state.used.get(input.userId) ?? 0;
-      if (input.chargeId !== "") {
-        const seen = state.charges.get(chargeKey(input.userId, input.chargeId));
-        // A charge id is charged at most once, whatever became of it since.
-        if (seen !== undefined) return { allowed: true, used };
-      }
+      // A charge id is charged at most once, whatever became of it since,
+      // also when its retry comes just after midnight.
+      if (input.chargeId !== "" && findCharge(input) !== undefined) return { allowed: true, used };
       if (used + input.cost > input.limit) return { allowed: false, used };
       state.used.set(input.userId, used + input.cost);
       if (input.chargeId !== "") {

@@ -5,7 +5,10 @@ export interface ChargeInput {
   readonly window: QuotaWindow;
   readonly cost: number;
   readonly limit: number;
-  /** Non-empty: the charge is recorded so that it can be refunded, and a retry charges once. */
+  /**
+   * Non-empty: the charge is recorded so that it can be refunded, and a retry
+   * charges once (also a retry just after midnight of a charge made before).
+   */
   readonly chargeId: string;
 }
 
@@ -58,8 +61,8 @@ export interface PeekInput {
 /**
  * Where quota counters live. Every implementation makes `charge` atomic: two
  * concurrent charges can never both fit in the room left for one. A charge id
- * is charged at most once per window, and refunded at most once, only to the
- * user it was charged to.
+ * is charged at most once (a retry finds it in its window or the one after),
+ * and refunded at most once, only to the user it was charged to.
  */
 export interface QuotaStore {
   charge(input: ChargeInput): Promise<ChargeResult>;

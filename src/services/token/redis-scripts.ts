@@ -10,14 +10,16 @@
  */
 
 /**
- * KEYS[1] the user's counter of the day, KEYS[2] the charge's record.
- * ARGV[1] cost, ARGV[2] limit, ARGV[3] expiry (unix seconds), ARGV[4] "1"
- * when there is a charge id. Returns {allowed (0/1), used}.
+ * KEYS[1] the user's counter of the day, KEYS[2] the charge's record,
+ * KEYS[3] its record in the day before (a retry just after midnight of a
+ * charge made before it is not charged again). ARGV[1] cost, ARGV[2] limit,
+ * ARGV[3] expiry (unix seconds), ARGV[4] "1" when there is a charge id.
+ * Returns {allowed (0/1), used}.
  */
 export const chargeScript = `
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local recorded = ARGV[4] == '1'
-if recorded and redis.call('EXISTS', KEYS[2]) == 1 then
+if recorded and redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
   return {1, used}
 end
 local cost = tonumber(ARGV[1])

@@ -70,7 +70,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
     connectTimeout: 2_000,
     retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
     scripts: {
-      quotaCharge: { lua: chargeScript, numberOfKeys: 2 },
+      quotaCharge: { lua: chargeScript, numberOfKeys: 3 },
       quotaRefund: { lua: refundScript, numberOfKeys: 4 },
       quotaSettle: { lua: settleScript, numberOfKeys: 4 },
     },
@@ -103,10 +103,12 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
   return {
     async charge(input: ChargeInput): Promise<ChargeResult> {
       const keys = quotaKeys(prefix, input.userId, input.window);
+      const before = quotaKeys(prefix, input.userId, previousWindow(input.window));
       const [allowed, used] = await run(() =>
         scripts.quotaCharge(
           keys.counter,
           keys.charge(input.chargeId),
+          before.charge(input.chargeId),
           input.cost,
           input.limit,
           expireAt(input.window),

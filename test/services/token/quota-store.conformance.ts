@@ -162,6 +162,28 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
     });
 
+    it("charges nothing for a retry after midnight of a charge made before it", async () => {
+      const store = await fresh();
+      await charge(store, "u1", "late", today);
+      await charge(store, "u1", "early", tomorrow, 30);
+      // The retry answers with the new day's count, which it left as it was.
+      expect(await charge(store, "u1", "late", tomorrow)).toEqual({ allowed: true, used: 30 });
+      expect(await store.get({ userId: "u1", window: tomorrow })).toBe(30);
+      expect(await store.get({ userId: "u1", window: today })).toBe(50);
+      // The one charge there is is refunded once, in its own day.
+      expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
+        refunded: 50,
+        used: 0,
+      });
+      expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
+        refunded: 0,
+        used: 0,
+      });
+      expect(await store.get({ userId: "u1", window: tomorrow })).toBe(30);
+      // Another user's charge of the same id the day before is not this user's.
+      expect(await charge(store, "u2", "late", tomorrow)).toEqual({ allowed: true, used: 50 });
+    });
+
     it("settles a charge to its real cost: gives back the difference or charges the extra", async () => {
       const store = await fresh();
       const settle = (chargeId: string, cost: number, window = today) =>
