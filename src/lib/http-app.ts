@@ -8,7 +8,7 @@ import {
 } from "fastify";
 import type { Registry } from "prom-client";
 import type { Logger } from "./logger.js";
-import { registerHttpMetrics } from "./metrics.js";
+import { clientClosedStatus, registerHttpMetrics } from "./metrics.js";
 import { type ReadyCheck, registerHealthRoutes } from "./readiness.js";
 import { continueTrace, type TraceContext, traceLogFields } from "./trace.js";
 
@@ -16,6 +16,8 @@ declare module "fastify" {
   interface FastifyRequest {
     /** The request's trace context: continued from `traceparent`, or new. */
     trace: TraceContext;
+    /** When the request came (performance.now()). */
+    startedAt: number;
   }
 }
 
@@ -33,7 +35,8 @@ export interface HttpAppOptions {
  * A Fastify app with what every process has: the process's pino logger and
  * one log line per request (route, status, duration, trace id) instead of
  * Fastify's two, a trace context per request, `GET /healthz`, `GET /readyz`
- * and `GET /metrics` with HTTP request metrics.
+ * and `GET /metrics` with HTTP request metrics. A request whose client went
+ * away before its answer is logged and counted with status 499.
  */
 export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   const app = fastify({
@@ -42,14 +45,16 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
   }) as unknown as FastifyInstance;
   app.decorateRequest("trace", undefined as unknown as TraceContext);
+  app.decorateRequest("startedAt", 0);
   app.addHook("onRequest", async (req) => {
+    req.startedAt = performance.now();
     const traceparent = req.headers.traceparent;
     req.trace = continueTrace(
       typeof traceparent === "string" ? traceparent : undefined,
       options.requestId(req),
     );
   });
-  app.addHook("onResponse", async (req, reply) => {
+  const logRequest = (req: FastifyRequest, status: number, ms: number) => {
     // The line's fields cost more than a request's share of CPU: built only when written.
     if (!options.logger.isLevelEnabled("info")) return;
     req.log.info(
@@ -57,11 +62,22 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
         ...traceLogFields(req.trace),
         method: req.method,
         route: req.routeOptions.url ?? "unmatched",
-        status: reply.statusCode,
-        ms: Math.round(reply.elapsedTime * 10) / 10,
+        status,
+        ms: Math.round(ms * 10) / 10,
       },
       "request",
     );
+  };
+  app.addHook("onResponse", async (req, reply) => {
+    if (!req.raw.aborted) logRequest(req, reply.statusCode, reply.elapsedTime);
+  });
+  const countRequest = registerHttpMetrics(app, options.registry);
+  // The client went away before its answer: logged and counted as 499 then,
+  // as onResponse never runs for an HTTP/1.1 response that cannot finish.
+  app.addHook("onRequestAbort", async (req) => {
+    const ms = performance.now() - req.startedAt;
+    logRequest(req, clientClosedStatus, ms);
+    countRequest(req, clientClosedStatus, ms);
   });
   // While draining, an HTTP/1.1 connection closes after its response, so a
   // keep-alive client cannot hold the process open until its idle timeout.
@@ -73,6 +89,5 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     if (draining && req.raw.httpVersionMajor === 1) reply.header("connection", "close");
   });
   registerHealthRoutes(app, options.readyChecks);
-  registerHttpMetrics(app, options.registry);
   return app;
 }

@@ -1,5 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
 import { collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
 
 /** Latency buckets in seconds: sub-millisecond hops up to slow model calls. */
@@ -343,10 +343,22 @@ export function createRpcMetricsInterceptor(
 }
 
 /**
- * Serves `GET /metrics` and counts every HTTP request by method, route
- * template (never the raw URL, so label values stay bounded) and status.
+ * The status a request is counted and logged with when its client went away
+ * before the answer was sent (nginx's "client closed request").
  */
-export function registerHttpMetrics(app: FastifyInstance, registry: Registry): void {
+export const clientClosedStatus = 499;
+
+/** Counts one request: its status (or clientClosedStatus) and how long it took. */
+export type CountRequest = (req: FastifyRequest, status: number, elapsedMs: number) => void;
+
+/**
+ * Serves `GET /metrics` and counts every HTTP request that was answered by
+ * method, route template (never the raw URL, so label values stay bounded)
+ * and status. Returns the counting, for requests whose client went away
+ * before their answer (a response that never finishes: onResponse does not
+ * run for it).
+ */
+export function registerHttpMetrics(app: FastifyInstance, registry: Registry): CountRequest {
   const requests = counter(registry, "http_requests_total", "HTTP requests, by route and status", [
     "method",
     "route",
@@ -358,21 +370,26 @@ export function registerHttpMetrics(app: FastifyInstance, registry: Registry): v
     "status",
   ]);
   const children = new Map<string, { requests: CounterChild; seconds: HistogramChild }>();
-  app.addHook("onResponse", async (req, reply) => {
+  const count: CountRequest = (req, status, elapsedMs) => {
     const route = req.routeOptions.url ?? "unmatched";
-    const key = `${req.method} ${route} ${reply.statusCode}`;
+    const key = `${req.method} ${route} ${status}`;
     let metrics = children.get(key);
     if (metrics === undefined) {
-      const labels = { method: req.method, route, status: String(reply.statusCode) };
+      const labels = { method: req.method, route, status: String(status) };
       metrics = { requests: requests.child(labels), seconds: seconds.child(labels) };
       children.set(key, metrics);
     }
     metrics.requests.inc();
-    metrics.seconds.observe(reply.elapsedTime / 1000);
+    metrics.seconds.observe(elapsedMs / 1000);
+  };
+  app.addHook("onResponse", async (req, reply) => {
+    // A request its client gave up on is counted when that happens.
+    if (!req.raw.aborted) count(req, reply.statusCode, reply.elapsedTime);
   });
   app.get("/metrics", async (_req, reply) =>
     reply.type(registry.contentType).send(await registry.metrics()),
   );
+  return count;
 }
 
 /**

@@ -1,0 +1,107 @@
+import http from "node:http";
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import { Registry } from "prom-client";
+import { afterEach, describe, expect, it } from "vitest";
+import { createHttpApp } from "../../src/lib/http-app.js";
+
+/** An app with a slow route and a hijacked stream, its log lines kept in memory. */
+async function startApp() {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino(
+    { level: "info" },
+    new Writable({
+      write(chunk, _enc, done) {
+        lines.push(JSON.parse(String(chunk)));
+        done();
+      },
+    }),
+  );
+  const app = createHttpApp({ logger, registry: new Registry(), requestId: () => undefined });
+  let arrived = () => {};
+  const arrival = () => new Promise<void>((resolve) => (arrived = resolve));
+  let release = () => {};
+  const released = () => new Promise<void>((resolve) => (release = resolve));
+  app.get("/slow", async () => {
+    const wait = released();
+    arrived();
+    await wait;
+    return { ok: true };
+  });
+  app.get("/stream", async (_req, reply) => {
+    reply.hijack();
+    reply.raw.writeHead(200, { "content-type": "text/event-stream" });
+    reply.raw.write("data: 1\n\n");
+    const wait = released();
+    arrived();
+    await wait;
+    if (!reply.raw.destroyed) reply.raw.end("data: 2\n\n");
+  });
+  await app.listen({ port: 0, host: "127.0.0.1" });
+  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+  return { app, base, lines, arrival, release: () => release() };
+}
+
+let running: Awaited<ReturnType<typeof startApp>> | undefined;
+afterEach(async () => {
+  await running?.app.close();
+  running = undefined;
+});
+
+/** GET over HTTP/1.1; the client goes away once the handler has the request. */
+function getThenGoAway(url: string, handled: Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false });
+    req.on("error", () => {});
+    void handled.then(() => {
+      req.destroy();
+      resolve();
+    });
+  });
+}
+
+const requestsTotal = async (base: string, route: string) => {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const counts: Record<string, number> = {};
+  for (const line of text.split("\n")) {
+    const match = line.match(/^http_requests_total\{(.*)\} (\d+)$/);
+    if (match?.[1]?.includes(`route="${route}"`)) {
+      counts[match[1].match(/status="(\d+)"/)?.[1] ?? "?"] = Number(match[2]);
+    }
+  }
+  return counts;
+};
+
+const until = async (check: () => boolean) => {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+};
+
+describe("createHttpApp: requests whose client went away", () => {
+  it.each(["/slow", "/stream"])("%s is counted and logged once, as 499", async (route) => {
+    running = await startApp();
+    const { base, lines, arrival, release } = running;
+    const handled = arrival();
+    await getThenGoAway(`${base}${route}`, handled);
+    await until(() => lines.some((l) => l.route === route));
+    release();
+    // Answered once the client is gone: nothing more is counted or logged.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await requestsTotal(base, route)).toEqual({ "499": 1 });
+    const logged = lines.filter((l) => l.route === route);
+    expect(logged).toHaveLength(1);
+    expect(logged[0]).toMatchObject({ msg: "request", method: "GET", status: 499 });
+    expect(logged[0]?.ms).toBeGreaterThanOrEqual(0);
+    expect(logged[0]?.trace_id).toMatch(/^[0-9a-f]{32}$/);
+  });
+
+  it("counts an answered request once, with its status", async () => {
+    running = await startApp();
+    const { base, lines, arrival, release } = running;
+    void arrival().then(release);
+    const res = await fetch(`${base}/slow`);
+    expect([res.status, await res.json()]).toEqual([200, { ok: true }]);
+    await until(() => lines.some((l) => l.route === "/slow"));
+    expect(await requestsTotal(base, "/slow")).toEqual({ "200": 1 });
+    expect(lines.filter((l) => l.route === "/slow").map((l) => l.status)).toEqual([200]);
+  });
+});
