@@ -14,17 +14,40 @@ export interface ServeOptions extends ListenOptions {
   readonly shutdownTimeoutMs: number;
 }
 
-/** Listens on host:port; a taken port stops the start with one line naming its variable. */
+/**
+ * What a failed listen says about the configuration, as one line naming the
+ * variable to change; undefined for any other failure.
+ */
+function listenProblem(err: unknown, options: ListenOptions): string | undefined {
+  const { host, port, portEnv } = options;
+  switch ((err as NodeJS.ErrnoException).code) {
+    case "EADDRINUSE":
+      return `port ${port} on ${host} is already in use (set ${portEnv} to move it)`;
+    case "EACCES":
+      return `port ${port} on ${host} needs privileges this process lacks (set ${portEnv} to a port from 1024)`;
+    case "EADDRNOTAVAIL":
+      return `HOST ${host} is not an address of this machine (set HOST to one, or 0.0.0.0 for all)`;
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+    case "EAI_FAIL":
+    case "EAI_NODATA":
+      return `HOST ${host} cannot be resolved to an address (set HOST to an address or a known name)`;
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Listens on host:port; a taken or forbidden port or an unusable HOST stops
+ * the start with one line naming the variable to change.
+ */
 export async function listen(app: FastifyInstance, options: ListenOptions): Promise<void> {
-  const { host, port, portEnv, logger } = options;
+  const { host, port, logger } = options;
   try {
     await app.listen({ host, port });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") {
-      throw new ConfigError(
-        `port ${port} on ${host} is already in use (set ${portEnv} to move it)`,
-      );
-    }
+    const problem = listenProblem(err, options);
+    if (problem !== undefined) throw new ConfigError(problem);
     throw err;
   }
   const address = app.server.address();

@@ -103,6 +103,21 @@ describe("starting a process", () => {
     }
   });
 
+  it.each([
+    [
+      "no.such.host.invalid",
+      "cannot be resolved to an address (set HOST to an address or a known name)",
+    ],
+    ["192.0.2.1", "is not an address of this machine (set HOST to one, or 0.0.0.0 for all)"],
+  ])("stops with one line naming HOST when HOST=%s cannot be bound", async (host, problem) => {
+    const run = startChatmesh(["filter"], { HOST: host, FILTER_PORT: "0" });
+    expect(await run.exited).toBe(1);
+    const lines = run.output().trim().split("\n");
+    expect(lines.at(-1)).toBe(`chatmesh filter: HOST ${host} ${problem}`);
+    // Log lines are JSON; nothing else (no stack trace) is printed.
+    expect(lines.slice(0, -1).every((line) => line.startsWith("{"))).toBe(true);
+  });
+
   it("run-all refuses a taken port with one line naming it and its variable", async () => {
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));
