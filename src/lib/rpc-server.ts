@@ -3,6 +3,7 @@ import type http from "node:http";
 import type { DescFile } from "@bufbuild/protobuf";
 import {
   type ConnectRouter,
+  createContextValues,
   createRouterTransport,
   type Interceptor,
   type Transport,
@@ -30,7 +31,7 @@ import type { ReadyCheck } from "./readiness.js";
 import { registerReflection } from "./reflection.js";
 import { createSecureDualProtocolServer } from "./secure-dual-protocol-server.js";
 import { readTlsCredentials } from "./tls.js";
-import { createTraceServerInterceptor } from "./trace.js";
+import { createTraceServerInterceptor, traceKey } from "./trace.js";
 import { useBufferUtf8Encoding } from "./utf8.js";
 
 /**
@@ -160,6 +161,9 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     readMaxBytes: config.maxRequestBytes,
     interceptors: routerInterceptors,
     shutdownSignal: shutdown.signal,
+    // The trace the request's log line has (continued from traceparent, or
+    // new): a call without traceparent logs one trace id, not two.
+    contextValues: (req) => createContextValues().set(traceKey, req.trace),
   });
   // Made on the first call of a component in the same process, which most processes never get.
   let inMemoryTransport: Transport | undefined;

@@ -13,7 +13,15 @@ export interface TraceContext {
   readonly requestId: string;
 }
 
-const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+/**
+ * A `traceparent`: version, trace id, parent id, flags. A version after 00
+ * may add fields after a dash (W3C Trace Context, "Versioning of
+ * traceparent"): they are read as far as version 00 goes. Version ff is
+ * invalid, and version 00 has nothing after its flags.
+ */
+const traceparentPattern = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+const readsAs00 = (match: RegExpExecArray) =>
+  match[1] !== "ff" && (match[1] !== "00" || match[5] === undefined);
 const requestIdPattern = /^[\w.:-]{1,128}$/;
 
 /**
@@ -95,13 +103,14 @@ export function continueTrace(
   traceparent: string | null | undefined,
   requestId: string | null | undefined,
 ): TraceContext {
-  const match = traceparent ? traceparentPattern.exec(traceparent.trim()) : null;
-  const traceId = match?.[1];
-  const valid = traceId !== undefined && !/^0+$/.test(traceId) && !/^0+$/.test(match?.[2] ?? "");
+  const found = traceparent ? traceparentPattern.exec(traceparent.trim()) : null;
+  const match = found !== null && readsAs00(found) ? found : null;
+  const traceId = match?.[2];
+  const valid = traceId !== undefined && !/^0+$/.test(traceId) && !/^0+$/.test(match?.[3] ?? "");
   return {
     traceId: valid ? traceId : randomHex(16),
     spanId: newSpanId(),
-    flags: valid ? (match?.[3] ?? "01") : "01",
+    flags: valid ? (match?.[4] ?? "01") : "01",
     requestId: requestId && requestIdPattern.test(requestId) ? requestId : newRequestId(),
   };
 }
@@ -130,17 +139,21 @@ export function traceLogFields(trace: TraceContext | undefined): Record<string, 
 }
 
 /**
- * Server side, for calls through the Connect router: reads `traceparent` and
- * `x-request-id` from the call's metadata and puts that trace context in the
- * call's context values, where the handler finds it with `traceOf(ctx)` for
- * its log lines. (The lean paths hand the invoker their trace themselves.)
+ * Server side, for calls through the Connect router: unless the server put
+ * the request's trace in the call's context values already (the HTTP
+ * server does), reads `traceparent` and `x-request-id` from the call's
+ * metadata and puts that trace context there, where the handler finds it
+ * with `traceOf(ctx)` for its log lines. (The lean paths hand the invoker
+ * their trace themselves.)
  */
 export function createTraceServerInterceptor(): Interceptor {
   return (next) => (req) => {
-    req.contextValues.set(
-      traceKey,
-      continueTrace(req.header.get("traceparent"), req.header.get("x-request-id")),
-    );
+    if (req.contextValues.get(traceKey) === undefined) {
+      req.contextValues.set(
+        traceKey,
+        continueTrace(req.header.get("traceparent"), req.header.get("x-request-id")),
+      );
+    }
     return next(req);
   };
 }

@@ -1,16 +1,21 @@
 import http from "node:http";
 import http2 from "node:http2";
+import { Writable } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
+import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   GenerateRequestSchema,
   GenerateResponseSchema,
   LLMService,
 } from "../../gen/chat/v1/llm_pb.js";
+import { loadLlmConfig } from "../../src/lib/config.js";
+import { createRpcServer } from "../../src/lib/rpc-server.js";
+import { traceOf } from "../../src/lib/trace.js";
 import { startEchoLlmService } from "../fixtures/rpc.js";
 
 let app: FastifyInstance | undefined;
@@ -186,4 +191,59 @@ describe("deadlines and encodings on every path", () => {
       expect([timeout, res.status]).toEqual([timeout, 400]);
     }
   });
+});
+
+describe("one trace per call on the router", () => {
+  /** The LLM service answering with the trace its handler sees; log lines kept in memory. */
+  async function startTracing() {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino(
+      { level: "info" },
+      new Writable({
+        write(chunk, _enc, done) {
+          lines.push(JSON.parse(String(chunk)));
+          done();
+        },
+      }),
+    );
+    app = await createRpcServer({
+      name: "llm",
+      config: loadLlmConfig({}),
+      logger,
+      routes: (router) =>
+        router.service(LLMService, {
+          generate: (_req, ctx) => {
+            const trace = traceOf(ctx);
+            return { reply: `${trace?.traceId} ${trace?.spanId} ${trace?.requestId}` };
+          },
+        }),
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const baseUrl = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+    return { baseUrl, lines };
+  }
+
+  it.each([
+    ["gRPC over HTTP/2", (baseUrl: string) => createGrpcTransport({ baseUrl })],
+    [
+      "Connect JSON over HTTP/1.1",
+      (baseUrl: string) =>
+        createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false }),
+    ],
+  ])(
+    "a call without traceparent (%s) has the trace of its request's log line",
+    async (_how, transport) => {
+      const { baseUrl, lines } = await startTracing();
+      const client = createClient(LLMService, transport(baseUrl));
+      const [traceId, spanId, requestId] = (await client.generate({ text: "hi" })).reply.split(" ");
+      expect(traceId).toMatch(/^[0-9a-f]{32}$/);
+      const logged = lines.filter((l) => l.msg === "request" && l.route !== "/healthz");
+      expect(logged).toHaveLength(1);
+      expect([logged[0]?.trace_id, logged[0]?.request_id]).toEqual([traceId, requestId]);
+      // Each call without traceparent starts a trace of its own.
+      const other = (await client.generate({ text: "again" })).reply.split(" ");
+      expect(other[0]).not.toBe(traceId);
+      expect(other[1]).not.toBe(spanId);
+    },
+  );
 });
