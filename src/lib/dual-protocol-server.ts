@@ -65,10 +65,25 @@ export function requestTimeoutOptions(requestTimeoutMs = 30_000): http.ServerOpt
 
 const preface = Buffer.from("PRI * HTTP/2.0");
 
-/** Destroys `socket` unless its first byte comes within `timeoutMs`: a silent connection is not kept for ever. */
-function closeIfSilent(socket: net.Socket, timeoutMs: number): void {
-  socket.setTimeout(timeoutMs, () => socket.destroy());
-  socket.once("data", () => socket.setTimeout(0));
+/** Whether `bytes` and `prefix` agree as far as both go. */
+const agrees = (bytes: Buffer, prefix: Buffer) => {
+  const n = Math.min(bytes.length, prefix.length);
+  return bytes.subarray(0, n).equals(prefix.subarray(0, n));
+};
+
+type Protocol = "frames" | "http2" | "http1";
+
+/**
+ * Which protocol a connection that began with `bytes` speaks; undefined
+ * while they are still the beginning of a preface ("P" may become
+ * "PRI * HTTP/2.0" or "POST /…"), so more must come to tell.
+ */
+function protocolOf(bytes: Buffer, frames: boolean): Protocol | undefined {
+  if (frames && agrees(bytes, framesPreface)) {
+    return bytes.length >= framesPreface.length ? "frames" : undefined;
+  }
+  if (agrees(bytes, preface)) return bytes.length >= preface.length ? "http2" : undefined;
+  return "http1";
 }
 
 /** Creates the server; call `listen` on it as on any net.Server. */
@@ -131,17 +146,22 @@ export function createDualProtocolServer(
       undecided.delete(socket);
     });
     socket.on("error", () => socket.destroy());
-    closeIfSilent(socket, options.requestTimeoutMs ?? 30_000);
-    socket.once("data", (chunk: Buffer) => {
+    // A connection that does not tell its protocol in time is not kept for ever.
+    socket.setTimeout(options.requestTimeoutMs ?? 30_000, () => socket.destroy());
+    let head: Buffer | undefined;
+    const onData = (chunk: Buffer) => {
+      head = head === undefined ? chunk : Buffer.concat([head, chunk]);
+      const protocol = protocolOf(head, options.frames !== undefined);
+      if (protocol === undefined) return;
       undecided.delete(socket);
+      socket.setTimeout(0);
       socket.pause();
-      socket.unshift(chunk);
-      const n = Math.min(chunk.length, preface.length);
-      const m = Math.min(chunk.length, framesPreface.length);
-      if (options.frames && chunk.subarray(0, m).equals(framesPreface.subarray(0, m))) {
-        options.frames.accept(socket);
+      socket.off("data", onData);
+      socket.unshift(head);
+      if (protocol === "frames") {
+        options.frames?.accept(socket);
         socket.resume();
-      } else if (chunk.subarray(0, n).equals(preface.subarray(0, n))) {
+      } else if (protocol === "http2") {
         // The http2 session reads what is buffered on the socket itself; a
         // resumed socket would hand the preface to nobody.
         h2.emit("connection", socket);
@@ -149,7 +169,8 @@ export function createDualProtocolServer(
         h1.emit("connection", socket);
         socket.resume();
       }
-    });
+    };
+    socket.on("data", onData);
   }) as DualProtocolServer;
 
   server.once("close", () => h1.close());

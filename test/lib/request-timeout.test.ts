@@ -106,6 +106,14 @@ describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
     }
   });
 
+  it("is closed by a service when its first bytes do not yet tell the protocol, and no more come", async () => {
+    // "P" may become the HTTP/2 preface or an HTTP/1.1 POST: the service waits for more.
+    const { answer, ms } = await slowClient(await llmService(), "P", "");
+    expect(answer).toBe("");
+    expect(ms).toBeGreaterThanOrEqual(550);
+    expect(ms).toBeLessThan(2_500);
+  });
+
   it("gets 408 from a service's HTTP/1.1, which is handed its connections", async () => {
     const port = await llmService();
     const path = "/chat.v1.LLMService/Generate";

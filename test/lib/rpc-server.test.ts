@@ -1,5 +1,6 @@
 import http from "node:http";
 import http2 from "node:http2";
+import net from "node:net";
 import { Writable } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -140,6 +141,53 @@ function rawGrpc(baseUrl: string, path: string, message: Uint8Array, headers: ob
     stream.end(frame);
   });
 }
+
+/** Writes `parts` to a new connection 30 ms apart; resolves with the first bytes that come back. */
+function splitWrites(port: number, parts: readonly (string | Buffer)[]): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", async () => {
+      for (const part of parts) {
+        socket.write(part);
+        await new Promise((r) => setTimeout(r, 30));
+      }
+    });
+    socket.once("data", (chunk) => {
+      socket.destroy();
+      resolve(chunk);
+    });
+    socket.on("error", reject);
+    socket.on("close", () => resolve(Buffer.alloc(0)));
+  });
+}
+
+describe("telling the protocols apart", () => {
+  it.each([
+    ["its first byte", ["G", "ET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 200],
+    ["a byte both prefaces begin with", ["P", "OST /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 404],
+    // Node's HTTP/1.1 parser refuses these methods: its 400 shows where they went.
+    [
+      "bytes the HTTP/2 preface begins with",
+      ["PR", "IX /healthz HTTP/1.1\r\nHost: x\r\n\r\n"],
+      400,
+    ],
+    ["bytes the lean preface begins with", ["CM", "RPC /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 400],
+  ] as const)("answers HTTP/1.1 sent in pieces, cut after %s", async (_cut, parts, status) => {
+    const baseUrl = await start();
+    const answer = await splitWrites(Number(new URL(baseUrl).port), parts);
+    expect(answer.toString("latin1")).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+  });
+
+  it("answers HTTP/2 whose preface comes one byte at a time", async () => {
+    const baseUrl = await start();
+    const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    const settings = Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    const parts = [...preface].map((byte) => Buffer.from([byte]));
+    const answer = await splitWrites(Number(new URL(baseUrl).port), [...parts, settings]);
+    // The server's first frame: SETTINGS (type 4) on stream 0.
+    expect(answer[3]).toBe(4);
+    expect(answer.readUInt32BE(5)).toBe(0);
+  });
+});
 
 describe("deadlines and encodings on every path", () => {
   const path = "/chat.v1.LLMService/Generate";
