@@ -111,6 +111,7 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
             })
           : createSecureDualProtocolServer(handler as DualHandler, credentials, {
               fastPath,
+              requestTimeoutMs: config.requestTimeoutMs,
             })) as unknown as http.Server,
     },
   });

@@ -1,10 +1,11 @@
 import type http from "node:http";
 import http2 from "node:http2";
 import type net from "node:net";
-import type {
-  DualHandler,
-  DualProtocolServer,
-  DualProtocolServerOptions,
+import {
+  type DualHandler,
+  type DualProtocolServer,
+  type DualProtocolServerOptions,
+  requestTimeoutOptions,
 } from "./dual-protocol-server.js";
 import type { TlsCredentials } from "./tls.js";
 
@@ -26,8 +27,15 @@ export function createSecureDualProtocolServer(
   // HTTP/1.1 requests in flight per socket, so that draining ends idle ones only.
   const inFlight = new Map<net.Socket, number>();
 
+  const requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
   const server = http2.createSecureServer(
-    { cert: credentials.cert, key: credentials.key, allowHTTP1: true },
+    {
+      cert: credentials.cert,
+      key: credentials.key,
+      allowHTTP1: true,
+      // A client that does not finish its TLS handshake in time is dropped.
+      handshakeTimeout: requestTimeoutMs,
+    },
     (req, res) => {
       if (req.httpVersionMajor === 1) {
         const socket = req.socket as net.Socket;
@@ -45,6 +53,11 @@ export function createSecureDualProtocolServer(
       handler(req, res);
     },
   );
+
+  // HTTP/1.1 requests are timed as in cleartext (Node's own defaults here
+  // are 5 minutes for a request and 1 for its headers); the checks start on
+  // "listening", so these are set before.
+  Object.assign(server, requestTimeoutOptions(requestTimeoutMs));
 
   const sockets = new Set<net.Socket>();
   server.on("secureConnection", (socket: net.Socket & { alpnProtocol?: string | false }) => {

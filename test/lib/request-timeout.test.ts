@@ -1,5 +1,7 @@
+import { readFileSync, rmSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
+import tls from "node:tls";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
@@ -10,9 +12,11 @@ import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
 import { startEchoLlmService } from "../fixtures/rpc.js";
+import { makeTestCertificates, opensslOrSkip } from "../fixtures/tls.js";
 import { createInProcessUpstreams } from "../fixtures/upstreams.js";
 
 const env = { REQUEST_TIMEOUT_MS: "600" };
+const tlsEnabled = opensslOrSkip();
 let app: FastifyInstance | undefined;
 afterEach(async () => {
   await app?.close();
@@ -70,6 +74,31 @@ function slowClient(port: number, head: string, drip: string) {
 }
 
 const silent = (port: number) => slowClient(port, "", "");
+
+/** As slowHeaders, over TLS with ALPN http/1.1. */
+function slowTlsHeaders(port: number, caFile: string) {
+  return new Promise<{ answer: string; ms: number }>((resolve) => {
+    const started = Date.now();
+    let answer = "";
+    const socket = tls.connect(
+      { port, host: "127.0.0.1", ca: readFileSync(caFile), ALPNProtocols: ["http/1.1"] },
+      () => socket.write("GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+    );
+    const dripping = setInterval(() => socket.writable && socket.write("X-Slow: a\r\n"), 150);
+    const done = (result: string) => {
+      clearInterval(dripping);
+      clearTimeout(giveUp);
+      socket.destroy();
+      resolve({ answer: result, ms: Date.now() - started });
+    };
+    const giveUp = setTimeout(() => done("still open"), 5_000);
+    socket.on("data", (chunk) => {
+      answer += chunk.toString("latin1");
+    });
+    socket.on("error", () => {});
+    socket.on("close", () => done(answer.split("\r\n")[0] ?? ""));
+  });
+}
 const slowHeaders = (port: number) =>
   slowClient(port, "GET /healthz HTTP/1.1\r\nHost: x\r\n", "X-Slow: a\r\n");
 const slowBody = (port: number, path: string) =>
@@ -123,6 +152,30 @@ describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
       expect(ms).toBeLessThan(2_500);
     }
   });
+
+  it.runIf(tlsEnabled)(
+    "gets 408 from a TLS service's HTTP/1.1, and is dropped if its handshake is too slow",
+    async () => {
+      const certs = await makeTestCertificates();
+      try {
+        const started = await startEchoLlmService(0, {
+          ...env,
+          TLS_CERT_FILE: certs.certFile,
+          TLS_KEY_FILE: certs.keyFile,
+        });
+        app = started.app;
+        const { answer, ms } = await slowTlsHeaders(started.port, certs.caFile);
+        expect(answer).toBe("HTTP/1.1 408 Request Timeout");
+        expect(ms).toBeLessThan(2_500);
+        // A client that opens TCP and never says hello.
+        const silence = await silent(started.port);
+        expect(silence.answer).toBe("");
+        expect(silence.ms).toBeLessThan(2_500);
+      } finally {
+        rmSync(certs.dir, { recursive: true, force: true });
+      }
+    },
+  );
 
   it("leaves an answer that takes longer than that alone: only the request is timed", async () => {
     const port = await llmService(1_200);
