@@ -32,6 +32,13 @@ export interface HistoryRecorderStats {
 export interface HistoryRecorder {
   /** Starts the append in the background; never throws. */
   record(chat: ChatRecord): void;
+  /**
+   * Sends the chats gathered so far at once, and resolves when every first
+   * attempt under way has been answered (the chat stored, or queued for a
+   * retry): a read made then sees every chat recorded before (read your
+   * writes, on this gateway). Never rejects.
+   */
+  flush(): Promise<void>;
   stats(): HistoryRecorderStats;
   /** Stops retrying after one last attempt for what is pending. */
   close(): Promise<void>;
@@ -235,13 +242,19 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     );
   }
 
+  /** First attempts (AppendBatch calls) under way. */
+  const sending = new Set<Promise<void>>();
   const flushBatch = () => {
     clearTimeout(batchTimer);
     batchTimer = undefined;
     const gathered = batch;
     batch = [];
     batchChars = 0;
-    if (gathered.length > 0) track(appendAll(gathered));
+    if (gathered.length === 0) return;
+    const work = appendAll(gathered);
+    sending.add(work);
+    void work.finally(() => sending.delete(work));
+    track(work);
   };
 
   return {
@@ -253,6 +266,11 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
         chat.userId.length + chat.text.length + chat.reply.length + chat.requestId.length;
       if (batch.length >= maxBatchChats || batchChars >= maxBatchChars) flushBatch();
       else batchTimer ??= setTimeout(flushBatch, batchWindowMs);
+    },
+
+    async flush() {
+      flushBatch();
+      if (sending.size > 0) await Promise.allSettled([...sending]);
     },
 
     stats: () => ({ ...counts, pending: queue.length }),

@@ -75,6 +75,23 @@ describe("gateway GET /history over in-process services", () => {
     expect(stored?.requestId).not.toBe("");
   });
 
+  it("reads its own writes: a chat or a stream just answered is listed at once", async () => {
+    await gateway();
+    expect((await chat("ryw", "one")).statusCode).toBe(200);
+    expect(
+      (await history("?user_id=ryw")).json().items.map((i: { text: string }) => i.text),
+    ).toEqual(["one"]);
+    const stream = await app.inject({
+      method: "POST",
+      url: "/chat/stream",
+      payload: { user_id: "ryw", text: "two" },
+    });
+    expect(stream.body).toContain("event: done");
+    expect(
+      (await history("?user_id=ryw")).json().items.map((i: { text: string }) => i.text),
+    ).toEqual(["two", "one"]);
+  });
+
   it("pages with page_size and page_token, ending with an empty token", async () => {
     await gateway();
     for (const n of [1, 2, 3]) await chat("pager", `chat ${n}`);
