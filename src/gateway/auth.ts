@@ -111,15 +111,17 @@ export function registerApiKeyAuth(
   options: ApiKeyAuthOptions,
 ): void {
   app.decorateRequest("apiUser", undefined);
-  app.addHook("onRequest", async (req, reply) => {
-    if (isPublic(req, options.publicPaths)) return;
+  app.addHook("onRequest", async (req) => {
     const key = bearerKey(req.headers.authorization);
-    const user = key === undefined ? undefined : keys.userOf(key);
-    if (user === undefined) {
-      reply.header("www-authenticate", 'Bearer realm="chatmesh"');
-      return reply.code(401).send({ error: "invalid api key" });
-    }
-    req.apiUser = user;
+    if (key !== undefined) req.apiUser = keys.userOf(key);
+  });
+  // Refused one step later than the key is read: a rate limit (a route's
+  // onRequest hook, which runs after the app's) counts a request without a
+  // valid key against its address first, so keys cannot be guessed at full speed.
+  app.addHook("preParsing", async (req, reply) => {
+    if (req.apiUser !== undefined || isPublic(req, options.publicPaths)) return;
+    reply.header("www-authenticate", 'Bearer realm="chatmesh"');
+    return reply.code(401).send({ error: "invalid api key" });
   });
   app.addHook("preHandler", async (req, reply) => {
     const user = req.apiUser;

@@ -141,8 +141,10 @@ export interface ProtectionOptions {
  * headers on every response (`apiHeaders`, which the chat page's files
  * replace with `documentHeaders`); with API keys, a key on every call
  * and the key's user as the only user; with a rate limit, at most N requests
- * a minute per client (the key's user, else the client address), refused
- * with 429 and Retry-After (the error handler words it `rate limited`).
+ * a minute per client (the key's user, else the client address: requests
+ * without a valid key count there before they are refused, unknown paths
+ * too), refused with 429 and Retry-After (the error handler words it
+ * `rate limited`).
  */
 export async function registerProtection(
   app: FastifyInstance,
@@ -175,6 +177,13 @@ export async function registerProtection(
         "retry-after": true,
       },
       errorResponseBuilder: () => new RateLimitedError("rate limited"),
+    });
+    // The plugin limits routes (its hooks are theirs); unknown paths count
+    // too, or with API keys their 404 or 401 would tell a guessed key from a
+    // wrong one at full speed.
+    const limitUnknown = app.rateLimit();
+    app.addHook("onRequest", async (req, reply) => {
+      if (req.is404) await limitUnknown.call(app, req, reply);
     });
   }
 }

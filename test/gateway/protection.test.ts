@@ -230,6 +230,36 @@ describe("rate limit", () => {
     // Same address, another user: a budget of its own.
     expect((await chat({ text: "1" }, bobKey)).statusCode).toBe(200);
   });
+
+  it("counts requests without a valid key per address, so keys cannot be guessed at full speed", async () => {
+    await gateway({ RATE_LIMIT_PER_MINUTE: "3" }, true);
+    const guesses = [];
+    for (const key of [
+      "wrong-key-0123456789abc",
+      undefined,
+      "wrong-key-0123456789abd",
+      `${aliceKey}x`,
+    ]) {
+      guesses.push(await chat({ text: "hi" }, key, "10.0.0.7"));
+    }
+    expect(guesses.map((r) => r.statusCode)).toEqual([401, 401, 401, 429]);
+    expect(guesses[3]?.json()).toEqual({ error: "rate limited" });
+    expect(Number(guesses[3]?.headers["retry-after"])).toBeGreaterThan(0);
+    // The right key from that address still works: its user has a budget of its own.
+    expect((await chat({ text: "hi" }, aliceKey, "10.0.0.7")).statusCode).toBe(200);
+    // Nor can they be told apart on an unknown path (404 with a valid key, 401 without).
+    const unknown = await app.inject({
+      method: "GET",
+      url: "/nope",
+      remoteAddress: "10.0.0.7",
+      headers: { authorization: "Bearer wrong-key-0123456789abe" },
+    });
+    expect(unknown.statusCode).toBe(429);
+    // Another address guessing is not held back by the first one.
+    expect((await chat({ text: "hi" }, "wrong-key-0123456789abc", "10.0.0.8")).statusCode).toBe(
+      401,
+    );
+  });
 });
 
 describe("locked-down configuration", () => {
