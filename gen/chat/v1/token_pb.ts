@@ -136,7 +136,8 @@ export type RefundResponse = Message<"chat.v1.RefundResponse"> & {
   refunded: bigint;
 
   /**
-   * What is left of the charge's day quota after the refund.
+   * What is left of the charge's day quota after the refund (of the current
+   * day's when the charge is unknown), never below 0.
    *
    * @generated from field: int64 remaining = 2;
    */

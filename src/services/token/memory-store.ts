@@ -75,7 +75,9 @@ export function createMemoryQuotaStore(): QuotaStore {
       const used = state.used.get(input.userId) ?? 0;
       // A charge id is charged at most once, whatever became of it since,
       // also when its retry comes just after midnight.
-      if (input.chargeId !== "" && findCharge(input) !== undefined) return { allowed: true, used };
+      if (input.chargeId !== "" && findCharge(input) !== undefined) {
+        return { allowed: true, used, repeated: true };
+      }
       if (used + input.cost > input.limit) return { allowed: false, used };
       state.used.set(input.userId, used + input.cost);
       if (input.chargeId !== "") {
@@ -86,7 +88,9 @@ export function createMemoryQuotaStore(): QuotaStore {
 
     async refund(input: RefundInput): Promise<RefundResult> {
       const found = findCharge(input);
-      if (found === undefined) return { refunded: 0, used: 0 };
+      if (found === undefined) {
+        return { refunded: 0, used: days.get(input.window.day)?.used.get(input.userId) ?? 0 };
+      }
       const { state, key, record } = found;
       const used = state.used.get(input.userId) ?? 0;
       if (isRefunded(record)) return { refunded: 0, used };

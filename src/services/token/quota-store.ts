@@ -17,6 +17,8 @@ export interface ChargeResult {
   readonly allowed: boolean;
   /** Tokens used in the window after the charge (or, when refused, without it). */
   readonly used: number;
+  /** True when the charge id had been charged already: nothing was charged now. */
+  readonly repeated?: boolean;
 }
 
 export interface RefundInput {
@@ -33,7 +35,7 @@ export interface RefundInput {
 export interface RefundResult {
   /** The amount given back: 0 for an unknown or already refunded charge. */
   readonly refunded: number;
-  /** Tokens used in the charge's window after the refund (0 when unknown). */
+  /** Tokens used in the charge's window after the refund (in the current window when unknown). */
   readonly used: number;
 }
 

@@ -14,13 +14,14 @@
  * KEYS[3] its record in the day before (a retry just after midnight of a
  * charge made before it is not charged again). ARGV[1] cost, ARGV[2] limit,
  * ARGV[3] expiry (unix seconds), ARGV[4] "1" when there is a charge id.
- * Returns {allowed (0/1), used}.
+ * Returns {allowed (0/1), used}, or {1, used, 1} when the charge id was
+ * charged already (nothing is charged again).
  */
 export const chargeScript = `
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local recorded = ARGV[4] == '1'
 if recorded and redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
-  return {1, used}
+  return {1, used, 1}
 end
 local cost = tonumber(ARGV[1])
 if used + cost > tonumber(ARGV[2]) then
@@ -38,7 +39,7 @@ return {1, used}
 /**
  * KEYS[1], KEYS[2]: the charge's record and the counter in the current day;
  * KEYS[3], KEYS[4]: the same in the day before. Returns {refunded, used}:
- * {0, used} when refunded already, {0, 0} when no such charge exists.
+ * {0, used} when refunded already, {0, used today} when no such charge exists.
  */
 export const refundScript = `
 for i = 1, 3, 2 do
@@ -57,7 +58,7 @@ for i = 1, 3, 2 do
     return {cost, after}
   end
 end
-return {0, 0}
+return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 `;
 
 /**

@@ -46,7 +46,7 @@ export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {
 }
 
 interface ScriptCommands {
-  quotaCharge(...args: (string | number)[]): Promise<[number, number]>;
+  quotaCharge(...args: (string | number)[]): Promise<[number, number, number?]>;
   quotaRefund(...args: string[]): Promise<[number, number]>;
   quotaSettle(...args: (string | number)[]): Promise<[number, number]>;
 }
@@ -104,7 +104,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
     async charge(input: ChargeInput): Promise<ChargeResult> {
       const keys = quotaKeys(prefix, input.userId, input.window);
       const before = quotaKeys(prefix, input.userId, previousWindow(input.window));
-      const [allowed, used] = await run(() =>
+      const [allowed, used, repeated] = await run(() =>
         scripts.quotaCharge(
           keys.counter,
           keys.charge(input.chargeId),
@@ -115,7 +115,9 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
           input.chargeId === "" ? "0" : "1",
         ),
       );
-      return { allowed: allowed === 1, used: Number(used) };
+      return repeated === 1
+        ? { allowed: true, used: Number(used), repeated: true }
+        : { allowed: allowed === 1, used: Number(used) };
     },
 
     async refund(input: RefundInput): Promise<RefundResult> {

@@ -103,7 +103,8 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
           },
         ]);
       }
-      events?.inc({ event: "charged" });
+      // A retry of a charge made already is counted apart: nothing was charged.
+      events?.inc({ event: result.repeated ? "repeated" : "charged" });
       return {
         remaining: BigInt(limit - result.used),
         limit: BigInt(limit),
@@ -122,7 +123,10 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
         store.refund({ userId: req.userId, chargeId: req.chargeId, window }),
       );
       if (result.refunded > 0) events?.inc({ event: "refunded" });
-      return { refunded: BigInt(result.refunded), remaining: BigInt(limit - result.used) };
+      return {
+        refunded: BigInt(result.refunded),
+        remaining: BigInt(Math.max(0, limit - result.used)),
+      };
     },
 
     async settle(req) {

@@ -96,7 +96,11 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       for (const [userId, chargeId] of pairs.slice(1)) {
         expect(await store.get({ userId, window: today })).toBe(50);
         // Each charge is still its own user's: a retry charges nothing more, a refund gives it back.
-        expect(await charge(store, userId, chargeId)).toEqual({ allowed: true, used: 50 });
+        expect(await charge(store, userId, chargeId)).toEqual({
+          allowed: true,
+          used: 50,
+          repeated: true,
+        });
         expect(await store.refund({ userId, chargeId, window: today })).toEqual({
           refunded: 50,
           used: 0,
@@ -115,14 +119,15 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
     it("charges a charge id once, and a refused charge leaves no record", async () => {
       const store = await fresh();
       expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
-      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
+      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50, repeated: true });
       expect((await charge(store, "u1", "c2")).used).toBe(100);
       expect(await charge(store, "u2", "c1")).toEqual({ allowed: true, used: 50 });
       await charge(store, "u1", "", today, 100);
       expect(await charge(store, "u1", "c3")).toEqual({ allowed: false, used: 200 });
+      // Unknown, so nothing is given back; what the user used today is told as it is.
       expect(await store.refund({ userId: "u1", chargeId: "c3", window: today })).toEqual({
         refunded: 0,
-        used: 0,
+        used: 200,
       });
     });
 
@@ -135,10 +140,10 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       expect(await refund("u2", "c1")).toEqual({ refunded: 0, used: 0 });
       expect(await refund("u1", "c1")).toEqual({ refunded: 50, used: 50 });
       expect(await refund("u1", "c1")).toEqual({ refunded: 0, used: 50 });
-      expect(await refund("u1", "nope")).toEqual({ refunded: 0, used: 0 });
+      expect(await refund("u1", "nope")).toEqual({ refunded: 0, used: 50 });
       expect(await store.get({ userId: "u1", window: today })).toBe(50);
       // A refunded id stays spent: charging it again charges nothing.
-      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
+      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50, repeated: true });
     });
 
     it("gives back the exact amount of an odd-sized charge", async () => {
@@ -167,7 +172,11 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       await charge(store, "u1", "late", today);
       await charge(store, "u1", "early", tomorrow, 30);
       // The retry answers with the new day's count, which it left as it was.
-      expect(await charge(store, "u1", "late", tomorrow)).toEqual({ allowed: true, used: 30 });
+      expect(await charge(store, "u1", "late", tomorrow)).toEqual({
+        allowed: true,
+        used: 30,
+        repeated: true,
+      });
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(30);
       expect(await store.get({ userId: "u1", window: today })).toBe(50);
       // The one charge there is is refunded once, in its own day.

@@ -1,5 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
@@ -82,6 +83,39 @@ describe("TokenService over a router transport", () => {
     });
     expect((await client.refund({ userId: "u1", chargeId: "r1" })).refunded).toBe(0n);
     expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(100n);
+  });
+
+  it("counts a retried charge apart from charges, and tells an unknown refund what is left", async () => {
+    const registry = new Registry();
+    const client = createClient(
+      TokenService,
+      createRouterTransport((router) =>
+        router.service(
+          TokenService,
+          createTokenService({
+            store: createMemoryQuotaStore(),
+            limit: 200,
+            defaultCost: 50,
+            registry,
+          }),
+        ),
+      ),
+    );
+    await client.checkAndInc({ userId: "u1", chargeId: "r1" });
+    expect((await client.checkAndInc({ userId: "u1", chargeId: "r1" })).remaining).toBe(150n);
+    await client.checkAndInc({ userId: "u1", chargeId: "r2" });
+    const events = Object.fromEntries(
+      (await registry.getSingleMetric("chatmesh_quota_events_total")?.get())?.values.map((v) => [
+        v.labels.event,
+        v.value,
+      ]) ?? [],
+    );
+    expect(events).toEqual({ charged: 2, repeated: 1 });
+    // Nothing given back for an unknown charge; the remaining is the user's real one, not the limit.
+    expect(await client.refund({ userId: "u1", chargeId: "never" })).toMatchObject({
+      refunded: 0n,
+      remaining: 100n,
+    });
   });
 
   it("settles a charge to its real cost, and settles a refunded one no more", async () => {
