@@ -1,22 +1,12 @@
 import http from "node:http";
-import { Writable } from "node:stream";
-import { pino } from "pino";
 import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { createHttpApp } from "../../src/lib/http-app.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 
 /** An app with a slow route and a hijacked stream, its log lines kept in memory. */
 async function startApp() {
-  const lines: Record<string, unknown>[] = [];
-  const logger = pino(
-    { level: "info" },
-    new Writable({
-      write(chunk, _enc, done) {
-        lines.push(JSON.parse(String(chunk)));
-        done();
-      },
-    }),
-  );
+  const { logger, lines } = createMemoryLogger();
   const app = createHttpApp({ logger, registry: new Registry(), requestId: () => undefined });
   let arrived = () => {};
   const arrival = () => new Promise<void>((resolve) => (arrived = resolve));

@@ -41,17 +41,29 @@ async function gateway(llmDelayMs = 0): Promise<number> {
   return portOf(app);
 }
 
+/** Opens a connection to `port` and calls `onConnect` once it is open. */
+type Connect = (port: number, onConnect: () => void) => net.Socket;
+const plain: Connect = (port, onConnect) => net.connect(port, "127.0.0.1", onConnect);
+/** Over TLS, trusting `caFile`, with ALPN http/1.1. */
+const overTls =
+  (caFile: string): Connect =>
+  (port, onConnect) =>
+    tls.connect(
+      { port, host: "127.0.0.1", ca: readFileSync(caFile), ALPNProtocols: ["http/1.1"] },
+      onConnect,
+    );
+
 /**
  * Sends `head` at once, then one byte of `drip` every 150 ms, for ever (or
  * nothing at all, when both are empty);
  * resolves with what came back and when the server closed the connection
  * (or "still open" after 5 s).
  */
-function slowClient(port: number, head: string, drip: string) {
+function slowClient(port: number, head: string, drip: string, connect = plain) {
   return new Promise<{ answer: string; ms: number }>((resolve) => {
     const started = Date.now();
     let answer = "";
-    const socket = net.connect(port, "127.0.0.1", () => {
+    const socket = connect(port, () => {
       if (head !== "") socket.write(head);
     });
     let i = 0;
@@ -74,33 +86,8 @@ function slowClient(port: number, head: string, drip: string) {
 }
 
 const silent = (port: number) => slowClient(port, "", "");
-
-/** As slowHeaders, over TLS with ALPN http/1.1. */
-function slowTlsHeaders(port: number, caFile: string) {
-  return new Promise<{ answer: string; ms: number }>((resolve) => {
-    const started = Date.now();
-    let answer = "";
-    const socket = tls.connect(
-      { port, host: "127.0.0.1", ca: readFileSync(caFile), ALPNProtocols: ["http/1.1"] },
-      () => socket.write("GET /healthz HTTP/1.1\r\nHost: x\r\n"),
-    );
-    const dripping = setInterval(() => socket.writable && socket.write("X-Slow: a\r\n"), 150);
-    const done = (result: string) => {
-      clearInterval(dripping);
-      clearTimeout(giveUp);
-      socket.destroy();
-      resolve({ answer: result, ms: Date.now() - started });
-    };
-    const giveUp = setTimeout(() => done("still open"), 5_000);
-    socket.on("data", (chunk) => {
-      answer += chunk.toString("latin1");
-    });
-    socket.on("error", () => {});
-    socket.on("close", () => done(answer.split("\r\n")[0] ?? ""));
-  });
-}
-const slowHeaders = (port: number) =>
-  slowClient(port, "GET /healthz HTTP/1.1\r\nHost: x\r\n", "X-Slow: a\r\n");
+const slowHeaders = (port: number, connect = plain) =>
+  slowClient(port, "GET /healthz HTTP/1.1\r\nHost: x\r\n", "X-Slow: a\r\n", connect);
 const slowBody = (port: number, path: string) =>
   slowClient(
     port,
@@ -164,7 +151,7 @@ describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
           TLS_KEY_FILE: certs.keyFile,
         });
         app = started.app;
-        const { answer, ms } = await slowTlsHeaders(started.port, certs.caFile);
+        const { answer, ms } = await slowHeaders(started.port, overTls(certs.caFile));
         expect(answer).toBe("HTTP/1.1 408 Request Timeout");
         expect(ms).toBeLessThan(2_500);
         // A client that opens TCP and never says hello.

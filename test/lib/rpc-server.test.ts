@@ -1,13 +1,11 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import { Writable } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
-import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   GenerateRequestSchema,
@@ -17,6 +15,7 @@ import {
 import { loadLlmConfig } from "../../src/lib/config.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { traceOf } from "../../src/lib/trace.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 import { startEchoLlmService } from "../fixtures/rpc.js";
 
 let app: FastifyInstance | undefined;
@@ -244,16 +243,7 @@ describe("deadlines and encodings on every path", () => {
 describe("one trace per call on the router", () => {
   /** The LLM service answering with the trace its handler sees; log lines kept in memory. */
   async function startTracing() {
-    const lines: Record<string, unknown>[] = [];
-    const logger = pino(
-      { level: "info" },
-      new Writable({
-        write(chunk, _enc, done) {
-          lines.push(JSON.parse(String(chunk)));
-          done();
-        },
-      }),
-    );
+    const { logger, lines } = createMemoryLogger();
     app = await createRpcServer({
       name: "llm",
       config: loadLlmConfig({}),
