@@ -112,9 +112,19 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
     );
     expect(broken).toBeInstanceOf(APIError);
     expect((await quotaOf("e4")).used).toBe(0);
-    expect(await thrown(sdk().chat.completions.create(ask("e4", "status 401")))).toBeInstanceOf(
-      InternalServerError,
-    );
+    // A request the model server refuses is its failure, not the caller's mistake: 500, as streamed.
+    for (const status of [401, 400, 422]) {
+      expect(
+        await thrown(sdk().chat.completions.create(ask("e4", `status ${status}`))),
+      ).toBeInstanceOf(InternalServerError);
+    }
+    const chat = await fetch(`${stack.gatewayUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "e4", text: "status 400" }),
+    });
+    expect([chat.status, await chat.json()]).toEqual([500, { error: "llm failed" }]);
+    expect((await quotaOf("e4")).used).toBe(0);
     const llmLog = stack.procs.get("llm")?.output() ?? "";
     expect(llmLog).toContain("model server call failed");
     expect(llmLog).toContain('"status":401');

@@ -58,9 +58,12 @@ export function describeFailure(err: unknown, secrets: readonly string[]): Upstr
  * service returns. The caller's own cancellation or deadline keeps its code;
  * our timeout is DEADLINE_EXCEEDED; what may pass on a retry (connection
  * failures, 429, 5xx, an error in the middle of a stream) is UNAVAILABLE;
- * a refused key, a missing model or a wrong URL (401, 403, 404) is
- * FAILED_PRECONDITION, other 4xx INVALID_ARGUMENT. Messages never carry the
- * server's words, so nothing it echoed (a key) goes further.
+ * a refused key, a missing model or a wrong URL (401, 403, 404) and any
+ * other 4xx are FAILED_PRECONDITION: the request was valid here, and the
+ * model server as configured (its key, model, limits) cannot take it, so the
+ * gateway answers 500 `llm failed` as for any failing service, not 400 as
+ * if the caller's request were wrong. Messages never carry the server's
+ * words, so nothing it echoed (a key) goes further.
  */
 export function connectErrorFromUpstream(err: unknown, call: FailedCall): ConnectError {
   if (call.caller.aborted) return ConnectError.from(call.caller.reason, Code.Canceled);
@@ -87,7 +90,10 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
         Code.FailedPrecondition,
       );
     }
-    return new ConnectError(`model server rejected the request (${status})`, Code.InvalidArgument);
+    return new ConnectError(
+      `model server rejected the request (${status})`,
+      Code.FailedPrecondition,
+    );
   }
   return new ConnectError("model call failed", Code.Internal);
 }

@@ -154,8 +154,8 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     [401, Code.FailedPrecondition],
     [403, Code.FailedPrecondition],
     [404, Code.FailedPrecondition],
-    [400, Code.InvalidArgument],
-    [422, Code.InvalidArgument],
+    [400, Code.FailedPrecondition],
+    [422, Code.FailedPrecondition],
   ])("maps an upstream %i to %s, once (no SDK retries)", async (status, code) => {
     const seen = double.requests.length;
     const err = await failure(llm().client.generate({ text: `status ${status}` }));
