@@ -35,7 +35,8 @@ export interface StreamingChat {
  * the model's reply piece by piece to `onDelta` (with the model's name),
  * gives the charge back when the model fails, and settles it to the chat's
  * usage once the reply is whole. `signal` aborts when the client goes away;
- * the model call is cancelled then and the charge stays.
+ * the model call is cancelled then and the charge stays (settled, in tokens
+ * mode, to the prompt and the part of the reply relayed).
  */
 export async function relayReply(
   deps: ChatDeps,
@@ -66,12 +67,12 @@ export async function relayReply(
       await onDelta(piece.delta, model);
     }
   } catch (err) {
-    if (signal.aborted) return { outcome: "client gone" };
+    if (signal.aborted) return clientGone(deps, chat, reply);
     logFailure(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
   }
-  if (signal.aborted) return { outcome: "client gone" };
+  if (signal.aborted) return clientGone(deps, chat, reply);
   const remaining = await settle(deps, input.userId, requestId, () =>
     chatUsage(cleaned, reply, reportedUsage),
   );
@@ -83,4 +84,21 @@ export async function relayReply(
     reportedUsage,
     remaining,
   };
+}
+
+/**
+ * The client went away mid-reply: the charge stays, and in tokens mode it is
+ * settled to what was used until then (the prompt and the reply relayed so
+ * far, counted here: no usage comes for a cancelled call), not the whole
+ * reservation.
+ */
+async function clientGone(
+  deps: ChatDeps,
+  chat: StreamingChat,
+  relayed: string,
+): Promise<RelayOutcome> {
+  await settle(deps, chat.input.userId, chat.requestId, () =>
+    chatUsage(chat.admitted.cleaned, relayed, undefined),
+  );
+  return { outcome: "client gone" };
 }

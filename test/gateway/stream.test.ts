@@ -1,6 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildGateway } from "../../src/gateway/app.js";
+import { countTokens } from "../../src/gateway/quota-cost.js";
 import type { StreamedChat } from "../../src/gateway/stream.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
@@ -162,6 +163,38 @@ describe("gateway POST /chat/stream over in-process services", () => {
     expect(done).toEqual([]);
     const next = parseSse(await (await stream({ user_id: "gone", text: "hi" })).text());
     expect(next[0]?.data).toEqual({ cleaned: "hi", remaining: 100 });
+  });
+});
+
+describe("gateway POST /chat/stream with QUOTA_COST_MODE=tokens", () => {
+  it("settles a stream the client left to the prompt and the reply it was sent, not the reservation", async () => {
+    app = await buildGateway({
+      config: loadGatewayConfig({ QUOTA_COST_MODE: "tokens" }),
+      logger: createLogger("gateway", "silent"),
+      upstreams: createInProcessUpstreams({ llm: createEchoBackend({ chunkDelayMs: 100 }) }),
+    });
+    baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+    const text = "a b c d e f g h i j";
+    const controller = new AbortController();
+    const res = await stream({ user_id: "left", text }, { signal: controller.signal });
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let seen = "";
+    while (!seen.includes("event: delta")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`stream ended before a delta: ${seen}`);
+      seen += new TextDecoder().decode(value);
+    }
+    // Reserved: the prompt's tokens and QUOTA_REPLY_RESERVE (100), of the token service's 200.
+    expect(parseSse(seen)[0]?.data).toMatchObject({
+      remaining: 200 - (await countTokens(text)) - 100,
+    });
+    controller.abort();
+    const used = async () =>
+      ((await (await fetch(`${baseUrl}/quota?user_id=left`)).json()) as { used: number }).used;
+    const atLeast = (await countTokens(text)) + (await countTokens("Echo: "));
+    const wholeChat = (await countTokens(text)) + (await countTokens(`Echo: ${text}`));
+    await expect.poll(used, { timeout: 2_000, interval: 20 }).toBeLessThan(wholeChat);
+    expect(await used()).toBeGreaterThanOrEqual(atLeast);
   });
 });
 
