@@ -46,13 +46,23 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   }) as unknown as FastifyInstance;
   app.decorateRequest("trace", undefined as unknown as TraceContext);
   app.decorateRequest("startedAt", 0);
-  app.addHook("onRequest", async (req) => {
+  const countRequest = registerHttpMetrics(app, options.registry);
+  app.addHook("onRequest", async (req, reply) => {
     req.startedAt = performance.now();
     const traceparent = req.headers.traceparent;
     req.trace = continueTrace(
       typeof traceparent === "string" ? traceparent : undefined,
       options.requestId(req),
     );
+    // A response closed before it finished: the client went away first
+    // (onResponse never runs for it). Logged and counted as 499 then.
+    const res = reply.raw;
+    res.once("close", () => {
+      if (res.writableFinished) return;
+      const ms = performance.now() - req.startedAt;
+      logRequest(req, clientClosedStatus, ms);
+      countRequest(req, clientClosedStatus, ms);
+    });
   });
   const logRequest = (req: FastifyRequest, status: number, ms: number) => {
     // The line's fields cost more than a request's share of CPU: built only when written.
@@ -69,15 +79,8 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     );
   };
   app.addHook("onResponse", async (req, reply) => {
-    if (!req.raw.aborted) logRequest(req, reply.statusCode, reply.elapsedTime);
-  });
-  const countRequest = registerHttpMetrics(app, options.registry);
-  // The client went away before its answer: logged and counted as 499 then,
-  // as onResponse never runs for an HTTP/1.1 response that cannot finish.
-  app.addHook("onRequestAbort", async (req) => {
-    const ms = performance.now() - req.startedAt;
-    logRequest(req, clientClosedStatus, ms);
-    countRequest(req, clientClosedStatus, ms);
+    // Run on an error of an unfinished response too, which its close counts.
+    if (reply.raw.writableFinished) logRequest(req, reply.statusCode, reply.elapsedTime);
   });
   // While draining, an HTTP/1.1 connection closes after its response, so a
   // keep-alive client cannot hold the process open until its idle timeout.

@@ -383,8 +383,8 @@ export function registerHttpMetrics(app: FastifyInstance, registry: Registry): C
     metrics.seconds.observe(elapsedMs / 1000);
   };
   app.addHook("onResponse", async (req, reply) => {
-    // A request its client gave up on is counted when that happens.
-    if (!req.raw.aborted) count(req, reply.statusCode, reply.elapsedTime);
+    // Run on an error of an unfinished response too: counted by its caller then.
+    if (reply.raw.writableFinished) count(req, reply.statusCode, reply.elapsedTime);
   });
   app.get("/metrics", async (_req, reply) =>
     reply.type(registry.contentType).send(await registry.metrics()),

@@ -163,6 +163,10 @@ describe("gateway POST /chat/stream over in-process services", () => {
     expect(done).toEqual([]);
     const next = parseSse(await (await stream({ user_id: "gone", text: "hi" })).text());
     expect(next[0]?.data).toEqual({ cleaned: "hi", remaining: 100 });
+    // Counted as the client left it, beside the one answered.
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^http_requests_total\{[^}]*route="\/chat\/stream",status="499"\} 1$/m);
+    expect(metrics).toMatch(/^http_requests_total\{[^}]*route="\/chat\/stream",status="200"\} 1$/m);
   });
 });
 

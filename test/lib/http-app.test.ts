@@ -12,6 +12,12 @@ async function startApp() {
   const arrival = () => new Promise<void>((resolve) => (arrived = resolve));
   let release = () => {};
   const released = () => new Promise<void>((resolve) => (release = resolve));
+  app.post("/slow", async () => {
+    const wait = released();
+    arrived();
+    await wait;
+    return { ok: true };
+  });
   app.get("/slow", async () => {
     const wait = released();
     arrived();
@@ -38,11 +44,16 @@ afterEach(async () => {
   running = undefined;
 });
 
-/** GET over HTTP/1.1; the client goes away once the handler has the request. */
-function getThenGoAway(url: string, handled: Promise<void>): Promise<void> {
+/**
+ * A request over HTTP/1.1 (a POST with its whole JSON body); the client goes
+ * away once the handler has it.
+ */
+function requestThenGoAway(method: string, url: string, handled: Promise<void>): Promise<void> {
   return new Promise((resolve) => {
-    const req = http.get(url, { agent: false });
+    const req = http.request(url, { method, agent: false });
     req.on("error", () => {});
+    if (method === "POST") req.setHeader("content-type", "application/json");
+    req.end(method === "POST" ? '{"user_id":"u"}' : undefined);
     void handled.then(() => {
       req.destroy();
       resolve();
@@ -67,11 +78,15 @@ const until = async (check: () => boolean) => {
 };
 
 describe("createHttpApp: requests whose client went away", () => {
-  it.each(["/slow", "/stream"])("%s is counted and logged once, as 499", async (route) => {
+  it.each([
+    ["GET", "/slow"],
+    ["POST", "/slow"],
+    ["GET", "/stream"],
+  ])("%s %s is counted and logged once, as 499", async (method, route) => {
     running = await startApp();
     const { base, lines, arrival, release } = running;
     const handled = arrival();
-    await getThenGoAway(`${base}${route}`, handled);
+    await requestThenGoAway(method, `${base}${route}`, handled);
     await until(() => lines.some((l) => l.route === route));
     release();
     // Answered once the client is gone: nothing more is counted or logged.
@@ -79,7 +94,7 @@ describe("createHttpApp: requests whose client went away", () => {
     expect(await requestsTotal(base, route)).toEqual({ "499": 1 });
     const logged = lines.filter((l) => l.route === route);
     expect(logged).toHaveLength(1);
-    expect(logged[0]).toMatchObject({ msg: "request", method: "GET", status: 499 });
+    expect(logged[0]).toMatchObject({ msg: "request", method, status: 499 });
     expect(logged[0]?.ms).toBeGreaterThanOrEqual(0);
     expect(logged[0]?.trace_id).toMatch(/^[0-9a-f]{32}$/);
   });
