@@ -4,7 +4,7 @@ import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
 import type { LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
-import { connectErrorFromUpstream, describeFailure } from "./openai-errors.js";
+import { connectErrorFromUpstream, describeFailure, StreamCutOffError } from "./openai-errors.js";
 
 export interface OpenAiBackendOptions {
   /** OPENAI_BASE_URL: the server's /v1 URL. */
@@ -117,9 +117,11 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
           if (choice?.finish_reason) finishReason = choice.finish_reason;
           usage = usageOf(chunk.usage) ?? usage;
         }
-        // The SDK ends a stream quietly when its signal aborts: a cut-off
-        // reply must not pass for a whole one.
+        // The SDK ends a stream quietly when its signal aborts, or when the
+        // server ends its response early: a cut-off reply must not pass for
+        // a whole one. A whole one says why it ended (finish_reason).
         call.signal.throwIfAborted();
+        if (finishReason === undefined) throw new StreamCutOffError("stream ended early");
       } catch (err) {
         throw call.fail(err);
       }

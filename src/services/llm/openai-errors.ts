@@ -54,6 +54,31 @@ export function describeFailure(err: unknown, secrets: readonly string[]): Upstr
 }
 
 /**
+ * The model server ended a stream without a finish_reason: the reply was cut
+ * off (a proxy timed out, the server died between writes), not whole.
+ */
+export class StreamCutOffError extends Error {
+  override name = "StreamCutOffError";
+}
+
+/** Codes of a connection that broke (undici's, Node's), found on an error or its causes. */
+const brokenConnection = new Set([
+  "UND_ERR_SOCKET",
+  "UND_ERR_CLOSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ECONNREFUSED",
+]);
+
+/** Whether `err` (or what caused it) is a connection that broke mid-answer. */
+function isBrokenConnection(err: unknown): boolean {
+  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) {
+    if (brokenConnection.has((at as NodeJS.ErrnoException).code ?? "")) return true;
+  }
+  return false;
+}
+
+/**
  * Turns a failed call to the model server into the gRPC error the LLM
  * service returns. The caller's own cancellation or deadline keeps its code;
  * our timeout is DEADLINE_EXCEEDED; what may pass on a retry (connection
@@ -75,6 +100,16 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
   }
   if (err instanceof APIConnectionError) {
     return new ConnectError("model server unreachable", Code.Unavailable);
+  }
+  // While a stream is read, undici's own error ("terminated"), not the SDK's.
+  if (isBrokenConnection(err)) {
+    return new ConnectError("model server connection lost", Code.Unavailable);
+  }
+  if (err instanceof StreamCutOffError) {
+    return new ConnectError(
+      "model server ended the stream before the reply was whole",
+      Code.Unavailable,
+    );
   }
   if (err instanceof APIError) {
     const status = err.status as number | undefined;

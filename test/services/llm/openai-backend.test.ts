@@ -168,9 +168,16 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(err.code).toBe(Code.Unavailable);
   });
 
-  it("maps an error in the middle of a stream to UNAVAILABLE", async () => {
-    const err = await failure(drain(llm().client.generateStream({ text: "break" })));
-    expect(err.code).toBe(Code.Unavailable);
+  it.each([
+    ["an error event", "break"],
+    ["a lost connection", "sever"],
+    ["an end without finish_reason (a reply cut off)", "cut"],
+  ])("maps %s in the middle of a stream to UNAVAILABLE", async (_what, text) => {
+    const err = await failure(drain(llm().client.generateStream({ text })));
+    expect([Code[err.code], err.rawMessage]).toEqual([
+      "Unavailable",
+      expect.stringMatching(/^model server /),
+    ]);
   });
 
   it("maps a dropped connection and an unreachable server to UNAVAILABLE", async () => {
