@@ -189,6 +189,8 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
 
   it.each([
     ["no user", { model: "echo", messages: [{ role: "user", content: "hi" }] }, "user", null],
+    ["a user with a lone surrogate", ask("\ud800", "hi"), "user", null],
+    ["an empty user", ask("", "hi"), "user", null],
     ["no model", { messages: [{ role: "user", content: "hi" }], user: "u" }, "model", null],
     ["no messages", { model: "echo", messages: [], user: "u" }, "messages", null],
     [

@@ -60,4 +60,28 @@ describe("errors sent by hooks shared with the rest of the gateway", () => {
       });
     }
   });
+
+  it("say a user field naming someone else than the key's user does not match it", async () => {
+    const aliceKey = "alice-key-0123456789abcdef";
+    app = await buildGateway({
+      config: loadGatewayConfig({}),
+      logger: createLogger("gateway", "silent"),
+      upstreams: createInProcessUpstreams(),
+      apiKeys: createApiKeys(parseApiKeys(`${aliceKey} alice\n`)),
+    });
+    const baseURL = `${await app.listen({ host: "127.0.0.1", port: 0 })}/v1`;
+    const client = new OpenAI({ baseURL, apiKey: aliceKey, maxRetries: 0 });
+    const ask = (user: string) =>
+      client.chat.completions.create({
+        model: "echo",
+        user,
+        messages: [{ role: "user", content: "hi" }],
+      });
+    expect(await ask("end-user-123").catch((e: unknown) => e)).toMatchObject({
+      status: 400,
+      param: "user",
+      message: expect.stringContaining("user does not match the api key"),
+    });
+    expect((await ask("alice")).choices[0]?.message.content).toBe("Echo: hi");
+  });
 });

@@ -4,6 +4,7 @@ import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput 
 import { type QuotaState, rateLimitHeaders } from "../quota.js";
 import { chatUsage } from "../quota-cost.js";
 import { relayReply, type StreamingChat } from "../reply-stream.js";
+import { isUserId } from "../request-guards.js";
 import { openSseStream, type SseStream, sseDataFrame } from "../sse.js";
 import { notifyDone, type OnChatDone } from "../stream.js";
 import {
@@ -15,7 +16,7 @@ import {
 } from "./completions.js";
 import { invalidRequest, type OpenAiError, openAiErrorFrom, outcomeOf } from "./errors.js";
 import { type CompletionRequest, parseCompletionRequest } from "./request.js";
-import { userFor } from "./user.js";
+import { userFor, userMismatch } from "./user.js";
 
 /** What POST /v1/chat/completions needs beside the chat's own deps. */
 export interface CompletionsDeps extends Omit<ChatDeps, "onQuota"> {
@@ -41,10 +42,16 @@ function chatInputOf(
 ): { request: CompletionRequest; input: ChatInput } | OpenAiError {
   const request = parseCompletionRequest(req.body);
   if (isOpenAiError(request)) return request;
-  const userId = userFor(req, request.user);
-  if (userId === undefined) {
+  const user = userFor(req, request.user);
+  if (user === userMismatch) return invalidRequest("user does not match the api key", "user");
+  if (user === undefined) {
     return invalidRequest("user is required: send the user field, or an API key", "user");
   }
+  // Checked here, so the answer names OpenAI's field rather than /chat's user_id.
+  if (!isUserId(user)) {
+    return invalidRequest("user must be a non-empty string of valid Unicode", "user");
+  }
+  const userId = user;
   const input = parseChatInput({ user_id: userId, text: request.text }, deps.maxTextChars);
   if ("status" in input) return openAiErrorFrom(input);
   return { request, input: { ...input, maxTokens: request.maxTokens } };
