@@ -124,6 +124,8 @@ async function streamReply(
     sse.end();
   }
   if (result.outcome !== "ok") return result.outcome;
+  // The contract has one delta or more before done: an empty reply is one empty delta.
+  if (result.reply === "") await sse.send("delta", { text: "" });
   await sse.send("done", { reply: result.reply });
   await notifyDone(deps, chat, result.reply);
   sse.end();

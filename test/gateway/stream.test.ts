@@ -129,6 +129,24 @@ describe("gateway POST /chat/stream over in-process services", () => {
     expect(done).toEqual([]);
   });
 
+  it("sends one delta even for an empty reply (the contract's one or more)", async () => {
+    const echo = createEchoBackend();
+    const silent: LlmBackend = {
+      ...echo,
+      name: "empty replies (test double)",
+      async *stream() {
+        yield { finishReason: "stop" };
+      },
+    };
+    await gateway({ llm: silent });
+    const events = parseSse(await (await stream({ user_id: "e", text: "say nothing" })).text());
+    expect(events.map((e) => e.event)).toEqual(["meta", "delta", "done"]);
+    expect(events.slice(1)).toEqual([
+      { event: "delta", data: { text: "" } },
+      { event: "done", data: { reply: "" } },
+    ]);
+  });
+
   it("cancels the model when the client goes away, keeping the one charge", async () => {
     const echo = createEchoBackend({ chunkDelayMs: 100 });
     let aborted: number | undefined;
