@@ -1,4 +1,4 @@
-import type { FastifyError, FastifyInstance } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
 import { requestTimeoutOptions } from "../lib/dual-protocol-server.js";
@@ -39,6 +39,9 @@ export interface GatewayDeps {
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
+
+/** The routes whose answers chatmesh_chats_total counts. */
+const chatRoutes = new Set(["/chat", "/chat/stream", "/v1/chat/completions"]);
 
 /** A bounded label for a chat's result: "ok", or the error's words in snake case. */
 const outcomeOf = (result: object): string =>
@@ -90,9 +93,15 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
   });
+  /** Counts a chat refused before its route's handler ran (bad JSON, too large, …). */
+  const countRefused = (req: FastifyRequest, error: string) => {
+    if (chatRoutes.has(req.routeOptions.url ?? ""))
+      chats.inc({ outcome: error.replaceAll(" ", "_") });
+  };
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const { status, body } = httpErrorFromFastify(err);
     if (status === 500) req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
+    countRefused(req, body.error);
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
@@ -100,7 +109,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     rateLimitPerMinute: config.rateLimitPerMinute,
     apiKeys: deps.apiKeys,
   });
-  registerBodyGuards(app);
+  registerBodyGuards(app, countRefused);
 
   const history = registerHistory(app, { client: upstreams.history, config });
   const refunder = createRefunder({

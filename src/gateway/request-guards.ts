@@ -1,5 +1,5 @@
 import { isUtf8 } from "node:buffer";
-import { errorCodes, type FastifyInstance } from "fastify";
+import { errorCodes, type FastifyInstance, type FastifyRequest } from "fastify";
 
 // With the u flag a well-formed surrogate pair is one code point, so only lone halves match.
 const loneSurrogate = /\p{Cs}/u;
@@ -25,7 +25,11 @@ const charsetParam = /;\s*charset\s*=\s*"?([^";\s]*)"?/i;
  * are not UTF-8. Decoded as it was, each bad sequence became U+FFFD, so
  * `"X\xff"` and `"X\xfe"` were one user id, sharing one quota and history.
  */
-export function registerBodyGuards(app: FastifyInstance): void {
+export function registerBodyGuards(
+  app: FastifyInstance,
+  /** Told of each request refused here, with the error's words (to count it). */
+  onRefuse: (req: FastifyRequest, error: string) => void = () => {},
+): void {
   const parseJson = app.getDefaultJsonParser("error", "error");
   app.removeContentTypeParser("application/json");
   app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
@@ -35,12 +39,16 @@ export function registerBodyGuards(app: FastifyInstance): void {
   app.addHook("onRequest", async (req, reply) => {
     if (!bodyMethods.has(req.method)) return;
     const encoding = req.headers["content-encoding"];
+    const refuse = (error: string) => {
+      onRefuse(req, error);
+      return reply.code(415).send({ error });
+    };
     if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
-      return reply.code(415).send({ error: "content-encoding not supported" });
+      return refuse("content-encoding not supported");
     }
     const charset = charsetParam.exec(req.headers["content-type"] ?? "")?.[1]?.toLowerCase();
     if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
-      return reply.code(415).send({ error: "content-type must be application/json" });
+      return refuse("content-type must be application/json");
     }
   });
 }

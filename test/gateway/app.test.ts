@@ -130,3 +130,45 @@ describe("gateway POST /chat over in-process services", () => {
     expect([res.statusCode, res.body]).toEqual([200, "ok"]);
   });
 });
+
+describe("chatmesh_chats_total", () => {
+  const outcomes = async () => {
+    const text = (await app.inject({ method: "GET", url: "/metrics" })).body;
+    return Object.fromEntries(
+      [...text.matchAll(/^chatmesh_chats_total\{outcome="([^"]+)"\} (\d+)$/gm)].map((m) => [
+        m[1],
+        Number(m[2]),
+      ]),
+    );
+  };
+
+  it("counts every refused chat once, whoever refused it: the route, Fastify or a guard", async () => {
+    await gateway();
+    const post = (url: string, payload: string | Buffer, headers: Record<string, string> = {}) =>
+      app.inject({
+        method: "POST",
+        url,
+        headers: { "content-type": "application/json", ...headers },
+        payload,
+      });
+    const answers = [
+      await post("/chat", "nope"),
+      await post("/chat", '{"text":"x"}'),
+      await post("/chat/stream", ""),
+      await post("/chat", "x".repeat(2000)),
+      await post("/chat", '{"user_id":"u"}', {
+        "content-type": "application/json; charset=latin1",
+      }),
+      await post("/chat/stream", '{"user_id":"u"}', { "content-encoding": "gzip" }),
+      await post("/v1/chat/completions", "nope"),
+    ].map((r) => r.statusCode);
+    expect(answers).toEqual([400, 400, 400, 413, 415, 415, 400]);
+    expect(await outcomes()).toEqual({
+      bad_json_or_missing_user_id: 3,
+      request_body_too_large: 1,
+      "content-type_must_be_application/json": 1,
+      "content-encoding_not_supported": 1,
+      bad_request: 1,
+    });
+  });
+});

@@ -9,7 +9,7 @@ import type { OnChatDone } from "../stream.js";
 import type { Upstreams } from "../upstreams.js";
 import { handleChatCompletion, sendOpenAiError } from "./chat-completions.js";
 import { modelObject } from "./completions.js";
-import { gatewayErrorIn, openAiErrorFrom, openAiErrorFromFastify } from "./errors.js";
+import { gatewayErrorIn, openAiErrorFrom, openAiErrorFromFastify, outcomeOf } from "./errors.js";
 
 export interface OpenAiApiDeps {
   readonly upstreams: Upstreams;
@@ -58,6 +58,8 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
         if (openAi.status === 500) {
           req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
         }
+        // A chat refused before its handler ran (bad JSON, too large) counts as one.
+        if (req.routeOptions.url === "/v1/chat/completions") count(outcomeOf(openAi));
         return sendOpenAiError(reply, openAi);
       });
       v1.setNotFoundHandler((req, reply) =>
