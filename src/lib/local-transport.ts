@@ -1,6 +1,7 @@
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
+import type { Logger } from "./logger.js";
 import type { LocalService } from "./rpc-server.js";
-import { continueTrace } from "./trace.js";
+import { continueTrace, traceLogFields } from "./trace.js";
 import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
 
 export interface LocalTransportOptions {
@@ -18,8 +19,9 @@ export interface LocalTransportOptions {
  * The request and response messages are handed over, not encoded, which
  * holds because neither the gateway nor the services change a message once
  * it is sent or returned.
- * Streams go through the service's in-memory router. Cancelling the caller's
- * signal cancels the handler's.
+ * Streams go through the service's in-memory router, with the caller's
+ * interceptors too. Cancelling the caller's signal cancels the handler's.
+ * The service logs each call, as it logs one that comes over the wire.
  */
 export function createLocalTransport(options: LocalTransportOptions): Transport {
   const { invoker } = options.service;
@@ -58,10 +60,67 @@ export function createLocalTransport(options: LocalTransportOptions): Transport 
       },
     );
   };
+  const { logger } = options.service;
+  // The log level is set at start: below info, calls pay nothing for the lines.
+  const interceptors = [
+    ...(options.interceptors ?? []),
+    ...(logger.isLevelEnabled("info") ? [logCalls(logger)] : []),
+  ];
   return createUnaryTransport({
     send,
     defaultTimeoutMs: options.defaultTimeoutMs,
-    streamTransport: options.service.streams,
-    ...(options.interceptors === undefined ? {} : { interceptors: options.interceptors }),
+    streamTransport: options.service.streams(interceptors),
+    interceptors,
   });
+}
+
+/**
+ * One "request" line per call, in the service's log, when the call ends:
+ * its trace, route, outcome ("ok" or the error's code) and duration, as the
+ * service's lean paths log the calls they serve.
+ */
+function logCalls(logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    const started = performance.now();
+    const log = (err: unknown) => {
+      const trace = continueTrace(req.header.get("traceparent"), req.header.get("x-request-id"));
+      logger.info(
+        {
+          ...traceLogFields(trace),
+          protocol: "local",
+          route: `/${req.method.parent.typeName}/${req.method.name}`,
+          status: err === undefined ? "ok" : Code[ConnectError.from(err).code],
+          ms: Math.round((performance.now() - started) * 10) / 10,
+        },
+        "request",
+      );
+    };
+    let res: Awaited<ReturnType<typeof next>>;
+    try {
+      res = await next(req);
+    } catch (err) {
+      log(err);
+      throw err;
+    }
+    if (!res.stream) {
+      log(undefined);
+      return res;
+    }
+    const source = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        let failure: unknown = new ConnectError("the caller stopped reading", Code.Canceled);
+        try {
+          yield* source;
+          failure = undefined;
+        } catch (err) {
+          failure = err;
+          throw err;
+        } finally {
+          log(failure);
+        }
+      })(),
+    };
+  };
 }

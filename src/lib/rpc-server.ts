@@ -41,7 +41,10 @@ import { useBufferUtf8Encoding } from "./utf8.js";
  */
 export interface LocalService {
   readonly invoker: UnaryInvoker;
-  readonly streams: Transport;
+  /** A transport whose streams go through an in-memory router, with the caller's interceptors. */
+  streams(callerInterceptors: readonly Interceptor[]): Transport;
+  /** The service's logger: a call from the same process is logged as one over the wire. */
+  readonly logger: Logger;
 }
 
 const localServices = new WeakMap<FastifyInstance, LocalService>();
@@ -166,23 +169,20 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     // new): a call without traceparent logs one trace id, not two.
     contextValues: (req) => createContextValues().set(traceKey, req.trace),
   });
-  // Made on the first call of a component in the same process, which most processes never get.
-  let inMemoryTransport: Transport | undefined;
-  const inMemory = () => {
-    inMemoryTransport ??= createRouterTransport(
-      (r) => {
-        for (const replay of replays) replay(r);
-      },
-      { router: { interceptors: routerInterceptors, readMaxBytes: config.maxRequestBytes } },
-    );
-    return inMemoryTransport;
-  };
   localServices.set(app, {
     invoker,
-    streams: {
-      unary: (...args) => inMemory().unary(...args),
-      stream: (...args) => inMemory().stream(...args),
-    },
+    logger,
+    // Made only for a component of the same process, which most processes never have.
+    streams: (callerInterceptors) =>
+      createRouterTransport(
+        (r) => {
+          for (const replay of replays) replay(r);
+        },
+        {
+          transport: { interceptors: [...callerInterceptors] },
+          router: { interceptors: routerInterceptors, readMaxBytes: config.maxRequestBytes },
+        },
+      ),
   });
   return app;
 }

@@ -1,13 +1,15 @@
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
 import { createLocalTransport } from "../../src/lib/local-transport.js";
+import type { Logger } from "../../src/lib/logger.js";
 import { createLogger } from "../../src/lib/logger.js";
-import { createMetricsRegistry } from "../../src/lib/metrics.js";
+import { createMetricsRegistry, createRpcMetricsInterceptor } from "../../src/lib/metrics.js";
 import { createRpcServer, localServiceOf } from "../../src/lib/rpc-server.js";
 import { traceOf } from "../../src/lib/trace.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 import { codeOf } from "../fixtures/rpc.js";
 
 let app: FastifyInstance | undefined;
@@ -19,12 +21,15 @@ afterEach(async () => {
 const traceId = "0af7651916cd43dd8448eb211c80319c";
 
 /** An LLM service that answers what its handler saw; nothing listens on a port. */
-async function localClient(seen: { signal?: AbortSignal } = {}) {
+async function localClient(
+  seen: { signal?: AbortSignal } = {},
+  caller: { interceptors?: Interceptor[]; logger?: Logger } = {},
+) {
   const registry = createMetricsRegistry();
   app = await createRpcServer({
     name: "llm",
     config: loadLlmConfig({}),
-    logger: createLogger("llm", "silent"),
+    logger: caller.logger ?? createLogger("llm", "silent"),
     registry,
     routes: (router) =>
       router.service(LLMService, {
@@ -51,7 +56,11 @@ async function localClient(seen: { signal?: AbortSignal } = {}) {
   await app.ready();
   const client = createClient(
     LLMService,
-    createLocalTransport({ service: localServiceOf(app), defaultTimeoutMs: 1_500 }),
+    createLocalTransport({
+      service: localServiceOf(app),
+      defaultTimeoutMs: 1_500,
+      ...(caller.interceptors && { interceptors: caller.interceptors }),
+    }),
   );
   return { client, registry };
 }
@@ -110,5 +119,30 @@ describe("calls to a service in the same process", () => {
       words.push(chunk.delta);
     }
     expect(words).toEqual(["one", "two", "three"]);
+  });
+
+  it("go through the caller's interceptors and are logged by the service, streams too", async () => {
+    const callerRegistry = createMetricsRegistry();
+    const { logger, lines } = createMemoryLogger();
+    const { client } = await localClient(
+      {},
+      { interceptors: [createRpcMetricsInterceptor(callerRegistry, "client")], logger },
+    );
+    await client.generate({ text: "hi" });
+    for await (const _ of client.generateStream({ text: "one two" })) {
+      // drained
+    }
+    const metrics = await callerRegistry.metrics();
+    for (const method of ["Generate", "GenerateStream"]) {
+      expect(metrics).toContain(
+        `rpc_client_handled_total{service="chat.v1.LLMService",method="${method}",code="ok"} 1`,
+      );
+    }
+    const logged = lines.filter((l) => l.msg === "request");
+    expect(logged.map((l) => [l.route, l.status])).toEqual([
+      ["/chat.v1.LLMService/Generate", "ok"],
+      ["/chat.v1.LLMService/GenerateStream", "ok"],
+    ]);
+    expect(logged.every((l) => l.protocol === "local" && typeof l.ms === "number")).toBe(true);
   });
 });
