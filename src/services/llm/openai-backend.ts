@@ -1,5 +1,5 @@
 import type { ConnectError } from "@connectrpc/connect";
-import OpenAI from "openai";
+import OpenAI, { APIError } from "openai";
 import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
@@ -78,11 +78,33 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       },
     };
   };
+  // OpenAI's newer models (o-series, gpt-5) refuse max_tokens and take
+  // max_completion_tokens; vLLM, Ollama and llama.cpp take max_tokens. The
+  // first refusal switches this backend to the other name for good.
+  let tokensParam: "max_tokens" | "max_completion_tokens" = "max_tokens";
   const body = (request: LlmRequest) => ({
     model,
     messages: [{ role: "user" as const, content: request.text }],
-    ...(request.maxTokens !== undefined && { max_tokens: request.maxTokens }),
+    ...(request.maxTokens !== undefined && { [tokensParam]: request.maxTokens }),
   });
+  /** Makes a call; asks once more with max_completion_tokens if the server refuses max_tokens. */
+  const withTokensParam = async <T>(make: () => Promise<T>): Promise<T> => {
+    const sent = tokensParam;
+    try {
+      return await make();
+    } catch (err) {
+      const refused = err instanceof APIError && err.status === 400 && err.param === "max_tokens";
+      if (!refused || sent !== "max_tokens") throw err;
+      if (tokensParam === "max_tokens") {
+        tokensParam = "max_completion_tokens";
+        logger?.info(
+          { model },
+          "the model server refuses max_tokens: sending max_completion_tokens",
+        );
+      }
+      return make();
+    }
+  };
 
   return {
     name: "openai",
@@ -90,7 +112,9 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     async generate(request, caller) {
       const call = deadline(caller.signal, request);
       try {
-        const res = await client.chat.completions.create(body(request), { signal: call.signal });
+        const res = await withTokensParam(() =>
+          client.chat.completions.create(body(request), { signal: call.signal }),
+        );
         const choice = res.choices[0];
         return {
           reply: choice?.message.content ?? "",
@@ -107,9 +131,11 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       let usage: LlmUsage | undefined;
       let finishReason: string | undefined;
       try {
-        const chunks = await client.chat.completions.create(
-          { ...body(request), stream: true, stream_options: { include_usage: true } },
-          { signal: call.signal },
+        const chunks = await withTokensParam(() =>
+          client.chat.completions.create(
+            { ...body(request), stream: true, stream_options: { include_usage: true } },
+            { signal: call.signal },
+          ),
         );
         for await (const chunk of chunks) {
           const choice = chunk.choices[0];

@@ -17,7 +17,9 @@ beforeAll(async () => {
 afterAll(() => double.close());
 
 /** The LLM service on the openai backend, pointed at the test double; logs kept in memory. */
-function llm(options: { apiKey?: string; timeoutMs?: number; baseUrl?: string } = {}) {
+function llm(
+  options: { apiKey?: string; timeoutMs?: number; baseUrl?: string; model?: string } = {},
+) {
   const lines: string[] = [];
   const logger = pino(
     { level: "info" },
@@ -31,7 +33,7 @@ function llm(options: { apiKey?: string; timeoutMs?: number; baseUrl?: string } 
   const backend = createOpenAiBackend({
     baseUrl: options.baseUrl ?? double.baseUrl,
     apiKey: options.apiKey ?? key,
-    model: "test-double-model",
+    model: options.model ?? "test-double-model",
     timeoutMs: options.timeoutMs ?? 10_000,
     logger,
   });
@@ -161,6 +163,27 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     const err = await failure(llm().client.generate({ text: `status ${status}` }));
     expect(err.code).toBe(code);
     expect(double.requests.length - seen).toBe(1);
+  });
+
+  it("sends max_completion_tokens to a model that refuses max_tokens (OpenAI's o-series, gpt-5)", async () => {
+    const { client, logs } = llm({ model: "o-double-reasoning" });
+    const seen = double.requests.length;
+    expect((await client.generate({ text: "first", maxTokens: 7 })).reply).toBe("Reply to: first");
+    // Refused once, then asked again with the other name; from then on only that one.
+    expect((await client.generate({ text: "second" })).reply).toBe("Reply to: second");
+    const pieces: string[] = [];
+    for await (const piece of client.generateStream({ text: "third" })) pieces.push(piece.delta);
+    expect(pieces.join("")).toBe("Reply to: third");
+    const sent = double.requests
+      .slice(seen)
+      .map((r) => [r.body.max_tokens, r.body.max_completion_tokens]);
+    expect(sent).toEqual([
+      [7, undefined],
+      [undefined, 7],
+      [undefined, 256],
+      [undefined, 256],
+    ]);
+    expect(logs()).toContain("max_completion_tokens");
   });
 
   it("maps a refused stream the same way", async () => {
