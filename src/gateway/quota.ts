@@ -87,6 +87,9 @@ export async function settleChat(
   return Number(res.remaining);
 }
 
+/** The names of the headers rateLimitHeaders sets, as a reply keeps them (lower case). */
+export const rateLimitHeaderNames = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+
 /** The RateLimit-Limit, -Remaining and -Reset (seconds to go) headers of a quota. */
 export function rateLimitHeaders(state: QuotaState, now = new Date()): Record<string, string> {
   const reset = Math.max(0, Math.ceil((state.resetAt.getTime() - now.getTime()) / 1000));

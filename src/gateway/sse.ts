@@ -31,14 +31,26 @@ export interface SseStream {
   /** Writes one frame as it is (see sseFrame, sseDataFrame), as `send` does. */
   write(frame: string): Promise<void>;
   end(): void;
+  /**
+   * While nothing was sent (a stream opened with `deferHeaders`), answers
+   * with `status` and `body` as JSON instead, without the headers named in
+   * `without`; true if it did.
+   */
+  answerInstead(status: number, body: unknown, without?: readonly string[]): boolean;
 }
 
 /**
  * Starts an event stream on a raw response the framework no longer manages:
- * writes the status and headers at once, and turns the client going away
- * into an aborted signal (a response closed before it finished).
+ * writes the status and headers at once (with `deferHeaders`, with the first
+ * frame, so that a failure before it can still be answered with its own
+ * status), and turns the client going away into an aborted signal (a
+ * response closed before it finished).
  */
-export function openSseStream(res: ServerResponse, headers: SseHeaders): SseStream {
+export function openSseStream(
+  res: ServerResponse,
+  headers: SseHeaders,
+  options: { readonly deferHeaders?: boolean } = {},
+): SseStream {
   const gone = new AbortController();
   const onClose = () => {
     // The default reason, an AbortError, is what RPC clients read as "cancelled".
@@ -47,19 +59,26 @@ export function openSseStream(res: ServerResponse, headers: SseHeaders): SseStre
   res.once("close", onClose);
   if (res.destroyed) onClose();
 
-  res.writeHead(200, {
-    ...headers,
-    "content-type": "text/event-stream; charset=utf-8",
-    "cache-control": "no-cache, no-transform",
-    // Proxies such as nginx buffer responses unless told not to.
-    "x-accel-buffering": "no",
-  });
-  res.flushHeaders();
-  // Nagle's algorithm would hold back small frames (a test double socket may lack it).
-  res.socket?.setNoDelay?.(true);
+  let started = false;
+  const start = () => {
+    if (started) return;
+    started = true;
+    res.writeHead(200, {
+      ...headers,
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache, no-transform",
+      // Proxies such as nginx buffer responses unless told not to.
+      "x-accel-buffering": "no",
+    });
+    res.flushHeaders();
+    // Nagle's algorithm would hold back small frames (a test double socket may lack it).
+    res.socket?.setNoDelay?.(true);
+  };
+  if (options.deferHeaders !== true) start();
 
   const write = (frame: string): Promise<void> => {
     if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
+    start();
     if (res.write(frame)) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
@@ -76,7 +95,18 @@ export function openSseStream(res: ServerResponse, headers: SseHeaders): SseStre
     send: (event, data) => write(sseFrame(event, data)),
     write,
     end() {
-      if (!res.writableEnded && !gone.signal.aborted) res.end();
+      if (res.writableEnded || gone.signal.aborted) return;
+      start();
+      res.end();
+    },
+    answerInstead(status, body, without = []) {
+      if (started || res.writableEnded || gone.signal.aborted) return false;
+      started = true;
+      const kept = { ...headers };
+      for (const name of without) delete kept[name];
+      res.writeHead(status, { ...kept, "content-type": "application/json; charset=utf-8" });
+      res.end(JSON.stringify(body));
+      return true;
     },
   };
 }

@@ -270,6 +270,17 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     expect((await quotaOf("u3")).used).toBe(0);
   });
 
+  it("answers a stream whose model fails before its first piece with 500, as OpenAI does", async () => {
+    await gateway({ llm: failingLlmBackend });
+    const err = await thrown(sdk().chat.completions.create({ ...ask("u3", "hi"), stream: true }));
+    expect(err).toBeInstanceOf(InternalServerError);
+    expect(err).toMatchObject({ status: 500, type: "server_error", message: "500 llm failed" });
+    // The charge was given back: no quota headers of before it.
+    expect((err as APIError).headers?.get("ratelimit-remaining")).toBeNull();
+    expect((err as APIError).headers?.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    expect((await quotaOf("u3")).used).toBe(0);
+  });
+
   it("ends a stream whose model breaks with an error event the SDK throws, refunded", async () => {
     await gateway({ llm: breakingLlmBackend });
     const stream = await sdk().chat.completions.create({ ...ask("u3", "hi"), stream: true });

@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { traceLogFields } from "../../lib/trace.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
-import { type QuotaState, rateLimitHeaders } from "../quota.js";
+import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "../quota.js";
 import { chatUsage } from "../quota-cost.js";
 import { relayReply, type StreamingChat } from "../reply-stream.js";
 import { isUserId } from "../request-guards.js";
@@ -102,7 +102,9 @@ export async function handleChatCompletion(
     return sendOpenAiError(reply, openAiErrorFrom(admitted));
   }
   reply.hijack();
-  const sse = openSseStream(reply.raw, reply.getHeaders());
+  // Headers wait for the first chunk: a model that fails before it gets a
+  // status of its own, as OpenAI answers then.
+  const sse = openSseStream(reply.raw, reply.getHeaders(), { deferHeaders: true });
   const outcome = await streamCompletion(
     { ...chatDeps, onChatDone: deps.onChatDone },
     sse,
@@ -137,8 +139,12 @@ async function streamCompletion(
     send(completionChunk(await start(model), { content: text }, null, request.includeUsage)),
   );
   if (result.outcome === "llm failed") {
-    await send(openAiErrorFrom({ status: 500, body: { error: "llm failed" } }).body);
-    sse.end();
+    const failed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
+    // The charge was given back: the quota headers seen before are stale.
+    if (!sse.answerInstead(failed.status, failed.body, rateLimitHeaderNames)) {
+      await send(failed.body);
+      sse.end();
+    }
   }
   if (result.outcome !== "ok") return result.outcome;
 
