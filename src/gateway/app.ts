@@ -13,6 +13,7 @@ import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
 import { type HttpError, httpErrorFromFastify } from "./errors.js";
 import { registerHistory } from "./history.js";
+import { openAiErrorFrom, outcomeOf as openAiOutcomeOf } from "./openai/errors.js";
 import { registerOpenAiApi } from "./openai/routes.js";
 import { registerChatPage } from "./page.js";
 import { createClientErrorHandler, registerProtection } from "./protection.js";
@@ -93,15 +94,22 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
   });
-  /** Counts a chat refused before its route's handler ran (bad JSON, too large, …). */
-  const countRefused = (req: FastifyRequest, error: string) => {
-    if (chatRoutes.has(req.routeOptions.url ?? ""))
-      chats.inc({ outcome: error.replaceAll(" ", "_") });
+  /**
+   * Counts a chat refused before its route's handler ran (bad JSON, too
+   * large, …); under /v1 in that API's terms, as its own refusals.
+   */
+  const countRefused = (req: FastifyRequest, status: number, error: string) => {
+    const route = req.routeOptions.url ?? "";
+    if (!chatRoutes.has(route)) return;
+    const outcome = route.startsWith("/v1/")
+      ? openAiOutcomeOf(openAiErrorFrom({ status, body: { error } }))
+      : error;
+    chats.inc({ outcome: outcome.replaceAll(" ", "_") });
   };
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const { status, body } = httpErrorFromFastify(err);
     if (status === 500) req.log.error({ ...traceLogFields(req.trace), err }, "unhandled error");
-    countRefused(req, body.error);
+    countRefused(req, status, body.error);
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));

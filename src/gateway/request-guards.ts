@@ -27,8 +27,8 @@ const charsetParam = /;\s*charset\s*=\s*"?([^";\s]*)"?/i;
  */
 export function registerBodyGuards(
   app: FastifyInstance,
-  /** Told of each request refused here, with the error's words (to count it). */
-  onRefuse: (req: FastifyRequest, error: string) => void = () => {},
+  /** Told of each request refused here, with its status and the error's words (to count it). */
+  onRefuse: (req: FastifyRequest, status: number, error: string) => void = () => {},
 ): void {
   const parseJson = app.getDefaultJsonParser("error", "error");
   app.removeContentTypeParser("application/json");
@@ -36,11 +36,13 @@ export function registerBodyGuards(
     if (!isUtf8(body as Buffer)) return done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY());
     parseJson(req, body.toString("utf8"), done);
   });
-  app.addHook("onRequest", async (req, reply) => {
-    if (!bodyMethods.has(req.method)) return;
+  // Before the body is read, and after the API key check (an earlier
+  // preParsing hook): a request without a valid key gets its 401 first.
+  app.addHook("preParsing", async (req, reply, payload) => {
+    if (!bodyMethods.has(req.method)) return payload;
     const encoding = req.headers["content-encoding"];
     const refuse = (error: string) => {
-      onRefuse(req, error);
+      onRefuse(req, 415, error);
       return reply.code(415).send({ error });
     };
     if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
@@ -50,5 +52,6 @@ export function registerBodyGuards(
     if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
       return refuse("content-type must be application/json");
     }
+    return payload;
   });
 }

@@ -161,14 +161,17 @@ describe("chatmesh_chats_total", () => {
       }),
       await post("/chat/stream", '{"user_id":"u"}', { "content-encoding": "gzip" }),
       await post("/v1/chat/completions", "nope"),
+      await post("/v1/chat/completions", "{}", { "content-encoding": "gzip" }),
+      await post("/v1/chat/completions", "{}", { "content-type": "text/plain" }),
     ].map((r) => r.statusCode);
-    expect(answers).toEqual([400, 400, 400, 413, 415, 415, 400]);
+    expect(answers).toEqual([400, 400, 400, 413, 415, 415, 400, 415, 415]);
+    // /v1 counts its refusals in its own terms, whoever refused them.
     expect(await outcomes()).toEqual({
       bad_json_or_missing_user_id: 3,
       request_body_too_large: 1,
       "content-type_must_be_application/json": 1,
       "content-encoding_not_supported": 1,
-      bad_request: 1,
+      bad_request: 3,
     });
   });
 });

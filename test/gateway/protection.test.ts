@@ -255,6 +255,15 @@ describe("rate limit", () => {
       headers: { authorization: "Bearer wrong-key-0123456789abe" },
     });
     expect(unknown.statusCode).toBe(429);
+    // Nor with a body the gateway would refuse anyway: the key is checked first.
+    const gzipped = await app.inject({
+      method: "POST",
+      url: "/chat",
+      remoteAddress: "10.0.0.9",
+      headers: { "content-type": "application/json", "content-encoding": "gzip" },
+      payload: "{}",
+    });
+    expect(gzipped.statusCode).toBe(401);
     // Another address guessing is not held back by the first one.
     expect((await chat({ text: "hi" }, "wrong-key-0123456789abc", "10.0.0.8")).statusCode).toBe(
       401,
