@@ -146,15 +146,18 @@ export function createDualProtocolServer(
       undecided.delete(socket);
     });
     socket.on("error", () => socket.destroy());
-    // A connection that does not tell its protocol in time is not kept for ever.
-    socket.setTimeout(options.requestTimeoutMs ?? 30_000, () => socket.destroy());
+    // A connection that does not tell its protocol in time is not kept for
+    // ever: counted from the start (an idle timer would start again with
+    // each byte of a preface that comes a byte at a time).
+    const undecidedFor = setTimeout(() => socket.destroy(), options.requestTimeoutMs ?? 30_000);
+    socket.once("close", () => clearTimeout(undecidedFor));
     let head: Buffer | undefined;
     const onData = (chunk: Buffer) => {
       head = head === undefined ? chunk : Buffer.concat([head, chunk]);
       const protocol = protocolOf(head, options.frames !== undefined);
       if (protocol === undefined) return;
       undecided.delete(socket);
-      socket.setTimeout(0);
+      clearTimeout(undecidedFor);
       socket.pause();
       socket.off("data", onData);
       socket.unshift(head);

@@ -130,6 +130,13 @@ describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
     expect(ms).toBeLessThan(2_500);
   });
 
+  it("is closed by a service when its preface comes a byte at a time: the time is counted from the start", async () => {
+    // 15 bytes at 150 ms each take 2.1 s: far past the 600 ms the protocol must be told in.
+    const { answer, ms } = await slowClient(await llmService(), "", "PRI * HTTP/2.0\r");
+    expect(answer).toBe("");
+    expect(ms).toBeLessThan(1_500);
+  });
+
   it("gets 408 from a service's HTTP/1.1, which is handed its connections", async () => {
     const port = await llmService();
     const path = "/chat.v1.LLMService/Generate";
