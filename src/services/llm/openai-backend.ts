@@ -93,7 +93,12 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     try {
       return await make();
     } catch (err) {
-      const refused = err instanceof APIError && err.status === 400 && err.param === "max_tokens";
+      // Only the parameter's name refused, not its value (too large, say).
+      const refused =
+        err instanceof APIError &&
+        err.status === 400 &&
+        err.param === "max_tokens" &&
+        err.code === "unsupported_parameter";
       if (!refused || sent !== "max_tokens") throw err;
       if (tokensParam === "max_tokens") {
         tokensParam = "max_completion_tokens";

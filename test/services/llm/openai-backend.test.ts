@@ -8,6 +8,7 @@ import { createOpenAiBackend } from "../../../src/services/llm/openai-backend.js
 import { redactSecrets } from "../../../src/services/llm/openai-errors.js";
 import { type OpenAiTestDouble, startOpenAiTestDouble } from "../../fixtures/openai-test-double.js";
 import { freePort } from "../../fixtures/processes.js";
+import { codeOf } from "../../fixtures/rpc.js";
 
 const key = "sk-test-0123456789abcdefSECRET";
 let double: OpenAiTestDouble;
@@ -18,7 +19,13 @@ afterAll(() => double.close());
 
 /** The LLM service on the openai backend, pointed at the test double; logs kept in memory. */
 function llm(
-  options: { apiKey?: string; timeoutMs?: number; baseUrl?: string; model?: string } = {},
+  options: {
+    apiKey?: string;
+    timeoutMs?: number;
+    baseUrl?: string;
+    model?: string;
+    maxTokens?: number;
+  } = {},
 ) {
   const lines: string[] = [];
   const logger = pino(
@@ -40,7 +47,10 @@ function llm(
   const client = createClient(
     LLMService,
     createRouterTransport((router) =>
-      router.service(LLMService, createLlmService({ backend, logger, maxTokens: 256 })),
+      router.service(
+        LLMService,
+        createLlmService({ backend, logger, maxTokens: options.maxTokens ?? 256 }),
+      ),
     ),
   );
   return { client, logs: () => lines.join("") };
@@ -163,6 +173,16 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     const err = await failure(llm().client.generate({ text: `status ${status}` }));
     expect(err.code).toBe(code);
     expect(double.requests.length - seen).toBe(1);
+  });
+
+  it("keeps max_tokens when a server refuses its value, not its name", async () => {
+    const { client } = llm({ maxTokens: 10_000 });
+    const seen = double.requests.length;
+    expect(await codeOf(client.generate({ text: "big", maxTokens: 5_000 }))).toBe(
+      "FailedPrecondition",
+    );
+    await client.generate({ text: "small", maxTokens: 5 });
+    expect(double.requests.slice(seen).map((r) => r.body.max_tokens)).toEqual([5_000, 5]);
   });
 
   it("sends max_completion_tokens to a model that refuses max_tokens (OpenAI's o-series, gpt-5)", async () => {
