@@ -87,7 +87,8 @@ export function createFramesServer(
       if (logger.isLevelEnabled("info")) {
         const ms = Math.round((performance.now() - started) * 10) / 10;
         logger.info(
-          { ...traceLogFields(trace), protocol: "frames", route: path, status, ms },
+          // `code`, not `status`: a gRPC code's name, where HTTP lines have a number.
+          { ...traceLogFields(trace), protocol: "frames", route: path, code: status, ms },
           "request",
         );
       }

@@ -1,7 +1,7 @@
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import type { Logger } from "./logger.js";
 import type { LocalService } from "./rpc-server.js";
-import { continueTrace, traceLogFields } from "./trace.js";
+import { continueTrace, formatTraceparent, traceLogFields } from "./trace.js";
 import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
 
 export interface LocalTransportOptions {
@@ -76,20 +76,24 @@ export function createLocalTransport(options: LocalTransportOptions): Transport 
 
 /**
  * One "request" line per call, in the service's log, when the call ends:
- * its trace, route, outcome ("ok" or the error's code) and duration, as the
- * service's lean paths log the calls they serve.
+ * its trace, route, outcome (`code`: "ok" or the error's code) and
+ * duration, as the service's lean frames path logs the calls it serves. The
+ * trace is the one the handler gets: a call that comes without one is sent
+ * on with the one made here.
  */
 function logCalls(logger: Logger): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
+    const trace = continueTrace(req.header.get("traceparent"), req.header.get("x-request-id"));
+    req.header.set("traceparent", formatTraceparent(trace));
+    req.header.set("x-request-id", trace.requestId);
     const log = (err: unknown) => {
-      const trace = continueTrace(req.header.get("traceparent"), req.header.get("x-request-id"));
       logger.info(
         {
           ...traceLogFields(trace),
           protocol: "local",
           route: `/${req.method.parent.typeName}/${req.method.name}`,
-          status: err === undefined ? "ok" : Code[ConnectError.from(err).code],
+          code: err === undefined ? "ok" : Code[ConnectError.from(err).code],
           ms: Math.round((performance.now() - started) * 10) / 10,
         },
         "request",

@@ -128,7 +128,8 @@ describe("calls to a service in the same process", () => {
       {},
       { interceptors: [createRpcMetricsInterceptor(callerRegistry, "client")], logger },
     );
-    await client.generate({ text: "hi" });
+    // Without a trace: the line shows the one the handler got.
+    const reply = (await client.generate({ text: "hi" })).reply;
     for await (const _ of client.generateStream({ text: "one two" })) {
       // drained
     }
@@ -139,7 +140,8 @@ describe("calls to a service in the same process", () => {
       );
     }
     const logged = lines.filter((l) => l.msg === "request");
-    expect(logged.map((l) => [l.route, l.status])).toEqual([
+    expect(reply.split(" ")[0]).toBe(logged[0]?.trace_id);
+    expect(logged.map((l) => [l.route, l.code])).toEqual([
       ["/chat.v1.LLMService/Generate", "ok"],
       ["/chat.v1.LLMService/GenerateStream", "ok"],
     ]);
