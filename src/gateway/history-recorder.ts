@@ -33,12 +33,13 @@ export interface HistoryRecorder {
   /** Starts the append in the background; never throws. */
   record(chat: ChatRecord): void;
   /**
-   * Sends the chats gathered so far at once, and resolves when every first
-   * attempt under way has been answered (the chat stored, or queued for a
-   * retry): a read made then sees every chat recorded before (read your
-   * writes, on this gateway). Never rejects.
+   * Sends the user's chats gathered so far at once, and resolves when the
+   * first attempts under way with any of the user's chats have been answered
+   * (stored, or queued for a retry): a read of the user's history made then
+   * sees every chat recorded for the user before (read your writes, on this
+   * gateway), and waits for no other user's. Never rejects.
    */
-  flush(): Promise<void>;
+  flush(userId: string): Promise<void>;
   stats(): HistoryRecorderStats;
   /** Stops retrying after one last attempt for what is pending. */
   close(): Promise<void>;
@@ -242,8 +243,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     );
   }
 
-  /** First attempts (AppendBatch calls) under way. */
-  const sending = new Set<Promise<void>>();
+  /** First attempts (AppendBatch calls) under way, with the chats each carries. */
+  const sending = new Map<Promise<void>, typeof batch>();
   const flushBatch = () => {
     clearTimeout(batchTimer);
     batchTimer = undefined;
@@ -252,10 +253,12 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     batchChars = 0;
     if (gathered.length === 0) return;
     const work = appendAll(gathered);
-    sending.add(work);
+    sending.set(work, gathered);
     void work.finally(() => sending.delete(work));
     track(work);
   };
+  const hasUser = (chats: typeof batch, userId: string) =>
+    chats.some(({ chat }) => chat.userId === userId);
 
   return {
     record(chat) {
@@ -268,9 +271,11 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       else batchTimer ??= setTimeout(flushBatch, batchWindowMs);
     },
 
-    async flush() {
-      flushBatch();
-      if (sending.size > 0) await Promise.allSettled([...sending]);
+    async flush(userId) {
+      // A scan of at most a few batches, on reads only: nothing is kept per chat for it.
+      if (hasUser(batch, userId)) flushBatch();
+      const mine = [...sending].filter(([, chats]) => hasUser(chats, userId)).map(([w]) => w);
+      if (mine.length > 0) await Promise.allSettled(mine);
     },
 
     stats: () => ({ ...counts, pending: queue.length }),

@@ -72,8 +72,8 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
   app.get("/history", async (req, reply) => {
     const query = parseHistoryQuery(req.query);
     if ("status" in query) return reply.code(query.status).send(query.body);
-    // This gateway's chats just answered are stored before the read.
-    await recorder.flush();
+    // The user's chats this gateway just answered are stored before the read.
+    await recorder.flush(query.userId);
     try {
       const page = await client.list(query, traceCallOptions(req.trace));
       const body: HistoryPage = {

@@ -92,6 +92,26 @@ describe("gateway GET /history over in-process services", () => {
     ).toEqual(["two", "one"]);
   });
 
+  it("makes a read wait only for its own user's chats, not for another user's slow append", async () => {
+    const memory = createMemoryHistoryStore();
+    const slow: HistoryStore = {
+      ...memory,
+      list: (query) => memory.list(query),
+      append: async (entry) => {
+        await new Promise((r) => setTimeout(r, 1_500));
+        return memory.append(entry);
+      },
+    };
+    await gateway({ history: slow });
+    expect((await chat("slow-a", "one")).statusCode).toBe(200);
+    const started = Date.now();
+    const other = await history("?user_id=slow-b");
+    expect([other.statusCode, other.json().items]).toEqual([200, []]);
+    expect(Date.now() - started).toBeLessThan(700);
+    // The user who just chatted still reads the chat.
+    expect((await history("?user_id=slow-a")).json().items).toHaveLength(1);
+  });
+
   it("pages with page_size and page_token, ending with an empty token", async () => {
     await gateway();
     for (const n of [1, 2, 3]) await chat("pager", `chat ${n}`);
