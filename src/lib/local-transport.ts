@@ -1,5 +1,6 @@
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import type { Logger } from "./logger.js";
+import { callThen } from "./metrics.js";
 import type { LocalService } from "./rpc-server.js";
 import { continueTrace, formatTraceparent, traceLogFields } from "./trace.js";
 import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
@@ -82,7 +83,7 @@ export function createLocalTransport(options: LocalTransportOptions): Transport 
  * on with the one made here.
  */
 function logCalls(logger: Logger): Interceptor {
-  return (next) => async (req) => {
+  return (next) => (req) => {
     const started = performance.now();
     const trace = continueTrace(req.header.get("traceparent"), req.header.get("x-request-id"));
     req.header.set("traceparent", formatTraceparent(trace));
@@ -99,32 +100,6 @@ function logCalls(logger: Logger): Interceptor {
         "request",
       );
     };
-    let res: Awaited<ReturnType<typeof next>>;
-    try {
-      res = await next(req);
-    } catch (err) {
-      log(err);
-      throw err;
-    }
-    if (!res.stream) {
-      log(undefined);
-      return res;
-    }
-    const source = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        let failure: unknown = new ConnectError("the caller stopped reading", Code.Canceled);
-        try {
-          yield* source;
-          failure = undefined;
-        } catch (err) {
-          failure = err;
-          throw err;
-        } finally {
-          log(failure);
-        }
-      })(),
-    };
+    return callThen(next, req, log);
   };
 }

@@ -305,40 +305,58 @@ export function createRpcMetricsInterceptor(
     }
     return found;
   };
-  return (next) => async (req) => {
+  // Not async itself: callThen is the one promise of the call.
+  return (next) => (req) => {
     const started = performance.now();
-    const done = (err: unknown) => {
+    return callThen(next, req, (err) => {
       const metrics =
         err === undefined
           ? okChild(req)
           : child(req.service.typeName, req.method.name, codeName(ConnectError.from(err).code));
       metrics.handled.inc();
       metrics.seconds.observe((performance.now() - started) / 1000);
-    };
-    let res: Awaited<ReturnType<typeof next>>;
-    try {
-      res = await next(req);
-    } catch (err) {
-      done(err);
-      throw err;
-    }
-    if (!res.stream) {
-      done(undefined);
-      return res;
-    }
-    const source = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        try {
-          yield* source;
-          done(undefined);
-        } catch (err) {
-          done(err);
-          throw err;
-        }
-      })(),
-    };
+    });
+  };
+}
+
+type Next = Parameters<Interceptor>[0];
+
+/**
+ * Makes the call through `next` and tells `done` once how it ended: its
+ * error, or undefined. A stream ends when its last message was read, or as
+ * Canceled when the caller stopped reading before.
+ */
+export async function callThen(
+  next: Next,
+  req: Parameters<Next>[0],
+  done: (err: unknown) => void,
+): ReturnType<Next> {
+  let res: Awaited<ReturnType<Next>>;
+  try {
+    res = await next(req);
+  } catch (err) {
+    done(err);
+    throw err;
+  }
+  if (!res.stream) {
+    done(undefined);
+    return res;
+  }
+  const source = res.message;
+  return {
+    ...res,
+    message: (async function* () {
+      let failure: unknown = new ConnectError("the caller stopped reading", Code.Canceled);
+      try {
+        yield* source;
+        failure = undefined;
+      } catch (err) {
+        failure = err;
+        throw err;
+      } finally {
+        done(failure);
+      }
+    })(),
   };
 }
 
