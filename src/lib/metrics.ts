@@ -323,8 +323,10 @@ type Next = Parameters<Interceptor>[0];
 
 /**
  * Makes the call through `next` and tells `done` once how it ended: its
- * error, or undefined. A stream ends when its last message was read, or as
- * Canceled when the caller stopped reading before.
+ * error, or undefined. A stream ends when its last message was read or it
+ * failed (a caller that cancels through its signal makes it fail), or as
+ * Canceled if the caller returns its iterator early. Connect's clients do
+ * not: a stream a caller merely stops reading is not told at all.
  */
 export async function callThen(
   next: Next,
@@ -346,15 +348,18 @@ export async function callThen(
   return {
     ...res,
     message: (async function* () {
-      let failure: unknown = new ConnectError("the caller stopped reading", Code.Canceled);
+      let ended = false;
+      let failure: unknown;
       try {
         yield* source;
-        failure = undefined;
+        ended = true;
       } catch (err) {
+        ended = true;
         failure = err;
         throw err;
       } finally {
-        done(failure);
+        // An error made only for a stream its caller left: none for the others.
+        done(ended ? failure : new ConnectError("the caller stopped reading", Code.Canceled));
       }
     })(),
   };

@@ -147,4 +147,25 @@ describe("calls to a service in the same process", () => {
     ]);
     expect(logged.every((l) => l.protocol === "local" && typeof l.ms === "number")).toBe(true);
   });
+
+  it("count and log a stream its caller cancels as canceled", async () => {
+    const callerRegistry = createMetricsRegistry();
+    const { logger, lines } = createMemoryLogger();
+    const { client } = await localClient(
+      {},
+      { interceptors: [createRpcMetricsInterceptor(callerRegistry, "client")], logger },
+    );
+    const controller = new AbortController();
+    const stream = client.generateStream({ text: "one two three" }, { signal: controller.signal });
+    const read = (async () => {
+      for await (const _ of stream) controller.abort();
+    })();
+    expect(await codeOf(read)).toBe("Canceled");
+    await expect
+      .poll(() => callerRegistry.metrics(), { timeout: 2_000 })
+      .toContain(
+        'rpc_client_handled_total{service="chat.v1.LLMService",method="GenerateStream",code="canceled"} 1',
+      );
+    expect(lines.filter((l) => l.msg === "request").map((l) => l.code)).toEqual(["Canceled"]);
+  });
 });
