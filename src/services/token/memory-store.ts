@@ -1,4 +1,4 @@
-import { previousWindow, type QuotaWindow } from "./clock.js";
+import { previousWindow } from "./clock.js";
 import type {
   ChargeInput,
   ChargeResult,
@@ -58,20 +58,13 @@ export function createMemoryQuotaStore(): QuotaStore {
     }
     return state;
   };
-  // The day before the last window asked about: worked out once a day, not per charge.
-  let lastDay = { day: "", before: "" };
-  const dayBefore = (window: QuotaWindow) => {
-    if (lastDay.day !== window.day)
-      lastDay = { day: window.day, before: previousWindow(window).day };
-    return lastDay.before;
-  };
   /** A charge in the window given or the one before (for calls just after midnight). */
   const findCharge = (input: RefundInput | ChargeInput) => {
     const key = chargeKey(input.userId, input.chargeId);
     const today = days.get(input.window.day);
     const record = today?.charges.get(key);
     if (today !== undefined && record !== undefined) return { state: today, key, record };
-    const before = days.get(dayBefore(input.window));
+    const before = days.get(previousWindow(input.window).day);
     const earlier = before?.charges.get(key);
     return before !== undefined && earlier !== undefined
       ? { state: before, key, record: earlier }
