@@ -111,9 +111,10 @@ export function registerApiKeyAuth(
   options: ApiKeyAuthOptions,
 ): void {
   app.decorateRequest("apiUser", undefined);
-  app.addHook("onRequest", async (req) => {
+  app.addHook("onRequest", (req, _reply, done) => {
     const key = bearerKey(req.headers.authorization);
     if (key !== undefined) req.apiUser = keys.userOf(key);
+    done();
   });
   // Refused one step later than the key is read: a rate limit (a route's
   // onRequest hook, which runs after the app's) counts a request without a
