@@ -10,7 +10,7 @@ import {
   parseChatInput,
 } from "./chat.js";
 import type { HttpError } from "./errors.js";
-import { type QuotaState, rateLimitHeaders } from "./quota.js";
+import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "./quota.js";
 import type { CostPolicy } from "./quota-cost.js";
 import type { Refunder } from "./refunder.js";
 import { relayReply, type StreamingChat } from "./reply-stream.js";
@@ -54,10 +54,12 @@ const isHttpError = (value: object): value is HttpError => "status" in value;
 
 /**
  * Adds `POST /chat/stream` (contract, Streaming): the same body and the same
- * JSON errors as /chat while Filter and Token run; then `text/event-stream`
+ * JSON errors as /chat until the reply starts, that is while Filter and
+ * Token run and until the model's first piece; then `text/event-stream`
  * with `meta`, one or more `delta`, and `done` (or `error` when the model
- * fails, the charge then given back). A client that goes away cancels the
- * model call; the one charge already taken stays.
+ * fails, the charge then given back). A model that fails before its first
+ * piece is answered as /chat answers it, 500 `llm failed`. A client that goes
+ * away cancels the model call; the one charge already taken stays.
  */
 export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): void {
   const { upstreams, logger } = deps;
@@ -90,7 +92,9 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
     }
 
     reply.hijack();
-    const sse = openSseStream(reply.raw, reply.getHeaders());
+    // Headers and `meta` wait for the model's first piece, so that a model
+    // that fails before it gets the status /chat gives it.
+    const sse = openSseStream(reply.raw, reply.getHeaders(), { deferHeaders: true });
     const outcome = await streamReply(
       { ...chatDeps, sse, onChatDone: deps.onChatDone },
       input,
@@ -115,17 +119,26 @@ async function streamReply(
   requestId: string,
 ): Promise<"ok" | "llm failed" | "client gone"> {
   const { sse } = deps;
-  const { cleaned } = admitted;
-  await sse.send("meta", { cleaned, remaining: admitted.remaining });
+  let started = false;
+  const delta = async (text: string) => {
+    if (!started) {
+      started = true;
+      await sse.send("meta", { cleaned: admitted.cleaned, remaining: admitted.remaining });
+    }
+    await sse.send("delta", { text });
+  };
   const chat: StreamingChat = { input, admitted, requestId };
-  const result = await relayReply(deps, chat, sse.signal, (text) => sse.send("delta", { text }));
+  const result = await relayReply(deps, chat, sse.signal, delta);
   if (result.outcome === "llm failed") {
-    await sse.send("error", { error: "llm failed" });
-    sse.end();
+    // The charge was given back: the quota headers seen before are stale.
+    if (!sse.answerInstead(500, { error: "llm failed" }, rateLimitHeaderNames)) {
+      await sse.send("error", { error: "llm failed" });
+      sse.end();
+    }
   }
   if (result.outcome !== "ok") return result.outcome;
   // The contract has one delta or more before done: an empty reply is one empty delta.
-  if (result.reply === "") await sse.send("delta", { text: "" });
+  if (result.reply === "") await delta("");
   await sse.send("done", { reply: result.reply });
   await notifyDone(deps, chat, result.reply);
   sse.end();

@@ -139,6 +139,17 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await page.screenshot({ path: `${artifacts}chat-page.png`, fullPage: true });
   });
 
+  it("says when the model fails before answering, keeping the text to send again", async () => {
+    await stack.procs.get("llm")?.stop("SIGKILL");
+    await page.locator("#user").fill("browser-3");
+    await send("will the model answer?");
+    await errorShows("model failed");
+    expect(await errorText()).toBe(
+      "The model failed to answer; your quota for this message was given back. Please try again.",
+    );
+    expect(await page.locator("#text").inputValue()).toBe("will the model answer?");
+  });
+
   it("says when a service fails", async () => {
     await stack.procs.get("filter")?.stop("SIGKILL");
     await page.locator("#user").fill("browser-2");

@@ -8,7 +8,11 @@ import { createLogger } from "../../src/lib/logger.js";
 import type { LlmBackend } from "../../src/services/llm/backend.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
 import { deltasOf, parseSse } from "../fixtures/sse.js";
-import { breakingLlmBackend, createInProcessUpstreams } from "../fixtures/upstreams.js";
+import {
+  breakingLlmBackend,
+  createInProcessUpstreams,
+  failingLlmBackend,
+} from "../fixtures/upstreams.js";
 
 let app: FastifyInstance;
 let baseUrl: string;
@@ -127,6 +131,23 @@ describe("gateway POST /chat/stream over in-process services", () => {
       ]);
     }
     expect(done).toEqual([]);
+  });
+
+  it("answers a model that fails before its first piece as /chat does: 500 llm failed, refunded", async () => {
+    const done: StreamedChat[] = [];
+    await gateway({ llm: failingLlmBackend, onChatDone: (chat) => void done.push(chat) });
+    for (let i = 0; i < 5; i++) {
+      const res = await stream({ user_id: "u1", text: "hi" });
+      expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+      expect([res.status, await res.json()]).toEqual([500, { error: "llm failed" }]);
+      expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+      // The charge was given back: no quota headers of before it.
+      expect(res.headers.get("ratelimit-remaining")).toBeNull();
+    }
+    expect(done).toEqual([]);
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^http_requests_total\{[^}]*route="\/chat\/stream",status="500"\} 5$/m);
+    expect(metrics).toContain('chatmesh_chats_total{outcome="llm_failed"} 5');
   });
 
   it("sends one delta even for an empty reply (the contract's one or more)", async () => {

@@ -28,6 +28,9 @@ function describeError(status, body) {
     return "Too many requests. Please wait a moment and try again.";
   }
   if (status >= 500) {
+    if (error === "llm failed") {
+      return "The model failed to answer; your quota for this message was given back. Please try again.";
+    }
     const what = error === "" ? "the server" : `${error}`;
     return `Something went wrong on our side (${what}). Please try again.`;
   }
