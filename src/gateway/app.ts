@@ -41,6 +41,9 @@ export interface GatewayDeps {
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
 
+/** The methods a 405's `Allow` can name (HEAD comes with each GET route). */
+const httpMethods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+
 /** The routes whose answers chatmesh_chats_total counts. */
 const chatRoutes = new Set(["/chat", "/chat/stream", "/v1/chat/completions"]);
 
@@ -112,7 +115,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     countRefused(req, status, body.error);
     return reply.code(status).send(body);
   });
-  app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: "not found" }));
+  app.setNotFoundHandler((req, reply) => {
+    // A path served with other methods is a 405 naming them (RFC 9110, 15.5.6).
+    const url = req.url.split("?")[0] ?? "";
+    const allowed = httpMethods.filter((method) => app.findRoute({ method, url }) !== null);
+    if (allowed.length === 0) return reply.code(404).send({ error: "not found" });
+    return reply
+      .code(405)
+      .header("allow", allowed.join(", "))
+      .send({ error: "method not allowed" });
+  });
   await registerProtection(app, {
     rateLimitPerMinute: config.rateLimitPerMinute,
     apiKeys: deps.apiKeys,

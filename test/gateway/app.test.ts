@@ -124,6 +124,31 @@ describe("gateway POST /chat over in-process services", () => {
     }
   });
 
+  it.each([
+    ["DELETE", "/chat", "POST"],
+    ["GET", "/chat/stream", "POST"],
+    ["POST", "/history", "GET, HEAD"],
+    ["PUT", "/health?x=1", "GET, HEAD"],
+  ])("answers %s %s with 405 and Allow: %s", async (method, url, allow) => {
+    await gateway();
+    const res = await app.inject({ method: method as "GET", url });
+    expect([res.statusCode, res.headers.allow, res.json()]).toEqual([
+      405,
+      allow,
+      { error: "method not allowed" },
+    ]);
+  });
+
+  it("answers a path no method serves with 404", async () => {
+    await gateway();
+    const res = await app.inject({ method: "POST", url: "/chats" });
+    expect([res.statusCode, res.headers.allow, res.json()]).toEqual([
+      404,
+      undefined,
+      { error: "not found" },
+    ]);
+  });
+
   it("answers GET /health with ok", async () => {
     await gateway();
     const res = await app.inject({ method: "GET", url: "/health" });
