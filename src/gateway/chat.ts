@@ -216,10 +216,7 @@ export async function refund(deps: ChatDeps, userId: string, chargeId: string): 
       deps.upstreams.token.refund({ userId, chargeId }, traceCallOptions(deps.trace)),
     );
     deps.refunds?.inc({ result: "ok" });
-    deps.logger.info(
-      { ...fields, refunded: Number(refunded) },
-      "charge refunded after llm failure",
-    );
+    deps.logger.info({ ...fields, refunded: Number(refunded) }, "charge refunded");
   } catch (err) {
     deps.refunds?.inc({ result: "failed" });
     deps.logger.error({ ...fields, err }, "refund failed: the charge stays");

@@ -105,7 +105,7 @@ export function createRefunder(options: RefunderOptions): Refunder {
       try {
         const refunded = await attempt(userId, chargeId, trace);
         refunds?.inc({ result: "ok" });
-        logger.info({ ...traceLogFields(trace), refunded }, "charge refunded after llm failure");
+        logger.info({ ...traceLogFields(trace), refunded }, "charge refunded");
       } catch (err) {
         logger.warn({ ...traceLogFields(trace), err }, "refund failed: retrying in the background");
         later(userId, chargeId, trace, firstDelayMs, Date.now() + retryWindowMs);

@@ -36,7 +36,8 @@ export interface StreamingChat {
  * gives the charge back when the model fails, and settles it to the chat's
  * usage once the reply is whole. `signal` aborts when the client goes away;
  * the model call is cancelled then and the charge stays (settled, in tokens
- * mode, to the prompt and the part of the reply relayed).
+ * mode, to the prompt and the part of the reply relayed). A client gone
+ * before the model call gets no call and the charge back.
  */
 export async function relayReply(
   deps: ChatDeps,
@@ -50,6 +51,12 @@ export async function relayReply(
   let model = "";
   let finishReason = "";
   let reportedUsage: ChatUsage | undefined;
+  // Gone while Filter and Token ran: no model call is opened for nobody, and
+  // the charge, for which nothing was done, is given back.
+  if (signal.aborted) {
+    await refund(deps, input.userId, requestId);
+    return { outcome: "client gone" };
+  }
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },

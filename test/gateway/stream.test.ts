@@ -1,3 +1,4 @@
+import { connect } from "node:net";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildGateway } from "../../src/gateway/app.js";
@@ -7,6 +8,8 @@ import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
 import type { LlmBackend } from "../../src/services/llm/backend.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { createMemoryQuotaStore } from "../../src/services/token/memory-store.js";
+import type { QuotaStore } from "../../src/services/token/quota-store.js";
 import { deltasOf, parseSse } from "../fixtures/sse.js";
 import {
   breakingLlmBackend,
@@ -166,6 +169,54 @@ describe("gateway POST /chat/stream over in-process services", () => {
       { event: "delta", data: { text: "" } },
       { event: "done", data: { reply: "" } },
     ]);
+  });
+
+  it("opens no model call for a client gone while Token ran, and gives its charge back", async () => {
+    const store = createMemoryQuotaStore();
+    let charging = () => {};
+    const charged = new Promise<void>((resolve) => {
+      charging = resolve;
+    });
+    let leave = () => {};
+    const left = new Promise<void>((resolve) => {
+      leave = resolve;
+    });
+    // A test double around the real store: the first charge waits until the client has gone.
+    const slow: QuotaStore = {
+      ...store,
+      async charge(input) {
+        charging();
+        await left;
+        return store.charge(input);
+      },
+    };
+    let modelCalls = 0;
+    const echo = createEchoBackend();
+    const counted: LlmBackend = {
+      ...echo,
+      name: "echo, counted (test double)",
+      stream(request, signal) {
+        modelCalls++;
+        return echo.stream(request, signal);
+      },
+    };
+    await gateway({ store: slow, llm: counted });
+    const body = JSON.stringify({ user_id: "early", text: "hi" });
+    const socket = connect(Number(new URL(baseUrl).port), "127.0.0.1");
+    socket.write(
+      `POST /chat/stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+    );
+    await charged;
+    socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    leave();
+
+    const metrics = () => fetch(`${baseUrl}/metrics`).then((res) => res.text());
+    await expect.poll(metrics).toContain('chatmesh_chats_total{outcome="client_gone"} 1');
+    expect(modelCalls).toBe(0);
+    const next = parseSse(await (await stream({ user_id: "early", text: "hi" })).text());
+    expect(next[0]?.data).toEqual({ cleaned: "hi", remaining: 150 });
+    expect(modelCalls).toBe(1);
   });
 
   it("cancels the model when the client goes away, keeping the one charge", async () => {
