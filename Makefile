@@ -15,7 +15,7 @@ help: ## Describe the targets
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): package.json package-lock.json
-	npm ci
+	npm ci --prefer-offline
 	@touch $@
 
 install: $(STAMP) ## Install dependencies when package-lock.json changed
