@@ -6,6 +6,8 @@ const files = [
   { url: "/", file: "index.html", type: "text/html; charset=utf-8" },
   { url: "/chat.js", file: "chat.js", type: "text/javascript; charset=utf-8" },
   { url: "/chat.css", file: "chat.css", type: "text/css; charset=utf-8" },
+  // Linked by the page, so that browsers do not ask for a /favicon.ico it would answer 404.
+  { url: "/favicon.svg", file: "favicon.svg", type: "image/svg+xml" },
 ] as const;
 
 /**

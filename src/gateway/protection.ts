@@ -18,6 +18,7 @@ export const opsPaths: ReadonlySet<string> = new Set([
   "/",
   "/chat.js",
   "/chat.css",
+  "/favicon.svg",
 ]);
 
 /**

@@ -139,7 +139,11 @@ async function streamReply(
   if (result.outcome !== "ok") return result.outcome;
   // The contract has one delta or more before done: an empty reply is one empty delta.
   if (result.reply === "") await delta("");
-  await sse.send("done", { reply: result.reply });
+  // What is left once the chat was priced: in tokens mode the settled charge, not meta's reservation.
+  await sse.send("done", {
+    reply: result.reply,
+    remaining: result.remaining ?? admitted.remaining,
+  });
   await notifyDone(deps, chat, result.reply);
   sse.end();
   return "ok";

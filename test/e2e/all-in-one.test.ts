@@ -68,7 +68,7 @@ describe("chatmesh all: the five components in one process", () => {
       body: JSON.stringify({ user_id: "streamer", text: "one two" }),
     });
     const events = await res.text();
-    expect(events).toContain('event: done\ndata: {"reply":"Echo: one two"}');
+    expect(events).toContain('event: done\ndata: {"reply":"Echo: one two","remaining":150}');
     expect((await fetch(`${all.url}/readyz`)).status).toBe(200);
   });
 

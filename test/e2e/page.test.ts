@@ -1,5 +1,7 @@
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -81,6 +83,20 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
   const errorShows = (text: string) =>
     page.locator("#error", { hasText: text }).waitFor({ state: "visible" });
 
+  it("loads with no failed request and no console error", async () => {
+    const tab = await browser.newPage();
+    const failed: string[] = [];
+    tab.on("response", (res) => {
+      if (res.status() >= 400) failed.push(`${res.status()} ${res.url()}`);
+    });
+    tab.on("console", (message) => {
+      if (message.type() === "error") failed.push(message.text());
+    });
+    await tab.goto(stack.gatewayUrl, { waitUntil: "networkidle" });
+    await tab.close();
+    expect(failed).toEqual([]);
+  });
+
   it("streams the reply word by word and counts the quota down", async () => {
     await page.locator("#user").fill("browser");
     const reply = "Echo: Hello from a real browser, streamed word by word";
@@ -100,6 +116,33 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await second;
     expect(await lastReply().textContent()).toBe("Echo: and once more");
     expect(await page.locator("#quota").textContent()).toBe("100");
+  });
+
+  it("keeps a streaming reply when Enter is pressed, and sends nothing more", async () => {
+    await page.locator("#user").fill("browser-enter");
+    const watching = watchReply();
+    await send("a b c d e f g h");
+    await page.locator("#send", { hasText: "Stop" }).waitFor();
+    await page.locator("#text").fill("the next message");
+    await page.locator("#text").press("Enter");
+    await page.locator("#user").press("Enter");
+    await watching;
+    expect(await lastReply().textContent()).toBe("Echo: a b c d e f g h");
+    expect(await page.locator("#text").inputValue()).toBe("the next message");
+    expect(await page.locator("#quota").textContent()).toBe("150");
+  });
+
+  it("sends one message for a double click on Send", async () => {
+    await page.locator("#user").fill("browser-double");
+    await page.locator("#text").fill("clicked twice");
+    const watching = watchReply();
+    await page.locator("#send").dblclick();
+    await watching;
+    expect(await lastReply().textContent()).toBe("Echo: clicked twice");
+    const quota = await fetch(`${stack.gatewayUrl}/quota?user_id=browser-double`);
+    expect(await quota.json()).toMatchObject({ used: 50 });
+    // Back to the user the next tests count down.
+    await page.locator("#user").fill("browser");
   });
 
   it("says when a message is blocked, blank or too long, charging nothing", async () => {
@@ -139,15 +182,32 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await page.screenshot({ path: `${artifacts}chat-page.png`, fullPage: true });
   });
 
-  it("says when the model fails before answering, keeping the text to send again", async () => {
-    await stack.procs.get("llm")?.stop("SIGKILL");
+  it("says when the model fails, showing the quota given back", async () => {
     await page.locator("#user").fill("browser-3");
+    const first = watchReply();
+    await send("first");
+    await first;
+    expect(await page.locator("#quota").textContent()).toBe("150");
+
+    // Mid-reply: the words so far stay, the quota shown is the one before it.
+    const words = Array.from({ length: 40 }, (_, i) => `w${i}`).join(" ");
+    const failing = watchReply();
+    await send(words);
+    await page.locator(".msg.reply.streaming", { hasText: "w1" }).waitFor();
+    await stack.procs.get("llm")?.stop("SIGKILL");
+    await failing;
+    await errorShows("failed while answering");
+    expect(await page.locator("#quota").textContent()).toBe("150");
+
+    // Before its first word (the model server is down): nothing was sent, the text stays.
     await send("will the model answer?");
-    await errorShows("model failed");
+    await errorShows("failed to answer");
     expect(await errorText()).toBe(
       "The model failed to answer; your quota for this message was given back. Please try again.",
     );
     expect(await page.locator("#text").inputValue()).toBe("will the model answer?");
+    const quota = await fetch(`${stack.gatewayUrl}/quota?user_id=browser-3`);
+    expect(await quota.json()).toMatchObject({ used: 50 });
   });
 
   it("says when a service fails", async () => {
@@ -159,6 +219,57 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
       "Something went wrong on our side (filter failed). Please try again.",
     );
     await page.screenshot({ path: `${artifacts}chat-page-error.png`, fullPage: true });
+  });
+});
+
+describe.skipIf(missing)("the chat page with API keys", () => {
+  const key = "page-test-key-0123456789";
+  let keys: string;
+  beforeAll(async () => {
+    keys = mkdtempSync(join(tmpdir(), "chatmesh-keys-"));
+    writeFileSync(join(keys, "keys"), `${key} alice\n`);
+    stack = await startStack({ API_KEYS_FILE: join(keys, "keys") });
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: chromiumArgs,
+    });
+    page = await browser.newPage();
+    await page.goto(stack.gatewayUrl);
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await stack?.stopAll();
+    rmSync(keys, { recursive: true, force: true });
+  });
+
+  it("asks for a key on 401 and chats with it", async () => {
+    expect(await page.locator("#key").isHidden()).toBe(true);
+    await page.locator("#user").fill("alice");
+    await page.locator("#text").fill("hello with a key");
+    await page.locator("#text").press("Enter");
+    await page.locator("#error", { hasText: "API key" }).waitFor({ state: "visible" });
+    expect(await page.locator("#error").textContent()).toBe(
+      "This gateway needs an API key: enter yours above and send again.",
+    );
+    expect(await page.locator("#key").isVisible()).toBe(true);
+
+    await page.locator("#key").fill("not-the-key-at-all-000");
+    await page.locator("#key").press("Enter");
+    await page.locator("#error", { hasText: "not accepted" }).waitFor({ state: "visible" });
+
+    await page.locator("#key").fill(key);
+    await page.locator("#user").fill("bob");
+    await page.locator("#key").press("Enter");
+    await page.locator("#error", { hasText: "another user id" }).waitFor({ state: "visible" });
+
+    await page.locator("#user").fill("alice");
+    await page.locator("#text").press("Enter");
+    await page
+      .locator(".msg.reply:not(.streaming)", { hasText: "Echo: hello with a key" })
+      .waitFor();
+    expect(await page.locator("#quota").textContent()).toBe("150");
+    expect(await page.locator("#error").isHidden()).toBe(true);
   });
 });
 

@@ -83,7 +83,7 @@ describe("security headers", () => {
 
   it("are helmet's document set on the chat page's files", async () => {
     await gateway({}, true);
-    for (const url of ["/", "/chat.js", "/chat.css"]) {
+    for (const url of ["/", "/chat.js", "/chat.css", "/favicon.svg"]) {
       const res = await get(url);
       expect(res.statusCode).toBe(200);
       expect(res.headers).toMatchObject({
@@ -220,6 +220,8 @@ describe("rate limit", () => {
     );
     expect((await get("/healthz")).statusCode).toBe(200);
     expect((await get("/metrics")).statusCode).toBe(200);
+    // Nor are the chat page's files: a browser's icon request takes no chat's place.
+    expect((await get("/favicon.svg")).statusCode).toBe(200);
   });
 
   it("counts per API key user when keys are configured", async () => {

@@ -57,7 +57,10 @@ describe("gateway POST /chat/stream over in-process services", () => {
       event: "meta",
       data: { cleaned: "Hello world from Go!", remaining: 150 },
     });
-    expect(events.at(-1)).toEqual({ event: "done", data: { reply: "Echo: Hello world from Go!" } });
+    expect(events.at(-1)).toEqual({
+      event: "done",
+      data: { reply: "Echo: Hello world from Go!", remaining: 150 },
+    });
     const deltas = deltasOf(events);
     expect(deltas.length).toBeGreaterThan(2);
     expect(events.slice(1, -1).every((e) => e.event === "delta")).toBe(true);
@@ -167,7 +170,7 @@ describe("gateway POST /chat/stream over in-process services", () => {
     expect(events.map((e) => e.event)).toEqual(["meta", "delta", "done"]);
     expect(events.slice(1)).toEqual([
       { event: "delta", data: { text: "" } },
-      { event: "done", data: { reply: "" } },
+      { event: "done", data: { reply: "", remaining: 150 } },
     ]);
   });
 
@@ -261,6 +264,26 @@ describe("gateway POST /chat/stream over in-process services", () => {
 });
 
 describe("gateway POST /chat/stream with QUOTA_COST_MODE=tokens", () => {
+  it("ends with done's remaining as /chat's: the settled charge, not meta's reservation", async () => {
+    app = await buildGateway({
+      config: loadGatewayConfig({ QUOTA_COST_MODE: "tokens" }),
+      logger: createLogger("gateway", "silent"),
+      upstreams: createInProcessUpstreams(),
+    });
+    baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+    const events = parseSse(await (await stream({ user_id: "s", text: "hi" })).text());
+    const chat = await fetch(`${baseUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "c", text: "hi" }),
+    });
+    const { remaining } = (await chat.json()) as { remaining: number };
+    const whole = (await countTokens("hi")) + (await countTokens("Echo: hi"));
+    expect(remaining).toBe(200 - whole);
+    expect(events[0]?.data).toMatchObject({ remaining: 200 - (await countTokens("hi")) - 100 });
+    expect(events.at(-1)).toEqual({ event: "done", data: { reply: "Echo: hi", remaining } });
+  });
+
   it("settles a stream the client left to the prompt and the reply it was sent, not the reservation", async () => {
     app = await buildGateway({
       config: loadGatewayConfig({ QUOTA_COST_MODE: "tokens" }),

@@ -3,6 +3,8 @@
 const $ = (id) => document.getElementById(id);
 const form = $("chat");
 const userInput = $("user");
+const keyField = $("key-field");
+const keyInput = $("key");
 const textInput = $("text");
 const sendButton = $("send");
 const log = $("log");
@@ -19,6 +21,14 @@ function describeError(status, body) {
     if (error === "text is required") return "Please type a message first.";
     if (error === "text too long") return "Your message is too long. Please shorten it.";
     if (error === "bad json or missing user_id") return "Please enter a user id.";
+    if (error === "user_id does not match the api key") {
+      return "This API key belongs to another user id. Enter the user id it was issued for.";
+    }
+  }
+  if (status === 401) {
+    return keyInput.value === ""
+      ? "This gateway needs an API key: enter yours above and send again."
+      : "The API key was not accepted. Check it and send again.";
   }
   if (status === 413) return "Your message is too large to send.";
   if (status === 429) {
@@ -79,15 +89,26 @@ async function readEvents(body, onEvent) {
   }
 }
 
+/** The reply being read, while it streams: the Stop button aborts it. */
 let running;
+/** True from a send until its answer is over: one message at a time. */
+let busy = false;
 
-function setRunning(controller) {
-  running = controller;
-  sendButton.textContent = controller ? "Stop" : "Send";
-  sendButton.classList.toggle("stop", Boolean(controller));
+/**
+ * The button says Send when idle, is disabled while the gateway has not
+ * answered yet (a second click must not send twice or abort a charged
+ * request unseen), and says Stop while the reply streams.
+ */
+function setState(state, controller) {
+  running = state === "streaming" ? controller : undefined;
+  busy = state !== "idle";
+  sendButton.disabled = state === "waiting";
+  sendButton.textContent = { idle: "Send", waiting: "Sending…", streaming: "Stop" }[state];
+  sendButton.classList.toggle("stop", state === "streaming");
 }
 
 async function send() {
+  if (busy) return;
   clearError();
   const userId = userInput.value.trim();
   const text = textInput.value;
@@ -95,12 +116,16 @@ async function send() {
   if (text.trim() === "") return showError("Please type a message first.");
 
   const controller = new AbortController();
-  setRunning(controller);
+  setState("waiting");
+  const quotaBefore = quota.textContent;
   let replyEl;
+  let focus = textInput;
   try {
+    const headers = { "content-type": "application/json" };
+    if (keyInput.value !== "") headers.authorization = `Bearer ${keyInput.value}`;
     const res = await fetch("/chat/stream", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers,
       body: JSON.stringify({ user_id: userId, text }),
       signal: controller.signal,
     });
@@ -108,9 +133,14 @@ async function send() {
     if (!res.ok || !type.startsWith("text/event-stream")) {
       // Nothing was sent: the text stays in the box to be edited.
       const body = await res.json().catch(() => null);
+      if (res.status === 401) {
+        keyField.hidden = false;
+        focus = keyInput;
+      }
       showError(describeError(res.status, body));
       return;
     }
+    setState("streaming", controller);
     const mine = addMessage("mine", text);
     if (textInput.value === text) textInput.value = "";
     replyEl = addMessage("reply streaming", "");
@@ -120,10 +150,15 @@ async function send() {
         mine.textContent = data.cleaned;
         quota.textContent = String(data.remaining);
       } else if (event === "delta") replyEl.textContent += data.text;
-      else if (event === "done") replyEl.textContent = data.reply;
-      else if (event === "error") {
+      else if (event === "done") {
+        replyEl.textContent = data.reply;
+        // What is left once the chat was priced (the same as meta's unless priced by tokens).
+        if (typeof data.remaining === "number") quota.textContent = String(data.remaining);
+      } else if (event === "error") {
         replyEl.classList.add("failed");
         if (replyEl.textContent === "") replyEl.textContent = "(no reply)";
+        // The charge was given back: the quota is what it was before this message.
+        quota.textContent = quotaBefore;
         showError("The model failed while answering; your quota for this message was given back.");
       }
       log.scrollTop = log.scrollHeight;
@@ -136,23 +171,32 @@ async function send() {
     }
   } finally {
     replyEl?.classList.remove("streaming");
-    setRunning(undefined);
-    textInput.focus();
+    setState("idle");
+    focus.focus();
   }
 }
 
-form.addEventListener("submit", (event) => {
+// Stop is the button only: Enter while a reply streams does nothing.
+sendButton.addEventListener("click", (event) => {
+  if (running === undefined) return;
   event.preventDefault();
-  if (running) running.abort();
-  else send();
+  running.abort();
 });
 
-textInput.addEventListener("keydown", (event) => {
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (running === undefined) send();
+});
+
+// Enter sends from any field. In the one-line fields the browser would
+// otherwise click the button, which stops a streaming reply.
+const enterSends = (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     form.requestSubmit();
   }
-});
+};
+for (const field of [textInput, userInput, keyInput]) field.addEventListener("keydown", enterSends);
 
 userInput.addEventListener("input", () => {
   quota.textContent = "—";
