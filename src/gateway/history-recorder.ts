@@ -41,8 +41,12 @@ export interface HistoryRecorder {
    */
   flush(userId: string): Promise<void>;
   stats(): HistoryRecorderStats;
-  /** Stops retrying after one last attempt for what is pending. */
-  close(): Promise<void>;
+  /**
+   * Sends what was gathered and keeps retrying what is pending, with backoff,
+   * until it is stored or `until` (a time in ms) comes; what is still
+   * pending then is dropped and logged. Without `until`, one last attempt.
+   */
+  close(until?: number): Promise<void>;
 }
 
 export interface HistoryRecorderOptions {
@@ -280,21 +284,42 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
 
     stats: () => ({ ...counts, pending: queue.length }),
 
-    async close() {
+    async close(until = 0) {
       closed = true;
       flushBatch();
       clearTimeout(timer);
       timer = undefined;
       while (inFlight.size > 0) await Promise.allSettled([...inFlight]);
-      const last = queue.splice(0);
-      const results = await Promise.allSettled(last.map((p) => append(p.chat)));
-      results.forEach((result, i) => {
-        const chat = (last[i] as Pending).chat;
-        if (result.status === "fulfilled") {
-          counts.appended++;
-          counts.recovered++;
-        } else drop(chat, "history unreachable at shutdown", result.reason);
-      });
+      let wait = initialDelayMs;
+      let lastError: unknown;
+      for (;;) {
+        expire();
+        const tried = queue.splice(0);
+        const results = await Promise.allSettled(tried.map((p) => append(p.chat)));
+        results.forEach((result, i) => {
+          const pending = tried[i] as Pending;
+          if (result.status === "fulfilled") {
+            counts.appended++;
+            counts.recovered++;
+            return;
+          }
+          counts.failedAttempts++;
+          lastError = result.reason;
+          if (isPermanent(result.reason)) drop(pending.chat, "refused by history", result.reason);
+          else queue.push(pending);
+        });
+        if (queue.length === 0) return;
+        if (Date.now() + wait >= until) break;
+        logger.warn(
+          { pending: queue.length, retryInMs: wait },
+          "history still failing at shutdown",
+        );
+        await new Promise((resolve) => setTimeout(resolve, wait));
+        wait = Math.min(wait * 2, maxDelayMs);
+      }
+      for (const { chat } of queue.splice(0)) {
+        drop(chat, "history unreachable at shutdown", lastError);
+      }
     },
   };
 }

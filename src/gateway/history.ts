@@ -50,6 +50,12 @@ export function parseHistoryQuery(query: unknown): HistoryQuery | HttpError {
   return { userId, pageSize, pageToken: token ?? "" };
 }
 
+/**
+ * What the last retries at shutdown leave of SHUTDOWN_TIMEOUT_MS: time for one
+ * attempt to time out (HISTORY_TIMEOUT_MS) and the losses to be logged.
+ */
+const closeMarginMs = (config: GatewayConfig) => config.historyTimeoutMs + 250;
+
 export interface HistoryRouteDeps {
   readonly client: Client<typeof HistoryService>;
   readonly config: GatewayConfig;
@@ -57,7 +63,8 @@ export interface HistoryRouteDeps {
 
 /**
  * Adds GET /history and returns the recorder that appends each successful
- * chat in the background; the recorder gets its last attempt when the app closes.
+ * chat in the background; when the app closes, the recorder keeps retrying
+ * what is pending while the shutdown allows.
  */
 export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): HistoryRecorder {
   const { client, config } = deps;
@@ -67,7 +74,16 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
     retryWindowMs: config.historyRetryWindowMs,
     queueLimit: config.historyQueueLimit,
   });
-  app.addHook("onClose", () => recorder.close());
+  // What history could not take yet is retried through the shutdown, until
+  // shortly before SHUTDOWN_TIMEOUT_MS ends it, counted from when closing began.
+  let closingAt = 0;
+  app.addHook("preClose", (done) => {
+    closingAt = Date.now();
+    done();
+  });
+  app.addHook("onClose", () =>
+    recorder.close(closingAt + config.shutdownTimeoutMs - closeMarginMs(config)),
+  );
 
   app.get("/history", async (req, reply) => {
     const query = parseHistoryQuery(req.query);

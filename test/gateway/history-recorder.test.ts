@@ -229,4 +229,27 @@ describe("the history recorder against a real history server", () => {
     await r.close();
     expect(await texts("closing")).toEqual([c.text]);
   });
+
+  it("keeps retrying through the close until history is back, before its deadline", async () => {
+    const r = makeRecorder({ initialDelayMs: 50 });
+    const c = chat("back-in-time");
+    r.record(c);
+    await vi.waitFor(() => expect(r.stats().pending).toBe(1));
+    const closing = r.close(Date.now() + 8_000);
+    await new Promise((res) => setTimeout(res, 400));
+    await startServer();
+    await closing;
+    expect(await texts("back-in-time")).toEqual([c.text]);
+    expect(r.stats()).toMatchObject({ pending: 0, dropped: 0, recovered: 1 });
+  });
+
+  it("drops and logs what is still pending when the close's deadline comes", async () => {
+    const r = makeRecorder({ initialDelayMs: 50 });
+    r.record(chat("too-late"));
+    await vi.waitFor(() => expect(r.stats().pending).toBe(1));
+    const started = Date.now();
+    await r.close(started + 500);
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(r.stats()).toMatchObject({ pending: 0, dropped: 1 });
+  });
 });
