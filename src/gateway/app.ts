@@ -131,14 +131,23 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   });
   registerBodyGuards(app, countRefused);
 
-  const history = registerHistory(app, { client: upstreams.history, config });
+  // Appends and refunds still pending at shutdown are retried until
+  // SHUTDOWN_TIMEOUT_MS after closing began, less time for a last call to
+  // time out and the losses to be logged.
+  let closingAt = 0;
+  app.addHook("preClose", (done) => {
+    closingAt = Date.now();
+    done();
+  });
+  const closeBy = (timeoutMs: number) => closingAt + config.shutdownTimeoutMs - timeoutMs - 250;
+  const history = registerHistory(app, { client: upstreams.history, config, closeBy });
   const refunder = createRefunder({
     token: upstreams.token,
     logger,
     refunds,
     settleMs: config.tokenTimeoutMs,
   });
-  app.addHook("onClose", async () => refunder.close());
+  app.addHook("onClose", () => refunder.close(closeBy(config.tokenTimeoutMs)));
   registerGaugeSet(
     registry,
     "chatmesh_history_appends",

@@ -50,15 +50,11 @@ export function parseHistoryQuery(query: unknown): HistoryQuery | HttpError {
   return { userId, pageSize, pageToken: token ?? "" };
 }
 
-/**
- * What the last retries at shutdown leave of SHUTDOWN_TIMEOUT_MS: time for one
- * attempt to time out (HISTORY_TIMEOUT_MS) and the losses to be logged.
- */
-const closeMarginMs = (config: GatewayConfig) => config.historyTimeoutMs + 250;
-
 export interface HistoryRouteDeps {
   readonly client: Client<typeof HistoryService>;
   readonly config: GatewayConfig;
+  /** Until when work left at shutdown may go on, for calls of `timeoutMs` (see app.ts). */
+  readonly closeBy: (timeoutMs: number) => number;
 }
 
 /**
@@ -74,16 +70,7 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
     retryWindowMs: config.historyRetryWindowMs,
     queueLimit: config.historyQueueLimit,
   });
-  // What history could not take yet is retried through the shutdown, until
-  // shortly before SHUTDOWN_TIMEOUT_MS ends it, counted from when closing began.
-  let closingAt = 0;
-  app.addHook("preClose", (done) => {
-    closingAt = Date.now();
-    done();
-  });
-  app.addHook("onClose", () =>
-    recorder.close(closingAt + config.shutdownTimeoutMs - closeMarginMs(config)),
-  );
+  app.addHook("onClose", () => recorder.close(deps.closeBy(config.historyTimeoutMs)));
 
   app.get("/history", async (req, reply) => {
     const query = parseHistoryQuery(req.query);

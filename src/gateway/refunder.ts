@@ -18,8 +18,12 @@ export interface Refunder {
    * background; a refund of a charge that was never made changes nothing.
    */
   refundIfCharged(userId: string, chargeId: string, trace?: TraceContext): void;
-  /** Stops retrying. */
-  close(): void;
+  /**
+   * Keeps retrying the refunds still pending, with backoff, until they are
+   * made or `until` (a time in ms) comes; those left then are logged as
+   * failed. Without `until`, stops at once.
+   */
+  close(until?: number): Promise<void>;
 }
 
 export interface RefunderOptions {
@@ -55,69 +59,130 @@ export function createRefunder(options: RefunderOptions): Refunder {
   const { token, logger, refunds } = options;
   const retryWindowMs = options.retryWindowMs ?? 300_000;
   const settleMs = options.settleMs ?? 2_000;
-  const timers = new Set<NodeJS.Timeout>();
-  let closed = false;
+  /** Refunds waiting for their next attempt, by the timer that makes it. */
+  const waiting = new Map<NodeJS.Timeout, PendingRefund>();
+  /** Background attempts under way. */
+  const attempts = new Set<Promise<void>>();
+  /** While closing: the refunds still to make before the shutdown ends. */
+  let closing: PendingRefund[] | undefined;
 
-  const attempt = async (userId: string, chargeId: string, trace: TraceContext | undefined) => {
+  const attempt = async ({ userId, chargeId, trace }: Charge) => {
     const { refunded } = await retryOnceIfUnavailable(() =>
       token.refund({ userId, chargeId }, traceCallOptions(trace)),
     );
     return Number(refunded);
   };
+  const madeLater = (refund: PendingRefund, refunded: number) => {
+    if (refunded === 0) return;
+    refunds?.inc({ result: "retried" });
+    logger.info(
+      { ...traceLogFields(refund.trace), refunded, chargeId: refund.chargeId },
+      "charge refunded in the background",
+    );
+  };
+  const givenUp = (refund: PendingRefund, err: unknown, why: string) => {
+    refunds?.inc({ result: "failed" });
+    logger.error({ ...traceLogFields(refund.trace), err, chargeId: refund.chargeId }, why);
+  };
 
-  const later = (
+  const later = (refund: PendingRefund) => {
+    if (closing !== undefined) {
+      closing.push(refund);
+      return;
+    }
+    const timer = setTimeout(() => {
+      waiting.delete(timer);
+      const work = attempt(refund).then(
+        (refunded) => madeLater(refund, refunded),
+        (err: unknown) => {
+          if (Date.now() + refund.delayMs > refund.deadline) {
+            return givenUp(refund, err, "refund failed: the charge stays");
+          }
+          const delayMs = Math.min(refund.delayMs * 2, maxDelayMs);
+          later({ ...refund, due: Date.now() + delayMs, delayMs });
+        },
+      );
+      attempts.add(work);
+      void work.finally(() => attempts.delete(work));
+    }, refund.delayMs);
+    timer.unref();
+    waiting.set(timer, refund);
+  };
+  const pending = (
     userId: string,
     chargeId: string,
     trace: TraceContext | undefined,
     delayMs: number,
-    deadline: number,
-  ) => {
-    if (closed) return;
-    const timer = setTimeout(async () => {
-      timers.delete(timer);
-      try {
-        const refunded = await attempt(userId, chargeId, trace);
-        if (refunded > 0) {
-          refunds?.inc({ result: "retried" });
-          logger.info(
-            { ...traceLogFields(trace), refunded, chargeId },
-            "charge refunded in the background",
-          );
-        }
-      } catch (err) {
-        if (Date.now() + delayMs > deadline) {
-          refunds?.inc({ result: "failed" });
-          logger.error(
-            { ...traceLogFields(trace), err, chargeId },
-            "refund failed: the charge stays",
-          );
-          return;
-        }
-        later(userId, chargeId, trace, Math.min(delayMs * 2, maxDelayMs), deadline);
-      }
-    }, delayMs);
-    timer.unref();
-    timers.add(timer);
-  };
+  ): PendingRefund => ({
+    userId,
+    chargeId,
+    trace,
+    due: Date.now() + delayMs,
+    delayMs,
+    deadline: Date.now() + retryWindowMs,
+  });
 
   return {
     async refund(userId, chargeId, trace) {
       try {
-        const refunded = await attempt(userId, chargeId, trace);
+        const refunded = await attempt({ userId, chargeId, trace });
         refunds?.inc({ result: "ok" });
         logger.info({ ...traceLogFields(trace), refunded }, "charge refunded");
       } catch (err) {
         logger.warn({ ...traceLogFields(trace), err }, "refund failed: retrying in the background");
-        later(userId, chargeId, trace, firstDelayMs, Date.now() + retryWindowMs);
+        later(pending(userId, chargeId, trace, firstDelayMs));
       }
     },
     refundIfCharged(userId, chargeId, trace) {
-      later(userId, chargeId, trace, settleMs, Date.now() + retryWindowMs);
+      later(pending(userId, chargeId, trace, settleMs));
     },
-    close() {
-      closed = true;
-      for (const timer of timers) clearTimeout(timer);
-      timers.clear();
+    async close(until = 0) {
+      const left: PendingRefund[] = [...waiting.values()];
+      closing = left;
+      for (const timer of waiting.keys()) clearTimeout(timer);
+      waiting.clear();
+      while (attempts.size > 0) await Promise.allSettled([...attempts]);
+      let lastError: unknown;
+      while (left.length > 0) {
+        // A refund of unknown outcome waits until the charge it follows has landed.
+        const next = Math.max(Date.now(), Math.min(...left.map((r) => r.due)));
+        if (next >= until) break;
+        await new Promise((resolve) => setTimeout(resolve, next - Date.now()));
+        const now = Date.now();
+        const due = left.filter((r) => r.due <= now);
+        const results = await Promise.allSettled(due.map(attempt));
+        left.splice(0, left.length, ...left.filter((r) => r.due > now));
+        for (const [i, result] of results.entries()) {
+          const refund = due[i] as PendingRefund;
+          if (result.status === "fulfilled") {
+            madeLater(refund, result.value);
+            continue;
+          }
+          lastError = result.reason;
+          const delayMs = Math.min(refund.delayMs * 2, maxDelayMs);
+          left.push({ ...refund, due: Date.now() + delayMs, delayMs });
+        }
+      }
+      for (const refund of left.splice(0)) {
+        givenUp(refund, lastError, "refund failed at shutdown: the charge stays");
+      }
     },
   };
+}
+
+/** A charge to give back, and the trace to do it in. */
+interface Charge {
+  readonly userId: string;
+  readonly chargeId: string;
+  readonly trace: TraceContext | undefined;
+}
+
+/** A refund to make later, and when. */
+interface PendingRefund extends Charge {
+  /** When the next attempt is due (ms). */
+  readonly due: number;
+  /** The wait before it; doubles after each failure, up to maxDelayMs. */
+  readonly delayMs: number;
+  /** When retrying stops (the retry window). */
+  readonly deadline: number;
 }

@@ -87,6 +87,21 @@ describe("the gateway's refunds keep the quota exact", () => {
     });
   });
 
+  it("makes the refunds still pending when the gateway shuts down", async () => {
+    // The refund and its one retry fail: the next attempt is in the background, 250 ms on.
+    const token = flakyToken({ dieAfterCharge: false, refundFailures: 3 });
+    await gateway(token, true);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "s", text: "hi" },
+    });
+    expect(res.statusCode).toBe(500);
+    expect(await used("s")).toBe(50);
+    await app.close();
+    expect(Number((await token.getQuota({ userId: "s" })).used)).toBe(0);
+  });
+
   it("refunds nothing when the quota refused the chat", async () => {
     const token = flakyToken({ dieAfterCharge: false, refundFailures: 0 });
     await gateway(token);
