@@ -28,7 +28,12 @@ export interface RedisQuotaStoreOptions {
 
 /** The Redis quota store, plus what the token process's /readyz checks. */
 export interface RedisQuotaStore extends QuotaStore {
-  /** Resolves when Redis answers PING, rejects at once while it is unreachable. */
+  /**
+   * Resolves when Redis takes a write, as charges need it to; rejects at once
+   * while it is unreachable, and with Redis's reason while it refuses writes
+   * (out of memory, a read-only replica) or refused the connection's setup
+   * (the database REDIS_URL names).
+   */
   ping(): Promise<void>;
   /** Resolves once connected (at once if already); rejects after `timeoutMs`. */
   connected(timeoutMs?: number): Promise<void>;
@@ -79,7 +84,21 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
 
   // Log each change of state once, not every reconnect attempt.
   let down = false;
+  /** Redis's answer to the connection's setup (SELECT of REDIS_URL's database), when it refused it. */
+  let setupRefused: string | undefined;
+  redis.on("connect", () => {
+    setupRefused = undefined;
+  });
   redis.on("error", (err: Error) => {
+    if (err.name === "ReplyError") {
+      // Only the setup's commands report here: calls made on a wrong database would mix quotas.
+      setupRefused = err.message;
+      logger?.error(
+        { err: err.message },
+        "redis refused the connection's setup: quota calls fail (check REDIS_URL's database)",
+      );
+      return;
+    }
     if (down) return;
     down = true;
     logger?.error({ err: err.message }, "redis unreachable: quota calls fail until it is back");
@@ -89,12 +108,31 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
     down = false;
   });
 
+  /** The last refusal logged, so that a refusing Redis is logged once, not per call. */
+  let refusing: string | undefined;
   const run = async <T>(call: () => Promise<T>): Promise<T> => {
+    if (setupRefused !== undefined) {
+      throw new QuotaStoreUnavailableError(`redis refused the connection: ${setupRefused}`);
+    }
     try {
-      return await call();
+      const result = await call();
+      if (refusing !== undefined) {
+        refusing = undefined;
+        logger?.info("redis takes quota commands again");
+      }
+      return result;
     } catch (err) {
-      // A reply error is Redis refusing the command: a bug, not an outage.
-      if (err instanceof Error && err.name === "ReplyError") throw err;
+      // A reply error is Redis refusing the command (out of memory, read-only,
+      // a bug): it fails the call as it is, and says why in the log.
+      if (err instanceof Error && err.name === "ReplyError") {
+        // The same refusal from a script names the script: one line for both.
+        const reason = err.message.replace(/ script: .*$/s, "");
+        if (refusing !== reason) {
+          refusing = reason;
+          logger?.error({ err: reason }, "redis refuses quota commands");
+        }
+        throw err;
+      }
       throw new QuotaStoreUnavailableError("quota store unavailable", { cause: err });
     }
   };
@@ -157,7 +195,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
     },
 
     async ping(): Promise<void> {
-      await run(() => redis.ping());
+      await run(() => redis.set(`${prefix}readyz`, "1", "PX", 60_000));
     },
 
     connected(timeoutMs = 5_000): Promise<void> {

@@ -5,7 +5,13 @@ import {
   createRedisQuotaStore,
   type RedisQuotaStore,
 } from "../../../src/services/token/redis-store.js";
-import { type OwnRedis, redisServerOrSkip, startOwnRedis } from "../../fixtures/redis.js";
+import { createMemoryLogger } from "../../fixtures/logs.js";
+import {
+  createTestRedis,
+  type OwnRedis,
+  redisServerOrSkip,
+  startOwnRedis,
+} from "../../fixtures/redis.js";
 
 const available = redisServerOrSkip();
 
@@ -68,5 +74,71 @@ describe.runIf(available)("redis quota store when its own Redis fails", () => {
     // The restarted Redis is empty: the day starts again from 0.
     await eventually(() => store.ping());
     expect(await charge("after")).toEqual({ allowed: true, used: 50 });
+  });
+});
+
+describe.runIf(available)("redis quota store when its own Redis refuses", () => {
+  let redis: OwnRedis;
+  beforeAll(async () => {
+    redis = await startOwnRedis();
+  });
+  afterAll(async () => {
+    await redis?.kill();
+  });
+  const window = windowAt(new Date());
+
+  it("is not ready while Redis refuses writes (out of memory), says why once, and recovers", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const store = createRedisQuotaStore({ url: redis.url, logger });
+    const admin = createTestRedis(redis.url);
+    try {
+      await store.connected();
+      await store.ping();
+      await admin.config("SET", "maxmemory", "1");
+      await expect(store.ping()).rejects.toThrow(/^OOM command not allowed/);
+      const charge = (chargeId: string) =>
+        store.charge({ userId: "u", window, cost: 50, limit: 200, chargeId });
+      await expect(charge("a")).rejects.toThrow(/^OOM/);
+      await expect(charge("b")).rejects.toThrow(/^OOM/);
+      const refusals = lines.filter((l) => l.msg === "redis refuses quota commands");
+      expect(refusals).toEqual([
+        expect.objectContaining({ level: 50, err: expect.stringMatching(/^OOM/) }),
+      ]);
+
+      await admin.config("SET", "maxmemory", "0");
+      await store.ping();
+      expect(await charge("c")).toEqual({ allowed: true, used: 50 });
+      expect(lines.at(-1)).toMatchObject({ msg: "redis takes quota commands again" });
+    } finally {
+      await admin.config("SET", "maxmemory", "0");
+      admin.disconnect();
+      await store.close();
+    }
+  });
+
+  it("fails every call and is not ready when Redis refuses REDIS_URL's database, never using another", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const store = createRedisQuotaStore({ url: `${redis.url}/99`, logger });
+    try {
+      await store.connected();
+      await expect(store.ping()).rejects.toThrow(/DB index is out of range/);
+      await expect(
+        store.charge({ userId: "db99", window, cost: 50, limit: 200, chargeId: "x" }),
+      ).rejects.toBeInstanceOf(QuotaStoreUnavailableError);
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          level: 50,
+          err: expect.stringMatching(/DB index is out of range/),
+        }),
+      );
+      const admin = createTestRedis(redis.url);
+      try {
+        expect(await admin.keys("*db99*")).toEqual([]);
+      } finally {
+        admin.disconnect();
+      }
+    } finally {
+      await store.close();
+    }
   });
 });
