@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -6,6 +6,9 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { FilterService } from "../../gen/chat/v1/filter_pb.js";
 import { freePort, type Running, startChatmesh, waitHealthy } from "../fixtures/processes.js";
+
+// fs events are slow on a loaded machine: wait generously.
+const poll = { timeout: 15_000, interval: 50 };
 
 const dir = mkdtempSync(join(tmpdir(), "chatmesh-terms-"));
 const file = join(dir, "terms.txt");
@@ -60,5 +63,18 @@ describe("the filter's term list", () => {
     filter.child.kill("SIGHUP");
     await vi.waitFor(async () => expect(await blocked("baz here")).toBe(true), { timeout: 5_000 });
     expect(filter.child.exitCode).toBeNull();
+  });
+
+  it("follows the file across atomic replaces and a delete then create", async () => {
+    for (const term of ["qux", "quux"]) {
+      writeFileSync(join(dir, "terms.txt.tmp"), `${term}\n`);
+      renameSync(join(dir, "terms.txt.tmp"), file);
+      await expect.poll(() => blocked(`${term} here`), poll).toBe(true);
+    }
+    expect(await blocked("qux here")).toBe(false);
+    rmSync(file);
+    writeFileSync(file, "corge\n");
+    await expect.poll(() => blocked("corge here"), poll).toBe(true);
+    expect(await blocked("quux here")).toBe(false);
   });
 });

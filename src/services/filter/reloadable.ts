@@ -1,4 +1,5 @@
 import { type FSWatcher, watch } from "node:fs";
+import { basename, dirname } from "node:path";
 import type { Logger } from "../../lib/logger.js";
 import { createTermMatcher, loadTerms, type TermMatcher } from "./terms.js";
 
@@ -10,10 +11,17 @@ export interface ReloadableMatcher extends TermMatcher {
   close(): void;
 }
 
+/** How long the file must be quiet before a change is read. */
+const settleMs = 100;
+
 /**
  * The filter's terms from FILTER_TERMS_FILE, reloaded without a restart on
  * SIGHUP and when the file changes. The new list is built completely before
  * it replaces the old one, so every call sees one whole list.
+ *
+ * The watch is on the file's directory, not on the file: editors save by
+ * renaming a new file over the old one, and a watch on the file would keep
+ * following the old, replaced inode.
  */
 export async function createReloadableMatcher(
   path: string | undefined,
@@ -35,16 +43,19 @@ export async function createReloadableMatcher(
   const onSighup = () => void reload();
   process.on("SIGHUP", onSighup);
   if (path !== undefined) {
+    const name = basename(path);
+    const onWarn = (err: unknown) =>
+      logger.warn({ err, file: path }, "cannot watch the terms file; SIGHUP still reloads");
     try {
-      watcher = watch(path, () => {
+      watcher = watch(dirname(path), (_event, changed) => {
+        // Some platforms do not say which file changed: then it may be this one.
+        if (changed !== null && changed !== name) return;
         clearTimeout(debounce);
-        debounce = setTimeout(() => void reload(), 100);
+        debounce = setTimeout(() => void reload(), settleMs);
       });
-      watcher.on("error", (err) =>
-        logger.warn({ err }, "cannot watch the terms file; SIGHUP still reloads"),
-      );
+      watcher.on("error", onWarn);
     } catch (err) {
-      logger.warn({ err }, "cannot watch the terms file; SIGHUP still reloads");
+      onWarn(err);
     }
   }
   return {

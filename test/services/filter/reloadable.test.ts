@@ -1,0 +1,90 @@
+import { appendFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  createReloadableMatcher,
+  type ReloadableMatcher,
+} from "../../../src/services/filter/reloadable.js";
+
+// fs events and reads are slow on a loaded machine: wait generously.
+const poll = { timeout: 15_000, interval: 50 };
+
+let dir: string;
+let file: string;
+let lines: { level: number; msg: string }[];
+let matcher: ReloadableMatcher | undefined;
+
+function logger() {
+  return pino(
+    { level: "info" },
+    new Writable({
+      write(chunk, _enc, done) {
+        lines.push(JSON.parse(String(chunk)));
+        done();
+      },
+    }),
+  );
+}
+
+/** Saves the way editors do: a new file renamed over the old one. */
+function replaceAtomically(content: string) {
+  const tmp = join(dir, `.terms.txt.${process.hrtime.bigint()}.tmp`);
+  writeFileSync(tmp, content);
+  renameSync(tmp, file);
+}
+
+const errors = () => lines.filter((l) => l.level >= 50);
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "chatmesh-reload-"));
+  file = join(dir, "terms.txt");
+  lines = [];
+});
+afterEach(() => {
+  matcher?.close();
+  matcher = undefined;
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("createReloadableMatcher", () => {
+  it("follows every change of the file, however it is written", async () => {
+    writeFileSync(file, "one\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    expect(m.matches("one here")).toBe(true);
+
+    replaceAtomically("two\n");
+    await expect.poll(() => m.matches("two here"), poll).toBe(true);
+    expect(m.matches("one here")).toBe(false);
+
+    replaceAtomically("three\n");
+    await expect.poll(() => m.matches("three here"), poll).toBe(true);
+    expect(m.matches("two here")).toBe(false);
+
+    appendFileSync(file, "four\n");
+    await expect.poll(() => m.matches("four here"), poll).toBe(true);
+
+    writeFileSync(file, "five\n");
+    await expect.poll(() => m.matches("five here"), poll).toBe(true);
+    expect(m.matches("three here")).toBe(false);
+
+    rmSync(file);
+    await expect.poll(() => errors().length, poll).toBeGreaterThan(0);
+    expect(m.matches("five here")).toBe(true);
+    writeFileSync(file, "six\n");
+    await expect.poll(() => m.matches("six here"), poll).toBe(true);
+    expect(m.matches("five here")).toBe(false);
+  });
+
+  it("ignores changes to other files of the directory", async () => {
+    writeFileSync(file, "one\n");
+    matcher = await createReloadableMatcher(file, logger());
+    writeFileSync(join(dir, "other.txt"), "x\n");
+    replaceAtomically("two\n");
+    await expect.poll(() => matcher?.matches("two here"), poll).toBe(true);
+    expect(lines.filter((l) => l.msg === "banned terms reloaded")).toHaveLength(1);
+  });
+});
