@@ -5,7 +5,10 @@ import { createTermMatcher, loadTerms, type TermMatcher } from "./terms.js";
 
 /** A matcher whose term list can be replaced while the process serves. */
 export interface ReloadableMatcher extends TermMatcher {
-  /** Reads the file again; on any error the current list stays. */
+  /**
+   * Reads the file again, at or after the time of the call; on any error the
+   * current list stays.
+   */
   reload(): Promise<void>;
   /** Stops watching the file and listening for SIGHUP. */
   close(): void;
@@ -19,6 +22,10 @@ const settleMs = 100;
  * SIGHUP and when the file changes. The new list is built completely before
  * it replaces the old one, so every call sees one whole list.
  *
+ * Reloads run one at a time: one asked for while another runs is done once
+ * that one ends (requests in the meantime share it), so the last list read
+ * is always the newest and a slow read of an older file never wins.
+ *
  * The watch is on the file's directory, not on the file: editors save by
  * renaming a new file over the old one, and a watch on the file would keep
  * following the old, replaced inode.
@@ -30,8 +37,10 @@ export async function createReloadableMatcher(
   let current = createTermMatcher(await loadTerms(path));
   let watcher: FSWatcher | undefined;
   let debounce: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let queued: Promise<void> | undefined;
 
-  const reload = async () => {
+  const readOnce = async () => {
     try {
       const next = createTermMatcher(await loadTerms(path));
       current = next;
@@ -39,6 +48,20 @@ export async function createReloadableMatcher(
     } catch (err) {
       logger.error({ err, file: path }, "banned terms not reloaded; the previous list stays");
     }
+  };
+  const reload = (): Promise<void> => {
+    if (queued !== undefined) return queued;
+    if (running === undefined) {
+      running = readOnce().finally(() => {
+        running = undefined;
+      });
+      return running;
+    }
+    queued = running.then(() => {
+      queued = undefined;
+      return reload();
+    });
+    return queued;
   };
   const onSighup = () => void reload();
   process.on("SIGHUP", onSighup);

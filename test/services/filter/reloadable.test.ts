@@ -87,4 +87,24 @@ describe("createReloadableMatcher", () => {
     await expect.poll(() => matcher?.matches("two here"), poll).toBe(true);
     expect(lines.filter((l) => l.msg === "banned terms reloaded")).toHaveLength(1);
   });
+
+  it("lets the newest read win when reloads overlap", async () => {
+    // A large file (mostly comments) takes far longer to read and build
+    // than the small one that replaces it while it is being read.
+    const comment = `# ${"x".repeat(70)}\n`;
+    writeFileSync(file, `stale\n${comment.repeat(400_000)}`);
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    writeFileSync(join(dir, "small.txt"), "fresh\n");
+
+    const first = m.reload();
+    // Long enough for the first reload to have opened the large file.
+    await new Promise((r) => setTimeout(r, 30));
+    renameSync(join(dir, "small.txt"), file);
+    const second = m.reload();
+    await Promise.all([first, second]);
+
+    expect(m.matches("fresh here")).toBe(true);
+    expect(m.matches("stale here")).toBe(false);
+  });
 });
