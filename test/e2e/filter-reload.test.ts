@@ -77,4 +77,46 @@ describe("the filter's term list", () => {
     await expect.poll(() => blocked("corge here"), poll).toBe(true);
     expect(await blocked("quux here")).toBe(false);
   });
+
+  it("keeps the current list, logging one error, when the file is not UTF-8", async () => {
+    const before = filter.output().length;
+    writeFileSync(file, Buffer.from("caf\xe9\n", "latin1"));
+    await expect.poll(() => filter.output(), poll).toMatch(/not valid UTF-8/);
+    // Wait out the settle time of the watch, so that a second reload would show.
+    await new Promise((r) => setTimeout(r, 500));
+    const reloads = filter
+      .output()
+      .slice(before)
+      .split("\n")
+      .filter((line) => line.includes("banned terms"))
+      .map((line) => JSON.parse(line) as { level: number; msg: string });
+    expect(reloads).toEqual([
+      expect.objectContaining({
+        level: 50,
+        msg: "banned terms not reloaded; the previous list stays",
+      }),
+    ]);
+    expect(await blocked("corge here")).toBe(true);
+    expect(await blocked("\uFFFD")).toBe(false);
+  });
+});
+
+describe("a FILTER_TERMS_FILE that is not UTF-8", () => {
+  it("stops the process at start-up with one line naming the variable", async () => {
+    const latin1 = join(dir, "latin1.txt");
+    writeFileSync(latin1, Buffer.from("caf\xe9\n", "latin1"));
+    const run = startChatmesh(["filter"], {
+      FILTER_PORT: String(await freePort()),
+      FILTER_TERMS_FILE: latin1,
+    });
+    const stillRunning = new Promise((r) => setTimeout(() => r("still running"), 20_000));
+    try {
+      expect(await Promise.race([run.exited, stillRunning])).toBe(1);
+      expect(run.output()).toBe(
+        `chatmesh filter: FILTER_TERMS_FILE must name a readable UTF-8 file, got "${latin1}" (not valid UTF-8)\n`,
+      );
+    } finally {
+      await run.stop();
+    }
+  });
 });

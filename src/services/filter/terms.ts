@@ -35,15 +35,31 @@ export function parseTermsFile(content: string): string[] {
     .filter((line) => line !== "" && !line.startsWith("#"));
 }
 
-/** Reads FILTER_TERMS_FILE; an unreadable file is a configuration error. */
+/** Decodes a terms file strictly: a leading BOM is dropped, bytes that are not UTF-8 throw. */
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads FILTER_TERMS_FILE; a file that cannot be read or is not valid UTF-8
+ * is a configuration error (a lenient decode would ban U+FFFD instead).
+ */
 export async function loadTerms(path: string | undefined): Promise<readonly string[]> {
   if (path === undefined) return defaultTerms;
+  let bytes: Buffer;
   try {
-    return parseTermsFile(await readFile(path, "utf8"));
+    bytes = await readFile(path);
   } catch (err) {
     const reason = (err as NodeJS.ErrnoException).code ?? String(err);
     throw new ConfigError(
       `FILTER_TERMS_FILE must name a readable UTF-8 file, got "${path}" (${reason})`,
     );
   }
+  let content: string;
+  try {
+    content = utf8.decode(bytes);
+  } catch {
+    throw new ConfigError(
+      `FILTER_TERMS_FILE must name a readable UTF-8 file, got "${path}" (not valid UTF-8)`,
+    );
+  }
+  return parseTermsFile(content);
 }

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { appendFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,15 +15,17 @@ const poll = { timeout: 15_000, interval: 50 };
 
 let dir: string;
 let file: string;
-let lines: { level: number; msg: string }[];
+let lines: { level: number; msg: string; err?: { message: string } }[];
 let matcher: ReloadableMatcher | undefined;
 
+/** A logger into this test's `lines`, so that a late line of an earlier test stays out. */
 function logger() {
+  const sink = lines;
   return pino(
     { level: "info" },
     new Writable({
       write(chunk, _enc, done) {
-        lines.push(JSON.parse(String(chunk)));
+        sink.push(JSON.parse(String(chunk)));
         done();
       },
     }),
@@ -106,5 +109,17 @@ describe("createReloadableMatcher", () => {
 
     expect(m.matches("fresh here")).toBe(true);
     expect(m.matches("stale here")).toBe(false);
+  });
+
+  it("keeps the current list when the file is rewritten with bytes that are not UTF-8", async () => {
+    writeFileSync(file, "foo\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    writeFileSync(file, Buffer.concat([randomBytes(4096), Buffer.from([0xff, 0x0a])]));
+    await expect.poll(() => errors().length, poll).toBeGreaterThan(0);
+    expect(errors()[0]?.err?.message).toMatch(/^FILTER_TERMS_FILE must name a readable UTF-8 file/);
+    expect(lines.filter((l) => l.msg === "banned terms reloaded")).toEqual([]);
+    expect(m.matches("foo here")).toBe(true);
+    expect(m.matches("\uFFFD")).toBe(false);
   });
 });
