@@ -1,3 +1,4 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
@@ -22,6 +23,7 @@ import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
 import { createRefunder } from "./refunder.js";
 import { registerBodyGuards } from "./request-guards.js";
+import { cancelledAtShutdown } from "./shutdown.js";
 import { type OnChatDone, registerChatStream } from "./stream.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -133,13 +135,32 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
 
   // Appends and refunds still pending at shutdown are retried until
   // SHUTDOWN_TIMEOUT_MS after closing began, less time for a last call to
-  // time out and the losses to be logged.
+  // time out and the losses to be logged. Model calls still running by then
+  // are cancelled earlier, with time left to give their charges back and
+  // answer their chats (see shutdown.ts).
   let closingAt = 0;
+  const stopLlm = new AbortController();
+  let stopTimer: NodeJS.Timeout | undefined;
   app.addHook("preClose", (done) => {
     closingAt = Date.now();
+    const { shutdownTimeoutMs, tokenTimeoutMs } = config;
+    const after = Math.max(shutdownTimeoutMs / 2, shutdownTimeoutMs - tokenTimeoutMs - 500);
+    stopTimer = setTimeout(
+      () => stopLlm.abort(new ConnectError("the gateway is shutting down", Code.Unavailable)),
+      after,
+    );
+    stopTimer.unref();
+    done();
+  });
+  app.addHook("onClose", (_app, done) => {
+    clearTimeout(stopTimer);
     done();
   });
   const closeBy = (timeoutMs: number) => closingAt + config.shutdownTimeoutMs - timeoutMs - 250;
+  const served: Upstreams = {
+    ...upstreams,
+    llm: cancelledAtShutdown(upstreams.llm, stopLlm.signal),
+  };
   const history = registerHistory(app, { client: upstreams.history, config, closeBy });
   const refunder = createRefunder({
     token: upstreams.token,
@@ -175,7 +196,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const result = isHttpError(input)
       ? input
       : await runChat(
-          { upstreams, logger, trace: req.trace, refunds, onQuota, history, cost, refunder },
+          {
+            upstreams: served,
+            logger,
+            trace: req.trace,
+            refunds,
+            onQuota,
+            history,
+            cost,
+            refunder,
+          },
           input,
           req.id,
         );
@@ -189,7 +219,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     return result;
   });
   registerChatStream(app, {
-    upstreams,
+    upstreams: served,
     logger,
     maxTextChars: config.maxTextChars,
     chats,
@@ -199,7 +229,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     refunder,
   });
   await registerOpenAiApi(app, {
-    upstreams,
+    upstreams: served,
     logger,
     maxTextChars: config.maxTextChars,
     chats,

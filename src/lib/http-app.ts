@@ -80,10 +80,18 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   });
   // While draining, an HTTP/1.1 connection closes after its response, so a
   // keep-alive client cannot hold the process open until its idle timeout.
+  // A response written by a handler that took it over (an event stream, or
+  // its JSON answer instead) gets no such header: its connection, idle once
+  // the response ends, is closed by the sweep below.
   let draining = false;
+  let sweep: NodeJS.Timeout | undefined;
   app.addHook("preClose", async () => {
     draining = true;
+    const server = app.server as { closeIdleConnections?: () => void };
+    sweep = setInterval(() => server.closeIdleConnections?.(), 100);
+    sweep.unref();
   });
+  app.addHook("onClose", async () => clearInterval(sweep));
   app.addHook("onSend", async (req, reply) => {
     if (draining && req.raw.httpVersionMajor === 1) reply.header("connection", "close");
   });

@@ -190,6 +190,8 @@ describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
     });
     const events = await res.text();
     expect(Date.now() - started).toBeGreaterThan(1_000);
-    expect(events).toContain('event: done\ndata: {"reply":"Echo: one two three four five"}');
+    expect(events).toContain(
+      'event: done\ndata: {"reply":"Echo: one two three four five","remaining":150}',
+    );
   });
 });

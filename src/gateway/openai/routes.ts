@@ -49,6 +49,7 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
     ...(deps.refunds && { refunds: deps.refunds }),
     ...(deps.history && { history: deps.history }),
     ...(deps.cost && { cost: deps.cost }),
+    ...(deps.refunder && { refunder: deps.refunder }),
   };
 
   await app.register(
