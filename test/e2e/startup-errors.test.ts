@@ -1,0 +1,101 @@
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startChatmesh } from "../fixtures/processes.js";
+import { makeTestCertificates, opensslOrSkip, type TestCertificates } from "../fixtures/tls.js";
+
+/**
+ * Starts `chatmesh <args>` and expects it to exit 1 having printed one line
+ * (besides JSON log lines, and no stack trace) that matches `line`; resolves
+ * with all it printed.
+ */
+async function expectRefused(
+  args: string[],
+  env: Record<string, string>,
+  line: RegExp,
+): Promise<string> {
+  const proc = startChatmesh(args, env);
+  expect(await proc.exited).toBe(1);
+  const output = proc.output();
+  const printed = output
+    .trim()
+    .split("\n")
+    .filter((l) => !l.startsWith("{"));
+  expect(printed, output).toHaveLength(1);
+  expect(printed[0]).toMatch(line);
+  expect(output.trim().split("\n").at(-1)).toBe(printed[0]);
+  return output;
+}
+
+/** Every port of `chatmesh all` left to the system: these starts stop before listening. */
+const anyPorts = {
+  TOKEN_PORT: "0",
+  FILTER_PORT: "0",
+  LLM_PORT: "0",
+  HISTORY_PORT: "0",
+  GATEWAY_PORT: "0",
+};
+
+const dir = mkdtempSync(join(tmpdir(), "chatmesh-startup-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const at = (name: string) => join(dir, name);
+const memoryHistory = { HISTORY_DATABASE_URL: "sqlite::memory:" };
+
+describe.runIf(opensslOrSkip())(
+  "a broken TLS certificate or CA stops the start with one line",
+  () => {
+    let certs: TestCertificates;
+    beforeAll(async () => {
+      certs = await makeTestCertificates();
+      const other = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+      writeFileSync(at("other-key.pem"), other.privateKey.export({ format: "pem", type: "pkcs8" }));
+      writeFileSync(
+        at("bad-base64.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+      );
+    });
+    afterAll(() => {
+      if (certs !== undefined) rmSync(certs.dir, { recursive: true, force: true });
+    });
+
+    const mismatch =
+      /^chatmesh (token|all): TLS_CERT_FILE and TLS_KEY_FILE must be a PEM certificate and its private key: key values mismatch$/;
+
+    it("names both variables when the key is not the certificate's", async () => {
+      const env = { TLS_CERT_FILE: certs.certFile, TLS_KEY_FILE: at("other-key.pem") };
+      await expectRefused(["token"], { ...env, TOKEN_PORT: "0" }, mismatch);
+      await expectRefused(["all"], { ...env, ...anyPorts, ...memoryHistory }, mismatch);
+    });
+
+    it("names TLS_CERT_FILE when the certificate and key are swapped", async () => {
+      await expectRefused(
+        ["llm"],
+        { TLS_CERT_FILE: certs.keyFile, TLS_KEY_FILE: certs.certFile, LLM_PORT: "0" },
+        /^chatmesh llm: TLS_CERT_FILE must name a PEM certificate, got ".*key\.pem" \(it holds PRIVATE KEY where CERTIFICATE is expected\)$/,
+      );
+    });
+
+    it("names TLS_CERT_FILE when its certificate block is not base64", async () => {
+      await expectRefused(
+        ["filter"],
+        { TLS_CERT_FILE: at("bad-base64.pem"), TLS_KEY_FILE: certs.keyFile, FILTER_PORT: "0" },
+        /^chatmesh filter: TLS_CERT_FILE must name a PEM certificate, got ".*bad-base64\.pem" \(bad base64 decode\)$/,
+      );
+    });
+
+    it("names UPSTREAM_CA_FILE when it holds a private key or a broken certificate", async () => {
+      await expectRefused(
+        ["gateway"],
+        { UPSTREAM_CA_FILE: certs.keyFile, GATEWAY_PORT: "0" },
+        /^chatmesh gateway: UPSTREAM_CA_FILE must name a PEM file of CA certificates, got ".*key\.pem" \(it holds PRIVATE KEY where CERTIFICATE is expected\)$/,
+      );
+      await expectRefused(
+        ["gateway"],
+        { UPSTREAM_CA_FILE: at("bad-base64.pem"), GATEWAY_PORT: "0" },
+        /^chatmesh gateway: UPSTREAM_CA_FILE must name a PEM file of CA certificates, got ".*bad-base64\.pem" \(bad base64 decode\)$/,
+      );
+    });
+  },
+);
