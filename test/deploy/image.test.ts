@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTokenConfig } from "../../src/lib/config.js";
 import { mallocEnv } from "../../src/lib/node-options.js";
@@ -92,15 +93,37 @@ describe("the image", () => {
   });
 
   it("reports errors at their TypeScript lines: the bundle's source maps, read under the image's --enable-source-maps", async () => {
-    // A file where the history's folder should be: it cannot start.
+    // A history table that something else made: the schema migration fails,
+    // an unexpected error printed with its stack.
+    const dataDir = mkdtempSync(join(out, "history-"));
+    chmodSync(dataDir, 0o777);
+    const path = join(dataDir, "history.db");
+    const db = new Database(path);
+    db.exec("CREATE TABLE history_entries (x TEXT)");
+    db.close();
+    chmodSync(path, 0o666);
+    const history = startContainer(steps, ["history"], {
+      HISTORY_PORT: String(await freePort()),
+      HISTORY_DATABASE_URL: `sqlite:${path}`,
+    });
+    expect(await history.exited).toBe(1);
+    expect(history.output()).toMatch(
+      /^chatmesh history: failed to start: Error: history schema migration failed$/m,
+    );
+    expect(history.output()).toMatch(
+      /at migrateHistory \(\S*\/src\/services\/history\/migrations\.ts:\d+:\d+\)/,
+    );
+  });
+
+  it("stops with one line naming HISTORY_DATABASE_URL when the database cannot be opened", async () => {
+    // A file where the history's folder should be.
     const history = startContainer(steps, ["history"], {
       HISTORY_PORT: String(await freePort()),
       HISTORY_DATABASE_URL: "sqlite:/etc/passwd/history.db",
     });
     expect(await history.exited).toBe(1);
-    expect(history.output()).toMatch(/^chatmesh history: failed to start: Error: E\w+: /m);
     expect(history.output()).toMatch(
-      /at openHistoryDatabase \(\S*\/src\/services\/history\/database\.ts:\d+:\d+\)/,
+      /^chatmesh history: HISTORY_DATABASE_URL must name a database this process can open, got "sqlite:\/etc\/passwd\/history\.db" \(E\w+: [^\n]+\)\n$/,
     );
   });
 

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createMysqlDatabase } from "../fixtures/databases.js";
 import { startChatmesh } from "../fixtures/processes.js";
 import { makeTestCertificates, opensslOrSkip, type TestCertificates } from "../fixtures/tls.js";
 
@@ -99,3 +100,75 @@ describe.runIf(opensslOrSkip())(
     });
   },
 );
+
+describe("a history database that cannot be opened stops the start with one line", () => {
+  const refused = (url: string, reason: string) =>
+    new RegExp(
+      `^chatmesh (history|all): HISTORY_DATABASE_URL must name a database this process can open, got "${url.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}" \\(${reason}\\)$`,
+    );
+
+  it.each([
+    ["a file that is not a database", () => at("not-a-database"), "file is not a database"],
+    ["a directory", () => dir, "unable to open database file"],
+    ["a file where its directory should be", () => "/dev/null/history.db", "EEXIST: .+"],
+  ])("names HISTORY_DATABASE_URL for %s", async (_, path, reason) => {
+    writeFileSync(at("not-a-database"), Buffer.alloc(4096, 0xab));
+    const url = `sqlite:${path()}`;
+    await expectRefused(
+      ["history"],
+      { HISTORY_DATABASE_URL: url, HISTORY_PORT: "0" },
+      refused(url, reason),
+    );
+  });
+
+  it("does so in chatmesh all too", async () => {
+    const url = "sqlite:/dev/null/history.db";
+    await expectRefused(
+      ["all"],
+      { ...anyPorts, HISTORY_DATABASE_URL: url },
+      refused(url, "EEXIST: .+"),
+    );
+  });
+
+  it("names HISTORY_DATABASE_URL when no MySQL server listens there", async () => {
+    const url = "mysql://root@127.0.0.1:1/test";
+    await expectRefused(
+      ["history"],
+      { HISTORY_DATABASE_URL: url, HISTORY_PORT: "0" },
+      refused(url, "connect ECONNREFUSED 127.0.0.1:1"),
+    );
+  });
+});
+
+const mysql = await createMysqlDatabase();
+if ("skip" in mysql) console.warn(`skipping the MySQL start-up errors: ${mysql.skip}`);
+
+describe.skipIf("skip" in mysql)("a MySQL history that refuses the connection", () => {
+  afterAll(async () => {
+    if (!("skip" in mysql)) await mysql.drop();
+  });
+
+  it("names HISTORY_DATABASE_URL for a wrong password, and never prints the password", async () => {
+    if ("skip" in mysql) return;
+    const url = new URL(mysql.url);
+    url.username = "chatmesh_nobody";
+    url.password = "hunter2";
+    const output = await expectRefused(
+      ["history"],
+      { HISTORY_DATABASE_URL: url.toString(), HISTORY_PORT: "0" },
+      /^chatmesh history: HISTORY_DATABASE_URL must name a database this process can open, got "mysql:\/\/chatmesh_nobody:\*\*\*@[^"]+" \(Access denied for user 'chatmesh_nobody'@.+\)$/,
+    );
+    expect(output).not.toContain("hunter2");
+  });
+
+  it("names HISTORY_DATABASE_URL for an unknown database", async () => {
+    if ("skip" in mysql) return;
+    const url = new URL(mysql.url);
+    url.pathname = `${url.pathname}_missing`;
+    await expectRefused(
+      ["history"],
+      { HISTORY_DATABASE_URL: url.toString(), HISTORY_PORT: "0" },
+      /^chatmesh history: HISTORY_DATABASE_URL must name a database this process can open, got "mysql:.+_missing" \(Unknown database '\w+_missing'\)$/,
+    );
+  });
+});

@@ -1,7 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
-import type { DatabaseUrl } from "../../lib/config.js";
+import { ConfigError, type DatabaseUrl } from "../../lib/config.js";
 
 /** The history table as Kysely sees it. */
 export interface HistoryEntriesTable {
@@ -61,7 +61,8 @@ export interface OpenDatabaseOptions {
  * Opens the database a HISTORY_DATABASE_URL names. SQLite files get their
  * directory created and run in WAL mode (a killed process loses no committed
  * chat); MySQL gets a pool that speaks utf8mb4 and hands times back as text.
- * Nothing is queried until the first use. Only the driver of the URL's
+ * Nothing is queried until the first use. A SQLite file that cannot be
+ * opened is a ConfigError naming HISTORY_DATABASE_URL. Only the driver of the URL's
  * dialect is loaded (mysql2 alone is about 16 MB of RSS).
  */
 export async function openHistoryDatabase(
@@ -69,16 +70,22 @@ export async function openHistoryDatabase(
   options: OpenDatabaseOptions = {},
 ): Promise<OpenDatabase> {
   if (url.dialect === "sqlite") {
-    if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
     const { default: Database } = await import("better-sqlite3");
-    const sqlite = new Database(url.path);
-    sqlite.pragma("journal_mode = WAL");
-    sqlite.pragma("busy_timeout = 5000");
-    // SQLite's own default page cache, 2 MiB: better-sqlite3 builds with 16 MiB,
-    // which under `make bench` held ~18 MB more RSS for no measurable speed
-    // (the file's pages stay in the OS's cache).
-    sqlite.pragma(`cache_size = ${sqliteCacheSize}`);
-    sqlite.pragma(`wal_autocheckpoint = ${options.walAutocheckpoint ?? sqliteWalAutocheckpoint}`);
+    let sqlite: InstanceType<typeof Database> | undefined;
+    try {
+      if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
+      sqlite = new Database(url.path);
+      sqlite.pragma("journal_mode = WAL");
+      sqlite.pragma("busy_timeout = 5000");
+      // SQLite's own default page cache, 2 MiB: better-sqlite3 builds with 16 MiB,
+      // which under `make bench` held ~18 MB more RSS for no measurable speed
+      // (the file's pages stay in the OS's cache).
+      sqlite.pragma(`cache_size = ${sqliteCacheSize}`);
+      sqlite.pragma(`wal_autocheckpoint = ${options.walAutocheckpoint ?? sqliteWalAutocheckpoint}`);
+    } catch (err) {
+      sqlite?.close();
+      throw unusableDatabase(url, err);
+    }
     return {
       db: new Kysely({ dialect: new SqliteDialect({ database: sqlite }) }),
       dialect: "sqlite",
@@ -103,6 +110,30 @@ export async function openHistoryDatabase(
     connectTimeout: 5_000,
   });
   return { db: new Kysely({ dialect: new MysqlDialect({ pool }) }), dialect: "mysql" };
+}
+
+/** What went wrong, in one line: a driver's message, or its code where it has none. */
+function reasonOf(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  // Node's connect errors for a name of several addresses carry no message of their own.
+  const message =
+    err.message !== ""
+      ? err.message
+      : err instanceof AggregateError
+        ? err.errors.map(reasonOf).join("; ")
+        : ((err as NodeJS.ErrnoException).code ?? err.name);
+  return message.replace(/\s+/g, " ").trim();
+}
+
+/**
+ * The one line a database that cannot be opened or reached stops the
+ * process with: no such directory, not a database, refused connection, bad
+ * credentials, unknown database. The URL is shown without its password.
+ */
+export function unusableDatabase(url: DatabaseUrl, err: unknown): ConfigError {
+  return new ConfigError(
+    `HISTORY_DATABASE_URL must name a database this process can open, got "${redactDatabaseUrl(url)}" (${reasonOf(err)})`,
+  );
 }
 
 /** Hides the password of a database URL, for logs and messages. */

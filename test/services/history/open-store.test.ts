@@ -1,0 +1,93 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ConfigError, type DatabaseUrl } from "../../../src/lib/config.js";
+import { openHistoryStore } from "../../../src/services/history/open-store.js";
+import { createMysqlDatabase, createSqliteDatabase } from "../../fixtures/databases.js";
+
+const dir = mkdtempSync(join(tmpdir(), "chatmesh-open-store-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const refusal = (shown: string, reason: string) =>
+  `HISTORY_DATABASE_URL must name a database this process can open, got "${shown}" (${reason})`;
+
+describe("opening the history store", () => {
+  it.each([
+    ["a file that is not a database", "not-a-database", "file is not a database"],
+    ["a directory", ".", "unable to open database file"],
+  ])("refuses %s with a ConfigError naming HISTORY_DATABASE_URL", async (_, name, reason) => {
+    writeFileSync(join(dir, "not-a-database"), Buffer.alloc(4096, 0xab));
+    const path = join(dir, name);
+    const open = () => openHistoryStore({ dialect: "sqlite", path });
+    await expect(open()).rejects.toThrow(ConfigError);
+    await expect(open()).rejects.toThrow(refusal(`sqlite:${path}`, reason));
+  });
+
+  it("refuses a path below a file with a ConfigError", async () => {
+    const open = () => openHistoryStore({ dialect: "sqlite", path: "/dev/null/history.db" });
+    await expect(open()).rejects.toThrow(ConfigError);
+    await expect(open()).rejects.toThrow(
+      /^HISTORY_DATABASE_URL must name a database this process can open, got "sqlite:\/dev\/null\/history\.db" \(EEXIST: /,
+    );
+  });
+
+  it("refuses a MySQL server that is not there, hiding the password", async () => {
+    const url: DatabaseUrl = { dialect: "mysql", url: "mysql://app:hunter2@127.0.0.1:1/test" };
+    await expect(openHistoryStore(url)).rejects.toThrow(
+      new ConfigError(
+        refusal("mysql://app:***@127.0.0.1:1/test", "connect ECONNREFUSED 127.0.0.1:1"),
+      ),
+    );
+  });
+
+  it("keeps a migration that fails on a reachable database an error with its cause", async () => {
+    const database = await createSqliteDatabase();
+    try {
+      const url: DatabaseUrl = { dialect: "sqlite", path: database.url.slice("sqlite:".length) };
+      await (await openHistoryStore(url)).close();
+      await database.execute("DROP TABLE history_migration");
+      const failed = await openHistoryStore(url).catch((err: unknown) => err);
+      expect(failed).not.toBeInstanceOf(ConfigError);
+      expect(failed).toMatchObject({
+        message: "history schema migration failed",
+        cause: { message: expect.stringContaining("history_entries") },
+      });
+    } finally {
+      await database.drop();
+    }
+  });
+});
+
+const mysql = await createMysqlDatabase();
+if ("skip" in mysql) console.warn(`skipping the MySQL store opening: ${mysql.skip}`);
+
+describe.skipIf("skip" in mysql)("opening the history store on MySQL", () => {
+  afterAll(async () => {
+    if (!("skip" in mysql)) await mysql.drop();
+  });
+
+  it("refuses credentials the server refuses with a ConfigError, hiding the password", async () => {
+    if ("skip" in mysql) return;
+    const url = new URL(mysql.url);
+    url.username = "chatmesh_nobody";
+    url.password = "hunter2";
+    const failed = await openHistoryStore({ dialect: "mysql", url: url.toString() }).catch(
+      (err: unknown) => err,
+    );
+    expect(failed).toBeInstanceOf(ConfigError);
+    expect((failed as Error).message).toMatch(
+      /^HISTORY_DATABASE_URL must name a database this process can open, got "mysql:\/\/chatmesh_nobody:\*\*\*@.+" \(Access denied for user 'chatmesh_nobody'@/,
+    );
+    expect((failed as Error).message).not.toContain("hunter2");
+  });
+
+  it("refuses an unknown database with a ConfigError", async () => {
+    if ("skip" in mysql) return;
+    const url = new URL(mysql.url);
+    url.pathname = `${url.pathname}_missing`;
+    await expect(openHistoryStore({ dialect: "mysql", url: url.toString() })).rejects.toThrow(
+      /\(Unknown database '\w+_missing'\)$/,
+    );
+  });
+});
