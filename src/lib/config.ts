@@ -5,6 +5,8 @@
  * expects.
  */
 
+import { redactUrl } from "./redact-url.js";
+
 /** The environment a config is read from (process.env by default). */
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -161,17 +163,21 @@ function readEnum<T extends string>(env: Env, name: string, allowed: readonly T[
   return found;
 }
 
+/** A URL as error lines quote it: its password masked. */
+function shownUrl(raw: string): string {
+  return `"${redactUrl(raw)}"`;
+}
+
 function readHttpUrl(env: Env, name: string, fallback: string): string {
   const raw = readString(env, name, fallback);
+  const expected = `${name} must be an http:// or https:// URL, got ${shownUrl(raw)}`;
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
-    throw new ConfigError(`${name} must be an http:// or https:// URL, got "${raw}"`);
+    throw new ConfigError(expected);
   }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new ConfigError(`${name} must be an http:// or https:// URL, got "${raw}"`);
-  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new ConfigError(expected);
   return raw.replace(/\/+$/, "");
 }
 
@@ -188,15 +194,15 @@ function readRedisUrl(env: Env, name: string, fallback: string): string {
   } catch {
     // not a URL at all: reported below
   }
-  if (!ok) throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got "${raw}"`);
+  if (!ok) {
+    throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got ${shownUrl(raw)}`);
+  }
   return raw;
 }
 
 function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl {
   const raw = readString(env, name, fallback);
-  // A password never reaches the terminal, even in a malformed URL.
-  const shown = raw.replace(/(\/\/[^/:@]*:)[^@/]*@/, "$1***@");
-  const expected = `${name} must be sqlite:<file> or mysql://user:pass@host:3306/db, got "${shown}"`;
+  const expected = `${name} must be sqlite:<file> or mysql://user:pass@host:3306/db, got ${shownUrl(raw)}`;
   if (raw.startsWith("sqlite:")) {
     // sqlite:///abs/file.db and sqlite://./file.db mean the same as sqlite:/abs/file.db.
     const path = raw.slice("sqlite:".length).replace(/^\/\//, "");

@@ -172,3 +172,26 @@ describe.skipIf("skip" in mysql)("a MySQL history that refuses the connection", 
     );
   });
 });
+
+describe("a URL in an error line never shows its password", () => {
+  it.each([
+    [
+      "token",
+      { REDIS_URL: "http://:hunter2@redis.internal:6379" },
+      'REDIS_URL must be a redis:// or rediss:// URL, got "http://:***@redis.internal:6379"',
+    ],
+    [
+      "history",
+      { HISTORY_DATABASE_URL: "mysql://app:hunter2/x@db.internal:3306" },
+      'HISTORY_DATABASE_URL must be sqlite:<file> or mysql://user:pass@host:3306/db, got "mysql://app:***@db.internal:3306"',
+    ],
+    [
+      "llm",
+      { LLM_BACKEND: "openai", LLM_MODEL: "m", OPENAI_BASE_URL: "htp://u:hunter2@x/v1" },
+      'OPENAI_BASE_URL must be an http:// or https:// URL, got "htp://u:***@x/v1"',
+    ],
+  ])("chatmesh %s", async (name, env, message) => {
+    const output = await expectRefused([name], env, new RegExp(`^chatmesh ${name}: `));
+    expect(output).toBe(`chatmesh ${name}: ${message}\n`);
+  });
+});

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   ConfigError,
+  loadClientConfig,
   loadFilterConfig,
   loadGatewayConfig,
   loadTokenConfig,
@@ -70,5 +71,27 @@ describe("config", () => {
     expect(() => loadGatewayConfig({ LLM_URL: "localhost:50055" })).toThrow(
       /^LLM_URL must be an http:\/\/ or https:\/\/ URL/,
     );
+  });
+
+  it.each([
+    [
+      () => loadTokenConfig({ REDIS_URL: "http://:hunter2@redis.internal:6379" }),
+      'REDIS_URL must be a redis:// or rediss:// URL, got "http://:***@redis.internal:6379"',
+    ],
+    [
+      () => loadTokenConfig({ REDIS_URL: "user:hunter2@redis.internal:6379" }),
+      'REDIS_URL must be a redis:// or rediss:// URL, got "user:***@redis.internal:6379"',
+    ],
+    [
+      () => loadGatewayConfig({ TOKEN_URL: "grpc://svc:hunter2/@x@token.internal" }),
+      'TOKEN_URL must be an http:// or https:// URL, got "grpc://svc:***@token.internal"',
+    ],
+    [
+      () => loadClientConfig({ FILTER_URL: "htp:/u:hunter2@filter" }),
+      'FILTER_URL must be an http:// or https:// URL, got "htp:***@filter"',
+    ],
+  ])("masks the password of a refused URL (%#)", (load, message) => {
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(message);
   });
 });

@@ -50,6 +50,16 @@ describe("history config", () => {
   });
 
   it.each([
+    ["mysql://app:hunter2/x@db.internal:3306", "mysql://app:***@db.internal:3306"],
+    ["mysql://app:hunter2@x@db.internal", "mysql://app:***@db.internal"],
+    ["mysql:app:hunter2@db.internal", "mysql:***@db.internal"],
+  ])("does not print the password of %s, however malformed", (url, shown) => {
+    const load = () => loadHistoryConfig({ HISTORY_DATABASE_URL: url });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(`got "${shown}"`);
+  });
+
+  it.each([
     [{ HISTORY_PORT: "x" }, /^HISTORY_PORT must be an integer/],
     [{ HISTORY_URL: "db:1" }, /^HISTORY_URL must be an http/],
     [{ HISTORY_TIMEOUT_MS: "0" }, /^HISTORY_TIMEOUT_MS must be an integer from 1/],

@@ -40,6 +40,14 @@ describe("config of the openai backend and the token-priced quota", () => {
     expect(() => loadLlmConfig(env)).toThrow(message);
   });
 
+  it("masks the password of a refused OPENAI_BASE_URL", () => {
+    const load = () => loadLlmConfig({ ...openai, OPENAI_BASE_URL: "htp://u:hunter2@x/v1" });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(
+      /^OPENAI_BASE_URL must be an http:\/\/ or https:\/\/ URL, got "htp:\/\/u:\*\*\*@x\/v1"$/,
+    );
+  });
+
   it("needs no openai variables with the echo backend", () => {
     expect(loadLlmConfig({ OPENAI_BASE_URL: "nonsense" }).openai).toBeUndefined();
   });

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
 import { ConfigError, type DatabaseUrl } from "../../lib/config.js";
+import { redactUrl } from "../../lib/redact-url.js";
 
 /** The history table as Kysely sees it. */
 export interface HistoryEntriesTable {
@@ -138,8 +139,5 @@ export function unusableDatabase(url: DatabaseUrl, err: unknown): ConfigError {
 
 /** Hides the password of a database URL, for logs and messages. */
 export function redactDatabaseUrl(url: DatabaseUrl): string {
-  if (url.dialect === "sqlite") return `sqlite:${url.path}`;
-  const parsed = new URL(url.url);
-  if (parsed.password !== "") parsed.password = "***";
-  return parsed.toString();
+  return url.dialect === "sqlite" ? `sqlite:${url.path}` : redactUrl(url.url);
 }
