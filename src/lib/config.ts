@@ -163,13 +163,25 @@ function readEnum<T extends string>(env: Env, name: string, allowed: readonly T[
   return found;
 }
 
+/**
+ * A URL-valued variable, trimmed of surrounding white space as LLM_MODEL and
+ * OPENAI_API_KEY are (blank means unset): the URL parser ignores it, the
+ * value used afterwards would not.
+ * Error lines show it through `shownUrl`, so a password never reaches the
+ * terminal, however malformed the URL is.
+ */
+function readUrlString(env: Env, name: string, fallback: string): string {
+  const raw = (env[name] ?? "").trim();
+  return raw === "" ? fallback : raw;
+}
+
 /** A URL as error lines quote it: its password masked. */
 function shownUrl(raw: string): string {
   return `"${redactUrl(raw)}"`;
 }
 
 function readHttpUrl(env: Env, name: string, fallback: string): string {
-  const raw = readString(env, name, fallback);
+  const raw = readUrlString(env, name, fallback);
   const expected = `${name} must be an http:// or https:// URL, got ${shownUrl(raw)}`;
   let url: URL;
   try {
@@ -186,7 +198,7 @@ function readBool(env: Env, name: string, fallback: boolean): boolean {
 }
 
 function readRedisUrl(env: Env, name: string, fallback: string): string {
-  const raw = readString(env, name, fallback);
+  const raw = readUrlString(env, name, fallback);
   let ok = false;
   try {
     const url = new URL(raw);
@@ -201,7 +213,7 @@ function readRedisUrl(env: Env, name: string, fallback: string): string {
 }
 
 function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl {
-  const raw = readString(env, name, fallback);
+  const raw = readUrlString(env, name, fallback);
   const expected = `${name} must be sqlite:<file> or mysql://user:pass@host:3306/db, got ${shownUrl(raw)}`;
   if (raw.startsWith("sqlite:")) {
     // sqlite:///abs/file.db and sqlite://./file.db mean the same as sqlite:/abs/file.db.

@@ -94,4 +94,13 @@ describe("config", () => {
     expect(load).toThrow(ConfigError);
     expect(load).toThrow(message);
   });
+
+  it("trims URLs like the other values", () => {
+    expect(loadGatewayConfig({ TOKEN_URL: "  http://token.internal:50051/ \n" }).tokenUrl).toBe(
+      "http://token.internal:50051",
+    );
+    expect(loadTokenConfig({ REDIS_URL: " redis://redis.internal:6379 " }).redisUrl).toBe(
+      "redis://redis.internal:6379",
+    );
+  });
 });

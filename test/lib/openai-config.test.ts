@@ -40,6 +40,11 @@ describe("config of the openai backend and the token-priced quota", () => {
     expect(() => loadLlmConfig(env)).toThrow(message);
   });
 
+  it("trims OPENAI_BASE_URL, so that calls go to its /v1 and not to /v1%20%20", () => {
+    const config = loadLlmConfig({ ...openai, OPENAI_BASE_URL: "  http://127.0.0.1:11434/v1  " });
+    expect(config.openai?.baseUrl).toBe("http://127.0.0.1:11434/v1");
+  });
+
   it("masks the password of a refused OPENAI_BASE_URL", () => {
     const load = () => loadLlmConfig({ ...openai, OPENAI_BASE_URL: "htp://u:hunter2@x/v1" });
     expect(load).toThrow(ConfigError);
