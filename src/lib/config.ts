@@ -199,15 +199,20 @@ function readBool(env: Env, name: string, fallback: boolean): boolean {
 
 function readRedisUrl(env: Env, name: string, fallback: string): string {
   const raw = readUrlString(env, name, fallback);
-  let ok = false;
+  let url: URL | undefined;
   try {
-    const url = new URL(raw);
-    ok = (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "";
+    url = new URL(raw);
   } catch {
     // not a URL at all: reported below
   }
-  if (!ok) {
+  if (!url || (url.protocol !== "redis:" && url.protocol !== "rediss:") || url.hostname === "") {
     throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got ${shownUrl(raw)}`);
+  }
+  // The client would send SELECT NaN for a database that is not a number, and crash.
+  if (!/^\/?(\d{1,9})?$/.test(url.pathname)) {
+    throw new ConfigError(
+      `${name}'s database (after the port) must be a number such as /0, got ${shownUrl(raw)}`,
+    );
   }
   return raw;
 }

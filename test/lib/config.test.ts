@@ -60,6 +60,11 @@ describe("config", () => {
     [{ QUOTA_STORE: "etcd" }, /^QUOTA_STORE must be one of memory, redis, got "etcd"$/],
     [{ REDIS_URL: "localhost:6379" }, /^REDIS_URL must be a redis:\/\/ or rediss:\/\/ URL/],
     [{ REDIS_URL: "http://127.0.0.1:6379" }, /^REDIS_URL must be a redis:\/\//],
+    [
+      { REDIS_URL: "redis://:pw@127.0.0.1:6379/abc" },
+      /^REDIS_URL's database \(after the port\) must be a number such as \/0, got "redis:\/\/:\*\*\*@127\.0\.0\.1:6379\/abc"$/,
+    ],
+    [{ REDIS_URL: "redis://127.0.0.1:6379/1/2" }, /^REDIS_URL's database/],
     [{ QUOTA_FAIL_OPEN: "yes" }, /^QUOTA_FAIL_OPEN must be one of true, false, got "yes"$/],
     [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
   ])("refuses %j with one line naming the variable", (env, message) => {
