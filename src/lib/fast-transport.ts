@@ -39,7 +39,8 @@ export function createFastTransport(options: FastTransportOptions): Transport {
     throw new Error("the fast transport speaks HTTP/1.1 over http:// or https:// only");
   }
   const secure = url.protocol === "https:";
-  const host = url.hostname;
+  // An IPv6 address without the brackets the URL has around it.
+  const host = url.hostname.replace(/^\[|\]$/g, "");
   const port = Number(url.port || (secure ? 443 : 80));
   const prefix = url.pathname.replace(/\/+$/, "");
   const agentOptions = {

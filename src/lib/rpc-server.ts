@@ -25,6 +25,7 @@ import {
 import { createFramesServer } from "./frames-server.js";
 import { createHealthService, Health } from "./health.js";
 import { createHttpApp } from "./http-app.js";
+import { bracketIpv6Authority } from "./local-host.js";
 import type { Logger } from "./logger.js";
 import { createMetricsRegistry, createRpcMetricsInterceptor } from "./metrics.js";
 import type { ReadyCheck } from "./readiness.js";
@@ -118,7 +119,10 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
             })) as unknown as http.Server,
     },
   });
-  app.addHook("onRequest", async (req) => dropFarDeadline(req.raw.headers));
+  app.addHook("onRequest", async (req) => {
+    bracketIpv6Authority(req.raw.headers);
+    dropFarDeadline(req.raw.headers);
+  });
   let draining = false;
   app.addHook("preClose", async () => {
     draining = true;

@@ -1,0 +1,29 @@
+import { isIPv6 } from "node:net";
+
+/**
+ * The host part of a URL that reaches, from this machine, a process bound to
+ * `host`: loopback for a wildcard bind, an IPv6 address in brackets.
+ */
+export function localUrlHost(host: string): string {
+  // 127.0.0.1 for `::` too: Linux binds `::` dual-stack, and IPv4 loopback is
+  // there even where IPv6 is turned off on loopback (as in some containers).
+  if (host === "0.0.0.0" || host === "::" || host === "") return "127.0.0.1";
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+/**
+ * Puts the brackets back on an IPv6 address in an HTTP/2 `:authority`.
+ * Node's HTTP/2 client (used for gRPC and streaming calls) sends
+ * `::1:50052` for `http://[::1]:50052`, which connect-node cannot make a URL
+ * of, so every such call to a service on an IPv6 HOST would fail.
+ */
+export function bracketIpv6Authority(headers: Record<string, unknown>): void {
+  const authority = headers[":authority"];
+  if (typeof authority !== "string" || authority.startsWith("[")) return;
+  const withPort = /^(.*):(\d{1,5})$/.exec(authority);
+  if (withPort !== null && isIPv6(withPort[1] as string)) {
+    headers[":authority"] = `[${withPort[1]}]:${withPort[2]}`;
+  } else if (isIPv6(authority)) {
+    headers[":authority"] = `[${authority}]`;
+  }
+}
