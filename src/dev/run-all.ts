@@ -11,8 +11,10 @@ import {
   loadLlmConfig,
   loadTokenConfig,
 } from "../lib/config.js";
+import { localUrlHost } from "../lib/local-host.js";
 import { processEnvFor } from "../lib/node-options.js";
 import { packageRoot } from "../lib/package-root.js";
+import { listenProblem } from "../lib/serve.js";
 import { formatLogLine } from "./pretty.js";
 
 type Name = "token" | "filter" | "llm" | "history" | "gateway";
@@ -28,19 +30,36 @@ const colors: Record<Name, string> = {
 };
 const bin = join(packageRoot(), "bin", "chatmesh.js");
 
-function portFree(host: string, port: number): Promise<boolean> {
+/** Why nothing can listen on host:port right now; undefined when something can. */
+function listenError(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
   return new Promise((resolve) => {
     const probe = net.createServer();
-    probe.once("error", () => resolve(false));
-    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve(true)));
+    probe.once("error", (err: NodeJS.ErrnoException) => resolve(err));
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve(undefined)));
   });
 }
 
-async function waitHealthy(host: string, port: number, child: ChildProcess): Promise<void> {
+/** The one line run-all stops with when `name` could not listen on its port. */
+function portProblem(name: Name, host: string, port: number, err: NodeJS.ErrnoException): string {
+  const portEnv = defaultPorts[name].env;
+  if (err.code === "EADDRINUSE") {
+    return `port ${port} is already in use (set ${portEnv} to move ${name})`;
+  }
+  return (
+    listenProblem(err, { host, port, portEnv }) ??
+    `${name} cannot listen on ${host} port ${port}: ${err.message}`
+  );
+}
+
+/**
+ * Polls GET /healthz until it answers 200; gives up when `running()` turns
+ * false (the child is gone, or run-all is stopping) or after 30 s.
+ */
+async function waitHealthy(baseUrl: string, port: number, running: () => boolean): Promise<void> {
   const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && child.exitCode === null) {
+  while (Date.now() < deadline && running()) {
     try {
-      const res = await fetch(`http://${host}:${port}/healthz`);
+      const res = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) });
       if (res.ok) return;
     } catch {
       // not listening yet
@@ -78,20 +97,29 @@ export async function runAll(env: Env = process.env): Promise<number> {
     gateway: gateway.port,
   };
   const portOf = (name: Name) => ports[name];
-  const host = gateway.host === "0.0.0.0" ? "127.0.0.1" : gateway.host;
   for (const name of names) {
-    const port = portOf(name);
-    if (!(await portFree(gateway.host, port))) {
+    if (portOf(name) === 0) {
+      const portEnv = defaultPorts[name].env;
       console.error(
-        `run-all: port ${port} is already in use (set ${defaultPorts[name].env} to move ${name})`,
+        `run-all: ${portEnv}=0 (any free port) does not work with run-all, which wires the processes together by their ports (set ${portEnv} to a port from 1 to 65535)`,
       );
       return 1;
     }
   }
+  for (const name of names) {
+    const err = await listenError(gateway.host, portOf(name));
+    if (err !== undefined) {
+      console.error(`run-all: ${portProblem(name, gateway.host, portOf(name), err)}`);
+      return 1;
+    }
+  }
+  // Where this machine reaches the processes: the printed URLs, the health
+  // checks, and the services' URLs the gateway gets.
+  const base = `http://${localUrlHost(gateway.host)}`;
   const childEnv: Record<string, string | undefined> = { ...env };
   for (const name of ["token", "filter", "llm", "history"] as const) {
     const urlVar = `${name.toUpperCase()}_URL`;
-    childEnv[urlVar] ??= `http://${host}:${portOf(name)}`;
+    childEnv[urlVar] ??= `${base}:${portOf(name)}`;
   }
   // A short pause between streamed words, so the chat page visibly streams.
   childEnv.ECHO_CHUNK_DELAY_MS ??= "40";
@@ -105,7 +133,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
     stopping = true;
     exitCode = code;
     for (const child of children.values()) {
-      if (child.exitCode === null) child.kill("SIGTERM");
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     }
   };
   process.once("SIGINT", () => stopAll(0));
@@ -135,10 +163,11 @@ export async function runAll(env: Env = process.env): Promise<number> {
   try {
     for (const name of names) {
       const child = children.get(name) as ChildProcess;
-      await waitHealthy(host, portOf(name), child);
+      // A child killed by a signal has no exit code, only a signal code.
+      const running = () => !stopping && child.exitCode === null && child.signalCode === null;
+      await waitHealthy(`${base}:${portOf(name)}`, portOf(name), running);
     }
     if (!stopping) {
-      const base = `http://${host}`;
       console.log(
         [
           "",

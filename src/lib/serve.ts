@@ -18,7 +18,10 @@ export interface ServeOptions extends ListenOptions {
  * What a failed listen says about the configuration, as one line naming the
  * variable to change; undefined for any other failure.
  */
-function listenProblem(err: unknown, options: ListenOptions): string | undefined {
+export function listenProblem(
+  err: unknown,
+  options: Pick<ListenOptions, "host" | "port" | "portEnv">,
+): string | undefined {
   const { host, port, portEnv } = options;
   switch ((err as NodeJS.ErrnoException).code) {
     case "EADDRINUSE":

@@ -1,0 +1,127 @@
+import { existsSync, readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it, onTestFinished, vi } from "vitest";
+import { freePort, startChatmesh, waitForOutput } from "../fixtures/processes.js";
+
+const holdStart = fileURLToPath(new URL("../fixtures/hold-start.cjs", import.meta.url));
+
+type PortVar = "TOKEN_PORT" | "FILTER_PORT" | "LLM_PORT" | "HISTORY_PORT" | "GATEWAY_PORT";
+
+/** The five ports moved to free ones, and history's file in a temporary directory. */
+async function runAllEnv(): Promise<Record<PortVar | "HISTORY_DATABASE_URL", string>> {
+  const dataDir = await mkdtemp(join(tmpdir(), "chatmesh-run-all-"));
+  onTestFinished(() => rm(dataDir, { recursive: true, force: true }));
+  return {
+    TOKEN_PORT: String(await freePort()),
+    FILTER_PORT: String(await freePort()),
+    LLM_PORT: String(await freePort()),
+    HISTORY_PORT: String(await freePort()),
+    GATEWAY_PORT: String(await freePort()),
+    HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "history.db")}`,
+  };
+}
+
+/** The pids of a process's direct children (Linux /proc). */
+function childPids(pid: number): number[] {
+  const file = `/proc/${pid}/task/${pid}/children`;
+  if (!existsSync(file)) return [];
+  return readFileSync(file, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("run-all refuses to start with one line", () => {
+  it.each([
+    [
+      "no.such.host.invalid",
+      "cannot be resolved to an address (set HOST to an address or a known name)",
+    ],
+    ["192.0.2.1", "is not an address of this machine (set HOST to one, or 0.0.0.0 for all)"],
+  ])("naming HOST when HOST=%s cannot be bound", async (host, problem) => {
+    const run = startChatmesh(["run-all"], { ...(await runAllEnv()), HOST: host });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toBe(`run-all: HOST ${host} ${problem}\n`);
+  });
+
+  it("naming the variable when a port is 0, which it cannot wire or print", async () => {
+    const run = startChatmesh(["run-all"], { ...(await runAllEnv()), GATEWAY_PORT: "0" });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toBe(
+      "run-all: GATEWAY_PORT=0 (any free port) does not work with run-all, which wires the processes together by their ports (set GATEWAY_PORT to a port from 1 to 65535)\n",
+    );
+  }, 60_000);
+});
+
+describe("run-all on an IPv6 HOST", () => {
+  it.each(["frames", "connect"])(
+    "serves chats and streams on [::1] (UPSTREAM_PROTOCOL=%s)",
+    async (protocol) => {
+      const env = { ...(await runAllEnv()), HOST: "::1", UPSTREAM_PROTOCOL: protocol };
+      const run = startChatmesh(["run-all"], env);
+      onTestFinished(async () => {
+        await run.stop("SIGINT");
+      });
+      await waitForOutput(run, /chatmesh is up/, 60_000);
+      const gateway = `http://[::1]:${env.GATEWAY_PORT}`;
+      expect(run.output()).toContain(`gateway  ${gateway}`);
+      expect(run.output()).toContain(`token    http://[::1]:${env.TOKEN_PORT}`);
+      const chat = (path: string, user: string) =>
+        fetch(`${gateway}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ user_id: user, text: "hello over IPv6" }),
+        });
+      const res = await chat("/chat", "u1");
+      expect(await res.json()).toEqual({
+        cleaned: "hello over IPv6",
+        reply: "Echo: hello over IPv6",
+        remaining: 150,
+      });
+      const stream = await (await chat("/chat/stream", "u2")).text();
+      expect(stream).toContain(
+        'event: done\ndata: {"reply":"Echo: hello over IPv6","remaining":150}',
+      );
+      run.child.kill("SIGINT");
+      expect(await run.exited).toBe(0);
+    },
+    120_000,
+  );
+});
+
+describe("run-all stopped during start-up", () => {
+  it("stops every process at once on SIGINT", async () => {
+    const run = startChatmesh(["run-all"], {
+      ...(await runAllEnv()),
+      // Its processes are held before they can handle a signal of their own.
+      NODE_OPTIONS: `--require "${holdStart}"`,
+    });
+    onTestFinished(async () => {
+      await run.stop("SIGKILL");
+    });
+    const pid = run.child.pid as number;
+    let children: number[] = [];
+    await vi.waitFor(
+      () => {
+        children = childPids(pid);
+        expect(children).toHaveLength(5);
+      },
+      { timeout: 30_000, interval: 50 },
+    );
+    const sent = Date.now();
+    run.child.kill("SIGINT");
+    expect(await run.exited).toBe(0);
+    expect(Date.now() - sent).toBeLessThan(10_000);
+    expect(run.output()).toBe("");
+    expect(children.filter(alive)).toEqual([]);
+  }, 60_000);
+});
