@@ -374,10 +374,12 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
   });
 }
 
-/** Where `chatmesh healthcheck` finds a process: its HOST and its *_PORT. */
+/** Where `chatmesh healthcheck` finds a process: its HOST, its *_PORT, and whether it serves TLS. */
 export interface HealthcheckConfig {
   readonly host: string;
   readonly port: number;
+  /** TLS_CERT_FILE and TLS_KEY_FILE are set: the process answers https only. */
+  readonly tls: boolean;
 }
 
 /** Config of `chatmesh healthcheck <name>`, read from the environment the process has. */
@@ -385,7 +387,8 @@ export function loadHealthcheckConfig(
   name: keyof typeof defaultPorts,
   env: Env = process.env,
 ): HealthcheckConfig {
-  return Object.freeze({ host: readCommon(env).host, port: readPort(env, name) });
+  const { host, tls } = readCommon(env);
+  return Object.freeze({ host, port: readPort(env, name), tls: tls !== undefined });
 }
 
 /** What the `chatmesh client` command talks to. */

@@ -1,5 +1,8 @@
 import { readFile } from "node:fs/promises";
+import http from "node:http";
+import https from "node:https";
 import { defaultPorts, type Env, loadHealthcheckConfig } from "./config.js";
+import { localUrlHost } from "./local-host.js";
 
 /** A process `chatmesh healthcheck` can check. */
 export type CheckedProcess = keyof typeof defaultPorts;
@@ -35,16 +38,30 @@ async function containerProcess(): Promise<CheckedProcess | undefined> {
   }
 }
 
-/** Loopback for wildcard binds; the bound address otherwise. */
-function probeHost(host: string): string {
-  if (host === "0.0.0.0" || host === "::" || host === "") return "127.0.0.1";
-  return host.includes(":") ? `[${host}]` : host;
+/**
+ * GET `url`; resolves with the status. Over https the server's certificate is
+ * not verified: this checks that the machine's own process answers on its own
+ * address, and that certificate names the deployment's public host name (not
+ * 127.0.0.1) and is signed by a CA the container need not have. Nothing
+ * secret is sent, and the answer only says whether the process is alive.
+ */
+function get(url: string, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const options = { rejectUnauthorized: false, timeout: timeoutMs };
+    const req = (url.startsWith("https:") ? https : http).get(url, options, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.once("timeout", () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.once("error", reject);
+  });
 }
 
 /**
  * `chatmesh healthcheck [name]`: GET /healthz of the named process (default:
  * the one this container runs) on the port its environment gives it, for
- * Docker's HEALTHCHECK. Prints one line; returns 0 when it answered 200.
+ * Docker's HEALTHCHECK, over https when the process serves TLS (TLS_CERT_FILE).
+ * Prints one line; returns 0 when it answered 200.
  */
 export async function runHealthcheck(
   name: string | undefined,
@@ -60,15 +77,15 @@ export async function runHealthcheck(
     );
     return 2;
   }
-  const { host, port } = loadHealthcheckConfig(target, env);
-  const url = `http://${probeHost(host)}:${port}/healthz`;
+  const { host, port, tls } = loadHealthcheckConfig(target, env);
+  const url = `${tls ? "https" : "http"}://${localUrlHost(host)}:${port}/healthz`;
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-    if (res.ok) {
+    const status = await get(url, timeoutMs);
+    if (status >= 200 && status < 300) {
       console.log(`${target} healthy (${url})`);
       return 0;
     }
-    console.error(`${target} unhealthy: ${url} answered ${res.status}`);
+    console.error(`${target} unhealthy: ${url} answered ${status}`);
   } catch (err) {
     console.error(`${target} unhealthy: ${url}: ${(err as Error).message}`);
   }
