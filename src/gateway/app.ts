@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
@@ -140,6 +141,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   // answer their chats (see shutdown.ts).
   let closingAt = 0;
   const stopLlm = new AbortController();
+  // Every chat's model call listens to it (a few hundred ns): as many as are in flight.
+  setMaxListeners(0, stopLlm.signal);
   let stopTimer: NodeJS.Timeout | undefined;
   app.addHook("preClose", (done) => {
     closingAt = Date.now();
