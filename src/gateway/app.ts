@@ -1,5 +1,3 @@
-import { setMaxListeners } from "node:events";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
@@ -24,7 +22,6 @@ import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
 import { createRefunder } from "./refunder.js";
 import { registerBodyGuards } from "./request-guards.js";
-import { cancelledAtShutdown } from "./shutdown.js";
 import { type OnChatDone, registerChatStream } from "./stream.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -136,34 +133,13 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
 
   // Appends and refunds still pending at shutdown are retried until
   // SHUTDOWN_TIMEOUT_MS after closing began, less time for a last call to
-  // time out and the losses to be logged. Model calls still running by then
-  // are cancelled earlier, with time left to give their charges back and
-  // answer their chats (see shutdown.ts).
+  // time out and the losses to be logged.
   let closingAt = 0;
-  const stopLlm = new AbortController();
-  // Every chat's model call listens to it (a few hundred ns): as many as are in flight.
-  setMaxListeners(0, stopLlm.signal);
-  let stopTimer: NodeJS.Timeout | undefined;
   app.addHook("preClose", (done) => {
     closingAt = Date.now();
-    const { shutdownTimeoutMs, tokenTimeoutMs } = config;
-    const after = Math.max(shutdownTimeoutMs / 2, shutdownTimeoutMs - tokenTimeoutMs - 500);
-    stopTimer = setTimeout(
-      () => stopLlm.abort(new ConnectError("the gateway is shutting down", Code.Unavailable)),
-      after,
-    );
-    stopTimer.unref();
-    done();
-  });
-  app.addHook("onClose", (_app, done) => {
-    clearTimeout(stopTimer);
     done();
   });
   const closeBy = (timeoutMs: number) => closingAt + config.shutdownTimeoutMs - timeoutMs - 250;
-  const served: Upstreams = {
-    ...upstreams,
-    llm: cancelledAtShutdown(upstreams.llm, stopLlm.signal),
-  };
   const history = registerHistory(app, { client: upstreams.history, config, closeBy });
   const refunder = createRefunder({
     token: upstreams.token,
@@ -200,7 +176,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       ? input
       : await runChat(
           {
-            upstreams: served,
+            upstreams,
             logger,
             trace: req.trace,
             refunds,
@@ -222,7 +198,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     return result;
   });
   registerChatStream(app, {
-    upstreams: served,
+    upstreams,
     logger,
     maxTextChars: config.maxTextChars,
     chats,
@@ -232,7 +208,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     refunder,
   });
   await registerOpenAiApi(app, {
-    upstreams: served,
+    upstreams,
     logger,
     maxTextChars: config.maxTextChars,
     chats,
