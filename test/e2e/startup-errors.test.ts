@@ -1,11 +1,15 @@
-import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMysqlDatabase } from "../fixtures/databases.js";
 import { startChatmesh } from "../fixtures/processes.js";
-import { makeTestCertificates, opensslOrSkip, type TestCertificates } from "../fixtures/tls.js";
+import {
+  makeTestCertificates,
+  opensslOrSkip,
+  type TestCertificates,
+  writeBrokenTlsFiles,
+} from "../fixtures/tls.js";
 
 /**
  * Starts `chatmesh <args>` and expects it to exit 1 having printed one line
@@ -50,12 +54,7 @@ describe.runIf(opensslOrSkip())(
     let certs: TestCertificates;
     beforeAll(async () => {
       certs = await makeTestCertificates();
-      const other = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-      writeFileSync(at("other-key.pem"), other.privateKey.export({ format: "pem", type: "pkcs8" }));
-      writeFileSync(
-        at("bad-base64.pem"),
-        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
-      );
+      writeBrokenTlsFiles(dir);
     });
     afterAll(() => {
       if (certs !== undefined) rmSync(certs.dir, { recursive: true, force: true });

@@ -1,22 +1,21 @@
-import { generateKeyPairSync } from "node:crypto";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError } from "../../src/lib/config.js";
 import { readTlsCredentials, readUpstreamCa } from "../../src/lib/tls.js";
-import { makeTestCertificates, opensslOrSkip, type TestCertificates } from "../fixtures/tls.js";
+import {
+  makeTestCertificates,
+  opensslOrSkip,
+  type TestCertificates,
+  writeBrokenTlsFiles,
+} from "../fixtures/tls.js";
 
 describe.runIf(opensslOrSkip())("TLS files", () => {
   let certs: TestCertificates;
   const at = (name: string) => join(certs.dir, name);
   beforeAll(async () => {
     certs = await makeTestCertificates();
-    const other = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-    writeFileSync(at("other-key.pem"), other.privateKey.export({ format: "pem", type: "pkcs8" }));
-    writeFileSync(
-      at("bad-base64.pem"),
-      "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
-    );
+    writeBrokenTlsFiles(certs.dir);
     // A CA bundle: the CA, then a certificate whose body is cut short.
     const ca = readFileSync(certs.caFile, "utf8");
     writeFileSync(at("bundle.pem"), `${ca}${ca.replace(/\n[^\n]+\n-----END/, "\n-----END")}`);
