@@ -111,6 +111,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   let timer: NodeJS.Timeout | undefined;
   let retrying = false;
   let closed = false;
+  /** Why the last retry failed: the reason given for what is lost at shutdown. */
+  let lastFailure: unknown;
 
   const track = (work: Promise<void>) => {
     inFlight.add(work);
@@ -164,7 +166,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     retrying = true;
     try {
       expire();
-      for (let head = queue[0]; head !== undefined && !closed; head = queue[0]) {
+      for (let head = queue[0]; head !== undefined; head = queue[0]) {
         try {
           await append(head.chat);
           queue.shift();
@@ -178,6 +180,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
             drop(head.chat, "refused by history", err);
             continue;
           }
+          lastFailure = err;
           delayMs = Math.min(delayMs * 2, maxDelayMs);
           logger.warn({ err, pending: queue.length, retryInMs: delayMs }, "history still failing");
           break;
@@ -290,35 +293,15 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       clearTimeout(timer);
       timer = undefined;
       while (inFlight.size > 0) await Promise.allSettled([...inFlight]);
-      let wait = initialDelayMs;
-      let lastError: unknown;
+      // The background's passes over the queue, with its backoff, while the shutdown allows.
       for (;;) {
-        expire();
-        const tried = queue.splice(0);
-        const results = await Promise.allSettled(tried.map((p) => append(p.chat)));
-        results.forEach((result, i) => {
-          const pending = tried[i] as Pending;
-          if (result.status === "fulfilled") {
-            counts.appended++;
-            counts.recovered++;
-            return;
-          }
-          counts.failedAttempts++;
-          lastError = result.reason;
-          if (isPermanent(result.reason)) drop(pending.chat, "refused by history", result.reason);
-          else queue.push(pending);
-        });
+        await retryQueue();
         if (queue.length === 0) return;
-        if (Date.now() + wait >= until) break;
-        logger.warn(
-          { pending: queue.length, retryInMs: wait },
-          "history still failing at shutdown",
-        );
-        await new Promise((resolve) => setTimeout(resolve, wait));
-        wait = Math.min(wait * 2, maxDelayMs);
+        if (Date.now() + delayMs >= until) break;
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
       }
       for (const { chat } of queue.splice(0)) {
-        drop(chat, "history unreachable at shutdown", lastError);
+        drop(chat, "history unreachable at shutdown", lastFailure);
       }
     },
   };

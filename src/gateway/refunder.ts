@@ -19,9 +19,9 @@ export interface Refunder {
    */
   refundIfCharged(userId: string, chargeId: string, trace?: TraceContext): void;
   /**
-   * Keeps retrying the refunds still pending, with backoff, until they are
-   * made or `until` (a time in ms) comes; those left then are logged as
-   * failed. Without `until`, stops at once.
+   * Keeps retrying the refunds still pending, with their backoff, until they
+   * are made or `until` (a time in ms) comes; those left then are logged as
+   * failed. Without `until`, only attempts under way are waited for.
    */
   close(until?: number): Promise<void>;
 }
@@ -63,8 +63,8 @@ export function createRefunder(options: RefunderOptions): Refunder {
   const waiting = new Map<NodeJS.Timeout, PendingRefund>();
   /** Background attempts under way. */
   const attempts = new Set<Promise<void>>();
-  /** While closing: the refunds still to make before the shutdown ends. */
-  let closing: PendingRefund[] | undefined;
+  /** Once closing: when retries stop, the shutdown's time being up. */
+  let closeBy = Number.POSITIVE_INFINITY;
 
   const attempt = async ({ userId, chargeId, trace }: Charge) => {
     const { refunded } = await retryOnceIfUnavailable(() =>
@@ -85,10 +85,9 @@ export function createRefunder(options: RefunderOptions): Refunder {
     logger.error({ ...traceLogFields(refund.trace), err, chargeId: refund.chargeId }, why);
   };
 
-  const later = (refund: PendingRefund) => {
-    if (closing !== undefined) {
-      closing.push(refund);
-      return;
+  const later = (refund: PendingRefund, err?: unknown) => {
+    if (refund.due >= closeBy) {
+      return givenUp(refund, err, "refund failed at shutdown: the charge stays");
     }
     const timer = setTimeout(() => {
       waiting.delete(timer);
@@ -99,7 +98,7 @@ export function createRefunder(options: RefunderOptions): Refunder {
             return givenUp(refund, err, "refund failed: the charge stays");
           }
           const delayMs = Math.min(refund.delayMs * 2, maxDelayMs);
-          later({ ...refund, due: Date.now() + delayMs, delayMs });
+          later({ ...refund, due: Date.now() + delayMs, delayMs }, err);
         },
       );
       attempts.add(work);
@@ -137,34 +136,17 @@ export function createRefunder(options: RefunderOptions): Refunder {
       later(pending(userId, chargeId, trace, settleMs));
     },
     async close(until = 0) {
-      const left: PendingRefund[] = [...waiting.values()];
-      closing = left;
-      for (const timer of waiting.keys()) clearTimeout(timer);
-      waiting.clear();
-      while (attempts.size > 0) await Promise.allSettled([...attempts]);
-      let lastError: unknown;
-      while (left.length > 0) {
-        // A refund of unknown outcome waits until the charge it follows has landed.
-        const next = Math.max(Date.now(), Math.min(...left.map((r) => r.due)));
-        if (next >= until) break;
-        await new Promise((resolve) => setTimeout(resolve, next - Date.now()));
-        const now = Date.now();
-        const due = left.filter((r) => r.due <= now);
-        const results = await Promise.allSettled(due.map(attempt));
-        left.splice(0, left.length, ...left.filter((r) => r.due > now));
-        for (const [i, result] of results.entries()) {
-          const refund = due[i] as PendingRefund;
-          if (result.status === "fulfilled") {
-            madeLater(refund, result.value);
-            continue;
-          }
-          lastError = result.reason;
-          const delayMs = Math.min(refund.delayMs * 2, maxDelayMs);
-          left.push({ ...refund, due: Date.now() + delayMs, delayMs });
-        }
+      // The retries go on, on their timers, while the shutdown allows.
+      closeBy = until;
+      for (const [timer, refund] of waiting) {
+        if (refund.due < until) continue;
+        clearTimeout(timer);
+        waiting.delete(timer);
+        givenUp(refund, undefined, "refund failed at shutdown: the charge stays");
       }
-      for (const refund of left.splice(0)) {
-        givenUp(refund, lastError, "refund failed at shutdown: the charge stays");
+      // The timers do not hold the process open: this wait does.
+      while (waiting.size > 0 || attempts.size > 0) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
       }
     },
   };

@@ -3,6 +3,7 @@ import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import { defaultPorts, loadTokenConfig, type TokenConfig } from "../../lib/config.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
 import { createMetricsRegistry } from "../../lib/metrics.js";
+import { redactUrl } from "../../lib/redact-url.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import { createQuotaStoreFromConfig } from "./store-from-config.js";
@@ -35,7 +36,7 @@ export async function buildToken(
   logger.info(
     {
       store: config.quotaStore,
-      ...(config.quotaStore === "redis" ? { redis: redactedUrl(config.redisUrl) } : {}),
+      ...(config.quotaStore === "redis" ? { redis: redactUrl(config.redisUrl) } : {}),
       limit: config.quotaLimit,
       cost: config.quotaCost,
       failOpen: config.quotaFailOpen,
@@ -50,11 +51,4 @@ export async function main(): Promise<void> {
   const config = loadTokenConfig();
   const { app, logger } = await buildToken(config);
   await serve(app, { ...config, portEnv: defaultPorts.token.env, logger });
-}
-
-/** The URL without its password, for logs. */
-function redactedUrl(raw: string): string {
-  const url = new URL(raw);
-  if (url.password !== "") url.password = "***";
-  return url.toString();
 }
