@@ -112,6 +112,100 @@ describe("the matching form", () => {
   });
 });
 
+/**
+ * Words for the code-unit-by-code-unit folding: letters whose fold depends
+ * on their neighbours (the sigmas, marks, Hangul jamo, the half-width voiced
+ * mark), case-ignorable characters (cased or not) that the final sigma looks
+ * past, uncased ones that stop it, and units that fold into several.
+ */
+const unitWords = fc
+  .array(
+    fc.oneof(
+      fc.constantFrom(
+        ..."ΣσςΑαΓγΆάΐΰ",
+        ..."'.:\u00b7\u2019\u02b0\u02c6\u1d43\u0345\u00ad\u200b\u0301\u0308",
+        ..."ßẞİıǅﬁﬀｆＡ①½㎏™",
+        ..."1中ー가\u1100\u1161\u11a8ㄱㅏｶﾞ\u00a0\u3000\u2028",
+        ..."ПпЁёå",
+      ),
+      fc.constantFrom(" ", "a", "A"),
+    ),
+    { maxLength: 16 },
+  )
+  .map((units) => units.join(""));
+
+describe("folding unit by unit", () => {
+  it("gives the definition's form, sigmas and composing neighbours included", () => {
+    fc.assert(
+      fc.property(unitWords, (raw) => {
+        expect(normalizeForMatch(raw)).toBe(definedForm(raw));
+      }),
+      { numRuns: numRuns * 4 },
+    );
+    expect(normalizeForMatch("ΟΔΟΣ ΟΔΟΣ'. ΣΑ Α'Σ'")).toBe("οδος οδος'. σα α'ς'");
+    expect(normalizeForMatch("ｶﾞ ㄱㅏ")).toBe("ガ 가");
+  });
+
+  it("gives the definition's form for a text longer than its buffer, and for one after it", () => {
+    const long = Array.from(
+      { length: 20_000 },
+      (_, i) => ["Straße", "ΟΔΟΣ", "这是", "ｆｕｌｌ"][i % 4],
+    ).join(" ");
+    expect(long.length).toBeGreaterThan(65_536);
+    expect(normalizeForMatch(long)).toBe(definedForm(long));
+    expect(normalizeForMatch("Привет ΟΔΟΣ")).toBe("привет οδος");
+  });
+
+  it("gives the definition's form for every BMP code unit, alone and among neighbours", {
+    timeout: 120_000,
+  }, () => {
+    const wrong: string[] = [];
+    for (let unit = 0; unit < 0x10000; unit++) {
+      if (unit >= 0xd800 && unit <= 0xdfff) continue;
+      const u = String.fromCharCode(unit);
+      for (const raw of [
+        u,
+        `a${u}\u0301`,
+        `\u1100${u}\u1161`,
+        `ｶ${u}ﾞ`,
+        `αΣ${u}`,
+        `α${u}Σ`,
+        `Σ${u}α`,
+        `${u}ß${u}`,
+      ]) {
+        if (normalizeForMatch(raw) !== definedForm(raw)) wrong.push(raw);
+      }
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it("relies on what holds in Unicode: outside the marks, every character is a starter, and only Hangul jamo compose onto one", {
+    timeout: 120_000,
+  }, () => {
+    const mark = /\p{M}/u;
+    const secondParts = new Set<number>();
+    const nonStarters: number[] = [];
+    for (let cp = 0; cp <= 0x10ffff; cp++) {
+      if (cp >= 0xd800 && cp <= 0xdfff) continue;
+      const char = String.fromCodePoint(cp);
+      const parts = [...char.normalize("NFD")];
+      for (const part of parts.slice(1)) secondParts.add(part.codePointAt(0) as number);
+      // A character of combining class 1–239 goes before the iota subscript's 240.
+      if (!mark.test(char) && !`\u0345${char}`.normalize("NFD").startsWith("\u0345")) {
+        nonStarters.push(cp);
+      }
+    }
+    const unmarked = [...secondParts].filter(
+      (cp) => cp <= 0xffff && !mark.test(String.fromCodePoint(cp)),
+    );
+    expect(unmarked.length).toBeGreaterThan(0);
+    for (const cp of unmarked) {
+      expect((cp >= 0x1161 && cp <= 0x1175) || (cp >= 0x11a8 && cp <= 0x11c2)).toBe(true);
+    }
+    expect(nonStarters).toEqual([]);
+  });
+});
+
 describe("cleanText", () => {
   it("never grows the text, is idempotent, and leaves no space to fold", () => {
     fc.assert(
