@@ -1,4 +1,5 @@
 import { type FSWatcher, watch } from "node:fs";
+import { stat } from "node:fs/promises";
 import { basename, dirname } from "node:path";
 import type { Logger } from "../../lib/logger.js";
 import { createTermMatcher, loadTerms, type TermMatcher } from "./terms.js";
@@ -12,6 +13,17 @@ export interface ReloadableMatcher extends TermMatcher {
   reload(): Promise<void>;
   /** Stops watching the file and listening for SIGHUP. */
   close(): void;
+}
+
+/** The file `path` leads to, as one string that changes when it does; undefined when there is none. */
+async function fileAt(path: string | undefined): Promise<string | undefined> {
+  if (path === undefined) return undefined;
+  try {
+    const s = await stat(path, { bigint: true });
+    return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+  } catch {
+    return undefined;
+  }
 }
 
 /** How long the file must be quiet before a change is read. */
@@ -28,12 +40,17 @@ const settleMs = 100;
  *
  * The watch is on the file's directory, not on the file: editors save by
  * renaming a new file over the old one, and a watch on the file would keep
- * following the old, replaced inode.
+ * following the old, replaced inode. A change to another name in the
+ * directory reloads when the file the path leads to is no longer the one last
+ * read: a Kubernetes ConfigMap volume updates the path's symlink by renaming
+ * a symlink (`..data`) it goes through.
  */
 export async function createReloadableMatcher(
   path: string | undefined,
   logger: Logger,
 ): Promise<ReloadableMatcher> {
+  // The file last read (or tried), as the path led to it: undefined when there was none.
+  let lastRead = await fileAt(path);
   let current = createTermMatcher(await loadTerms(path));
   let watcher: FSWatcher | undefined;
   let debounce: NodeJS.Timeout | undefined;
@@ -42,6 +59,7 @@ export async function createReloadableMatcher(
 
   const readOnce = async () => {
     try {
+      lastRead = await fileAt(path);
       const next = createTermMatcher(await loadTerms(path));
       current = next;
       logger.info({ terms: next.size, file: path ?? null }, "banned terms reloaded");
@@ -67,14 +85,21 @@ export async function createReloadableMatcher(
   process.on("SIGHUP", onSighup);
   if (path !== undefined) {
     const name = basename(path);
+    // Whether an event since the last check named the file itself.
+    let named = false;
+    const check = async () => {
+      const ours = named;
+      named = false;
+      if (ours || (await fileAt(path)) !== lastRead) await reload();
+    };
     const onWarn = (err: unknown) =>
       logger.warn({ err, file: path }, "cannot watch the terms file; SIGHUP still reloads");
     try {
       watcher = watch(dirname(path), (_event, changed) => {
         // Some platforms do not say which file changed: then it may be this one.
-        if (changed !== null && changed !== name) return;
+        if (changed === null || changed === name) named = true;
         clearTimeout(debounce);
-        debounce = setTimeout(() => void reload(), settleMs);
+        debounce = setTimeout(() => void check(), settleMs);
       });
       watcher.on("error", onWarn);
     } catch (err) {

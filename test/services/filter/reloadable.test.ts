@@ -1,5 +1,13 @@
 import { randomBytes } from "node:crypto";
-import { appendFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -89,6 +97,34 @@ describe("createReloadableMatcher", () => {
     replaceAtomically("two\n");
     await expect.poll(() => matcher?.matches("two here"), poll).toBe(true);
     expect(lines.filter((l) => l.msg === "banned terms reloaded")).toHaveLength(1);
+  });
+
+  it("follows a Kubernetes ConfigMap volume's update: a symlink it goes through renamed over", async () => {
+    // The kubelet's layout: terms.txt → ..data/terms.txt, ..data → a timestamped directory.
+    const version = (n: number, content: string) => {
+      mkdirSync(join(dir, `..2026_11_28_0${n}`));
+      writeFileSync(join(dir, `..2026_11_28_0${n}`, "terms.txt"), content);
+    };
+    version(1, "one\n");
+    symlinkSync(`..2026_11_28_01`, join(dir, "..data"));
+    symlinkSync(join("..data", "terms.txt"), file);
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    expect(m.matches("one here")).toBe(true);
+
+    for (const [n, term] of [
+      [2, "two"],
+      [3, "three"],
+    ] as const) {
+      version(n, `${term}\n`);
+      symlinkSync(`..2026_11_28_0${n}`, join(dir, "..data_tmp"));
+      renameSync(join(dir, "..data_tmp"), join(dir, "..data"));
+      rmSync(join(dir, `..2026_11_28_0${n - 1}`), { recursive: true });
+      await expect.poll(() => m.matches(`${term} here`), poll).toBe(true);
+    }
+    expect(m.matches("two here")).toBe(false);
+    expect(lines.filter((l) => l.msg === "banned terms reloaded")).toHaveLength(2);
+    expect(errors()).toEqual([]);
   });
 
   it("lets the newest read win when reloads overlap", async () => {
