@@ -1,21 +1,38 @@
+import { runSteps, type Steps } from "../../lib/steps.js";
+
 /**
  * An Aho–Corasick automaton over UTF-16 code units: finds whether any of many
- * terms occurs in a text in one pass, whatever the number of terms. The trie's
- * edges live in one Map keyed by `state * 65536 + codeUnit`. When it fits,
- * the automaton is also compiled into a DFA: every (state, code unit class)
- * → next state in one Int32Array, failure links folded in, the classes being
- * the code units that occur in some term plus one for all others. A text is
- * then scanned with two array reads per code unit.
+ * terms occurs in a text in one pass, whatever the number of terms. Code
+ * units are read through classes: one for each unit that occurs in some term,
+ * plus class 0 for all others. When it fits, the automaton is a DFA: every
+ * (state, class) → next state in one Int32Array, failure links folded in,
+ * built without any other table of the trie; a text is then scanned with two
+ * array reads per code unit. Otherwise the trie's edges live in one Map keyed
+ * by `state * classes + class`, walked with the failure links.
  */
 export interface Automaton {
   /** Whether any term occurs in `text`. */
   test(text: string): boolean;
 }
 
-const unit = 65_536;
+/** About how many cells or code units a build goes through between two of its steps. */
+const stepWork = 65_536;
 
 /** Most cells of a DFA table (4 bytes each): 10,000 terms of Latin letters need about 1.6 M. */
 const defaultMaxDenseCells = 4_194_304;
+
+/** The class of each code unit (0: in no term), and how many classes there are. */
+function classesOf(terms: readonly string[]): { classOf: Int32Array; classes: number } {
+  const classOf = new Int32Array(65_536);
+  let classes = 1;
+  for (const term of terms) {
+    for (let i = 0; i < term.length; i++) {
+      const code = term.charCodeAt(i);
+      if (classOf[code] === 0) classOf[code] = classes++;
+    }
+  }
+  return { classOf, classes };
+}
 
 /**
  * Builds the automaton of `terms` (empty terms are ignored); `maxDenseCells`
@@ -25,14 +42,134 @@ export function buildAutomaton(
   terms: readonly string[],
   maxDenseCells = defaultMaxDenseCells,
 ): Automaton {
-  const edges = new Map<number, number>();
-  const terminal: boolean[] = [false];
+  return runSteps(automatonSteps(terms, maxDenseCells));
+}
+
+/** `buildAutomaton` in steps of about `stepWork` cells or code units each. */
+export function* automatonSteps(
+  terms: readonly string[],
+  maxDenseCells = defaultMaxDenseCells,
+): Steps<Automaton> {
+  const { classOf, classes } = classesOf(terms);
+  // The trie has at most one state per code unit of the terms, and the root.
+  let bound = 1;
+  for (const term of terms) bound += term.length;
+  yield;
+  return bound * classes <= maxDenseCells
+    ? yield* dfaSteps(terms, classOf, classes, bound)
+    : yield* sparseSteps(terms, classOf, classes, maxDenseCells);
+}
+
+/** Scans with the DFA `delta` (rows of `classes` cells); `out[state]` is 1 where a term ends. */
+function dfaAutomaton(
+  classOf: Int32Array,
+  classes: number,
+  delta: Int32Array,
+  out: Uint8Array,
+): Automaton {
+  return {
+    test(text) {
+      let state = 0;
+      for (let i = 0; i < text.length; i++) {
+        const k = classOf[text.charCodeAt(i)] as number;
+        state = k === 0 ? 0 : (delta[state * classes + k] as number);
+        if (out[state] === 1) return true;
+      }
+      return false;
+    },
+  };
+}
+
+/**
+ * The DFA, built in place: the trie's edges are written into `delta` first
+ * (0: none, since no edge leads back to the root), then, breadth first, each
+ * state's missing cells are copied from its failure state's row, complete by
+ * then since that state is shallower.
+ */
+function* dfaSteps(
+  terms: readonly string[],
+  classOf: Int32Array,
+  classes: number,
+  bound: number,
+): Steps<Automaton> {
+  const delta = new Int32Array(bound * classes);
+  const out = new Uint8Array(bound);
   let states = 1;
+  let work = 0;
   for (const term of terms) {
+    work += term.length;
+    if (work > stepWork) {
+      work = 0;
+      yield;
+    }
     if (term === "") continue;
     let state = 0;
     for (let i = 0; i < term.length; i++) {
-      const key = state * unit + term.charCodeAt(i);
+      const cell = state * classes + (classOf[term.charCodeAt(i)] as number);
+      let next = delta[cell] as number;
+      if (next === 0) {
+        next = states++;
+        delta[cell] = next;
+      }
+      state = next;
+    }
+    out[state] = 1;
+  }
+
+  const fail = new Int32Array(states);
+  const queue = new Int32Array(states);
+  let tail = 0;
+  for (let k = 1; k < classes; k++) {
+    const child = delta[k] as number;
+    if (child !== 0) queue[tail++] = child;
+  }
+  for (let head = 0; head < tail; head++) {
+    work += classes;
+    if (work > stepWork) {
+      work = 0;
+      yield;
+    }
+    const state = queue[head] as number;
+    const failRow = (fail[state] as number) * classes;
+    if (out[fail[state] as number] === 1) out[state] = 1;
+    const row = state * classes;
+    for (let k = 1; k < classes; k++) {
+      const child = delta[row + k] as number;
+      if (child === 0) {
+        delta[row + k] = delta[failRow + k] as number;
+      } else {
+        fail[child] = delta[failRow + k] as number;
+        queue[tail++] = child;
+      }
+    }
+  }
+  return dfaAutomaton(classOf, classes, delta, out);
+}
+
+/**
+ * The trie's edges in a Map, with failure links; compiled into a DFA after
+ * all when the states, fewer than their bound, fit in `maxDenseCells`.
+ */
+function* sparseSteps(
+  terms: readonly string[],
+  classOf: Int32Array,
+  classes: number,
+  maxDenseCells: number,
+): Steps<Automaton> {
+  const edges = new Map<number, number>();
+  const terminal: boolean[] = [false];
+  let states = 1;
+  let work = 0;
+  for (const term of terms) {
+    work += term.length;
+    if (work > stepWork) {
+      work = 0;
+      yield;
+    }
+    if (term === "") continue;
+    let state = 0;
+    for (let i = 0; i < term.length; i++) {
+      const key = state * classes + (classOf[term.charCodeAt(i)] as number);
       let next = edges.get(key);
       if (next === undefined) {
         next = states++;
@@ -46,55 +183,67 @@ export function buildAutomaton(
 
   // Failure links, breadth first; a state is terminal when any suffix is.
   const children: number[][] = Array.from({ length: states }, () => []);
-  for (const [key, next] of edges) children[Math.floor(key / unit)]?.push(key % unit, next);
+  for (const [key, next] of edges) children[Math.floor(key / classes)]?.push(key % classes, next);
   const fail = new Int32Array(states);
   const out = new Uint8Array(states);
   const queue: number[] = [];
   const rootChildren = children[0] ?? [];
   for (let i = 1; i < rootChildren.length; i += 2) queue.push(rootChildren[i] as number);
+  yield;
   for (let head = 0; head < queue.length; head++) {
+    work += 16;
+    if (work > stepWork) {
+      work = 0;
+      yield;
+    }
     const state = queue[head] as number;
     out[state] = terminal[state] || out[fail[state] as number] ? 1 : 0;
     const kids = children[state] ?? [];
     for (let i = 0; i < kids.length; i += 2) {
-      const code = kids[i] as number;
+      const k = kids[i] as number;
       const child = kids[i + 1] as number;
       let f = fail[state] as number;
-      let target = edges.get(f * unit + code);
+      let target = edges.get(f * classes + k);
       while (target === undefined && f !== 0) {
         f = fail[f] as number;
-        target = edges.get(f * unit + code);
+        target = edges.get(f * classes + k);
       }
       fail[child] = target ?? 0;
       queue.push(child);
     }
   }
 
-  const dense = compileDfa(edges, fail, queue, states, terms, maxDenseCells);
-  if (dense !== undefined) {
-    const { classOf, classes, delta } = dense;
-    return {
-      test(text) {
-        let state = 0;
-        for (let i = 0; i < text.length; i++) {
-          const k = classOf[text.charCodeAt(i)] as number;
-          state = k === 0 ? 0 : (delta[state * classes + k] as number);
-          if (out[state] === 1) return true;
-        }
-        return false;
-      },
-    };
+  if (states * classes <= maxDenseCells) {
+    const delta = new Int32Array(states * classes);
+    for (let k = 1; k < classes; k++) delta[k] = edges.get(k) ?? 0;
+    for (const state of queue) {
+      work += classes;
+      if (work > stepWork) {
+        work = 0;
+        yield;
+      }
+      const row = state * classes;
+      const failRow = (fail[state] as number) * classes;
+      for (let k = 1; k < classes; k++) {
+        delta[row + k] = edges.get(row + k) ?? (delta[failRow + k] as number);
+      }
+    }
+    return dfaAutomaton(classOf, classes, delta, out);
   }
 
   return {
     test(text) {
       let state = 0;
       for (let i = 0; i < text.length; i++) {
-        const code = text.charCodeAt(i);
-        let next = edges.get(state * unit + code);
+        const k = classOf[text.charCodeAt(i)] as number;
+        if (k === 0) {
+          state = 0;
+          continue;
+        }
+        let next = edges.get(state * classes + k);
         while (next === undefined && state !== 0) {
           state = fail[state] as number;
-          next = edges.get(state * unit + code);
+          next = edges.get(state * classes + k);
         }
         state = next ?? 0;
         if (out[state] === 1) return true;
@@ -102,47 +251,4 @@ export function buildAutomaton(
       return false;
     },
   };
-}
-
-/**
- * The DFA of the trie: `delta[state * classes + classOf[codeUnit]]`, class 0
- * (no term has that code unit) always back to the root. Undefined when the
- * table would pass `maxCells`.
- */
-function compileDfa(
-  edges: ReadonlyMap<number, number>,
-  fail: Int32Array,
-  /** Every state but the root, breadth first (a state's failure target comes earlier). */
-  order: readonly number[],
-  states: number,
-  terms: readonly string[],
-  maxCells: number,
-) {
-  const classOf = new Uint16Array(unit);
-  const codeOfClass = [0];
-  for (const term of terms) {
-    for (let i = 0; i < term.length; i++) {
-      const code = term.charCodeAt(i);
-      if (classOf[code] === 0) {
-        if (codeOfClass.length === unit - 1) return undefined;
-        classOf[code] = codeOfClass.length;
-        codeOfClass.push(code);
-      }
-    }
-  }
-  const classes = codeOfClass.length;
-  if (classes * states > maxCells) return undefined;
-  const delta = new Int32Array(classes * states);
-  for (let k = 1; k < classes; k++) {
-    delta[k] = edges.get(codeOfClass[k] as number) ?? 0;
-  }
-  for (const state of order) {
-    const row = state * classes;
-    const failRow = (fail[state] as number) * classes;
-    for (let k = 1; k < classes; k++) {
-      delta[row + k] =
-        edges.get(state * unit + (codeOfClass[k] as number)) ?? (delta[failRow + k] as number);
-    }
-  }
-  return { classOf, classes, delta };
 }

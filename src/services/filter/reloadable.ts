@@ -2,7 +2,8 @@ import { type FSWatcher, watch } from "node:fs";
 import { stat } from "node:fs/promises";
 import { basename, dirname } from "node:path";
 import type { Logger } from "../../lib/logger.js";
-import { createTermMatcher, loadTerms, type TermMatcher } from "./terms.js";
+import { runStepsInSlices } from "../../lib/steps.js";
+import { createTermMatcher, loadTerms, type TermMatcher, termMatcherSteps } from "./terms.js";
 
 /** A matcher whose term list can be replaced while the process serves. */
 export interface ReloadableMatcher extends TermMatcher {
@@ -32,7 +33,9 @@ const settleMs = 100;
 /**
  * The filter's terms from FILTER_TERMS_FILE, reloaded without a restart on
  * SIGHUP and when the file changes. The new list is built completely before
- * it replaces the old one, so every call sees one whole list.
+ * it replaces the old one, so every call sees one whole list; it is built in
+ * slices of a few milliseconds, calls being served by the old list between
+ * them (a list of 20,000 terms takes the best part of a second to build).
  *
  * Reloads run one at a time: one asked for while another runs is done once
  * that one ends (requests in the meantime share it), so the last list read
@@ -60,7 +63,7 @@ export async function createReloadableMatcher(
   const readOnce = async () => {
     try {
       lastRead = await fileAt(path);
-      const next = createTermMatcher(await loadTerms(path));
+      const next = await runStepsInSlices(termMatcherSteps(await loadTerms(path)));
       current = next;
       logger.info({ terms: next.size, file: path ?? null }, "banned terms reloaded");
     } catch (err) {

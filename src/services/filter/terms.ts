@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { ConfigError } from "../../lib/config.js";
-import { buildAutomaton } from "./aho-corasick.js";
+import { runSteps, type Steps } from "../../lib/steps.js";
+import { automatonSteps } from "./aho-corasick.js";
 import { normalizeForMatch } from "./text.js";
 
 /** The default banned-term list of the contract. */
@@ -19,8 +20,20 @@ export interface TermMatcher {
  * normalised once and scanned once, however many terms there are.
  */
 export function createTermMatcher(terms: Iterable<string>): TermMatcher {
-  const normalized = [...new Set([...terms].map(normalizeForMatch).filter((t) => t.length > 0))];
-  const automaton = buildAutomaton(normalized);
+  return runSteps(termMatcherSteps(terms));
+}
+
+/** `createTermMatcher` in steps, a few hundred terms or about 65,536 cells each. */
+export function* termMatcherSteps(terms: Iterable<string>): Steps<TermMatcher> {
+  const distinct = new Set<string>();
+  let count = 0;
+  for (const term of terms) {
+    const normalized = normalizeForMatch(term);
+    if (normalized.length > 0) distinct.add(normalized);
+    if (++count % 256 === 0) yield;
+  }
+  const normalized = [...distinct];
+  const automaton = yield* automatonSteps(normalized);
   return {
     size: normalized.length,
     matches: (text) => automaton.test(normalizeForMatch(text)),

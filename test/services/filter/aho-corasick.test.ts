@@ -12,16 +12,28 @@ describe("buildAutomaton", () => {
     }
   });
 
-  it("follows failure links to a term that is a suffix of a longer partial match", () => {
-    const a = buildAutomaton(["abcd", "bce"]);
-    expect(a.test("abce")).toBe(true);
-    expect(a.test("abcf")).toBe(false);
-  });
+  // Just under the DFA's bound (a state per code unit of the terms): built as a trie, then compiled
+  // when shared prefixes leave fewer states.
+  const justUnderBound = (terms: string[]) =>
+    (1 + terms.join("").length) * (1 + new Set(terms.join("").split("")).size) - 1;
+  const builds: [string, (terms: string[]) => number | undefined][] = [
+    ["as a DFA", () => undefined],
+    ["walking failure links", () => 0],
+    ["as a DFA compiled from the trie", justUnderBound],
+  ];
 
-  it.each([
-    ["as a DFA", undefined],
-    ["walking failure links", 0],
-  ])("agrees with a naive search on random texts and terms, %s", (_, maxDenseCells) => {
+  it.each(builds)(
+    "follows failure links to a term that is a suffix of a longer partial match, %s",
+    (_, limit) => {
+      const terms = ["abcd", "bce", "bcx"];
+      const a = buildAutomaton(terms, limit(terms));
+      expect(a.test("abce")).toBe(true);
+      expect(a.test("abcx")).toBe(true);
+      expect(a.test("abcf")).toBe(false);
+    },
+  );
+
+  it.each(builds)("agrees with a naive search on random texts and terms, %s", (_, limit) => {
     let seed = 7;
     const rand = (n: number) => {
       seed = (seed * 1103515245 + 12345) % 2 ** 31;
@@ -30,7 +42,7 @@ describe("buildAutomaton", () => {
     const word = (len: number) => Array.from({ length: len }, () => "abcé😀"[rand(5)]).join("");
     for (let round = 0; round < 200; round++) {
       const terms = Array.from({ length: 1 + rand(6) }, () => word(1 + rand(4)));
-      const a = buildAutomaton(terms, maxDenseCells);
+      const a = buildAutomaton(terms, limit(terms));
       for (let k = 0; k < 20; k++) {
         const text = word(rand(30));
         expect(a.test(text), `${JSON.stringify(terms)} in ${JSON.stringify(text)}`).toBe(

@@ -127,6 +127,29 @@ describe("createReloadableMatcher", () => {
     expect(errors()).toEqual([]);
   });
 
+  it("serves calls with the old list while a large new one is built", async () => {
+    writeFileSync(file, "old\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    // 20,000 terms of 4–12 letters take hundreds of milliseconds to build.
+    const terms = Array.from({ length: 20_000 }, () =>
+      Array.from(randomBytes(4 + ((randomBytes(1)[0] as number) % 9)), (b) =>
+        String.fromCharCode(0x61 + (b % 26)),
+      ).join(""),
+    );
+    writeFileSync(file, `${terms.join("\n")}\n`);
+    const served: boolean[] = [];
+    const calls = setInterval(() => served.push(m.matches("old here")), 1);
+    try {
+      await m.reload();
+    } finally {
+      clearInterval(calls);
+    }
+    expect(served.filter((old) => old).length).toBeGreaterThan(20);
+    expect(m.matches("old here")).toBe(false);
+    expect(m.matches(`x ${terms[12_345]} y`)).toBe(true);
+  });
+
   it("lets the newest read win when reloads overlap", async () => {
     // A large file (mostly comments) takes far longer to read and build
     // than the small one that replaces it while it is being read.
