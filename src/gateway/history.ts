@@ -6,7 +6,7 @@ import type { GatewayConfig } from "../lib/config.js";
 import { traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { badRequest, type HttpError } from "./errors.js";
 import { createHistoryRecorder, type HistoryRecorder } from "./history-recorder.js";
-import { isUserId } from "./request-guards.js";
+import { hasDecodableQuery, isUserId, undecodableQuery } from "./request-guards.js";
 
 /** One item of GET /history (contract). */
 export interface HistoryItem {
@@ -73,6 +73,7 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
   app.addHook("onClose", () => recorder.close(deps.closeBy(config.historyTimeoutMs)));
 
   app.get("/history", async (req, reply) => {
+    if (!hasDecodableQuery(req.url)) return reply.code(400).send({ error: undecodableQuery });
     const query = parseHistoryQuery(req.query);
     if ("status" in query) return reply.code(query.status).send(query.body);
     // The user's chats this gateway just answered are stored before the read.

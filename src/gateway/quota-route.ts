@@ -3,7 +3,7 @@ import type { FastifyInstance } from "fastify";
 import { traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { httpErrorFromRpc } from "./errors.js";
 import { retryOnceIfUnavailable } from "./quota.js";
-import { isUserId } from "./request-guards.js";
+import { hasDecodableQuery, isUserId, undecodableQuery } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** The 200 body of GET /quota. */
@@ -23,6 +23,7 @@ export interface QuotaBody {
  */
 export function registerQuotaRoute(app: FastifyInstance, upstreams: Upstreams): void {
   app.get("/quota", async (req, reply) => {
+    if (!hasDecodableQuery(req.url)) return reply.code(400).send({ error: undecodableQuery });
     const { user_id: userId } = req.query as Record<string, unknown>;
     if (!isUserId(userId)) {
       return reply.code(400).send({ error: "user_id is required" });

@@ -14,6 +14,25 @@ export function isUserId(value: unknown): value is string {
   return typeof value === "string" && value !== "" && !loneSurrogate.test(value);
 }
 
+/**
+ * Whether the query string of `url` is percent-encoded UTF-8. The query
+ * parser keeps a value it cannot decode as it is: `user_id=%E9` (é in
+ * Latin-1) would read the history of a user called `%E9`.
+ */
+export function hasDecodableQuery(url: string): boolean {
+  const query = url.indexOf("?");
+  if (query === -1 || !url.includes("%", query)) return true;
+  try {
+    decodeURIComponent(url.slice(query + 1));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The 400 of a query string `hasDecodableQuery` refuses. */
+export const undecodableQuery = "query string is not percent-encoded UTF-8";
+
 const bodyMethods = new Set(["POST", "PUT", "PATCH"]);
 const charsetParam = /;\s*charset\s*=\s*"?([^";\s]*)"?/i;
 

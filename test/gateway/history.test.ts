@@ -148,6 +148,10 @@ describe("gateway GET /history over in-process services", () => {
     ["?user_id=u&page_size=abc", 400, { error: "invalid page_size" }],
     ["?user_id=u&page_size=-1", 400, { error: "invalid page_size" }],
     ["?user_id=u&page_size=99999999999999999999", 200, { items: [], next_page_token: "" }],
+    ["?user_id=%E9", 400, { error: "query string is not percent-encoded UTF-8" }],
+    ["?user_id=u%ZZ", 400, { error: "query string is not percent-encoded UTF-8" }],
+    ["?user_id=u&page_token=%", 400, { error: "query string is not percent-encoded UTF-8" }],
+    ["?user_id=%C3%A9%25E9", 200, { items: [], next_page_token: "" }],
   ])("answers %s with %i", async (query, status, body) => {
     await gateway();
     const res = await history(query);

@@ -110,6 +110,25 @@ describe("gateway quota", () => {
     },
   );
 
+  it.each(["/quota?user_id=%E9", "/quota?user_id=a%2"])(
+    "answers %s with 400: not percent-encoded UTF-8",
+    async (url) => {
+      await gateway();
+      const res = await app.inject({ method: "GET", url });
+      expect([res.statusCode, res.json()]).toEqual([
+        400,
+        { error: "query string is not percent-encoded UTF-8" },
+      ]);
+    },
+  );
+
+  it("reads a percent-encoded user id as UTF-8", async () => {
+    await gateway();
+    const res = await app.inject({ method: "GET", url: "/quota?user_id=%C3%A9+x" });
+    expect(res.statusCode).toBe(200);
+    expect(res.json().user_id).toBe("é x");
+  });
+
   it("retries a charge whose reply was lost once, charging it once", async () => {
     const store = createMemoryQuotaStore();
     await gateway({ store: lostFirstReply(store) });
