@@ -83,7 +83,50 @@ export interface LlmConfig extends ServiceConfig {
 /** Where the history store lives: an embedded SQLite file or a MySQL/MariaDB server. */
 export type DatabaseUrl =
   | { readonly dialect: "sqlite"; readonly path: string }
-  | { readonly dialect: "mysql"; readonly url: string };
+  | { readonly dialect: "mysql"; readonly url: string; readonly tls?: MysqlTls | undefined };
+
+/**
+ * TLS to a MySQL server, from the URL's `ssl-mode` (MySQL's names):
+ * `REQUIRED` encrypts without checking the certificate, `VERIFY_CA` checks it
+ * against `ssl-ca` (or Node's CAs), `VERIFY_IDENTITY` checks the host name too.
+ */
+export interface MysqlTls {
+  readonly verify: "none" | "ca" | "identity";
+  /** PEM file of the CAs to trust; Node's own when undefined. */
+  readonly caFile: string | undefined;
+}
+
+const sslModes: Readonly<Record<string, MysqlTls["verify"] | undefined>> = {
+  DISABLED: undefined,
+  REQUIRED: "none",
+  VERIFY_CA: "ca",
+  VERIFY_IDENTITY: "identity",
+};
+
+/** The TLS a mysql:// URL asks for; a parameter it does not know is an error, not ignored. */
+function readMysqlTls(url: URL, name: string, shown: string): MysqlTls | undefined {
+  for (const key of url.searchParams.keys()) {
+    if (key !== "ssl-mode" && key !== "ssl-ca") {
+      throw new ConfigError(
+        `${name} has a parameter chatmesh does not know, "${key}" (known: ssl-mode, ssl-ca), got ${shown}`,
+      );
+    }
+  }
+  const mode = (url.searchParams.get("ssl-mode") ?? "DISABLED").toUpperCase();
+  if (!Object.hasOwn(sslModes, mode)) {
+    throw new ConfigError(
+      `${name}'s ssl-mode must be DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got ${shown}`,
+    );
+  }
+  const verify = sslModes[mode];
+  const caFile = url.searchParams.get("ssl-ca") ?? undefined;
+  if (caFile !== undefined && (verify === undefined || verify === "none")) {
+    throw new ConfigError(
+      `${name}'s ssl-ca needs ssl-mode=VERIFY_CA or VERIFY_IDENTITY, got ${shown}`,
+    );
+  }
+  return verify === undefined ? undefined : { verify, caFile: caFile === "" ? undefined : caFile };
+}
 
 export interface HistoryConfig extends ServiceConfig {
   readonly database: DatabaseUrl;
@@ -235,7 +278,7 @@ function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl 
   if (url.protocol !== "mysql:" || url.hostname === "" || url.pathname.replace(/^\//, "") === "") {
     throw new ConfigError(expected);
   }
-  return { dialect: "mysql", url: raw };
+  return { dialect: "mysql", url: raw, tls: readMysqlTls(url, name, shownUrl(raw)) };
 }
 
 function readOptionalPath(env: Env, name: string): string | undefined {

@@ -110,10 +110,17 @@ export async function readTlsCredentials(
  * call to a service would fail its handshake.
  */
 export async function readUpstreamCa(path: string | undefined): Promise<Buffer | undefined> {
-  if (path === undefined) return undefined;
-  const pem = await readPem(path, "UPSTREAM_CA_FILE");
+  return path === undefined ? undefined : readCaFile(path, "UPSTREAM_CA_FILE");
+}
+
+/**
+ * Reads a PEM file of CA certificates that `setting` names: at least one
+ * certificate, every one of which parses.
+ */
+export async function readCaFile(path: string, setting: string): Promise<Buffer> {
+  const pem = await readPem(path, setting);
   const blocks = pemBlocks(pem);
-  expectPem("UPSTREAM_CA_FILE", path, "a PEM file of CA certificates", () => {
+  expectPem(setting, path, "a PEM file of CA certificates", () => {
     const certificates = blocks.filter((b) => b.label === "CERTIFICATE");
     if (certificates.length === 0) throw holds(blocks, "CERTIFICATE");
     for (const certificate of certificates) new X509Certificate(certificate.text);

@@ -43,6 +43,42 @@ describe("history config", () => {
     );
   });
 
+  it.each([
+    ["mysql://db.internal/chatmesh", undefined],
+    ["mysql://db.internal/chatmesh?ssl-mode=disabled", undefined],
+    ["mysql://db.internal/chatmesh?ssl-mode=REQUIRED", { verify: "none", caFile: undefined }],
+    ["mysql://db.internal/chatmesh?ssl-mode=VERIFY_CA", { verify: "ca", caFile: undefined }],
+    [
+      "mysql://db.internal/chatmesh?ssl-mode=verify_identity&ssl-ca=/etc/ssl/db-ca.pem",
+      { verify: "identity", caFile: "/etc/ssl/db-ca.pem" },
+    ],
+  ])("reads the TLS of HISTORY_DATABASE_URL=%s", (url, tls) => {
+    const { database } = loadHistoryConfig({ HISTORY_DATABASE_URL: url });
+    expect(database.dialect === "mysql" ? database.tls : "not mysql").toEqual(tls);
+  });
+
+  it.each([
+    [
+      "mysql://u:hunter2@db/chatmesh?ssl=true",
+      'HISTORY_DATABASE_URL has a parameter chatmesh does not know, "ssl" (known: ssl-mode, ssl-ca), got "mysql://u:***@db/chatmesh?ssl=true"',
+    ],
+    [
+      "mysql://db/chatmesh?ssl-mode=PREFERRED",
+      'HISTORY_DATABASE_URL\'s ssl-mode must be DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got "mysql://db/chatmesh?ssl-mode=PREFERRED"',
+    ],
+    [
+      "mysql://db/chatmesh?ssl-mode=REQUIRED&ssl-ca=/ca.pem",
+      'HISTORY_DATABASE_URL\'s ssl-ca needs ssl-mode=VERIFY_CA or VERIFY_IDENTITY, got "mysql://db/chatmesh?ssl-mode=REQUIRED&ssl-ca=/ca.pem"',
+    ],
+  ])(
+    "refuses HISTORY_DATABASE_URL=%s rather than connect without the TLS it meant",
+    (url, line) => {
+      const load = () => loadHistoryConfig({ HISTORY_DATABASE_URL: url });
+      expect(load).toThrow(ConfigError);
+      expect(load).toThrow(line);
+    },
+  );
+
   it("does not print the password of a bad URL", () => {
     expect(() =>
       loadHistoryConfig({ HISTORY_DATABASE_URL: "mysql://root:hunter2@db:3306" }),

@@ -3,6 +3,7 @@ import { dirname } from "node:path";
 import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
 import { ConfigError, type DatabaseUrl } from "../../lib/config.js";
 import { redactUrl } from "../../lib/redact-url.js";
+import { readCaFile } from "../../lib/tls.js";
 
 /** The history table as Kysely sees it. */
 export interface HistoryEntriesTable {
@@ -61,7 +62,8 @@ export interface OpenDatabaseOptions {
 /**
  * Opens the database a HISTORY_DATABASE_URL names. SQLite files get their
  * directory created and run in WAL mode (a killed process loses no committed
- * chat); MySQL gets a pool that speaks utf8mb4 and hands times back as text.
+ * chat); MySQL gets a pool that speaks utf8mb4 and hands times back as
+ * text, over TLS when the URL's `ssl-mode` asks for it.
  * Nothing is queried until the first use. A SQLite file that cannot be
  * opened is a ConfigError naming HISTORY_DATABASE_URL. Only the driver of the URL's
  * dialect is loaded (mysql2 alone is about 16 MB of RSS).
@@ -93,6 +95,21 @@ export async function openHistoryDatabase(
     };
   }
   const parsed = new URL(url.url);
+  const tls = url.tls;
+  const ca =
+    tls?.caFile === undefined
+      ? {}
+      : { ca: await readCaFile(tls.caFile, "HISTORY_DATABASE_URL's ssl-ca") };
+  const ssl =
+    tls === undefined
+      ? {}
+      : {
+          ssl: {
+            rejectUnauthorized: tls.verify !== "none",
+            verifyIdentity: tls.verify === "identity",
+            ...ca,
+          },
+        };
   // mysql2 is CommonJS: its exports are the default export of the module
   // (Node also names them, esbuild's bundle does not).
   const { createPool } = (await import("mysql2")).default;
@@ -109,6 +126,7 @@ export async function openHistoryDatabase(
     bigNumberStrings: true,
     connectionLimit: 10,
     connectTimeout: 5_000,
+    ...ssl,
   });
   return { db: new Kysely({ dialect: new MysqlDialect({ pool }) }), dialect: "mysql" };
 }
