@@ -158,6 +158,28 @@ const sidesOf = (upper: string): number => {
   return sigmaSide(chars.toReversed()) | (sigmaSide(chars) << 2);
 };
 
+/**
+ * Whether this runtime's lower-casing decides the sigma as `sigmaSide` has
+ * it, on texts where ICU versions could differ (a cased letter that is also
+ * case-ignorable, ʰ or ᴬ, once counted as cased); if not, sigmas take whole
+ * rounds.
+ */
+export function sigmaRuleHolds(): boolean {
+  return ["ΑΣʰ", "ΑʰΣ", "ʰΣ", "ΑΣᴬ", "ᴬΣ", "Α'Σ", "ΑΣ'Α", "ΑΣ", "ΑΣΑ", "Α1Σ", "ᾼΣ"].every(
+    (probe) => {
+      const chars = [...probe];
+      const expected = chars.map((char, i) => {
+        if (char !== "Σ") return char.toLowerCase();
+        const final =
+          sigmaSide(chars.slice(0, i).toReversed()) === sideCased &&
+          sigmaSide(chars.slice(i + 1)) !== sideCased;
+        return final ? "ς" : "σ";
+      });
+      return probe.toLowerCase() === expected.join("");
+    },
+  );
+}
+
 /** Canonical composition's second parts that are not marks: the Hangul jamo vowels and trailing consonants. */
 const isJamo = (unit: number) =>
   (unit >= 0x1100 && unit <= 0x11ff) ||
@@ -194,7 +216,7 @@ function learnUnit(unit: number): number {
   let current = char;
   let sides = -1;
   if (unit === 0x3a3 || unit === 0x3c2 || unit === 0x3c3) {
-    kind = unitSigma;
+    kind = sigmaRuleHolds() ? unitSigma : unitInContext;
   } else if (startsSafely(char)) {
     for (let round = 0; round < maxFoldRounds; round++) {
       const composed = withoutInvisible(current).normalize("NFKC");

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { FilterService } from "../../../gen/chat/v1/filter_pb.js";
 import { createFilterService } from "../../../src/services/filter/filter-service.js";
 import { createTermMatcher } from "../../../src/services/filter/terms.js";
-import { cleanText, normalizeForMatch } from "../../../src/services/filter/text.js";
+import { cleanText, normalizeForMatch, sigmaRuleHolds } from "../../../src/services/filter/text.js";
 
 /** Property-based tests of the filter: cleaning, normalisation and blocking. */
 
@@ -144,6 +144,10 @@ describe("folding unit by unit", () => {
     );
     expect(normalizeForMatch("ΟΔΟΣ ΟΔΟΣ'. ΣΑ Α'Σ'")).toBe("οδος οδος'. σα α'ς'");
     expect(normalizeForMatch("ｶﾞ ㄱㅏ")).toBe("ガ 가");
+  });
+
+  it("finds this runtime deciding the final sigma as the fast path has it (else sigmas take whole rounds)", () => {
+    expect(sigmaRuleHolds()).toBe(true);
   });
 
   it("gives the definition's form for a text longer than its buffer, and for one after it", () => {
