@@ -37,9 +37,10 @@ export interface HistoryRecorder {
    * first attempts under way with any of the user's chats have been answered
    * (stored, or queued for a retry): a read of the user's history made then
    * sees every chat recorded for the user before (read your writes, on this
-   * gateway), and waits for no other user's. Never rejects.
+   * gateway), and waits for no other user's. Never rejects; resolves after
+   * `waitMs` at the latest.
    */
-  flush(userId: string): Promise<void>;
+  flush(userId: string, waitMs: number): Promise<void>;
   stats(): HistoryRecorderStats;
   /**
    * Sends what was gathered and keeps retrying what is pending, with backoff,
@@ -278,11 +279,17 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       else batchTimer ??= setTimeout(flushBatch, batchWindowMs);
     },
 
-    async flush(userId) {
+    async flush(userId, waitMs) {
       // A scan of at most a few batches, on reads only: nothing is kept per chat for it.
       if (hasUser(batch, userId)) flushBatch();
       const mine = [...sending].filter(([, chats]) => hasUser(chats, userId)).map(([w]) => w);
-      if (mine.length > 0) await Promise.allSettled(mine);
+      if (mine.length === 0) return;
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, waitMs);
+      });
+      await Promise.race([Promise.allSettled(mine), waited]);
+      clearTimeout(timer);
     },
 
     stats: () => ({ ...counts, pending: queue.length }),

@@ -76,10 +76,13 @@ export function registerHistory(app: FastifyInstance, deps: HistoryRouteDeps): H
     if (!hasDecodableQuery(req.url)) return reply.code(400).send({ error: undecodableQuery });
     const query = parseHistoryQuery(req.query);
     if ("status" in query) return reply.code(query.status).send(query.body);
-    // The user's chats this gateway just answered are stored before the read.
-    await recorder.flush(query.userId);
+    // The user's chats this gateway just answered are stored before the read;
+    // waiting for them and the read share one HISTORY_TIMEOUT_MS.
+    const deadline = performance.now() + config.historyTimeoutMs;
+    await recorder.flush(query.userId, config.historyTimeoutMs);
+    const timeoutMs = Math.max(1, Math.round(deadline - performance.now()));
     try {
-      const page = await client.list(query, traceCallOptions(req.trace));
+      const page = await client.list(query, { ...traceCallOptions(req.trace), timeoutMs });
       const body: HistoryPage = {
         items: page.entries.map((e) => ({
           id: e.id,

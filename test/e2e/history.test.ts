@@ -118,6 +118,28 @@ describe("history through the real processes", () => {
     expect((await texts("e2e-1")).length).toBe(3);
   });
 
+  it("answers GET /history within one HISTORY_TIMEOUT_MS while history hangs, appends pending", async () => {
+    const history = stack.procs.get("history");
+    history?.child.kill("SIGSTOP");
+    try {
+      await chat("e2e-hung", "while it hangs");
+      // The chat's append is gathered for 25 ms, then sent to the stopped process.
+      await new Promise((r) => setTimeout(r, 30));
+      const started = Date.now();
+      const res = await curlHistory("user_id=e2e-hung");
+      const took = Date.now() - started;
+      expect(res).toEqual({ status: 500, body: '{"error":"history failed"}' });
+      // HISTORY_TIMEOUT_MS is 1,000: the wait for the append and the read share it.
+      expect(took).toBeGreaterThanOrEqual(900);
+      expect(took).toBeLessThan(1_800);
+    } finally {
+      history?.child.kill("SIGCONT");
+    }
+    await vi.waitFor(async () => expect(await texts("e2e-hung")).toEqual(["while it hangs"]), {
+      timeout: 10_000,
+    });
+  });
+
   it("answers chats while history is down, and stores them once it is back", async () => {
     await stack.procs.get("history")?.stop("SIGKILL");
     const started = Date.now();
