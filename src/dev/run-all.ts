@@ -11,6 +11,7 @@ import {
   loadLlmConfig,
   loadTokenConfig,
 } from "../lib/config.js";
+import { getStatus } from "../lib/healthcheck.js";
 import { localUrlHost } from "../lib/local-host.js";
 import { processEnvFor } from "../lib/node-options.js";
 import { packageRoot } from "../lib/package-root.js";
@@ -52,15 +53,16 @@ function portProblem(name: Name, host: string, port: number, err: NodeJS.ErrnoEx
 }
 
 /**
- * Polls GET /healthz until it answers 200; gives up when `running()` turns
- * false (the child is gone, or run-all is stopping) or after 30 s.
+ * Polls GET /healthz until it answers 200 (over https without checking the
+ * certificate, as `chatmesh healthcheck` does: it is our own child); gives up
+ * when `running()` turns false (the child is gone, or run-all is stopping) or
+ * after 30 s.
  */
 async function waitHealthy(baseUrl: string, port: number, running: () => boolean): Promise<void> {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline && running()) {
     try {
-      const res = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) });
-      if (res.ok) return;
+      if ((await getStatus(`${baseUrl}/healthz`, 2_000)) === 200) return;
     } catch {
       // not listening yet
     }
@@ -114,9 +116,13 @@ export async function runAll(env: Env = process.env): Promise<number> {
     }
   }
   // Where this machine reaches the processes: the printed URLs, the health
-  // checks, and the services' URLs the gateway gets.
-  const base = `http://${localUrlHost(gateway.host)}`;
+  // checks, and the services' URLs the gateway gets. With TLS files every
+  // process serves TLS, and the gateway trusts the certificate as its own CA
+  // unless UPSTREAM_CA_FILE says otherwise (a self-signed certificate for
+  // local use; Node trusts no other CA for 127.0.0.1).
+  const base = `${gateway.tls === undefined ? "http" : "https"}://${localUrlHost(gateway.host)}`;
   const childEnv: Record<string, string | undefined> = { ...env };
+  if (gateway.tls !== undefined) childEnv.UPSTREAM_CA_FILE ??= gateway.tls.certFile;
   for (const name of ["token", "filter", "llm", "history"] as const) {
     const urlVar = `${name.toUpperCase()}_URL`;
     childEnv[urlVar] ??= `${base}:${portOf(name)}`;

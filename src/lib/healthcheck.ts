@@ -45,7 +45,7 @@ async function containerProcess(): Promise<CheckedProcess | undefined> {
  * 127.0.0.1) and is signed by a CA the container need not have. Nothing
  * secret is sent, and the answer only says whether the process is alive.
  */
-function get(url: string, timeoutMs: number): Promise<number> {
+export function getStatus(url: string, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const options = { rejectUnauthorized: false, timeout: timeoutMs };
     const req = (url.startsWith("https:") ? https : http).get(url, options, (res) => {
@@ -80,7 +80,7 @@ export async function runHealthcheck(
   const { host, port, tls } = loadHealthcheckConfig(target, env);
   const url = `${tls ? "https" : "http"}://${localUrlHost(host)}:${port}/healthz`;
   try {
-    const status = await get(url, timeoutMs);
+    const status = await getStatus(url, timeoutMs);
     if (status >= 200 && status < 300) {
       console.log(`${target} healthy (${url})`);
       return 0;

@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -5,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it, onTestFinished, vi } from "vitest";
 import { freePort, startChatmesh, waitForOutput } from "../fixtures/processes.js";
+import { curl, opensslOrSkip } from "../fixtures/tls.js";
 
 const holdStart = fileURLToPath(new URL("../fixtures/hold-start.cjs", import.meta.url));
 
@@ -96,6 +98,46 @@ describe("run-all on an IPv6 HOST", () => {
     },
     120_000,
   );
+});
+
+describe.skipIf(!opensslOrSkip())("run-all with TLS files", () => {
+  it("serves every process over TLS, the gateway trusting the self-signed certificate", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "chatmesh-run-all-tls-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    // The README's command for a local certificate.
+    execFileSync("openssl", [
+      ..."req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2".split(" "),
+      ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"), "-subj", "/CN=localhost"],
+      ...["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+    ]);
+    const env = {
+      ...(await runAllEnv()),
+      TLS_CERT_FILE: join(dir, "cert.pem"),
+      TLS_KEY_FILE: join(dir, "key.pem"),
+    };
+    const run = startChatmesh(["run-all"], env);
+    onTestFinished(async () => {
+      await run.stop("SIGINT");
+    });
+    await waitForOutput(run, /chatmesh is up/, 60_000);
+    const gateway = `https://127.0.0.1:${env.GATEWAY_PORT}`;
+    expect(run.output()).toContain(`gateway  ${gateway}`);
+    expect(run.output()).toContain(`history  https://127.0.0.1:${env.HISTORY_PORT}`);
+    const chat = await curl([
+      ...["--cacert", env.TLS_CERT_FILE, "-H", "content-type: application/json"],
+      ...["-d", '{"user_id":"tls","text":"Hello   over TLS"}', `${gateway}/chat`],
+    ]);
+    expect(chat).toMatchObject({ code: 0 });
+    expect(JSON.parse(chat.out)).toEqual({
+      cleaned: "Hello over TLS",
+      reply: "Echo: Hello over TLS",
+      remaining: 150,
+    });
+    const plain = await curl([`http://127.0.0.1:${env.FILTER_PORT}/healthz`]);
+    expect(plain.out).not.toBe("ok");
+    run.child.kill("SIGINT");
+    expect(await run.exited).toBe(0);
+  }, 120_000);
 });
 
 describe("run-all stopped during start-up", () => {
