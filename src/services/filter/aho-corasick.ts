@@ -57,7 +57,48 @@ export function* automatonSteps(
   yield;
   return bound * classes <= maxDenseCells
     ? yield* dfaSteps(terms, classOf, classes, bound)
-    : yield* sparseSteps(terms, classOf, classes, maxDenseCells);
+    : yield* sparseSteps(terms, classOf, classes, bound, maxDenseCells);
+}
+
+/** Where a trie keeps its edges, by `state * classes + class`: a DFA table or a Map. */
+interface TrieEdges {
+  get(key: number): number | undefined;
+  set(key: number, next: number): unknown;
+}
+
+/**
+ * Puts `terms` into the trie of `edges`, marking in `out` the states where a
+ * term ends; returns how many states there are.
+ */
+function* trieSteps(
+  terms: readonly string[],
+  classOf: Int32Array,
+  classes: number,
+  edges: TrieEdges,
+  out: Uint8Array,
+): Steps<number> {
+  let states = 1;
+  let work = 0;
+  for (const term of terms) {
+    work += term.length;
+    if (work > stepWork) {
+      work = 0;
+      yield;
+    }
+    if (term === "") continue;
+    let state = 0;
+    for (let i = 0; i < term.length; i++) {
+      const key = state * classes + (classOf[term.charCodeAt(i)] as number);
+      let next = edges.get(key);
+      if (next === undefined) {
+        next = states++;
+        edges.set(key, next);
+      }
+      state = next;
+    }
+    out[state] = 1;
+  }
+  return states;
 }
 
 /** Scans with the DFA `delta` (rows of `classes` cells); `out[state]` is 1 where a term ends. */
@@ -94,27 +135,14 @@ function* dfaSteps(
 ): Steps<Automaton> {
   const delta = new Int32Array(bound * classes);
   const out = new Uint8Array(bound);
-  let states = 1;
+  const cells: TrieEdges = {
+    get: (key) => (delta[key] === 0 ? undefined : delta[key]),
+    set: (key, next) => {
+      delta[key] = next;
+    },
+  };
+  const states = yield* trieSteps(terms, classOf, classes, cells, out);
   let work = 0;
-  for (const term of terms) {
-    work += term.length;
-    if (work > stepWork) {
-      work = 0;
-      yield;
-    }
-    if (term === "") continue;
-    let state = 0;
-    for (let i = 0; i < term.length; i++) {
-      const cell = state * classes + (classOf[term.charCodeAt(i)] as number);
-      let next = delta[cell] as number;
-      if (next === 0) {
-        next = states++;
-        delta[cell] = next;
-      }
-      state = next;
-    }
-    out[state] = 1;
-  }
 
   const fail = new Int32Array(states);
   const queue = new Int32Array(states);
@@ -154,38 +182,18 @@ function* sparseSteps(
   terms: readonly string[],
   classOf: Int32Array,
   classes: number,
+  bound: number,
   maxDenseCells: number,
 ): Steps<Automaton> {
   const edges = new Map<number, number>();
-  const terminal: boolean[] = [false];
-  let states = 1;
+  const out = new Uint8Array(bound);
+  const states = yield* trieSteps(terms, classOf, classes, edges, out);
   let work = 0;
-  for (const term of terms) {
-    work += term.length;
-    if (work > stepWork) {
-      work = 0;
-      yield;
-    }
-    if (term === "") continue;
-    let state = 0;
-    for (let i = 0; i < term.length; i++) {
-      const key = state * classes + (classOf[term.charCodeAt(i)] as number);
-      let next = edges.get(key);
-      if (next === undefined) {
-        next = states++;
-        edges.set(key, next);
-        terminal.push(false);
-      }
-      state = next;
-    }
-    terminal[state] = true;
-  }
 
   // Failure links, breadth first; a state is terminal when any suffix is.
   const children: number[][] = Array.from({ length: states }, () => []);
   for (const [key, next] of edges) children[Math.floor(key / classes)]?.push(key % classes, next);
   const fail = new Int32Array(states);
-  const out = new Uint8Array(states);
   const queue: number[] = [];
   const rootChildren = children[0] ?? [];
   for (let i = 1; i < rootChildren.length; i += 2) queue.push(rootChildren[i] as number);
@@ -197,7 +205,7 @@ function* sparseSteps(
       yield;
     }
     const state = queue[head] as number;
-    out[state] = terminal[state] || out[fail[state] as number] ? 1 : 0;
+    if (out[fail[state] as number] === 1) out[state] = 1;
     const kids = children[state] ?? [];
     for (let i = 0; i < kids.length; i += 2) {
       const k = kids[i] as number;
