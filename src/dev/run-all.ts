@@ -1,4 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -71,6 +73,16 @@ async function waitHealthy(baseUrl: string, port: number, running: () => boolean
   throw new Error(`did not become healthy on port ${port}`);
 }
 
+/** Whether the first certificate of a PEM file signed itself; false when it cannot be read (the processes say why). */
+function isSelfSigned(certFile: string): boolean {
+  try {
+    const cert = new X509Certificate(readFileSync(certFile));
+    return cert.checkIssued(cert) && cert.verify(cert.publicKey);
+  } catch {
+    return false;
+  }
+}
+
 function prefixOutput(name: Name, child: ChildProcess, color: boolean): void {
   const label = `${name.padEnd(7)} |`;
   const prefix = color ? `${colors[name]}${label}\x1b[0m ` : `${label} `;
@@ -117,12 +129,13 @@ export async function runAll(env: Env = process.env): Promise<number> {
   }
   // Where this machine reaches the processes: the printed URLs, the health
   // checks, and the services' URLs the gateway gets. With TLS files every
-  // process serves TLS, and the gateway trusts the certificate as its own CA
-  // unless UPSTREAM_CA_FILE says otherwise (a self-signed certificate for
-  // local use; Node trusts no other CA for 127.0.0.1).
+  // process serves TLS; a self-signed certificate (for local use) is the CA
+  // the gateway trusts unless UPSTREAM_CA_FILE says otherwise.
   const base = `${gateway.tls === undefined ? "http" : "https"}://${localUrlHost(gateway.host)}`;
   const childEnv: Record<string, string | undefined> = { ...env };
-  if (gateway.tls !== undefined) childEnv.UPSTREAM_CA_FILE ??= gateway.tls.certFile;
+  if (gateway.tls !== undefined && isSelfSigned(gateway.tls.certFile)) {
+    childEnv.UPSTREAM_CA_FILE ??= gateway.tls.certFile;
+  }
   for (const name of ["token", "filter", "llm", "history"] as const) {
     const urlVar = `${name.toUpperCase()}_URL`;
     childEnv[urlVar] ??= `${base}:${portOf(name)}`;

@@ -103,27 +103,41 @@ const sslModes: Readonly<Record<string, MysqlTls["verify"] | undefined>> = {
   VERIFY_IDENTITY: "identity",
 };
 
-/** The TLS a mysql:// URL asks for; a parameter it does not know is an error, not ignored. */
-function readMysqlTls(url: URL, name: string, shown: string): MysqlTls | undefined {
-  for (const key of url.searchParams.keys()) {
+/**
+ * The TLS a mysql:// URL asks for; a parameter it does not know is an error,
+ * not ignored. Values are percent-decoded as in a path (`+` stays `+`), and
+ * no message shows them but ssl-mode's: a parameter could hold a password.
+ */
+function readMysqlTls(url: URL, name: string): MysqlTls | undefined {
+  const params = new Map<string, string>();
+  for (const pair of url.search.slice(1).split("&")) {
+    if (pair === "") continue;
+    const at = pair.indexOf("=");
+    let key: string;
+    let value: string;
+    try {
+      key = decodeURIComponent(at === -1 ? pair : pair.slice(0, at));
+      value = at === -1 ? "" : decodeURIComponent(pair.slice(at + 1));
+    } catch {
+      throw new ConfigError(`${name} has a parameter that is not percent-encoded UTF-8`);
+    }
     if (key !== "ssl-mode" && key !== "ssl-ca") {
       throw new ConfigError(
-        `${name} has a parameter chatmesh does not know, "${key}" (known: ssl-mode, ssl-ca), got ${shown}`,
+        `${name} has a parameter chatmesh does not know, "${key}" (known: ssl-mode, ssl-ca)`,
       );
     }
+    params.set(key, value);
   }
-  const mode = (url.searchParams.get("ssl-mode") ?? "DISABLED").toUpperCase();
+  const mode = (params.get("ssl-mode") ?? "DISABLED").toUpperCase();
   if (!Object.hasOwn(sslModes, mode)) {
     throw new ConfigError(
-      `${name}'s ssl-mode must be DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got ${shown}`,
+      `${name}'s ssl-mode must be DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got "${mode}"`,
     );
   }
   const verify = sslModes[mode];
-  const caFile = url.searchParams.get("ssl-ca") ?? undefined;
+  const caFile = params.get("ssl-ca");
   if (caFile !== undefined && (verify === undefined || verify === "none")) {
-    throw new ConfigError(
-      `${name}'s ssl-ca needs ssl-mode=VERIFY_CA or VERIFY_IDENTITY, got ${shown}`,
-    );
+    throw new ConfigError(`${name}'s ssl-ca needs ssl-mode=VERIFY_CA or VERIFY_IDENTITY`);
   }
   return verify === undefined ? undefined : { verify, caFile: caFile === "" ? undefined : caFile };
 }
@@ -278,7 +292,7 @@ function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl 
   if (url.protocol !== "mysql:" || url.hostname === "" || url.pathname.replace(/^\//, "") === "") {
     throw new ConfigError(expected);
   }
-  return { dialect: "mysql", url: raw, tls: readMysqlTls(url, name, shownUrl(raw)) };
+  return { dialect: "mysql", url: raw, tls: readMysqlTls(url, name) };
 }
 
 function readOptionalPath(env: Env, name: string): string | undefined {

@@ -16,9 +16,14 @@ export function runSteps<T>(steps: Steps<T>): T {
 
 /**
  * Runs `steps` in slices of about `sliceMs`, giving the event loop a turn
- * after each: calls keep being served while the work goes on.
+ * after each: calls keep being served while the work goes on. Undefined
+ * when `cancelled()` turns true between two slices (the work is dropped).
  */
-export async function runStepsInSlices<T>(steps: Steps<T>, sliceMs = 5): Promise<T> {
+export async function runStepsInSlices<T>(
+  steps: Steps<T>,
+  cancelled: () => boolean = () => false,
+  sliceMs = 5,
+): Promise<T | undefined> {
   for (;;) {
     const end = performance.now() + sliceMs;
     do {
@@ -26,5 +31,9 @@ export async function runStepsInSlices<T>(steps: Steps<T>, sliceMs = 5): Promise
       if (step.done) return step.value;
     } while (performance.now() < end);
     await turn();
+    if (cancelled()) {
+      steps.return(undefined as T);
+      return undefined;
+    }
   }
 }

@@ -16,10 +16,14 @@ export interface Automaton {
 }
 
 /** About how many cells or code units a build goes through between two of its steps. */
-const stepWork = 65_536;
+const stepWork = 32_768;
 
-/** Most cells of a DFA table (4 bytes each): 10,000 terms of Latin letters need about 1.6 M. */
-const defaultMaxDenseCells = 4_194_304;
+/**
+ * Most cells of a DFA table (4 bytes each) while it is built, bounded by a
+ * state for each code unit of the terms: 10,000 terms of 4–12 Latin letters
+ * need about 2.2 M, 50,000 about 11 M; the table kept holds the states used.
+ */
+const defaultMaxDenseCells = 16_777_216;
 
 /** The class of each code unit (0: in no term), and how many classes there are. */
 function classesOf(terms: readonly string[]): { classOf: Int32Array; classes: number } {
@@ -67,6 +71,25 @@ interface TrieEdges {
 }
 
 /**
+ * Runs `step` until it returns undefined, yielding each time the work it
+ * reports adds up to about `stepWork`. The loops of a build run here, their
+ * bodies in plain functions: V8 optimises those, not a long loop inside a
+ * generator (a list of 100,000 terms took about four times as long that way).
+ */
+function* stepsOf(step: () => number | undefined): Steps<void> {
+  let work = 0;
+  for (;;) {
+    const done = step();
+    if (done === undefined) return;
+    work += done;
+    if (work > stepWork) {
+      work = 0;
+      yield;
+    }
+  }
+}
+
+/**
  * Puts `terms` into the trie of `edges`, marking in `out` the states where a
  * term ends; returns how many states there are.
  */
@@ -78,26 +101,24 @@ function* trieSteps(
   out: Uint8Array,
 ): Steps<number> {
   let states = 1;
-  let work = 0;
-  for (const term of terms) {
-    work += term.length;
-    if (work > stepWork) {
-      work = 0;
-      yield;
-    }
-    if (term === "") continue;
+  let next = 0;
+  yield* stepsOf(() => {
+    const term = terms[next++];
+    if (term === undefined) return undefined;
+    if (term === "") return 1;
     let state = 0;
     for (let i = 0; i < term.length; i++) {
       const key = state * classes + (classOf[term.charCodeAt(i)] as number);
-      let next = edges.get(key);
-      if (next === undefined) {
-        next = states++;
-        edges.set(key, next);
+      let child = edges.get(key);
+      if (child === undefined) {
+        child = states++;
+        edges.set(key, child);
       }
-      state = next;
+      state = child;
     }
     out[state] = 1;
-  }
+    return term.length;
+  });
   return states;
 }
 
@@ -142,7 +163,6 @@ function* dfaSteps(
     },
   };
   const states = yield* trieSteps(terms, classOf, classes, cells, out);
-  let work = 0;
 
   const fail = new Int32Array(states);
   const queue = new Int32Array(states);
@@ -151,13 +171,10 @@ function* dfaSteps(
     const child = delta[k] as number;
     if (child !== 0) queue[tail++] = child;
   }
-  for (let head = 0; head < tail; head++) {
-    work += classes;
-    if (work > stepWork) {
-      work = 0;
-      yield;
-    }
-    const state = queue[head] as number;
+  let head = 0;
+  yield* stepsOf(() => {
+    if (head === tail) return undefined;
+    const state = queue[head++] as number;
     const failRow = (fail[state] as number) * classes;
     if (out[fail[state] as number] === 1) out[state] = 1;
     const row = state * classes;
@@ -170,8 +187,16 @@ function* dfaSteps(
         queue[tail++] = child;
       }
     }
-  }
-  return dfaAutomaton(classOf, classes, delta, out);
+    return classes;
+  });
+  // Shared prefixes leave fewer states than the bound the table was made for.
+  const used = states < bound;
+  return dfaAutomaton(
+    classOf,
+    classes,
+    used ? delta.slice(0, states * classes) : delta,
+    used ? out.slice(0, states) : out,
+  );
 }
 
 /**
@@ -188,25 +213,35 @@ function* sparseSteps(
   const edges = new Map<number, number>();
   const out = new Uint8Array(bound);
   const states = yield* trieSteps(terms, classOf, classes, edges, out);
-  let work = 0;
+
+  // Each state's edges as (class, child) pairs, from the Map.
+  const children: number[][] = [];
+  yield* stepsOf(() => {
+    if (children.length === states) return undefined;
+    children.push([]);
+    return 1;
+  });
+  const pending = edges.entries();
+  yield* stepsOf(() => {
+    const entry = pending.next();
+    if (entry.done === true) return undefined;
+    const [key, child] = entry.value;
+    children[Math.floor(key / classes)]?.push(key % classes, child);
+    return 1;
+  });
 
   // Failure links, breadth first; a state is terminal when any suffix is.
-  const children: number[][] = Array.from({ length: states }, () => []);
-  for (const [key, next] of edges) children[Math.floor(key / classes)]?.push(key % classes, next);
   const fail = new Int32Array(states);
   const queue: number[] = [];
   const rootChildren = children[0] ?? [];
   for (let i = 1; i < rootChildren.length; i += 2) queue.push(rootChildren[i] as number);
-  yield;
-  for (let head = 0; head < queue.length; head++) {
-    work += 16;
-    if (work > stepWork) {
-      work = 0;
-      yield;
-    }
-    const state = queue[head] as number;
+  let head = 0;
+  yield* stepsOf(() => {
+    if (head === queue.length) return undefined;
+    const state = queue[head++] as number;
     if (out[fail[state] as number] === 1) out[state] = 1;
     const kids = children[state] ?? [];
+    let work = 1;
     for (let i = 0; i < kids.length; i += 2) {
       const k = kids[i] as number;
       const child = kids[i + 1] as number;
@@ -215,28 +250,36 @@ function* sparseSteps(
       while (target === undefined && f !== 0) {
         f = fail[f] as number;
         target = edges.get(f * classes + k);
+        work++;
       }
       fail[child] = target ?? 0;
       queue.push(child);
+      work++;
     }
-  }
+    return work;
+  });
 
   if (states * classes <= maxDenseCells) {
+    // Each state's row is its failure state's (complete by then: it is
+    // shallower), with the state's own edges written over it.
     const delta = new Int32Array(states * classes);
-    for (let k = 1; k < classes; k++) delta[k] = edges.get(k) ?? 0;
-    for (const state of queue) {
-      work += classes;
-      if (work > stepWork) {
-        work = 0;
-        yield;
-      }
+    for (let i = 0; i < rootChildren.length; i += 2) {
+      delta[rootChildren[i] as number] = rootChildren[i + 1] as number;
+    }
+    let next = 0;
+    yield* stepsOf(() => {
+      const state = queue[next++];
+      if (state === undefined) return undefined;
       const row = state * classes;
       const failRow = (fail[state] as number) * classes;
-      for (let k = 1; k < classes; k++) {
-        delta[row + k] = edges.get(row + k) ?? (delta[failRow + k] as number);
+      delta.copyWithin(row, failRow, failRow + classes);
+      const kids = children[state] ?? [];
+      for (let i = 0; i < kids.length; i += 2) {
+        delta[row + (kids[i] as number)] = kids[i + 1] as number;
       }
-    }
-    return dfaAutomaton(classOf, classes, delta, out);
+      return classes;
+    });
+    return dfaAutomaton(classOf, classes, delta, out.slice(0, states));
   }
 
   return {

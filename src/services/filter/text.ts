@@ -180,7 +180,11 @@ export function sigmaRuleHolds(): boolean {
   );
 }
 
-/** Canonical composition's second parts that are not marks: the Hangul jamo vowels and trailing consonants. */
+/**
+ * The Hangul jamo blocks: their vowels and trailing consonants are the only
+ * second parts of a canonical composition that are not marks (the whole
+ * blocks are left to whole rounds).
+ */
 const isJamo = (unit: number) =>
   (unit >= 0x1100 && unit <= 0x11ff) ||
   (unit >= 0xa960 && unit <= 0xa97f) ||

@@ -42,6 +42,8 @@ describe("buildAutomaton", () => {
     const word = (len: number) => Array.from({ length: len }, () => "abcé😀"[rand(5)]).join("");
     for (let round = 0; round < 200; round++) {
       const terms = Array.from({ length: 1 + rand(6) }, () => word(1 + rand(4)));
+      // A prefix shared, so that the trie has fewer states than its bound.
+      terms.push(`${terms[0]}${word(1)}`);
       const a = buildAutomaton(terms, limit(terms));
       for (let k = 0; k < 20; k++) {
         const text = word(rand(30));

@@ -131,23 +131,64 @@ describe("createReloadableMatcher", () => {
     writeFileSync(file, "old\n");
     const m = await createReloadableMatcher(file, logger());
     matcher = m;
-    // 20,000 terms of 4–12 letters take hundreds of milliseconds to build.
-    const terms = Array.from({ length: 20_000 }, () =>
-      Array.from(randomBytes(4 + ((randomBytes(1)[0] as number) % 9)), (b) =>
-        String.fromCharCode(0x61 + (b % 26)),
+    // 40,000 terms of 4–12 letters take the best part of a second to build
+    // at once; none of their letters is in "old here".
+    const letters = "abcfgijkmnpqstuvwxyz";
+    const terms = Array.from({ length: 40_000 }, () =>
+      Array.from(
+        randomBytes(4 + ((randomBytes(1)[0] as number) % 9)),
+        (b) => letters[b % letters.length],
       ).join(""),
     );
     writeFileSync(file, `${terms.join("\n")}\n`);
-    const served: boolean[] = [];
-    const calls = setInterval(() => served.push(m.matches("old here")), 1);
+    // A call every millisecond: when each was served, and with which list.
+    const served: { at: number; old: boolean }[] = [];
+    const calls = setInterval(
+      () => served.push({ at: performance.now(), old: m.matches("old here") }),
+      1,
+    );
+    const started = performance.now();
     try {
       await m.reload();
     } finally {
       clearInterval(calls);
     }
-    expect(served.filter((old) => old).length).toBeGreaterThan(20);
+    const took = performance.now() - started;
+    const times = [started, ...served.map((s) => s.at), performance.now()];
+    const longestWait = Math.max(...times.slice(1).map((at, i) => at - (times[i] as number)));
+    // Built at once, the list would keep calls waiting for most of the reload.
+    expect(longestWait).toBeLessThan(took / 2);
+    expect(served.filter((s) => s.old).length).toBeGreaterThan(2);
     expect(m.matches("old here")).toBe(false);
     expect(m.matches(`x ${terms[12_345]} y`)).toBe(true);
+  });
+
+  it("reloads while other files of the directory change all the time", async () => {
+    writeFileSync(file, "one\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    const busy = setInterval(() => appendFileSync(join(dir, "busy.log"), "line\n"), 20);
+    try {
+      replaceAtomically("two\n");
+      await expect.poll(() => m.matches("two here"), poll).toBe(true);
+    } finally {
+      clearInterval(busy);
+    }
+  });
+
+  it("stops a reload under way when closed, and reloads no more", async () => {
+    writeFileSync(file, "old\n");
+    const m = await createReloadableMatcher(file, logger());
+    const terms = Array.from({ length: 40_000 }, (_, i) => `term${i}`);
+    writeFileSync(file, `${terms.join("\n")}\nnew\n`);
+    const reloading = m.reload();
+    await new Promise((r) => setTimeout(r, 30));
+    m.close();
+    await reloading;
+    await m.reload();
+    expect(m.matches("old here")).toBe(true);
+    expect(m.matches("new here")).toBe(false);
+    expect(lines.filter((l) => l.msg === "banned terms reloaded")).toEqual([]);
   });
 
   it("lets the newest read win when reloads overlap", async () => {

@@ -33,7 +33,8 @@ async function cipherOf(url: string): Promise<string> {
 
 describe.skipIf("skip" in server)("the MySQL history over TLS", () => {
   const base = () => ("skip" in server ? "" : server.url);
-  const ca = () => certificates?.caFile ?? "";
+  // Percent-encoded, as a path in a URL must be.
+  const ca = () => encodeURIComponent(certificates?.caFile ?? "");
 
   it("encrypts with ssl-mode=REQUIRED, VERIFY_CA and VERIFY_IDENTITY, and not without", async () => {
     expect(await cipherOf(base())).toBe("");
@@ -79,7 +80,9 @@ describe.skipIf("skip" in server)("the MySQL history over TLS", () => {
   it("refuses an ssl-ca file that holds no certificate with one line", async () => {
     const open = () =>
       openHistoryStore(
-        databaseOf(`${base()}?ssl-mode=VERIFY_CA&ssl-ca=${certificates?.keyFile ?? ""}`),
+        databaseOf(
+          `${base()}?ssl-mode=VERIFY_CA&ssl-ca=${encodeURIComponent(certificates?.keyFile ?? "")}`,
+        ),
       );
     await expect(open()).rejects.toThrow(ConfigError);
     await expect(open()).rejects.toThrow(
