@@ -71,6 +71,14 @@ describe("history config", () => {
       "HISTORY_DATABASE_URL's ssl-ca needs ssl-mode=VERIFY_CA or VERIFY_IDENTITY",
     ],
     [
+      "mysql://10.0.0.5/chatmesh?ssl-mode=VERIFY_IDENTITY",
+      "HISTORY_DATABASE_URL's ssl-mode=VERIFY_IDENTITY needs the server's name, not an IP address (the MySQL driver cannot check an address): use the name in its certificate, or VERIFY_CA",
+    ],
+    [
+      "mysql://[::1]/chatmesh?ssl-mode=verify_identity",
+      "HISTORY_DATABASE_URL's ssl-mode=VERIFY_IDENTITY needs the server's name, not an IP address (the MySQL driver cannot check an address): use the name in its certificate, or VERIFY_CA",
+    ],
+    [
       "mysql://db/chatmesh?ssl-ca=%E9",
       "HISTORY_DATABASE_URL has a parameter that is not percent-encoded UTF-8",
     ],

@@ -46,7 +46,9 @@ describe.skipIf("skip" in server)("the MySQL history over TLS", () => {
 
   it("keeps and lists chats over TLS", async () => {
     const store = await openHistoryStore(
-      databaseOf(`${base()}?ssl-mode=VERIFY_IDENTITY&ssl-ca=${ca()}`),
+      databaseOf(
+        `${base().replace("127.0.0.1", "localhost")}?ssl-mode=VERIFY_IDENTITY&ssl-ca=${ca()}`,
+      ),
     );
     try {
       await store.append({
@@ -70,11 +72,10 @@ describe.skipIf("skip" in server)("the MySQL history over TLS", () => {
     await expect(openHistoryStore(databaseOf(`${base()}?ssl-mode=VERIFY_CA`))).rejects.toThrow(
       /^HISTORY_DATABASE_URL must name a database this process can open, got "mysql:\/\/root@127\.0\.0\.1:\d+\/test\?ssl-mode=VERIFY_CA" \(self-signed certificate in certificate chain\)$/,
     );
-    // The certificate names 127.0.0.1 and localhost only.
-    const wrongName = databaseOf(
-      `${base().replace("127.0.0.1", "127.0.0.2")}?ssl-mode=VERIFY_IDENTITY&ssl-ca=${ca()}`,
+    // The driver would check the name "localhost" for an address: refused before it connects.
+    expect(() => databaseOf(`${base()}?ssl-mode=VERIFY_IDENTITY&ssl-ca=${ca()}`)).toThrow(
+      /ssl-mode=VERIFY_IDENTITY needs the server's name, not an IP address/,
     );
-    await expect(openHistoryStore(wrongName)).rejects.toThrow(ConfigError);
   });
 
   it("refuses an ssl-ca file that holds no certificate with one line", async () => {
