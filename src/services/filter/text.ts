@@ -60,29 +60,8 @@ const fold = (text: string): string =>
     withoutInvisible(text).normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC"),
   );
 
-/**
- * `cleanText(fold(text))`, with the Unicode passes run only on the part of
- * the text from the ASCII space before its first non-ASCII character to the
- * one after its last: each pass leaves an ASCII space as it is and does not
- * look across it (it composes with nothing in NFKC, and is neither cased nor
- * case-ignorable for the final-sigma rule of lower-casing), and on ASCII the
- * round is lower-casing. Mostly-ASCII text with a few non-ASCII words then
- * pays for those words only.
- */
-function foldOnce(text: string): string {
-  const first = text.search(nonAscii);
-  if (first === -1) return cleanText(text.toLowerCase());
-  let last = text.length - 1;
-  while (last > first && text.charCodeAt(last) < 0x80) last--;
-  const start = text.lastIndexOf(" ", first) + 1;
-  const stop = text.indexOf(" ", last + 1);
-  const end = stop === -1 ? text.length : stop;
-  return cleanText(
-    text.slice(0, start).toLowerCase() +
-      fold(text.slice(start, end)) +
-      text.slice(end).toLowerCase(),
-  );
-}
+/** One round of folding, white space included. */
+const foldOnce = (text: string): string => cleanText(fold(text));
 
 /** Enough rounds for every chain in Unicode (ẞ → ß → ss takes two). */
 const maxFoldRounds = 4;
@@ -296,9 +275,11 @@ function casedAfter(text: string, at: number): boolean | undefined {
 /**
  * `text` folded code unit by code unit, through what each unit folds into on
  * its own (learnt on its first use, then looked up), sigmas by their
- * neighbours as lower-casing sees them; a word (between ASCII spaces, which
- * no pass looks across) holding a unit whose fold depends on its neighbours
- * otherwise takes whole rounds. White space is not folded yet.
+ * neighbours as lower-casing sees them; a word holding a unit whose fold
+ * depends on its neighbours otherwise takes whole rounds. Words end at ASCII
+ * spaces, which no pass looks across: a space composes with nothing in NFKC,
+ * and is neither cased nor case-ignorable for the final-sigma rule of
+ * lower-casing. White space is not folded yet.
  */
 function foldByUnits(text: string): string {
   let buffer = foldedFor(text.length, 0);
