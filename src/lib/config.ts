@@ -6,6 +6,7 @@
  */
 
 import { isIP } from "node:net";
+import { urlHostAddress } from "./local-host.js";
 import { redactUrl } from "./redact-url.js";
 
 /** The environment a config is read from (process.env by default). */
@@ -138,7 +139,7 @@ function readMysqlTls(url: URL, name: string): MysqlTls | undefined {
   const verify = sslModes[mode];
   // The driver (mysql2) checks the name "localhost" for a server given by its
   // address, whatever the address: only a name can be checked.
-  if (verify === "identity" && isIP(url.hostname.replace(/^\[(.*)\]$/, "$1")) !== 0) {
+  if (verify === "identity" && isIP(urlHostAddress(url)) !== 0) {
     throw new ConfigError(
       `${name}'s ssl-mode=VERIFY_IDENTITY needs the server's name, not an IP address (the MySQL driver cannot check an address): use the name in its certificate, or VERIFY_CA`,
     );

@@ -4,6 +4,7 @@ import type { DescMethodUnary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { codecFor } from "./codec.js";
+import { urlHostAddress } from "./local-host.js";
 import {
   createUnaryTransport,
   noSignal,
@@ -39,8 +40,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
     throw new Error("the fast transport speaks HTTP/1.1 over http:// or https:// only");
   }
   const secure = url.protocol === "https:";
-  // An IPv6 address without the brackets the URL has around it.
-  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const host = urlHostAddress(url);
   const port = Number(url.port || (secure ? 443 : 80));
   const prefix = url.pathname.replace(/\/+$/, "");
   const agentOptions = {

@@ -11,6 +11,11 @@ export function localUrlHost(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
+/** The host of `url` as a socket takes it: an IPv6 address without its brackets. */
+export function urlHostAddress(url: URL): string {
+  return url.hostname.replace(/^\[(.*)\]$/, "$1");
+}
+
 /**
  * Puts the brackets back on an IPv6 address in an HTTP/2 `:authority`.
  * Node's HTTP/2 client (used for gRPC and streaming calls) sends

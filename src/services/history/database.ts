@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
 import { ConfigError, type DatabaseUrl } from "../../lib/config.js";
+import { urlHostAddress } from "../../lib/local-host.js";
 import { redactUrl } from "../../lib/redact-url.js";
 import { readCaFile } from "../../lib/tls.js";
 
@@ -114,7 +115,7 @@ export async function openHistoryDatabase(
   // (Node also names them, esbuild's bundle does not).
   const { createPool } = (await import("mysql2")).default;
   const pool = createPool({
-    host: decodeURIComponent(parsed.hostname.replace(/^\[(.*)\]$/, "$1")),
+    host: decodeURIComponent(urlHostAddress(parsed)),
     port: parsed.port === "" ? 3306 : Number(parsed.port),
     user: decodeURIComponent(parsed.username),
     password: decodeURIComponent(parsed.password),
