@@ -8,16 +8,21 @@
  * writes the figures to bench/results/.
  *
  * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
- * BENCH_USERS (1000000), BENCH_WARMUP_S (3). BENCH_REFERENCE_URL names
+ * BENCH_USERS (1000000), BENCH_WARMUP_S (3). BENCH_CLIENT=wrk drives every
+ * load with wrk (BENCH_WRK_THREADS, 2 as wrk's own default) instead of
+ * autocannon: the client the issue's figures for the Go original came from,
+ * which takes far less CPU from the machine than autocannon does. BENCH_REFERENCE_URL names
  * another chat gateway already running (another build, or another
  * implementation of the same POST /chat) to measure under the same load in the
  * same run; BENCH_REFERENCE_PIDS (space or comma separated) are its processes,
  * for its peak memory.
  */
-import { fork } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { execFile, fork } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import autocannon from "autocannon";
 import { cpuTimeMs, freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
 
@@ -27,6 +32,11 @@ const users = Number(process.env.BENCH_USERS ?? 1_000_000);
 const warmup = Number(process.env.BENCH_WARMUP_S ?? 3);
 const text = "Hello   world   from   Go!";
 const referenceUrl = process.env.BENCH_REFERENCE_URL?.replace(/\/+$/, "");
+const client = process.env.BENCH_CLIENT ?? "autocannon";
+if (client !== "autocannon" && client !== "wrk") {
+  throw new Error(`BENCH_CLIENT must be autocannon or wrk, not ${JSON.stringify(client)}`);
+}
+const wrkThreads = Number(process.env.BENCH_WRK_THREADS ?? 2);
 const referencePids = (process.env.BENCH_REFERENCE_PIDS ?? "")
   .split(/[\s,]+/)
   .filter((pid) => pid !== "")
@@ -42,7 +52,11 @@ interface Figures {
   readonly total: number;
 }
 
-async function load(url: string, seconds: number): Promise<Figures> {
+function load(url: string, seconds: number): Promise<Figures> {
+  return client === "wrk" ? loadWithWrk(url, seconds) : loadWithAutocannon(url, seconds);
+}
+
+async function loadWithAutocannon(url: string, seconds: number): Promise<Figures> {
   let n = 0;
   const result = await autocannon({
     url: `${url}/chat`,
@@ -67,6 +81,70 @@ async function load(url: string, seconds: number): Promise<Figures> {
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
     total: result.requests.total,
+  };
+}
+
+/**
+ * The same load from wrk: each thread walks its own stride of the user pool,
+ * and its `done` hook prints the figures as one JSON line.
+ */
+const wrkScript =
+  client === "wrk" ? join(mkdtempSync(join(os.tmpdir(), "chatmesh-wrk-")), "chat.lua") : "";
+if (client === "wrk") {
+  process.once("exit", () => rmSync(dirname(wrkScript), { recursive: true, force: true }));
+  writeFileSync(
+    wrkScript,
+    `local threads, users, n = ${wrkThreads}, ${users}, 0
+local counter = 0
+setup = function(thread)
+  thread:set("first", counter)
+  counter = counter + 1
+end
+init = function()
+  n = first or 0
+end
+request = function()
+  n = (n + threads) % users
+  return wrk.format("POST", "/chat", { ["content-type"] = "application/json" },
+    '{"user_id":"u' .. n .. '","text":"${text}"}')
+end
+done = function(summary, latency)
+  local e = summary.errors
+  io.write(string.format('{"total":%d,"us":%d,"p50":%d,"p90":%d,"p99":%d,"non2xx":%d,"errors":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+`,
+  );
+}
+
+async function loadWithWrk(url: string, seconds: number): Promise<Figures> {
+  const { stdout } = await promisify(execFile)("wrk", [
+    `-t${wrkThreads}`,
+    `-c${connections}`,
+    `-d${seconds}s`,
+    "--timeout",
+    "10s",
+    "-s",
+    wrkScript,
+    `${url}/chat`,
+  ]).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT")
+      throw new Error("BENCH_CLIENT=wrk: wrk is not installed (apt-get install wrk)");
+    throw err;
+  });
+  const line = stdout.split("\n").find((l) => l.startsWith('{"total"'));
+  if (line === undefined) throw new Error(`wrk printed no figures:\n${stdout}`);
+  const f = JSON.parse(line) as Record<string, number>;
+  const ms = (us: number | undefined) => Math.round((us ?? 0) / 1000);
+  return {
+    requestsPerSec: ((f.total ?? 0) * 1e6) / (f.us ?? 1),
+    p50: ms(f.p50),
+    p90: ms(f.p90),
+    p99: ms(f.p99),
+    non2xx: f.non2xx ?? 0,
+    errors: f.errors ?? 0,
+    total: f.total ?? 0,
   };
 }
 
@@ -149,7 +227,7 @@ const ratio = chain.requestsPerSec / ceiling.requestsPerSec;
 const row = (name: string, f: Figures) =>
   `${name.padEnd(9)} ${f.requestsPerSec.toFixed(0).padStart(8)} req/s  p50 ${f.p50} ms  p90 ${f.p90} ms  p99 ${f.p99} ms  non-2xx ${f.non2xx}  errors ${f.errors}`;
 console.log(
-  `\nchatmesh bench: ${connections} connections, ${duration} s, ${users} users, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"})`,
+  `\nchatmesh bench: ${client}${client === "wrk" ? ` (${wrkThreads} threads)` : ""}, ${connections} connections, ${duration} s, ${users} users, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"})`,
 );
 console.log(row("chain", chain));
 console.log(row("all", allInOne));
@@ -182,6 +260,6 @@ mkdirSync(dir, { recursive: true });
 const file = `${dir}chain-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
 writeFileSync(
   file,
-  `${JSON.stringify({ at: new Date().toISOString(), connections, duration, users, cpus: os.cpus().length, chain, allInOne, reference, ceiling, ratio }, null, 2)}\n`,
+  `${JSON.stringify({ at: new Date().toISOString(), client, connections, duration, users, cpus: os.cpus().length, chain, allInOne, reference, ceiling, ratio }, null, 2)}\n`,
 );
 console.log(`figures written to ${file}`);
