@@ -10,7 +10,7 @@
  * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
  * BENCH_USERS (1000000), BENCH_WARMUP_S (3). BENCH_CLIENT=wrk drives every
  * load with wrk (BENCH_WRK_THREADS, 2 as wrk's own default) instead of
- * autocannon: the client the issue's figures for the Go original came from,
+ * autocannon: the client the Go original's reported figures came from,
  * which takes far less CPU from the machine than autocannon does. BENCH_REFERENCE_URL names
  * another chat gateway already running (another build, or another
  * implementation of the same POST /chat) to measure under the same load in the
