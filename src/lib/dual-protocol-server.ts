@@ -3,6 +3,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import { framesPreface } from "./frames.js";
 import type { FramesServer } from "./frames-server.js";
+import { RequestsInFlight } from "./requests-in-flight.js";
 
 /** A request handler that serves both HTTP/1.1 and HTTP/2 compat requests. */
 export type DualHandler = (
@@ -91,7 +92,6 @@ export function createDualProtocolServer(
   handler: DualHandler,
   options: DualProtocolServerOptions = {},
 ): DualProtocolServer {
-  let draining = false;
   const fastPath = options.fastPath;
   const h1 = http.createServer(
     requestTimeoutOptions(options.requestTimeoutMs),
@@ -110,20 +110,11 @@ export function createDualProtocolServer(
   // The http1 server never listens itself, so Node does not track its
   // connections (closeIdleConnections would see none): count requests in
   // flight per socket here.
-  const inFlight = new Map<net.Socket, number>();
-  h1.on("connection", (socket: net.Socket) => {
-    inFlight.set(socket, 0);
-    socket.once("close", () => inFlight.delete(socket));
-  });
-  h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const socket = req.socket;
-    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
-    res.once("close", () => {
-      const left = (inFlight.get(socket) ?? 1) - 1;
-      inFlight.set(socket, left);
-      if (draining && left === 0) socket.end();
-    });
-  });
+  const inFlight = new RequestsInFlight();
+  h1.on("connection", (socket: net.Socket) => inFlight.open(socket));
+  h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) =>
+    inFlight.begin(req.socket, res),
+  );
 
   const h2 = http2.createServer(
     handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
@@ -178,10 +169,7 @@ export function createDualProtocolServer(
 
   server.once("close", () => h1.close());
   server.closeIdleConnections = () => {
-    draining = true;
-    for (const [socket, requests] of inFlight) {
-      if (requests === 0) socket.end();
-    }
+    inFlight.drain();
     for (const socket of undecided) socket.destroy();
     options.frames?.drain();
   };

@@ -7,6 +7,7 @@ import {
   type DualProtocolServerOptions,
   requestTimeoutOptions,
 } from "./dual-protocol-server.js";
+import { RequestsInFlight } from "./requests-in-flight.js";
 import type { TlsCredentials } from "./tls.js";
 
 /**
@@ -21,11 +22,10 @@ export function createSecureDualProtocolServer(
   credentials: TlsCredentials,
   options: DualProtocolServerOptions = {},
 ): DualProtocolServer {
-  let draining = false;
   const fastPath = options.fastPath;
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? 65_000;
   // HTTP/1.1 requests in flight per socket, so that draining ends idle ones only.
-  const inFlight = new Map<net.Socket, number>();
+  const inFlight = new RequestsInFlight();
 
   const requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
   const server = http2.createSecureServer(
@@ -39,12 +39,7 @@ export function createSecureDualProtocolServer(
     (req, res) => {
       if (req.httpVersionMajor === 1) {
         const socket = req.socket as net.Socket;
-        inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
-        res.once("close", () => {
-          const left = (inFlight.get(socket) ?? 1) - 1;
-          inFlight.set(socket, left);
-          if (draining && left === 0) socket.end();
-        });
+        inFlight.begin(socket, res);
         // With allowHTTP1, Node hands HTTP/1.1 requests over as http1 objects.
         const h1req = req as unknown as http.IncomingMessage;
         const h1res = res as unknown as http.ServerResponse;
@@ -62,14 +57,11 @@ export function createSecureDualProtocolServer(
   const sockets = new Set<net.Socket>();
   server.on("secureConnection", (socket: net.Socket & { alpnProtocol?: string | false }) => {
     sockets.add(socket);
-    socket.once("close", () => {
-      sockets.delete(socket);
-      inFlight.delete(socket);
-    });
+    socket.once("close", () => sockets.delete(socket));
     if (socket.alpnProtocol !== "h2") {
-      inFlight.set(socket, 0);
+      inFlight.open(socket);
       socket.setTimeout(keepAliveTimeoutMs, () => {
-        if ((inFlight.get(socket) ?? 0) === 0) socket.destroy();
+        if (inFlight.idle(socket)) socket.destroy();
       });
     }
   });
@@ -86,10 +78,7 @@ export function createSecureDualProtocolServer(
 
   const dual = server as unknown as DualProtocolServer;
   dual.closeIdleConnections = () => {
-    draining = true;
-    for (const [socket, requests] of inFlight) {
-      if (requests === 0) socket.end();
-    }
+    inFlight.drain();
   };
   dual.closeAllConnections = () => {
     for (const socket of sockets) socket.destroy();
