@@ -81,15 +81,28 @@ const maxBatchChats = 128;
  */
 const maxBatchChars = 256 * 1024;
 
+/** The failure of a whole AppendBatch, which says nothing of each chat in it. */
+class RetryAlone extends Error {
+  constructor(override readonly cause: unknown) {
+    super(`AppendBatch failed: ${ConnectError.from(cause).message}`);
+  }
+}
+
 interface Pending {
   readonly chat: ChatRecord;
   readonly deadline: number;
 }
 
-/** The history refused the chat itself: retrying cannot help. */
+/**
+ * The history refused the chat itself, retrying cannot help: invalid, or
+ * larger than its MAX_REQUEST_BYTES (ResourceExhausted, as Connect and gRPC
+ * answer a message over the limit).
+ */
 const isPermanent = (err: unknown) => {
   const { code } = ConnectError.from(err);
-  return code === Code.InvalidArgument || code === Code.AlreadyExists;
+  return (
+    code === Code.InvalidArgument || code === Code.AlreadyExists || code === Code.ResourceExhausted
+  );
 };
 
 /**
@@ -201,7 +214,9 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       return;
     }
     counts.failedAttempts++;
-    if (isPermanent(err)) return drop(chat, "refused by history", err);
+    if (!(err instanceof RetryAlone) && isPermanent(err)) {
+      return drop(chat, "refused by history", err);
+    }
     logger.warn(
       { ...traceLogFields(chat.trace), err, requestId: chat.requestId },
       "history append failed; will retry",
@@ -234,7 +249,10 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
         return;
       } catch (err) {
         if (ConnectError.from(err).code !== Code.Unimplemented) {
-          for (const chat of chats) settle(chat, err);
+          // The batch failed as a whole, not each chat: each is retried on
+          // its own (a batch over the size limit, say, is one too large chat
+          // and others that are not).
+          for (const chat of chats) settle(chat, new RetryAlone(err));
           return;
         }
         batchSupported = false;
@@ -272,9 +290,12 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     record(chat) {
       if (closed) return drop(chat, "gateway shutting down");
       const { trace } = chat;
-      batch.push({ chat, traceparent: trace === undefined ? "" : formatTraceparent(trace) });
-      batchChars +=
+      const chars =
         chat.userId.length + chat.text.length + chat.reply.length + chat.requestId.length;
+      // A large chat is not added to a batch it would take over the limit.
+      if (batchChars > 0 && batchChars + chars > maxBatchChars) flushBatch();
+      batch.push({ chat, traceparent: trace === undefined ? "" : formatTraceparent(trace) });
+      batchChars += chars;
       if (batch.length >= maxBatchChats || batchChars >= maxBatchChars) flushBatch();
       else batchTimer ??= setTimeout(flushBatch, batchWindowMs);
     },

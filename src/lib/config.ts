@@ -80,6 +80,8 @@ export interface LlmConfig extends ServiceConfig {
   readonly timeoutMs: number;
   /** LLM_MAX_TOKENS: most tokens a reply may have; a request may ask for fewer. */
   readonly maxTokens: number;
+  /** LLM_MAX_REPLY_BYTES: a longer reply is cut there (UTF-8), ending as "length". */
+  readonly maxReplyBytes: number;
 }
 
 /** Where the history store lives: an embedded SQLite file or a MySQL/MariaDB server. */
@@ -392,6 +394,8 @@ export function loadLlmConfig(env: Env = process.env): LlmConfig {
     openai: backend === "openai" ? Object.freeze(readOpenAi(env)) : undefined,
     timeoutMs: readInt(env, "LLM_TIMEOUT_MS", 60_000, 1, 3_600_000),
     maxTokens: readInt(env, "LLM_MAX_TOKENS", 1_024, 1, 10_000_000),
+    // Under the gateway's 4 MiB read limit for an answer.
+    maxReplyBytes: readInt(env, "LLM_MAX_REPLY_BYTES", 524_288, 1_024, 3 * 1_048_576),
   });
 }
 

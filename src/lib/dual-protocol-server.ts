@@ -87,6 +87,29 @@ function protocolOf(bytes: Buffer, frames: boolean): Protocol | undefined {
   return "http1";
 }
 
+/**
+ * Once an HTTP/2 response is sent before its request was read to the end (a
+ * message over the size limit, refused at its first bytes), the request's
+ * stream is reset with NO_ERROR, as HTTP/2 provides for this (RFC 9113,
+ * 8.1): the client stops sending, and the stream does not stay open for
+ * ever, holding the session (and a graceful close) open with it.
+ */
+export function endUnreadRequest(req: http2.Http2ServerRequest): void {
+  // Node's compat response sends its trailers, the last frame of every
+  // response, on "wantTrailers": the reset goes after them (sent at once, it
+  // would overtake them and the client would see no status). The response's
+  // own "finish" waits for the whole stream to close, so never comes.
+  req.stream.once("wantTrailers", () =>
+    setImmediate(() => {
+      if (req.complete || req.stream.closed) return;
+      req.stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      // The stream would end only once what it holds unread was read; its
+      // reset is sent on the next turn, then it is let go.
+      setImmediate(() => req.stream.destroy());
+    }),
+  );
+}
+
 /** Creates the server; call `listen` on it as on any net.Server. */
 export function createDualProtocolServer(
   handler: DualHandler,
@@ -116,9 +139,10 @@ export function createDualProtocolServer(
     inFlight.begin(req.socket, res),
   );
 
-  const h2 = http2.createServer(
-    handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
-  );
+  const h2 = http2.createServer((req, res) => {
+    endUnreadRequest(req);
+    handler(req, res);
+  });
   const sessions = new Set<http2.ServerHttp2Session>();
   const sessionTimeout = options.http2SessionTimeoutMs ?? 15 * 60_000;
   h2.on("session", (session) => {

@@ -5,6 +5,7 @@ import {
   type DualHandler,
   type DualProtocolServer,
   type DualProtocolServerOptions,
+  endUnreadRequest,
   requestTimeoutOptions,
 } from "./dual-protocol-server.js";
 import { RequestsInFlight } from "./requests-in-flight.js";
@@ -44,6 +45,8 @@ export function createSecureDualProtocolServer(
         const h1req = req as unknown as http.IncomingMessage;
         const h1res = res as unknown as http.ServerResponse;
         if (fastPath?.(h1req, h1res)) return;
+      } else {
+        endUnreadRequest(req);
       }
       handler(req, res);
     },

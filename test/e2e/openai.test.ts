@@ -79,6 +79,39 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
     expect(models).toEqual(["llama-double"]);
   });
 
+  it("cuts a reply longer than LLM_MAX_REPLY_BYTES there, ending it as length, and keeps it in the history", async () => {
+    const cap = 524_288;
+    // A model server that ignores max_tokens: 6 MB of "€", more than the gateway reads.
+    const chat = await fetch(`${stack.gatewayUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "e5", text: "huge 6000000" }),
+    });
+    expect(chat.status).toBe(200);
+    const { reply } = (await chat.json()) as { reply: string };
+    // Whole characters: 3 bytes each, as many as fit.
+    expect(reply).toBe("€".repeat(Math.floor(cap / 3)));
+    const completion = await sdk().chat.completions.create(ask("e6", "huge 6000000"));
+    expect(completion.choices[0]).toMatchObject({ finish_reason: "length" });
+    expect(completion.choices[0]?.message.content).toBe(reply);
+    const stream = await sdk().chat.completions.create({
+      ...ask("e6", "huge 6000000"),
+      stream: true,
+    });
+    let text = "";
+    let finish: string | null | undefined;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect([text === reply, finish]).toEqual([true, "length"]);
+    // The history stores the cut reply (it would refuse one over MAX_REQUEST_BYTES).
+    const history = await fetch(`${stack.gatewayUrl}/history?user_id=e5`);
+    const { items } = (await history.json()) as { items: { reply: string }[] };
+    expect(items.map((item) => item.reply === reply)).toEqual([true]);
+    expect(stack.procs.get("llm")?.output()).toContain("reply cut at LLM_MAX_REPLY_BYTES");
+  });
+
   it("refuses blocked text before the model server, and a spent quota with 429", async () => {
     const seen = double.requests.length;
     expect(await thrown(sdk().chat.completions.create(ask("e3", "has foo in it")))).toBeInstanceOf(

@@ -172,6 +172,19 @@ describe("the history recorder against a real history server", () => {
     expect(served.appendBatch).toBeGreaterThan(1);
   });
 
+  it("drops at once a chat over the service's message limit, storing the chats beside it", async () => {
+    await startServer();
+    const r = makeRecorder();
+    const chats = [chat("big"), chat("big"), chat("big", { reply: "r".repeat(1_200_000) })];
+    for (const c of chats) r.record(c);
+    const after = chat("big");
+    r.record(after);
+    await settled(r);
+    await vi.waitFor(() => expect(r.stats().appended + r.stats().dropped).toBe(4));
+    expect(r.stats()).toMatchObject({ appended: 3, dropped: 1, pending: 0 });
+    expect(await texts("big")).toEqual([chats[0], chats[1], after].map((c) => c?.text));
+  });
+
   it("appends one by one to a history service without AppendBatch", async () => {
     await startServer({ withoutAppendBatch: true });
     const r = makeRecorder();

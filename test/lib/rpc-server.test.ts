@@ -3,7 +3,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
@@ -69,6 +69,29 @@ describe("the RPC server bootstrap", () => {
     expect(Date.now() - started).toBeLessThan(2_000);
     await expect(fetch(`${baseUrl}/healthz`)).rejects.toThrow();
     agent.destroy();
+  });
+
+  it("refuses a message over MAX_REQUEST_BYTES over HTTP/2, serves the next call, and still closes at once", async () => {
+    const baseUrl = await start();
+    const clients = [
+      createClient(LLMService, createGrpcTransport({ baseUrl })),
+      createClient(LLMService, createConnectTransport({ baseUrl, httpVersion: "2" })),
+    ];
+    const text = "x".repeat(1_200_000);
+    for (const client of clients) {
+      await expect(client.generate({ text })).rejects.toMatchObject({
+        code: Code.ResourceExhausted,
+      });
+      expect((await client.generate({ text: "next" })).reply).toBe("Echo: next");
+    }
+    // The refused request's stream is reset, not left open holding the session.
+    const closing = app?.close();
+    app = undefined;
+    const outcome = await Promise.race([
+      closing?.then(() => "closed"),
+      new Promise((r) => setTimeout(r, 5_000, "still open after 5 s")),
+    ]);
+    expect(outcome).toBe("closed");
   });
 
   it("aborts the calls still running SHUTDOWN_TIMEOUT_MS after close began", async () => {

@@ -10,6 +10,30 @@ export interface LlmServiceDeps {
   readonly logger?: Logger;
   /** LLM_MAX_TOKENS: the cap of every reply; a request may ask for less. None when absent. */
   readonly maxTokens?: number;
+  /** LLM_MAX_REPLY_BYTES: a longer reply is cut there (512 KiB when absent). */
+  readonly maxReplyBytes?: number;
+}
+
+/**
+ * The most bytes (UTF-8) of a reply by default. A model server may ignore
+ * max_tokens; a reply must stay small enough for the gateway to read (4 MiB)
+ * and, with its text, for the history to store (MAX_REQUEST_BYTES, 1 MiB).
+ * 512 KiB is over 100k tokens of English, more than models write at once.
+ */
+export const defaultMaxReplyBytes = 524_288;
+
+const encoder = new TextEncoder();
+
+/**
+ * Cuts `text` to at most `maxBytes` bytes of UTF-8, at a character boundary;
+ * undefined when it fits. A string of n UTF-16 units takes at most 3n bytes,
+ * so short ones are not measured.
+ */
+export function cutToBytes(text: string, maxBytes: number): string | undefined {
+  if (text.length * 3 <= maxBytes || Buffer.byteLength(text) <= maxBytes) return undefined;
+  // encodeInto writes whole characters only.
+  const { read } = encoder.encodeInto(text, new Uint8Array(maxBytes));
+  return text.slice(0, read);
 }
 
 function requireText(text: string): void {
@@ -57,8 +81,19 @@ export function createLlmService({
   backend,
   logger,
   maxTokens: cap,
+  maxReplyBytes = defaultMaxReplyBytes,
 }: LlmServiceDeps): ServiceImpl<typeof LLMService> {
   const model = backend.model ?? backend.name;
+  const tooLong = (ctx: HandlerContext, chars?: number) =>
+    logger?.warn(
+      {
+        ...traceLogFields(traceOf(ctx)),
+        request_id: ctx.requestHeader.get("x-request-id") ?? undefined,
+        ...(chars !== undefined && { reply_chars: chars }),
+        max_reply_bytes: maxReplyBytes,
+      },
+      "reply cut at LLM_MAX_REPLY_BYTES",
+    );
   const request = (
     req: { text: string; userId: string; maxTokens: number },
     ctx: HandlerContext,
@@ -75,19 +110,36 @@ export function createLlmService({
     async generate(req, ctx) {
       // The context itself: its signal is made only if the backend reads it.
       const result = await backend.generate(request(req, ctx), ctx);
+      const cut = cutToBytes(result.reply, maxReplyBytes);
+      if (cut !== undefined) {
+        tooLong(ctx, result.reply.length);
+        return { reply: cut, model, ...endFields({ ...result, finishReason: "length" }) };
+      }
       return { reply: result.reply, model, ...endFields(result) };
     },
     async *generateStream(req, ctx) {
       const llmRequest = request(req, ctx);
       const unwatch = watchCancel(ctx, logger);
       let first = true;
+      let bytesLeft = maxReplyBytes;
       try {
         for await (const piece of backend.stream(llmRequest, ctx.signal)) {
           const head = first ? { model } : {};
           first = false;
-          yield typeof piece === "string"
-            ? { delta: piece, ...head }
-            : { ...head, ...endFields(piece) };
+          if (typeof piece !== "string") {
+            yield { ...head, ...endFields(piece) };
+            continue;
+          }
+          const cut = cutToBytes(piece, bytesLeft);
+          if (cut !== undefined) {
+            // The model is stopped (the backend's stream is left), its usage unknown.
+            tooLong(ctx);
+            if (cut !== "") yield { delta: cut, ...head };
+            yield { ...(cut === "" ? head : {}), finishReason: "length" };
+            return;
+          }
+          bytesLeft -= Buffer.byteLength(piece);
+          yield { delta: piece, ...head };
         }
         // Even an empty reply names its model.
         if (first) yield { model };

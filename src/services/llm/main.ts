@@ -41,7 +41,12 @@ export async function buildLlm(
     routes: (router) =>
       router.service(
         LLMService,
-        createLlmService({ backend, logger, maxTokens: config.maxTokens }),
+        createLlmService({
+          backend,
+          logger,
+          maxTokens: config.maxTokens,
+          maxReplyBytes: config.maxReplyBytes,
+        }),
       ),
   });
   logger.info(

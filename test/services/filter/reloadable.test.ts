@@ -179,7 +179,8 @@ describe("createReloadableMatcher", () => {
   it("stops a reload under way when closed, and reloads no more", async () => {
     writeFileSync(file, "old\n");
     const m = await createReloadableMatcher(file, logger());
-    const terms = Array.from({ length: 40_000 }, (_, i) => `term${i}`);
+    // Large enough that its reload (about 0.3 s here) is still under way 30 ms later.
+    const terms = Array.from({ length: 300_000 }, (_, i) => `term${i}`);
     writeFileSync(file, `${terms.join("\n")}\nnew\n`);
     const reloading = m.reload();
     await new Promise((r) => setTimeout(r, 30));

@@ -136,3 +136,52 @@ describe("LLMService with a backend that counts tokens", () => {
     expect((await clientWith().listModels({})).models).toMatchObject([{ id: "echo" }]);
   });
 });
+
+describe("LLMService with a reply longer than LLM_MAX_REPLY_BYTES", () => {
+  /** A test double of a model that ignores max_tokens: "€" (3 bytes) without end, 1,000 a piece. */
+  const endless = () => {
+    const state = { pieces: 0, stopped: false };
+    const backend: LlmBackend = {
+      name: "endless (test double)",
+      async generate() {
+        return { reply: "€".repeat(5_000), finishReason: "stop" };
+      },
+      async *stream() {
+        try {
+          for (;;) {
+            state.pieces++;
+            yield "€".repeat(1_000);
+          }
+        } finally {
+          state.stopped = true;
+        }
+      },
+    };
+    const client = createClient(
+      LLMService,
+      createRouterTransport((router) =>
+        router.service(LLMService, createLlmService({ backend, maxReplyBytes: 4_000 })),
+      ),
+    );
+    return { client, state };
+  };
+
+  it("cuts it at a character boundary and ends it as length", async () => {
+    const res = await endless().client.generate({ text: "hi" });
+    expect([res.reply, res.finishReason]).toEqual(["€".repeat(1_333), "length"]);
+  });
+
+  it("ends the stream there as length, and stops the model", async () => {
+    const { client, state } = endless();
+    const messages = [];
+    for await (const m of client.generateStream({ text: "hi" })) {
+      messages.push({ chars: m.delta.length, finishReason: m.finishReason, model: m.model });
+    }
+    expect(messages).toEqual([
+      { chars: 1_000, finishReason: "", model: "endless (test double)" },
+      { chars: 333, finishReason: "", model: "" },
+      { chars: 0, finishReason: "length", model: "" },
+    ]);
+    expect(state).toEqual({ pieces: 2, stopped: true });
+  });
+});
