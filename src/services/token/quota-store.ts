@@ -87,4 +87,15 @@ export interface QuotaStore {
  */
 export class QuotaStoreUnavailableError extends Error {
   override name = "QuotaStoreUnavailableError";
+  /**
+   * Whether the command was sent, so that the store may still run it (it
+   * timed out, or the connection was lost before an answer came): a charge
+   * may then have been made.
+   */
+  readonly mayHaveRun: boolean;
+
+  constructor(message: string, options: ErrorOptions & { mayHaveRun?: boolean } = {}) {
+    super(message, options);
+    this.mayHaveRun = options.mayHaveRun ?? false;
+  }
 }

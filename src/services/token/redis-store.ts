@@ -133,7 +133,13 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
         }
         throw err;
       }
-      throw new QuotaStoreUnavailableError("quota store unavailable", { cause: err });
+      // Without an offline queue, a command made while disconnected is
+      // refused before it is sent; any other failure may come after.
+      const unsent = err instanceof Error && err.message.includes("isn't writeable");
+      throw new QuotaStoreUnavailableError("quota store unavailable", {
+        cause: err,
+        mayHaveRun: !unsent,
+      });
     }
   };
   const expireAt = (window: QuotaWindow) => Math.ceil(window.resetAt.getTime() / 1000) + margin;

@@ -48,6 +48,58 @@ async function fromStore<T>(call: () => Promise<T>): Promise<T> {
   }
 }
 
+/** Most charges waiting to be taken back at once; past it, new ones are logged and left. */
+const maxPendingUndos = 10_000;
+/** Tries to take back a charge: at once, then after 1, 2, 4, 8 and 16 s. */
+const undoDelaysMs = [0, 1_000, 2_000, 4_000, 8_000, 16_000];
+
+/**
+ * Takes back, in the background, a charge whose command timed out while the
+ * chat was let through uncharged (QUOTA_FAIL_OPEN). The refund goes on the
+ * same connection after the charge, so it runs after it if the charge runs
+ * at all; while the store stays away it is tried again, for about 30 s.
+ */
+function createUndo(
+  { store, logger, clock = systemClock }: TokenServiceDeps,
+  done: (refunded: boolean) => void,
+): (userId: string, chargeId: string) => void {
+  let pending = 0;
+  return (userId, chargeId) => {
+    if (pending >= maxPendingUndos) {
+      logger?.error({ userId, chargeId }, "charge of an uncharged chat not taken back: too many");
+      return;
+    }
+    pending++;
+    const attempt = (n: number) => {
+      store.refund({ userId, chargeId, window: windowAt(clock.now()) }).then(
+        (result) => {
+          pending--;
+          done(result.refunded > 0);
+          if (result.refunded > 0) {
+            logger?.info(
+              { userId, chargeId, refunded: result.refunded },
+              "charge of an uncharged chat taken back",
+            );
+          }
+        },
+        (err: unknown) => {
+          const delay = undoDelaysMs[n + 1];
+          if (delay !== undefined) {
+            setTimeout(() => attempt(n + 1), delay).unref();
+            return;
+          }
+          pending--;
+          logger?.error(
+            { err, userId, chargeId },
+            "charge of an uncharged chat not taken back: the quota store stayed unavailable",
+          );
+        },
+      );
+    };
+    attempt(0);
+  };
+}
+
 /** chat.v1.TokenService: a daily quota per user over a QuotaStore. */
 export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof TokenService> {
   const { store, limit, defaultCost, logger } = deps;
@@ -61,6 +113,9 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       ["event"],
     );
   const failOpen = deps.failOpen ?? false;
+  const undoLater = createUndo(deps, (refunded) => {
+    if (refunded) events?.inc({ event: "refunded" });
+  });
   return {
     async checkAndInc(req, ctx) {
       requireUserId(req.userId);
@@ -81,6 +136,9 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
         });
       } catch (err) {
         if (!(failOpen && err instanceof QuotaStoreUnavailableError)) throw storeFailure(err);
+        // A charge sent that timed out may still be made when the store comes
+        // back: it is taken back, so the chat stays uncharged as answered.
+        if (err.mayHaveRun && req.chargeId !== "") undoLater(req.userId, req.chargeId);
         logger?.warn(
           { ...traceLogFields(traceOf(ctx)), err, userId: req.userId, chargeId: req.chargeId },
           "quota store unavailable: chat let through uncharged (QUOTA_FAIL_OPEN)",

@@ -1,6 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import { type Clock, windowAt } from "../../../src/services/token/clock.js";
 import {
@@ -12,8 +12,10 @@ import { createTokenService } from "../../../src/services/token/token-service.js
 import { freePort } from "../../fixtures/processes.js";
 import {
   createTestRedis,
+  redisServerOrSkip,
   redisUrl,
   sharedRedisOrSkip,
+  startOwnRedis,
   uniquePrefix,
 } from "../../fixtures/redis.js";
 
@@ -126,4 +128,37 @@ describe("TokenService while Redis is unreachable", () => {
     });
     expect((await failure(client.getQuota({ userId: "u" }))).code).toBe(Code.Unavailable);
   });
+});
+
+describe.runIf(redisServerOrSkip())("TokenService with QUOTA_FAIL_OPEN while Redis hangs", () => {
+  it("takes back a charge that timed out once Redis runs it, so the chat stays uncharged", async () => {
+    const own = await startOwnRedis();
+    const prefix = uniquePrefix("hang");
+    const store = createRedisQuotaStore({ url: own.url, keyPrefix: prefix, commandTimeoutMs: 200 });
+    const admin = createTestRedis(own.url);
+    try {
+      await store.connected();
+      const client = clientOver(store, undefined, true);
+      // Redis takes the charge but runs it only after the pause: past the timeout.
+      await admin.client("PAUSE", 1_000, "ALL");
+      expect(await client.checkAndInc({ userId: "u", chargeId: "late" })).toMatchObject({
+        unmetered: true,
+        cost: 0n,
+      });
+      const keys = quotaKeys(prefix, "u", windowAt(new Date()));
+      await vi.waitFor(
+        async () => {
+          expect(await admin.hget(keys.charge("late"), "refunded")).toBe("1");
+        },
+        { timeout: 20_000, interval: 100 },
+      );
+      // The charge was made, then taken back.
+      expect(await admin.hget(keys.charge("late"), "cost")).toBe("50");
+      expect((await client.getQuota({ userId: "u" })).used).toBe(0n);
+    } finally {
+      admin.disconnect();
+      await store.close();
+      await own.kill();
+    }
+  }, 30_000);
 });
