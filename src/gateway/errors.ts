@@ -45,6 +45,11 @@ export function httpErrorFromRpc(stage: Stage, err: unknown): HttpError {
     }
     return { status, body: { error: "quota exceeded" } };
   }
+  // RESOURCE_EXHAUSTED from another stage is a message over a size limit
+  // (MAX_BODY_BYTES set above the services' MAX_REQUEST_BYTES, say): the
+  // chain's setup fails, and a 429 would tell the caller to retry in vain.
+  if (cause.code === Code.ResourceExhausted)
+    return { status: 500, body: { error: `${stage} failed` } };
   return { status, body: { error: `${stage} failed` } };
 }
 
