@@ -4,7 +4,12 @@ import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
 import type { LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
-import { connectErrorFromUpstream, describeFailure, StreamCutOffError } from "./openai-errors.js";
+import {
+  connectErrorFromUpstream,
+  describeFailure,
+  NoChoiceError,
+  StreamCutOffError,
+} from "./openai-errors.js";
 
 export interface OpenAiBackendOptions {
   /** OPENAI_BASE_URL: the server's /v1 URL. */
@@ -120,11 +125,13 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         const res = await withTokensParam(() =>
           client.chat.completions.create(body(request), { signal: call.signal }),
         );
-        const choice = res.choices[0];
+        const choice = res.choices?.[0];
+        if (choice === undefined) throw new NoChoiceError("no choice in the answer");
         return {
-          reply: choice?.message.content ?? "",
+          // A model that declines answers its refusal instead of content.
+          reply: choice.message?.content ?? choice.message?.refusal ?? "",
           usage: usageOf(res.usage),
-          finishReason: choice?.finish_reason ?? undefined,
+          finishReason: choice.finish_reason ?? undefined,
         };
       } catch (err) {
         throw call.fail(err);

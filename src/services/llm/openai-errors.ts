@@ -61,6 +61,11 @@ export class StreamCutOffError extends Error {
   override name = "StreamCutOffError";
 }
 
+/** The model server answered 200 with no choice: no reply to give, and nothing to charge. */
+export class NoChoiceError extends Error {
+  override name = "NoChoiceError";
+}
+
 /** Codes of a connection that broke (undici's, Node's), found on an error or its causes. */
 const brokenConnection = new Set([
   "UND_ERR_SOCKET",
@@ -110,6 +115,9 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
       "model server ended the stream before the reply was whole",
       Code.Unavailable,
     );
+  }
+  if (err instanceof NoChoiceError) {
+    return new ConnectError("model server answered no choice", Code.Unavailable);
   }
   if (err instanceof APIError) {
     const status = err.status as number | undefined;

@@ -231,6 +231,16 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     );
   });
 
+  it("fails an answer with no choice as UNAVAILABLE, and gives a refusal as the reply", async () => {
+    const { client } = llm();
+    const empty = await failure(client.generate({ text: "no choice" }));
+    expect([empty.code, empty.rawMessage]).toEqual([
+      Code.Unavailable,
+      "model server answered no choice",
+    ]);
+    expect((await client.generate({ text: "refuse" })).reply).toBe("I cannot help with that.");
+  });
+
   it("logs the upstream failure without the key, and tells the caller nothing of it", async () => {
     const { client, logs } = llm();
     const err = await failure(client.generate({ text: "status 401" }));
