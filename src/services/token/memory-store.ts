@@ -71,6 +71,9 @@ export function createMemoryQuotaStore(): QuotaStore {
       : undefined;
   };
 
+  /** What the user has used in the input's (current) window. */
+  const usedNow = (input: RefundInput) => days.get(input.window.day)?.used.get(input.userId) ?? 0;
+
   return {
     async charge(input: ChargeInput): Promise<ChargeResult> {
       const state = dayState(input);
@@ -91,15 +94,13 @@ export function createMemoryQuotaStore(): QuotaStore {
     async refund(input: RefundInput): Promise<RefundResult> {
       const found = findCharge(input);
       if (found === undefined) {
-        return { refunded: 0, used: days.get(input.window.day)?.used.get(input.userId) ?? 0 };
+        return { refunded: 0, used: usedNow(input) };
       }
       const { state, key, record } = found;
-      const used = state.used.get(input.userId) ?? 0;
-      if (isRefunded(record)) return { refunded: 0, used };
+      if (isRefunded(record)) return { refunded: 0, used: usedNow(input) };
       state.charges.set(key, refundedRecord);
-      const after = Math.max(0, used - record);
-      state.used.set(input.userId, after);
-      return { refunded: record, used: after };
+      state.used.set(input.userId, Math.max(0, (state.used.get(input.userId) ?? 0) - record));
+      return { refunded: record, used: usedNow(input) };
     },
 
     async settle(input: SettleInput): Promise<SettleResult> {
@@ -109,7 +110,7 @@ export function createMemoryQuotaStore(): QuotaStore {
       const after = Math.max(0, (state.used.get(input.userId) ?? 0) + input.cost - record);
       state.charges.set(key, input.cost);
       state.used.set(input.userId, after);
-      return { settled: true, used: after };
+      return { settled: true, used: usedNow(input) };
     },
 
     async get(input: PeekInput): Promise<number> {

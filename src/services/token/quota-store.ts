@@ -35,7 +35,10 @@ export interface RefundInput {
 export interface RefundResult {
   /** The amount given back: 0 for an unknown or already refunded charge. */
   readonly refunded: number;
-  /** Tokens used in the charge's window after the refund (in the current window when unknown). */
+  /**
+   * Tokens used in the current window (`window`) after the refund: what the
+   * user has spent of today's quota, whichever day the charge was in.
+   */
   readonly used: number;
 }
 
@@ -51,7 +54,10 @@ export interface SettleInput {
 export interface SettleResult {
   /** False when no such charge exists or it was refunded: nothing changed. */
   readonly settled: boolean;
-  /** Tokens used in the charge's window after settling (0 when not settled). */
+  /**
+   * Tokens used in the current window (`window`) after settling, whichever
+   * day the charge was in (0 when not settled).
+   */
   readonly used: number;
 }
 

@@ -38,24 +38,23 @@ return {1, used}
 
 /**
  * KEYS[1], KEYS[2]: the charge's record and the counter in the current day;
- * KEYS[3], KEYS[4]: the same in the day before. Returns {refunded, used}:
- * {0, used} when refunded already, {0, used today} when no such charge exists.
+ * KEYS[3], KEYS[4]: the same in the day before. Returns {refunded, used
+ * today}: {0, used today} when refunded already or no such charge exists.
  */
 export const refundScript = `
 for i = 1, 3, 2 do
   local record = redis.call('HMGET', KEYS[i], 'cost', 'refunded')
   if record[1] then
-    local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
     if record[2] == '1' then
-      return {0, used}
+      break
     end
     redis.call('HSET', KEYS[i], 'refunded', '1')
     local cost = tonumber(record[1])
-    local after = math.max(0, used - cost)
+    local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
     if redis.call('EXISTS', KEYS[i + 1]) == 1 then
-      redis.call('SET', KEYS[i + 1], after, 'KEEPTTL')
+      redis.call('SET', KEYS[i + 1], math.max(0, used - cost), 'KEEPTTL')
     end
-    return {cost, after}
+    return {cost, tonumber(redis.call('GET', KEYS[2]) or '0')}
   end
 end
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
@@ -63,7 +62,7 @@ return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 
 /**
  * KEYS as for refund; ARGV[1] the charge's final cost. Returns {settled
- * (0/1), used}: {0, 0} when no such charge exists or it was refunded.
+ * (0/1), used today}: {0, 0} when no such charge exists or it was refunded.
  * The counter moves by the difference, never below 0.
  */
 export const settleScript = `
@@ -83,7 +82,7 @@ for i = 1, 3, 2 do
       redis.call('SET', KEYS[i + 1], after)
       redis.call('EXPIRE', KEYS[i + 1], redis.call('TTL', KEYS[i]))
     end
-    return {1, after}
+    return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
   end
 end
 return {0, 0}

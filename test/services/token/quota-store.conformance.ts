@@ -156,15 +156,20 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       });
     });
 
-    it("refunds after midnight a charge made before it", async () => {
+    it("refunds after midnight a charge made before it, telling what the new day has used", async () => {
       const store = await fresh();
       await charge(store, "u1", "late", today);
       await charge(store, "u1", "early", tomorrow);
       expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
         refunded: 50,
-        used: 0,
+        used: 50,
       });
+      expect(await store.get({ userId: "u1", window: today })).toBe(0);
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
+      expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
+        refunded: 0,
+        used: 50,
+      });
     });
 
     it("charges nothing for a retry after midnight of a charge made before it", async () => {
@@ -179,15 +184,17 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       });
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(30);
       expect(await store.get({ userId: "u1", window: today })).toBe(50);
-      // The one charge there is is refunded once, in its own day.
+      // The one charge there is is refunded once, in its own day; the answer
+      // tells what the new day has used.
       expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
         refunded: 50,
-        used: 0,
+        used: 30,
       });
       expect(await store.refund({ userId: "u1", chargeId: "late", window: tomorrow })).toEqual({
         refunded: 0,
-        used: 0,
+        used: 30,
       });
+      expect(await store.get({ userId: "u1", window: today })).toBe(0);
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(30);
       // Another user's charge of the same id the day before is not this user's.
       expect(await charge(store, "u2", "late", tomorrow)).toEqual({ allowed: true, used: 50 });
@@ -231,13 +238,13 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       expect(await store.get({ userId: "u1", window: today })).toBe(0);
     });
 
-    it("settles after midnight a charge made before it, in its own day", async () => {
+    it("settles after midnight a charge made before it, in its own day, telling what the new day has used", async () => {
       const store = await fresh();
       await charge(store, "u1", "late", today, 50);
       await charge(store, "u1", "early", tomorrow, 50);
       expect(
         await store.settle({ userId: "u1", chargeId: "late", cost: 80, window: tomorrow }),
-      ).toEqual({ settled: true, used: 80 });
+      ).toEqual({ settled: true, used: 50 });
       expect(await store.get({ userId: "u1", window: today })).toBe(80);
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
     });
