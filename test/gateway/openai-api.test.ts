@@ -307,6 +307,19 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     expect(err).toMatchObject({ code: "model_not_found" });
   });
 
+  it("answers a method a path is not served with as OpenAI does: 404 unknown_url", async () => {
+    await gateway();
+    const res = await fetch(`${baseUrl}/v1/chat/completions`);
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({
+      error: {
+        type: "invalid_request_error",
+        code: "unknown_url",
+        message: "Unknown request URL: GET /v1/chat/completions",
+      },
+    });
+  });
+
   it.each([
     ["an unknown path", "/v1/nope", "application/json", "{}", 404, "unknown_url"],
     ["bad JSON", "/v1/chat/completions", "application/json", "{nope", 400, null],
