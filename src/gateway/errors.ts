@@ -48,9 +48,8 @@ export function httpErrorFromRpc(stage: Stage, err: unknown): HttpError {
   // RESOURCE_EXHAUSTED from another stage is a message over a size limit
   // (MAX_BODY_BYTES set above the services' MAX_REQUEST_BYTES, say): the
   // chain's setup fails, and a 429 would tell the caller to retry in vain.
-  if (cause.code === Code.ResourceExhausted)
-    return { status: 500, body: { error: `${stage} failed` } };
-  return { status, body: { error: `${stage} failed` } };
+  const failed = cause.code === Code.ResourceExhausted ? 500 : status;
+  return { status: failed, body: { error: `${stage} failed` } };
 }
 
 /**
