@@ -15,10 +15,10 @@
  * another chat gateway already running (another build, or another
  * implementation of the same POST /chat) to measure under the same load in the
  * same run; BENCH_REFERENCE_PIDS (space or comma separated) are its processes,
- * for its peak memory.
+ * for its peak memory and CPU time per chat.
  */
 import { execFile, fork } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -41,6 +41,15 @@ const referencePids = (process.env.BENCH_REFERENCE_PIDS ?? "")
   .split(/[\s,]+/)
   .filter((pid) => pid !== "")
   .map(Number);
+
+/** A process's command name (/proc/<pid>/comm), or its pid when it cannot be read. */
+function commandOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return String(pid);
+  }
+}
 
 interface Figures {
   readonly requestsPerSec: number;
@@ -221,7 +230,9 @@ async function measureCeiling() {
 const chain = await measureStack(startChain);
 const allInOne = await measureStack(startAllInOne);
 const reference =
-  referenceUrl === undefined ? undefined : await measure(referenceUrl, referencePids);
+  referenceUrl === undefined
+    ? undefined
+    : await measure(referenceUrl, referencePids, referencePids.map(commandOf));
 const ceiling = await measureCeiling();
 const ratio = chain.requestsPerSec / ceiling.requestsPerSec;
 const row = (name: string, f: Figures) =>
@@ -237,10 +248,14 @@ const mb = (bytes: number) => (bytes / 1048576).toFixed(0);
 console.log(
   `chain / ceiling = ${ratio.toFixed(3)}   peak memory of the 5 processes: RSS ${mb(chain.peakRssBytes)} MB, PSS ${mb(chain.peakPssBytes)} MB (shared pages counted once)`,
 );
-console.log(
-  `chain, each process (peak RSS, CPU per chat): ${chain.processes
+const each = (processes: readonly ProcessFigures[]) =>
+  processes
     .map((p) => `${p.name} ${mb(p.peakRssBytes)} MB ${p.cpuUsPerRequest.toFixed(0)} µs`)
-    .join(" · ")}`,
+    .join(" · ");
+const cpuPerChat = (processes: readonly ProcessFigures[]) =>
+  processes.reduce((sum, p) => sum + p.cpuUsPerRequest, 0).toFixed(0);
+console.log(
+  `chain, each process (peak RSS, CPU per chat): ${each(chain.processes)}; CPU per chat in all: ${cpuPerChat(chain.processes)} µs`,
 );
 console.log(
   `all / ceiling = ${(allInOne.requestsPerSec / ceiling.requestsPerSec).toFixed(3)}   peak memory of \`chatmesh all\`: RSS ${mb(allInOne.peakRssBytes)} MB, PSS ${mb(allInOne.peakPssBytes)} MB`,
@@ -253,6 +268,11 @@ if (reference !== undefined) {
   console.log(
     `reference / ceiling = ${(reference.requestsPerSec / ceiling.requestsPerSec).toFixed(3)}   chain / reference = ${(chain.requestsPerSec / reference.requestsPerSec).toFixed(3)}   peak memory of the reference: ${memory}`,
   );
+  if (referencePids.length > 0) {
+    console.log(
+      `reference, each process (peak RSS, CPU per chat): ${each(reference.processes)}; CPU per chat in all: ${cpuPerChat(reference.processes)} µs`,
+    );
+  }
 }
 
 const dir = fileURLToPath(new URL("./results/", import.meta.url));

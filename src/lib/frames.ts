@@ -148,12 +148,14 @@ export class FrameReader {
 }
 
 /**
- * The default least time between two writes of a connection: under load,
- * each write then carries what queued up in the last millisecond (measured
- * with `make bench`: about 10 % more chats/s than writing every event-loop
- * turn).
+ * The default least time between two writes of a connection: 0, each
+ * event-loop turn's frames in one write. A spacing of 1 ms (each write
+ * carrying what queued up in the last millisecond) gave about 10 % more
+ * chats/s on a slow, CPU-bound machine; on a faster one it held every hop's
+ * calls back instead: `make bench-go` in alternating runs gave chain / Go
+ * 0.79-0.89 with it and 0.93-1.03 without, at no more CPU per chat.
  */
-export const writeSpacingMs = 1;
+export const writeSpacingMs = 0;
 
 /** Most bytes a connection may hold unwritten (the kernel's buffers are full) before it is dropped. */
 export const maxUnwrittenBytes = 8 * 1024 * 1024;
