@@ -153,8 +153,8 @@ export class FrameReader {
  * carrying what queued up in the last millisecond) gave about 10 % more
  * chats/s on a slow, CPU-bound machine; on a faster one it held every hop's
  * calls back instead: `make bench-go` gave the chain 7,595-9,116 req/s in
- * twelve autocannon runs with it and 9,080-10,622 in seven without, at no more CPU per
- * chat.
+ * twelve autocannon runs with it and 9,080-10,622 in seven without, at no
+ * more CPU per chat.
  */
 export const writeSpacingMs = 0;
 
