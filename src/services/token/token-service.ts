@@ -61,7 +61,7 @@ const undoDelaysMs = [0, 1_000, 2_000, 4_000, 8_000, 16_000];
  */
 function createUndo(
   { store, logger, clock = systemClock }: TokenServiceDeps,
-  done: (refunded: boolean) => void,
+  onRefunded: () => void,
 ): (userId: string, chargeId: string) => void {
   let pending = 0;
   return (userId, chargeId) => {
@@ -74,8 +74,8 @@ function createUndo(
       store.refund({ userId, chargeId, window: windowAt(clock.now()) }).then(
         (result) => {
           pending--;
-          done(result.refunded > 0);
           if (result.refunded > 0) {
+            onRefunded();
             logger?.info(
               { userId, chargeId, refunded: result.refunded },
               "charge of an uncharged chat taken back",
@@ -113,9 +113,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
       ["event"],
     );
   const failOpen = deps.failOpen ?? false;
-  const undoLater = createUndo(deps, (refunded) => {
-    if (refunded) events?.inc({ event: "refunded" });
-  });
+  const undoLater = createUndo(deps, () => events?.inc({ event: "refunded" }));
   return {
     async checkAndInc(req, ctx) {
       requireUserId(req.userId);
