@@ -1,3 +1,4 @@
+import { type DescMethodUnary, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import type { Logger } from "./logger.js";
 import { callThen } from "./metrics.js";
@@ -13,13 +14,24 @@ export interface LocalTransportOptions {
   readonly interceptors?: readonly Interceptor[];
 }
 
+/** `message` as the service would decode it from the wire, where it carries unknown fields. */
+function asOnTheWire<T extends Parameters<typeof toBinary>[1]>(
+  method: DescMethodUnary,
+  message: T,
+): T {
+  if (message.$unknown === undefined || message.$unknown.length === 0) return message;
+  return fromBinary(method.input, toBinary(method.input, message)) as T;
+}
+
 /**
  * A client transport to a service in the same process (`chatmesh all`): a
  * unary call goes to the service's invoker with the caller's headers, trace
  * and deadline, through the server's interceptors, with no socket between.
  * The request and response messages are handed over, not encoded, which
  * holds because neither the gateway nor the services change a message once
- * it is sent or returned.
+ * it is sent or returned. A request that carries fields as unknown bytes
+ * (the history recorder's AppendBatch does) is decoded first, so the
+ * handler sees what the wire would give it.
  * Streams go through the service's in-memory router, with the caller's
  * interceptors too. Cancelling the caller's signal cancels the handler's.
  * The service logs each call, as it logs one that comes over the wire.
@@ -35,7 +47,7 @@ export function createLocalTransport(options: LocalTransportOptions): Transport 
     const trace = continueTrace(req.header.get("traceparent"), req.header.get("x-request-id"));
     const call = invoker.call(
       fast,
-      req.message,
+      asOnTheWire(req.method as DescMethodUnary, req.message),
       () => {
         const header = new Headers(req.header);
         header.delete("connect-timeout-ms");

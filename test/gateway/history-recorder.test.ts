@@ -11,10 +11,12 @@ import {
 import { loadHistoryConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
+import { continueTrace } from "../../src/lib/trace.js";
 import { createHistoryService } from "../../src/services/history/history-service.js";
 import type { HistoryStore } from "../../src/services/history/history-store.js";
 import { openHistoryStore } from "../../src/services/history/open-store.js";
 import { createSqliteDatabase, type TestDatabase } from "../fixtures/databases.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 import { freePort } from "../fixtures/processes.js";
 
 /**
@@ -85,14 +87,19 @@ afterEach(async () => {
 });
 
 function makeRecorder(
-  options: { retryWindowMs?: number; queueLimit?: number; initialDelayMs?: number } = {},
+  options: {
+    retryWindowMs?: number;
+    queueLimit?: number;
+    initialDelayMs?: number;
+    logger?: typeof logger;
+  } = {},
 ) {
   recorder = createHistoryRecorder({
     client: createClient(
       HistoryService,
       createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}`, defaultTimeoutMs: 1_000 }),
     ),
-    logger,
+    logger: options.logger ?? logger,
     retryWindowMs: options.retryWindowMs ?? 30_000,
     queueLimit: options.queueLimit ?? 100,
     initialDelayMs: options.initialDelayMs ?? 50,
@@ -141,6 +148,54 @@ describe("the history recorder against a real history server", () => {
     r.record(chats[0] as ChatRecord);
     await vi.waitFor(() => expect(r.stats().appended).toBe(4));
     expect(await texts("outage")).toHaveLength(3);
+  });
+
+  it("stores a chat retried after an outage with every field it was recorded with", async () => {
+    const r = makeRecorder();
+    const c = chat("fields", { text: "héllo 👋", reply: "Echo: héllo 👋" });
+    r.record(c);
+    await vi.waitFor(() => expect(r.stats().pending).toBe(1));
+    await startServer();
+    await settled(r);
+    const [stored] = (await store.list({ userId: "fields", pageSize: 10, pageToken: "" })).entries;
+    expect(stored).toMatchObject({
+      userId: "fields",
+      text: c.text,
+      reply: c.reply,
+      createdAtMs: c.createdAt.getTime(),
+      requestId: c.requestId,
+    });
+  });
+
+  it("drops a chat it cannot encode, without throwing, and stores the next", async () => {
+    await startServer();
+    const r = makeRecorder();
+    expect(() => r.record(chat("odd", { createdAt: new Date(Number.NaN) }))).not.toThrow();
+    expect(r.stats()).toMatchObject({ dropped: 1, pending: 0 });
+    const next = chat("odd");
+    r.record(next);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(1));
+    expect(await texts("odd")).toEqual([next.text]);
+  });
+
+  it("logs a lost chat with its trace, request id and user", async () => {
+    const memory = createMemoryLogger();
+    const r = makeRecorder({ retryWindowMs: 300, logger: memory.logger });
+    const traceId = "0af7651916cd43dd8448eb211c80319c";
+    const c = chat("lost", {
+      trace: continueTrace(`00-${traceId}-b7ad6b7169203331-01`, "req-lost-1"),
+      requestId: "req-lost-1",
+    });
+    r.record(c);
+    await vi.waitFor(() => expect(r.stats().dropped).toBe(1), { timeout: 5_000 });
+    const lost = memory.lines.find((l) => String(l.msg).startsWith("history entry lost"));
+    expect(lost).toMatchObject({
+      trace_id: traceId,
+      request_id: "req-lost-1",
+      requestId: "req-lost-1",
+      userId: "lost",
+      msg: "history entry lost: not stored within 300 ms",
+    });
   });
 
   it("sends the chats of a moment together, in AppendBatch calls of at most 128", async () => {

@@ -1,7 +1,9 @@
+import { create } from "@bufbuild/protobuf";
+import { WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
-import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import { GenerateRequestSchema, LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
 import { createLocalTransport } from "../../src/lib/local-transport.js";
 import type { Logger } from "../../src/lib/logger.js";
@@ -77,6 +79,17 @@ describe("calls to a service in the same process", () => {
     expect(metrics).toMatch(
       /rpc_server_handled_total\{service="chat\.v1\.LLMService",method="Generate",code="ok"\} 1/,
     );
+  });
+
+  it("hand the handler a request's fields sent as unknown bytes decoded, as the wire would", async () => {
+    const { client } = await localClient();
+    // Field 1 (text) = "missing", written as protobuf-es writes unknown fields.
+    const text = new TextEncoder().encode("missing");
+    const request = create(GenerateRequestSchema);
+    request.$unknown = [
+      { no: 1, wireType: WireType.LengthDelimited, data: new Uint8Array([text.length, ...text]) },
+    ];
+    expect(await codeOf(client.generate(request))).toBe("NotFound");
   });
 
   it("end with the handler's error, its code and message kept, as a ConnectError", async () => {
