@@ -1,4 +1,4 @@
-import { createClient } from "@connectrpc/connect";
+import { createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
@@ -9,6 +9,8 @@ import {
   type HistoryRecorder,
 } from "../../src/gateway/history-recorder.js";
 import { loadHistoryConfig } from "../../src/lib/config.js";
+import { createFastTransport } from "../../src/lib/fast-transport.js";
+import { createFramesTransport } from "../../src/lib/frames-transport.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { continueTrace } from "../../src/lib/trace.js";
@@ -92,12 +94,14 @@ function makeRecorder(
     queueLimit?: number;
     initialDelayMs?: number;
     logger?: typeof logger;
+    transport?: Transport;
   } = {},
 ) {
   recorder = createHistoryRecorder({
     client: createClient(
       HistoryService,
-      createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}`, defaultTimeoutMs: 1_000 }),
+      options.transport ??
+        createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}`, defaultTimeoutMs: 1_000 }),
     ),
     logger: options.logger ?? logger,
     retryWindowMs: options.retryWindowMs ?? 30_000,
@@ -213,6 +217,26 @@ describe("the history recorder against a real history server", () => {
     } while (pageToken !== "");
     expect(stored.reverse()).toEqual(chats.map((c) => c.text));
     expect(served).toEqual({ append: 0, appendBatch: 5 });
+  });
+
+  it("sends its batches over every transport the gateway uses, each chat stored from them", async () => {
+    await startServer();
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const streamTransport = createGrpcTransport({ baseUrl, defaultTimeoutMs: 1_000 });
+    const transports = {
+      frames: createFramesTransport({ baseUrl, defaultTimeoutMs: 1_000, streamTransport }),
+      connect: createFastTransport({ baseUrl, defaultTimeoutMs: 1_000, streamTransport }),
+    };
+    for (const [name, transport] of Object.entries(transports)) {
+      const r = makeRecorder({ transport });
+      const chats = Array.from({ length: 130 }, () => chat(`over-${name}`));
+      for (const c of chats) r.record(c);
+      await vi.waitFor(() => expect(r.stats().appended).toBe(130), { timeout: 10_000 });
+      expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0 });
+      expect(await texts(`over-${name}`)).toEqual(chats.slice(-100).map((c) => c.text));
+      await r.close();
+    }
+    expect(served).toEqual({ append: 0, appendBatch: 4 });
   });
 
   it("keeps each AppendBatch under the service's message limit", async () => {
