@@ -11,7 +11,12 @@ import {
   HistoryServiceAppendRequestSchema,
 } from "../../gen/chat/v1/history_pb.js";
 import { codecFor } from "../lib/codec.js";
-import { formatTraceparent, type TraceContext } from "../lib/trace.js";
+import {
+  continueTrace,
+  formatTraceparent,
+  type TraceContext,
+  traceLogFields,
+} from "../lib/trace.js";
 
 /** A successful chat, as the gateway hands it to the history. */
 export interface ChatRecord {
@@ -92,27 +97,26 @@ const maxBatchBytes = 768 * 1024;
 
 /** A chat as history's Append takes it, and as an AppendBatch carries it. */
 type Entry = HistoryServiceAppendRequest;
-const entryCodec = codecFor(HistoryServiceAppendRequestSchema);
+const batchCodec = codecFor(HistoryServiceAppendBatchRequestSchema);
 
 /**
  * The chats gathered for one AppendBatch, kept as the request's wire bytes
- * (each chat encoded when it is recorded) and each chat's user. An
- * AppendBatch under way then holds one buffer, outside V8's heap, instead of
- * each chat's objects (its record, strings, trace, request message and
- * timestamp) until history answers. Under `make bench` a batch often
- * outlived two scavenges, which moved those objects into the gateway's old
- * generation: at ~10,000 chats/s it grew by ~1.5 MB/s, and the gateway's
- * peak RSS was 111–148 MB in six runs against 109–112 MB in six with the
- * bytes, for the same CPU per chat. A chat is decoded again only if it has
- * to be retried alone.
+ * (each chat encoded when it is recorded, as a request of one entry) and
+ * each chat's user. An AppendBatch under way then holds one buffer, outside
+ * V8's heap, instead of each chat's objects (its record, strings, trace,
+ * request message and timestamp) until history answers. Under `make bench`
+ * a batch often outlived two scavenges, which moved those objects into the
+ * gateway's old generation: at ~10,000 chats/s it grew by ~1.5 MB/s, and the
+ * gateway's peak RSS was 111–148 MB in six runs against 109–112 MB in six
+ * with the bytes, for the same CPU per chat. A chat is decoded again only if
+ * it has to be retried alone.
  */
 class GatheredBatch {
   private buffer = Buffer.allocUnsafe(8 * 1024);
-  /** Bytes used: field 1's tag, length and entry, for each chat. */
   private used = 0;
   readonly users: string[] = [];
-  /** Where each chat's entry starts and ends in `buffer`. */
-  private readonly bounds: number[] = [];
+  /** Where each chat's bytes start in `buffer`. */
+  private readonly starts: number[] = [];
 
   get count(): number {
     return this.users.length;
@@ -122,36 +126,26 @@ class GatheredBatch {
     return this.used;
   }
 
-  add(userId: string, entry: Uint8Array): void {
-    // A tag byte and a length of at most 5 bytes before the entry.
-    const needed = this.used + 6 + entry.length;
-    if (needed > this.buffer.length) {
-      const grown = Buffer.allocUnsafe(Math.max(needed, this.buffer.length * 2));
+  /** Adds a chat: `bytes` are an AppendBatch request with the chat as its one entry. */
+  add(userId: string, bytes: Uint8Array): void {
+    if (this.used + bytes.length > this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.used + bytes.length, this.buffer.length * 2));
       this.buffer.copy(grown, 0, 0, this.used);
       this.buffer = grown;
     }
-    const out = this.buffer;
-    let at = this.used;
-    out[at++] = (1 << 3) | WireType.LengthDelimited;
-    for (let n = entry.length; ; n >>>= 7) {
-      if (n < 0x80) {
-        out[at++] = n;
-        break;
-      }
-      out[at++] = (n & 0x7f) | 0x80;
-    }
-    out.set(entry, at);
-    this.bounds.push(at, at + entry.length);
-    this.used = at + entry.length;
+    this.buffer.set(bytes, this.used);
+    this.starts.push(this.used);
+    this.used += bytes.length;
     this.users.push(userId);
   }
 
   /**
-   * The AppendBatch request: its entries are the gathered bytes, which
-   * protobuf-es writes as they are, as it writes any field it does not know
-   * (the writer puts field 1's tag first, so the bytes go without their own
-   * first tag). Transports that encode the message send them so; the
-   * in-process one decodes such a message first (see local-transport.ts).
+   * The AppendBatch request: the gathered requests of one entry each, one
+   * after the other, are the encoding of one request with them all. They go
+   * as unknown bytes, which protobuf-es writes as they are, after the tag of
+   * their field (entries, 1): so without the first chat's own tag.
+   * Transports that encode the message send them so; the in-process one
+   * decodes such a message first (see local-transport.ts).
    */
   request(): HistoryServiceAppendBatchRequest {
     const request = create(HistoryServiceAppendBatchRequestSchema);
@@ -163,9 +157,8 @@ class GatheredBatch {
 
   /** The `i`th chat, decoded. */
   entry(i: number): Entry {
-    return entryCodec.decode(
-      this.buffer.subarray(this.bounds[2 * i], this.bounds[2 * i + 1]),
-    ) as Entry;
+    const bytes = this.buffer.subarray(this.starts[i], this.starts[i + 1] ?? this.used);
+    return (batchCodec.decode(bytes) as HistoryServiceAppendBatchRequest).entries[0] as Entry;
   }
 
   entries(): Entry[] {
@@ -173,15 +166,11 @@ class GatheredBatch {
   }
 }
 
-/**
- * An entry's trace and request id, for its log lines: the fields
- * `traceLogFields` gives for the chat's trace, read back from the
- * traceparent the recorder wrote (`00-<trace id>-<span id>-<flags>`).
- */
-const entryLogFields = (entry: Entry): Record<string, string> => ({
+/** An entry's trace and request id, for its log lines. */
+const entryLogFields = (entry: Entry) => ({
   ...(entry.traceparent === ""
     ? {}
-    : { trace_id: entry.traceparent.split("-")[1] ?? "", request_id: entry.requestId }),
+    : traceLogFields(continueTrace(entry.traceparent, entry.requestId))),
   requestId: entry.requestId,
 });
 
@@ -393,7 +382,9 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       let bytes: Uint8Array;
       try {
         entry = toEntry(chat);
-        bytes = entryCodec.encode(entry);
+        bytes = batchCodec.encode(
+          create(HistoryServiceAppendBatchRequestSchema, { entries: [entry] }),
+        );
       } catch (err) {
         counts.dropped++;
         logger.error(
