@@ -1,4 +1,5 @@
-import { previousWindow } from "./clock.js";
+import { previousWindow, type QuotaWindow } from "./clock.js";
+import { type Digest, DigestMap, digestOf } from "./digest-map.js";
 import type {
   ChargeInput,
   ChargeResult,
@@ -20,30 +21,31 @@ const refundedRecord: ChargeRecord = -1;
 const isRefunded = (record: ChargeRecord) => record < 0;
 
 interface DayState {
-  readonly used: Map<string, number>;
-  readonly charges: Map<string, ChargeRecord>;
+  /** What each user has used, by the digest of the user id. */
+  readonly used: DigestMap;
+  /** Each charge, by the digest of its key (`chargeKey`). */
+  readonly charges: DigestMap;
 }
 
 /**
  * The key of a user's charge: the user id's length, a colon, then the two
- * ids, as one flat string. The length says where the user id ends, so no two
+ * ids, as one string. The length says where the user id ends, so no two
  * (user, charge) pairs share a key, whatever characters the ids hold (with a
  * NUL between them, user "a\0b" with charge "c" was user "a" with charge
- * "b\0c": one could refund the other's charge). A template literal would make
- * a rope of the parts (V8's ConsString) that the map keeps beside its
- * flattened copy, ~50 bytes more per charge.
+ * "b\0c": one could refund the other's charge).
  */
 const chargeKey = (userId: string, chargeId: string) =>
-  [userId.length, ":", userId, chargeId].join("");
+  digestOf(`${userId.length}:${userId}${chargeId}`);
 
 /**
  * The embedded quota store: counters in this process's memory. Exact for one
  * token process (Node runs each charge to completion); replicas need the Redis
  * store. When a new day is seen, every day but it and the one before is
  * dropped (the day before stays for refunds across midnight), so memory holds
- * at most two days of users. Each charge id is kept for its day and the next
- * (a retry is charged once, whenever it comes) in about 100 bytes: a string
- * key and a number.
+ * at most two days of users. Users and charge ids are kept by digest
+ * (`DigestMap`, outside V8's heap): a new user's charge takes 64–128 bytes,
+ * and each charge id is kept for its day and the next (a retry is charged
+ * once, whenever it comes).
  */
 export function createMemoryQuotaStore(): QuotaStore {
   const days = new Map<string, DayState>();
@@ -52,72 +54,83 @@ export function createMemoryQuotaStore(): QuotaStore {
     let state = days.get(input.window.day);
     if (state === undefined) {
       const keep = previousWindow(input.window).day;
-      for (const day of days.keys()) if (day !== keep) days.delete(day);
-      state = { used: new Map(), charges: new Map() };
+      for (const [day, old] of days) {
+        if (day === keep) continue;
+        days.delete(day);
+        old.used.dispose();
+        old.charges.dispose();
+      }
+      state = { used: new DigestMap(), charges: new DigestMap() };
       days.set(input.window.day, state);
     }
     return state;
   };
   /** A charge in the window given or the one before (for calls just after midnight). */
-  const findCharge = (input: RefundInput | ChargeInput) => {
-    const key = chargeKey(input.userId, input.chargeId);
-    const today = days.get(input.window.day);
+  const findCharge = (window: QuotaWindow, key: Digest) => {
+    const today = days.get(window.day);
     const record = today?.charges.get(key);
-    if (today !== undefined && record !== undefined) return { state: today, key, record };
-    const before = days.get(previousWindow(input.window).day);
+    if (today !== undefined && record !== undefined) return { state: today, record };
+    const before = days.get(previousWindow(window).day);
     const earlier = before?.charges.get(key);
     return before !== undefined && earlier !== undefined
-      ? { state: before, key, record: earlier }
+      ? { state: before, record: earlier }
       : undefined;
   };
 
-  /** What the user has used in the input's (current) window. */
-  const usedNow = (input: RefundInput) => days.get(input.window.day)?.used.get(input.userId) ?? 0;
+  /** What the user (by digest) has used in the window of `day`. */
+  const usedIn = (day: string, user: Digest) => days.get(day)?.used.get(user) ?? 0;
 
   return {
     async charge(input: ChargeInput): Promise<ChargeResult> {
       const state = dayState(input);
-      const used = state.used.get(input.userId) ?? 0;
+      const user = digestOf(input.userId);
+      const used = state.used.get(user) ?? 0;
       // A charge id is charged at most once, whatever became of it since,
       // also when its retry comes just after midnight.
-      if (input.chargeId !== "" && findCharge(input) !== undefined) {
+      const key = input.chargeId === "" ? undefined : chargeKey(input.userId, input.chargeId);
+      if (key !== undefined && findCharge(input.window, key) !== undefined) {
         return { allowed: true, used, repeated: true };
       }
       if (used + input.cost > input.limit) return { allowed: false, used };
-      state.used.set(input.userId, used + input.cost);
-      if (input.chargeId !== "") {
-        state.charges.set(chargeKey(input.userId, input.chargeId), input.cost);
-      }
+      state.used.set(user, used + input.cost);
+      if (key !== undefined) state.charges.set(key, input.cost);
       return { allowed: true, used: used + input.cost };
     },
 
     async refund(input: RefundInput): Promise<RefundResult> {
-      const found = findCharge(input);
-      if (found === undefined) {
-        return { refunded: 0, used: usedNow(input) };
+      const user = digestOf(input.userId);
+      const key = chargeKey(input.userId, input.chargeId);
+      const found = findCharge(input.window, key);
+      if (found === undefined || isRefunded(found.record)) {
+        return { refunded: 0, used: usedIn(input.window.day, user) };
       }
-      const { state, key, record } = found;
-      if (isRefunded(record)) return { refunded: 0, used: usedNow(input) };
+      const { state, record } = found;
       state.charges.set(key, refundedRecord);
-      state.used.set(input.userId, Math.max(0, (state.used.get(input.userId) ?? 0) - record));
-      return { refunded: record, used: usedNow(input) };
+      state.used.set(user, Math.max(0, (state.used.get(user) ?? 0) - record));
+      return { refunded: record, used: usedIn(input.window.day, user) };
     },
 
     async settle(input: SettleInput): Promise<SettleResult> {
-      const found = findCharge(input);
+      const key = chargeKey(input.userId, input.chargeId);
+      const found = findCharge(input.window, key);
       if (found === undefined || isRefunded(found.record)) return { settled: false, used: 0 };
-      const { state, key, record } = found;
-      const after = Math.max(0, (state.used.get(input.userId) ?? 0) + input.cost - record);
+      const user = digestOf(input.userId);
+      const { state, record } = found;
+      const after = Math.max(0, (state.used.get(user) ?? 0) + input.cost - record);
       state.charges.set(key, input.cost);
-      state.used.set(input.userId, after);
-      return { settled: true, used: usedNow(input) };
+      state.used.set(user, after);
+      return { settled: true, used: usedIn(input.window.day, user) };
     },
 
     async get(input: PeekInput): Promise<number> {
-      return days.get(input.window.day)?.used.get(input.userId) ?? 0;
+      return usedIn(input.window.day, digestOf(input.userId));
     },
 
     async close() {
+      for (const state of days.values()) {
+        state.used.dispose();
+        state.charges.dispose();
+      }
       days.clear();
     },
   };
