@@ -148,7 +148,8 @@ class GatheredBatch {
    * decodes such a message first (see local-transport.ts).
    */
   request(): HistoryServiceAppendBatchRequest {
-    const request = create(HistoryServiceAppendBatchRequestSchema);
+    // Only what became of each chat is read: not the stored entries.
+    const request = create(HistoryServiceAppendBatchRequestSchema, { omitEntries: true });
     request.$unknown = [
       { no: 1, wireType: WireType.LengthDelimited, data: this.buffer.subarray(1, this.used) },
     ];

@@ -33,12 +33,15 @@ const logger = createLogger("gateway", "silent");
 
 /** Calls the server answered since it started, by method. */
 const served = { append: 0, appendBatch: 0 };
+/** Stored entries the server's AppendBatch answers carried back since it started. */
+let entriesAnswered = 0;
 
 async function startServer(options: { withoutAppendBatch?: boolean } = {}) {
   const config = loadHistoryConfig({ HISTORY_PORT: String(port) });
   const impl = createHistoryService({ store });
   served.append = 0;
   served.appendBatch = 0;
+  entriesAnswered = 0;
   const counted: Partial<typeof impl> = {
     append: (req, ctx) => {
       served.append++;
@@ -49,9 +52,14 @@ async function startServer(options: { withoutAppendBatch?: boolean } = {}) {
     ...(options.withoutAppendBatch
       ? {}
       : {
-          appendBatch: (req, ctx) => {
+          appendBatch: async (req, ctx) => {
             served.appendBatch++;
-            return impl.appendBatch(req, ctx);
+            const answer = await impl.appendBatch(req, ctx);
+            for (const { result } of answer.results ?? []) {
+              if (result?.case === "appended" && result.value.entry !== undefined)
+                entriesAnswered++;
+            }
+            return answer;
           },
         }),
   };
@@ -217,6 +225,8 @@ describe("the history recorder against a real history server", () => {
     } while (pageToken !== "");
     expect(stored.reverse()).toEqual(chats.map((c) => c.text));
     expect(served).toEqual({ append: 0, appendBatch: 5 });
+    // Only what became of each chat comes back, not 600 stored entries.
+    expect(entriesAnswered).toBe(0);
   });
 
   it("sends its batches over every transport the gateway uses, each chat stored from them", async () => {
@@ -237,6 +247,7 @@ describe("the history recorder against a real history server", () => {
       await r.close();
     }
     expect(served).toEqual({ append: 0, appendBatch: 4 });
+    expect(entriesAnswered).toBe(0);
   });
 
   it("keeps each AppendBatch under the service's message limit", async () => {

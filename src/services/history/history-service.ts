@@ -64,7 +64,8 @@ const entryTrace = (entry: HistoryServiceAppendRequest) =>
 export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<typeof HistoryService> {
   const { store } = deps;
   const now = deps.now ?? (() => new Date());
-  const append = async (req: HistoryServiceAppendRequest) => {
+  /** Stores one chat; the answer carries the stored entry unless `withEntry` is false. */
+  const appendOne = async (req: HistoryServiceAppendRequest, withEntry: boolean) => {
     requireUserId(req.userId);
     try {
       const { entry, created } = await store.append({
@@ -74,13 +75,13 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
         createdAtMs: req.createdAt === undefined ? now().getTime() : toMs(req.createdAt),
         requestId: req.requestId,
       });
-      return { entry: toMessage(entry), created };
+      return withEntry ? { entry: toMessage(entry), created } : { created };
     } catch (err) {
       throw fromStoreError(err);
     }
   };
   return {
-    append,
+    append: (req) => appendOne(req, true),
 
     async appendBatch(req) {
       if (req.entries.length > maxBatchEntries) {
@@ -94,7 +95,7 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
       // it carries the chat's trace and request ids.
       const results = await Promise.all(
         req.entries.map((entry) =>
-          append(entry).then(
+          appendOne(entry, !req.omitEntries).then(
             (appended) => {
               if (deps.logger?.isLevelEnabled("info")) {
                 deps.logger.info(

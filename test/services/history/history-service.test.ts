@@ -151,6 +151,30 @@ describe("chat.v1.HistoryService over the router transport", () => {
     expect(listed.entries).toHaveLength(2);
   });
 
+  it("answers a batch with omit_entries with what became of each entry, and no entries", async () => {
+    await client.append({ userId: "o1", text: "t", reply: "r", requestId: "o-old" });
+    const { results } = await client.appendBatch({
+      omitEntries: true,
+      entries: [
+        { userId: "o1", text: "one", reply: "r1", requestId: "o-1" },
+        { userId: "", text: "no user", reply: "r" },
+        { userId: "o1", text: "retry", reply: "r", requestId: "o-old" },
+      ],
+    });
+    const [one, noUser, retry] = results.map((r) => r.result);
+    expect(one?.case === "appended" && one.value).toMatchObject({ created: true });
+    expect(retry?.case === "appended" && retry.value).toMatchObject({ created: false });
+    for (const appended of [one, retry]) {
+      expect(appended?.case === "appended" && appended.value.entry).toBeUndefined();
+    }
+    expect(noUser?.case === "error" && noUser.value).toMatchObject({
+      code: Code.InvalidArgument,
+      message: "user_id is required",
+    });
+    const listed = await client.list({ userId: "o1" });
+    expect(listed.entries.map((e) => e.text)).toEqual(["one", "t"]);
+  });
+
   it("refuses a batch of more than 1000 entries as a whole", async () => {
     const entries = Array.from({ length: 1001 }, (_, i) => ({
       userId: "big",
