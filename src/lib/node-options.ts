@@ -1,20 +1,10 @@
 /**
- * The young generation of each service, V8's semi-space size: at most 3 × 2
- * MB for token, filter and history, 3 × 4 MB for llm, instead of V8's 3 × 16
- * MB. They keep little per call: under `make bench` 4 MB cost them no
- * measurable throughput and saved ~80 MB of peak RSS across the four, and 2
- * MB another ~4 MB each at the same chats/s. The llm service keeps 4 MB: at
- * 2 MB, under the chain's load (not under its own), its calls outlived two
- * scavenges, and its old generation filled with them between full
- * collections (+25 MB, +7 µs per chat). The gateway keeps V8's default (4 MB
- * cost it ~15 %, 8 MB ~6 %).
+ * The V8 heap flag the four services run with: a young generation of at most
+ * 3 × 4 MB instead of V8's 3 × 16 MB. They keep little per call, so under
+ * `make bench` it cost them no measurable throughput and saved ~80 MB of peak
+ * RSS across the four; the gateway keeps V8's default (4 MB cost it ~15 %).
  */
-export const semiSpaceFlags: Readonly<Record<"token" | "filter" | "llm" | "history", string>> = {
-  token: "--max-semi-space-size=2",
-  filter: "--max-semi-space-size=2",
-  llm: "--max-semi-space-size=4",
-  history: "--max-semi-space-size=2",
-};
+export const serviceHeapFlags = "--max-semi-space-size=4";
 
 /**
  * History's: a 512 MB old generation besides. V8 lets the old generation grow
@@ -28,17 +18,19 @@ export const semiSpaceFlags: Readonly<Record<"token" | "filter" | "llm" | "histo
  * bounded by a batch and a page of results. The token's store grows with the
  * day's users, and the filter's term list with its file: they keep V8's limit.
  */
-export const historyHeapFlags = `${semiSpaceFlags.history} --max-old-space-size=512`;
+export const historyHeapFlags = `${serviceHeapFlags} --max-old-space-size=512`;
 
 /**
  * The V8 heap flags of each service. run-all and `make bench` put them in its
  * NODE_OPTIONS, and the Compose file sets the same. The Kubernetes manifests
- * set `semiSpaceFlags` only: in a container with a memory limit Node sizes
+ * set `serviceHeapFlags` only: in a container with a memory limit Node sizes
  * the heap from that limit (history's 256 MiB gives V8's smallest factor,
  * 1.3), and 512 MB would be above it.
  */
 export const heapFlags: Readonly<Record<string, string>> = {
-  ...semiSpaceFlags,
+  token: serviceHeapFlags,
+  filter: serviceHeapFlags,
+  llm: serviceHeapFlags,
   history: historyHeapFlags,
 };
 

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { loadFilterConfig, loadGatewayConfig, loadLlmConfig } from "../../src/lib/config.js";
-import { semiSpaceFlags } from "../../src/lib/node-options.js";
+import { serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
   type ContractProcess,
   contractProcesses,
@@ -192,15 +192,15 @@ describe.skipIf(kubectl === undefined)("deploy/k8s", () => {
     });
   });
 
-  it("runs the four services with their smaller young generations, keeping the image's flags", () => {
+  it("runs the four services with the smaller young generation, keeping the image's flags", () => {
     const nodeOptionsOf = (name: string) =>
       (container(find(renders.base as K8sObject[], "Deployment", name)).env ?? []).find(
         (e: { name: string }) => e.name === "NODE_OPTIONS",
       )?.value;
-    for (const name of ["token", "filter", "history", "llm"] as const) {
+    for (const name of ["token", "filter", "history", "llm"]) {
       // No old-generation limit, history's included: Node sizes the heap
       // from the container's memory limit, which every Deployment sets.
-      expect(nodeOptionsOf(name), name).toBe(`${imageNodeOptions()} ${semiSpaceFlags[name]}`);
+      expect(nodeOptionsOf(name), name).toBe(`${imageNodeOptions()} ${serviceHeapFlags}`);
     }
     expect(nodeOptionsOf("gateway")).toBeUndefined();
   });

@@ -3,7 +3,7 @@ import {
   historyHeapFlags,
   mallocEnv,
   processEnvFor,
-  semiSpaceFlags,
+  serviceHeapFlags,
 } from "../../src/lib/node-options.js";
 
 describe("processEnvFor", () => {
@@ -12,7 +12,7 @@ describe("processEnvFor", () => {
       processEnvFor("token", { PATH: "/bin", NODE_OPTIONS: "--max-old-space-size=512" }),
     ).toEqual({
       PATH: "/bin",
-      NODE_OPTIONS: "--max-semi-space-size=2 --max-old-space-size=512",
+      NODE_OPTIONS: `${serviceHeapFlags} --max-old-space-size=512`,
       MALLOC_MMAP_THRESHOLD_: "131072",
     });
   });
@@ -25,20 +25,18 @@ describe("processEnvFor", () => {
   it("keeps a malloc threshold the caller set", () => {
     const env = processEnvFor("filter", { MALLOC_MMAP_THRESHOLD_: "65536" });
     expect(env.MALLOC_MMAP_THRESHOLD_).toBe("65536");
-    expect(env.NODE_OPTIONS).toBe("--max-semi-space-size=2");
+    expect(env.NODE_OPTIONS).toBe(serviceHeapFlags);
   });
 
   it("caps history's old generation, before the caller's flags, and no other process's", () => {
-    expect(historyHeapFlags).toBe("--max-semi-space-size=2 --max-old-space-size=512");
+    expect(historyHeapFlags).toBe("--max-semi-space-size=4 --max-old-space-size=512");
     expect(processEnvFor("history", {}).NODE_OPTIONS).toBe(historyHeapFlags);
     expect(
       processEnvFor("history", { NODE_OPTIONS: "--max-old-space-size=1024" }).NODE_OPTIONS,
     ).toBe(`${historyHeapFlags} --max-old-space-size=1024`);
-    for (const name of ["token", "filter", "llm"] as const) {
-      expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBe(semiSpaceFlags[name]);
+    for (const name of ["token", "filter", "llm"]) {
+      expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBe(serviceHeapFlags);
     }
-    // The llm service's calls, unlike the others', were promoted at 2 MB.
-    expect(processEnvFor("llm", {}).NODE_OPTIONS).toBe("--max-semi-space-size=4");
     for (const name of ["gateway", "all", "toString", "constructor"]) {
       expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBeUndefined();
     }
