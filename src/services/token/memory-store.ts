@@ -12,9 +12,8 @@ import type {
 } from "./quota-store.js";
 
 /**
- * A charge as one number, so that the day's charges are a map of strings to
- * numbers and hold no object each: its cost (never negative), or -1 once it
- * was refunded.
+ * A charge as one number, the value of its digest in the day's charges: its
+ * cost (never negative), or -1 once it was refunded.
  */
 type ChargeRecord = number;
 const refundedRecord: ChargeRecord = -1;

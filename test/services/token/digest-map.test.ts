@@ -29,14 +29,27 @@ describe("digestOf", () => {
 });
 
 describe("DigestMap", () => {
-  it("keeps what a Map keeps, across its growth", () => {
+  it("keeps every key it was given, and its last value, through each doubling", () => {
+    const map = new DigestMap();
+    const n = 10_000; // 1,024 slots at first: five doublings
+    for (let i = 0; i < n; i++) {
+      map.set(digestOf(`k${i}`), i);
+      // The key set as the map grows is kept too, and no other key's value moves.
+      expect(map.get(digestOf(`k${i}`))).toBe(i);
+    }
+    for (let i = 0; i < n; i += 3) map.set(digestOf(`k${i}`), -i);
+    expect(map.size).toBe(n);
+    for (let i = 0; i < n; i++) expect(map.get(digestOf(`k${i}`))).toBe(i % 3 === 0 ? -i : i);
+    expect(map.get(digestOf(`k${n}`))).toBeUndefined();
+  });
+
+  it("keeps what a Map keeps, whatever the order of sets", () => {
     fc.assert(
       fc.property(
         fc.array(
           fc.tuple(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: -1, max: 2 ** 40 })),
-          {
-            maxLength: 4000,
-          },
+          // Past 768 keys the map doubles.
+          { minLength: 500, maxLength: 4000, size: "max" },
         ),
         (ops) => {
           const map = new DigestMap();
