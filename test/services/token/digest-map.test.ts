@@ -1,9 +1,9 @@
-import { createHash } from "node:crypto";
+import { createHash, hash } from "node:crypto";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { DigestMap, digestOf } from "../../../src/services/token/digest-map.js";
+import { DigestMap, digestOf, sha256ByHashObject } from "../../../src/services/token/digest-map.js";
 
 describe("digestOf", () => {
   it("is the SHA-256 of the string's UTF-8", () => {
@@ -25,6 +25,12 @@ describe("digestOf", () => {
       "\ufffd\ufffd",
     ];
     expect(new Set(keys.map(digestOf)).size).toBe(keys.length);
+  });
+
+  it("has the same digests on a Node without crypto.hash", () => {
+    for (const data of ["", "user-1", "ユーザー😀", Buffer.from([0xff, 0x00, 0xd8])]) {
+      expect(sha256ByHashObject(data)).toBe(hash("sha256", data, "binary"));
+    }
   });
 });
 
