@@ -20,7 +20,12 @@ const accepts = (port: number) =>
   });
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
-execFileSync(here("./go-reference/build.sh"), { stdio: "inherit" });
+try {
+  execFileSync(here("./go-reference/build.sh"), { stdio: "inherit" });
+} catch {
+  // build.sh has said what is missing.
+  process.exit(1);
+}
 
 const bin = (name: string) => here(`./go-reference/.build/bin/${name}`);
 const [token, filter, llm, gateway] = (await Promise.all([1, 2, 3, 4].map(() => freePort()))) as [
