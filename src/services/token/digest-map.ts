@@ -21,7 +21,7 @@ export function sha256ByHashObject(data: string | Buffer): string {
   return crypto.createHash("sha256").update(data).digest("binary");
 }
 
-/** `crypto.hash` is one call and no object, 0.3 against 1.6 µs a digest; Node 20.12 added it. */
+/** `crypto.hash` (Node 20.12 and later) is one call and no object: under half the time of a `Hash`. */
 const sha256: (data: string | Buffer) => string =
   typeof crypto.hash === "function"
     ? (data) => crypto.hash("sha256", data, "binary")
