@@ -1,3 +1,4 @@
+import { readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
@@ -17,6 +18,7 @@ import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { traceOf } from "../../src/lib/trace.js";
 import { createMemoryLogger } from "../fixtures/logs.js";
 import { startEchoLlmService } from "../fixtures/rpc.js";
+import { makeTestCertificates, opensslOrSkip } from "../fixtures/tls.js";
 
 let app: FastifyInstance | undefined;
 afterEach(async () => {
@@ -71,11 +73,18 @@ describe("the RPC server bootstrap", () => {
     agent.destroy();
   });
 
-  it("refuses a message over MAX_REQUEST_BYTES over HTTP/2, serves the next call, and still closes at once", async () => {
-    const baseUrl = await start();
+  /**
+   * A message over MAX_REQUEST_BYTES over HTTP/2 (gRPC and Connect) is refused,
+   * the next call on the session is served, and the server then closes at once:
+   * the refused request's stream is reset, not left open holding the session.
+   */
+  async function refusesOversizedThenCloses(
+    baseUrl: string,
+    nodeOptions: http2.SecureClientSessionOptions = {},
+  ) {
     const clients = [
-      createClient(LLMService, createGrpcTransport({ baseUrl })),
-      createClient(LLMService, createConnectTransport({ baseUrl, httpVersion: "2" })),
+      createClient(LLMService, createGrpcTransport({ baseUrl, nodeOptions })),
+      createClient(LLMService, createConnectTransport({ baseUrl, httpVersion: "2", nodeOptions })),
     ];
     const text = "x".repeat(1_200_000);
     for (const client of clients) {
@@ -84,7 +93,6 @@ describe("the RPC server bootstrap", () => {
       });
       expect((await client.generate({ text: "next" })).reply).toBe("Echo: next");
     }
-    // The refused request's stream is reset, not left open holding the session.
     const closing = app?.close();
     app = undefined;
     const outcome = await Promise.race([
@@ -92,6 +100,26 @@ describe("the RPC server bootstrap", () => {
       new Promise((r) => setTimeout(r, 5_000, "still open after 5 s")),
     ]);
     expect(outcome).toBe("closed");
+  }
+
+  it("refuses a message over MAX_REQUEST_BYTES over HTTP/2, serves the next call, and still closes at once", async () => {
+    await refusesOversizedThenCloses(await start());
+  });
+
+  it.runIf(opensslOrSkip())("does the same over HTTP/2 with TLS", async () => {
+    const certs = await makeTestCertificates();
+    try {
+      const started = await startEchoLlmService(0, {
+        TLS_CERT_FILE: certs.certFile,
+        TLS_KEY_FILE: certs.keyFile,
+      });
+      app = started.app;
+      await refusesOversizedThenCloses(`https://127.0.0.1:${started.port}`, {
+        ca: readFileSync(certs.caFile),
+      });
+    } finally {
+      rmSync(certs.dir, { recursive: true, force: true });
+    }
   });
 
   it("aborts the calls still running SHUTDOWN_TIMEOUT_MS after close began", async () => {
