@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { createConnection } from "mysql2/promise";
-import { freePort } from "../fixtures/processes.js";
+import { endsWithWorker, freePort } from "../fixtures/processes.js";
 import { redisAnswers } from "../fixtures/redis.js";
 
 const run = promisify(execFile);
@@ -52,23 +52,25 @@ export async function startDurableRedis(): Promise<OwnStore> {
   const url = `redis://127.0.0.1:${port}`;
   let child: ChildProcess;
   const start = async () => {
-    child = spawn(
-      "redis-server",
-      [
-        "--port",
-        String(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        dir,
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-      ],
-      { stdio: "ignore" },
+    child = endsWithWorker(
+      spawn(
+        "redis-server",
+        [
+          "--port",
+          String(port),
+          "--bind",
+          "127.0.0.1",
+          "--dir",
+          dir,
+          "--save",
+          "",
+          "--appendonly",
+          "yes",
+          "--appendfsync",
+          "always",
+        ],
+        { stdio: "ignore" },
+      ),
     );
     await until(
       `redis-server on port ${port}`,
@@ -141,21 +143,23 @@ export async function startPrivateMariadb(): Promise<OwnStore> {
     }
   };
   const start = async () => {
-    child = spawn(
-      mariadbd as string,
-      [
-        "--no-defaults",
-        `--datadir=${datadir}`,
-        `--port=${port}`,
-        "--bind-address=127.0.0.1",
-        `--socket=${join(dir, "mariadb.sock")}`,
-        `--pid-file=${join(dir, "mariadb.pid")}`,
-        "--user=root",
-        "--skip-log-bin",
-        "--innodb-buffer-pool-size=32M",
-        "--innodb-flush-log-at-trx-commit=1",
-      ],
-      { stdio: "ignore" },
+    child = endsWithWorker(
+      spawn(
+        mariadbd as string,
+        [
+          "--no-defaults",
+          `--datadir=${datadir}`,
+          `--port=${port}`,
+          "--bind-address=127.0.0.1",
+          `--socket=${join(dir, "mariadb.sock")}`,
+          `--pid-file=${join(dir, "mariadb.pid")}`,
+          "--user=root",
+          "--skip-log-bin",
+          "--innodb-buffer-pool-size=32M",
+          "--innodb-flush-log-at-trx-commit=1",
+        ],
+        { stdio: "ignore" },
+      ),
     );
     await until(`mariadbd on port ${port}`, answers, () => child);
   };
