@@ -1,12 +1,8 @@
-import { execFile } from "node:child_process";
 import { createHash, hash } from "node:crypto";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { DigestMap, digestOf, sha256ByHashObject } from "../../../src/services/token/digest-map.js";
-
-const run = promisify(execFile);
+import { runWithOneGcThread } from "../../fixtures/gc-process.js";
 
 describe("digestOf", () => {
   it("is the SHA-256 of the string's UTF-8", () => {
@@ -84,20 +80,9 @@ describe("DigestMap", () => {
   });
 
   it("gives its memory back at the next scavenge once disposed, or grown, though old", async () => {
-    // In a process of its own with the GC on one thread: array buffers freed
-    // by a scavenge are freed before it returns, whatever the machine's load.
-    const { stdout } = await run(
-      process.execPath,
-      [
-        "--expose-gc",
-        "--single-threaded-gc",
-        "--import",
-        "tsx",
-        fileURLToPath(new URL("../../fixtures/digest-map-memory.ts", import.meta.url)),
-      ],
-      { cwd: fileURLToPath(new URL("../../..", import.meta.url)) },
+    const { grown, disposed } = await runWithOneGcThread<{ grown: number; disposed: number }>(
+      new URL("../../fixtures/digest-map-memory.ts", import.meta.url),
     );
-    const { grown, disposed } = JSON.parse(stdout) as { grown: number; disposed: number };
     // 12 MiB of arrays after the growth: the 6 MiB before it are gone.
     expect(grown).toBeGreaterThan(10 * 2 ** 20);
     expect(grown).toBeLessThan(14 * 2 ** 20);

@@ -1,9 +1,7 @@
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { describe, expect, it } from "vitest";
-import { newRequestId } from "../../../src/lib/trace.js";
 import { previousWindow, windowAt } from "../../../src/services/token/clock.js";
 import { createMemoryQuotaStore } from "../../../src/services/token/memory-store.js";
+import { runWithOneGcThread } from "../../fixtures/gc-process.js";
 import { describeQuotaStore } from "./quota-store.conformance.js";
 
 describe("windowAt", () => {
@@ -28,33 +26,12 @@ describeQuotaStore("memory", {
 
 describe("memory quota store's footprint", () => {
   it("keeps a new user's charge in under 140 bytes, heap and typed arrays together", async () => {
-    setFlagsFromString("--expose-gc");
-    const gc = runInNewContext("gc") as () => void;
-    const store = createMemoryQuotaStore();
-    const window = windowAt(new Date("2026-11-26T10:00:00Z"));
-    const n = 50_000;
-    // What the store holds in V8's heap, and in the typed arrays beside it.
-    const held = () => {
-      const { heapUsed, arrayBuffers } = process.memoryUsage();
-      return heapUsed + arrayBuffers;
-    };
-    gc();
-    const before = held();
-    for (let i = 0; i < n; i++) {
-      // Ids as a decoded request gives them: fresh flat strings.
-      await store.charge({
-        window,
-        userId: Buffer.from(`user-${i}`).toString(),
-        chargeId: Buffer.from(newRequestId()).toString(),
-        cost: 1,
-        limit: 10,
-      });
-    }
-    gc();
-    const perCharge = (held() - before) / n;
-    // The store is used after the measurement, so no collection could take
-    // it before: the last user's counter reads its one charge.
-    expect(await store.get({ userId: `user-${n - 1}`, window })).toBe(1);
+    const { perCharge, lastUserCount } = await runWithOneGcThread<{
+      perCharge: number;
+      lastUserCount: number;
+    }>(new URL("../../fixtures/memory-store-footprint.ts", import.meta.url));
+    // The last user's counter reads its one charge.
+    expect(lastUserCount).toBe(1);
     // Two slots of 24 bytes (a digest and a number) in maps three eighths to
     // three quarters full: 64 to 128 bytes, 128 at 50,000, just after both
     // maps doubled. Strings in a Map took ~160, and an object per charge with
