@@ -3,7 +3,6 @@ import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync }
 import { builtinModules } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -14,7 +13,7 @@ import { createMysqlDatabase, type TestDatabase } from "../fixtures/databases.js
 import { chatmeshHasProcess } from "../fixtures/deploy.js";
 import { type DockerSteps, runDockerfile } from "../fixtures/dockerfile.js";
 import { type OpenAiTestDouble, startOpenAiTestDouble } from "../fixtures/openai-test-double.js";
-import { freePort, waitHealthy } from "../fixtures/processes.js";
+import { freePort, repoRoot as repo, waitHealthy } from "../fixtures/processes.js";
 import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
 
 /**
@@ -24,7 +23,6 @@ import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
  * stage's folder exactly as the container runs it: compiled JavaScript only.
  */
 const run = promisify(execFile);
-const repo = fileURLToPath(new URL("../..", import.meta.url));
 const pkg = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as {
   dependencies: Record<string, string>;
   devDependencies: Record<string, string>;
