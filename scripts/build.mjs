@@ -16,8 +16,10 @@ await build({
   platform: "node",
   format: "esm",
   target: "node20",
-  // A native addon: loaded from node_modules at run time.
-  external: ["better-sqlite3"],
+  // Loaded from node_modules at run time: a native addon, and Fastify's
+  // JSON Schema compilers, which only a route with a schema needs (see
+  // src/lib/http-app.ts).
+  external: ["better-sqlite3", "@fastify/ajv-compiler", "@fastify/fast-json-stringify-compiler"],
   minifySyntax: true,
   minifyWhitespace: true,
   // The image runs with --enable-source-maps: stack traces name src/ lines.

@@ -7,31 +7,40 @@
 export const serviceHeapFlags = "--max-semi-space-size=4";
 
 /**
- * History's: a 512 MB old generation besides. V8 lets the old generation grow
- * to between 1.3 and 4 times what the last full collection left, by how large
- * it may get: 4 times for a limit of 2 GB and more, which Node's default is
- * on a machine with 8 GB or more (4 GB on a 24 GB one).
- * History promotes a little of each batch it writes, so under `make bench`
- * its old generation held ~17 MB of garbage (12 MB live, 29 MB in all)
- * before its next full collection; at 512 MB the factor is 1.4 and its peak
- * RSS is ~14 MB lower for the same CPU per chat. What history keeps is
- * bounded by a batch and a page of results. The token's store grows with the
- * day's users, and the filter's term list with its file: they keep V8's limit.
+ * Filter's, llm's and history's: a 512 MB old generation besides. V8 lets
+ * the old generation grow to between 1.3 and 4 times what the last full
+ * collection left, by how large it may get: 4 times for a limit of 2 GB and
+ * more, which Node's default is on a machine with 8 GB or more (4 GB on a
+ * 24 GB one); at 512 MB the factor is 1.4.
+ * - History promotes a little of each batch it writes, so under `make bench`
+ *   its old generation held ~17 MB of garbage (12 MB live, 29 MB in all)
+ *   before its next full collection; at 512 MB its peak RSS is ~14 MB lower
+ *   for the same CPU per chat.
+ * - At V8's limit, since its startup heap is smaller (Fastify's schema
+ *   compilers on demand, see http-app.ts), the llm service fell under load,
+ *   in most `make bench` runs, into a state where each scavenge promoted
+ *   ~1 MB and took 2–4 ms instead of 0.25: 91–96 MB of peak RSS and 16–19
+ *   µs of CPU per chat instead of 66–69 MB and 10–12 µs. Why was not found
+ *   (docs/performance.md); at 512 MB it never did in 14 runs. The filter,
+ *   built the same way, gets the same limit (~1 MB less, same CPU per chat).
+ * What these three keep is bounded by a batch and a page of results, a
+ * call, and the term list. The token keeps V8's limit: at 512 MB it took
+ * 20 µs per chat instead of 15 and peaked higher.
  */
-export const historyHeapFlags = `${serviceHeapFlags} --max-old-space-size=512`;
+export const boundedHeapFlags = `${serviceHeapFlags} --max-old-space-size=512`;
 
 /**
  * The V8 heap flags of each service. run-all and `make bench` put them in its
  * NODE_OPTIONS, and the Compose file sets the same. The Kubernetes manifests
  * set `serviceHeapFlags` only: in a container with a memory limit Node sizes
- * the heap from that limit (history's 256 MiB gives V8's smallest factor,
- * 1.3), and 512 MB would be above it.
+ * the heap from that limit (256 MiB gives V8's smallest factor, 1.3), and
+ * 512 MB would be above it.
  */
 export const heapFlags: Readonly<Record<string, string>> = {
   token: serviceHeapFlags,
-  filter: serviceHeapFlags,
-  llm: serviceHeapFlags,
-  history: historyHeapFlags,
+  filter: boundedHeapFlags,
+  llm: boundedHeapFlags,
+  history: boundedHeapFlags,
 };
 
 /**

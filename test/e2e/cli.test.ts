@@ -4,7 +4,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
-import { historyHeapFlags, mallocEnv, serviceHeapFlags } from "../../src/lib/node-options.js";
+import { boundedHeapFlags, mallocEnv, serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
   freePort,
   type Running,
@@ -157,10 +157,10 @@ describe("run-all", () => {
     expect(
       childrenOf(run.child.pid as number).sort((a, b) => a.name.localeCompare(b.name)),
     ).toEqual([
-      { name: "filter", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "filter", nodeOptions: `${boundedHeapFlags} --max-old-space-size=512`, malloc },
       { name: "gateway", nodeOptions: "--max-old-space-size=512", malloc },
-      { name: "history", nodeOptions: `${historyHeapFlags} --max-old-space-size=512`, malloc },
-      { name: "llm", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "history", nodeOptions: `${boundedHeapFlags} --max-old-space-size=512`, malloc },
+      { name: "llm", nodeOptions: `${boundedHeapFlags} --max-old-space-size=512`, malloc },
       { name: "token", nodeOptions: `${serviceHeapFlags} --max-old-space-size=512`, malloc },
     ]);
     const res = await fetch(`http://127.0.0.1:${gateway}/chat`, {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  historyHeapFlags,
+  boundedHeapFlags,
   mallocEnv,
   processEnvFor,
   serviceHeapFlags,
@@ -23,20 +23,21 @@ describe("processEnvFor", () => {
   });
 
   it("keeps a malloc threshold the caller set", () => {
-    const env = processEnvFor("filter", { MALLOC_MMAP_THRESHOLD_: "65536" });
+    const env = processEnvFor("token", { MALLOC_MMAP_THRESHOLD_: "65536" });
     expect(env.MALLOC_MMAP_THRESHOLD_).toBe("65536");
     expect(env.NODE_OPTIONS).toBe(serviceHeapFlags);
   });
 
-  it("caps history's old generation, before the caller's flags, and no other process's", () => {
-    expect(historyHeapFlags).toBe("--max-semi-space-size=4 --max-old-space-size=512");
-    expect(processEnvFor("history", {}).NODE_OPTIONS).toBe(historyHeapFlags);
-    expect(
-      processEnvFor("history", { NODE_OPTIONS: "--max-old-space-size=1024" }).NODE_OPTIONS,
-    ).toBe(`${historyHeapFlags} --max-old-space-size=1024`);
-    for (const name of ["token", "filter", "llm"]) {
-      expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBe(serviceHeapFlags);
+  it("caps filter's, llm's and history's old generation, before the caller's flags, and no other process's", () => {
+    expect(boundedHeapFlags).toBe("--max-semi-space-size=4 --max-old-space-size=512");
+    for (const name of ["filter", "llm", "history"]) {
+      expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBe(boundedHeapFlags);
+      expect(
+        processEnvFor(name, { NODE_OPTIONS: "--max-old-space-size=1024" }).NODE_OPTIONS,
+        name,
+      ).toBe(`${boundedHeapFlags} --max-old-space-size=1024`);
     }
+    expect(processEnvFor("token", {}).NODE_OPTIONS).toBe(serviceHeapFlags);
     for (const name of ["gateway", "all", "toString", "constructor"]) {
       expect(processEnvFor(name, {}).NODE_OPTIONS, name).toBeUndefined();
     }
