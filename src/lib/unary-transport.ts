@@ -151,11 +151,18 @@ export function requestHeaders(req: UnaryRequest, defaultTimeoutMs: number): Req
   return { timeoutMs: Number(req.header.get("connect-timeout-ms") ?? defaultTimeoutMs), pairs };
 }
 
-/** `init` as pairs, or undefined if `Headers` might change or refuse any of it. */
+/**
+ * `init` as pairs, or undefined if `Headers` might change or refuse any of
+ * it. Only a plain object is read: a `Headers` or an array of pairs is left
+ * to `Headers`. Checked by prototype, not with `instanceof Headers`: the
+ * first read of the global `Headers` loads undici, ~2 MB of heap in a
+ * process that otherwise never makes one.
+ */
 function plainPairs(init: HeaderInit | undefined): string[] | undefined {
   const pairs: string[] = [];
   if (init === undefined) return pairs;
-  if (init instanceof Headers || Array.isArray(init)) return undefined;
+  const proto: unknown = Object.getPrototypeOf(init);
+  if (proto !== Object.prototype && proto !== null) return undefined;
   for (const name in init) {
     if (!Object.hasOwn(init, name)) continue;
     const value = (init as Record<string, unknown>)[name];
