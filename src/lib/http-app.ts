@@ -65,8 +65,8 @@ const schemaCompilersOnDemand: CompilersFactory = {
  */
 export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   const app = fastify({
-    ...options.fastify,
     schemaController: { compilersFactory: schemaCompilersOnDemand },
+    ...options.fastify,
     loggerInstance: options.logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
   }) as unknown as FastifyInstance;
