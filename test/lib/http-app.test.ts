@@ -1,12 +1,9 @@
-import { execFile } from "node:child_process";
 import http from "node:http";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { createHttpApp } from "../../src/lib/http-app.js";
 import { createMemoryLogger } from "../fixtures/logs.js";
-import { repoRoot } from "../fixtures/processes.js";
+import { runScript } from "../fixtures/processes.js";
 
 /** An app with a slow route and a hijacked stream, its log lines kept in memory. */
 async function startApp() {
@@ -118,16 +115,7 @@ describe("createHttpApp: requests whose client went away", () => {
 describe("createHttpApp: Fastify's schema compilers", () => {
   it("are loaded only for a route with a schema, which they then validate and serialize", async () => {
     // In a process of its own: this worker's module cache may hold them already.
-    const { stdout } = await promisify(execFile)(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        fileURLToPath(new URL("../fixtures/schema-compilers.ts", import.meta.url)),
-      ],
-      { cwd: repoRoot },
-    );
-    expect(JSON.parse(stdout)).toEqual({
+    expect(await runScript(new URL("../fixtures/schema-compilers.ts", import.meta.url))).toEqual({
       atStart: false,
       echoed: { n: 1 },
       afterSchema: true,

@@ -1,6 +1,3 @@
-import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Interceptor, type UnaryRequest } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -12,7 +9,7 @@ import {
   type RequestHeaders,
   requestHeaders,
 } from "../../src/lib/unary-transport.js";
-import { repoRoot } from "../fixtures/processes.js";
+import { runScript } from "../fixtures/processes.js";
 
 type HeaderInit = ConstructorParameters<typeof Headers>[0];
 
@@ -122,12 +119,7 @@ describe("requestHeaders", () => {
 
   it("does not load undici (the global Headers) for a call with plain headers", async () => {
     // In a process of its own: this worker has made a Headers already.
-    const { stdout } = await promisify(execFile)(
-      process.execPath,
-      ["--import", "tsx", fileURLToPath(new URL("../fixtures/plain-headers.ts", import.meta.url))],
-      { cwd: repoRoot },
-    );
-    expect(JSON.parse(stdout)).toEqual({
+    expect(await runScript(new URL("../fixtures/plain-headers.ts", import.meta.url))).toEqual({
       before: false,
       after: false,
       reply: "ok",
