@@ -123,4 +123,40 @@ describe("createHttpApp: Fastify's schema compilers", () => {
       invalid: 400,
     });
   });
+
+  it("give way to a schemaController the caller passes", async () => {
+    const compiledFor: string[] = [];
+    const app = createHttpApp({
+      logger: createMemoryLogger().logger,
+      registry: new Registry(),
+      requestId: () => undefined,
+      fastify: {
+        schemaController: {
+          compilersFactory: {
+            // Fastify takes { error } from a validator; its types know only Ajv's.
+            buildValidator: (() => (route: { method: string; url: string; httpPart: string }) => {
+              compiledFor.push(`${route.method} ${route.url} ${route.httpPart}`);
+              return (body: { n?: unknown }) =>
+                body.n === 7 ? true : { error: new Error("only 7 is accepted") };
+            }) as never,
+          },
+        },
+      },
+    });
+    app.post(
+      "/seven",
+      { schema: { body: { type: "object", properties: { n: { type: "integer" } } } } },
+      async (req) => req.body,
+    );
+    try {
+      const refused = await app.inject({ method: "POST", url: "/seven", payload: { n: 1 } });
+      const accepted = await app.inject({ method: "POST", url: "/seven", payload: { n: 7 } });
+      // Fastify's own Ajv would have accepted { n: 1 }: an integer.
+      expect([refused.statusCode, refused.json().message]).toEqual([400, "only 7 is accepted"]);
+      expect([accepted.statusCode, accepted.json()]).toEqual([200, { n: 7 }]);
+      expect(compiledFor).toEqual(["POST /seven body"]);
+    } finally {
+      await app.close();
+    }
+  });
 });
