@@ -52,13 +52,16 @@ export function registerBodyGuards(
   const parseJson = app.getDefaultJsonParser("error", "error");
   app.removeContentTypeParser("application/json");
   app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
+    // Fastify parses the body of a path or method no route serves too: its
+    // 404 or 405 comes first, whatever the body is.
+    if (req.is404) return done(null, undefined);
     if (!isUtf8(body as Buffer)) return done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY());
     parseJson(req, body.toString("utf8"), done);
   });
   // Before the body is read, and after the API key check (an earlier
   // preParsing hook): a request without a valid key gets its 401 first.
   app.addHook("preParsing", async (req, reply, payload) => {
-    if (!bodyMethods.has(req.method)) return payload;
+    if (!bodyMethods.has(req.method) || req.is404) return payload;
     const encoding = req.headers["content-encoding"];
     const refuse = (error: string) => {
       onRefuse(req, 415, error);

@@ -139,6 +139,50 @@ describe("gateway POST /chat over in-process services", () => {
     ]);
   });
 
+  // Fastify parses a body for its not-found handler too: not JSON, not
+  // UTF-8 or in another charset, it used to make these a 400 or a 415.
+  it.each([
+    ["POST", "/history", "", "application/json", 405, { error: "method not allowed" }],
+    ["DELETE", "/chat", "{nope", "application/json", 405, { error: "method not allowed" }],
+    [
+      "PUT",
+      "/chat",
+      Buffer.from([0x7b, 0xff]),
+      "application/json",
+      405,
+      { error: "method not allowed" },
+    ],
+    ["POST", "/chats", "{nope", "application/json", 404, { error: "not found" }],
+    ["POST", "/chats", "{}", "application/json; charset=latin1", 404, { error: "not found" }],
+    [
+      "POST",
+      "/v1/chat",
+      "{nope",
+      "application/json",
+      404,
+      {
+        error: {
+          message: "Unknown request URL: POST /v1/chat",
+          type: "invalid_request_error",
+          param: null,
+          code: "unknown_url",
+        },
+      },
+    ],
+  ])(
+    "answers %s %s with the body %j (%s) as its route says: %i",
+    async (method, url, payload, type, status, body) => {
+      await gateway();
+      const res = await app.inject({
+        method: method as "POST",
+        url,
+        headers: { "content-type": type },
+        payload,
+      });
+      expect([res.statusCode, res.json()]).toEqual([status, body]);
+    },
+  );
+
   it("answers a path no method serves with 404", async () => {
     await gateway();
     const res = await app.inject({ method: "POST", url: "/chats" });
