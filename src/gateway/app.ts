@@ -1,4 +1,4 @@
-import type { FastifyError, FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
 import { requestTimeoutOptions } from "../lib/dual-protocol-server.js";
@@ -11,12 +11,12 @@ import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
-import { type HttpError, httpErrorFromFastify } from "./errors.js";
+import { type HttpError, httpErrorFromFastify, httpErrorFromUnroutable } from "./errors.js";
 import { registerHistory } from "./history.js";
 import { openAiErrorFrom, outcomeOf as openAiOutcomeOf } from "./openai/errors.js";
 import { registerOpenAiApi } from "./openai/routes.js";
 import { registerChatPage } from "./page.js";
-import { createClientErrorHandler, registerProtection } from "./protection.js";
+import { apiHeaders, createClientErrorHandler, registerProtection } from "./protection.js";
 import { type QuotaState, rateLimitHeaders } from "./quota.js";
 import { createCostPolicy } from "./quota-cost.js";
 import { registerQuotaRoute } from "./quota-route.js";
@@ -73,6 +73,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   );
   const credentials = await readTlsCredentials(config.tls);
   const timeouts = requestTimeoutOptions(config.requestTimeoutMs);
+  const securityHeaders = apiHeaders();
   const app = createHttpApp({
     logger,
     registry,
@@ -83,6 +84,15 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       requestIdHeader: false,
       genReqId: () => newRequestId(),
       clientErrorHandler: createClientErrorHandler(newRequestId),
+      // Before routing, so before every hook: what they would add, added here.
+      frameworkErrors: (err, req, reply) => {
+        const http = httpErrorFromUnroutable(err);
+        (reply as FastifyReply)
+          .code(http.status)
+          .headers(securityHeaders)
+          .header("x-request-id", req.id)
+          .send(req.url.startsWith("/v1/") ? openAiErrorFrom(http).body : http.body);
+      },
       // Node's own default is 300 s, and Fastify turns it off (0): a client
       // sending a byte now and then would hold its connection for ever.
       requestTimeout: config.requestTimeoutMs,

@@ -70,3 +70,16 @@ export function httpErrorFromFastify(err: FastifyError): HttpError {
   }
   return { status: 500, body: { error: "internal error" } };
 }
+
+/**
+ * A request Fastify refused before routing it: a path that is not
+ * percent-encoded UTF-8 (`/chat%ZZ`), or a route parameter over its length.
+ */
+export function httpErrorFromUnroutable(err: FastifyError): HttpError {
+  if (err.code === "FST_ERR_BAD_URL") {
+    return { status: 400, body: { error: "path is not percent-encoded UTF-8" } };
+  }
+  if (err.code === "FST_ERR_MAX_PARAM_LENGTH")
+    return { status: 414, body: { error: "path too long" } };
+  return { status: 500, body: { error: "internal error" } };
+}

@@ -2,6 +2,7 @@ import { createRequire } from "node:module";
 import {
   type FastifyBaseLogger,
   type FastifyInstance,
+  type FastifyReply,
   type FastifyRequest,
   type FastifyServerOptions,
   fastify,
@@ -56,6 +57,13 @@ const schemaCompilersOnDemand: CompilersFactory = {
   buildSerializer: onDemand<"buildSerializer">("@fastify/fast-json-stringify-compiler"),
 };
 
+type FrameworkErrors = NonNullable<FastifyServerOptions["frameworkErrors"]>;
+
+/** Fastify's refusal of a request it could not route, as JSON: its status and words. */
+const answerPlainly: FrameworkErrors = (err, _req, reply) => {
+  (reply as FastifyReply).code(err.statusCode ?? 500).send({ error: err.message });
+};
+
 /**
  * A Fastify app with what every process has: the process's pino logger and
  * one log line per request (route, status, duration, trace id) instead of
@@ -64,20 +72,34 @@ const schemaCompilersOnDemand: CompilersFactory = {
  * away before its answer is logged and counted with status 499.
  */
 export function createHttpApp(options: HttpAppOptions): FastifyInstance {
+  const answerFrameworkError = options.fastify?.frameworkErrors ?? answerPlainly;
   const app = fastify({
     schemaController: { compilersFactory: schemaCompilersOnDemand },
     ...options.fastify,
     loggerInstance: options.logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
+    // A request Fastify refuses before routing it (a path that is not
+    // percent-encoded UTF-8) runs no hook: it is traced, logged and counted here.
+    frameworkErrors: (err, req, reply) => {
+      startTrace(req);
+      reply.raw.once("finish", () => {
+        logRequest(req, reply.statusCode, reply.elapsedTime);
+        countRequest(req, reply.statusCode, reply.elapsedTime);
+      });
+      answerFrameworkError(err, req, reply);
+    },
   }) as unknown as FastifyInstance;
   app.decorateRequest("trace", undefined as unknown as TraceContext);
   const countRequest = registerHttpMetrics(app, options.registry);
-  app.addHook("onRequest", async (req, reply) => {
+  const startTrace = (req: FastifyRequest) => {
     const traceparent = req.headers.traceparent;
     req.trace = continueTrace(
       typeof traceparent === "string" ? traceparent : undefined,
       options.requestId(req),
     );
+  };
+  app.addHook("onRequest", async (req, reply) => {
+    startTrace(req);
     // A response closed before it finished: the client went away first
     // (onResponse never runs for it). Logged and counted as 499 then.
     const res = reply.raw;

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { buildGateway } from "../../src/gateway/app.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 import { createInProcessUpstreams, failingLlmBackend } from "../fixtures/upstreams.js";
 
 let app: FastifyInstance;
@@ -182,6 +183,58 @@ describe("gateway POST /chat over in-process services", () => {
       expect([res.statusCode, res.json()]).toEqual([status, body]);
     },
   );
+
+  it("answers a path that is not percent-encoded UTF-8 as its other errors, and logs and counts it", async () => {
+    const { logger, lines } = createMemoryLogger();
+    app = await buildGateway({
+      config: loadGatewayConfig({}),
+      logger,
+      upstreams: createInProcessUpstreams(),
+    });
+    const chatRes = await app.inject({
+      method: "POST",
+      url: "/chat%ZZ",
+      payload: { user_id: "u" },
+    });
+    const v1Res = await app.inject({ method: "GET", url: "/v1/models/%E9" });
+    expect([chatRes.statusCode, chatRes.json()]).toEqual([
+      400,
+      { error: "path is not percent-encoded UTF-8" },
+    ]);
+    expect([v1Res.statusCode, v1Res.json()]).toEqual([
+      400,
+      {
+        error: {
+          message: "path is not percent-encoded UTF-8",
+          type: "invalid_request_error",
+          param: null,
+          code: null,
+        },
+      },
+    ]);
+    for (const res of [chatRes, v1Res]) {
+      expect(res.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+      expect(res.headers).toMatchObject({
+        "x-content-type-options": "nosniff",
+        "cache-control": "no-store",
+      });
+    }
+    expect(
+      lines
+        .filter((l) => l.msg === "request")
+        .map((l) => [l.method, l.route, l.status, l.request_id, typeof l.trace_id]),
+    ).toEqual([
+      ["POST", "unmatched", 400, chatRes.headers["x-request-id"], "string"],
+      ["GET", "unmatched", 400, v1Res.headers["x-request-id"], "string"],
+    ]);
+    const metrics = (await app.inject({ method: "GET", url: "/metrics" })).body;
+    expect(metrics).toMatch(
+      /^http_requests_total\{method="POST",route="unmatched",status="400"\} 1$/m,
+    );
+    expect(metrics).toMatch(
+      /^http_requests_total\{method="GET",route="unmatched",status="400"\} 1$/m,
+    );
+  });
 
   it("answers a path no method serves with 404", async () => {
     await gateway();

@@ -112,6 +112,29 @@ describe("createHttpApp: requests whose client went away", () => {
   });
 });
 
+describe("createHttpApp: a request Fastify cannot route", () => {
+  it("is answered with its status and words as JSON, logged and counted", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const app = createHttpApp({ logger, registry: new Registry(), requestId: () => "rid-1" });
+    try {
+      const res = await app.inject({ method: "GET", url: "/x%ZZ" });
+      expect([res.statusCode, res.json()]).toEqual([
+        400,
+        { error: "'/x%ZZ' is not a valid url component" },
+      ]);
+      expect(
+        lines.filter((l) => l.msg === "request").map((l) => [l.route, l.status, l.request_id]),
+      ).toEqual([["unmatched", 400, "rid-1"]]);
+      const metrics = (await app.inject({ method: "GET", url: "/metrics" })).body;
+      expect(metrics).toMatch(
+        /^http_requests_total\{method="GET",route="unmatched",status="400"\} 1$/m,
+      );
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe("createHttpApp: Fastify's schema compilers", () => {
   it("are loaded only for a route with a schema, which they then validate and serialize", async () => {
     // In a process of its own: this worker's module cache may hold them already.
