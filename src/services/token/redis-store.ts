@@ -62,16 +62,23 @@ interface ScriptCommands {
  * atomic on the server). Keys are per user per UTC day and expire at the end
  * of the day plus a margin. While Redis is unreachable every call fails at
  * once with QuotaStoreUnavailableError (no offline queue, no retries, a short
- * command timeout), and the client reconnects by itself with a capped backoff.
+ * command timeout), and the client reconnects by itself with a capped backoff,
+ * also when its connection only falls silent.
  */
 export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuotaStore {
   const prefix = options.keyPrefix ?? "chatmesh:quota:";
   const margin = options.expiryMarginSeconds ?? 3_600;
   const logger = options.logger;
+  const commandTimeout = options.commandTimeoutMs ?? 500;
   const redis = new Redis(options.url, {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
-    commandTimeout: options.commandTimeoutMs ?? 500,
+    commandTimeout,
+    // A connection that stays silent this long with commands waiting is
+    // dropped and a new one made: after a partition or a failover behind the
+    // same address, the old socket is never closed, and every call would
+    // time out on it until the kernel gave up on it (~15 minutes).
+    socketTimeout: Math.max(1_000, 4 * commandTimeout),
     connectTimeout: 2_000,
     retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
     scripts: {

@@ -12,6 +12,7 @@ import {
   redisServerOrSkip,
   startOwnRedis,
 } from "../../fixtures/redis.js";
+import { type SilentProxy, startSilentProxy } from "../../fixtures/silent-proxy.js";
 
 const available = redisServerOrSkip();
 
@@ -74,6 +75,52 @@ describe.runIf(available)("redis quota store when its own Redis fails", () => {
     // The restarted Redis is empty: the day starts again from 0.
     await eventually(() => store.ping());
     expect(await charge("after")).toEqual({ allowed: true, used: 50 });
+  });
+});
+
+describe.runIf(available)("redis quota store when its connection falls silent", () => {
+  let redis: OwnRedis;
+  let proxy: SilentProxy;
+  beforeAll(async () => {
+    redis = await startOwnRedis();
+    proxy = await startSilentProxy({ host: "127.0.0.1", port: Number(new URL(redis.url).port) });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await redis?.kill();
+  });
+  const window = windowAt(new Date());
+
+  it("drops it and works again over a new one, without a restart", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const store = createRedisQuotaStore({
+      url: `redis://127.0.0.1:${proxy.port}`,
+      commandTimeoutMs: 300,
+      logger,
+    });
+    const charge = (chargeId: string) =>
+      store.charge({ userId: "silent", window, cost: 50, limit: 1_000, chargeId });
+    try {
+      await store.connected();
+      expect(await charge("before")).toEqual({ allowed: true, used: 50 });
+      // A partition: the old connection hears nothing and is never closed.
+      proxy.silence();
+      const started = Date.now();
+      await expect(charge("during")).rejects.toBeInstanceOf(QuotaStoreUnavailableError);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      const back = await eventually(() => charge("after"), 10_000);
+      // The old connection stayed silent: this charge went over a new one.
+      expect([back.allowed, back.used, proxy.opened()]).toEqual([true, 100, 2]);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(lines.map((l) => l.msg)).toEqual(
+        expect.arrayContaining([
+          "redis unreachable: quota calls fail until it is back",
+          "redis reachable again",
+        ]),
+      );
+    } finally {
+      await store.close();
+    }
   });
 });
 
