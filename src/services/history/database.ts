@@ -1,6 +1,13 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { type Generated, Kysely, MysqlDialect, SqliteDialect } from "kysely";
+import {
+  type Generated,
+  Kysely,
+  MysqlDialect,
+  type MysqlPool,
+  type MysqlPoolConnection,
+  SqliteDialect,
+} from "kysely";
 import { ConfigError, type DatabaseUrl } from "../../lib/config.js";
 import { urlHostAddress } from "../../lib/local-host.js";
 import { redactUrl } from "../../lib/redact-url.js";
@@ -55,9 +62,20 @@ export const sqliteWalAutocheckpoint = 10_000;
  */
 export const sharedThreadWalAutocheckpoint = 1_000;
 
+/**
+ * Longest a MySQL query may go without an answer. A batch of 256 appends
+ * takes milliseconds; a query that hears nothing for this long is on a
+ * connection gone silent (a partition, a failover behind the same address),
+ * which the kernel would give up on only after ~15 minutes. Appends are
+ * written one batch at a time, so one such query held up every later one.
+ */
+export const mysqlQueryTimeoutMs = 5_000;
+
 export interface OpenDatabaseOptions {
   /** PRAGMA wal_autocheckpoint of a SQLite file: `sqliteWalAutocheckpoint` unless given. */
   readonly walAutocheckpoint?: number;
+  /** Longest a MySQL query may go without an answer: `mysqlQueryTimeoutMs` unless given. */
+  readonly queryTimeoutMs?: number;
 }
 
 /**
@@ -129,7 +147,50 @@ export async function openHistoryDatabase(
     connectTimeout: 5_000,
     ...ssl,
   });
-  return { db: new Kysely({ dialect: new MysqlDialect({ pool }) }), dialect: "mysql" };
+  const dialect = new MysqlDialect({
+    pool: withQueryTimeout(pool, options.queryTimeoutMs ?? mysqlQueryTimeoutMs),
+  });
+  return { db: new Kysely({ dialect }), dialect: "mysql" };
+}
+
+type Mysql2Pool = ReturnType<typeof import("mysql2").createPool>;
+type Mysql2Connection = Parameters<Parameters<Mysql2Pool["getConnection"]>[0]>[1];
+
+/**
+ * `pool` for Kysely, every query of it failing after `timeoutMs` without an
+ * answer. The connection it ran on is then destroyed, not given back: its
+ * socket may be silent for good, and a query queued behind the late one on
+ * it would wait too. The next query gets a new connection.
+ */
+function withQueryTimeout(pool: Mysql2Pool, timeoutMs: number): MysqlPool {
+  const wrapped = new WeakMap<Mysql2Connection, MysqlPoolConnection>();
+  const wrap = (connection: Mysql2Connection): MysqlPoolConnection => ({
+    query: ((sql: string, values: unknown[], callback?: (err: unknown, result: never) => void) => {
+      if (callback === undefined) return connection.query(sql, values);
+      connection.query({ sql, values, timeout: timeoutMs }, (err, result) => {
+        if ((err as { code?: unknown } | null)?.code === "PROTOCOL_SEQUENCE_TIMEOUT") {
+          connection.destroy();
+        }
+        callback(err, result as never);
+      });
+      return undefined;
+    }) as MysqlPoolConnection["query"],
+    release: () => connection.release(),
+  });
+  return {
+    getConnection(callback) {
+      pool.getConnection((err, connection) => {
+        if (err) return callback(err, undefined as never);
+        let connectionOf = wrapped.get(connection);
+        if (connectionOf === undefined) {
+          connectionOf = wrap(connection);
+          wrapped.set(connection, connectionOf);
+        }
+        callback(null, connectionOf);
+      });
+    },
+    end: (callback) => pool.end(callback),
+  };
 }
 
 /** What went wrong, in one line: a driver's message, or its code where it has none. */

@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, type DatabaseUrl } from "../../../src/lib/config.js";
 import { openHistoryStore } from "../../../src/services/history/open-store.js";
 import { createMysqlDatabase, createSqliteDatabase } from "../../fixtures/databases.js";
+import { startSilentProxy } from "../../fixtures/silent-proxy.js";
 
 const dir = mkdtempSync(join(tmpdir(), "chatmesh-open-store-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -80,6 +81,41 @@ describe.skipIf("skip" in mysql)("opening the history store on MySQL", () => {
       /^HISTORY_DATABASE_URL must name a database this process can open, got "mysql:\/\/chatmesh_nobody:\*\*\*@.+" \(Access denied for user 'chatmesh_nobody'@/,
     );
     expect((failed as Error).message).not.toContain("hunter2");
+  });
+
+  it("drops a connection gone silent and appends over a new one, without a restart", async () => {
+    if ("skip" in mysql) return;
+    const url = new URL(mysql.url);
+    const proxy = await startSilentProxy({ host: url.hostname, port: Number(url.port || 3306) });
+    url.host = `127.0.0.1:${proxy.port}`;
+    const store = await openHistoryStore(
+      { dialect: "mysql", url: url.toString() },
+      { queryTimeoutMs: 500 },
+    );
+    const append = (requestId: string) =>
+      store.append({
+        userId: "silent",
+        requestId,
+        text: "hi",
+        reply: "Echo: hi",
+        createdAtMs: Date.now(),
+      });
+    try {
+      expect((await append("before")).created).toBe(true);
+      // A partition: the pool's connections hear nothing and are never closed.
+      proxy.silence();
+      const started = Date.now();
+      await expect(append("during")).rejects.toThrow("Query inactivity timeout");
+      expect(Date.now() - started).toBeLessThan(2_000);
+      // The gateway appends it again: over a new connection, like every later one.
+      expect((await append("during")).created).toBe(true);
+      expect((await append("after")).created).toBe(true);
+      const listed = await store.list({ userId: "silent", pageSize: 10, pageToken: "" });
+      expect(listed.entries.map((e) => e.requestId)).toEqual(["after", "during", "before"]);
+    } finally {
+      await store.close();
+      await proxy.close();
+    }
   });
 
   it("refuses an unknown database with a ConfigError", async () => {
