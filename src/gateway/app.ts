@@ -145,8 +145,22 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   // SHUTDOWN_TIMEOUT_MS after closing began, less time for a last call to
   // time out and the losses to be logged.
   let closingAt = 0;
+  // Model calls still running when the process must soon exit are cancelled
+  // in time for their refunds (one token call and a retry): a reply cut off
+  // by the exit would keep its charge, and a stream would end with no event.
+  const stopping = new AbortController();
+  let stopTimer: NodeJS.Timeout | undefined;
   app.addHook("preClose", (done) => {
     closingAt = Date.now();
+    stopTimer = setTimeout(
+      () => stopping.abort(new Error("the gateway is shutting down")),
+      Math.max(0, closeBy(2 * config.tokenTimeoutMs) - Date.now()),
+    );
+    stopTimer.unref();
+    done();
+  });
+  app.addHook("onClose", (_app, done) => {
+    clearTimeout(stopTimer);
     done();
   });
   const closeBy = (timeoutMs: number) => closingAt + config.shutdownTimeoutMs - timeoutMs - 250;
@@ -194,6 +208,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
             history,
             cost,
             refunder,
+            stopping: stopping.signal,
           },
           input,
           req.id,
@@ -216,6 +231,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     onChatDone,
     cost,
     refunder,
+    stopping: stopping.signal,
   });
   await registerOpenAiApi(app, {
     upstreams,
@@ -227,6 +243,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     onChatDone,
     cost,
     refunder,
+    stopping: stopping.signal,
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

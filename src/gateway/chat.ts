@@ -61,6 +61,12 @@ export interface ChatDeps {
   readonly cost?: CostPolicy;
   /** Gives charges back, retrying in the background; without it one refund is tried. */
   readonly refunder?: Refunder;
+  /**
+   * Aborted when the gateway stops (before it must exit): the model calls
+   * still running are cancelled and fail as a failing model does, their
+   * charges given back, rather than being cut off with the charge kept.
+   */
+  readonly stopping?: AbortSignal;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
@@ -144,7 +150,7 @@ export async function completeChat(
   try {
     answer = await deps.upstreams.llm.generate(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      traceCallOptions(deps.trace),
+      { ...traceCallOptions(deps.trace), ...(deps.stopping && { signal: deps.stopping }) },
     );
   } catch (err) {
     logFailure(deps.logger, "llm", err, deps.trace);

@@ -37,7 +37,8 @@ export interface StreamingChat {
  * usage once the reply is whole. `signal` aborts when the client goes away;
  * the model call is cancelled then and the charge stays (settled, in tokens
  * mode, to the prompt and the part of the reply relayed). A client gone
- * before the model call gets no call and the charge back.
+ * before the model call gets no call and the charge back. A call cancelled
+ * because the gateway stops (`deps.stopping`) fails as the model failing.
  */
 export async function relayReply(
   deps: ChatDeps,
@@ -60,7 +61,10 @@ export async function relayReply(
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      { signal, ...traceCallOptions(deps.trace) },
+      {
+        signal: deps.stopping === undefined ? signal : AbortSignal.any([signal, deps.stopping]),
+        ...traceCallOptions(deps.trace),
+      },
     );
     for await (const piece of pieces) {
       model ||= piece.model;

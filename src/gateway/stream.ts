@@ -48,6 +48,8 @@ export interface ChatStreamDeps {
   readonly cost?: CostPolicy | undefined;
   /** Gives charges back, retrying in the background. */
   readonly refunder?: Refunder | undefined;
+  /** Aborted when the gateway stops: model calls still running fail, their charges given back. */
+  readonly stopping?: AbortSignal | undefined;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -83,6 +85,7 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
       ...(deps.refunds && { refunds: deps.refunds }),
       ...(deps.cost && { cost: deps.cost }),
       ...(deps.refunder && { refunder: deps.refunder }),
+      ...(deps.stopping && { stopping: deps.stopping }),
     };
     const admitted = await admitChat(chatDeps, input, req.id);
     if (quota !== undefined) reply.headers(rateLimitHeaders(quota));

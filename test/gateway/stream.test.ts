@@ -315,6 +315,95 @@ describe("gateway POST /chat/stream with QUOTA_COST_MODE=tokens", () => {
   });
 });
 
+describe("gateway POST /chat/stream while the gateway stops", () => {
+  it("cancels a reply still running in time to end it with an error event and give the charge back", async () => {
+    const upstreams = createInProcessUpstreams({ llm: createEchoBackend({ chunkDelayMs: 100 }) });
+    const stopped = await buildGateway({
+      // The model calls are cancelled 1,500 - 2 × 200 - 250 = 850 ms after closing began.
+      config: loadGatewayConfig({ SHUTDOWN_TIMEOUT_MS: "1500", TOKEN_TIMEOUT_MS: "200" }),
+      logger: createLogger("gateway", "silent"),
+      upstreams,
+    });
+    baseUrl = await stopped.listen({ host: "127.0.0.1", port: 0 });
+    // Sixty words: six seconds of reply, far past the shutdown's deadline.
+    const res = await stream({ user_id: "leaving", text: Array(60).fill("word").join(" ") });
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let seen = "";
+    while (!seen.includes("event: delta")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`stream ended before a delta: ${seen}`);
+      seen += new TextDecoder().decode(value);
+    }
+    expect((await upstreams.token.getQuota({ userId: "leaving" })).used).toBe(50n);
+    const closingAt = Date.now();
+    const closed = stopped.close();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      seen += new TextDecoder().decode(value);
+    }
+    await closed;
+    const events = parseSse(seen);
+    expect(events.at(-1)).toEqual({ event: "error", data: { error: "llm failed" } });
+    expect(events.filter((e) => e.event === "delta").length).toBeLessThan(40);
+    expect(Date.now() - closingAt).toBeLessThan(1_500);
+    expect((await upstreams.token.getQuota({ userId: "leaving" })).used).toBe(0n);
+  });
+
+  it("does the same for a /chat and a /v1 stream waiting on the model: 500 llm failed, an error chunk, charges back", async () => {
+    /** A test double: a model that answers only when its call is cancelled, with the abort. */
+    const stalling: LlmBackend = {
+      name: "stalling (test double)",
+      generate: (_request, call) =>
+        new Promise((_resolve, reject) =>
+          call.signal.addEventListener("abort", () => reject(call.signal.reason), { once: true }),
+        ),
+      async *stream(_request, signal) {
+        yield "Echo: ";
+        await new Promise((_resolve, reject) =>
+          signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
+        );
+      },
+    };
+    const upstreams = createInProcessUpstreams({ llm: stalling });
+    const stopped = await buildGateway({
+      config: loadGatewayConfig({ SHUTDOWN_TIMEOUT_MS: "1500", TOKEN_TIMEOUT_MS: "200" }),
+      logger: createLogger("gateway", "silent"),
+      upstreams,
+    });
+    baseUrl = await stopped.listen({ host: "127.0.0.1", port: 0 });
+    const post = (url: string, body: unknown) =>
+      fetch(`${baseUrl}${url}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    const chat = post("/chat", { user_id: "unary", text: "hi" });
+    const v1 = await post("/v1/chat/completions", {
+      model: "echo",
+      user: "v1",
+      stream: true,
+      messages: [{ role: "user", content: "hi" }],
+    });
+    expect(v1.status).toBe(200);
+    const v1Body = v1.text();
+    await expect
+      .poll(async () => (await upstreams.token.getQuota({ userId: "unary" })).used)
+      .toBe(50n);
+    const closed = stopped.close();
+    const answered = await chat;
+    expect([answered.status, await answered.json()]).toEqual([500, { error: "llm failed" }]);
+    const chunks = (await v1Body).split("\n\n").filter((frame) => frame !== "");
+    expect(JSON.parse(chunks.at(-1)?.replace(/^data: /, "") ?? "")).toMatchObject({
+      error: { message: "llm failed", type: "server_error" },
+    });
+    await closed;
+    for (const userId of ["unary", "v1"]) {
+      expect((await upstreams.token.getQuota({ userId })).used).toBe(0n);
+    }
+  });
+});
+
 describe("gateway GET /", () => {
   it("serves the chat page, its script and its style", async () => {
     await gateway();

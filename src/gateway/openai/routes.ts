@@ -25,6 +25,8 @@ export interface OpenAiApiDeps {
   readonly cost?: CostPolicy | undefined;
   /** Gives charges back, retrying in the background. */
   readonly refunder?: Refunder | undefined;
+  /** Aborted when the gateway stops: model calls still running fail, their charges given back. */
+  readonly stopping?: AbortSignal | undefined;
 }
 
 const llmFailed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
@@ -50,6 +52,7 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
     ...(deps.history && { history: deps.history }),
     ...(deps.cost && { cost: deps.cost }),
     ...(deps.refunder && { refunder: deps.refunder }),
+    ...(deps.stopping && { stopping: deps.stopping }),
   };
 
   await app.register(
