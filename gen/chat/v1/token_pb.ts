@@ -136,8 +136,9 @@ export type RefundResponse = Message<"chat.v1.RefundResponse"> & {
   refunded: bigint;
 
   /**
-   * What is left of the charge's day quota after the refund (of the current
-   * day's when the charge is unknown), never below 0.
+   * What is left of the current UTC day's quota after the refund, never below
+   * 0: a charge made the day before is given back to that day, and this is
+   * still today's (what the user can spend now).
    *
    * @generated from field: int64 remaining = 2;
    */
@@ -255,8 +256,8 @@ export type SettleResponse = Message<"chat.v1.SettleResponse"> & {
   settled: boolean;
 
   /**
-   * What is left of the charge's day quota after settling, never below 0
-   * (meaningful only when settled).
+   * What is left of the current UTC day's quota after settling, never below
+   * 0, as for a refund (meaningful only when settled).
    *
    * @generated from field: int64 remaining = 2;
    */
