@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from "fastify";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
+import { codePointsOver, userIdTooLong } from "../lib/user-id.js";
 import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable, settleChat } from "./quota.js";
@@ -24,16 +25,6 @@ export interface ChatOutput {
   readonly remaining: number;
 }
 
-function codePointsOver(text: string, max: number): boolean {
-  // UTF-16 length bounds the code point count from above: most texts need no count.
-  if (text.length <= max) return false;
-  let count = 0;
-  for (const _ of text) {
-    if (++count > max) return true;
-  }
-  return false;
-}
-
 /** Checks a parsed JSON body against the contract; an HttpError says what is wrong. */
 export function parseChatInput(body: unknown, maxTextChars: number): ChatInput | HttpError {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
@@ -41,6 +32,7 @@ export function parseChatInput(body: unknown, maxTextChars: number): ChatInput |
   }
   const { user_id: userId, text } = body as Record<string, unknown>;
   if (!isUserId(userId)) return badRequest("bad json or missing user_id");
+  if (userIdTooLong(userId)) return badRequest("user_id too long");
   if (typeof text !== "string" || text === "") return badRequest("text is required");
   if (codePointsOver(text, maxTextChars)) return badRequest("text too long");
   return { userId, text };

@@ -4,6 +4,7 @@ import type { FastifyInstance } from "fastify";
 import type { HistoryService } from "../../gen/chat/v1/history_pb.js";
 import type { GatewayConfig } from "../lib/config.js";
 import { traceCallOptions, traceLogFields } from "../lib/trace.js";
+import { userIdTooLong } from "../lib/user-id.js";
 import { badRequest, type HttpError } from "./errors.js";
 import { createHistoryRecorder, type HistoryRecorder } from "./history-recorder.js";
 import { hasDecodableQuery, isUserId, undecodableQuery } from "./request-guards.js";
@@ -40,6 +41,7 @@ export function parseHistoryQuery(query: unknown): HistoryQuery | HttpError {
     page_token: token,
   } = (query ?? {}) as Record<string, unknown>;
   if (!isUserId(userId)) return badRequest("user_id is required");
+  if (userIdTooLong(userId)) return badRequest("user_id too long");
   let pageSize = 0;
   if (size !== undefined && size !== "") {
     if (typeof size !== "string" || !/^\d+$/.test(size)) return badRequest("invalid page_size");

@@ -1,6 +1,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance } from "fastify";
 import { traceCallOptions, traceLogFields } from "../lib/trace.js";
+import { userIdTooLong } from "../lib/user-id.js";
 import { httpErrorFromRpc } from "./errors.js";
 import { retryOnceIfUnavailable } from "./quota.js";
 import { hasDecodableQuery, isUserId, undecodableQuery } from "./request-guards.js";
@@ -28,6 +29,7 @@ export function registerQuotaRoute(app: FastifyInstance, upstreams: Upstreams): 
     if (!isUserId(userId)) {
       return reply.code(400).send({ error: "user_id is required" });
     }
+    if (userIdTooLong(userId)) return reply.code(400).send({ error: "user_id too long" });
     try {
       const quota = await retryOnceIfUnavailable(() =>
         upstreams.token.getQuota({ userId }, traceCallOptions(req.trace)),

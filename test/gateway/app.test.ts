@@ -51,6 +51,12 @@ describe("gateway POST /chat over in-process services", () => {
       400,
       { error: "bad json or missing user_id" },
     ],
+    [
+      "user_id over 256 characters",
+      { user_id: "x".repeat(257), text: "hi" },
+      400,
+      { error: "user_id too long" },
+    ],
     ["text missing", { user_id: "u1" }, 400, { error: "text is required" }],
     ["text not a string", { user_id: "u1", text: ["hi"] }, 400, { error: "text is required" }],
     [

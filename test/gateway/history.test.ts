@@ -144,6 +144,7 @@ describe("gateway GET /history over in-process services", () => {
     ["", 400, { error: "user_id is required" }],
     ["?user_id=", 400, { error: "user_id is required" }],
     ["?user_id=a&user_id=b", 400, { error: "user_id is required" }],
+    [`?user_id=${"x".repeat(257)}`, 400, { error: "user_id too long" }],
     ["?user_id=u&page_token=garbage", 400, { error: "invalid page_token" }],
     ["?user_id=u&page_size=abc", 400, { error: "invalid page_size" }],
     ["?user_id=u&page_size=-1", 400, { error: "invalid page_size" }],

@@ -191,6 +191,7 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     ["no user", { model: "echo", messages: [{ role: "user", content: "hi" }] }, "user", null],
     ["a user with a lone surrogate", ask("\ud800", "hi"), "user", null],
     ["an empty user", ask("", "hi"), "user", null],
+    ["a user over 256 characters", ask("x".repeat(257), "hi"), "user", null],
     ["no model", { messages: [{ role: "user", content: "hi" }], user: "u" }, "model", null],
     ["no messages", { model: "echo", messages: [], user: "u" }, "messages", null],
     [

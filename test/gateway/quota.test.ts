@@ -101,6 +101,12 @@ describe("gateway quota", () => {
     }
   });
 
+  it("answers a user_id over 256 characters with 400 user_id too long", async () => {
+    await gateway();
+    const res = await app.inject({ method: "GET", url: `/quota?user_id=${"x".repeat(257)}` });
+    expect([res.statusCode, res.json()]).toEqual([400, { error: "user_id too long" }]);
+  });
+
   it.each(["/quota", "/quota?user_id=", "/quota?user_id=a&user_id=b"])(
     "answers %s with 400 user_id is required",
     async (url) => {

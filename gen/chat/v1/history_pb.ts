@@ -75,7 +75,8 @@ export const HistoryEntrySchema: GenMessage<HistoryEntry> = /*@__PURE__*/
  */
 export type HistoryServiceAppendRequest = Message<"chat.v1.HistoryServiceAppendRequest"> & {
   /**
-   * The user who chatted; required.
+   * The user who chatted; required, at most 256 characters (Unicode code
+   * points), as in List.
    *
    * @generated from field: string user_id = 1;
    */

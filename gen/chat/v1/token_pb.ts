@@ -19,7 +19,8 @@ export const file_chat_v1_token: GenFile = /*@__PURE__*/
  */
 export type CheckAndIncRequest = Message<"chat.v1.CheckAndIncRequest"> & {
   /**
-   * The user to charge.
+   * The user to charge: 1 to 256 characters (Unicode code points), as in
+   * every request of this service; INVALID_ARGUMENT otherwise.
    *
    * @generated from field: string user_id = 1;
    */

@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { traceLogFields } from "../../lib/trace.js";
+import { maxUserIdChars, userIdTooLong } from "../../lib/user-id.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "../quota.js";
 import { chatUsage } from "../quota-cost.js";
@@ -50,6 +51,9 @@ function chatInputOf(
   // Checked here, so the answer names OpenAI's field rather than /chat's user_id.
   if (!isUserId(user)) {
     return invalidRequest("user must be a non-empty string of valid Unicode", "user");
+  }
+  if (userIdTooLong(user)) {
+    return invalidRequest(`user is longer than ${maxUserIdChars} characters`, "user");
   }
   const userId = user;
   const input = parseChatInput({ user_id: userId, text: request.text }, deps.maxTextChars);

@@ -80,6 +80,16 @@ describe("chat.v1.HistoryService over the router transport", () => {
     ["Append without user_id", () => client.append({ text: "x" }), Code.InvalidArgument],
     ["List without user_id", () => client.list({}), Code.InvalidArgument],
     [
+      "Append with a user_id over 256 characters",
+      () => client.append({ userId: "x".repeat(257), text: "x" }),
+      Code.InvalidArgument,
+    ],
+    [
+      "List with a user_id over 256 characters",
+      () => client.list({ userId: "x".repeat(257) }),
+      Code.InvalidArgument,
+    ],
+    [
       "a negative page_size",
       () => client.list({ userId: "s1", pageSize: -1 }),
       Code.InvalidArgument,

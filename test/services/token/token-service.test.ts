@@ -168,6 +168,20 @@ describe("TokenService over a router transport", () => {
       Code.InvalidArgument,
     );
     expect((await refusal(client.getQuota({ userId: "" }))).code).toBe(Code.InvalidArgument);
+    const tooLong = "x".repeat(257);
+    for (const call of [
+      client.checkAndInc({ userId: tooLong }),
+      client.getQuota({ userId: tooLong }),
+      client.refund({ userId: tooLong, chargeId: "c" }),
+      client.settle({ userId: tooLong, chargeId: "c", cost: 1n }),
+    ]) {
+      expect(await refusal(call)).toMatchObject({
+        code: Code.InvalidArgument,
+        rawMessage: "user_id is longer than 256 characters",
+      });
+    }
+    // Counted in characters: 256 outside the BMP are two UTF-16 units each, and fine.
+    expect((await client.checkAndInc({ userId: "𝄞".repeat(256) })).remaining).toBe(150n);
     expect((await refusal(client.settle({ userId: "u", chargeId: "", cost: 1n }))).code).toBe(
       Code.InvalidArgument,
     );
