@@ -44,6 +44,9 @@ function checkInput(entry: NewEntry): void {
   if (entry.requestId.length > maxRequestIdLength) {
     throw new HistoryInputError(`request_id is longer than ${maxRequestIdLength} characters`);
   }
+  // MySQL's utf8mb4_bin pads: its unique index holds "r " and "r" as one id,
+  // and the row stored under the other could not be read back by its id.
+  if (entry.requestId.endsWith(" ")) throw new HistoryInputError("request_id ends with a space");
 }
 
 /**

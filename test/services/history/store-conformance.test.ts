@@ -290,6 +290,21 @@ function conformance(name: string, makeDatabase: () => Promise<TestDatabase>) {
       expect(longest.entry.requestId).toBe("r".repeat(128));
     });
 
+    it("refuses a request id ending with a space, which MySQL's index takes for the id without it", async () => {
+      const u = user();
+      const requestId = randomUUID();
+      await store.append(entry(u, 1, { requestId }));
+      for (const spaced of [`${requestId} `, `${randomUUID()}  `]) {
+        await expect(store.append(entry(u, 2, { requestId: spaced }))).rejects.toThrow(
+          new HistoryInputError("request_id ends with a space"),
+        );
+      }
+      // A space inside, or a tab at the end, is the id's own.
+      const inside = await store.append(entry(u, 3, { requestId: `${requestId} x` }));
+      const tab = await store.append(entry(u, 4, { requestId: `${requestId}\t` }));
+      expect([inside.created, tab.created]).toEqual([true, true]);
+    });
+
     /**
      * Makes the database fail inserts of `text` until the returned function is
      * called: "refuse" as one row's bad data (a constraint), "break" as a
