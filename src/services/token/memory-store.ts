@@ -115,7 +115,8 @@ export function createMemoryQuotaStore(): QuotaStore {
       if (found === undefined || isRefunded(found.record)) return { settled: false, used: 0 };
       const user = digestOf(input.userId);
       const { state, record } = found;
-      const after = Math.max(0, (state.used.get(user) ?? 0) + input.cost - record);
+      // The old cost out before the new one in: the sum stays exact up to 2^53.
+      const after = Math.max(0, (state.used.get(user) ?? 0) - record + input.cost);
       state.charges.set(key, input.cost);
       state.used.set(user, after);
       return { settled: true, used: usedIn(input.window.day, user) };

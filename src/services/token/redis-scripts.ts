@@ -74,7 +74,7 @@ for i = 1, 3, 2 do
     end
     local cost = tonumber(ARGV[1])
     local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
-    local after = math.max(0, used + cost - tonumber(record[1]))
+    local after = math.max(0, used - tonumber(record[1]) + cost)
     redis.call('HSET', KEYS[i], 'cost', ARGV[1])
     if redis.call('EXISTS', KEYS[i + 1]) == 1 then
       redis.call('SET', KEYS[i + 1], after, 'KEEPTTL')

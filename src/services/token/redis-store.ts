@@ -50,10 +50,11 @@ export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {
   };
 }
 
+/** The scripts' replies: integers, as decimal strings (`stringNumbers`). */
 interface ScriptCommands {
-  quotaCharge(...args: (string | number)[]): Promise<[number, number, number?]>;
-  quotaRefund(...args: string[]): Promise<[number, number]>;
-  quotaSettle(...args: (string | number)[]): Promise<[number, number]>;
+  quotaCharge(...args: (string | number)[]): Promise<[string, string, string?]>;
+  quotaRefund(...args: string[]): Promise<[string, string]>;
+  quotaSettle(...args: (string | number)[]): Promise<[string, string]>;
 }
 
 /**
@@ -73,6 +74,9 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
   const redis = new Redis(options.url, {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
+    // Integer replies as decimal strings: ioredis's own reading of them is
+    // off by one or two near 2^53, within the limits QUOTA_LIMIT takes.
+    stringNumbers: true,
     commandTimeout,
     // A connection that stays silent this long with commands waiting is
     // dropped and a new one made: after a partition or a failover behind the
@@ -166,9 +170,9 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
           input.chargeId === "" ? "0" : "1",
         ),
       );
-      return repeated === 1
+      return repeated === "1"
         ? { allowed: true, used: Number(used), repeated: true }
-        : { allowed: allowed === 1, used: Number(used) };
+        : { allowed: allowed === "1", used: Number(used) };
     },
 
     async refund(input: RefundInput): Promise<RefundResult> {
@@ -197,7 +201,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
           input.cost,
         ),
       );
-      return { settled: settled === 1, used: Number(used) };
+      return { settled: settled === "1", used: Number(used) };
     },
 
     async get(input: PeekInput): Promise<number> {

@@ -146,6 +146,27 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50, repeated: true });
     });
 
+    it("counts exactly up to the largest limit the config takes (2^53 - 1)", async () => {
+      const store = await fresh();
+      const max = Number.MAX_SAFE_INTEGER;
+      const big = (chargeId: string, cost: number) =>
+        store.charge({ userId: "big", window: today, cost, limit: max, chargeId });
+      expect(await big("a", max - 2)).toEqual({ allowed: true, used: max - 2 });
+      expect(await big("b", 3)).toEqual({ allowed: false, used: max - 2 });
+      expect(await big("c", 2)).toEqual({ allowed: true, used: max });
+      expect(await store.get({ userId: "big", window: today })).toBe(max);
+      expect(await store.refund({ userId: "big", chargeId: "a", window: today })).toEqual({
+        refunded: max - 2,
+        used: 2,
+      });
+      expect(
+        await store.settle({ userId: "big", chargeId: "c", window: today, cost: max }),
+      ).toEqual({
+        settled: true,
+        used: max,
+      });
+    });
+
     it("gives back the exact amount of an odd-sized charge", async () => {
       const store = await fresh();
       await charge(store, "u1", "a", today, 37);
