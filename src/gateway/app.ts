@@ -153,7 +153,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   app.addHook("preClose", (done) => {
     closingAt = Date.now();
     stopTimer = setTimeout(
-      () => stopping.abort(new Error("the gateway is shutting down")),
+      () => {
+        logger.warn("shutdown: model calls still running are cancelled, their charges given back");
+        stopping.abort(new Error("the gateway is shutting down"));
+      },
       Math.max(0, closeBy(2 * config.tokenTimeoutMs) - Date.now()),
     );
     stopTimer.unref();

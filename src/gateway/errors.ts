@@ -73,13 +73,12 @@ export function httpErrorFromFastify(err: FastifyError): HttpError {
 
 /**
  * A request Fastify refused before routing it: a path that is not
- * percent-encoded UTF-8 (`/chat%ZZ`), or a route parameter over its length.
+ * percent-encoded UTF-8 (`/chat%ZZ`). Its other such refusals are of route
+ * parameters and constraints the gateway's routes do not have.
  */
 export function httpErrorFromUnroutable(err: FastifyError): HttpError {
   if (err.code === "FST_ERR_BAD_URL") {
     return { status: 400, body: { error: "path is not percent-encoded UTF-8" } };
   }
-  if (err.code === "FST_ERR_MAX_PARAM_LENGTH")
-    return { status: 414, body: { error: "path too long" } };
   return { status: 500, body: { error: "internal error" } };
 }
