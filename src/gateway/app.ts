@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
@@ -149,6 +150,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   // in time for their refunds (one token call and a retry): a reply cut off
   // by the exit would keep its charge, and a stream would end with no event.
   const stopping = new AbortController();
+  // Every model call in flight listens to it: no count of them is a leak.
+  setMaxListeners(0, stopping.signal);
   let stopTimer: NodeJS.Timeout | undefined;
   app.addHook("preClose", (done) => {
     closingAt = Date.now();

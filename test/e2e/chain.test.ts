@@ -91,6 +91,17 @@ describe("the chain as real processes, driven by curl", () => {
         .sort(),
     ).toEqual([0, 100, 150, 50]);
   });
+
+  it("answers 50 concurrent chats of 50 users, the gateway printing no warning", async () => {
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        postChat(stack.gatewayUrl, { user_id: `crowd-${i}`, text: "hi" }),
+      ),
+    );
+    expect(results.map((r) => r.status)).toEqual(Array(50).fill(200));
+    // Node's warnings (a listener leak, say) go to stderr as lines of their own.
+    expect(stack.procs.get("gateway")?.output()).not.toMatch(/Warning/);
+  });
 });
 
 describe("each service to standard clients", () => {
