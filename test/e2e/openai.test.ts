@@ -81,21 +81,22 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
 
   it("cuts a reply longer than LLM_MAX_REPLY_BYTES there, ending it as length, and keeps it in the history", async () => {
     const cap = 524_288;
-    // A model server that ignores max_tokens: 6 MB of "€", more than the gateway reads.
+    // A model server that ignores max_tokens: 3 MB of "€", more than the gateway reads
+    // (under what the backend reads of one answer: 8 times the cap and 1 MiB).
     const chat = await fetch(`${stack.gatewayUrl}/chat`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ user_id: "e5", text: "huge 6000000" }),
+      body: JSON.stringify({ user_id: "e5", text: "huge 3000000" }),
     });
     expect(chat.status).toBe(200);
     const { reply } = (await chat.json()) as { reply: string };
     // Whole characters: 3 bytes each, as many as fit.
     expect(reply).toBe("€".repeat(Math.floor(cap / 3)));
-    const completion = await sdk().chat.completions.create(ask("e6", "huge 6000000"));
+    const completion = await sdk().chat.completions.create(ask("e6", "huge 3000000"));
     expect(completion.choices[0]).toMatchObject({ finish_reason: "length" });
     expect(completion.choices[0]?.message.content).toBe(reply);
     const stream = await sdk().chat.completions.create({
-      ...ask("e6", "huge 6000000"),
+      ...ask("e6", "huge 3000000"),
       stream: true,
     });
     let text = "";

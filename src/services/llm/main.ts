@@ -14,8 +14,13 @@ import { createLlmService } from "./llm-service.js";
  */
 async function createBackend(config: LlmConfig, logger: Logger): Promise<LlmBackend> {
   if (config.openai !== undefined) {
-    const { createOpenAiBackend } = await import("./openai-backend.js");
-    return createOpenAiBackend({ ...config.openai, timeoutMs: config.timeoutMs, logger });
+    const { answerLimit, createOpenAiBackend } = await import("./openai-backend.js");
+    return createOpenAiBackend({
+      ...config.openai,
+      timeoutMs: config.timeoutMs,
+      maxAnswerBytes: answerLimit(config.maxReplyBytes),
+      logger,
+    });
   }
   return createEchoBackend({ delayMs: config.echoDelayMs, chunkDelayMs: config.echoChunkDelayMs });
 }

@@ -4,7 +4,9 @@ import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
 import type { LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
+import { defaultMaxReplyBytes } from "./llm-service.js";
 import {
+  AnswerTooLargeError,
   connectErrorFromUpstream,
   describeFailure,
   NoChoiceError,
@@ -20,7 +22,60 @@ export interface OpenAiBackendOptions {
   readonly model: string;
   /** LLM_TIMEOUT_MS: most time one call may take, streaming included. */
   readonly timeoutMs: number;
+  /**
+   * Most bytes read of one answer, and of one line of a stream (`answerLimit`
+   * of LLM_MAX_REPLY_BYTES, its default unless given): past it the call
+   * fails as RESOURCE_EXHAUSTED without reading on.
+   */
+  readonly maxAnswerBytes?: number;
   readonly logger?: Logger;
+}
+
+/**
+ * The most bytes of one answer the backend reads, for replies of at most
+ * `maxReplyBytes` (LLM_MAX_REPLY_BYTES): room for the reply escaped in JSON
+ * (up to 6 bytes a character), a reasoning model's reasoning beside it, and
+ * the envelope. A larger answer is read no further: the SDK would hold it
+ * whole, several times over while parsing it (a 500 MB answer took the
+ * process past its heap), and a stream's one huge line costs time in the
+ * square of its length to split.
+ */
+export const answerLimit = (maxReplyBytes: number): number => 8 * maxReplyBytes + 1_048_576;
+
+/**
+ * `fetch` whose response bodies fail with AnswerTooLargeError once they pass
+ * `maxBytes`: in all for an answer, in one line for an event stream.
+ */
+function fetchWithin(maxBytes: number): typeof fetch {
+  return async (input, init) => {
+    const res = await fetch(input, init);
+    if (res.body === null) return res;
+    const stream = res.headers.get("content-type")?.includes("text/event-stream") === true;
+    let counted = 0;
+    const limited = res.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          // A stream counts from the last line's end: its events may add up to any size.
+          const newline = stream ? chunk.lastIndexOf(10) : -1;
+          counted = newline === -1 ? counted + chunk.byteLength : chunk.byteLength - newline - 1;
+          if (counted > maxBytes) {
+            controller.error(
+              new AnswerTooLargeError(
+                `model server ${stream ? "sent an event" : "answered"} over ${maxBytes} bytes`,
+              ),
+            );
+            return;
+          }
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+    return new Response(limited, {
+      status: res.status,
+      statusText: res.statusText,
+      headers: res.headers,
+    });
+  };
 }
 
 const usageOf = (usage: CompletionUsage | null | undefined): LlmUsage | undefined =>
@@ -56,6 +111,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     maxRetries: 0,
     timeout: timeoutMs,
     logLevel: "off",
+    fetch: fetchWithin(options.maxAnswerBytes ?? answerLimit(defaultMaxReplyBytes)),
   });
 
   /** The call's signal: the RPC's, or LLM_TIMEOUT_MS if that comes first. */
@@ -150,7 +206,8 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
           ),
         );
         for await (const chunk of chunks) {
-          const choice = chunk.choices[0];
+          // A usage chunk may come without `choices` at all.
+          const choice = chunk.choices?.[0];
           if (choice?.delta?.content) yield choice.delta.content;
           if (choice?.finish_reason) finishReason = choice.finish_reason;
           usage = usageOf(chunk.usage) ?? usage;

@@ -66,6 +66,19 @@ export class NoChoiceError extends Error {
   override name = "NoChoiceError";
 }
 
+/** An answer (or one event of a stream) over the bytes the backend reads of one. */
+export class AnswerTooLargeError extends Error {
+  override name = "AnswerTooLargeError";
+}
+
+/** `err`, or the first of its causes, that is an `E`. */
+function foundIn<E extends Error>(err: unknown, type: new (...args: never[]) => E): E | undefined {
+  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) {
+    if (at instanceof type) return at;
+  }
+  return undefined;
+}
+
 /** Codes of a connection that broke (undici's, Node's), found on an error or its causes. */
 const brokenConnection = new Set([
   "UND_ERR_SOCKET",
@@ -103,6 +116,9 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
       Code.DeadlineExceeded,
     );
   }
+  // Read from the body, it may come wrapped in the SDK's or undici's error.
+  const tooLarge = foundIn(err, AnswerTooLargeError);
+  if (tooLarge !== undefined) return new ConnectError(tooLarge.message, Code.ResourceExhausted);
   if (err instanceof APIConnectionError) {
     return new ConnectError("model server unreachable", Code.Unavailable);
   }

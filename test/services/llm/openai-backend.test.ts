@@ -25,6 +25,7 @@ function llm(
     baseUrl?: string;
     model?: string;
     maxTokens?: number;
+    maxAnswerBytes?: number;
   } = {},
 ) {
   const lines: string[] = [];
@@ -42,6 +43,7 @@ function llm(
     apiKey: options.apiKey ?? key,
     model: options.model ?? "test-double-model",
     timeoutMs: options.timeoutMs ?? 10_000,
+    ...(options.maxAnswerBytes !== undefined && { maxAnswerBytes: options.maxAnswerBytes }),
     logger,
   });
   const client = createClient(
@@ -229,6 +231,35 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect((await failure(llm({ baseUrl: closed }).client.generate({ text: "hi" }))).code).toBe(
       Code.Unavailable,
     );
+  });
+
+  it("takes a usage chunk without choices, as some servers send it", async () => {
+    const pieces = [];
+    for await (const piece of llm().client.generateStream({ text: "bare usage" })) {
+      pieces.push(piece);
+    }
+    expect(pieces.map((p) => p.delta).join("")).toBe("Reply to: bare usage");
+    expect(pieces.at(-1)).toMatchObject({ finishReason: "stop", usage: { totalTokens: 6 } });
+  });
+
+  it("reads no answer past its limit, nor a stream's event: RESOURCE_EXHAUSTED", async () => {
+    // The double streams 64 Ki "€" an event: ~197 KB a line, 450 KB in all here.
+    const { client } = llm({ maxAnswerBytes: 300_000 });
+    const whole = await failure(client.generate({ text: "huge 450000" }));
+    expect([whole.code, whole.rawMessage]).toEqual([
+      Code.ResourceExhausted,
+      "model server answered over 300000 bytes",
+    ]);
+    // Its events are each under the limit: the stream is read to its end.
+    expect(await drain(client.generateStream({ text: "huge 450000" }))).toBe("€".repeat(150_000));
+    const { client: strict } = llm({ maxAnswerBytes: 100_000 });
+    const event = await failure(drain(strict.generateStream({ text: "huge 450000" })));
+    expect([event.code, event.rawMessage]).toEqual([
+      Code.ResourceExhausted,
+      "model server sent an event over 100000 bytes",
+    ]);
+    // Under the limit, an answer is read as ever.
+    expect((await client.generate({ text: "huge 60000" })).reply).toBe("€".repeat(20_000));
   });
 
   it("fails an answer with no choice as UNAVAILABLE, and gives a refusal as the reply", async () => {
