@@ -25,6 +25,12 @@ export interface FramesServer {
 export interface FramesServerOptions {
   readonly readMaxBytes: number;
   readonly logger: Logger;
+  /**
+   * Most time a frame may take to arrive whole once its first bytes came
+   * (REQUEST_TIMEOUT_MS, as an HTTP/1.1 request): past it the connection is
+   * dropped, and what it held with it.
+   */
+  readonly frameTimeoutMs?: number;
 }
 
 /** Room for the path and trace headers beside the largest message. */
@@ -65,6 +71,23 @@ export function createFramesServer(
   const { logger } = options;
   let draining = false;
   const connections = new Map<net.Socket, Map<number, ServedCall>>();
+  /** When each connection's frame still arriving began to (performance.now()). */
+  const partialSince = new Map<net.Socket, number>();
+  const frameTimeoutMs = options.frameTimeoutMs ?? 30_000;
+  // Checked now and then, as Node checks an HTTP/1.1 request's timeout: a
+  // timer per frame would cost every call, and a frame may take its time.
+  let sweep: NodeJS.Timeout | undefined;
+  const sweepPartialFrames = () => {
+    const now = performance.now();
+    for (const [socket, since] of partialSince) {
+      if (now - since <= frameTimeoutMs) continue;
+      logger.warn(
+        { timeoutMs: frameTimeoutMs },
+        "frames connection dropped: a frame did not arrive whole in time",
+      );
+      socket.destroy();
+    }
+  };
 
   const endIfIdle = (socket: net.Socket, calls: Map<number, ServedCall>) => {
     if (draining && calls.size === 0) setImmediate(() => socket.end());
@@ -151,6 +174,10 @@ export function createFramesServer(
     accept(socket) {
       const calls = new Map<number, ServedCall>();
       connections.set(socket, calls);
+      if (sweep === undefined) {
+        sweep = setInterval(sweepPartialFrames, Math.min(5_000, frameTimeoutMs));
+        sweep.unref();
+      }
       const writer = new FrameWriter(socket, writeSpacingMs);
       socket.setNoDelay(true);
       socket.setKeepAlive(true, 30_000);
@@ -193,11 +220,19 @@ export function createFramesServer(
         } catch (err) {
           logger.warn({ err }, "malformed frames stream: connection closed");
           socket.destroy();
+          return;
         }
+        if (!reader.partial) partialSince.delete(socket);
+        else if (!partialSince.has(socket)) partialSince.set(socket, performance.now());
       });
       socket.on("error", () => socket.destroy());
       socket.once("close", () => {
         connections.delete(socket);
+        partialSince.delete(socket);
+        if (connections.size === 0) {
+          clearInterval(sweep);
+          sweep = undefined;
+        }
         for (const call of calls.values()) {
           call.abort(new ConnectError("client went away", Code.Canceled));
         }

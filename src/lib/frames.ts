@@ -101,6 +101,13 @@ export class FrameReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private skip = 0;
+  /**
+   * Bytes to buffer before looking again: a header's, or the whole frame
+   * whose header came. Chunks of a frame still arriving are joined once, when
+   * it is whole: joined at each chunk, a large frame sent a few bytes at a
+   * time cost time in the square of its size.
+   */
+  private needed = headerBytes;
 
   constructor(
     private readonly maxFrameBytes: number,
@@ -117,9 +124,10 @@ export class FrameReader {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    if (this.buffered < headerBytes) return;
+    if (this.buffered < this.needed) return;
     let data = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks, this.buffered);
     let at = 0;
+    this.needed = headerBytes;
     while (data.length - at >= headerBytes) {
       const length = data.readUInt32BE(at);
       const kind = data[at + 4] as number;
@@ -137,13 +145,21 @@ export class FrameReader {
         }
         continue;
       }
-      if (data.length - at < length + 4) break;
+      if (data.length - at < length + 4) {
+        this.needed = length + 4;
+        break;
+      }
       this.onFrame(kind, id, data.subarray(at + headerBytes, at + 4 + length));
       at += length + 4;
     }
     data = data.subarray(at);
     this.chunks = data.length === 0 ? [] : [data];
     this.buffered = data.length;
+  }
+
+  /** Whether part of a frame came and the rest has not yet. */
+  get partial(): boolean {
+    return this.buffered > 0 || this.skip > 0;
   }
 }
 

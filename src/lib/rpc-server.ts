@@ -93,7 +93,11 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
   // the router get theirs from the trace interceptor.
   const invoker = createUnaryInvoker(fastMethods, interceptors);
   const fastPath = createFastUnaryPath(invoker, { readMaxBytes: config.maxRequestBytes, logger });
-  const frames = createFramesServer(invoker, { readMaxBytes: config.maxRequestBytes, logger });
+  const frames = createFramesServer(invoker, {
+    readMaxBytes: config.maxRequestBytes,
+    logger,
+    frameTimeoutMs: config.requestTimeoutMs,
+  });
   const credentials = await readTlsCredentials(config.tls);
   const app = createHttpApp({
     logger,

@@ -2,7 +2,7 @@ import net, { type AddressInfo } from "node:net";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { freePort } from "../../src/dev/ports.js";
@@ -49,6 +49,29 @@ describe("the frames wire format", () => {
         frames.map((_, i) => [FrameKind.Ok, i + 1, Buffer.alloc(i * 7, i)] as const),
       );
     }
+  });
+
+  it("joins the chunks of a large frame once, when it is whole, not at every chunk", () => {
+    const body = Buffer.alloc(1 << 20, 7);
+    const stream = encodeFrame(FrameKind.Request, 9, body);
+    const seen: Buffer[] = [];
+    const reader = new FrameReader(
+      2 << 20,
+      (_kind, _id, frame) => seen.push(Buffer.from(frame)),
+      () => expect.unreachable(),
+    );
+    const concat = vi.spyOn(Buffer, "concat");
+    try {
+      for (let at = 0; at < stream.length; at += 1_000) {
+        reader.push(stream.subarray(at, at + 1_000));
+        expect(reader.partial).toBe(at + 1_000 < stream.length);
+      }
+      // One join when the header was whole, one when the frame was: not ~1,000.
+      expect(concat.mock.calls.length).toBeLessThanOrEqual(2);
+    } finally {
+      concat.mockRestore();
+    }
+    expect(seen).toEqual([body]);
   });
 
   it("skips a frame over the limit, reports it, and reads the next one", () => {
@@ -332,6 +355,35 @@ describe("unary calls over frames", () => {
     socket.on("error", () => {});
     socket.write(Buffer.concat([framesPreface, garbage]));
     await closed;
+    expect((await framesClient(baseUrl).generate({ text: "fine" })).reply).toBe("Echo: fine");
+  });
+
+  it("drops a connection whose frame stops arriving half way, after REQUEST_TIMEOUT_MS; an idle one stays", async () => {
+    const { port, baseUrl } = await start({ env: { REQUEST_TIMEOUT_MS: "300" } });
+    const open = (bytes: Buffer) => {
+      const socket = net.connect({ host: "127.0.0.1", port });
+      socket.on("error", () => {});
+      const closed = new Promise<number>((resolve) =>
+        socket.once("close", () => resolve(Date.now())),
+      );
+      socket.write(Buffer.concat([framesPreface, bytes]));
+      return { socket, closed };
+    };
+    const request = encodeRequest(1, {
+      timeoutMs: 0,
+      path: "/chat.v1.LLMService/Generate",
+      headers: [],
+      message: new Uint8Array(50_000),
+    });
+    const started = Date.now();
+    const halfWay = open(request.subarray(0, 20_000));
+    const idle = open(Buffer.alloc(0));
+    const closedAt = await halfWay.closed;
+    // Past the timeout, and within the check's interval (the timeout here) of it.
+    expect(closedAt - started).toBeGreaterThanOrEqual(300);
+    expect(closedAt - started).toBeLessThan(1_500);
+    expect(idle.socket.destroyed).toBe(false);
+    idle.socket.destroy();
     expect((await framesClient(baseUrl).generate({ text: "fine" })).reply).toBe("Echo: fine");
   });
 });
