@@ -110,6 +110,25 @@ export function endUnreadRequest(req: http2.Http2ServerRequest): void {
   );
 }
 
+/**
+ * Most streams one HTTP/2 connection may have open at once: each may hold a
+ * message of up to MAX_REQUEST_BYTES while it arrives, and Node's default
+ * (2^32 - 1) let one connection hold any amount. 100 is what RFC 9113
+ * advises as the least and what most servers take.
+ */
+export const http2MaxConcurrentStreams = 100;
+
+/**
+ * Closes an HTTP/2 session idle for `timeoutMs`: GOAWAY, then, if streams
+ * still hold it open (a request that never ends), destroyed a moment later.
+ */
+export function closeIdleHttp2Session(session: http2.ServerHttp2Session, timeoutMs: number): void {
+  session.setTimeout(timeoutMs, () => {
+    session.close();
+    setTimeout(() => session.destroy(), Math.min(5_000, timeoutMs)).unref();
+  });
+}
+
 /** Creates the server; call `listen` on it as on any net.Server. */
 export function createDualProtocolServer(
   handler: DualHandler,
@@ -139,16 +158,20 @@ export function createDualProtocolServer(
     inFlight.begin(req.socket, res),
   );
 
-  const h2 = http2.createServer((req, res) => {
-    endUnreadRequest(req);
-    handler(req, res);
-  });
+  const requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
+  const h2 = http2.createServer(
+    { settings: { maxConcurrentStreams: http2MaxConcurrentStreams } },
+    (req, res) => {
+      endUnreadRequest(req);
+      handler(req, res);
+    },
+  );
   const sessions = new Set<http2.ServerHttp2Session>();
   const sessionTimeout = options.http2SessionTimeoutMs ?? 15 * 60_000;
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
-    session.setTimeout(sessionTimeout, () => session.close());
+    closeIdleHttp2Session(session, sessionTimeout);
   });
 
   const sockets = new Set<net.Socket>();
@@ -164,7 +187,7 @@ export function createDualProtocolServer(
     // A connection that does not tell its protocol in time is not kept for
     // ever: counted from the start (an idle timer would start again with
     // each byte of a preface that comes a byte at a time).
-    const undecidedFor = setTimeout(() => socket.destroy(), options.requestTimeoutMs ?? 30_000);
+    const undecidedFor = setTimeout(() => socket.destroy(), requestTimeoutMs);
     socket.once("close", () => clearTimeout(undecidedFor));
     let head: Buffer | undefined;
     const onData = (chunk: Buffer) => {

@@ -2,10 +2,12 @@ import type http from "node:http";
 import http2 from "node:http2";
 import type net from "node:net";
 import {
+  closeIdleHttp2Session,
   type DualHandler,
   type DualProtocolServer,
   type DualProtocolServerOptions,
   endUnreadRequest,
+  http2MaxConcurrentStreams,
   requestTimeoutOptions,
 } from "./dual-protocol-server.js";
 import { RequestsInFlight } from "./requests-in-flight.js";
@@ -36,6 +38,7 @@ export function createSecureDualProtocolServer(
       allowHTTP1: true,
       // A client that does not finish its TLS handshake in time is dropped.
       handshakeTimeout: requestTimeoutMs,
+      settings: { maxConcurrentStreams: http2MaxConcurrentStreams },
     },
     (req, res) => {
       if (req.httpVersionMajor === 1) {
@@ -76,7 +79,7 @@ export function createSecureDualProtocolServer(
   server.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
-    session.setTimeout(sessionTimeout, () => session.close());
+    closeIdleHttp2Session(session, sessionTimeout);
   });
 
   const dual = server as unknown as DualProtocolServer;

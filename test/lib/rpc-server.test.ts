@@ -14,6 +14,10 @@ import {
   LLMService,
 } from "../../gen/chat/v1/llm_pb.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
+import {
+  closeIdleHttp2Session,
+  http2MaxConcurrentStreams,
+} from "../../src/lib/dual-protocol-server.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { traceOf } from "../../src/lib/trace.js";
 import { createMemoryLogger } from "../fixtures/logs.js";
@@ -209,6 +213,41 @@ function splitWrites(port: number, parts: readonly (string | Buffer)[]): Promise
     socket.on("close", () => resolve(Buffer.alloc(0)));
   });
 }
+
+describe("HTTP/2 limits", () => {
+  it("lets a connection have 100 streams open at once", async () => {
+    const baseUrl = await start();
+    const session = http2.connect(baseUrl);
+    session.on("error", () => {});
+    try {
+      await new Promise((resolve) => session.once("remoteSettings", resolve));
+      expect(session.remoteSettings.maxConcurrentStreams).toBe(http2MaxConcurrentStreams);
+      expect(http2MaxConcurrentStreams).toBe(100);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("closes a session idle too long even with a stream whose request never ends", async () => {
+    const server = http2.createServer(() => {});
+    server.on("session", (session) => closeIdleHttp2Session(session, 200));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+    session.on("error", () => {});
+    try {
+      const stream = session.request({ ":method": "POST", ":path": "/never-ends" });
+      stream.on("error", () => {});
+      stream.write("part of a body");
+      const started = Date.now();
+      await new Promise((resolve) => session.once("close", resolve));
+      // GOAWAY after 200 ms idle, then destroyed 200 ms later: the stream held it no longer.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(350);
+    } finally {
+      session.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
 
 describe("telling the protocols apart", () => {
   it.each([
