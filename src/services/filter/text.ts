@@ -54,11 +54,15 @@ function withoutInvisible(text: string): string {
   return text;
 }
 
-/** One round of folding, before white space is folded. */
+/**
+ * One round of folding, before white space is folded. The final sigma (ς),
+ * which lower-casing gives a word's last Σ, is σ: Unicode's case folding
+ * makes them one letter, so a term ending in σ is found inside a longer word.
+ */
 const fold = (text: string): string =>
   withoutInvisible(
     withoutInvisible(text).normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC"),
-  );
+  ).replaceAll("\u03c2", "\u03c3");
 
 /** One round of folding, white space included. */
 const foldOnce = (text: string): string => cleanText(fold(text));
@@ -308,7 +312,8 @@ function foldByUnits(text: string): string {
       const after =
         kind === unitSigma && casedBefore !== undefined ? casedAfter(text, i) : undefined;
       if (after !== undefined) {
-        buffer[length++] = casedBefore && !after ? 0x3c2 : 0x3c3;
+        // σ, final or not (see fold).
+        buffer[length++] = 0x3c3;
         casedBefore = true;
         continue;
       }
