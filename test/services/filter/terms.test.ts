@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -25,6 +25,28 @@ describe("loadTerms", () => {
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as Error).message).toBe(
       `FILTER_TERMS_FILE must name a readable UTF-8 file, got "${file}" (not valid UTF-8)`,
+    );
+  });
+
+  it("refuses more than 100,000 terms, or over 1 Mi characters of terms, or a file over 64 MiB", async () => {
+    const file = join(dir, "many.txt");
+    const terms = Array.from({ length: 100_001 }, (_, i) => `t${i}`);
+    writeFileSync(file, terms.join("\n"));
+    await expect(loadTerms(file)).rejects.toThrow(
+      `FILTER_TERMS_FILE must hold at most 100000 terms of 1048576 characters in all, got "${file}" (100001 terms, ${terms.join("").length} characters)`,
+    );
+    // At the limits, and comments count for nothing.
+    writeFileSync(file, `# ${"comment ".repeat(200_000)}\n${terms.slice(1).join("\n")}`);
+    expect(await loadTerms(file)).toHaveLength(100_000);
+    writeFileSync(file, `${"x".repeat(1_048_576)}\n`);
+    expect(await loadTerms(file)).toHaveLength(1);
+    writeFileSync(file, `${"x".repeat(1_048_576)}\ny\n`);
+    await expect(loadTerms(file)).rejects.toThrow("(2 terms, 1048577 characters)");
+    const huge = join(dir, "huge.txt");
+    writeFileSync(huge, "");
+    truncateSync(huge, 64 * 1_048_576 + 1);
+    await expect(loadTerms(huge)).rejects.toThrow(
+      `FILTER_TERMS_FILE must name a file of at most 67108864 bytes, got "${huge}" (67108865 bytes)`,
     );
   });
 
