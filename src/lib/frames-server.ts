@@ -147,7 +147,13 @@ export function createFramesServer(
     const header = () => {
       const made = new Headers();
       for (let i = 0; i < pairs.length; i += 2) {
-        made.append(pairs[i] as string, pairs[i + 1] as string);
+        try {
+          made.append(pairs[i] as string, pairs[i + 1] as string);
+        } catch {
+          // A name or value HTTP could not carry (a space in a name, a NUL in
+          // a value) is dropped, as no HTTP request could have brought it;
+          // thrown, it failed the call as UNKNOWN once the handler read it.
+        }
       }
       return made;
     };

@@ -1,9 +1,14 @@
 import net, { type AddressInfo } from "node:net";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { LLMService } from "../../gen/chat/v1/llm_pb.js";
+import {
+  GenerateRequestSchema,
+  GenerateResponseSchema,
+  LLMService,
+} from "../../gen/chat/v1/llm_pb.js";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { freePort } from "../../src/dev/ports.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
@@ -190,6 +195,49 @@ describe("unary calls over frames", () => {
       { headers: { "x-tenant": "acme", "x-request-id": "r-9" } },
     );
     expect(res.reply).toBe("acme r-9");
+  });
+
+  it("drops a header no HTTP request could carry, and serves the call with the others", async () => {
+    app = await createRpcServer({
+      name: "llm",
+      config: loadLlmConfig({}),
+      logger: createLogger("llm", "silent"),
+      routes: (router) =>
+        router.service(LLMService, {
+          generate: (_req, ctx) => ({
+            reply: [...ctx.requestHeader.keys()].join(","),
+          }),
+        }),
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const { port } = app.server.address() as AddressInfo;
+    const socket = net.connect({ host: "127.0.0.1", port });
+    const answered = new Promise<[number, Buffer]>((resolve) => {
+      const reader = new FrameReader(
+        1 << 20,
+        (kind, _id, body) => resolve([kind, Buffer.from(body)]),
+        () => {},
+      );
+      socket.on("data", (chunk: Buffer) => reader.push(chunk));
+    });
+    socket.write(
+      Buffer.concat([
+        framesPreface,
+        encodeRequest(1, {
+          timeoutMs: 0,
+          path: "/chat.v1.LLMService/Generate",
+          headers: ["bad name", "1", "x-tenant", "acme", "x-nul", "a\u0000b"],
+          message: toBinary(GenerateRequestSchema, create(GenerateRequestSchema, { text: "hi" })),
+        }),
+      ]),
+    );
+    try {
+      const [kind, body] = await answered;
+      expect(kind).toBe(FrameKind.Ok);
+      expect(fromBinary(GenerateResponseSchema, body).reply).toBe("x-tenant");
+    } finally {
+      socket.destroy();
+    }
   });
 
   it("multiplexes many calls in flight on one connection", async () => {
