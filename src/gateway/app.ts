@@ -1,4 +1,3 @@
-import { setMaxListeners } from "node:events";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
@@ -146,18 +145,18 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   // SHUTDOWN_TIMEOUT_MS after closing began, less time for a last call to
   // time out and the losses to be logged.
   let closingAt = 0;
-  // Model calls still running when the process must soon exit are cancelled
-  // in time for their refunds (one token call and a retry): a reply cut off
-  // by the exit would keep its charge, and a stream would end with no event.
+  // Streamed replies still running when the process must soon exit are
+  // cancelled in time for their refunds (one token call and a retry): cut
+  // off by the exit, one would keep its charge and end with no event.
   const stopping = new AbortController();
-  // Every model call in flight listens to it: no count of them is a leak.
-  setMaxListeners(0, stopping.signal);
   let stopTimer: NodeJS.Timeout | undefined;
   app.addHook("preClose", (done) => {
     closingAt = Date.now();
     stopTimer = setTimeout(
       () => {
-        logger.warn("shutdown: model calls still running are cancelled, their charges given back");
+        logger.warn(
+          "shutdown: streamed replies still running are cancelled, their charges given back",
+        );
         stopping.abort(new Error("the gateway is shutting down"));
       },
       Math.max(0, closeBy(2 * config.tokenTimeoutMs) - Date.now()),
@@ -214,7 +213,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
             history,
             cost,
             refunder,
-            stopping: stopping.signal,
           },
           input,
           req.id,

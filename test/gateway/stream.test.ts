@@ -350,14 +350,11 @@ describe("gateway POST /chat/stream while the gateway stops", () => {
     expect((await upstreams.token.getQuota({ userId: "leaving" })).used).toBe(0n);
   });
 
-  it("does the same for a /chat and a /v1 stream waiting on the model: 500 llm failed, an error chunk, charges back", async () => {
-    /** A test double: a model that answers only when its call is cancelled, with the abort. */
+  it("does the same for a /v1 stream waiting on the model: an error chunk, the charge back", async () => {
+    /** A test double: a model that stalls after its first piece until its call is cancelled. */
     const stalling: LlmBackend = {
       name: "stalling (test double)",
-      generate: (_request, call) =>
-        new Promise((_resolve, reject) =>
-          call.signal.addEventListener("abort", () => reject(call.signal.reason), { once: true }),
-        ),
+      generate: () => Promise.reject(new Error("not used")),
       async *stream(_request, signal) {
         yield "Echo: ";
         await new Promise((_resolve, reject) =>
@@ -378,7 +375,6 @@ describe("gateway POST /chat/stream while the gateway stops", () => {
         headers: { "content-type": "application/json" },
         body: JSON.stringify(body),
       });
-    const chat = post("/chat", { user_id: "unary", text: "hi" });
     const v1 = await post("/v1/chat/completions", {
       model: "echo",
       user: "v1",
@@ -387,20 +383,14 @@ describe("gateway POST /chat/stream while the gateway stops", () => {
     });
     expect(v1.status).toBe(200);
     const v1Body = v1.text();
-    await expect
-      .poll(async () => (await upstreams.token.getQuota({ userId: "unary" })).used)
-      .toBe(50n);
+    expect((await upstreams.token.getQuota({ userId: "v1" })).used).toBe(50n);
     const closed = stopped.close();
-    const answered = await chat;
-    expect([answered.status, await answered.json()]).toEqual([500, { error: "llm failed" }]);
     const chunks = (await v1Body).split("\n\n").filter((frame) => frame !== "");
     expect(JSON.parse(chunks.at(-1)?.replace(/^data: /, "") ?? "")).toMatchObject({
       error: { message: "llm failed", type: "server_error" },
     });
     await closed;
-    for (const userId of ["unary", "v1"]) {
-      expect((await upstreams.token.getQuota({ userId })).used).toBe(0n);
-    }
+    expect((await upstreams.token.getQuota({ userId: "v1" })).used).toBe(0n);
   });
 });
 
