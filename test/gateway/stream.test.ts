@@ -35,6 +35,18 @@ async function gateway(
   baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
 }
 
+/** Reads a streamed chat's body until its first delta: the reader, and what came. */
+async function readUntilDelta(res: Response) {
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  let seen = "";
+  while (!seen.includes("event: delta")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`stream ended before a delta: ${seen}`);
+    seen += new TextDecoder().decode(value);
+  }
+  return { reader, seen };
+}
+
 const stream = (payload: unknown, init: RequestInit = {}) =>
   fetch(`${baseUrl}/chat/stream`, {
     method: "POST",
@@ -294,13 +306,7 @@ describe("gateway POST /chat/stream with QUOTA_COST_MODE=tokens", () => {
     const text = "a b c d e f g h i j";
     const controller = new AbortController();
     const res = await stream({ user_id: "left", text }, { signal: controller.signal });
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    let seen = "";
-    while (!seen.includes("event: delta")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`stream ended before a delta: ${seen}`);
-      seen += new TextDecoder().decode(value);
-    }
+    const { seen } = await readUntilDelta(res);
     // Reserved: the prompt's tokens and QUOTA_REPLY_RESERVE (100), of the token service's 200.
     expect(parseSse(seen)[0]?.data).toMatchObject({
       remaining: 200 - (await countTokens(text)) - 100,
@@ -327,13 +333,8 @@ describe("gateway POST /chat/stream while the gateway stops", () => {
     baseUrl = await stopped.listen({ host: "127.0.0.1", port: 0 });
     // Sixty words: six seconds of reply, far past the shutdown's deadline.
     const res = await stream({ user_id: "leaving", text: Array(60).fill("word").join(" ") });
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    let seen = "";
-    while (!seen.includes("event: delta")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`stream ended before a delta: ${seen}`);
-      seen += new TextDecoder().decode(value);
-    }
+    const { reader, seen: first } = await readUntilDelta(res);
+    let seen = first;
     expect((await upstreams.token.getQuota({ userId: "leaving" })).used).toBe(50n);
     const closingAt = Date.now();
     const closed = stopped.close();

@@ -174,21 +174,26 @@ const framesClient = (
     }),
   );
 
+/** An LLM service whose Generate replies what `reply` makes of the request's headers; its port. */
+async function startReplyingWith(reply: (headers: Headers) => string): Promise<number> {
+  app = await createRpcServer({
+    name: "llm",
+    config: loadLlmConfig({}),
+    logger: createLogger("llm", "silent"),
+    routes: (router) =>
+      router.service(LLMService, {
+        generate: (_req, ctx) => ({ reply: reply(ctx.requestHeader) }),
+      }),
+  });
+  await app.listen({ host: "127.0.0.1", port: 0 });
+  return (app.server.address() as AddressInfo).port;
+}
+
 describe("unary calls over frames", () => {
   it("gives the handler the caller's headers when it reads them", async () => {
-    app = await createRpcServer({
-      name: "llm",
-      config: loadLlmConfig({}),
-      logger: createLogger("llm", "silent"),
-      routes: (router) =>
-        router.service(LLMService, {
-          generate: (_req, ctx) => ({
-            reply: `${ctx.requestHeader.get("x-tenant")} ${ctx.requestHeader.get("x-request-id")}`,
-          }),
-        }),
-    });
-    await app.listen({ host: "127.0.0.1", port: 0 });
-    const { port } = app.server.address() as AddressInfo;
+    const port = await startReplyingWith(
+      (headers) => `${headers.get("x-tenant")} ${headers.get("x-request-id")}`,
+    );
     const client = framesClient(`http://127.0.0.1:${port}`);
     const res = await client.generate(
       { text: "hi" },
@@ -198,19 +203,7 @@ describe("unary calls over frames", () => {
   });
 
   it("drops a header no HTTP request could carry, and serves the call with the others", async () => {
-    app = await createRpcServer({
-      name: "llm",
-      config: loadLlmConfig({}),
-      logger: createLogger("llm", "silent"),
-      routes: (router) =>
-        router.service(LLMService, {
-          generate: (_req, ctx) => ({
-            reply: [...ctx.requestHeader.keys()].join(","),
-          }),
-        }),
-    });
-    await app.listen({ host: "127.0.0.1", port: 0 });
-    const { port } = app.server.address() as AddressInfo;
+    const port = await startReplyingWith((headers) => [...headers.keys()].join(","));
     const socket = net.connect({ host: "127.0.0.1", port });
     const answered = new Promise<[number, Buffer]>((resolve) => {
       const reader = new FrameReader(
