@@ -1,3 +1,5 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+
 /**
  * Most characters (Unicode code points) of a user id, in every process. A
  * quota key and a history row hold it, and GET /history and GET /quota carry
@@ -21,5 +23,13 @@ export function codePointsOver(text: string, max: number): boolean {
 /** Whether a user id is over `maxUserIdChars`. */
 export const userIdTooLong = (userId: string): boolean => codePointsOver(userId, maxUserIdChars);
 
-/** The services' INVALID_ARGUMENT message for a user id over `maxUserIdChars`. */
-export const userIdTooLongMessage = `user_id is longer than ${maxUserIdChars} characters`;
+/** The services' check of a request's user id: INVALID_ARGUMENT when empty or too long. */
+export function requireUserId(userId: string): void {
+  if (userId === "") throw new ConnectError("user_id is required", Code.InvalidArgument);
+  if (userIdTooLong(userId)) {
+    throw new ConnectError(
+      `user_id is longer than ${maxUserIdChars} characters`,
+      Code.InvalidArgument,
+    );
+  }
+}

@@ -9,7 +9,7 @@ import {
 } from "../../../gen/chat/v1/history_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { continueTrace, traceLogFields } from "../../lib/trace.js";
-import { userIdTooLong, userIdTooLongMessage } from "../../lib/user-id.js";
+import { requireUserId } from "../../lib/user-id.js";
 import {
   type Entry,
   HistoryInputError,
@@ -27,11 +27,6 @@ export interface HistoryServiceDeps {
 
 /** Most entries one AppendBatch may carry. */
 export const maxBatchEntries = 1000;
-
-function requireUserId(userId: string): void {
-  if (userId === "") throw new ConnectError("user_id is required", Code.InvalidArgument);
-  if (userIdTooLong(userId)) throw new ConnectError(userIdTooLongMessage, Code.InvalidArgument);
-}
 
 const toMessage = (entry: Entry): HistoryEntry =>
   create(HistoryEntrySchema, {

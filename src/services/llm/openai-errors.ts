@@ -71,11 +71,14 @@ export class AnswerTooLargeError extends Error {
   override name = "AnswerTooLargeError";
 }
 
+/** `err` and its causes, five deep at most. */
+function* causesOf(err: unknown): Generator<Error> {
+  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) yield at;
+}
+
 /** `err`, or the first of its causes, that is an `E`. */
 function foundIn<E extends Error>(err: unknown, type: new (...args: never[]) => E): E | undefined {
-  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) {
-    if (at instanceof type) return at;
-  }
+  for (const at of causesOf(err)) if (at instanceof type) return at;
   return undefined;
 }
 
@@ -90,7 +93,7 @@ const brokenConnection = new Set([
 
 /** Whether `err` (or what caused it) is a connection that broke mid-answer. */
 function isBrokenConnection(err: unknown): boolean {
-  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) {
+  for (const at of causesOf(err)) {
     if (brokenConnection.has((at as NodeJS.ErrnoException).code ?? "")) return true;
   }
   return false;

@@ -6,7 +6,7 @@ import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { counter } from "../../lib/metrics.js";
 import { traceLogFields, traceOf } from "../../lib/trace.js";
-import { userIdTooLong, userIdTooLongMessage } from "../../lib/user-id.js";
+import { requireUserId } from "../../lib/user-id.js";
 import { type Clock, systemClock, windowAt } from "./clock.js";
 import { type QuotaStore, QuotaStoreUnavailableError } from "./quota-store.js";
 
@@ -25,13 +25,6 @@ export interface TokenServiceDeps {
    */
   readonly failOpen?: boolean;
   readonly logger?: Logger;
-}
-
-function requireUserId(userId: string): void {
-  if (userId === "") {
-    throw new ConnectError("user_id is required", Code.InvalidArgument);
-  }
-  if (userIdTooLong(userId)) throw new ConnectError(userIdTooLongMessage, Code.InvalidArgument);
 }
 
 /** The store's outage as the RPC error callers may retry; anything else as INTERNAL. */
