@@ -46,9 +46,17 @@ export interface DualProtocolServerOptions {
   readonly keepAliveTimeoutMs?: number;
   /**
    * An HTTP/1.1 request whose headers and body take longer to arrive gets
-   * 408, and a connection that sends nothing for that long is closed (30 s).
+   * 408, an HTTP/2 one has its stream cancelled, and a connection that
+   * sends nothing for that long is closed (30 s).
    */
   readonly requestTimeoutMs?: number;
+  /** Told of each HTTP/2 request cancelled by the request timeout. */
+  readonly onHttp2RequestTimeout?: (req: http2.Http2ServerRequest) => void;
+  /**
+   * Paths whose HTTP/2 requests are streams of messages, sent as long as
+   * the call lasts: not held to the request timeout.
+   */
+  readonly streamedRequestPaths?: ReadonlySet<string>;
 }
 
 /**
@@ -111,6 +119,30 @@ export function endUnreadRequest(req: http2.Http2ServerRequest): void {
 }
 
 /**
+ * An HTTP/2 request whose body has not all arrived `timeoutMs` after its
+ * headers has its stream reset with CANCEL (the client sees CANCELLED), as
+ * HTTP/1.1's request timeout answers 408: a client that stops half way
+ * through a message does not hold it, and a stream slot, until the session
+ * times out. The handler reads the body's end and answers to nobody.
+ */
+export function limitRequestTime(
+  req: http2.Http2ServerRequest,
+  timeoutMs: number,
+  options: Pick<DualProtocolServerOptions, "onHttp2RequestTimeout" | "streamedRequestPaths"> = {},
+): void {
+  if (req.complete || options.streamedRequestPaths?.has(req.url.split("?", 1)[0] ?? "")) return;
+  const timer = setTimeout(() => {
+    if (req.complete || req.stream.closed) return;
+    options.onHttp2RequestTimeout?.(req);
+    req.stream.close(http2.constants.NGHTTP2_CANCEL);
+    // As in endUnreadRequest: what the stream holds unread would keep it.
+    setImmediate(() => req.stream.destroy());
+  }, timeoutMs);
+  req.once("end", () => clearTimeout(timer));
+  req.stream.once("close", () => clearTimeout(timer));
+}
+
+/**
  * Most streams one HTTP/2 connection may have open at once: each may hold a
  * message of up to MAX_REQUEST_BYTES while it arrives, and Node's default
  * (2^32 - 1) let one connection hold any amount. 100 is what RFC 9113
@@ -163,6 +195,7 @@ export function createDualProtocolServer(
     { settings: { maxConcurrentStreams: http2MaxConcurrentStreams } },
     (req, res) => {
       endUnreadRequest(req);
+      limitRequestTime(req, requestTimeoutMs, options);
       handler(req, res);
     },
   );

@@ -1,5 +1,6 @@
 import { setMaxListeners } from "node:events";
 import type http from "node:http";
+import type http2 from "node:http2";
 import type { DescFile } from "@bufbuild/protobuf";
 import {
   type ConnectRouter,
@@ -99,6 +100,17 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     frameTimeoutMs: config.requestTimeoutMs,
   });
   const credentials = await readTlsCredentials(config.tls);
+  const onHttp2RequestTimeout = (req: http2.Http2ServerRequest) =>
+    logger.warn(
+      {
+        path: req.url,
+        request_id: req.headers["x-request-id"],
+        timeoutMs: config.requestTimeoutMs,
+      },
+      "HTTP/2 request not received in time: stream cancelled",
+    );
+  // Filled once the routes are registered: reflection's requests are streams.
+  const streamedRequestPaths = new Set<string>();
   const app = createHttpApp({
     logger,
     registry,
@@ -116,10 +128,14 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
               fastPath,
               frames,
               requestTimeoutMs: config.requestTimeoutMs,
+              onHttp2RequestTimeout,
+              streamedRequestPaths,
             })
           : createSecureDualProtocolServer(handler as DualHandler, credentials, {
               fastPath,
               requestTimeoutMs: config.requestTimeoutMs,
+              onHttp2RequestTimeout,
+              streamedRequestPaths,
             })) as unknown as http.Server,
     },
   });
@@ -154,6 +170,12 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
       }),
     );
     registerReflection(router, files, [...services.map((s) => s.typeName), Health.typeName]);
+    for (const handler of router.handlers) {
+      const kind = handler.method.methodKind;
+      if (kind === "client_streaming" || kind === "bidi_streaming") {
+        streamedRequestPaths.add(handler.requestPath);
+      }
+    }
   };
   const routerInterceptors = [...interceptors, createTraceServerInterceptor()];
   // Calls still running SHUTDOWN_TIMEOUT_MS after close began are aborted

@@ -8,6 +8,7 @@ import {
   type DualProtocolServerOptions,
   endUnreadRequest,
   http2MaxConcurrentStreams,
+  limitRequestTime,
   requestTimeoutOptions,
 } from "./dual-protocol-server.js";
 import { RequestsInFlight } from "./requests-in-flight.js";
@@ -50,6 +51,7 @@ export function createSecureDualProtocolServer(
         if (fastPath?.(h1req, h1res)) return;
       } else {
         endUnreadRequest(req);
+        limitRequestTime(req, requestTimeoutMs, options);
       }
       handler(req, res);
     },

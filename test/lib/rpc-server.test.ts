@@ -228,6 +228,130 @@ describe("HTTP/2 limits", () => {
     }
   });
 
+  /**
+   * Opens a gRPC call on `session` that sends the first 10 bytes of a
+   * 1,000-byte message and no more: how its stream ended, and when (no
+   * code if it had not ended after 3 s).
+   */
+  function stallHalfWay(session: http2.ClientHttp2Session) {
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/chat.v1.LLMService/Generate",
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    const frame = Buffer.alloc(15);
+    frame.writeUInt32BE(1_000, 1);
+    stream.write(frame);
+    stream.on("error", () => {});
+    stream.resume();
+    const started = Date.now();
+    return new Promise<{ rstCode: number | undefined; ms: number }>((resolve) => {
+      stream.once("close", () => resolve({ rstCode: stream.rstCode, ms: Date.now() - started }));
+      setTimeout(() => resolve({ rstCode: undefined, ms: Date.now() - started }), 3_000);
+    });
+  }
+
+  async function cancelsStalledRequests(
+    baseUrl: string,
+    lines: Record<string, unknown>[],
+    options: http2.SecureClientSessionOptions = {},
+  ) {
+    const session = http2.connect(baseUrl, options);
+    session.on("error", () => {});
+    try {
+      const first = stallHalfWay(session);
+      await new Promise((r) => setTimeout(r, 150));
+      const second = stallHalfWay(session);
+      // The session serves other calls meanwhile, and after.
+      const client = createClient(
+        LLMService,
+        createGrpcTransport({ baseUrl, nodeOptions: options }),
+      );
+      expect((await client.generate({ text: "meanwhile" })).reply).toBe("Echo: meanwhile");
+      const ended = await first;
+      expect(ended.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+      expect(ended.ms).toBeGreaterThanOrEqual(280);
+      expect(ended.ms).toBeLessThan(2_000);
+      // The second stream is still waiting when close begins: it is
+      // cancelled on its own time, and the server closes right after.
+      const closing = app?.close().then(() => Date.now());
+      app = undefined;
+      const cancelled = await second;
+      const cancelledAt = Date.now();
+      expect(cancelled.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+      const closedAt = await Promise.race([
+        closing,
+        new Promise<string>((r) => setTimeout(r, 3_000, "still open after 3 s")),
+      ]);
+      expect(typeof closedAt).toBe("number");
+      expect((closedAt as number) - cancelledAt).toBeLessThan(1_000);
+      expect(
+        lines.filter((l) => l.msg === "HTTP/2 request not received in time: stream cancelled"),
+      ).toMatchObject([
+        { level: 40, path: "/chat.v1.LLMService/Generate", timeoutMs: 300 },
+        { level: 40, path: "/chat.v1.LLMService/Generate", timeoutMs: 300 },
+      ]);
+    } finally {
+      session.destroy();
+    }
+  }
+
+  it("cancels a call whose request stops half way after REQUEST_TIMEOUT_MS, and still closes at once", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const started = await startEchoLlmService(0, { REQUEST_TIMEOUT_MS: "300" }, logger);
+    app = started.app;
+    await cancelsStalledRequests(`http://127.0.0.1:${started.port}`, lines);
+  });
+
+  it.runIf(opensslOrSkip())("does the same over HTTP/2 with TLS", async () => {
+    const certs = await makeTestCertificates();
+    try {
+      const { logger, lines } = createMemoryLogger();
+      const started = await startEchoLlmService(
+        0,
+        { REQUEST_TIMEOUT_MS: "300", TLS_CERT_FILE: certs.certFile, TLS_KEY_FILE: certs.keyFile },
+        logger,
+      );
+      app = started.app;
+      await cancelsStalledRequests(`https://127.0.0.1:${started.port}`, lines, {
+        ca: readFileSync(certs.caFile),
+      });
+    } finally {
+      rmSync(certs.dir, { recursive: true, force: true });
+    }
+  });
+
+  it("lets a reflection stream, whose request is a stream of messages, last past REQUEST_TIMEOUT_MS", async () => {
+    const baseUrl = await start(0, { REQUEST_TIMEOUT_MS: "300" });
+    const session = http2.connect(baseUrl);
+    session.on("error", () => {});
+    try {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      stream.on("error", () => {});
+      const answers: Buffer[] = [];
+      stream.on("data", (chunk: Buffer) => answers.push(chunk));
+      // ServerReflectionRequest{list_services: "*"}, framed.
+      const listServices = Buffer.from([0, 0, 0, 0, 3, 0x3a, 1, 0x2a]);
+      stream.write(listServices);
+      await new Promise((r) => setTimeout(r, 700));
+      stream.write(listServices);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(stream.closed).toBe(false);
+      expect(Buffer.concat(answers).toString("latin1").split("chat.v1.LLMService").length - 1).toBe(
+        2,
+      );
+      stream.end();
+    } finally {
+      session.destroy();
+    }
+  });
+
   it("closes a session idle too long even with a stream whose request never ends", async () => {
     const server = http2.createServer(() => {});
     server.on("session", (session) => closeIdleHttp2Session(session, 200));
