@@ -11,7 +11,12 @@ import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
-import { type HttpError, httpErrorFromFastify, httpErrorFromUnroutable } from "./errors.js";
+import {
+  badRequest,
+  type HttpError,
+  httpErrorFromFastify,
+  httpErrorFromUnroutable,
+} from "./errors.js";
 import { registerHistory } from "./history.js";
 import { openAiErrorFrom, outcomeOf as openAiOutcomeOf } from "./openai/errors.js";
 import { registerOpenAiApi } from "./openai/routes.js";
@@ -46,6 +51,7 @@ const httpMethods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 /** The routes whose answers chatmesh_chats_total counts. */
 const chatRoutes = new Set(["/chat", "/chat/stream", "/v1/chat/completions"]);
+const hostRequired = badRequest("Host header is required");
 
 /** A bounded label for a chat's result: "ok", or the error's words in snake case. */
 const outcomeOf = (result: object): string =>
@@ -74,6 +80,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   const credentials = await readTlsCredentials(config.tls);
   const timeouts = requestTimeoutOptions(config.requestTimeoutMs);
   const securityHeaders = apiHeaders();
+  /**
+   * Answers a request refused before the hooks that would add the request
+   * id and the security headers (and under /v1, in OpenAI's shape).
+   */
+  const sendEdgeError = (req: FastifyRequest, reply: FastifyReply, http: HttpError) =>
+    reply
+      .code(http.status)
+      .headers(securityHeaders)
+      .header("x-request-id", req.id)
+      .send(req.url.startsWith("/v1/") ? openAiErrorFrom(http).body : http.body);
   const app = createHttpApp({
     logger,
     registry,
@@ -85,27 +101,26 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       genReqId: () => newRequestId(),
       clientErrorHandler: createClientErrorHandler(newRequestId),
       // Before routing, so before every hook: what they would add, added here.
-      frameworkErrors: (err, req, reply) => {
-        const http = httpErrorFromUnroutable(err);
-        (reply as FastifyReply)
-          .code(http.status)
-          .headers(securityHeaders)
-          .header("x-request-id", req.id)
-          .send(req.url.startsWith("/v1/") ? openAiErrorFrom(http).body : http.body);
-      },
+      frameworkErrors: (err, req, reply) =>
+        sendEdgeError(req, reply as FastifyReply, httpErrorFromUnroutable(err)),
       // Node's own default is 300 s, and Fastify turns it off (0): a client
       // sending a byte now and then would hold its connection for ever.
       requestTimeout: config.requestTimeoutMs,
       // Fastify's options type has no room for `http` or `https`; its constructor takes them.
       ...((credentials === undefined
-        ? { http: timeouts }
-        : { https: { ...credentials, ...timeouts } }) as object),
+        ? { http: { ...timeouts, requireHostHeader: false } }
+        : { https: { ...credentials, ...timeouts, requireHostHeader: false } }) as object),
     },
   });
   // JSON only: every other content type, text/plain included, is a 415.
   app.removeContentTypeParser("text/plain");
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
+    // RFC 9112, 3.2: an HTTP/1.1 request without Host is a 400. Node's own
+    // answer to it (requireHostHeader) was bare: no body, no request id.
+    if (req.headers.host === undefined && req.raw.httpVersion === "1.1") {
+      return sendEdgeError(req, reply, hostRequired);
+    }
   });
   /**
    * Counts a chat refused before its route's handler ran (bad JSON, too

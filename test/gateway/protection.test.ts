@@ -369,6 +369,41 @@ async function raw(bytes: string): Promise<{ head: string; body: string }> {
   });
 }
 
+describe("an HTTP/1.1 request without Host", () => {
+  it.each([
+    ["/healthz", { error: "Host header is required" }],
+    ["/chat", { error: "Host header is required" }],
+    [
+      "/v1/models",
+      {
+        error: {
+          message: "Host header is required",
+          type: "invalid_request_error",
+          param: null,
+          code: null,
+        },
+      },
+    ],
+  ])(
+    "to %s is 400 in the gateway's shape, with a request id and the API headers",
+    async (path, body) => {
+      await gateway();
+      const { head, body: answer } = await raw(`GET ${path} HTTP/1.1\r\n\r\n`);
+      expect(head.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+      expect(JSON.parse(answer)).toEqual(body);
+      expect(head).toMatch(/^x-request-id: [0-9a-f-]{36}$/m);
+      expect(head).toContain("content-security-policy: default-src 'none'; frame-ancestors 'none'");
+    },
+  );
+
+  it("is served over HTTP/1.0, which has no Host", async () => {
+    await gateway();
+    const { head, body } = await raw("GET /healthz HTTP/1.0\r\n\r\n");
+    expect(head.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    expect(body).toBe("ok");
+  });
+});
+
 describe("requests Node's HTTP parser refuses", () => {
   it.each([
     ["a garbage request line", "NOT HTTP AT ALL\r\n\r\n", "400 Bad Request", "bad request"],
