@@ -208,7 +208,9 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         for await (const chunk of chunks) {
           // A usage chunk may come without `choices` at all.
           const choice = chunk.choices?.[0];
-          if (choice?.delta?.content) yield choice.delta.content;
+          // A model that declines streams its refusal instead of content.
+          const piece = choice?.delta?.content || choice?.delta?.refusal;
+          if (piece) yield piece;
           if (choice?.finish_reason) finishReason = choice.finish_reason;
           usage = usageOf(chunk.usage) ?? usage;
         }

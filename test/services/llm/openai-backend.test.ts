@@ -272,6 +272,15 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect((await client.generate({ text: "refuse" })).reply).toBe("I cannot help with that.");
   });
 
+  it("streams a refusal as the reply, as it answers one", async () => {
+    const { client } = llm();
+    const pieces: string[] = [];
+    for await (const res of client.generateStream({ text: "refuse" })) {
+      if (res.delta !== "") pieces.push(res.delta);
+    }
+    expect(pieces).toEqual(["I cannot ", "help with that."]);
+  });
+
   it("logs the upstream failure without the key, and tells the caller nothing of it", async () => {
     const { client, logs } = llm();
     const err = await failure(client.generate({ text: "status 401" }));
