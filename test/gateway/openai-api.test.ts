@@ -214,6 +214,72 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     ["a text too long", ask("u", "x".repeat(41)), "messages", "context_length_exceeded"],
     ["n=2", { ...ask("u", "hi"), n: 2 }, "n", null],
     ["max_tokens 0", { ...ask("u", "hi"), max_tokens: 0 }, "max_tokens", null],
+    [
+      "stream_options without stream",
+      { ...ask("u", "hi"), stream_options: { include_usage: true } },
+      "stream_options",
+      null,
+    ],
+    [
+      "a temperature that is a word",
+      { ...ask("u", "hi"), temperature: "hot" },
+      "temperature",
+      "invalid_type",
+    ],
+    ["a temperature over 2", { ...ask("u", "hi"), temperature: 5 }, "temperature", "invalid_type"],
+    [
+      "a stop of five strings",
+      { ...ask("u", "hi"), stop: ["a", "b", "c", "d", "e"] },
+      "stop",
+      "invalid_type",
+    ],
+    ["a stop that is a number", { ...ask("u", "hi"), stop: 5 }, "stop", "invalid_type"],
+    [
+      "a role that does not exist",
+      {
+        ...ask("u", "hi"),
+        messages: [
+          { role: "wizard", content: "x" },
+          { role: "user", content: "hi" },
+        ],
+      },
+      "messages[0].role",
+      "invalid_value",
+    ],
+    [
+      "a tool message without tool_call_id",
+      {
+        ...ask("u", "hi"),
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "tool", content: "42" },
+        ],
+      },
+      "messages[1].tool_call_id",
+      "invalid_type",
+    ],
+    [
+      "a system message whose content is a number",
+      {
+        ...ask("u", "hi"),
+        messages: [
+          { role: "system", content: 5 },
+          { role: "user", content: "hi" },
+        ],
+      },
+      "messages[0].content",
+      "invalid_type",
+    ],
+    [
+      "a safety_identifier over 256 characters, standing for the user",
+      {
+        model: "echo",
+        messages: [{ role: "user", content: "hi" }],
+        safety_identifier: "x".repeat(257),
+      },
+      "safety_identifier",
+      null,
+    ],
   ])("refuses %s with 400 in OpenAI's error shape", async (_case, body, param, code) => {
     await gateway();
     const err = await thrown(
@@ -221,6 +287,55 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     );
     expect(err).toBeInstanceOf(BadRequestError);
     expect(err).toMatchObject({ status: 400, type: "invalid_request_error", param, code });
+  });
+
+  it("takes what OpenAI takes: sampling and tool parameters, tool turns, a server's own parameters", async () => {
+    await gateway();
+    const answer = await sdk().chat.completions.create({
+      model: "echo",
+      user: "params",
+      messages: [
+        { role: "developer", content: "be brief" },
+        { role: "user", content: "what is 6 × 7?" },
+        {
+          role: "assistant",
+          content: null,
+          tool_calls: [
+            { id: "call_1", type: "function", function: { name: "multiply", arguments: "{}" } },
+          ],
+        },
+        { role: "tool", tool_call_id: "call_1", content: "42" },
+        { role: "user", content: [{ type: "text", text: "thanks" }] },
+      ],
+      temperature: 0.2,
+      top_p: 1,
+      seed: 7,
+      stop: ["\n\n"],
+      presence_penalty: -1,
+      logprobs: false,
+      tools: [{ type: "function", function: { name: "multiply", parameters: {} } }],
+      tool_choice: "auto",
+      response_format: { type: "text" },
+      stream_options: null,
+      // vLLM's and Ollama's own sampling parameter.
+      ...({ top_k: 40 } as object),
+    });
+    expect(answer.choices[0]?.message.content).toBe("Echo: thanks");
+  });
+
+  it("takes safety_identifier as the user when there is no user field", async () => {
+    await gateway();
+    const answer = await sdk().chat.completions.create({
+      model: "echo",
+      messages: [{ role: "user", content: "hi" }],
+      safety_identifier: "safe-1",
+    });
+    expect(answer.choices[0]?.message.content).toBe("Echo: hi");
+    expect(await historyOf("safe-1")).toMatchObject([{ text: "hi", reply: "Echo: hi" }]);
+    // The user field, when there is one, is the user.
+    await sdk().chat.completions.create({ ...ask("named", "hello"), safety_identifier: "safe-1" });
+    expect(await historyOf("named")).toMatchObject([{ text: "hello" }]);
+    expect(await historyOf("safe-1")).toHaveLength(1);
   });
 
   it.each([
@@ -257,7 +372,23 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
         messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }],
       }),
     );
+    for (const headers of [
+      { "content-type": "text/plain" },
+      { "content-type": "application/json; charset=latin1" },
+      { "content-type": "application/json", "content-encoding": "gzip" },
+    ]) {
+      const res = await fetch(`${baseUrl}/v1/chat/completions`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(ask("m1", "hi")),
+      });
+      expect(res.status).toBe(415);
+    }
     const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toContain(
+      'chatmesh_chats_total{outcome="content-type_must_be_application/json"} 2',
+    );
+    expect(metrics).toContain('chatmesh_chats_total{outcome="content-encoding_not_supported"} 1');
     expect(metrics).toContain('chatmesh_chats_total{outcome="ok"} 1');
     expect(metrics).toContain('chatmesh_chats_total{outcome="text_blocked_by_filter"} 1');
     expect(metrics).toContain('chatmesh_chats_total{outcome="bad_request"} 1');

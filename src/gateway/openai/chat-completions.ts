@@ -43,17 +43,22 @@ function chatInputOf(
 ): { request: CompletionRequest; input: ChatInput } | OpenAiError {
   const request = parseCompletionRequest(req.body);
   if (isOpenAiError(request)) return request;
-  const user = userFor(req, request.user);
+  // Without API keys, `safety_identifier` stands in for an absent `user`.
+  const user = userFor(req, request.user) ?? request.safetyIdentifier;
   if (user === userMismatch) return invalidRequest("user does not match the api key", "user");
   if (user === undefined) {
-    return invalidRequest("user is required: send the user field, or an API key", "user");
+    return invalidRequest(
+      "user is required: send the user (or safety_identifier) field, or an API key",
+      "user",
+    );
   }
   // Checked here, so the answer names OpenAI's field rather than /chat's user_id.
+  const field = user === request.user || req.apiUser !== undefined ? "user" : "safety_identifier";
   if (!isUserId(user)) {
-    return invalidRequest("user must be a non-empty string of valid Unicode", "user");
+    return invalidRequest(`${field} must be a non-empty string of valid Unicode`, field);
   }
   if (userIdTooLong(user)) {
-    return invalidRequest(`user is longer than ${maxUserIdChars} characters`, "user");
+    return invalidRequest(`${field} is longer than ${maxUserIdChars} characters`, field);
   }
   const userId = user;
   const input = parseChatInput({ user_id: userId, text: request.text }, deps.maxTextChars);

@@ -47,6 +47,8 @@ const known: Readonly<Record<string, Known>> = {
   "rate limited": { type: "rate_limit_exceeded", code: "rate_limit_exceeded" },
   "invalid api key": { code: "invalid_api_key" },
   "request body too large": { code: "request_too_large" },
+  "content-type must be application/json": {},
+  "content-encoding not supported": {},
 };
 
 /**

@@ -11,6 +11,11 @@ export interface CompletionRequest {
   readonly includeUsage: boolean;
   /** The `user` field; empty counts as absent. */
   readonly user: string | undefined;
+  /**
+   * The `safety_identifier` field (empty counts as absent): the SDK's
+   * successor of `user`, taken as the user when `user` is absent.
+   */
+  readonly safetyIdentifier: string | undefined;
   /** max_completion_tokens, else max_tokens. */
   readonly maxTokens: number | undefined;
 }
@@ -54,12 +59,81 @@ function optionalTokens(body: Body, name: string): number | undefined | OpenAiEr
 const isError = (value: unknown): value is OpenAiError =>
   isRecord(value) && "status" in value && "body" in value;
 
+const invalidType = (param: string, expected: string) =>
+  invalidRequest(`Invalid type for '${param}': expected ${expected}.`, param, "invalid_type");
+
+const isNumberIn = (min: number, max: number) => (value: unknown) =>
+  typeof value === "number" && value >= min && value <= max;
+const isInteger = (value: unknown) => Number.isSafeInteger(value);
+const isString = (value: unknown) => typeof value === "string";
+const isBoolean = (value: unknown) => typeof value === "boolean";
+const isArray = (value: unknown) => Array.isArray(value);
+const isStop = (value: unknown) =>
+  typeof value === "string" ||
+  (Array.isArray(value) && value.length <= 4 && value.every((s) => typeof s === "string"));
+
+/**
+ * The parameters the chain does not use, checked as OpenAI checks them (a
+ * client's mistake is a 400 here as there), then not sent on. `null` is
+ * their absence. Parameters OpenAI does not know pass: servers such as vLLM
+ * and Ollama take their own (`top_k`, `min_p`, …).
+ */
+const ignoredParameters: readonly [string, (value: unknown) => boolean, string][] = [
+  ["temperature", isNumberIn(0, 2), "a number from 0 to 2"],
+  ["top_p", isNumberIn(0, 1), "a number from 0 to 1"],
+  ["presence_penalty", isNumberIn(-2, 2), "a number from -2 to 2"],
+  ["frequency_penalty", isNumberIn(-2, 2), "a number from -2 to 2"],
+  ["seed", isInteger, "an integer"],
+  ["logprobs", isBoolean, "a boolean"],
+  [
+    "top_logprobs",
+    (v) => isInteger(v) && (v as number) >= 0 && (v as number) <= 20,
+    "an integer from 0 to 20",
+  ],
+  ["stop", isStop, "a string or an array of at most 4 strings"],
+  ["logit_bias", isRecord, "an object"],
+  ["response_format", isRecord, "an object"],
+  ["tools", isArray, "an array"],
+  ["tool_choice", (v) => isString(v) || isRecord(v), "a string or an object"],
+  ["parallel_tool_calls", isBoolean, "a boolean"],
+  ["store", isBoolean, "a boolean"],
+  ["metadata", isRecord, "an object"],
+  ["modalities", isArray, "an array"],
+  ["reasoning_effort", isString, "a string"],
+  ["service_tier", isString, "a string"],
+  ["prompt_cache_key", isString, "a string"],
+];
+
+const roles = ["system", "developer", "user", "assistant", "tool", "function"];
+
+/** A message's role and content as OpenAI checks them; undefined when they pass. */
+function messageError(message: Body, i: number): OpenAiError | undefined {
+  const { role, content } = message;
+  if (typeof role !== "string" || !roles.includes(role)) {
+    return invalidRequest(
+      `Invalid value for 'messages[${i}].role': supported values are ${roles.map((r) => `'${r}'`).join(", ")}.`,
+      `messages[${i}].role`,
+      "invalid_value",
+    );
+  }
+  // An assistant's content may be absent (a message of tool calls).
+  const contentOptional = role === "assistant";
+  const absent = content === undefined || content === null;
+  if (absent ? !contentOptional : typeof content !== "string" && !Array.isArray(content)) {
+    return invalidType(`messages[${i}].content`, "a string or an array of content parts");
+  }
+  if (role === "tool" && typeof message.tool_call_id !== "string") {
+    return invalidType(`messages[${i}].tool_call_id`, "a string");
+  }
+  return undefined;
+}
+
 /**
  * Checks a chat completions body. The chain answers one text, so only the
  * last message with role "user" is used: system prompts, earlier turns and
  * assistant messages are accepted and not sent on (nor filtered, charged or
  * kept). Without a user message, or with n other than 1, it is a 400.
- * Sampling and tool parameters are ignored.
+ * Sampling and tool parameters are checked, then ignored.
  */
 export function parseCompletionRequest(body: unknown): CompletionRequest | OpenAiError {
   if (!isRecord(body)) return invalidRequest("request body must be a JSON object", null);
@@ -70,8 +144,12 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   if (!Array.isArray(messages) || messages.length === 0) {
     return invalidRequest("messages must be a non-empty array", "messages");
   }
-  if (!messages.every((m) => isRecord(m) && typeof m.role === "string")) {
+  if (!messages.every(isRecord)) {
     return invalidRequest("each message must be an object with a role", "messages");
+  }
+  for (const [i, message] of (messages as Body[]).entries()) {
+    const err = messageError(message, i);
+    if (err !== undefined) return err;
   }
   const last = (messages as Body[]).findLastIndex((m) => m.role === "user");
   if (last === -1) return invalidRequest("messages must include a user message", "messages");
@@ -79,6 +157,18 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   if (isError(text)) return text;
   if (user !== undefined && user !== null && typeof user !== "string") {
     return invalidRequest("user must be a string", "user");
+  }
+  const safetyIdentifier = body.safety_identifier;
+  if (
+    safetyIdentifier !== undefined &&
+    safetyIdentifier !== null &&
+    typeof safetyIdentifier !== "string"
+  ) {
+    return invalidRequest("safety_identifier must be a string", "safety_identifier");
+  }
+  for (const [name, valid, expected] of ignoredParameters) {
+    const value = body[name];
+    if (value !== undefined && value !== null && !valid(value)) return invalidType(name, expected);
   }
   if (n !== undefined && n !== null && n !== 1) return invalidRequest("only n=1 is supported", "n");
   const stream = optionalBoolean(body, "stream");
@@ -93,6 +183,12 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
     "stream_options.include_usage",
   );
   if (isError(includeUsage)) return includeUsage;
+  if (options !== undefined && options !== null && !stream) {
+    return invalidRequest(
+      "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+      "stream_options",
+    );
+  }
   const maxCompletion = optionalTokens(body, "max_completion_tokens");
   if (isError(maxCompletion)) return maxCompletion;
   const maxTokens = optionalTokens(body, "max_tokens");
@@ -101,8 +197,12 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
     model,
     text,
     stream,
-    includeUsage: stream && includeUsage,
+    includeUsage,
     user: typeof user === "string" && user !== "" ? user : undefined,
+    safetyIdentifier:
+      typeof safetyIdentifier === "string" && safetyIdentifier !== ""
+        ? safetyIdentifier
+        : undefined,
     maxTokens: maxCompletion ?? maxTokens,
   };
 }
