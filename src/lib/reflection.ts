@@ -1,4 +1,11 @@
-import { createRegistry, type DescFile, type Registry, toBinary } from "@bufbuild/protobuf";
+import {
+  createRegistry,
+  type DescEnum,
+  type DescFile,
+  type DescMessage,
+  type Registry,
+  toBinary,
+} from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter } from "@connectrpc/connect";
 import {
@@ -23,20 +30,44 @@ function withDependencies(file: DescFile, seen = new Set<string>()): Uint8Array[
   ];
 }
 
-/** Every file reachable from `files` through imports, by name. */
+/**
+ * Every file reachable from `files` through imports, by its file name
+ * (`chat/v1/llm.proto`: protobuf-es's `DescFile.name` drops `.proto`).
+ */
 function fileIndex(files: readonly DescFile[]): Map<string, DescFile> {
   const index = new Map<string, DescFile>();
   const add = (file: DescFile) => {
-    if (index.has(file.name)) return;
-    index.set(file.name, file);
+    if (index.has(file.proto.name)) return;
+    index.set(file.proto.name, file);
     file.dependencies.forEach(add);
   };
   files.forEach(add);
   return index;
 }
 
+/**
+ * The file of each enum value, by its full name: a value is scoped beside
+ * its enum (`chat.v1.FILTER_REJECTION_REASON_BLOCKED`), as protoc resolves it.
+ */
+function enumValueIndex(files: Iterable<DescFile>): Map<string, DescFile> {
+  const index = new Map<string, DescFile>();
+  for (const file of files) {
+    const enums = [...file.enums, ...file.messages.flatMap(nestedEnums)];
+    for (const desc of enums) {
+      const scope = desc.typeName.slice(0, desc.typeName.lastIndexOf(".") + 1);
+      for (const value of desc.values) index.set(scope + value.name, file);
+    }
+  }
+  return index;
+}
+
+function nestedEnums(message: DescMessage): DescEnum[] {
+  return [...message.nestedEnums, ...message.nestedMessages.flatMap(nestedEnums)];
+}
+
 function answer(
   index: Map<string, DescFile>,
+  enumValues: Map<string, DescFile>,
   registry: Registry,
   services: readonly string[],
   req: Request,
@@ -89,7 +120,7 @@ function answer(
           desc?.kind === "enum" ||
           desc?.kind === "extension"
           ? desc.file
-          : undefined,
+          : enumValues.get(symbol),
       );
     }
     default:
@@ -109,10 +140,15 @@ export function registerReflection(
 ): void {
   const index = fileIndex([...files, ServerReflectionV1.file, ServerReflectionV1alpha.file]);
   const registry = createRegistry(...index.values());
+  const enumValues = enumValueIndex(index.values());
   const listed = [...services, ServerReflectionV1.typeName, ServerReflectionV1alpha.typeName];
   async function* serve(requests: AsyncIterable<Request>) {
     for await (const req of requests) {
-      yield { ...answer(index, registry, listed, req), validHost: req.host, originalRequest: req };
+      yield {
+        ...answer(index, enumValues, registry, listed, req),
+        validHost: req.host,
+        originalRequest: req,
+      };
     }
   }
   // v1alpha's messages have the same fields and numbers as v1's.
