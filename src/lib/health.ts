@@ -47,6 +47,9 @@ export function createHealthService(options: HealthServiceOptions): ServiceImpl<
           last = now;
           yield { status: now };
         }
+        // Told NOT_SERVING, a watcher lets the process drain: its stream
+        // held open would keep a graceful close waiting until it timed out.
+        if (options.draining()) return;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, options.watchIntervalMs ?? 1_000);
           signal.addEventListener(

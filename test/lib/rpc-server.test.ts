@@ -13,6 +13,7 @@ import {
   GenerateResponseSchema,
   LLMService,
 } from "../../gen/chat/v1/llm_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { loadLlmConfig } from "../../src/lib/config.js";
 import {
   closeIdleHttp2Session,
@@ -124,6 +125,26 @@ describe("the RPC server bootstrap", () => {
     } finally {
       rmSync(certs.dir, { recursive: true, force: true });
     }
+  });
+
+  it("tells a health watcher NOT_SERVING on close, then ends its stream rather than wait for it", async () => {
+    const baseUrl = await start();
+    const health = createClient(Health, createGrpcTransport({ baseUrl }));
+    const seen: string[] = [];
+    let closing: Promise<unknown> | undefined;
+    let started = 0;
+    for await (const res of health.watch({ service: "" })) {
+      seen.push(HealthCheckResponse_ServingStatus[res.status]);
+      if (seen.length === 1) {
+        started = Date.now();
+        closing = app?.close();
+        app = undefined;
+      }
+    }
+    await closing;
+    expect(seen).toEqual(["SERVING", "NOT_SERVING"]);
+    // Its default SHUTDOWN_TIMEOUT_MS is 10 s.
+    expect(Date.now() - started).toBeLessThan(2_000);
   });
 
   it("aborts the calls still running SHUTDOWN_TIMEOUT_MS after close began", async () => {
