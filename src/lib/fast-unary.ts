@@ -412,11 +412,9 @@ export function dropFarDeadline(headers: http.IncomingHttpHeaders): void {
   }
 }
 
-/** A `connect-timeout-ms` value as a deadline, undefined when absent or 0. */
+/** A `connect-timeout-ms` value (checked, not 0) as a deadline, undefined when absent. */
 function parseTimeoutMs(value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const ms = Number(value);
-  return ms > 0 ? ms : undefined;
+  return value === undefined ? undefined : Number(value);
 }
 
 /**
@@ -477,11 +475,15 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
   return (req, res) => {
     if (req.method !== "POST" || req.headers["content-type"] !== protoType) return false;
     // A compressed body, or a timeout the protocol does not allow, goes to
-    // the router, which decompresses or refuses it as the protocol says.
+    // the router, which decompresses or refuses it as the protocol says; so
+    // does a timeout of 0, a deadline already past, which it fails at once.
     const encoding = req.headers["content-encoding"];
     if (encoding !== undefined && encoding !== "identity") return false;
     const timeout = req.headers["connect-timeout-ms"];
-    if (timeout !== undefined && (typeof timeout !== "string" || !connectTimeout.test(timeout))) {
+    if (
+      timeout !== undefined &&
+      (typeof timeout !== "string" || !connectTimeout.test(timeout) || Number(timeout) === 0)
+    ) {
       return false;
     }
     const fast = invoker.lookup(req.url ?? "");

@@ -462,6 +462,21 @@ describe("deadlines and encodings on every path", () => {
     ]);
   });
 
+  it("fails a call whose connect-timeout-ms is 0 at once, as the router does", async () => {
+    const baseUrl = await start(1_000);
+    for (const timeout of ["0", "00"]) {
+      const started = Date.now();
+      const res = await post(
+        baseUrl,
+        { "content-type": "application/proto", "connect-timeout-ms": timeout },
+        hi,
+      );
+      const body = (await res.json()) as { code: string };
+      expect([res.status, body.code]).toEqual([504, "deadline_exceeded"]);
+      expect(Date.now() - started).toBeLessThan(500);
+    }
+  });
+
   it("refuses a malformed connect-timeout-ms on the lean path as the router does", async () => {
     const baseUrl = await start();
     for (const timeout of ["abc", "-5", "1.5", "12345678901"]) {
