@@ -83,10 +83,27 @@ export function recordServices(
 const jsonType = "application/json";
 const protoType = "application/proto";
 
+/**
+ * What a handler's failure tells its caller, as the Connect router tells it:
+ * a ConnectError as it is, anything else INTERNAL "internal error" (its own
+ * message may say what only the server should know).
+ */
+export function callerErrorOf(err: unknown): ConnectError {
+  return err instanceof ConnectError
+    ? err
+    : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+}
+
 function sendError(res: http.ServerResponse, err: unknown): void {
-  const error = ConnectError.from(err);
+  const error = callerErrorOf(err);
   const body = errorToJsonBytes(error, {});
+  const headers: http.OutgoingHttpHeaders = {};
+  // The error's metadata goes in the response's headers, as the router sends it.
+  error.metadata.forEach((value, name) => {
+    headers[name] = value;
+  });
   res.writeHead(codeToHttpStatus(error.code), {
+    ...headers,
     "content-type": jsonType,
     "content-length": body.byteLength,
   });

@@ -1,7 +1,7 @@
 import type net from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
-import type { ServedCall, UnaryInvoker } from "./fast-unary.js";
+import { callerErrorOf, type ServedCall, type UnaryInvoker } from "./fast-unary.js";
 import {
   decodeRequest,
   encodeFrame,
@@ -171,7 +171,7 @@ export function createFramesServer(
         if (calls.get(id) === call) answer(encodeFrame(FrameKind.Ok, id, bytes));
       },
       (err: unknown) => {
-        if (calls.get(id) === call) refuse(ConnectError.from(err));
+        if (calls.get(id) === call) refuse(callerErrorOf(err));
       },
     );
   }

@@ -1,7 +1,7 @@
 import net, { type AddressInfo } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
@@ -243,6 +243,41 @@ describe("unary calls over frames", () => {
       Array.from({ length: 200 }, (_, i) => `Echo: m${i}`),
     );
     expect(await connectionsOf(app?.server as net.Server)).toBe(1);
+  });
+
+  it('answers a handler\'s own failure as INTERNAL "internal error" on every path, as the router does', async () => {
+    app = await createRpcServer({
+      name: "llm",
+      config: loadLlmConfig({}),
+      logger: createLogger("llm", "silent"),
+      routes: (router) =>
+        router.service(LLMService, {
+          generate: (req) => {
+            if (req.text === "plain") throw new Error("db password=hunter2 at 10.0.0.5");
+            throw new ConnectError("not now", Code.FailedPrecondition, { "retry-after-ms": "250" });
+          },
+        }),
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    const transports = {
+      frames: createFramesTransport({
+        baseUrl,
+        defaultTimeoutMs: 5_000,
+        streamTransport: createGrpcTransport({ baseUrl }),
+      }),
+      lean: createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true }),
+      router: createGrpcTransport({ baseUrl }),
+    };
+    for (const [name, transport] of Object.entries(transports)) {
+      const client = createClient(LLMService, transport);
+      const plain = ConnectError.from(await client.generate({ text: "plain" }).catch((e) => e));
+      expect([name, plain.code, plain.rawMessage]).toEqual([name, Code.Internal, "internal error"]);
+      const own = ConnectError.from(await client.generate({ text: "own" }).catch((e) => e));
+      expect([name, own.code, own.rawMessage]).toEqual([name, Code.FailedPrecondition, "not now"]);
+      if (name !== "frames")
+        expect([name, own.metadata.get("retry-after-ms")]).toEqual([name, "250"]);
+    }
   });
 
   it("carries the service's errors, unknown methods and oversized messages as Connect codes", async () => {
