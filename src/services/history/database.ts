@@ -97,8 +97,10 @@ export async function openHistoryDatabase(
     try {
       if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
       sqlite = new Database(url.path);
-      sqlite.pragma("journal_mode = WAL");
+      // First: switching to WAL waits out another process's lock (a replica
+      // starting at the same time) only with a busy timeout already set.
       sqlite.pragma("busy_timeout = 5000");
+      sqlite.pragma("journal_mode = WAL");
       // SQLite's own default page cache, 2 MiB: better-sqlite3 builds with 16 MiB,
       // which under `make bench` held ~18 MB more RSS for no measurable speed
       // (the file's pages stay in the OS's cache).

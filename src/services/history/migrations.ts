@@ -58,7 +58,16 @@ export async function migrateHistory(db: Kysely<HistoryDatabase>, dialect: Diale
     migrationTableName: "history_migration",
     migrationLockTableName: "history_migration_lock",
   });
-  const { error } = await migrator.migrateToLatest();
+  // Kysely locks migrations on MySQL; on SQLite it takes no lock at all
+  // (one connection, it assumes one process), so replicas starting together
+  // on one file each created the tables and all but one failed. A write
+  // transaction taken first makes the others wait (busy_timeout), then find
+  // the schema done. SQLite's DDL is transactional: a failure leaves none.
+  if (dialect === "sqlite") await sql`begin immediate`.execute(db);
+  const { error } = await migrator
+    .migrateToLatest()
+    .catch((err: unknown) => ({ error: err as unknown }));
+  if (dialect === "sqlite") await sql.raw(error === undefined ? "commit" : "rollback").execute(db);
   if (error !== undefined) {
     throw new Error("history schema migration failed", { cause: error });
   }

@@ -1,10 +1,14 @@
+import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, type DatabaseUrl } from "../../../src/lib/config.js";
 import { openHistoryStore } from "../../../src/services/history/open-store.js";
 import { createMysqlDatabase, createSqliteDatabase } from "../../fixtures/databases.js";
+import { repoRoot } from "../../fixtures/processes.js";
 import { startSilentProxy } from "../../fixtures/silent-proxy.js";
 
 const dir = mkdtempSync(join(tmpdir(), "chatmesh-open-store-"));
@@ -12,6 +16,32 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const refusal = (shown: string, reason: string) =>
   `HISTORY_DATABASE_URL must name a database this process can open, got "${shown}" (${reason})`;
+
+/** `count` processes opening (and migrating) the fresh SQLite file `path` at the same moment: what each printed. */
+async function openTogether(path: string, count: number): Promise<{ ok: boolean }[]> {
+  const script = fileURLToPath(new URL("../../fixtures/open-history-at.ts", import.meta.url));
+  // Time for every process to load first (tsx, the store's modules).
+  const at = String(Date.now() + 2_500);
+  return Promise.all(
+    Array.from({ length: count }, async () => {
+      const { stdout } = await promisify(execFile)(
+        process.execPath,
+        ["--import", "tsx", script, path, at],
+        { cwd: repoRoot },
+      );
+      return JSON.parse(stdout) as { ok: boolean };
+    }),
+  );
+}
+
+describe("history replicas starting together on one SQLite file", () => {
+  it("migrate it once: none fails on a table another one created, or on its lock", async () => {
+    for (let round = 0; round < 3; round++) {
+      const path = join(dir, `together-${round}`, "history.db");
+      expect(await openTogether(path, 4)).toEqual(Array(4).fill({ ok: true }));
+    }
+  }, 60_000);
+});
 
 describe("opening the history store", () => {
   it.each([
