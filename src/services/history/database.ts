@@ -87,6 +87,25 @@ export interface OpenDatabaseOptions {
  * opened is a ConfigError naming HISTORY_DATABASE_URL. Only the driver of the URL's
  * dialect is loaded (mysql2 alone is about 16 MB of RSS).
  */
+/**
+ * Puts a SQLite file in WAL mode. On a new file that another process holds
+ * locked (a replica starting at the same time, creating it), the switch
+ * fails at once with SQLITE_BUSY, whatever the busy timeout: it is tried
+ * again for up to 5 s, as the busy timeout would wait.
+ */
+async function switchToWal(sqlite: { pragma(source: string): unknown }): Promise<void> {
+  const until = Date.now() + 5_000;
+  for (;;) {
+    try {
+      sqlite.pragma("journal_mode = WAL");
+      return;
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== "SQLITE_BUSY" || Date.now() > until) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
 export async function openHistoryDatabase(
   url: DatabaseUrl,
   options: OpenDatabaseOptions = {},
@@ -97,10 +116,8 @@ export async function openHistoryDatabase(
     try {
       if (url.path !== ":memory:") mkdirSync(dirname(url.path), { recursive: true });
       sqlite = new Database(url.path);
-      // First: switching to WAL waits out another process's lock (a replica
-      // starting at the same time) only with a busy timeout already set.
       sqlite.pragma("busy_timeout = 5000");
-      sqlite.pragma("journal_mode = WAL");
+      await switchToWal(sqlite);
       // SQLite's own default page cache, 2 MiB: better-sqlite3 builds with 16 MiB,
       // which under `make bench` held ~18 MB more RSS for no measurable speed
       // (the file's pages stay in the OS's cache).

@@ -1,3 +1,6 @@
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
 import { sql } from "kysely";
 import { afterEach, describe, expect, it } from "vitest";
 import {
@@ -30,6 +33,30 @@ describe("the SQLite history database", () => {
       });
     } finally {
       await db.destroy();
+    }
+  });
+
+  it("switches a new file to WAL once another connection's write lock on it is gone", async () => {
+    database = await createSqliteDatabase();
+    const path = database.url.slice("sqlite:".length);
+    mkdirSync(dirname(path), { recursive: true });
+    // Another replica creating the file, in its first write transaction.
+    const holder = new Database(path);
+    holder.exec("begin immediate; create table other(x)");
+    const released = new Promise((resolve) =>
+      setTimeout(() => resolve(holder.exec("commit")), 300),
+    );
+    try {
+      const { db } = await openHistoryDatabase({ dialect: "sqlite", path });
+      try {
+        const { rows } = await sql.raw("PRAGMA journal_mode").execute(db);
+        expect(rows[0]).toEqual({ journal_mode: "wal" });
+      } finally {
+        await db.destroy();
+      }
+    } finally {
+      await released;
+      holder.close();
     }
   });
 
