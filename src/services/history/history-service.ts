@@ -61,6 +61,20 @@ const entryTrace = (entry: HistoryServiceAppendRequest) =>
 export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<typeof HistoryService> {
   const { store } = deps;
   const now = deps.now ?? (() => new Date());
+  // A batch that fails fails each of its entries with the one error: logged once.
+  const logged = new WeakSet<object>();
+  /** The store's failure as the caller hears it; an INTERNAL one logged with its cause. */
+  const failure = (err: unknown) => {
+    const answer = fromStoreError(err);
+    if (
+      answer.code === Code.Internal &&
+      !(typeof err === "object" && err !== null && logged.has(err))
+    ) {
+      if (typeof err === "object" && err !== null) logged.add(err);
+      deps.logger?.error({ err }, "history store failed");
+    }
+    return answer;
+  };
   /** Stores one chat; the answer carries the stored entry unless `withEntry` is false. */
   const appendOne = async (req: HistoryServiceAppendRequest, withEntry: boolean) => {
     requireUserId(req.userId);
@@ -74,7 +88,7 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
       });
       return withEntry ? { entry: toMessage(entry), created } : { created };
     } catch (err) {
-      throw fromStoreError(err);
+      throw failure(err);
     }
   };
   return {
@@ -128,7 +142,7 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
         });
         return { entries: page.entries.map(toMessage), nextPageToken: page.nextPageToken };
       } catch (err) {
-        throw fromStoreError(err);
+        throw failure(err);
       }
     },
   };

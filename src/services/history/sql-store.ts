@@ -57,6 +57,25 @@ function checkInput(entry: NewEntry): void {
  * once per batch rather than once per chat. Every caller still hears only
  * after its entry committed.
  */
+/** InnoDB's deadlock: it rolled the whole transaction back, to be run again. */
+const isDeadlock = (err: unknown) =>
+  (err as { code?: unknown } | null)?.code === "ER_LOCK_DEADLOCK";
+
+/**
+ * Runs `write` again (up to 3 times in all) when InnoDB chose it as a
+ * deadlock's victim: two replicas appending the same request ids (a retry
+ * that reached both) in other orders lock their unique keys crosswise.
+ */
+async function retriedOnDeadlock<T>(write: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write();
+    } catch (err) {
+      if (!isDeadlock(err) || attempt === 3) throw err;
+    }
+  }
+}
+
 export function createSqlHistoryStore(db: Kysely<HistoryDatabase>): HistoryStore {
   /** The stored rows of these request ids, read after the batch committed. */
   async function byRequestIds(requestIds: readonly string[]) {
@@ -89,10 +108,11 @@ export function createSqlHistoryStore(db: Kysely<HistoryDatabase>): HistoryStore
 
   /** Writes a batch, more than one entry in one transaction, and answers each entry. */
   async function writeBatch(batch: readonly NewEntry[]) {
-    const inserted =
+    const inserted = await retriedOnDeadlock(() =>
       batch.length === 1
-        ? await insertEntries(db, batch)
-        : await db.transaction().execute((trx) => insertEntries(trx, batch));
+        ? insertEntries(db, batch)
+        : db.transaction().execute((trx) => insertEntries(trx, batch)),
+    );
     const retries = batch.filter((entry, i) => isRetry(entry, inserted[i] as Inserted));
     const stored = byRequestIds(retries.map((entry) => entry.requestId));
     return Promise.allSettled(

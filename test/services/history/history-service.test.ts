@@ -13,6 +13,7 @@ import { createHistoryService } from "../../../src/services/history/history-serv
 import type { HistoryStore } from "../../../src/services/history/history-store.js";
 import { openHistoryStore } from "../../../src/services/history/open-store.js";
 import { createSqliteDatabase, type TestDatabase } from "../../fixtures/databases.js";
+import { createMemoryLogger } from "../../fixtures/logs.js";
 
 const now = new Date(Date.UTC(2025, 5, 1, 8, 30, 0, 250));
 let database: TestDatabase;
@@ -118,10 +119,11 @@ describe("chat.v1.HistoryService over the router transport", () => {
       loadHistoryConfig({ HISTORY_DATABASE_URL: database.url }).database,
     );
     await broken.close();
+    const { logger, lines } = createMemoryLogger();
     const brokenClient = createClient(
       HistoryService,
       createRouterTransport((router) =>
-        router.service(HistoryService, createHistoryService({ store: broken })),
+        router.service(HistoryService, createHistoryService({ store: broken, logger })),
       ),
     );
     const err = await brokenClient
@@ -130,6 +132,15 @@ describe("chat.v1.HistoryService over the router transport", () => {
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.Internal);
     expect((err as ConnectError).rawMessage).toBe("history store failed");
+    // The log says what the caller is not told; a batch's one failure once.
+    const { results } = await brokenClient.appendBatch({
+      entries: ["a", "b", "c"].map((text) => ({ userId: "s1", text, reply: "r", requestId: text })),
+    });
+    expect(results.map((r) => r.result.case)).toEqual(["error", "error", "error"]);
+    expect(lines.filter((l) => l.msg === "history store failed")).toMatchObject([
+      { level: 50, err: { message: expect.stringContaining("destroyed") } },
+      { level: 50, err: { message: expect.stringContaining("destroyed") } },
+    ]);
   });
 
   it("appends a batch entry by entry: results in order, one refusal affecting no other", async () => {

@@ -529,4 +529,32 @@ if ("skip" in mysql) {
   });
 } else {
   conformance("MariaDB", async () => mysql);
+
+  describe("history stores of two replicas on one MariaDB", () => {
+    it("store the same entries, appended through both at once in opposite orders, once each: a deadlock is retried", async () => {
+      // A database of its own: the suite above drops its one when done.
+      const own = await createMysqlDatabase();
+      if ("skip" in own) throw new Error(own.skip);
+      const [a, b] = await Promise.all([open(own.url), open(own.url)]);
+      try {
+        const u = `two-replicas-${randomUUID()}`;
+        for (let round = 0; round < 10; round++) {
+          const inputs = Array.from({ length: 40 }, (_, n) => entry(u, round * 100 + n));
+          // Each store commits what arrives together in one transaction; the
+          // two lock the same unique keys in opposite orders.
+          const results = await Promise.allSettled([
+            ...inputs.map((input) => a.append(input)),
+            ...inputs.toReversed().map((input) => b.append(input)),
+          ]);
+          expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+          const created = results.filter((r) => r.status === "fulfilled" && r.value.created);
+          expect(created).toHaveLength(inputs.length);
+        }
+        expect((await allPages(a, u, 100)).flat()).toHaveLength(400);
+      } finally {
+        await Promise.all([a.close(), b.close()]);
+        await own.drop();
+      }
+    }, 60_000);
+  });
 }
