@@ -18,10 +18,15 @@ const nonAscii = /[^\p{ASCII}]/u;
 
 /**
  * Trims the text and folds every run of white space (Unicode White_Space,
- * not just ASCII) into one space.
+ * not just ASCII) into one space. Once folded, the only white space left is
+ * the space, so only spaces are trimmed: `trim()` would take U+FEFF too,
+ * which is no white space.
  */
 export function cleanText(text: string): string {
-  return text.replace(foldableSpace, " ").trim();
+  const folded = text.replace(foldableSpace, " ");
+  const start = folded.startsWith(" ") ? 1 : 0;
+  const end = folded.endsWith(" ") ? folded.length - 1 : folded.length;
+  return start === 0 && end === folded.length ? folded : folded.slice(start, Math.max(start, end));
 }
 
 let invisibleUnits: Uint8Array | undefined;
@@ -55,13 +60,26 @@ function withoutInvisible(text: string): string {
 }
 
 /**
+ * Upper case as the case folding uses it: the dotless ı (Turkish) stays as
+ * it is. Unicode's case folding leaves it alone, where upper-casing makes
+ * it I, and lower-casing that i: "sık" (often) would match a term "sik".
+ */
+const toUpper = (text: string): string =>
+  text.includes("\u0131")
+    ? text
+        .split("\u0131")
+        .map((part) => part.toUpperCase())
+        .join("\u0131")
+    : text.toUpperCase();
+
+/**
  * One round of folding, before white space is folded. The final sigma (ς),
  * which lower-casing gives a word's last Σ, is σ: Unicode's case folding
  * makes them one letter, so a term ending in σ is found inside a longer word.
  */
 const fold = (text: string): string =>
   withoutInvisible(
-    withoutInvisible(text).normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC"),
+    toUpper(withoutInvisible(text).normalize("NFKC")).toLowerCase().normalize("NFKC"),
   ).replaceAll("\u03c2", "\u03c3");
 
 /** One round of folding, white space included. */
@@ -81,7 +99,7 @@ const maxFoldRounds = 4;
  * only to find that nothing changed.
  */
 const isFolded = (folded: string): boolean =>
-  folded.normalize("NFKC") === folded && folded.toUpperCase().toLowerCase() === folded;
+  folded.normalize("NFKC") === folded && toUpper(folded).toLowerCase() === folded;
 
 /** `text` folded by whole rounds, as the form is defined; white space folded too. */
 function foldByRounds(text: string): string {
@@ -207,7 +225,7 @@ function learnUnit(unit: number): number {
   } else if (startsSafely(char)) {
     for (let round = 0; round < maxFoldRounds; round++) {
       const composed = withoutInvisible(current).normalize("NFKC");
-      const upper = composed.toUpperCase();
+      const upper = toUpper(composed);
       const lower = upper.toLowerCase();
       const recomposed = lower.normalize("NFKC");
       const next = withoutInvisible(recomposed);

@@ -39,13 +39,17 @@ const hidden = new RegExp(
   "[\\p{Default_Ignorable_Code_Point}\\p{Cf}[\\p{Cc}--\\p{White_Space}]]",
   "gv",
 );
-const definedClean = (text: string) => text.replace(spaceRun, " ").trim();
+// White space only: JavaScript's trim() also takes U+FEFF, which is not.
+const definedClean = (text: string) => text.replace(spaceRun, " ").replace(/^ | $/g, "");
 const definedFoldOnce = (text: string) =>
   definedClean(
     text
       .replace(hidden, "")
       .normalize("NFKC")
-      .toUpperCase()
+      // Unicode's case folding leaves the dotless ı alone; upper-casing does not.
+      .split("\u0131")
+      .map((part) => part.toUpperCase())
+      .join("\u0131")
       .toLowerCase()
       .normalize("NFKC")
       .replace(hidden, "")

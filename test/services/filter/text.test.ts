@@ -18,6 +18,12 @@ describe("cleanText", () => {
 
   it("empties text that is all white space", () => {
     expect(cleanText(" \u3000\t\n")).toBe("");
+    expect(cleanText(" ")).toBe("");
+  });
+
+  it("trims white space only: U+FEFF is a format character, kept", () => {
+    expect(cleanText("\ufeffhi ")).toBe("\ufeffhi");
+    expect(cleanText(" \ufeff ")).toBe("\ufeff");
   });
 });
 
@@ -28,6 +34,15 @@ describe("normalizeForMatch", () => {
     expect(normalizeForMatch("f\u200Boo")).toBe("foo");
     expect(normalizeForMatch("f\u00ADo\u2060o")).toBe("foo");
     expect(normalizeForMatch("Straße")).toBe("strasse");
+  });
+
+  it("leaves the dotless ı as Unicode's case folding does: sık is not sik", () => {
+    expect(normalizeForMatch("bu sık olur")).toBe("bu sık olur");
+    expect(normalizeForMatch("SIK")).toBe("sik");
+    expect(normalizeForMatch("İ")).toBe("i\u0307");
+    const matcher = createTermMatcher(["sik"]);
+    expect(matcher.matches("bu sık olur")).toBe(false);
+    expect(matcher.matches("bu SIK olur")).toBe(true);
   });
 
   it("drops control characters, ASCII or not, but folds those that are white space", () => {
