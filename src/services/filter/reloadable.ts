@@ -66,7 +66,13 @@ export async function createReloadableMatcher(
   const readOnce = async () => {
     try {
       lastRead = await fileAt(path);
-      const next = await runStepsInSlices(termMatcherSteps(await loadTerms(path)), () => closed);
+      const terms = await loadTerms(path);
+      // A file being written (emptied by `>`, say) is read with nothing in
+      // it: taken, it would turn blocking off until the next good read.
+      if (terms.length === 0) {
+        throw new Error("the file holds no terms; a list with no terms takes a restart");
+      }
+      const next = await runStepsInSlices(termMatcherSteps(terms), () => closed);
       if (next === undefined) return;
       current = next;
       logger.info({ terms: next.size, file: path ?? null }, "banned terms reloaded");

@@ -27,9 +27,20 @@ export function createTermMatcher(terms: Iterable<string>): TermMatcher {
 export function* termMatcherSteps(terms: Iterable<string>): Steps<TermMatcher> {
   const distinct = new Set<string>();
   let count = 0;
+  let chars = 0;
   for (const term of terms) {
     const normalized = normalizeForMatch(term);
-    if (normalized.length > 0) distinct.add(normalized);
+    if (normalized.length > 0 && !distinct.has(normalized)) {
+      distinct.add(normalized);
+      // The matcher is built of the normalised forms, which may be longer
+      // than the terms as written (NFKC makes "\ufdfa" 18 characters).
+      chars += normalized.length;
+      if (chars > maxTermChars) {
+        throw new ConfigError(
+          `FILTER_TERMS_FILE must hold terms of at most ${maxTermChars} characters in all once normalised (NFKC, case-folded); they come to more`,
+        );
+      }
+    }
     if (++count % 256 === 0) yield;
   }
   const normalized = [...distinct];

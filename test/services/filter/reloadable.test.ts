@@ -212,6 +212,22 @@ describe("createReloadableMatcher", () => {
     expect(m.matches("stale here")).toBe(false);
   });
 
+  it("keeps the current list when the file is read with no terms (emptied by a write under way)", async () => {
+    writeFileSync(file, "foo\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    writeFileSync(file, "# only a comment\n");
+    await expect.poll(() => errors().length, poll).toBeGreaterThan(0);
+    expect(errors()[0]?.err?.message).toBe(
+      "the file holds no terms; a list with no terms takes a restart",
+    );
+    expect(m.matches("foo here")).toBe(true);
+    // The write ends: its terms are taken.
+    writeFileSync(file, "bar\n");
+    await expect.poll(() => m.matches("bar here"), poll).toBe(true);
+    expect(m.matches("foo here")).toBe(false);
+  });
+
   it("keeps the current list when the file is rewritten with bytes that are not UTF-8", async () => {
     writeFileSync(file, "foo\n");
     const m = await createReloadableMatcher(file, logger());

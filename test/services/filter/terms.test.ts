@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError } from "../../../src/lib/config.js";
-import { loadTerms } from "../../../src/services/filter/terms.js";
+import { createTermMatcher, loadTerms } from "../../../src/services/filter/terms.js";
 
 const dir = mkdtempSync(join(tmpdir(), "chatmesh-terms-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -48,6 +48,19 @@ describe("loadTerms", () => {
     await expect(loadTerms(huge)).rejects.toThrow(
       `FILTER_TERMS_FILE must name a file of at most 67108864 bytes, got "${huge}" (67108865 bytes)`,
     );
+  });
+
+  it("refuses terms whose normalised forms come to over 1 Mi characters, though they are written in fewer", () => {
+    // U+FDFA is one character written, 18 once NFKC has it.
+    const terms = Array.from({ length: 60_000 }, (_, i) => `\ufdfa${i}`);
+    expect(terms.join("").length).toBeLessThan(400_000);
+    expect(() => createTermMatcher(terms)).toThrow(
+      new ConfigError(
+        "FILTER_TERMS_FILE must hold terms of at most 1048576 characters in all once normalised (NFKC, case-folded); they come to more",
+      ),
+    );
+    // The same count of terms that normalise to no more is built.
+    expect(createTermMatcher(terms.slice(0, 40_000)).size).toBe(40_000);
   });
 
   it("refuses a file that cannot be read, naming FILTER_TERMS_FILE", async () => {
