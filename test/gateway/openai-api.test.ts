@@ -44,6 +44,9 @@ const ask = (user: string | undefined, text: string) => ({
   ...(user !== undefined && { user }),
 });
 
+/** A chat of user "u" with these messages, as they are (checked or not). */
+const conversation = (...messages: object[]) => ({ model: "echo", user: "u", messages });
+
 async function thrown(promise: Promise<unknown>): Promise<unknown> {
   try {
     await promise;
@@ -236,37 +239,19 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     ["a stop that is a number", { ...ask("u", "hi"), stop: 5 }, "stop", "invalid_type"],
     [
       "a role that does not exist",
-      {
-        ...ask("u", "hi"),
-        messages: [
-          { role: "wizard", content: "x" },
-          { role: "user", content: "hi" },
-        ],
-      },
+      conversation({ role: "wizard", content: "x" }, { role: "user", content: "hi" }),
       "messages[0].role",
       "invalid_value",
     ],
     [
       "a tool message without tool_call_id",
-      {
-        ...ask("u", "hi"),
-        messages: [
-          { role: "user", content: "hi" },
-          { role: "tool", content: "42" },
-        ],
-      },
+      conversation({ role: "user", content: "hi" }, { role: "tool", content: "42" }),
       "messages[1].tool_call_id",
       "invalid_type",
     ],
     [
       "a system message whose content is a number",
-      {
-        ...ask("u", "hi"),
-        messages: [
-          { role: "system", content: 5 },
-          { role: "user", content: "hi" },
-        ],
-      },
+      conversation({ role: "system", content: 5 }, { role: "user", content: "hi" }),
       "messages[0].content",
       "invalid_type",
     ],

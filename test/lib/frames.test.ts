@@ -1,6 +1,6 @@
 import net, { type AddressInfo } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type ServiceImpl } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it, vi } from "vitest";
@@ -174,20 +174,23 @@ const framesClient = (
     }),
   );
 
-/** An LLM service whose Generate replies what `reply` makes of the request's headers; its port. */
-async function startReplyingWith(reply: (headers: Headers) => string): Promise<number> {
+/** An LLM service whose Generate is `generate`; its port. */
+async function startGeneratingWith(
+  generate: ServiceImpl<typeof LLMService>["generate"],
+): Promise<number> {
   app = await createRpcServer({
     name: "llm",
     config: loadLlmConfig({}),
     logger: createLogger("llm", "silent"),
-    routes: (router) =>
-      router.service(LLMService, {
-        generate: (_req, ctx) => ({ reply: reply(ctx.requestHeader) }),
-      }),
+    routes: (router) => router.service(LLMService, { generate }),
   });
   await app.listen({ host: "127.0.0.1", port: 0 });
   return (app.server.address() as AddressInfo).port;
 }
+
+/** An LLM service whose Generate replies what `reply` makes of the request's headers; its port. */
+const startReplyingWith = (reply: (headers: Headers) => string) =>
+  startGeneratingWith((_req, ctx) => ({ reply: reply(ctx.requestHeader) }));
 
 describe("unary calls over frames", () => {
   it("gives the handler the caller's headers when it reads them", async () => {
@@ -246,20 +249,11 @@ describe("unary calls over frames", () => {
   });
 
   it('answers a handler\'s own failure as INTERNAL "internal error" on every path, as the router does', async () => {
-    app = await createRpcServer({
-      name: "llm",
-      config: loadLlmConfig({}),
-      logger: createLogger("llm", "silent"),
-      routes: (router) =>
-        router.service(LLMService, {
-          generate: (req) => {
-            if (req.text === "plain") throw new Error("db password=hunter2 at 10.0.0.5");
-            throw new ConnectError("not now", Code.FailedPrecondition, { "retry-after-ms": "250" });
-          },
-        }),
+    const port = await startGeneratingWith((req) => {
+      if (req.text === "plain") throw new Error("db password=hunter2 at 10.0.0.5");
+      throw new ConnectError("not now", Code.FailedPrecondition, { "retry-after-ms": "250" });
     });
-    await app.listen({ host: "127.0.0.1", port: 0 });
-    const baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    const baseUrl = `http://127.0.0.1:${port}`;
     const transports = {
       frames: createFramesTransport({
         baseUrl,
