@@ -67,9 +67,12 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     return page.evaluate(`new Promise((resolve) => {
       const seen = [];
       const log = document.getElementById("log");
+      // The reply to come, not one before it (the log's own attributes change too).
+      const before = log.querySelectorAll(".msg.reply").length;
       const observer = new MutationObserver(() => {
-        const reply = log.querySelector(".msg.reply:last-of-type");
-        if (reply === null) return;
+        const replies = log.querySelectorAll(".msg.reply");
+        if (replies.length === before) return;
+        const reply = replies[replies.length - 1];
         if (seen.at(-1) !== reply.textContent) seen.push(reply.textContent);
         if (!reply.classList.contains("streaming")) {
           observer.disconnect();
@@ -116,6 +119,55 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await second;
     expect(await lastReply().textContent()).toBe("Echo: and once more");
     expect(await page.locator("#quota").textContent()).toBe("100");
+  });
+
+  it("shows the quota of the user id typed, before any chat of the page", async () => {
+    await page.locator("#user").fill("browser-never-chatted");
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("200");
+    await page.locator("#user").fill("browser");
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("100");
+  });
+
+  it("keeps the keyboard's focus on the button, where Space stops the reply", async () => {
+    await page.locator("#user").fill("browser-keys");
+    await page.locator("#text").fill("k1 k2 k3 k4 k5 k6 k7 k8 k9 k10 k11 k12 k13 k14");
+    await page.locator("#send").focus();
+    const watching = watchReply();
+    await page.keyboard.press("Enter");
+    await page.locator("#send", { hasText: "Stop" }).waitFor();
+    expect(await page.evaluate("document.activeElement.id")).toBe("send");
+    await page.keyboard.press("Space");
+    await watching;
+    expect(await lastReply().textContent()).toMatch(/ \(stopped\)$/);
+  });
+
+  it("lets the reader scroll up while a reply streams, and keeps the form in view on a phone", async () => {
+    await page.setViewportSize({ width: 375, height: 560 });
+    try {
+      await page.locator("#user").fill("browser-phone");
+      // An error line takes room too.
+      await send("   ");
+      await errorShows("Please type a message first.");
+      const box = await page.locator("#send").boundingBox();
+      expect((box?.y ?? 0) + (box?.height ?? 0)).toBeLessThanOrEqual(560);
+
+      const words = Array.from({ length: 40 }, (_, i) => `word-number-${i}`).join(" ");
+      const watching = watchReply();
+      await send(words);
+      await page.locator(".msg.reply.streaming", { hasText: "word-number-1" }).waitFor();
+      await page.evaluate("document.getElementById('log').scrollTop = 0");
+      await page.waitForTimeout(600);
+      // Pieces came meanwhile, and the log stayed where the reader put it.
+      const log = (await page.evaluate(
+        "(({ scrollTop, scrollHeight, clientHeight }) => ({ scrollTop, scrollHeight, clientHeight }))(document.getElementById('log'))",
+      )) as { scrollTop: number; scrollHeight: number; clientHeight: number };
+      expect(log.scrollHeight).toBeGreaterThan(log.clientHeight);
+      expect(log.scrollTop).toBe(0);
+      await watching;
+      expect(await lastReply().textContent()).toBe(`Echo: ${words}`);
+    } finally {
+      await page.setViewportSize({ width: 900, height: 760 });
+    }
   });
 
   it("keeps a streaming reply when Enter is pressed, and sends nothing more", async () => {
@@ -182,6 +234,19 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await page.screenshot({ path: `${artifacts}chat-page.png`, fullPage: true });
   });
 
+  it("says when the gateway is lost mid-reply, marking the reply as cut off", async () => {
+    await page.locator("#user").fill("browser-cut");
+    const words = Array.from({ length: 40 }, (_, i) => `w${i}`).join(" ");
+    const cut = watchReply();
+    await send(words);
+    await page.locator(".msg.reply.streaming", { hasText: "w1" }).waitFor();
+    await stack.procs.get("gateway")?.stop("SIGKILL");
+    await cut;
+    await errorShows("lost while the reply streamed");
+    expect(await lastReply().getAttribute("class")).toContain("failed");
+    await stack.start("gateway");
+  });
+
   it("says when the model fails, showing the quota given back", async () => {
     await page.locator("#user").fill("browser-3");
     const first = watchReply();
@@ -244,7 +309,8 @@ describe.skipIf(missing)("the chat page with API keys", () => {
   });
 
   it("asks for a key on 401 and chats with it", async () => {
-    expect(await page.locator("#key").isHidden()).toBe(true);
+    // At once: the page's read of the quota was refused.
+    await page.locator("#key").waitFor({ state: "visible" });
     await page.locator("#user").fill("alice");
     await page.locator("#text").fill("hello with a key");
     await page.locator("#text").press("Enter");

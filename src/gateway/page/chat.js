@@ -21,6 +21,7 @@ function describeError(status, body) {
     if (error === "text is required") return "Please type a message first.";
     if (error === "text too long") return "Your message is too long. Please shorten it.";
     if (error === "bad json or missing user_id") return "Please enter a user id.";
+    if (error === "user_id too long") return "Your user id is too long: at most 256 characters.";
     if (error === "user_id does not match the api key") {
       return "This API key belongs to another user id. Enter the user id it was issued for.";
     }
@@ -57,14 +58,58 @@ function clearError() {
   errorBox.textContent = "";
 }
 
+/**
+ * Whether the log follows what is added: yes until the reader scrolls up,
+ * and again once they scroll back to the end.
+ */
+let following = true;
+log.addEventListener("scroll", () => {
+  following = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+});
+let scrollQueued = false;
+/**
+ * Scrolls the log to its end once per frame at most: scrolling at every
+ * piece of a reply made the browser lay the page out each time, which froze
+ * the tab for seconds on a reply of a few thousand pieces.
+ */
+function followLog() {
+  if (scrollQueued) return;
+  scrollQueued = true;
+  requestAnimationFrame(() => {
+    scrollQueued = false;
+    if (following) log.scrollTop = log.scrollHeight;
+  });
+}
+
 function addMessage(kind, text) {
   $("empty")?.remove();
   const el = document.createElement("div");
   el.className = `msg ${kind}`;
+  // Right-to-left text is laid out as such, whatever the page's direction.
+  el.dir = "auto";
   el.textContent = text;
   log.append(el);
-  log.scrollTop = log.scrollHeight;
+  following = true;
+  followLog();
   return el;
+}
+
+/** The quota of the user id in the box, read from GET /quota; "—" when it cannot be. */
+async function loadQuota() {
+  const userId = userInput.value.trim();
+  if (userId === "" || busy) return;
+  const headers = keyInput.value === "" ? {} : { authorization: `Bearer ${keyInput.value}` };
+  try {
+    const res = await fetch(`/quota?user_id=${encodeURIComponent(userId)}`, { headers });
+    // A gateway with API keys: say so at once, not after a first message.
+    if (res.status === 401) keyField.hidden = false;
+    const body = res.ok ? await res.json() : undefined;
+    // Another id may have been typed, or a chat sent, while this was read.
+    if (userInput.value.trim() !== userId || busy) return;
+    quota.textContent = typeof body?.remaining === "number" ? String(body.remaining) : "—";
+  } catch {
+    // No quota to show: the chat itself will say what is wrong.
+  }
 }
 
 /** Reads a text/event-stream body, calling onEvent(name, data) per event. */
@@ -95,16 +140,20 @@ let running;
 let busy = false;
 
 /**
- * The button says Send when idle, is disabled while the gateway has not
+ * The button says Send when idle, does nothing while the gateway has not
  * answered yet (a second click must not send twice or abort a charged
- * request unseen), and says Stop while the reply streams.
+ * request unseen), and says Stop while the reply streams. It is marked
+ * aria-disabled rather than disabled while waiting: a disabled button loses
+ * the keyboard's focus, and Space could then not stop the reply.
  */
 function setState(state, controller) {
   running = state === "streaming" ? controller : undefined;
   busy = state !== "idle";
-  sendButton.disabled = state === "waiting";
+  sendButton.setAttribute("aria-disabled", String(state === "waiting"));
   sendButton.textContent = { idle: "Send", waiting: "Sending…", streaming: "Stop" }[state];
   sendButton.classList.toggle("stop", state === "streaming");
+  // One announcement when the reply is whole, not one per piece.
+  log.setAttribute("aria-busy", String(state !== "idle"));
 }
 
 async function send() {
@@ -118,7 +167,15 @@ async function send() {
   const controller = new AbortController();
   setState("waiting");
   const quotaBefore = quota.textContent;
+  /** Shows `remaining` as the quota, unless another user id was typed meanwhile. */
+  const showQuota = (remaining) => {
+    if (userInput.value.trim() === userId) quota.textContent = remaining;
+  };
   let replyEl;
+  let replyText;
+  /** Whether the stream said how it ended (done or error). */
+  let ended = false;
+  let refused = false;
   let focus = textInput;
   try {
     const headers = { "content-type": "application/json" };
@@ -133,9 +190,12 @@ async function send() {
     if (!res.ok || !type.startsWith("text/event-stream")) {
       // Nothing was sent: the text stays in the box to be edited.
       const body = await res.json().catch(() => null);
+      refused = true;
       if (res.status === 401) {
         keyField.hidden = false;
         focus = keyInput;
+      } else if (typeof body?.error === "string" && body.error.startsWith("user_id")) {
+        focus = userInput;
       }
       showError(describeError(res.status, body));
       return;
@@ -144,34 +204,49 @@ async function send() {
     const mine = addMessage("mine", text);
     if (textInput.value === text) textInput.value = "";
     replyEl = addMessage("reply streaming", "");
+    // Pieces are added to one text node: setting textContent anew at every
+    // piece copied the whole reply each time.
+    replyText = replyEl.appendChild(document.createTextNode(""));
     await readEvents(res.body, (event, data) => {
       if (event === "meta") {
         // Show the text as the filter cleaned it: that is what the model got.
         mine.textContent = data.cleaned;
-        quota.textContent = String(data.remaining);
-      } else if (event === "delta") replyEl.textContent += data.text;
+        showQuota(String(data.remaining));
+      } else if (event === "delta") replyText.appendData(data.text);
       else if (event === "done") {
-        replyEl.textContent = data.reply;
+        ended = true;
+        replyText.data = data.reply;
         // What is left once the chat was priced (the same as meta's unless priced by tokens).
-        if (typeof data.remaining === "number") quota.textContent = String(data.remaining);
+        if (typeof data.remaining === "number") showQuota(String(data.remaining));
       } else if (event === "error") {
+        ended = true;
         replyEl.classList.add("failed");
-        if (replyEl.textContent === "") replyEl.textContent = "(no reply)";
+        if (replyText.data === "") replyText.data = "(no reply)";
         // The charge was given back: the quota is what it was before this message.
-        quota.textContent = quotaBefore;
+        showQuota(quotaBefore);
         showError("The model failed while answering; your quota for this message was given back.");
       }
-      log.scrollTop = log.scrollHeight;
+      followLog();
     });
+    if (!ended) {
+      replyEl.classList.add("failed");
+      showError("The reply was cut off: the gateway closed the stream before its end.");
+    }
   } catch (err) {
     if (controller.signal.aborted) {
-      if (replyEl) replyEl.textContent += " (stopped)";
+      replyText?.appendData(" (stopped)");
+    } else if (replyEl !== undefined) {
+      replyEl.classList.add("failed");
+      showError(`The connection to the gateway was lost while the reply streamed: ${err.message}`);
     } else {
       showError(`Could not reach the gateway: ${err.message}`);
     }
   } finally {
     replyEl?.classList.remove("streaming");
     setState("idle");
+    // A refusal may have been the quota running out: read what is left.
+    if (refused) void keyInput.addEventListener("change", loadQuota);
+loadQuota();
     focus.focus();
   }
 }
@@ -198,6 +273,13 @@ const enterSends = (event) => {
 };
 for (const field of [textInput, userInput, keyInput]) field.addEventListener("keydown", enterSends);
 
+// The quota shown is the user id's in the box: read at load, and again once
+// the id has stopped changing for a moment.
+let quotaTimer;
 userInput.addEventListener("input", () => {
   quota.textContent = "—";
+  clearTimeout(quotaTimer);
+  quotaTimer = setTimeout(loadQuota, 400);
 });
+keyInput.addEventListener("change", loadQuota);
+loadQuota();
