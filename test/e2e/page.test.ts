@@ -225,8 +225,12 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await last;
     expect(await page.locator("#quota").textContent()).toBe("0");
 
+    // As a page opened elsewhere, that does not know it yet.
+    await page.evaluate(`document.getElementById("quota").textContent = "—"`);
     await send("one too many");
     await errorShows("Quota exceeded");
+    // The refusal has the page read the quota again.
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("0");
     expect(await errorText()).toBe(
       "Quota exceeded: you have used today's quota. It resets at midnight UTC.",
     );

@@ -245,8 +245,7 @@ async function send() {
     replyEl?.classList.remove("streaming");
     setState("idle");
     // A refusal may have been the quota running out: read what is left.
-    if (refused) void keyInput.addEventListener("change", loadQuota);
-loadQuota();
+    if (refused) void loadQuota();
     focus.focus();
   }
 }
