@@ -30,12 +30,28 @@ async function run(argv: readonly string[]): Promise<number | undefined> {
     console.log(usage);
     return command === undefined ? 2 : 0;
   }
+  const asksHelp = rest.some((arg) => arg === "--help" || arg === "-h");
   const start = processes[command];
   if (start !== undefined) {
+    if (asksHelp) {
+      console.log(usage);
+      return 0;
+    }
+    // Starting anyway would take the port of a process asked about.
+    if (rest.length > 0) {
+      console.error(
+        `chatmesh ${command}: takes no arguments, got "${rest.join(" ")}" (a process is configured by environment variables: see README.md)`,
+      );
+      return 2;
+    }
     await (await start()).main();
     return undefined;
   }
   if (command === "client") {
+    if (asksHelp || rest.join("").trim() === "") {
+      console[asksHelp ? "log" : "error"]('usage: chatmesh client "text" (FILTER_URL, LLM_URL)');
+      return asksHelp ? 0 : 2;
+    }
     const { runClient } = await import("./client.js");
     return runClient(rest.join(" "), loadClientConfig());
   }

@@ -120,6 +120,15 @@ export async function runAll(env: Env = process.env): Promise<number> {
       return 1;
     }
   }
+  for (const [i, name] of names.entries()) {
+    const other = names.slice(0, i).find((earlier) => portOf(earlier) === portOf(name));
+    if (other !== undefined) {
+      console.error(
+        `run-all: ${defaultPorts[other].env} and ${defaultPorts[name].env} are both ${portOf(name)} (each process needs a port of its own)`,
+      );
+      return 1;
+    }
+  }
   for (const name of names) {
     const err = await listenError(gateway.host, portOf(name));
     if (err !== undefined) {
@@ -157,6 +166,9 @@ export async function runAll(env: Env = process.env): Promise<number> {
   };
   process.once("SIGINT", () => stopAll(0));
   process.once("SIGTERM", () => stopAll(0));
+  // The terminal closed: its processes go with it (the filter alone would
+  // take SIGHUP for a reload of its terms and keep serving).
+  process.once("SIGHUP", () => stopAll(0));
 
   const exited: Promise<void>[] = [];
   for (const name of names) {

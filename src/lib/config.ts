@@ -261,6 +261,34 @@ function readHttpUrl(env: Env, name: string, fallback: string): string {
   return raw.replace(/\/+$/, "");
 }
 
+/**
+ * A service's URL (TOKEN_URL…): scheme, host and port only. The transports
+ * would use a path differently (frames ignores it, Connect and gRPC put
+ * it before every method's), so one is refused rather than half followed.
+ */
+function readServiceUrl(env: Env, name: string, fallback: string): string {
+  const raw = readHttpUrl(env, name, fallback);
+  const url = new URL(raw);
+  if (url.pathname !== "/" || url.search !== "" || url.hash !== "") {
+    throw new ConfigError(
+      `${name} must be http(s)://host:port with no path, query or fragment, got ${shownUrl(raw)}`,
+    );
+  }
+  return raw;
+}
+
+/** Throws when a URL's user or password is not percent-encoded (a bare `%`): the clients would throw URIError. */
+function requireEncodedCredentials(url: URL, name: string, raw: string): void {
+  try {
+    decodeURIComponent(url.username);
+    decodeURIComponent(url.password);
+  } catch {
+    throw new ConfigError(
+      `${name}'s user and password must be percent-encoded (% as %25), got ${shownUrl(raw)}`,
+    );
+  }
+}
+
 function readBool(env: Env, name: string, fallback: boolean): boolean {
   return readEnum(env, name, ["true", "false"] as const, fallback ? "true" : "false") === "true";
 }
@@ -276,6 +304,7 @@ function readRedisUrl(env: Env, name: string, fallback: string): string {
   if (!url || (url.protocol !== "redis:" && url.protocol !== "rediss:") || url.hostname === "") {
     throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got ${shownUrl(raw)}`);
   }
+  requireEncodedCredentials(url, name, raw);
   // The client would send SELECT NaN for a database that is not a number, and crash.
   if (!/^\/?(\d{1,9})?$/.test(url.pathname)) {
     throw new ConfigError(
@@ -303,6 +332,7 @@ function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl 
   if (url.protocol !== "mysql:" || url.hostname === "" || url.pathname.replace(/^\//, "") === "") {
     throw new ConfigError(expected);
   }
+  requireEncodedCredentials(url, name, raw);
   return { dialect: "mysql", url: raw, tls: readMysqlTls(url, name) };
 }
 
@@ -410,7 +440,7 @@ export function loadHistoryConfig(env: Env = process.env): HistoryConfig {
 /** Config of the HTTP gateway. */
 export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
   const url = (service: "token" | "filter" | "llm" | "history") =>
-    readHttpUrl(
+    readServiceUrl(
       env,
       `${service.toUpperCase()}_URL`,
       `http://127.0.0.1:${defaultPorts[service].port}`,
@@ -471,8 +501,8 @@ export interface ClientConfig {
 /** Config of the seed's client. */
 export function loadClientConfig(env: Env = process.env): ClientConfig {
   return Object.freeze({
-    filterUrl: readHttpUrl(env, "FILTER_URL", `http://127.0.0.1:${defaultPorts.filter.port}`),
-    llmUrl: readHttpUrl(env, "LLM_URL", `http://127.0.0.1:${defaultPorts.llm.port}`),
+    filterUrl: readServiceUrl(env, "FILTER_URL", `http://127.0.0.1:${defaultPorts.filter.port}`),
+    llmUrl: readServiceUrl(env, "LLM_URL", `http://127.0.0.1:${defaultPorts.llm.port}`),
     timeoutMs: readInt(env, "CLIENT_TIMEOUT_MS", 10_000, 1, 600_000),
   });
 }

@@ -118,6 +118,26 @@ describe("starting a process", () => {
     expect(lines.slice(0, -1).every((line) => line.startsWith("{"))).toBe(true);
   });
 
+  it("prints the usage for --help after a process's name, and takes no other argument", async () => {
+    const port = String(await freePort());
+    const help = startChatmesh(["token", "--help"], { TOKEN_PORT: port });
+    expect(await help.exited).toBe(0);
+    expect(help.output()).toMatch(/^usage: chatmesh <command>/);
+    const extra = startChatmesh(["token", "extra"], { TOKEN_PORT: port });
+    expect(await extra.exited).toBe(2);
+    expect(extra.output()).toBe(
+      'chatmesh token: takes no arguments, got "extra" (a process is configured by environment variables: see README.md)\n',
+    );
+    // Neither listened.
+    expect(help.output() + extra.output()).not.toContain("listening");
+  });
+
+  it("prints the client's usage when it is given no text", async () => {
+    const run = startChatmesh(["client"]);
+    expect(await run.exited).toBe(2);
+    expect(run.output()).toBe('usage: chatmesh client "text" (FILTER_URL, LLM_URL)\n');
+  });
+
   it("run-all refuses a taken port with one line naming it and its variable", async () => {
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));

@@ -55,6 +55,15 @@ describe("run-all refuses to start with one line", () => {
     expect(run.output()).toBe(`run-all: HOST ${host} ${problem}\n`);
   });
 
+  it("naming both variables when two processes are given one port", async () => {
+    const env = await runAllEnv();
+    const run = startChatmesh(["run-all"], { ...env, FILTER_PORT: env.TOKEN_PORT });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toBe(
+      `run-all: TOKEN_PORT and FILTER_PORT are both ${env.TOKEN_PORT} (each process needs a port of its own)\n`,
+    );
+  });
+
   it("naming the variable when a port is 0, which it cannot wire or print", async () => {
     const run = startChatmesh(["run-all"], { ...(await runAllEnv()), GATEWAY_PORT: "0" });
     expect(await run.exited).toBe(1);
@@ -141,29 +150,34 @@ describe.skipIf(!opensslOrSkip())("run-all with TLS files", () => {
 });
 
 describe("run-all stopped during start-up", () => {
-  it("stops every process at once on SIGINT", async () => {
-    const run = startChatmesh(["run-all"], {
-      ...(await runAllEnv()),
-      // Its processes are held before they can handle a signal of their own.
-      NODE_OPTIONS: `--require "${holdStart}"`,
-    });
-    onTestFinished(async () => {
-      await run.stop("SIGKILL");
-    });
-    const pid = run.child.pid as number;
-    let children: number[] = [];
-    await vi.waitFor(
-      () => {
-        children = childPids(pid);
-        expect(children).toHaveLength(5);
-      },
-      { timeout: 30_000, interval: 50 },
-    );
-    const sent = Date.now();
-    run.child.kill("SIGINT");
-    expect(await run.exited).toBe(0);
-    expect(Date.now() - sent).toBeLessThan(10_000);
-    expect(run.output()).toBe("");
-    expect(children.filter(alive)).toEqual([]);
-  }, 60_000);
+  // SIGHUP: the terminal it runs in was closed.
+  it.each(["SIGINT", "SIGHUP"] as const)(
+    "stops every process at once on %s",
+    async (signal) => {
+      const run = startChatmesh(["run-all"], {
+        ...(await runAllEnv()),
+        // Its processes are held before they can handle a signal of their own.
+        NODE_OPTIONS: `--require "${holdStart}"`,
+      });
+      onTestFinished(async () => {
+        await run.stop("SIGKILL");
+      });
+      const pid = run.child.pid as number;
+      let children: number[] = [];
+      await vi.waitFor(
+        () => {
+          children = childPids(pid);
+          expect(children).toHaveLength(5);
+        },
+        { timeout: 30_000, interval: 50 },
+      );
+      const sent = Date.now();
+      run.child.kill(signal);
+      expect(await run.exited).toBe(0);
+      expect(Date.now() - sent).toBeLessThan(10_000);
+      expect(run.output()).toBe("");
+      expect(children.filter(alive)).toEqual([]);
+    },
+    60_000,
+  );
 });

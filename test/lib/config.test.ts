@@ -4,6 +4,7 @@ import {
   loadClientConfig,
   loadFilterConfig,
   loadGatewayConfig,
+  loadHistoryConfig,
   loadTokenConfig,
 } from "../../src/lib/config.js";
 
@@ -98,6 +99,45 @@ describe("config", () => {
   ])("masks the password of a refused URL (%#)", (load, message) => {
     expect(load).toThrow(ConfigError);
     expect(load).toThrow(message);
+  });
+
+  it.each([
+    "http://token.internal:50051/prefix",
+    "http://token.internal:50051/?x=1",
+    "http://token.internal:50051#f",
+  ])(
+    "refuses a service URL with a path, query or fragment, which the transports would follow differently: %s",
+    (url) => {
+      expect(() => loadGatewayConfig({ TOKEN_URL: url })).toThrow(
+        new ConfigError(
+          `TOKEN_URL must be http(s)://host:port with no path, query or fragment, got "${url}"`,
+        ),
+      );
+      expect(() => loadClientConfig({ LLM_URL: url })).toThrow(
+        /^LLM_URL must be http\(s\):\/\/host:port/,
+      );
+    },
+  );
+
+  it.each([
+    [
+      () => loadHistoryConfig({ HISTORY_DATABASE_URL: "mysql://app:p%@db.internal:3306/chat" }),
+      `HISTORY_DATABASE_URL's user and password must be percent-encoded (% as %25), got "mysql://app:***@db.internal:3306/chat"`,
+    ],
+    [
+      () =>
+        loadTokenConfig({ QUOTA_STORE: "redis", REDIS_URL: "redis://:p%zz@redis.internal:6379" }),
+      `REDIS_URL's user and password must be percent-encoded (% as %25), got "redis://:***@redis.internal:6379"`,
+    ],
+  ])("refuses a password with a bare %, which the client would crash on (%#)", (load, message) => {
+    expect(load).toThrow(new ConfigError(message));
+  });
+
+  it("takes a percent-encoded password", () => {
+    expect(
+      loadHistoryConfig({ HISTORY_DATABASE_URL: "mysql://app:p%25@db.internal:3306/chat" })
+        .database,
+    ).toMatchObject({ dialect: "mysql" });
   });
 
   it("trims URLs like the other values", () => {
