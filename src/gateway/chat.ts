@@ -1,8 +1,9 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import { codePointsOver, userIdTooLong } from "../lib/user-id.js";
-import { badRequest, type HttpError, httpErrorFromRpc } from "./errors.js";
+import { badRequest, type HttpError, httpErrorFromRpc, type Stage } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable, settleChat } from "./quota.js";
 import { type ChatUsage, type CostPolicy, chatUsage } from "./quota-cost.js";
@@ -223,13 +224,26 @@ export async function refund(deps: ChatDeps, userId: string, chargeId: string): 
   }
 }
 
-/** Logs a failed upstream call (in the request's trace) and hands the error on. */
+/**
+ * Logs a failed upstream call (in the request's trace) and hands the error
+ * on. A refusal the caller is answered with a 4xx (a blocked text, the
+ * quota spent) is the chain working: an info line with its code and words;
+ * anything else a warning with the error and its stack.
+ */
 export function logFailure(
   logger: FastifyBaseLogger,
-  stage: string,
+  stage: Stage,
   err: unknown,
   trace: TraceContext | undefined,
 ): unknown {
-  logger.warn({ ...traceLogFields(trace), err, stage }, `${stage} call failed`);
+  if (httpErrorFromRpc(stage, err).status < 500) {
+    const { code, rawMessage } = ConnectError.from(err);
+    logger.info(
+      { ...traceLogFields(trace), stage, code: Code[code], reason: rawMessage },
+      `${stage} refused the chat`,
+    );
+  } else {
+    logger.warn({ ...traceLogFields(trace), err, stage }, `${stage} call failed`);
+  }
   return err;
 }

@@ -190,6 +190,32 @@ describe("gateway POST /chat over in-process services", () => {
     },
   );
 
+  it("logs a refusal (blocked, quota spent) as an info line without a stack, a failure as a warning with its error", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const build = async (options: Parameters<typeof createInProcessUpstreams>[0]) => {
+      await app?.close();
+      app = await buildGateway({
+        config: loadGatewayConfig({}),
+        logger,
+        upstreams: createInProcessUpstreams(options),
+      });
+    };
+    await build({ llm: failingLlmBackend });
+    expect((await chat({ user_id: "logs", text: "has foo" })).statusCode).toBe(400);
+    expect((await chat({ user_id: "logs", text: "fails" })).statusCode).toBe(500);
+    await build({});
+    const statuses = [];
+    for (let i = 0; i < 5; i++)
+      statuses.push((await chat({ user_id: "logs", text: "hi" })).statusCode);
+    expect(statuses).toEqual([200, 200, 200, 200, 429]);
+    const about = lines.filter((l) => typeof l.stage === "string");
+    expect(about.map((l) => [l.level, l.msg, l.code ?? null, "err" in l])).toEqual([
+      [30, "filter refused the chat", "InvalidArgument", false],
+      [40, "llm call failed", null, true],
+      [30, "token refused the chat", "ResourceExhausted", false],
+    ]);
+  });
+
   it("answers a path that is not percent-encoded UTF-8 as its other errors, and logs and counts it", async () => {
     const { logger, lines } = createMemoryLogger();
     app = await buildGateway({
