@@ -17,7 +17,7 @@ import { getStatus } from "../lib/healthcheck.js";
 import { localUrlHost } from "../lib/local-host.js";
 import { processEnvFor } from "../lib/node-options.js";
 import { packageRoot } from "../lib/package-root.js";
-import { listenProblem } from "../lib/serve.js";
+import { listenProblem, parentPipeEnv } from "../lib/serve.js";
 import { formatLogLine } from "./pretty.js";
 
 type Name = "token" | "filter" | "llm" | "history" | "gateway";
@@ -173,8 +173,9 @@ export async function runAll(env: Env = process.env): Promise<number> {
   const exited: Promise<void>[] = [];
   for (const name of names) {
     const child = spawn(process.execPath, [bin, name], {
-      env: processEnvFor(name, childEnv),
-      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...processEnvFor(name, childEnv), [parentPipeEnv]: "1" },
+      // Their stdin: a pipe that ends when this process does, even killed.
+      stdio: ["pipe", "pipe", "pipe"],
     });
     children.set(name, child);
     prefixOutput(name, child, color);

@@ -67,7 +67,11 @@ export function closeOnSignals(
   options: { readonly shutdownTimeoutMs: number; readonly logger: Logger },
 ): void {
   const { logger } = options;
-  const stop = (signal: NodeJS.Signals) => {
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals | "parent gone") => {
+    // SIGINT of a terminal's Ctrl-C and run-all's SIGTERM both come.
+    if (stopping) return;
+    stopping = true;
     logger.info({ signal }, "shutting down");
     const timer = setTimeout(() => {
       logger.warn(
@@ -87,7 +91,16 @@ export function closeOnSignals(
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
+  // Started by run-all, which holds this process's stdin open: once run-all
+  // is gone, however it ended (kill -9 too), the pipe ends and so does this.
+  if (process.env[parentPipeEnv] === "1") {
+    process.stdin.once("end", () => stop("parent gone"));
+    process.stdin.resume();
+  }
 }
+
+/** Set by run-all for its processes: their stdin is a pipe it holds open while it runs. */
+export const parentPipeEnv = "CHATMESH_PARENT_PIPE";
 
 /**
  * Listens, and closes the app gracefully on SIGTERM or SIGINT: in-flight

@@ -149,6 +149,24 @@ describe.skipIf(!opensslOrSkip())("run-all with TLS files", () => {
   }, 120_000);
 });
 
+describe("run-all killed", () => {
+  it("takes its processes with it, though it could not stop them (kill -9)", async () => {
+    const run = startChatmesh(["run-all"], await runAllEnv());
+    let children: number[] = [];
+    onTestFinished(() => {
+      for (const pid of children.filter(alive)) process.kill(pid, "SIGKILL");
+    });
+    await waitForOutput(run, /chatmesh is up/);
+    children = childPids(run.child.pid as number);
+    expect(children).toHaveLength(5);
+    run.child.kill("SIGKILL");
+    await vi.waitFor(() => expect(children.filter(alive)).toEqual([]), {
+      timeout: 15_000,
+      interval: 100,
+    });
+  }, 60_000);
+});
+
 describe("run-all stopped during start-up", () => {
   // SIGHUP: the terminal it runs in was closed.
   it.each(["SIGINT", "SIGHUP"] as const)(
