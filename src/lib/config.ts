@@ -377,10 +377,10 @@ function readService(env: Env, service: keyof typeof defaultPorts): ServiceConfi
 
 /** Config of the filter process. */
 export function loadFilterConfig(env: Env = process.env): FilterConfig {
-  const termsFile = env.FILTER_TERMS_FILE;
   return Object.freeze({
     ...readService(env, "filter"),
-    termsFile: termsFile === undefined || termsFile === "" ? undefined : termsFile,
+    // Blank is unset, as for the other file variables.
+    termsFile: readOptionalPath(env, "FILTER_TERMS_FILE"),
   });
 }
 

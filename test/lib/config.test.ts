@@ -133,6 +133,13 @@ describe("config", () => {
     expect(load).toThrow(new ConfigError(message));
   });
 
+  it("takes a blank FILTER_TERMS_FILE as unset, as the other file variables", () => {
+    expect(loadFilterConfig({ FILTER_TERMS_FILE: "  " }).termsFile).toBeUndefined();
+    expect(loadFilterConfig({ FILTER_TERMS_FILE: "/etc/terms.txt" }).termsFile).toBe(
+      "/etc/terms.txt",
+    );
+  });
+
   it("takes a percent-encoded password", () => {
     expect(
       loadHistoryConfig({ HISTORY_DATABASE_URL: "mysql://app:p%25@db.internal:3306/chat" })

@@ -51,10 +51,13 @@ export function* termMatcherSteps(terms: Iterable<string>): Steps<TermMatcher> {
   };
 }
 
-/** Parses a terms file: one term per line, `#` starts a comment line. */
+/**
+ * Parses a terms file: one term per line (ended by LF, CRLF or a lone CR, as
+ * old Mac editors save), `#` starts a comment line.
+ */
 export function parseTermsFile(content: string): string[] {
   return content
-    .split(/\r?\n/)
+    .split(/\r\n|\n|\r/)
     .map((line) => line.trim())
     .filter((line) => line !== "" && !line.startsWith("#"));
 }

@@ -83,4 +83,8 @@ describe("parseTermsFile", () => {
   it("reads one term per line and skips comments and blank lines", () => {
     expect(parseTermsFile("# banned\nfoo\r\n\n  bar baz  \n#x\n")).toEqual(["foo", "bar baz"]);
   });
+
+  it("reads lines ended by a lone CR, as old Mac editors save them", () => {
+    expect(parseTermsFile("# banned\rfoo\rbar\r")).toEqual(["foo", "bar"]);
+  });
 });
