@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
 import type { GatewayConfig } from "../lib/config.js";
@@ -80,6 +81,9 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   const credentials = await readTlsCredentials(config.tls);
   const timeouts = requestTimeoutOptions(config.requestTimeoutMs);
   const securityHeaders = apiHeaders();
+  // The connections reading a /v1 request's body now: one too slow for
+  // REQUEST_TIMEOUT_MS is answered in OpenAI's shape too.
+  const readingV1 = new WeakSet<object>();
   /**
    * Answers a request refused before the hooks that would add the request
    * id and the security headers (and under /v1, in OpenAI's shape).
@@ -99,7 +103,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       bodyLimit: config.maxBodyBytes,
       requestIdHeader: false,
       genReqId: () => newRequestId(),
-      clientErrorHandler: createClientErrorHandler(newRequestId),
+      clientErrorHandler: createClientErrorHandler(newRequestId, {
+        readingV1: (socket) => readingV1.has(socket),
+        v1Body: (status, error) => openAiErrorFrom({ status, body: { error } }).body,
+      }),
       // Before routing, so before every hook: what they would add, added here.
       frameworkErrors: (err, req, reply) =>
         sendEdgeError(req, reply as FastifyReply, httpErrorFromUnroutable(err)),
@@ -111,6 +118,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
         ? { http: { ...timeouts, requireHostHeader: false } }
         : { https: { ...credentials, ...timeouts, requireHostHeader: false } }) as object),
     },
+  });
+  app.server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    if (req.url?.startsWith("/v1/") !== true) return;
+    readingV1.add(req.socket);
+    res.once("finish", () => readingV1.delete(req.socket));
   });
   // JSON only: every other content type, text/plain included, is a 415.
   app.removeContentTypeParser("text/plain");

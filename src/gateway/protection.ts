@@ -98,24 +98,45 @@ function clientErrorAnswer(code: string | undefined): [number, string] {
   return [400, "bad request"];
 }
 
+/** A request line for a path under /v1, at the start of what a client sent. */
+const v1RequestLine = /^[A-Z]+ \/v1\//;
+
+export interface ClientErrorOptions {
+  /** Whether the request the connection is reading now (its headers came) is under /v1. */
+  readonly readingV1?: (socket: Duplex) => boolean;
+  /** The body under /v1 of an error with this status and these words (OpenAI's shape). */
+  readonly v1Body?: (status: number, words: string) => unknown;
+}
+
 /**
  * Answers a request Node's HTTP parser refused (a malformed request line or
  * header, headers over the size limit, a request slower than
  * REQUEST_TIMEOUT_MS) as the gateway answers every error: a JSON
- * `{"error": …}` body, an `x-request-id`, the API's security headers; then
- * closes the connection, as Node does. Fastify's own answer had none of these.
+ * `{"error": …}` body (under /v1, `v1Body`'s), an `x-request-id`, the API's
+ * security headers; then closes the connection, as Node does. Fastify's own
+ * answer had none of these. The path is read from the bytes the parser
+ * refused, or for a request too slow, from `readingV1`.
  */
 export function createClientErrorHandler(
   newRequestId: () => string,
-): (err: Error & { code?: string }, socket: Duplex) => void {
+  options: ClientErrorOptions = {},
+): (err: Error & { code?: string; rawPacket?: unknown }, socket: Duplex) => void {
   const headers = Object.entries(apiHeaders())
     .map(([name, value]) => `${name}: ${value}\r\n`)
     .join("");
+  const underV1 = (err: { rawPacket?: unknown }, socket: Duplex) =>
+    Buffer.isBuffer(err.rawPacket)
+      ? v1RequestLine.test(err.rawPacket.toString("latin1", 0, 16))
+      : (options.readingV1?.(socket) ?? false);
   return (err, socket) => {
     if (err.code === "ECONNRESET" || socket.destroyed) return;
     if (socket.writable) {
       const [status, words] = clientErrorAnswer(err.code);
-      const body = JSON.stringify({ error: words });
+      const body = JSON.stringify(
+        options.v1Body !== undefined && underV1(err, socket)
+          ? options.v1Body(status, words)
+          : { error: words },
+      );
       socket.write(
         `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${newRequestId()}\r\n${headers}connection: close\r\n\r\n${body}`,
       );

@@ -404,6 +404,58 @@ describe("an HTTP/1.1 request without Host", () => {
   });
 });
 
+describe("requests Node's HTTP parser refuses under /v1", () => {
+  const openAi = (message: string) => ({
+    error: { message, type: "invalid_request_error", param: null, code: null },
+  });
+
+  it.each([
+    [
+      "a malformed header",
+      "GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+      "400 Bad Request",
+      "bad request",
+    ],
+    [
+      "headers over Node's size limit",
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`,
+      "431 Request Header Fields Too Large",
+      "request headers too large",
+    ],
+  ])("answers %s in OpenAI's shape", async (_case, bytes, status, words) => {
+    await gateway();
+    const { head, body } = await raw(bytes);
+    expect(head.split("\r\n")[0]).toBe(`HTTP/1.1 ${status}`);
+    expect(JSON.parse(body)).toEqual(openAi(words));
+    expect(head).toMatch(/^x-request-id: [0-9a-f-]{36}$/m);
+  });
+
+  it("answers a body slower than REQUEST_TIMEOUT_MS in OpenAI's shape, and /chat's in the gateway's", async () => {
+    await gateway({ REQUEST_TIMEOUT_MS: "300" });
+    const address = await app.listen({ host: "127.0.0.1", port: 0 });
+    const port = Number(new URL(address).port);
+    const slow = (path: string) =>
+      new Promise<string>((resolve, reject) => {
+        let answer = "";
+        const socket = net.connect(port, "127.0.0.1", () =>
+          socket.write(
+            `POST ${path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"model":`,
+          ),
+        );
+        socket.on("data", (chunk) => {
+          answer += chunk.toString("latin1");
+        });
+        socket.on("error", reject);
+        socket.on("close", () => resolve(answer));
+      });
+    const [v1, chat] = await Promise.all([slow("/v1/chat/completions"), slow("/chat")]);
+    expect(v1.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
+    expect(JSON.parse(v1.split("\r\n\r\n")[1] ?? "")).toEqual(openAi("request timeout"));
+    expect(chat.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
+    expect(JSON.parse(chat.split("\r\n\r\n")[1] ?? "")).toEqual({ error: "request timeout" });
+  });
+});
+
 describe("requests Node's HTTP parser refuses", () => {
   it.each([
     ["a garbage request line", "NOT HTTP AT ALL\r\n\r\n", "400 Bad Request", "bad request"],
