@@ -97,7 +97,7 @@ export async function admitChat(
   try {
     ({ cleaned } = await upstreams.filter.filter({ text: input.text }, callOptions));
   } catch (err) {
-    return httpErrorFromRpc("filter", logFailure(logger, "filter", err, trace));
+    return failedCall(logger, "filter", err, trace);
   }
 
   try {
@@ -112,7 +112,7 @@ export async function admitChat(
   } catch (err) {
     // The service may have charged before it failed to answer: give it back if so.
     if (chargeOutcomeUnknown(err)) deps.refunder?.refundIfCharged(input.userId, requestId, trace);
-    return httpErrorFromRpc("token", logFailure(logger, "token", err, trace));
+    return failedCall(logger, "token", err, trace);
   }
 }
 
@@ -148,9 +148,9 @@ export async function completeChat(
       traceCallOptions(deps.trace),
     );
   } catch (err) {
-    logFailure(deps.logger, "llm", err, deps.trace);
+    const failed = failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
-    return httpErrorFromRpc("llm", err);
+    return failed;
   }
   const { reply } = answer;
   deps.history?.record({
@@ -225,18 +225,19 @@ export async function refund(deps: ChatDeps, userId: string, chargeId: string): 
 }
 
 /**
- * Logs a failed upstream call (in the request's trace) and hands the error
- * on. A refusal the caller is answered with a 4xx (a blocked text, the
- * quota spent) is the chain working: an info line with its code and words;
- * anything else a warning with the error and its stack.
+ * A failed upstream call as the caller is answered, logged in the request's
+ * trace. A refusal answered with a 4xx (a blocked text, the quota spent) is
+ * the chain working: an info line with its code and words; anything else a
+ * warning with the error and its stack.
  */
-export function logFailure(
+export function failedCall(
   logger: FastifyBaseLogger,
   stage: Stage,
   err: unknown,
   trace: TraceContext | undefined,
-): unknown {
-  if (httpErrorFromRpc(stage, err).status < 500) {
+): HttpError {
+  const answer = httpErrorFromRpc(stage, err);
+  if (answer.status < 500) {
     const { code, rawMessage } = ConnectError.from(err);
     logger.info(
       { ...traceLogFields(trace), stage, code: Code[code], reason: rawMessage },
@@ -245,5 +246,5 @@ export function logFailure(
   } else {
     logger.warn({ ...traceLogFields(trace), err, stage }, `${stage} call failed`);
   }
-  return err;
+  return answer;
 }

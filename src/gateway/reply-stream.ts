@@ -3,7 +3,7 @@ import {
   type AdmittedChat,
   type ChatDeps,
   type ChatInput,
-  logFailure,
+  failedCall,
   refund,
   settle,
 } from "./chat.js";
@@ -79,7 +79,7 @@ export async function relayReply(
     }
   } catch (err) {
     if (signal.aborted) return clientGone(deps, chat, reply);
-    logFailure(deps.logger, "llm", err, deps.trace);
+    failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
   }

@@ -94,13 +94,18 @@ function addMessage(kind, text) {
   return el;
 }
 
+/** `headers` with the API key typed in, if any. */
+const withKey = (headers) =>
+  keyInput.value === "" ? headers : { ...headers, authorization: `Bearer ${keyInput.value}` };
+
 /** The quota of the user id in the box, read from GET /quota; "—" when it cannot be. */
 async function loadQuota() {
   const userId = userInput.value.trim();
   if (userId === "" || busy) return;
-  const headers = keyInput.value === "" ? {} : { authorization: `Bearer ${keyInput.value}` };
   try {
-    const res = await fetch(`/quota?user_id=${encodeURIComponent(userId)}`, { headers });
+    const res = await fetch(`/quota?user_id=${encodeURIComponent(userId)}`, {
+      headers: withKey({}),
+    });
     // A gateway with API keys: say so at once, not after a first message.
     if (res.status === 401) keyField.hidden = false;
     const body = res.ok ? await res.json() : undefined;
@@ -178,11 +183,9 @@ async function send() {
   let refused = false;
   let focus = textInput;
   try {
-    const headers = { "content-type": "application/json" };
-    if (keyInput.value !== "") headers.authorization = `Bearer ${keyInput.value}`;
     const res = await fetch("/chat/stream", {
       method: "POST",
-      headers,
+      headers: withKey({ "content-type": "application/json" }),
       body: JSON.stringify({ user_id: userId, text }),
       signal: controller.signal,
     });

@@ -66,11 +66,10 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
   /** The store's failure as the caller hears it; an INTERNAL one logged with its cause. */
   const failure = (err: unknown) => {
     const answer = fromStoreError(err);
-    if (
-      answer.code === Code.Internal &&
-      !(typeof err === "object" && err !== null && logged.has(err))
-    ) {
-      if (typeof err === "object" && err !== null) logged.add(err);
+    // The error itself (a primitive gets a wrapper of its own: logged each time).
+    const key: object = Object(err);
+    if (answer.code === Code.Internal && !logged.has(key)) {
+      logged.add(key);
       deps.logger?.error({ err }, "history store failed");
     }
     return answer;
