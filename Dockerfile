@@ -4,9 +4,15 @@
 #   docker run --rm -p 8080:8080 chatmesh:local            # the gateway
 #   docker run --rm chatmesh:local token                   # token, filter, llm, history
 # Every step below is also run outside Docker by test/deploy/image.test.ts
-# (test/fixtures/dockerfile.ts), so keep RUN commands relative to WORKDIR.
+# (test/fixtures/dockerfile.ts), so keep RUN commands relative to WORKDIR;
+# there, this machine's packages stand in for the apt-get line's.
 
 FROM node:20-slim AS build
+# better-sqlite3 compiles from source where its prebuilt binary cannot be
+# fetched (no way out to its download host, or a platform it has none for).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN --mount=type=cache,target=/root/.npm npm ci --prefer-offline --no-audit --no-fund
@@ -14,7 +20,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY scripts ./scripts
 COPY gen ./gen
 COPY src ./src
-RUN npm run build
+RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-slim AS runtime
 # MALLOC_MMAP_THRESHOLD_: glibc's default, fixed (src/lib/node-options.ts).
@@ -23,7 +29,8 @@ ENV HOST=0.0.0.0 \
     MALLOC_MMAP_THRESHOLD_=131072
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --prefer-offline --no-audit --no-fund
+# The production dependencies, as built above: no compiler in this stage.
+COPY --from=build /app/node_modules ./node_modules
 COPY bin ./bin
 COPY --from=build /app/dist ./dist
 # The embedded SQLite history's default folder (sqlite:./data/history.db),

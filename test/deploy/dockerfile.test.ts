@@ -2,7 +2,7 @@ import { type Copy, DockerfileParser } from "dockerfile-ast";
 import { ValidationSeverity, validate } from "dockerfile-utils";
 import { describe, expect, it } from "vitest";
 import { repoFile } from "../fixtures/deploy.js";
-import { dockerignore } from "../fixtures/dockerfile.js";
+import { aptPackages, dockerignore } from "../fixtures/dockerfile.js";
 
 /**
  * Lints the Dockerfile without Docker: hadolint is in neither Debian nor npm,
@@ -57,6 +57,29 @@ describe("Dockerfile", () => {
     expect(instructions.indexOf(users.at(-1) as never)).toBeLessThan(
       instructions.indexOf(keyword("ENTRYPOINT")[0] as never),
     );
+  });
+
+  it("installs the build stage's compiler with apt-get as hadolint asks: no recommends, no lists left", () => {
+    const apt = keyword("RUN")
+      .map((run) => run.getArgumentsContent() ?? "")
+      .filter((command) => aptPackages(command) !== undefined);
+    expect(apt.map(aptPackages)).toEqual([["python3", "make", "g++"]]);
+    expect(apt[0]).toMatch(/apt-get install -y --no-install-recommends /);
+    expect(apt[0]).toMatch(/&& rm -rf \/var\/lib\/apt\/lists\/\*$/);
+    // Only the build stage compiles; the image takes its node_modules.
+    const lastFrom = instructions.lastIndexOf(keyword("FROM").at(-1) as never);
+    const runtimeRuns = keyword("RUN").filter((r) => instructions.indexOf(r) > lastFrom);
+    expect(runtimeRuns.map((r) => r.getArgumentsContent())).not.toContainEqual(
+      expect.stringMatching(/apt-get|npm ci/),
+    );
+  });
+
+  it("reads an apt-get line as its packages, another line as a command, and refuses a mix", () => {
+    expect(
+      aptPackages("apt-get update \\\n && apt-get install -y --no-install-recommends a b"),
+    ).toEqual(["a", "b"]);
+    expect(aptPackages("npm run build && npm prune --omit=dev")).toBeUndefined();
+    expect(() => aptPackages("apt-get install -y a && curl -o x y")).toThrow(/split the line/);
   });
 
   it("sends only what it copies: every COPY source is in the context, the rest is ignored", () => {
