@@ -36,7 +36,7 @@ export type CheckAndIncRequest = Message<"chat.v1.CheckAndIncRequest"> & {
   /**
    * Identifies this charge for refunds and retries (the gateway sends its
    * request id). Optional: without it the charge can be neither refunded nor
-   * safely retried.
+   * safely retried. At most 256 characters; INVALID_ARGUMENT otherwise.
    *
    * @generated from field: string charge_id = 3;
    */
@@ -69,7 +69,8 @@ export type CheckAndIncResponse = Message<"chat.v1.CheckAndIncResponse"> & {
   limit: bigint;
 
   /**
-   * The amount charged.
+   * The amount charged. For a repeated charge_id, what that charge costs
+   * now (as settled; 0 once refunded): nothing more was charged.
    *
    * @generated from field: int64 cost = 3;
    */
@@ -111,7 +112,7 @@ export type RefundRequest = Message<"chat.v1.RefundRequest"> & {
   userId: string;
 
   /**
-   * The charge_id given to CheckAndInc.
+   * The charge_id given to CheckAndInc: 1 to 256 characters.
    *
    * @generated from field: string charge_id = 2;
    */
@@ -224,7 +225,7 @@ export type SettleRequest = Message<"chat.v1.SettleRequest"> & {
   userId: string;
 
   /**
-   * The charge_id given to CheckAndInc.
+   * The charge_id given to CheckAndInc: 1 to 256 characters.
    *
    * @generated from field: string charge_id = 2;
    */

@@ -39,22 +39,27 @@ const chargeKey = (userId: string, chargeId: string) =>
 /**
  * The embedded quota store: counters in this process's memory. Exact for one
  * token process (Node runs each charge to completion); replicas need the Redis
- * store. When a new day is seen, every day but it and the one before is
- * dropped (the day before stays for refunds across midnight), so memory holds
- * at most two days of users. Users and charge ids are kept by digest
+ * store. When a new day is seen, every day before the day before the latest
+ * one is dropped (the day before stays for refunds across midnight, and a
+ * clock stepped back keeps the latest), so memory holds two days of users,
+ * three while the clock is a day or more behind. Users and charge ids are kept by digest
  * (`DigestMap`, outside V8's heap): a new user's charge takes 64–128 bytes,
  * and each charge id is kept for its day and the next (a retry is charged
  * once, whenever it comes).
  */
 export function createMemoryQuotaStore(): QuotaStore {
   const days = new Map<string, DayState>();
+  /** The latest day charged: a clock stepped back across midnight must not drop it. */
+  let newest: QuotaWindow | undefined;
 
   const dayState = (input: PeekInput): DayState => {
     let state = days.get(input.window.day);
     if (state === undefined) {
-      const keep = previousWindow(input.window).day;
+      if (newest === undefined || input.window.day > newest.day) newest = input.window;
+      // YYYY-MM-DD: the strings sort as the days.
+      const keep = previousWindow(newest).day;
       for (const [day, old] of days) {
-        if (day === keep) continue;
+        if (day >= keep) continue;
         days.delete(day);
         old.used.dispose();
         old.charges.dispose();
@@ -87,8 +92,10 @@ export function createMemoryQuotaStore(): QuotaStore {
       // A charge id is charged at most once, whatever became of it since,
       // also when its retry comes just after midnight.
       const key = input.chargeId === "" ? undefined : chargeKey(input.userId, input.chargeId);
-      if (key !== undefined && findCharge(input.window, key) !== undefined) {
-        return { allowed: true, used, repeated: true };
+      const found = key === undefined ? undefined : findCharge(input.window, key);
+      if (found !== undefined) {
+        const cost = isRefunded(found.record) ? 0 : found.record;
+        return { allowed: true, used, repeated: true, cost };
       }
       if (used + input.cost > input.limit) return { allowed: false, used };
       state.used.set(user, used + input.cost);

@@ -12,14 +12,22 @@ export interface ChargeInput {
   readonly chargeId: string;
 }
 
-export interface ChargeResult {
-  /** False when the charge would have gone over the limit; nothing was charged then. */
-  readonly allowed: boolean;
-  /** Tokens used in the window after the charge (or, when refused, without it). */
-  readonly used: number;
-  /** True when the charge id had been charged already: nothing was charged now. */
-  readonly repeated?: boolean;
-}
+export type ChargeResult =
+  | {
+      /** False when the charge would have gone over the limit; nothing was charged then. */
+      readonly allowed: boolean;
+      /** Tokens used in the window after the charge (or, when refused, without it). */
+      readonly used: number;
+      readonly repeated?: false;
+    }
+  | {
+      readonly allowed: true;
+      readonly used: number;
+      /** The charge id had been charged already: nothing was charged now. */
+      readonly repeated: true;
+      /** What that charge costs now: as settled, 0 once refunded. */
+      readonly cost: number;
+    };
 
 export interface RefundInput {
   readonly userId: string;

@@ -14,14 +14,23 @@
  * KEYS[3] its record in the day before (a retry just after midnight of a
  * charge made before it is not charged again). ARGV[1] cost, ARGV[2] limit,
  * ARGV[3] expiry (unix seconds), ARGV[4] "1" when there is a charge id.
- * Returns {allowed (0/1), used}, or {1, used, 1} when the charge id was
- * charged already (nothing is charged again).
+ * Returns {allowed (0/1), used}, or {1, used, 1, its cost now (0 once
+ * refunded)} when the charge id was charged already (nothing is charged
+ * again).
  */
 export const chargeScript = `
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local recorded = ARGV[4] == '1'
-if recorded and redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
-  return {1, used, 1}
+if recorded then
+  for i = 2, 3 do
+    local record = redis.call('HMGET', KEYS[i], 'cost', 'refunded')
+    if record[1] then
+      if record[2] == '1' then
+        return {1, used, 1, 0}
+      end
+      return {1, used, 1, tonumber(record[1])}
+    end
+  end
 end
 local cost = tonumber(ARGV[1])
 if used + cost > tonumber(ARGV[2]) then

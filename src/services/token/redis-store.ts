@@ -52,7 +52,7 @@ export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {
 
 /** The scripts' replies: integers, as decimal strings (`stringNumbers`). */
 interface ScriptCommands {
-  quotaCharge(...args: (string | number)[]): Promise<[string, string, string?]>;
+  quotaCharge(...args: (string | number)[]): Promise<[string, string, string?, string?]>;
   quotaRefund(...args: string[]): Promise<[string, string]>;
   quotaSettle(...args: (string | number)[]): Promise<[string, string]>;
 }
@@ -159,7 +159,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
     async charge(input: ChargeInput): Promise<ChargeResult> {
       const keys = quotaKeys(prefix, input.userId, input.window);
       const before = quotaKeys(prefix, input.userId, previousWindow(input.window));
-      const [allowed, used, repeated] = await run(() =>
+      const [allowed, used, repeated, cost] = await run(() =>
         scripts.quotaCharge(
           keys.counter,
           keys.charge(input.chargeId),
@@ -171,7 +171,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
         ),
       );
       return repeated === "1"
-        ? { allowed: true, used: Number(used), repeated: true }
+        ? { allowed: true, used: Number(used), repeated: true, cost: Number(cost) }
         : { allowed: allowed === "1", used: Number(used) };
     },
 

@@ -100,6 +100,7 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
           allowed: true,
           used: 50,
           repeated: true,
+          cost: 50,
         });
         expect(await store.refund({ userId, chargeId, window: today })).toEqual({
           refunded: 50,
@@ -116,10 +117,28 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(50);
     });
 
+    it("keeps a day's counters and charges when the clock steps back across midnight and forward again", async () => {
+      const store = await fresh();
+      for (const id of ["a1", "a2", "a3", "a4"]) await charge(store, "u1", id, tomorrow);
+      // An NTP step or a resumed VM: a charge stamped with the day before.
+      expect(await charge(store, "u1", "b1", today)).toEqual({ allowed: true, used: 50 });
+      expect(await charge(store, "u1", "a5", tomorrow)).toEqual({ allowed: false, used: 200 });
+      expect(await store.refund({ userId: "u1", chargeId: "a1", window: tomorrow })).toEqual({
+        refunded: 50,
+        used: 150,
+      });
+    });
+
     it("charges a charge id once, and a refused charge leaves no record", async () => {
       const store = await fresh();
       expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
-      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50, repeated: true });
+      // A retry that names another cost is told the one charged.
+      expect(await charge(store, "u1", "c1", today, 120)).toEqual({
+        allowed: true,
+        used: 50,
+        repeated: true,
+        cost: 50,
+      });
       expect((await charge(store, "u1", "c2")).used).toBe(100);
       expect(await charge(store, "u2", "c1")).toEqual({ allowed: true, used: 50 });
       await charge(store, "u1", "", today, 100);
@@ -142,8 +161,13 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       expect(await refund("u1", "c1")).toEqual({ refunded: 0, used: 50 });
       expect(await refund("u1", "nope")).toEqual({ refunded: 0, used: 50 });
       expect(await store.get({ userId: "u1", window: today })).toBe(50);
-      // A refunded id stays spent: charging it again charges nothing.
-      expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50, repeated: true });
+      // A refunded id stays spent: charging it again charges nothing, and it costs nothing now.
+      expect(await charge(store, "u1", "c1")).toEqual({
+        allowed: true,
+        used: 50,
+        repeated: true,
+        cost: 0,
+      });
     });
 
     it("counts exactly up to the largest limit the config takes (2^53 - 1)", async () => {
@@ -202,6 +226,7 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
         allowed: true,
         used: 30,
         repeated: true,
+        cost: 50,
       });
       expect(await store.get({ userId: "u1", window: tomorrow })).toBe(30);
       expect(await store.get({ userId: "u1", window: today })).toBe(50);
@@ -233,6 +258,13 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       // The extra goes on even past the limit: the tokens were spent.
       expect(await settle("b", 190)).toEqual({ settled: true, used: 215 });
       expect(await store.get({ userId: "u1", window: today })).toBe(215);
+      // A retried charge is told the settled cost.
+      expect(await charge(store, "u1", "b", today, 50)).toEqual({
+        allowed: true,
+        used: 215,
+        repeated: true,
+        cost: 190,
+      });
       expect((await charge(store, "u1", "c", today, 1)).allowed).toBe(false);
       // A refund gives back the settled cost, not the reserved one.
       expect(await store.refund({ userId: "u1", chargeId: "b", window: today })).toEqual({

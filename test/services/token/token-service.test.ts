@@ -102,7 +102,11 @@ describe("TokenService over a router transport", () => {
       ),
     );
     await client.checkAndInc({ userId: "u1", chargeId: "r1" });
-    expect((await client.checkAndInc({ userId: "u1", chargeId: "r1" })).remaining).toBe(150n);
+    // A retry is told what the charge cost, whatever cost it names.
+    expect(await client.checkAndInc({ userId: "u1", chargeId: "r1", cost: 1000n })).toMatchObject({
+      remaining: 150n,
+      cost: 50n,
+    });
     await client.checkAndInc({ userId: "u1", chargeId: "r2" });
     const events = Object.fromEntries(
       (await registry.getSingleMetric("chatmesh_quota_events_total")?.get())?.values.map((v) => [
@@ -182,6 +186,19 @@ describe("TokenService over a router transport", () => {
     }
     // Counted in characters: 256 outside the BMP are two UTF-16 units each, and fine.
     expect((await client.checkAndInc({ userId: "𝄞".repeat(256) })).remaining).toBe(150n);
+    // A charge id is a key in the store as a user id is: as long at most.
+    for (const call of [
+      client.checkAndInc({ userId: "u", chargeId: tooLong }),
+      client.refund({ userId: "u", chargeId: tooLong }),
+      client.settle({ userId: "u", chargeId: tooLong, cost: 1n }),
+    ]) {
+      expect(await refusal(call)).toMatchObject({
+        code: Code.InvalidArgument,
+        rawMessage: "charge_id is longer than 256 characters",
+      });
+    }
+    expect((await client.checkAndInc({ userId: "u", chargeId: "𝄞".repeat(256) })).cost).toBe(50n);
+    expect((await client.getQuota({ userId: "u" })).used).toBe(50n);
     expect((await refusal(client.settle({ userId: "u", chargeId: "", cost: 1n }))).code).toBe(
       Code.InvalidArgument,
     );
