@@ -305,6 +305,13 @@ function readRedisUrl(env: Env, name: string, fallback: string): string {
     throw new ConfigError(`${name} must be a redis:// or rediss:// URL, got ${shownUrl(raw)}`);
   }
   requireEncodedCredentials(url, name, raw);
+  // ioredis takes client options from the query (?db=abc crashes it, and
+  // others would undo the store's fail-fast settings).
+  if (url.search !== "" || url.hash !== "") {
+    throw new ConfigError(
+      `${name} takes no query or fragment: the database goes in the path (/1), the password before the host (redis://:password@host:6379), got ${shownUrl(raw)}`,
+    );
+  }
   // The client would send SELECT NaN for a database that is not a number, and crash.
   if (!/^\/?(\d{1,9})?$/.test(url.pathname)) {
     throw new ConfigError(

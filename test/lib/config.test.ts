@@ -66,6 +66,15 @@ describe("config", () => {
       /^REDIS_URL's database \(after the port\) must be a number such as \/0, got "redis:\/\/:\*\*\*@127\.0\.0\.1:6379\/abc"$/,
     ],
     [{ REDIS_URL: "redis://127.0.0.1:6379/1/2" }, /^REDIS_URL's database/],
+    [
+      { REDIS_URL: "redis://127.0.0.1:6379/?db=abc" },
+      /^REDIS_URL takes no query or fragment: the database goes in the path \(\/1\), the password before the host \(redis:\/\/:password@host:6379\), got "redis:\/\/127\.0\.0\.1:6379\/\?db=abc"$/,
+    ],
+    [
+      { REDIS_URL: "redis://127.0.0.1:6379/0?enableOfflineQueue=true" },
+      /^REDIS_URL takes no query/,
+    ],
+    [{ REDIS_URL: "redis://127.0.0.1:6379/0#x" }, /^REDIS_URL takes no query or fragment/],
     [{ QUOTA_FAIL_OPEN: "yes" }, /^QUOTA_FAIL_OPEN must be one of true, false, got "yes"$/],
     [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
   ])("refuses %j with one line naming the variable", (env, message) => {
@@ -95,6 +104,17 @@ describe("config", () => {
     [
       () => loadClientConfig({ FILTER_URL: "htp:/u:hunter2@filter" }),
       'FILTER_URL must be an http:// or https:// URL, got "htp:***@filter"',
+    ],
+    [
+      () => loadTokenConfig({ REDIS_URL: "redis://127.0.0.1:6379/?password=hunter2&db=1" }),
+      'got "redis://127.0.0.1:6379/?password=***&db=1"',
+    ],
+    [
+      () =>
+        loadHistoryConfig({
+          HISTORY_DATABASE_URL: "mysql://root@db?sslKey=hunter2&auth_token=hunter2",
+        }),
+      'got "mysql://root@db?sslKey=***&auth_token=***"',
     ],
   ])("masks the password of a refused URL (%#)", (load, message) => {
     expect(load).toThrow(ConfigError);
