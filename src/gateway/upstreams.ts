@@ -15,6 +15,7 @@ import { createFramesTransport } from "../lib/frames-transport.js";
 import { createLocalTransport } from "../lib/local-transport.js";
 import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
+import { createRotatingTransport } from "../lib/rotating-transport.js";
 import type { LocalService } from "../lib/rpc-server.js";
 
 /** The typed clients of the services the gateway calls. */
@@ -44,7 +45,8 @@ const readinessTimeoutMs = 500;
  * deadline and carries the request's trace (`traceparent`, `x-request-id`);
  * an idle connection is dropped well before the server's session timeout, and
  * a broken one is replaced on the next call, so a restarted service is used
- * again without restarting the gateway. A service in `local` runs in the
+ * again without restarting the gateway; every UPSTREAM_MAX_CONNECTION_AGE_MS
+ * new calls go to new connections, which reach replicas started since. A service in `local` runs in the
  * gateway's process (`chatmesh all`) and is called there, its URL unused.
  */
 export function createUpstreams(
@@ -60,6 +62,12 @@ export function createUpstreams(
     if (service !== undefined) {
       return createLocalTransport({ service, defaultTimeoutMs, interceptors });
     }
+    return createRotatingTransport(
+      () => remoteTransport(baseUrl, defaultTimeoutMs),
+      config.upstreamMaxConnectionAgeMs,
+    );
+  };
+  const remoteTransport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
     const grpc = createGrpcTransport({
       baseUrl,
       defaultTimeoutMs,

@@ -181,6 +181,12 @@ export interface GatewayConfig extends CommonConfig {
    */
   readonly upstreamProtocol: "frames" | "connect" | "grpc";
   /**
+   * UPSTREAM_MAX_CONNECTION_AGE_MS: new calls go to new connections once a
+   * service's are this old (±10 %), so they reach replicas started since;
+   * 0 keeps them.
+   */
+  readonly upstreamMaxConnectionAgeMs: number;
+  /**
    * QUOTA_COST_MODE: "fixed" charges the token service's QUOTA_COST per chat;
    * "tokens" reserves an estimate of the chat's tokens and settles to the
    * tokens it used once answered.
@@ -343,6 +349,20 @@ function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl 
   return { dialect: "mysql", url: raw, tls: readMysqlTls(url, name) };
 }
 
+/**
+ * 0 (keep connections) or at least a second: each renewal opens connections,
+ * and the old ones stay open until idle for a while.
+ */
+function readConnectionAge(env: Env, name: string): number {
+  const ms = readInt(env, name, 60_000, 0, 86_400_000);
+  if (ms > 0 && ms < 1_000) {
+    throw new ConfigError(
+      `${name} must be 0 (keep connections) or from 1000 to 86400000, got "${ms}"`,
+    );
+  }
+  return ms;
+}
+
 function readOptionalPath(env: Env, name: string): string | undefined {
   const raw = env[name];
   return raw === undefined || raw.trim() === "" ? undefined : raw;
@@ -473,6 +493,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
       ["frames", "connect", "grpc"] as const,
       "frames",
     ),
+    upstreamMaxConnectionAgeMs: readConnectionAge(env, "UPSTREAM_MAX_CONNECTION_AGE_MS"),
     quotaCostMode: readEnum(env, "QUOTA_COST_MODE", ["fixed", "tokens"] as const, "fixed"),
     quotaReplyReserve: readInt(env, "QUOTA_REPLY_RESERVE", 100, 0, 10_000_000),
     rateLimitPerMinute: readInt(env, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000_000),

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { postChat, waitForOutput } from "../fixtures/processes.js";
+import { freePort, postChat, waitForOutput } from "../fixtures/processes.js";
 import { type Launched, launch, waitReadyz } from "../fixtures/quota-stack.js";
 import { type OwnRedis, redisServerOrSkip, startOwnRedis } from "../fixtures/redis.js";
 
@@ -77,5 +77,39 @@ describe.runIf(available)("the chain when its own Redis dies mid-run and comes b
     expect(token.running.output()).toMatch(/redis unreachable/);
     // The reconnect is logged by the client's "ready" event, which may trail the first ping.
     await waitForOutput(token.running, /redis reachable again/, 5_000);
+  });
+});
+
+describe("the chain with QUOTA_FAIL_OPEN while its Redis is away", () => {
+  const procs: Launched[] = [];
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.running.stop()));
+  });
+
+  it("stays ready, token and gateway, and lets chats through uncharged", async () => {
+    const [filter, llm, token] = (await Promise.all([
+      launch("filter", {}),
+      launch("llm", {}),
+      launch("token", {
+        QUOTA_STORE: "redis",
+        // Nothing listens there.
+        REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+        QUOTA_FAIL_OPEN: "true",
+      }),
+    ])) as Launched[] as [Launched, Launched, Launched];
+    procs.push(filter, llm, token);
+    const gateway = await launch("gateway", {
+      FILTER_URL: filter.url,
+      LLM_URL: llm.url,
+      TOKEN_URL: token.url,
+    });
+    procs.push(gateway);
+    // Serving chats, so ready: not ready would take every replica out of its Service.
+    expect(await waitReadyz(token.port, 200)).toBe("ready");
+    expect(await waitReadyz(gateway.port, 200)).toBe("ready");
+    const chat = await postChat(gateway.url, { user_id: "open", text: "hi" });
+    expect([chat.status, chat.json]).toMatchObject([200, { reply: "Echo: hi", remaining: 200 }]);
+    expect(chat.headers.get("ratelimit-remaining")).toBeNull();
+    expect(token.running.output()).toMatch(/chat let through uncharged/);
   });
 });

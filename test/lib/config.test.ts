@@ -82,6 +82,16 @@ describe("config", () => {
     expect(() => loadTokenConfig(env)).toThrow(message);
   });
 
+  it("renews upstream connections every minute unless told otherwise, never more than once a second", () => {
+    expect(loadGatewayConfig({}).upstreamMaxConnectionAgeMs).toBe(60_000);
+    expect(
+      loadGatewayConfig({ UPSTREAM_MAX_CONNECTION_AGE_MS: "0" }).upstreamMaxConnectionAgeMs,
+    ).toBe(0);
+    expect(() => loadGatewayConfig({ UPSTREAM_MAX_CONNECTION_AGE_MS: "500" })).toThrow(
+      'UPSTREAM_MAX_CONNECTION_AGE_MS must be 0 (keep connections) or from 1000 to 86400000, got "500"',
+    );
+  });
+
   it("refuses a URL that is not http(s)", () => {
     expect(() => loadGatewayConfig({ LLM_URL: "localhost:50055" })).toThrow(
       /^LLM_URL must be an http:\/\/ or https:\/\/ URL/,

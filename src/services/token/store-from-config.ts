@@ -12,7 +12,9 @@ export interface ConfiguredStore {
 
 /**
  * The store QUOTA_STORE names; the redis one makes the process not ready
- * while Redis is down. The Redis client is loaded only then: it is about
+ * while Redis is down, unless QUOTA_FAIL_OPEN lets chats through then (the
+ * process serves them: not ready, every replica would leave its Service at
+ * once, and the gateways theirs). The Redis client is loaded only then: it is about
  * 25 MB of RSS that the memory store does not need.
  */
 export async function createQuotaStoreFromConfig(
@@ -22,7 +24,8 @@ export async function createQuotaStoreFromConfig(
   if (config.quotaStore === "redis") {
     const { createRedisQuotaStore } = await import("./redis-store.js");
     const store = createRedisQuotaStore({ url: config.redisUrl, logger });
-    return { store, readyChecks: { redis: () => store.ping() } };
+    const readyChecks = config.quotaFailOpen ? {} : { redis: () => store.ping() };
+    return { store, readyChecks };
   }
   return { store: createMemoryQuotaStore(), readyChecks: {} };
 }
