@@ -1,4 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
+import { parse } from "yaml";
 import { loadFilterConfig, loadGatewayConfig, loadLlmConfig } from "../../src/lib/config.js";
 import { serviceHeapFlags } from "../../src/lib/node-options.js";
 import {
@@ -6,6 +7,7 @@ import {
   contractProcesses,
   imageNodeOptions,
   isThirdPartyImage,
+  repoFile,
 } from "../fixtures/deploy.js";
 import {
   type K8sObject,
@@ -30,6 +32,54 @@ const decode = (secret: K8sObject, key: string) =>
 /** The one object of `kind` whose generated name starts with `name`. */
 const generated = (objects: K8sObject[], kind: string, name: string) =>
   objects.find((o) => o.kind === kind && o.metadata.name.startsWith(`${name}-`)) as K8sObject;
+
+interface Relabel {
+  source_labels?: string[];
+  regex?: string;
+  replacement?: string;
+  target_label?: string;
+  action?: "replace" | "keep";
+}
+
+/** Prometheus's relabelling (replace and keep) of one target's labels; undefined when dropped. */
+function relabel(
+  labels: Record<string, string>,
+  rules: readonly Relabel[],
+): Record<string, string> | undefined {
+  const out = { ...labels };
+  for (const rule of rules) {
+    const value = (rule.source_labels ?? []).map((name) => out[name] ?? "").join(";");
+    const match = new RegExp(`^(?:${rule.regex ?? "(.*)"})$`).exec(value);
+    if (rule.action === "keep") {
+      if (match === null) return undefined;
+    } else if (match !== null && rule.target_label !== undefined) {
+      out[rule.target_label] = (rule.replacement ?? "$1").replace(
+        /\$(\d+)/g,
+        (_, n: string) => match[Number(n)] ?? "",
+      );
+    }
+  }
+  return out;
+}
+
+/** The meta labels Prometheus's Kubernetes pod discovery gives a pod's port. */
+function podMeta(
+  pod: { metadata: { labels?: Record<string, string>; annotations?: Record<string, string> } },
+  name: string,
+  port: number,
+): Record<string, string> {
+  const meta: Record<string, string> = {
+    __address__: `10.0.0.7:${port}`,
+    __meta_kubernetes_pod_name: `${name}-5d4f8-abcde`,
+    __meta_kubernetes_namespace: "chatmesh",
+  };
+  const clean = (key: string) => key.replace(/[^a-zA-Z0-9_]/g, "_");
+  for (const [k, v] of Object.entries(pod.metadata.labels ?? {}))
+    meta[`__meta_kubernetes_pod_label_${clean(k)}`] = String(v);
+  for (const [k, v] of Object.entries(pod.metadata.annotations ?? {}))
+    meta[`__meta_kubernetes_pod_annotation_${clean(k)}`] = String(v);
+  return meta;
+}
 
 describe.skipIf(kubectl === undefined)("deploy/k8s", () => {
   beforeAll(async () => {
@@ -145,6 +195,27 @@ describe.skipIf(kubectl === undefined)("deploy/k8s", () => {
       const shutdownMs = Number(config.data.SHUTDOWN_TIMEOUT_MS);
       const preStopMs = Number(c.lifecycle.preStop.exec.command[1]) * 1000;
       expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThan(shutdownMs + preStopMs);
+    });
+
+    it("has Prometheus (deploy/prometheus/kubernetes.yml) scrape each pod as its process, /metrics on its port", () => {
+      const config = parse(repoFile("deploy/prometheus/kubernetes.yml"));
+      const rules = config.scrape_configs[0].relabel_configs as Relabel[];
+      for (const name of processes) {
+        const d = find(objects(), "Deployment", name);
+        // Discovery gives a target per declared container port; the annotation picks the port.
+        for (const declared of container(d).ports as { containerPort: number }[]) {
+          const target = relabel(podMeta(d.spec.template, name, declared.containerPort), rules);
+          expect(target, name).toMatchObject({
+            job: name,
+            instance: `${name}-5d4f8-abcde`,
+            __address__: `10.0.0.7:${contractProcesses[name].port}`,
+            __metrics_path__: "/metrics",
+          });
+        }
+      }
+      // Not ours: dropped.
+      const other = { metadata: { labels: { app: "redis" }, annotations: {} } };
+      expect(relabel(podMeta(other, "redis", 6379), rules)).toBeUndefined();
     });
 
     it("scales the gateway and the llm with HPAs, and guards every process with a PDB", () => {

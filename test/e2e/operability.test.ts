@@ -284,6 +284,9 @@ describe("the Grafana dashboard", () => {
       .filter((word) => !functions.has(word) && word.includes("_"));
     expect(used.length).toBeGreaterThan(10);
     expect(used.filter((metric) => !exported.has(metric))).toEqual([]);
+    // Job names are the scrape config's (prometheus.yml's or kubernetes.yml's): no query picks one.
+    const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr));
+    expect(exprs.filter((expr) => /\bjob\s*=/.test(expr))).toEqual([]);
   });
 });
 
