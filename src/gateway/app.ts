@@ -5,7 +5,12 @@ import type { GatewayConfig } from "../lib/config.js";
 import { requestTimeoutOptions } from "../lib/dual-protocol-server.js";
 import { createHttpApp } from "../lib/http-app.js";
 import type { Logger } from "../lib/logger.js";
-import { counter, createMetricsRegistry, registerGaugeSet } from "../lib/metrics.js";
+import {
+  counter,
+  createMetricsRegistry,
+  registerCountersRead,
+  registerGaugeRead,
+} from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { readTlsCredentials } from "../lib/tls.js";
 import { newRequestId, traceLogFields } from "../lib/trace.js";
@@ -204,12 +209,21 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     settleMs: config.tokenTimeoutMs,
   });
   app.addHook("onClose", () => refunder.close(closeBy(config.tokenTimeoutMs)));
-  registerGaugeSet(
+  registerCountersRead(
     registry,
-    "chatmesh_history_appends",
-    "History appends by the gateway since start: appended, recovered by a retry, failed attempts, dropped, pending",
-    "state",
-    () => ({ ...history.stats() }),
+    "chatmesh_history_appends_total",
+    "Chats the gateway sent to the history, by result: appended, recovered (appended after failed attempts), failed_attempt, dropped (lost)",
+    "result",
+    () => {
+      const { appended, recovered, failedAttempts, dropped } = history.stats();
+      return { appended, recovered, failed_attempt: failedAttempts, dropped };
+    },
+  );
+  registerGaugeRead(
+    registry,
+    "chatmesh_history_pending",
+    "Chats waiting to be sent to the history, or sent again",
+    () => history.stats().pending,
   );
   const cost = createCostPolicy(config);
   // Streamed chats are kept like the others once they reach `done`.

@@ -1,6 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { FastifyInstance, FastifyRequest } from "fastify";
-import { collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
 
 /** Latency buckets in seconds: sub-millisecond hops up to slow model calls. */
 export const latencyBuckets = [
@@ -416,10 +416,11 @@ export function registerHttpMetrics(app: FastifyInstance, registry: Registry): C
 }
 
 /**
- * Exposes numbers kept elsewhere (a queue's counts, say) as gauges read at
- * scrape time: `name{key="…"}` for each key of what `read` returns.
+ * Exposes counts kept elsewhere (a queue's, say), read at scrape time, as
+ * one counter: `name{label="…"}` for each key of what `read` returns. The
+ * counts must only grow, as a counter's.
  */
-export function registerGaugeSet(
+export function registerCountersRead(
   registry: Registry,
   name: string,
   help: string,
@@ -427,13 +428,32 @@ export function registerGaugeSet(
   read: () => Readonly<Record<string, number>>,
 ): void {
   if (registry.getSingleMetric(name) !== undefined) return;
-  new Gauge({
+  new Counter({
     name,
     help,
     labelNames: [label],
     registers: [registry],
     collect() {
-      for (const [key, value] of Object.entries(read())) this.set({ [label]: key }, value);
+      this.reset();
+      for (const [key, value] of Object.entries(read())) this.inc({ [label]: key }, value);
+    },
+  });
+}
+
+/** Exposes a number kept elsewhere, read at scrape time, as a gauge. */
+export function registerGaugeRead(
+  registry: Registry,
+  name: string,
+  help: string,
+  read: () => number,
+): void {
+  if (registry.getSingleMetric(name) !== undefined) return;
+  new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(read());
     },
   });
 }

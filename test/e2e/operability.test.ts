@@ -189,6 +189,26 @@ describe("trace propagation", () => {
 });
 
 describe("metrics", () => {
+  it("count the chats kept in the history, and those waiting", async () => {
+    const appended = async () =>
+      sample(await metricsOf("gateway"), "chatmesh_history_appends_total", { result: "appended" });
+    const before = await appended();
+    await postChat(stack.gatewayUrl, {
+      user_id: `kept-${randomBytes(4).toString("hex")}`,
+      text: "hi",
+    });
+    const deadline = Date.now() + 5_000;
+    while ((await appended()) === before && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect((await appended()) - before).toBe(1);
+    const metrics = await metricsOf("gateway");
+    expect(metrics).toMatch(/^# TYPE chatmesh_history_appends_total counter$/m);
+    expect(sample(metrics, "chatmesh_history_appends_total", { result: "dropped" })).toBe(0);
+    expect(metrics).toMatch(/^# TYPE chatmesh_history_pending gauge$/m);
+    expect(metrics).toMatch(/^chatmesh_history_pending 0$/m);
+  });
+
   it("count exactly the requests sent, per outcome", async () => {
     const before = {
       gateway: await metricsOf("gateway"),
