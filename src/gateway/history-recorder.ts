@@ -218,6 +218,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   let delayMs = initialDelayMs;
   let timer: NodeJS.Timeout | undefined;
   let retrying = false;
+  /** The queued chat whose retry is under way. */
+  let resending: Pending | undefined;
   let closed = false;
   /** Why the last retry failed: the reason given for what is lost at shutdown. */
   let lastFailure: unknown;
@@ -252,12 +254,20 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   };
 
   const enqueue = (entry: Entry) => {
-    while (queue.length > 0 && queue.length >= queueLimit) {
-      drop((queue.shift() as Pending).entry, "retry queue full");
-    }
     if (queueLimit === 0) return drop(entry, "retry queue full");
+    while (queue.length >= queueLimit) {
+      // The oldest but the one being sent again, which may yet be stored.
+      const at = queue[0] === resending ? 1 : 0;
+      if (at >= queue.length) return drop(entry, "retry queue full");
+      drop((queue.splice(at, 1)[0] as Pending).entry, "retry queue full");
+    }
     queue.push({ entry, deadline: Date.now() + retryWindowMs });
     schedule();
+  };
+  /** Takes `pending` out of the queue, wherever it is now. */
+  const dequeue = (pending: Pending) => {
+    const at = queue.indexOf(pending);
+    if (at !== -1) queue.splice(at, 1);
   };
   const expire = () => {
     const now = Date.now();
@@ -280,15 +290,16 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       expire();
       for (let head = queue[0]; head !== undefined; head = queue[0]) {
         try {
+          resending = head;
           await append(head.entry, false);
-          queue.shift();
+          dequeue(head);
           counts.appended++;
           counts.recovered++;
           delayMs = initialDelayMs;
         } catch (err) {
           counts.failedAttempts++;
           if (isPermanent(err)) {
-            queue.shift();
+            dequeue(head);
             drop(head.entry, "refused by history", err);
             continue;
           }
@@ -299,6 +310,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
         }
       }
     } finally {
+      resending = undefined;
       retrying = false;
       expire();
       schedule();

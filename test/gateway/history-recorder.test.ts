@@ -1,4 +1,4 @@
-import { createClient, type Transport } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
@@ -309,6 +309,51 @@ describe("the history recorder against a real history server", () => {
     await startServer();
     await settled(r);
     expect(await texts("full")).toEqual(chats.slice(2).map((c) => c.text));
+  });
+
+  it("keeps the chat whose retry is under way when the queue overflows, dropping the next oldest", async () => {
+    // A test double of the history client: every batch fails (history
+    // flapping), and the retry of A hangs until released, then stores it.
+    const stored: string[] = [];
+    let releaseA: (() => void) | undefined;
+    const client = {
+      appendBatch: async () => {
+        throw new ConnectError("down", Code.Unavailable);
+      },
+      append: async (entry: { requestId: string }) => {
+        if (entry.requestId === "A" && releaseA === undefined) {
+          await new Promise<void>((resolve) => {
+            releaseA = resolve;
+          });
+        }
+        stored.push(entry.requestId);
+        return {};
+      },
+    } as unknown as Client<typeof HistoryService>;
+    const memory = createMemoryLogger();
+    const r = createHistoryRecorder({
+      client,
+      logger: memory.logger,
+      retryWindowMs: 60_000,
+      queueLimit: 2,
+      initialDelayMs: 10,
+      batchWindowMs: 1,
+    });
+    recorder = r;
+    r.record(chat("q", { requestId: "A" }));
+    await vi.waitFor(() => expect(releaseA).toBeDefined());
+    r.record(chat("q", { requestId: "B" }));
+    await vi.waitFor(() => expect(r.stats().pending).toBe(2));
+    r.record(chat("q", { requestId: "C" }));
+    await vi.waitFor(() => expect(r.stats().dropped).toBe(1));
+    releaseA?.();
+    await settled(r);
+    expect(stored.sort()).toEqual(["A", "C"]);
+    const lost = memory.lines.filter((l) => String(l.msg).startsWith("history entry lost"));
+    expect(lost.map((l) => [l.request_id ?? l.requestId, l.msg])).toEqual([
+      ["B", "history entry lost: retry queue full"],
+    ]);
+    expect(r.stats()).toMatchObject({ appended: 2, dropped: 1, pending: 0 });
   });
 
   it("drops a chat that history refuses, without retrying it", async () => {
