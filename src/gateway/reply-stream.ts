@@ -58,13 +58,11 @@ export async function relayReply(
     await refund(deps, input.userId, requestId);
     return { outcome: "client gone" };
   }
+  const call = eitherSignal(signal, deps.stopping);
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      {
-        signal: deps.stopping === undefined ? signal : AbortSignal.any([signal, deps.stopping]),
-        ...traceCallOptions(deps.trace),
-      },
+      { signal: call.signal, ...traceCallOptions(deps.trace) },
     );
     for await (const piece of pieces) {
       model ||= piece.model;
@@ -82,6 +80,8 @@ export async function relayReply(
     failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
+  } finally {
+    call.unlink();
   }
   if (signal.aborted) return clientGone(deps, chat, reply);
   const remaining = await settle(deps, input.userId, requestId, () =>
@@ -94,6 +94,36 @@ export async function relayReply(
     finishReason: finishReason || "stop",
     reportedUsage,
     remaining,
+  };
+}
+
+/**
+ * A signal that aborts when `first` or `second` does, and `unlink` to call
+ * once it is no longer needed. Not AbortSignal.any: on Node 20 the gateway's
+ * lifelong `stopping` signal keeps every signal made from it for good
+ * (nodejs/node#55351): ~2 KB per streamed chat measured alone
+ * (test/fixtures/either-signal-footprint.ts), ~58 bytes in the gateway.
+ */
+export function eitherSignal(
+  first: AbortSignal,
+  second: AbortSignal | undefined,
+): { readonly signal: AbortSignal; unlink(): void } {
+  if (second === undefined) return { signal: first, unlink: () => {} };
+  const either = new AbortController();
+  const onFirst = () => either.abort(first.reason);
+  const onSecond = () => either.abort(second.reason);
+  if (first.aborted) onFirst();
+  else if (second.aborted) onSecond();
+  else {
+    first.addEventListener("abort", onFirst, { once: true });
+    second.addEventListener("abort", onSecond, { once: true });
+  }
+  return {
+    signal: either.signal,
+    unlink() {
+      first.removeEventListener("abort", onFirst);
+      second.removeEventListener("abort", onSecond);
+    },
   };
 }
 
