@@ -279,7 +279,9 @@ export type HistoryServiceListRequest = Message<"chat.v1.HistoryServiceListReque
 
   /**
    * Entries per page: 0 means 20, more than 100 means 100, negative is
-   * INVALID_ARGUMENT.
+   * INVALID_ARGUMENT. A page of long chats ends sooner, at about 3 MiB of
+   * text and replies (at least one entry a page): next_page_token goes on
+   * from there.
    *
    * @generated from field: int32 page_size = 2;
    */

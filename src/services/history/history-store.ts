@@ -62,6 +62,25 @@ export class RequestIdConflictError extends Error {
 
 export const defaultPageSize = 20;
 export const maxPageSize = 100;
+/**
+ * Most bytes of chats in a page (text, reply and ids, in UTF-8). The
+ * gateway's lean frames take answers up to 4 MiB, and 100 chats of 8,000
+ * CJK characters with their echoes make ~4.8 MB: such a page ends sooner,
+ * its next_page_token going on from there. A page holds at least one chat,
+ * however long.
+ */
+export const maxPageBytes = 3 * 1024 * 1024;
+
+/** What an entry weighs in a page, about as it is encoded. */
+export function entryBytes(entry: Entry): number {
+  return (
+    Buffer.byteLength(entry.text) +
+    Buffer.byteLength(entry.reply) +
+    Buffer.byteLength(entry.userId) +
+    entry.requestId.length +
+    32
+  );
+}
 /** Longest request id, in characters (the column's width). */
 export const maxRequestIdLength = 128;
 

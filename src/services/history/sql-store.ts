@@ -4,9 +4,11 @@ import { createGroupCommit } from "./group-commit.js";
 import {
   type AppendResult,
   type Entry,
+  entryBytes,
   HistoryInputError,
   type HistoryStore,
   type ListQuery,
+  maxPageBytes,
   maxRequestIdLength,
   type NewEntry,
   type Page,
@@ -153,10 +155,17 @@ export function createSqlHistoryStore(db: Kysely<HistoryDatabase>): HistoryStore
         .orderBy("id", "desc")
         .limit(pageSize + 1)
         .execute();
-      const entries = rows.slice(0, pageSize).map(toEntry);
+      const entries: Entry[] = [];
+      let bytes = 0;
+      for (const row of rows.slice(0, pageSize)) {
+        const entry = toEntry(row);
+        bytes += entryBytes(entry);
+        if (bytes > maxPageBytes && entries.length > 0) break;
+        entries.push(entry);
+      }
       const last = entries.at(-1);
       const nextPageToken =
-        rows.length > pageSize && last !== undefined
+        rows.length > entries.length && last !== undefined
           ? encodePageToken(userKey, { createdAtMs: last.createdAtMs, id: Number(last.id) })
           : "";
       return { entries, nextPageToken };

@@ -133,6 +133,24 @@ function conformance(name: string, makeDatabase: () => Promise<TestDatabase>) {
       expect(pages.at(-1)?.length).toBeGreaterThan(0);
     });
 
+    it("ends a page of long chats before 3 MiB, at least one chat a page, and goes on from there", async () => {
+      const u = user();
+      // 12 chats of 300 KB each (3.6 MB), then one of 3.5 MB alone.
+      for (let n = 0; n < 12; n++) {
+        await store.append(entry(u, n, { text: "字".repeat(50_000), reply: "x".repeat(150_000) }));
+      }
+      await store.append(entry(u, 12, { text: "y".repeat(3_500_000), reply: "" }));
+      const pages = await allPages(store, u, 100);
+      expect(pages.map((p) => p.length)).toEqual([1, 10, 2]);
+      expect(pages.flat().map((e) => e.createdAtMs)).toEqual(
+        Array.from({ length: 13 }, (_, i) => base + 12 - i),
+      );
+      for (const page of pages.slice(1)) {
+        const bytes = page.reduce((sum, e) => sum + Buffer.byteLength(e.text + e.reply), 0);
+        expect(bytes).toBeLessThanOrEqual(3 * 1024 * 1024);
+      }
+    });
+
     it("ends with an empty next_page_token when the last page is exactly full", async () => {
       const u = user();
       for (let n = 0; n < 40; n++) await store.append(entry(u, n));
