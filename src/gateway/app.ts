@@ -277,7 +277,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     cost,
     refunder,
     stopping: stopping.signal,
-    llmTimeoutMs: config.llmTimeoutMs,
   });
   await registerOpenAiApi(app, {
     upstreams,
@@ -290,7 +289,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     cost,
     refunder,
     stopping: stopping.signal,
-    llmTimeoutMs: config.llmTimeoutMs,
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

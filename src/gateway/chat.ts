@@ -62,14 +62,6 @@ export interface ChatDeps {
    * listens to cost the gateway ~34 MB more peak RSS under `make bench`.
    */
   readonly stopping?: AbortSignal;
-  /**
-   * LLM_TIMEOUT_MS: the deadline of a streamed reply, set by the call. The
-   * time the stream waits on a client that reads slowly counts against it
-   * too (the model is held back with it), so a stream past its deadline
-   * whose model took less than it is the client's doing: cut off, the
-   * charge kept, not a failing model's. The transport's default without it.
-   */
-  readonly llmTimeoutMs?: number;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */

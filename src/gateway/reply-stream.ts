@@ -1,5 +1,4 @@
-import { Code, ConnectError } from "@connectrpc/connect";
-import { traceCallOptions, traceLogFields } from "../lib/trace.js";
+import { traceCallOptions } from "../lib/trace.js";
 import {
   type AdmittedChat,
   type ChatDeps,
@@ -22,7 +21,7 @@ export type RelayOutcome =
       /** What is left of the quota once the charge was settled (tokens mode). */
       readonly remaining: number | undefined;
     }
-  | { readonly outcome: "llm failed" | "client gone" | "client too slow" };
+  | { readonly outcome: "llm failed" | "client gone" };
 
 /** A chat admitted and about to be answered in pieces. */
 export interface StreamingChat {
@@ -60,17 +59,10 @@ export async function relayReply(
     return { outcome: "client gone" };
   }
   const call = eitherSignal(signal, deps.stopping);
-  const started = performance.now();
-  /** Time spent waiting on the client to take the pieces relayed. */
-  let waitedMs = 0;
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      {
-        signal: call.signal,
-        ...(deps.llmTimeoutMs !== undefined && { timeoutMs: deps.llmTimeoutMs }),
-        ...traceCallOptions(deps.trace),
-      },
+      { signal: call.signal, ...traceCallOptions(deps.trace) },
     );
     for await (const piece of pieces) {
       model ||= piece.model;
@@ -81,30 +73,10 @@ export async function relayReply(
       }
       if (piece.delta === "") continue;
       reply += piece.delta;
-      const sent = performance.now();
       await onDelta(piece.delta, model);
-      waitedMs += performance.now() - sent;
     }
   } catch (err) {
     if (signal.aborted) return clientGone(deps, chat, reply);
-    const modelMs = performance.now() - started - waitedMs;
-    if (
-      deps.llmTimeoutMs !== undefined &&
-      ConnectError.from(err).code === Code.DeadlineExceeded &&
-      modelMs < deps.llmTimeoutMs
-    ) {
-      deps.logger.warn(
-        {
-          ...traceLogFields(deps.trace),
-          waitedMs: Math.round(waitedMs),
-          modelMs: Math.round(modelMs),
-          deadlineMs: deps.llmTimeoutMs,
-        },
-        "stream cut off: the client took its reply too slowly for the deadline; charge kept",
-      );
-      await clientGone(deps, chat, reply);
-      return { outcome: "client too slow" };
-    }
     failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };

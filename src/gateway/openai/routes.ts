@@ -27,8 +27,6 @@ export interface OpenAiApiDeps {
   readonly refunder?: Refunder | undefined;
   /** Aborted when the gateway stops: model calls still running fail, their charges given back. */
   readonly stopping?: AbortSignal | undefined;
-  /** LLM_TIMEOUT_MS: a streamed reply's deadline (see ChatDeps.llmTimeoutMs). */
-  readonly llmTimeoutMs?: number | undefined;
 }
 
 const llmFailed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
@@ -55,7 +53,6 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
     ...(deps.cost && { cost: deps.cost }),
     ...(deps.refunder && { refunder: deps.refunder }),
     ...(deps.stopping && { stopping: deps.stopping }),
-    ...(deps.llmTimeoutMs !== undefined && { llmTimeoutMs: deps.llmTimeoutMs }),
   };
 
   await app.register(
