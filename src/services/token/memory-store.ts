@@ -39,10 +39,10 @@ const chargeKey = (userId: string, chargeId: string) =>
 /**
  * The embedded quota store: counters in this process's memory. Exact for one
  * token process (Node runs each charge to completion); replicas need the Redis
- * store. When a new day is seen, every day before the day before the latest
- * one is dropped (the day before stays for refunds across midnight, and a
- * clock stepped back keeps the latest), so memory holds two days of users,
- * three while the clock is a day or more behind. Users and charge ids are kept by digest
+ * store. When a new day is seen, every day is dropped but it, the latest
+ * one seen, and the day before each (the day before stays for refunds
+ * across midnight; a clock stepped back keeps the latest), so memory holds
+ * two days of users, up to four while the clock is off by a day or more. Users and charge ids are kept by digest
  * (`DigestMap`, outside V8's heap): a new user's charge takes 64–128 bytes,
  * and each charge id is kept for its day and the next (a retry is charged
  * once, whenever it comes).
@@ -56,10 +56,12 @@ export function createMemoryQuotaStore(): QuotaStore {
     let state = days.get(input.window.day);
     if (state === undefined) {
       if (newest === undefined || input.window.day > newest.day) newest = input.window;
-      // YYYY-MM-DD: the strings sort as the days.
-      const keep = previousWindow(newest).day;
+      // The day asked for and the latest, each with the day before it: a
+      // clock stepped back keeps the latest, and one that went ahead and
+      // came back (a glitch) still keeps today's day before.
+      const keep = [newest, input.window].flatMap((w) => [w.day, previousWindow(w).day]);
       for (const [day, old] of days) {
-        if (day >= keep) continue;
+        if (keep.includes(day)) continue;
         days.delete(day);
         old.used.dispose();
         old.charges.dispose();

@@ -129,6 +129,20 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       });
     });
 
+    it("keeps the day before for retries after midnight when the clock once went a year ahead and came back", async () => {
+      const store = await fresh();
+      const nextYear = windowAt(new Date(today.resetAt.getTime() + 365 * 86_400_000));
+      await charge(store, "glitch", "", nextYear);
+      await charge(store, "u1", "r1", today);
+      // Just after midnight, the retry of r1 finds it in the day before.
+      expect(await charge(store, "u1", "r1", tomorrow)).toEqual({
+        allowed: true,
+        used: 0,
+        repeated: true,
+        cost: 50,
+      });
+    });
+
     it("charges a charge id once, and a refused charge leaves no record", async () => {
       const store = await fresh();
       expect(await charge(store, "u1", "c1")).toEqual({ allowed: true, used: 50 });
