@@ -5,7 +5,7 @@
 #   docker run --rm chatmesh:local token                   # token, filter, llm, history
 # Every step below is also run outside Docker by test/deploy/image.test.ts
 # (test/fixtures/dockerfile.ts), so keep RUN commands relative to WORKDIR;
-# there, this machine's packages stand in for the apt-get line's.
+# there, this machine's commands stand in for the apt-get line's packages.
 
 FROM node:20-slim AS build
 # better-sqlite3 compiles from source where its prebuilt binary cannot be

@@ -1,8 +1,11 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Copy, DockerfileParser } from "dockerfile-ast";
 import { ValidationSeverity, validate } from "dockerfile-utils";
 import { describe, expect, it } from "vitest";
 import { repoFile } from "../fixtures/deploy.js";
-import { aptPackages, dockerignore } from "../fixtures/dockerfile.js";
+import { aptPackages, dockerignore, runDockerfile } from "../fixtures/dockerfile.js";
 
 /**
  * Lints the Dockerfile without Docker: hadolint is in neither Debian nor npm,
@@ -80,6 +83,23 @@ describe("Dockerfile", () => {
     ).toEqual(["a", "b"]);
     expect(aptPackages("npm run build && npm prune --omit=dev")).toBeUndefined();
     expect(() => aptPackages("apt-get install -y a && curl -o x y")).toThrow(/split the line/);
+  });
+
+  it("runs an apt-get line outside Docker as a check that this machine has its commands", async () => {
+    const out = mkdtempSync(join(tmpdir(), "chatmesh-apt-"));
+    const dockerfile = join(out, "Dockerfile");
+    const steps = (packages: string) =>
+      `FROM node:20-slim AS build\nRUN apt-get update && apt-get install -y --no-install-recommends ${packages} && rm -rf /var/lib/apt/lists/*\n`;
+    try {
+      writeFileSync(dockerfile, steps("sh make"));
+      await expect(runDockerfile({ context: out, out, dockerfile })).resolves.toBeDefined();
+      writeFileSync(dockerfile, steps("sh no-such-tool-here"));
+      await expect(runDockerfile({ context: out, out, dockerfile })).rejects.toThrow(
+        "RUN apt-get install no-such-tool-here: no no-such-tool-here on this machine's PATH",
+      );
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 
   it("sends only what it copies: every COPY source is in the context, the rest is ignored", () => {
