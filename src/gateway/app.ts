@@ -277,6 +277,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     cost,
     refunder,
     stopping: stopping.signal,
+    llmTimeoutMs: config.llmTimeoutMs,
   });
   await registerOpenAiApi(app, {
     upstreams,
@@ -289,6 +290,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     cost,
     refunder,
     stopping: stopping.signal,
+    llmTimeoutMs: config.llmTimeoutMs,
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

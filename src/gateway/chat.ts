@@ -62,6 +62,14 @@ export interface ChatDeps {
    * listens to cost the gateway ~34 MB more peak RSS under `make bench`.
    */
   readonly stopping?: AbortSignal;
+  /**
+   * LLM_TIMEOUT_MS: the deadline of a streamed reply, set by the call. A
+   * stream whose relay is still waiting on the client to take a piece when
+   * it comes is the client's doing (the model is held back with it): cut
+   * off, the charge kept, not a failing model's. The transport's default
+   * deadline without it.
+   */
+  readonly llmTimeoutMs?: number;
 }
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */

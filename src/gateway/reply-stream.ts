@@ -1,4 +1,5 @@
-import { traceCallOptions } from "../lib/trace.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { traceCallOptions, traceLogFields } from "../lib/trace.js";
 import {
   type AdmittedChat,
   type ChatDeps,
@@ -21,7 +22,7 @@ export type RelayOutcome =
       /** What is left of the quota once the charge was settled (tokens mode). */
       readonly remaining: number | undefined;
     }
-  | { readonly outcome: "llm failed" | "client gone" };
+  | { readonly outcome: "llm failed" | "client gone" | "client too slow" };
 
 /** A chat admitted and about to be answered in pieces. */
 export interface StreamingChat {
@@ -39,6 +40,9 @@ export interface StreamingChat {
  * mode, to the prompt and the part of the reply relayed). A client gone
  * before the model call gets no call and the charge back. A call cancelled
  * because the gateway stops (`deps.stopping`) fails as the model failing.
+ * A client still taking a piece when the deadline (`deps.llmTimeoutMs`)
+ * comes is "client too slow": the call is cancelled, the charge stays as
+ * for a client gone, and the caller closes the connection.
  */
 export async function relayReply(
   deps: ChatDeps,
@@ -58,11 +62,19 @@ export async function relayReply(
     await refund(deps, input.userId, requestId);
     return { outcome: "client gone" };
   }
-  const call = eitherSignal(signal, deps.stopping);
+  // Cancels the model call when the client is cut off for reading too slowly.
+  const cut = new AbortController();
+  const call = eitherSignal(signal, deps.stopping, cut.signal);
+  const deadline = deps.llmTimeoutMs === undefined ? undefined : deadlineOf(deps.llmTimeoutMs);
+  let tooSlow = false;
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      { signal: call.signal, ...traceCallOptions(deps.trace) },
+      {
+        signal: call.signal,
+        ...(deps.llmTimeoutMs !== undefined && { timeoutMs: deps.llmTimeoutMs }),
+        ...traceCallOptions(deps.trace),
+      },
     );
     for await (const piece of pieces) {
       model ||= piece.model;
@@ -73,16 +85,29 @@ export async function relayReply(
       }
       if (piece.delta === "") continue;
       reply += piece.delta;
-      await onDelta(piece.delta, model);
+      const sent = onDelta(piece.delta, model);
+      // A piece taken at once settles before any timer can fire: the deadline
+      // wins only over a write still waiting on the client at its instant.
+      // A piece that comes after the deadline is the model's lateness.
+      if (deadline === undefined || deadline.passed) await sent;
+      else if ((await Promise.race([sent, deadline.reached])) === deadlineReached) {
+        tooSlow = true;
+        break;
+      }
     }
   } catch (err) {
     if (signal.aborted) return clientGone(deps, chat, reply);
+    if (tooSlow) return cutOff(deps, chat, reply);
     failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
   } finally {
+    // The model call is cancelled, if it still runs, once the client is cut off.
+    if (tooSlow) cut.abort(new ConnectError("the client reads too slowly", Code.Canceled));
     call.unlink();
+    deadline?.clear();
   }
+  if (tooSlow) return cutOff(deps, chat, reply);
   if (signal.aborted) return clientGone(deps, chat, reply);
   const remaining = await settle(deps, input.userId, requestId, () =>
     chatUsage(cleaned, reply, reportedUsage),
@@ -97,34 +122,71 @@ export async function relayReply(
   };
 }
 
+const deadlineReached = Symbol("deadline reached");
+
+/** A promise that resolves once `ms` have passed, whether they have, and `clear` to stop its timer. */
+function deadlineOf(ms: number): {
+  readonly reached: Promise<typeof deadlineReached>;
+  readonly passed: boolean;
+  clear(): void;
+} {
+  let timer: NodeJS.Timeout | undefined;
+  let passed = false;
+  const reached = new Promise<typeof deadlineReached>((resolve) => {
+    timer = setTimeout(() => {
+      passed = true;
+      resolve(deadlineReached);
+    }, ms);
+  });
+  return {
+    reached,
+    get passed() {
+      return passed;
+    },
+    clear: () => clearTimeout(timer),
+  };
+}
+
 /**
- * A signal that aborts when `first` or `second` does, and `unlink` to call
+ * A signal that aborts when any of `given` does, and `unlink` to call
  * once it is no longer needed. Not AbortSignal.any: on Node 20 the gateway's
  * lifelong `stopping` signal keeps every signal made from it for good
  * (nodejs/node#55351): ~2 KB per streamed chat measured alone
  * (test/fixtures/either-signal-footprint.ts), ~58 bytes in the gateway.
  */
-export function eitherSignal(
-  first: AbortSignal,
-  second: AbortSignal | undefined,
-): { readonly signal: AbortSignal; unlink(): void } {
-  if (second === undefined) return { signal: first, unlink: () => {} };
+export function eitherSignal(...given: readonly (AbortSignal | undefined)[]): {
+  readonly signal: AbortSignal;
+  unlink(): void;
+} {
+  const signals = given.filter((s): s is AbortSignal => s !== undefined);
+  if (signals.length === 1) return { signal: signals[0] as AbortSignal, unlink: () => {} };
   const either = new AbortController();
-  const onFirst = () => either.abort(first.reason);
-  const onSecond = () => either.abort(second.reason);
-  if (first.aborted) onFirst();
-  else if (second.aborted) onSecond();
-  else {
-    first.addEventListener("abort", onFirst, { once: true });
-    second.addEventListener("abort", onSecond, { once: true });
+  const aborted = signals.find((s) => s.aborted);
+  if (aborted !== undefined) either.abort(aborted.reason);
+  const onAbort = (event: Event) => either.abort((event.target as AbortSignal).reason);
+  if (aborted === undefined) {
+    for (const s of signals) s.addEventListener("abort", onAbort, { once: true });
   }
   return {
     signal: either.signal,
     unlink() {
-      first.removeEventListener("abort", onFirst);
-      second.removeEventListener("abort", onSecond);
+      for (const s of signals) s.removeEventListener("abort", onAbort);
     },
   };
+}
+
+/**
+ * The client was still taking a piece when the deadline came: the model did
+ * not fail, so the charge stays as for a client gone (the caller closes the
+ * connection).
+ */
+async function cutOff(deps: ChatDeps, chat: StreamingChat, relayed: string): Promise<RelayOutcome> {
+  deps.logger.warn(
+    { ...traceLogFields(deps.trace), deadlineMs: deps.llmTimeoutMs },
+    "stream cut off: the client was still taking its reply at the deadline; charge kept",
+  );
+  await clientGone(deps, chat, relayed);
+  return { outcome: "client too slow" };
 }
 
 /**

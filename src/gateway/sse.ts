@@ -31,6 +31,8 @@ export interface SseStream {
   /** Writes one frame as it is (see sseFrame, sseDataFrame), as `send` does. */
   write(frame: string): Promise<void>;
   end(): void;
+  /** Cuts the stream off: the connection closes without the stream's end. */
+  cutOff(): void;
   /**
    * While nothing was sent (a stream opened with `deferHeaders`), answers
    * with `status` and `body` as JSON instead, without the headers named in
@@ -98,6 +100,9 @@ export function openSseStream(
       if (res.writableEnded || gone.signal.aborted) return;
       start();
       res.end();
+    },
+    cutOff() {
+      res.destroy();
     },
     answerInstead(status, body, without = []) {
       if (started || res.writableEnded || gone.signal.aborted) return false;

@@ -13,7 +13,7 @@ import type { HttpError } from "./errors.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "./quota.js";
 import type { CostPolicy } from "./quota-cost.js";
 import type { Refunder } from "./refunder.js";
-import { relayReply, type StreamingChat } from "./reply-stream.js";
+import { type RelayOutcome, relayReply, type StreamingChat } from "./reply-stream.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -50,6 +50,8 @@ export interface ChatStreamDeps {
   readonly refunder?: Refunder | undefined;
   /** Aborted when the gateway stops: model calls still running fail, their charges given back. */
   readonly stopping?: AbortSignal | undefined;
+  /** LLM_TIMEOUT_MS: a streamed reply's deadline (see ChatDeps.llmTimeoutMs). */
+  readonly llmTimeoutMs?: number | undefined;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -86,6 +88,7 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
       ...(deps.cost && { cost: deps.cost }),
       ...(deps.refunder && { refunder: deps.refunder }),
       ...(deps.stopping && { stopping: deps.stopping }),
+      ...(deps.llmTimeoutMs !== undefined && { llmTimeoutMs: deps.llmTimeoutMs }),
     };
     const admitted = await admitChat(chatDeps, input, req.id);
     if (quota !== undefined) reply.headers(rateLimitHeaders(quota));
@@ -120,7 +123,7 @@ async function streamReply(
   input: ChatInput,
   admitted: AdmittedChat,
   requestId: string,
-): Promise<"ok" | "llm failed" | "client gone"> {
+): Promise<RelayOutcome["outcome"]> {
   const { sse } = deps;
   let started = false;
   const delta = async (text: string) => {
@@ -132,6 +135,7 @@ async function streamReply(
   };
   const chat: StreamingChat = { input, admitted, requestId };
   const result = await relayReply(deps, chat, sse.signal, delta);
+  if (result.outcome === "client too slow") sse.cutOff();
   if (result.outcome === "llm failed") {
     // The charge was given back: the quota headers seen before are stale.
     if (!sse.answerInstead(500, { error: "llm failed" }, rateLimitHeaderNames)) {

@@ -275,6 +275,115 @@ describe("gateway POST /chat/stream over in-process services", () => {
   });
 });
 
+describe("gateway POST /chat/stream to a client that reads too slowly", () => {
+  it("cuts it off at the deadline, keeping the charge: the model did not fail", async () => {
+    // A model as fast as the client lets it: 64 KB pieces until cancelled.
+    const flood: LlmBackend = {
+      name: "flood (test double)",
+      async generate() {
+        return { reply: "x" };
+      },
+      async *stream(_request, signal) {
+        const piece = "x".repeat(65_536);
+        while (!signal.aborted) {
+          yield piece;
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      },
+    };
+    app = await buildGateway({
+      config: loadGatewayConfig({ LLM_TIMEOUT_MS: "1000" }),
+      logger: createLogger("gateway", "silent"),
+      // More than the socket's buffers hold, so the client holds the model back.
+      upstreams: createInProcessUpstreams({ llm: flood, maxReplyBytes: 256 * 1024 * 1024 }),
+    });
+    baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+    const body = JSON.stringify({ user_id: "slow", text: "hi" });
+    const socket = connect(Number(new URL(baseUrl).port), "127.0.0.1");
+    socket.write(
+      `POST /chat/stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+    );
+    // Reads nothing for longer than the deadline: the socket's buffers fill up.
+    socket.pause();
+    // Cut off at the deadline by the gateway itself, though the client reads nothing.
+    await expect
+      .poll(
+        async () =>
+          (await (await fetch(`${baseUrl}/metrics`)).text()).match(/client_too_slow"} (\d+)/)?.[1],
+        {
+          timeout: 5_000,
+          interval: 100,
+        },
+      )
+      .toBe("1");
+    let head = "";
+    let tail = "";
+    let received = 0;
+    let sawDelta = false;
+    let ended = false;
+    let closed = false;
+    await new Promise<void>((resolve) => {
+      socket.on("data", (chunk: Buffer) => {
+        const text = chunk.toString("latin1");
+        if (head.length < 64) head += text.slice(0, 64);
+        const seen = tail + text;
+        tail = seen.slice(-4096);
+        received += chunk.length;
+        sawDelta ||= seen.includes("event: delta");
+        // An end of the stream (the connection stays open after one), or
+        // far more than the buffers held: no deadline cut it off.
+        ended ||= /event: (error|done)/.test(seen);
+        if (ended || received > 64 * 1024 * 1024) resolve();
+      });
+      socket.once("close", () => {
+        closed = true;
+        resolve();
+      });
+      socket.resume();
+    });
+    socket.destroy();
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    expect(sawDelta).toBe(true);
+    // Cut off: neither the model's failure nor a whole reply.
+    expect(ended).toBe(false);
+    expect(closed).toBe(true);
+    const quota = (await (await fetch(`${baseUrl}/quota?user_id=slow`)).json()) as { used: number };
+    expect(quota.used).toBe(50);
+  });
+});
+
+describe("gateway POST /chat/stream to a model slower than its deadline", () => {
+  it("fails it as the model's failure, giving the charge back, when the client took its pieces at once", async () => {
+    const slow: LlmBackend = {
+      name: "slow (test double)",
+      async generate() {
+        return { reply: "x" };
+      },
+      async *stream(_request, signal) {
+        // Many small pieces at once, then nothing past the deadline.
+        for (let i = 0; i < 2_000; i++) yield `${i} `;
+        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        if (!signal.aborted) yield "late";
+      },
+    };
+    app = await buildGateway({
+      config: loadGatewayConfig({ LLM_TIMEOUT_MS: "1000" }),
+      logger: createLogger("gateway", "silent"),
+      upstreams: createInProcessUpstreams({ llm: slow }),
+    });
+    baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+    for (const user of ["late-1", "late-2", "late-3"]) {
+      const events = parseSse(await (await stream({ user_id: user, text: "hi" })).text());
+      expect(events.length).toBe(2_002);
+      expect(events.at(-1)).toMatchObject({ event: "error", data: { error: "llm failed" } });
+      const quota = (await (await fetch(`${baseUrl}/quota?user_id=${user}`)).json()) as {
+        used: number;
+      };
+      expect(quota.used).toBe(0);
+    }
+  });
+});
+
 describe("gateway POST /chat/stream with QUOTA_COST_MODE=tokens", () => {
   it("ends with done's remaining as /chat's: the settled charge, not meta's reservation", async () => {
     app = await buildGateway({

@@ -147,6 +147,7 @@ async function streamCompletion(
   const result = await relayReply(deps, chat, sse.signal, async (text, model) =>
     send(completionChunk(await start(model), { content: text }, null, request.includeUsage)),
   );
+  if (result.outcome === "client too slow") sse.cutOff();
   if (result.outcome === "llm failed") {
     const failed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
     // The charge was given back: the quota headers seen before are stale.

@@ -27,6 +27,8 @@ export interface OpenAiApiDeps {
   readonly refunder?: Refunder | undefined;
   /** Aborted when the gateway stops: model calls still running fail, their charges given back. */
   readonly stopping?: AbortSignal | undefined;
+  /** LLM_TIMEOUT_MS: a streamed reply's deadline (see ChatDeps.llmTimeoutMs). */
+  readonly llmTimeoutMs?: number | undefined;
 }
 
 const llmFailed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
@@ -53,6 +55,7 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
     ...(deps.cost && { cost: deps.cost }),
     ...(deps.refunder && { refunder: deps.refunder }),
     ...(deps.stopping && { stopping: deps.stopping }),
+    ...(deps.llmTimeoutMs !== undefined && { llmTimeoutMs: deps.llmTimeoutMs }),
   };
 
   await app.register(
