@@ -92,6 +92,8 @@ export async function relayReply(
       if (deadline === undefined || deadline.passed) await sent;
       else if ((await Promise.race([sent, deadline.reached])) === deadlineReached) {
         tooSlow = true;
+        // Cancelled before the loop lets go of the call, which may wait for it otherwise.
+        cut.abort(new ConnectError("the client reads too slowly", Code.Canceled));
         break;
       }
     }
@@ -102,8 +104,6 @@ export async function relayReply(
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
   } finally {
-    // The model call is cancelled, if it still runs, once the client is cut off.
-    if (tooSlow) cut.abort(new ConnectError("the client reads too slowly", Code.Canceled));
     call.unlink();
     deadline?.clear();
   }
