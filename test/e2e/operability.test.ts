@@ -192,7 +192,14 @@ describe("metrics", () => {
   it("count the chats kept in the history, and those waiting", async () => {
     const appended = async () =>
       sample(await metricsOf("gateway"), "chatmesh_history_appends_total", { result: "appended" });
-    const before = await appended();
+    // The earlier tests' chats are appended in batches, in the background: wait until they are.
+    let before = await appended();
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 300));
+      const now = await appended();
+      if (now === before) break;
+      before = now;
+    }
     await postChat(stack.gatewayUrl, {
       user_id: `kept-${randomBytes(4).toString("hex")}`,
       text: "hi",
