@@ -65,14 +65,21 @@ export async function relayReply(
   // Cancels the model call when the client is cut off for reading too slowly.
   const cut = new AbortController();
   const call = eitherSignal(signal, deps.stopping, cut.signal);
-  const deadline = deps.llmTimeoutMs === undefined ? undefined : deadlineOf(deps.llmTimeoutMs);
+  // The model's deadline is kept here, the call's a grace later: a deadline
+  // that finds the relay waiting on the client is the client's doing.
+  const deadline =
+    deps.llmTimeoutMs === undefined
+      ? undefined
+      : deadlineOf(deps.llmTimeoutMs, () =>
+          cut.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
+        );
   let tooSlow = false;
   try {
     const pieces = deps.upstreams.llm.generateStream(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
       {
         signal: call.signal,
-        ...(deps.llmTimeoutMs !== undefined && { timeoutMs: deps.llmTimeoutMs }),
+        ...(deps.llmTimeoutMs !== undefined && { timeoutMs: deps.llmTimeoutMs + deadlineGraceMs }),
         ...traceCallOptions(deps.trace),
       },
     );
@@ -87,10 +94,11 @@ export async function relayReply(
       reply += piece.delta;
       const sent = onDelta(piece.delta, model);
       // A piece taken at once settles before any timer can fire: the deadline
-      // wins only over a write still waiting on the client at its instant.
-      // A piece that comes after the deadline is the model's lateness.
-      if (deadline === undefined || deadline.passed) await sent;
-      else if ((await Promise.race([sent, deadline.reached])) === deadlineReached) {
+      // finds only a write still waiting on the client at its instant, and
+      // gives it a grace to finish (a big frame in transit to a prompt
+      // client); past the deadline, every write has that grace.
+      if (deadline === undefined) await sent;
+      else if ((await deadline.race(sent)) === deadlineReached) {
         tooSlow = true;
         // Cancelled before the loop lets go of the call, which may wait for it otherwise.
         cut.abort(new ConnectError("the client reads too slowly", Code.Canceled));
@@ -99,7 +107,9 @@ export async function relayReply(
     }
   } catch (err) {
     if (signal.aborted) return clientGone(deps, chat, reply);
-    if (tooSlow) return cutOff(deps, chat, reply);
+    // Past a deadline that found the client holding the stream back, the
+    // model's end is not its failure.
+    if (tooSlow || deadline?.heldByClient === true) return cutOff(deps, chat, reply);
     failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return { outcome: "llm failed" };
@@ -122,26 +132,65 @@ export async function relayReply(
   };
 }
 
-const deadlineReached = Symbol("deadline reached");
+export const deadlineReached = Symbol("deadline reached");
 
-/** A promise that resolves once `ms` have passed, whether they have, and `clear` to stop its timer. */
-function deadlineOf(ms: number): {
-  readonly reached: Promise<typeof deadlineReached>;
-  readonly passed: boolean;
+/** How long a write the deadline finds waiting on the client still has to finish. */
+const deadlineGraceMs = 2_000;
+
+/**
+ * The stream's stall limit (openSseStream's `stallLimitMs`) for a model
+ * deadline: a write waiting on the client this long closes the connection,
+ * the frames after the reply (`done`) too. Past the deadline's grace, so a
+ * reply still running is cut off by relayReply first, as "client too slow".
+ */
+export function stallLimitOf(llmTimeoutMs: number | undefined): number | undefined {
+  return llmTimeoutMs === undefined ? undefined : llmTimeoutMs + deadlineGraceMs;
+}
+
+/**
+ * A stream's model deadline, `ms` from now. If it comes while the relay
+ * waits on the model, `expire` is called (the model is late); if it comes
+ * while a write waits on the client, the client is holding the stream back
+ * (`heldByClient`). `race` settles with what a write settles with, or with
+ * deadlineReached when it is still pending a grace after the deadline. One
+ * timer a stream, and no reaction left on anything per piece.
+ */
+export function deadlineOf(
+  ms: number,
+  expire: () => void,
+): {
+  readonly heldByClient: boolean;
+  race(sent: Promise<void>): Promise<void | typeof deadlineReached>;
   clear(): void;
 } {
-  let timer: NodeJS.Timeout | undefined;
   let passed = false;
-  const reached = new Promise<typeof deadlineReached>((resolve) => {
-    timer = setTimeout(() => {
-      passed = true;
-      resolve(deadlineReached);
-    }, ms);
-  });
+  let heldByClient = false;
+  /** Starts the grace of the write under way, if any. */
+  let waiting: (() => void) | undefined;
+  const timer = setTimeout(() => {
+    passed = true;
+    if (waiting === undefined) return expire();
+    heldByClient = true;
+    waiting();
+  }, ms);
   return {
-    reached,
-    get passed() {
-      return passed;
+    get heldByClient() {
+      return heldByClient;
+    },
+    race(sent) {
+      return new Promise((resolve) => {
+        let grace: NodeJS.Timeout | undefined;
+        const startGrace = () => {
+          grace = setTimeout(() => resolve(deadlineReached), deadlineGraceMs);
+        };
+        if (passed) startGrace();
+        else waiting = startGrace;
+        void sent.then(() => {
+          waiting = undefined;
+          clearTimeout(grace);
+          resolve();
+        });
+      });
     },
     clear: () => clearTimeout(timer),
   };

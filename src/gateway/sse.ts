@@ -51,7 +51,15 @@ export interface SseStream {
 export function openSseStream(
   res: ServerResponse,
   headers: SseHeaders,
-  options: { readonly deferHeaders?: boolean } = {},
+  options: {
+    readonly deferHeaders?: boolean;
+    /**
+     * A write still waiting on the client this long closes the connection
+     * (the client reads too slowly, or not at all): it would be held open
+     * for as long as the client likes.
+     */
+    readonly stallLimitMs?: number | undefined;
+  } = {},
 ): SseStream {
   const gone = new AbortController();
   const onClose = () => {
@@ -83,7 +91,12 @@ export function openSseStream(
     start();
     if (res.write(frame)) return Promise.resolve();
     return new Promise((resolve) => {
+      const stall =
+        options.stallLimitMs === undefined
+          ? undefined
+          : setTimeout(() => res.destroy(), options.stallLimitMs);
       const done = () => {
+        clearTimeout(stall);
         res.off("drain", done);
         gone.signal.removeEventListener("abort", done);
         resolve();

@@ -13,7 +13,7 @@ import type { HttpError } from "./errors.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "./quota.js";
 import type { CostPolicy } from "./quota-cost.js";
 import type { Refunder } from "./refunder.js";
-import { type RelayOutcome, relayReply, type StreamingChat } from "./reply-stream.js";
+import { type RelayOutcome, relayReply, type StreamingChat, stallLimitOf } from "./reply-stream.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -100,7 +100,10 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
     reply.hijack();
     // Headers and `meta` wait for the model's first piece, so that a model
     // that fails before it gets the status /chat gives it.
-    const sse = openSseStream(reply.raw, reply.getHeaders(), { deferHeaders: true });
+    const sse = openSseStream(reply.raw, reply.getHeaders(), {
+      deferHeaders: true,
+      stallLimitMs: stallLimitOf(deps.llmTimeoutMs),
+    });
     const outcome = await streamReply(
       { ...chatDeps, sse, onChatDone: deps.onChatDone },
       input,

@@ -1,6 +1,6 @@
 import { getEventListeners } from "node:events";
 import { describe, expect, it } from "vitest";
-import { eitherSignal } from "../../src/gateway/reply-stream.js";
+import { deadlineOf, deadlineReached, eitherSignal } from "../../src/gateway/reply-stream.js";
 import { runWithOneGcThread } from "../fixtures/gc-process.js";
 
 describe("eitherSignal", () => {
@@ -41,5 +41,30 @@ describe("eitherSignal", () => {
     expect(stoppingAborted).toBe(false);
     // AbortSignal.any([client, stopping]) left ~2 KB a call here on Node 20.
     expect(perCall).toBeLessThan(8);
+  });
+});
+
+describe("deadlineOf", () => {
+  it("leaves nothing behind per piece raced against it, however long the stream", async () => {
+    const { perRace, heldByClient } = await runWithOneGcThread<{
+      perRace: number;
+      heldByClient: boolean;
+    }>(new URL("../fixtures/deadline-race-footprint.ts", import.meta.url));
+    expect(heldByClient).toBe(false);
+    // Promise.race([write, deadline]) left ~300 bytes a piece on the deadline's promise.
+    expect(perRace).toBeLessThan(16);
+  });
+
+  it("tells a write still waiting a grace after the deadline from the model being late", async () => {
+    let expired = 0;
+    const late = deadlineOf(50, () => expired++);
+    await new Promise((r) => setTimeout(r, 100));
+    expect([expired, late.heldByClient]).toEqual([1, false]);
+    late.clear();
+    const held = deadlineOf(50, () => expired++);
+    const outcome = await held.race(new Promise<void>(() => {}));
+    expect(outcome).toBe(deadlineReached);
+    expect([expired, held.heldByClient]).toEqual([1, true]);
+    held.clear();
   });
 });

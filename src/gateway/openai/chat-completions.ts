@@ -4,7 +4,7 @@ import { maxUserIdChars, userIdTooLong } from "../../lib/user-id.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "../quota.js";
 import { chatUsage } from "../quota-cost.js";
-import { relayReply, type StreamingChat } from "../reply-stream.js";
+import { relayReply, type StreamingChat, stallLimitOf } from "../reply-stream.js";
 import { isUserId } from "../request-guards.js";
 import { openSseStream, type SseStream, sseDataFrame } from "../sse.js";
 import { notifyDone, type OnChatDone } from "../stream.js";
@@ -113,7 +113,10 @@ export async function handleChatCompletion(
   reply.hijack();
   // Headers wait for the first chunk: a model that fails before it gets a
   // status of its own, as OpenAI answers then.
-  const sse = openSseStream(reply.raw, reply.getHeaders(), { deferHeaders: true });
+  const sse = openSseStream(reply.raw, reply.getHeaders(), {
+    deferHeaders: true,
+    stallLimitMs: stallLimitOf(deps.llmTimeoutMs),
+  });
   const outcome = await streamCompletion(
     { ...chatDeps, onChatDone: deps.onChatDone },
     sse,
