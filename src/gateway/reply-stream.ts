@@ -160,7 +160,7 @@ export function deadlineOf(
   expire: () => void,
 ): {
   readonly heldByClient: boolean;
-  race(sent: Promise<void>): Promise<void | typeof deadlineReached>;
+  race(sent: Promise<void>): Promise<undefined | typeof deadlineReached>;
   clear(): void;
 } {
   let passed = false;
@@ -188,7 +188,7 @@ export function deadlineOf(
         void sent.then(() => {
           waiting = undefined;
           clearTimeout(grace);
-          resolve();
+          resolve(undefined);
         });
       });
     },
