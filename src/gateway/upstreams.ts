@@ -46,7 +46,8 @@ const readinessTimeoutMs = 500;
  * an idle connection is dropped well before the server's session timeout, and
  * a broken one is replaced on the next call, so a restarted service is used
  * again without restarting the gateway; every UPSTREAM_MAX_CONNECTION_AGE_MS
- * new calls go to new connections, which reach replicas started since. A service in `local` runs in the
+ * new calls go to new connections, which reach replicas started since. A
+ * service in `local` runs in the
  * gateway's process (`chatmesh all`) and is called there, its URL unused.
  */
 export function createUpstreams(

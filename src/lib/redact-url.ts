@@ -1,6 +1,7 @@
 /**
  * A URL as it may be printed: the password of its user info, if any, and
- * the values of query parameters named like secrets are replaced by `***`. Works on any string, malformed URLs included, since
+ * the values of query parameters named like secrets are replaced by `***`.
+ * Works on any string, malformed URLs included, since
  * those are the ones error lines print: the user info runs from after
  * `scheme://` (or from the start) to the last `@`, so a password holding
  * `/`, `@` or `:` is hidden whole. A value it cannot tell apart (`a:b@c`

@@ -42,7 +42,8 @@ const chargeKey = (userId: string, chargeId: string) =>
  * store. When a new day is seen, every day is dropped but it, the latest
  * one seen, and the day before each (the day before stays for refunds
  * across midnight; a clock stepped back keeps the latest), so memory holds
- * two days of users, up to four while the clock is off by a day or more. Users and charge ids are kept by digest
+ * two days of users, up to four while the clock is off by a day or more.
+ * Users and charge ids are kept by digest
  * (`DigestMap`, outside V8's heap): a new user's charge takes 64–128 bytes,
  * and each charge id is kept for its day and the next (a retry is charged
  * once, whenever it comes).
