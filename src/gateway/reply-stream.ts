@@ -109,10 +109,12 @@ export async function relayReply(
     if (signal.aborted) return clientGone(deps, chat, reply);
     // Past a deadline that found the client holding the stream back, the
     // model's end is not its failure.
-    if (tooSlow || deadline?.heldByClient === true) return cutOff(deps, chat, reply);
-    failedCall(deps.logger, "llm", err, deps.trace);
-    await refund(deps, input.userId, requestId);
-    return { outcome: "llm failed" };
+    tooSlow ||= deadline?.heldByClient === true;
+    if (!tooSlow) {
+      failedCall(deps.logger, "llm", err, deps.trace);
+      await refund(deps, input.userId, requestId);
+      return { outcome: "llm failed" };
+    }
   } finally {
     call.unlink();
     deadline?.clear();

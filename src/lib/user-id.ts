@@ -23,13 +23,21 @@ export function codePointsOver(text: string, max: number): boolean {
 /** Whether a user id is over `maxUserIdChars`. */
 export const userIdTooLong = (userId: string): boolean => codePointsOver(userId, maxUserIdChars);
 
-/** The services' check of a request's user id: INVALID_ARGUMENT when empty or too long. */
-export function requireUserId(userId: string): void {
-  if (userId === "") throw new ConnectError("user_id is required", Code.InvalidArgument);
-  if (userIdTooLong(userId)) {
+/**
+ * The services' check of an id that is a store key (user_id, charge_id):
+ * INVALID_ARGUMENT when empty (where `required`) or longer than
+ * `maxUserIdChars`.
+ */
+export function requireKeyField(field: string, value: string, required = true): void {
+  if (required && value === "")
+    throw new ConnectError(`${field} is required`, Code.InvalidArgument);
+  if (codePointsOver(value, maxUserIdChars)) {
     throw new ConnectError(
-      `user_id is longer than ${maxUserIdChars} characters`,
+      `${field} is longer than ${maxUserIdChars} characters`,
       Code.InvalidArgument,
     );
   }
 }
+
+/** The services' check of a request's user id: INVALID_ARGUMENT when empty or too long. */
+export const requireUserId = (userId: string): void => requireKeyField("user_id", userId);

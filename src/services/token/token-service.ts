@@ -6,7 +6,7 @@ import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { counter } from "../../lib/metrics.js";
 import { traceLogFields, traceOf } from "../../lib/trace.js";
-import { codePointsOver, maxUserIdChars, requireUserId } from "../../lib/user-id.js";
+import { requireKeyField, requireUserId } from "../../lib/user-id.js";
 import { type Clock, systemClock, windowAt } from "./clock.js";
 import { type QuotaStore, QuotaStoreUnavailableError } from "./quota-store.js";
 
@@ -25,25 +25,6 @@ export interface TokenServiceDeps {
    */
   readonly failOpen?: boolean;
   readonly logger?: Logger;
-}
-
-/**
- * A charge id is a key in the store for its day and the next, as a user id
- * is: as long at most. The gateway sends a 36-character request id.
- */
-const maxChargeIdChars = maxUserIdChars;
-
-/** INVALID_ARGUMENT for a charge id that is too long, or empty where one is required. */
-function requireChargeId(chargeId: string, required: boolean): void {
-  if (required && chargeId === "") {
-    throw new ConnectError("charge_id is required", Code.InvalidArgument);
-  }
-  if (codePointsOver(chargeId, maxChargeIdChars)) {
-    throw new ConnectError(
-      `charge_id is longer than ${maxChargeIdChars} characters`,
-      Code.InvalidArgument,
-    );
-  }
 }
 
 /** The store's outage as the RPC error callers may retry; anything else as INTERNAL. */
@@ -131,7 +112,9 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
   return {
     async checkAndInc(req, ctx) {
       requireUserId(req.userId);
-      requireChargeId(req.chargeId, false);
+      // A store key for its day and the next, as a user id is (the gateway
+      // sends a 36-character request id).
+      requireKeyField("charge_id", req.chargeId, false);
       if (req.cost < 0n || req.cost > BigInt(Number.MAX_SAFE_INTEGER)) {
         throw new ConnectError("cost must be from 0 to 2^53-1", Code.InvalidArgument);
       }
@@ -186,7 +169,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
 
     async refund(req) {
       requireUserId(req.userId);
-      requireChargeId(req.chargeId, true);
+      requireKeyField("charge_id", req.chargeId);
       const window = windowAt(clock.now());
       const result = await fromStore(() =>
         store.refund({ userId: req.userId, chargeId: req.chargeId, window }),
@@ -200,7 +183,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
 
     async settle(req) {
       requireUserId(req.userId);
-      requireChargeId(req.chargeId, true);
+      requireKeyField("charge_id", req.chargeId);
       if (req.cost < 0n || req.cost > BigInt(Number.MAX_SAFE_INTEGER)) {
         throw new ConnectError("cost must be from 0 to 2^53-1", Code.InvalidArgument);
       }
