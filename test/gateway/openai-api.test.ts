@@ -216,6 +216,8 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     ["a blank text", ask("u", "   "), "messages", null],
     ["a text too long", ask("u", "x".repeat(41)), "messages", "context_length_exceeded"],
     ["n=2", { ...ask("u", "hi"), n: 2 }, "n", null],
+    ["an n that is a string", { ...ask("u", "hi"), n: "1" }, "n", "invalid_type"],
+    ["an n that is a fraction", { ...ask("u", "hi"), n: 1.5 }, "n", "invalid_type"],
     ["max_tokens 0", { ...ask("u", "hi"), max_tokens: 0 }, "max_tokens", null],
     [
       "stream_options without stream",

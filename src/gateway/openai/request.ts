@@ -170,6 +170,7 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
     const value = body[name];
     if (value !== undefined && value !== null && !valid(value)) return invalidType(name, expected);
   }
+  if (n !== undefined && n !== null && !isInteger(n)) return invalidType("n", "an integer");
   if (n !== undefined && n !== null && n !== 1) return invalidRequest("only n=1 is supported", "n");
   const stream = optionalBoolean(body, "stream");
   if (isError(stream)) return stream;
