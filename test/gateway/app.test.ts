@@ -94,6 +94,25 @@ describe("gateway POST /chat over in-process services", () => {
     });
   });
 
+  it("keeps a leading U+FEFF in user_id and text: another user's quota and history, not u1's", async () => {
+    await gateway();
+    expect((await chat({ user_id: "u1", text: "hi" })).json().remaining).toBe(150);
+    const res = await chat({ user_id: "\ufeffu1", text: "\ufeffhello" });
+    expect(res.json()).toEqual({
+      cleaned: "\ufeffhello",
+      reply: "Echo: \ufeffhello",
+      remaining: 150,
+    });
+    expect((await chat({ user_id: "u1", text: "\ufeff" })).json()).toMatchObject({
+      cleaned: "\ufeff",
+      remaining: 100,
+    });
+    const history = await app.inject({ url: `/history?user_id=${encodeURIComponent("\ufeffu1")}` });
+    expect(history.json().items.map((item: { text: string }) => item.text)).toEqual([
+      "\ufeffhello",
+    ]);
+  });
+
   it("refuses a content type other than JSON with 415", async () => {
     await gateway();
     const res = await chat('{"user_id":"u1","text":"hi"}', "text/plain");

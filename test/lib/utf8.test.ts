@@ -8,6 +8,8 @@ import { anyText } from "../fixtures/text.js";
 
 describe("protobuf strings encoded with Buffer.from", () => {
   const textEncoder = new TextEncoder();
+  // Lone surrogates come back as U+FFFD; a leading U+FEFF is part of the text.
+  const textDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
   it("gives the bytes TextEncoder gives, for any string", () => {
     useBufferUtf8Encoding();
@@ -28,10 +30,25 @@ describe("protobuf strings encoded with Buffer.from", () => {
         const schema = HistoryServiceAppendRequestSchema;
         const message = create(schema, { userId: text, text: long, reply: text });
         const decoded = fromBinary(schema, toBinary(schema, message));
-        const expected = new TextDecoder().decode(textEncoder.encode(text));
+        const expected = textDecoder.decode(textEncoder.encode(text));
         expect([decoded.userId, decoded.text, decoded.reply]).toEqual([expected, long, expected]);
       }),
       { numRuns: 200 },
+    );
+  });
+
+  it("keeps a leading U+FEFF, in every string field", () => {
+    useBufferUtf8Encoding();
+    const schema = HistoryServiceAppendRequestSchema;
+    const message = create(schema, { userId: "\ufeffu1", text: "\ufeff", reply: "\ufeffhi" });
+    const decoded = fromBinary(schema, toBinary(schema, message));
+    expect([decoded.userId, decoded.text, decoded.reply]).toEqual([
+      "\ufeffu1",
+      "\ufeff",
+      "\ufeffhi",
+    ]);
+    expect(getTextEncoding().decodeUtf8(new Uint8Array([0xef, 0xbb, 0xbf, 0x61]), true)).toBe(
+      "\ufeffa",
     );
   });
 
