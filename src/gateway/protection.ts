@@ -1,6 +1,6 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
-import rateLimit from "@fastify/rate-limit";
+import rateLimit, { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyInstance } from "fastify";
 import helmet from "helmet";
 import { type ApiKeys, registerApiKeyAuth } from "./auth.js";
@@ -184,7 +184,11 @@ export async function registerProtection(
     await app.register(rateLimit, {
       max: options.rateLimitPerMinute,
       timeWindow: 60_000,
-      keyGenerator: (req) => (req.apiUser === undefined ? `ip:${req.ip}` : `user:${req.apiUser}`),
+      // An address as the plugin's own key generator takes it: an IPv6 client
+      // by its /64 (one host holds the whole subnet, and could take a fresh
+      // address for every request), an IPv4-mapped one as IPv4.
+      keyGenerator: (req) =>
+        req.apiUser === undefined ? `ip:${normalizeIP(req.ip)}` : `user:${req.apiUser}`,
       allowList: (req) => opsPaths.has(req.routeOptions.url ?? ""),
       // The quota has the RateLimit-* headers; this limit only says when to come back.
       addHeadersOnExceeding: {

@@ -224,6 +224,20 @@ describe("rate limit", () => {
     expect((await get("/favicon.svg")).statusCode).toBe(200);
   });
 
+  it("counts an IPv6 client by its /64: a new address for each request gets no new budget", async () => {
+    await gateway({ RATE_LIMIT_PER_MINUTE: "2" });
+    const from = async (address: string) =>
+      (await chat({ user_id: `v6-${address}`, text: "hi" }, undefined, address)).statusCode;
+    expect(await from("2001:db8:1:2::1")).toBe(200);
+    expect(await from("2001:db8:1:2::2")).toBe(200);
+    expect(await from("2001:db8:1:2:aaaa:bbbb:cccc:dddd")).toBe(429);
+    // Another /64 is another client; an IPv4-mapped address is its IPv4 address.
+    expect(await from("2001:db8:1:3::1")).toBe(200);
+    expect(await from("10.0.0.9")).toBe(200);
+    expect(await from("::ffff:10.0.0.9")).toBe(200);
+    expect(await from("10.0.0.9")).toBe(429);
+  });
+
   it("counts per API key user when keys are configured", async () => {
     await gateway({ RATE_LIMIT_PER_MINUTE: "2" }, true);
     expect((await chat({ text: "1" }, aliceKey)).statusCode).toBe(200);
