@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { ConfigError } from "../lib/config.js";
+import { maxUserIdChars, userIdTooLong } from "../lib/user-id.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -26,6 +27,8 @@ const sha256 = (value: string) => createHash("sha256").update(value).digest();
 
 /** Keys shorter than this are refused: they could be guessed. */
 export const minKeyLength = 16;
+
+const printableAscii = /^[\x21-\x7e]+$/;
 
 /** Makes the key set of `[key, user]` pairs. */
 export function createApiKeys(entries: Iterable<readonly [string, string]>): ApiKeys {
@@ -63,6 +66,15 @@ export function parseApiKeys(content: string): Array<[string, string]> {
     }
     if (key.length < minKeyLength) {
       throw new ConfigError(`${where}: a key must have at least ${minKeyLength} characters`);
+    }
+    // Header values reach Node as Latin-1: a key with other characters sent
+    // in UTF-8 would never match, and its user could never be let in.
+    if (!printableAscii.test(key)) {
+      throw new ConfigError(`${where}: a key must be printable ASCII characters only`);
+    }
+    // The routes refuse a longer user id: the key's user could do nothing.
+    if (userIdTooLong(user)) {
+      throw new ConfigError(`${where}: a user id must have at most ${maxUserIdChars} characters`);
     }
     if (seen.has(key)) throw new ConfigError(`${where}: the key is given twice`);
     seen.add(key);

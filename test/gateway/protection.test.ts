@@ -187,6 +187,14 @@ describe("API keys", () => {
       /line 2: the key is given twice/,
     );
     expect(() => parseApiKeys("# nothing")).toThrow(ConfigError);
+    // Keys a client could never send, users who could never chat: refused at start-up.
+    expect(() => parseApiKeys("ключ-ключ-ключ-ключ carol")).toThrow(
+      /^API_KEYS_FILE line 1: a key must be printable ASCII characters only$/,
+    );
+    expect(() => parseApiKeys(`${aliceKey} ${"u".repeat(257)}`)).toThrow(
+      /^API_KEYS_FILE line 1: a user id must have at most 256 characters$/,
+    );
+    expect(parseApiKeys(`${aliceKey} ${"😀".repeat(256)}`)).toHaveLength(1);
   });
 });
 
