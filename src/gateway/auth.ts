@@ -2,7 +2,9 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { ConfigError } from "../lib/config.js";
+import type { Logger } from "../lib/logger.js";
 import { maxUserIdChars, userIdTooLong } from "../lib/user-id.js";
+import { fileStamp, type WatchedFile, watchFile } from "../lib/watched-file.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -94,6 +96,38 @@ export async function loadApiKeys(path: string): Promise<ApiKeys> {
     throw new ConfigError(`API_KEYS_FILE must name a readable file, got "${path}" (${reason})`);
   }
   return createApiKeys(parseApiKeys(content));
+}
+
+/**
+ * The keys of API_KEYS_FILE, read again without a restart on SIGHUP and when
+ * the file changes (`watchFile`): keys are added, rotated and revoked for
+ * every request after the read. A file that is unreadable or malformed then
+ * (one being written, say) is logged, and the keys read before it stay.
+ */
+export async function loadReloadableApiKeys(
+  path: string,
+  logger: Logger,
+): Promise<ApiKeys & WatchedFile> {
+  const stamp = await fileStamp(path);
+  let current = await loadApiKeys(path);
+  const file = watchFile(path, {
+    stamp,
+    what: "API_KEYS_FILE",
+    notReloaded: "API keys not reloaded; the previous keys stay",
+    logger,
+    async read() {
+      current = await loadApiKeys(path);
+      logger.info({ keys: current.size, file: path }, "API keys reloaded");
+    },
+  });
+  return {
+    get size() {
+      return current.size;
+    },
+    userOf: (key) => current.userOf(key),
+    reload: file.reload,
+    close: file.close,
+  };
 }
 
 /** The key of an `Authorization: Bearer <key>` header. */

@@ -6,7 +6,7 @@ import type { LocalService } from "../lib/rpc-server.js";
 import { serve } from "../lib/serve.js";
 import { readUpstreamCa } from "../lib/tls.js";
 import { buildGateway } from "./app.js";
-import { loadApiKeys } from "./auth.js";
+import { loadReloadableApiKeys } from "./auth.js";
 import { createUpstreams, type UpstreamName } from "./upstreams.js";
 
 /**
@@ -22,7 +22,9 @@ export async function buildGatewayProcess(
   const ca = await readUpstreamCa(config.upstreamCaFile);
   const { readyChecks, ...upstreams } = createUpstreams(config, registry, ca, local);
   const apiKeys =
-    config.apiKeysFile === undefined ? undefined : await loadApiKeys(config.apiKeysFile);
+    config.apiKeysFile === undefined
+      ? undefined
+      : await loadReloadableApiKeys(config.apiKeysFile, logger);
   const app = await buildGateway({
     config,
     logger,
@@ -31,6 +33,7 @@ export async function buildGatewayProcess(
     readyChecks,
     ...(apiKeys === undefined ? {} : { apiKeys }),
   });
+  if (apiKeys !== undefined) app.addHook("onClose", async () => apiKeys.close());
   const where = (name: UpstreamName, url: string) =>
     local[name] === undefined ? url : "in this process";
   logger.info(

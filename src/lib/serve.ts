@@ -60,7 +60,12 @@ export async function listen(app: FastifyInstance, options: ListenOptions): Prom
 
 /**
  * On SIGTERM or SIGINT, runs `close` (which lets in-flight requests finish),
- * then exits; past `shutdownTimeoutMs` it exits anyway.
+ * then exits; past `shutdownTimeoutMs` it exits anyway. SIGHUP never stops
+ * the process: it reloads the files that reload (the filter's terms, the
+ * gateway's API keys: their own listeners), and where nothing does, it is
+ * logged and the process serves on. Node's default for SIGHUP is to exit at
+ * once, without draining: chats waiting for the history and refunds waiting
+ * for a retry were lost to it.
  */
 export function closeOnSignals(
   close: () => Promise<void>,
@@ -91,6 +96,11 @@ export function closeOnSignals(
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
+  process.on("SIGHUP", () => {
+    if (process.listenerCount("SIGHUP") === 1) {
+      logger.info({ signal: "SIGHUP" }, "nothing to reload; still serving");
+    }
+  });
   // Started by run-all, which holds this process's stdin open: once run-all
   // is gone, however it ended (kill -9 too), the pipe ends and so does this.
   if (process.env[parentPipeEnv] === "1") {

@@ -1,0 +1,135 @@
+import { type FSWatcher, watch } from "node:fs";
+import { stat } from "node:fs/promises";
+import { basename, dirname } from "node:path";
+import type { Logger } from "./logger.js";
+
+/** A file read again while the process serves. */
+export interface WatchedFile {
+  /**
+   * Reads the file again, at or after the time of the call; on any error the
+   * current contents stay.
+   */
+  reload(): Promise<void>;
+  /** Stops watching the file and listening for SIGHUP. */
+  close(): void;
+}
+
+/** The file `path` leads to, as one string that changes when it does; undefined when there is none. */
+export async function fileStamp(path: string | undefined): Promise<string | undefined> {
+  if (path === undefined) return undefined;
+  try {
+    const s = await stat(path, { bigint: true });
+    return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** How long the file must be quiet before a change is read. */
+const settleMs = 100;
+
+export interface WatchedFileOptions {
+  /** The stamp (`fileStamp`) of the file as it was read before the watch began. */
+  readonly stamp: string | undefined;
+  /**
+   * Reads the file and takes what it holds; a throw keeps what was taken
+   * before, and is logged. `closed` tells a long read to stop.
+   */
+  readonly read: (closed: () => boolean) => Promise<void>;
+  /** The file as log lines name it ("the terms file", "API_KEYS_FILE"). */
+  readonly what: string;
+  /** The error line of a failed read ("banned terms not reloaded; the previous list stays"). */
+  readonly notReloaded: string;
+  readonly logger: Logger;
+}
+
+/**
+ * Calls `read` again on SIGHUP and when the file at `path` changes (only on
+ * SIGHUP without a path).
+ *
+ * Reads run one at a time: one asked for while another runs is done once
+ * that one ends (requests in the meantime share it), so the last contents
+ * read are always the newest and a slow read of an older file never wins.
+ *
+ * The watch is on the file's directory, not on the file: editors save by
+ * renaming a new file over the old one, and a watch on the file would keep
+ * following the old, replaced inode. A change to another name in the
+ * directory reloads when the file the path leads to is no longer the one last
+ * read: a Kubernetes ConfigMap or Secret volume updates the path's symlink by
+ * renaming a symlink (`..data`) it goes through.
+ */
+export function watchFile(path: string | undefined, options: WatchedFileOptions): WatchedFile {
+  const { read, what, notReloaded, logger } = options;
+  // The file last read (or tried), as the path led to it: undefined when there was none.
+  let lastRead = options.stamp;
+  let watcher: FSWatcher | undefined;
+  let debounce: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let queued: Promise<void> | undefined;
+  let closed = false;
+
+  const readOnce = async () => {
+    try {
+      lastRead = await fileStamp(path);
+      await read(() => closed);
+    } catch (err) {
+      logger.error({ err, file: path }, notReloaded);
+    }
+  };
+  const reload = (): Promise<void> => {
+    if (closed) return Promise.resolve();
+    if (queued !== undefined) return queued;
+    if (running === undefined) {
+      running = readOnce().finally(() => {
+        running = undefined;
+      });
+      return running;
+    }
+    queued = running.then(() => {
+      queued = undefined;
+      return reload();
+    });
+    return queued;
+  };
+  const onSighup = () => void reload();
+  process.on("SIGHUP", onSighup);
+  if (path !== undefined) {
+    const name = basename(path);
+    // Whether an event since the last check named the file itself.
+    let named = false;
+    const check = async () => {
+      debounce = undefined;
+      const ours = named;
+      named = false;
+      if (ours || (await fileStamp(path)) !== lastRead) await reload();
+    };
+    const onWarn = (err: unknown) =>
+      logger.warn({ err, file: path }, `cannot watch ${what}; SIGHUP still reloads it`);
+    try {
+      watcher = watch(dirname(path), (_event, changed) => {
+        // Some platforms do not say which file changed: then it may be this one.
+        if (changed === null || changed === name) {
+          // The file must be quiet for settleMs before it is read.
+          named = true;
+          clearTimeout(debounce);
+          debounce = undefined;
+        }
+        // Other files' changes wait for a check already due: a directory
+        // always busy with them must not put the check off for ever.
+        debounce ??= setTimeout(() => void check(), settleMs);
+      });
+      watcher.on("error", onWarn);
+    } catch (err) {
+      onWarn(err);
+    }
+  }
+  return {
+    reload,
+    close() {
+      closed = true;
+      process.off("SIGHUP", onSighup);
+      clearTimeout(debounce);
+      watcher?.close();
+    },
+  };
+}
