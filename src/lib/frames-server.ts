@@ -191,6 +191,10 @@ export function createFramesServer(
       const reader = new FrameReader(
         options.readMaxBytes + frameOverheadBytes,
         (kind, id, body) => {
+          // A frame came whole: a partial one after it is timed from now,
+          // not from when an earlier frame began (reads of a busy connection
+          // may all end part way into a frame).
+          partialSince.delete(socket);
           if (kind === FrameKind.Request) serve(socket, writer, calls, id, body);
           else if (kind === FrameKind.Cancel) {
             const call = calls.get(id);
@@ -199,7 +203,8 @@ export function createFramesServer(
             endIfIdle(socket, calls);
           } else throw new RangeError(`unexpected frame kind ${kind}`);
         },
-        (_kind, id) =>
+        (_kind, id) => {
+          partialSince.delete(socket);
           writer.send(
             errorFrame(
               id,
@@ -208,7 +213,8 @@ export function createFramesServer(
                 Code.ResourceExhausted,
               ),
             ),
-          ),
+          );
+        },
       );
       socket.on("data", (chunk: Buffer) => {
         if (prefaceLeft > 0) {

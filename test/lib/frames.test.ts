@@ -428,6 +428,49 @@ describe("unary calls over frames", () => {
     expect((await framesClient(baseUrl).generate({ text: "fine" })).reply).toBe("Echo: fine");
   });
 
+  it("keeps a busy connection whose reads each end part way into the next frame, past REQUEST_TIMEOUT_MS", async () => {
+    const { port } = await start({ env: { REQUEST_TIMEOUT_MS: "300" } });
+    const socket = net.connect({ host: "127.0.0.1", port });
+    socket.on("error", () => {});
+    let closed = false;
+    socket.once("close", () => {
+      closed = true;
+    });
+    let answers = 0;
+    const reader = new FrameReader(
+      1 << 20,
+      () => answers++,
+      () => {},
+    );
+    socket.on("data", (chunk: Buffer) => reader.push(chunk));
+    const frame = (id: number) =>
+      encodeRequest(id, {
+        timeoutMs: 0,
+        path: "/chat.v1.LLMService/Generate",
+        headers: [],
+        message: new Uint8Array([10, 2, 104, 105]),
+      });
+    // Each write ends half way into a frame, which the next write completes
+    // 20 ms later: every frame arrives whole within 20 ms, and the calls keep
+    // coming for well over the timeout.
+    socket.write(framesPreface);
+    let rest: Buffer = Buffer.alloc(0);
+    let id = 1;
+    const started = Date.now();
+    while (Date.now() - started < 1_200 && !closed) {
+      const next = frame(id++);
+      const half = next.length >> 1;
+      socket.write(Buffer.concat([rest, frame(id++), next.subarray(0, half)]));
+      rest = next.subarray(half);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    socket.write(rest);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(closed).toBe(false);
+    expect(answers).toBe(id - 1);
+    socket.destroy();
+  });
+
   it("drops a connection whose frame stops arriving half way, after REQUEST_TIMEOUT_MS; an idle one stays", async () => {
     const { port, baseUrl } = await start({ env: { REQUEST_TIMEOUT_MS: "300" } });
     const open = (bytes: Buffer) => {
