@@ -93,8 +93,15 @@ class Connection {
         this.socket.destroy(err as Error);
       }
     });
-    this.socket.setTimeout(idleTimeoutMs, () => {
-      if (this.pending.size === 0) this.socket.end();
+    // Checked at every idle period, not once: a call that outlasts one (a
+    // long model reply) must not leave the connection open for good once it
+    // ends. Closed before it is ended, so a call made meanwhile opens a new
+    // one rather than write to a connection that can no longer send.
+    this.socket.setTimeout(idleTimeoutMs);
+    this.socket.on("timeout", () => {
+      if (this.pending.size > 0) return;
+      this.closed = true;
+      this.socket.end();
     });
     let cause: Error | undefined;
     this.socket.on("error", (err) => {

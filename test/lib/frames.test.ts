@@ -403,6 +403,52 @@ describe("unary calls over frames", () => {
     expect(dials).toBe(2);
   });
 
+  it("closes a connection idle after a call that outlasted the idle timeout, and a call made as it closes opens a new one", async () => {
+    const { baseUrl } = await start({ delayMs: 300 });
+    const sockets: net.Socket[] = [];
+    let client: ReturnType<typeof framesClient> | undefined;
+    let callAtIdle: Promise<string> | undefined;
+    let slowDone = false;
+    client = createClient(
+      LLMService,
+      createFramesTransport({
+        baseUrl,
+        defaultTimeoutMs: 5_000,
+        idleTimeoutMs: 100,
+        streamTransport: createGrpcTransport({ baseUrl }),
+        dial: (options) => {
+          const socket = net.connect(options);
+          sockets.push(socket);
+          // After the transport's own idle handling: a call made just as it closes.
+          socket.once("connect", () =>
+            socket.on("timeout", () => {
+              if (slowDone && callAtIdle === undefined && client !== undefined) {
+                callAtIdle = client.generate({ text: "at idle" }).then(
+                  (r) => r.reply,
+                  (err: unknown) => ConnectError.from(err).rawMessage,
+                );
+              }
+            }),
+          );
+          return socket;
+        },
+      }),
+    );
+    // 300 ms without a byte on the connection: its idle timeout passes mid-call.
+    expect((await client.generate({ text: "slow" })).reply).toBe("Echo: slow");
+    slowDone = true;
+    const first = sockets[0] as net.Socket;
+    const closed = await Promise.race([
+      new Promise((r) => first.once("close", () => r("closed"))),
+      new Promise((r) => setTimeout(() => r("still open"), 1_500)),
+    ]);
+    expect(closed).toBe("closed");
+    expect(await callAtIdle).toBe("Echo: at idle");
+    expect(sockets).toHaveLength(2);
+    client = undefined;
+    for (const socket of sockets) socket.destroy();
+  });
+
   it.each([
     ["a frame too short to be one", Buffer.from([0, 0, 0, 1, 9, 9, 9, 9, 9])],
     [
