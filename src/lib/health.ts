@@ -50,16 +50,16 @@ export function createHealthService(options: HealthServiceOptions): ServiceImpl<
         // Told NOT_SERVING, a watcher lets the process drain: its stream
         // held open would keep a graceful close waiting until it timed out.
         if (options.draining()) return;
+        // The abort listener goes once the wait is over: one per wait left on
+        // the call's signal added up over a watch of hours (and warned of a leak).
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, options.watchIntervalMs ?? 1_000);
-          signal.addEventListener(
-            "abort",
-            () => {
-              clearTimeout(timer);
-              resolve();
-            },
-            { once: true },
-          );
+          const done = () => {
+            clearTimeout(timer);
+            signal.removeEventListener("abort", done);
+            resolve();
+          };
+          const timer = setTimeout(done, options.watchIntervalMs ?? 1_000);
+          signal.addEventListener("abort", done, { once: true });
         });
       }
     },
