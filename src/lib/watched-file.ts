@@ -1,5 +1,5 @@
-import { type FSWatcher, watch } from "node:fs";
-import { stat } from "node:fs/promises";
+import { type FSWatcher, realpathSync, statSync, watch } from "node:fs";
+import { realpath, stat } from "node:fs/promises";
 import { basename, dirname } from "node:path";
 import type { Logger } from "./logger.js";
 
@@ -24,6 +24,9 @@ export async function fileStamp(path: string | undefined): Promise<string | unde
     return undefined;
   }
 }
+
+/** A directory as one string: its path, symlinks resolved, and its inode. */
+const dirAt = (real: string, s: { dev: number; ino: number }) => `${real}:${s.dev}:${s.ino}`;
 
 /** How long the file must be quiet before a change is read. */
 const settleMs = 100;
@@ -56,7 +59,11 @@ export interface WatchedFileOptions {
  * following the old, replaced inode. A change to another name in the
  * directory reloads when the file the path leads to is no longer the one last
  * read: a Kubernetes ConfigMap or Secret volume updates the path's symlink by
- * renaming a symlink (`..data`) it goes through.
+ * renaming a symlink (`..data`) it goes through. When the directory itself
+ * is reached through such a symlink (a volume's item in a subdirectory:
+ * `sub/keys`, `sub` → `..data/sub`), the directory watched is replaced by the
+ * update and then deleted: the watch moves to the directory the path leads
+ * to now, or it would see the first update and no other.
  */
 export function watchFile(path: string | undefined, options: WatchedFileOptions): WatchedFile {
   const { read, what, notReloaded, logger } = options;
@@ -95,33 +102,63 @@ export function watchFile(path: string | undefined, options: WatchedFileOptions)
   process.on("SIGHUP", onSighup);
   if (path !== undefined) {
     const name = basename(path);
+    const dir = dirname(path);
+    // The directory watched (`dirAt`): a watch follows the directory it
+    // began on, not the path to it.
+    let watchedDir: string | undefined;
     // Whether an event since the last check named the file itself.
     let named = false;
+    const onWarn = (err: unknown) =>
+      logger.warn({ err, file: path }, `cannot watch ${what}; SIGHUP still reloads it`);
+    const watchDir = (real: string, at: string) => {
+      try {
+        const next = watch(real, (_event, changed) => {
+          // Some platforms do not say which file changed: then it may be this one.
+          if (changed === null || changed === name) {
+            // The file must be quiet for settleMs before it is read.
+            named = true;
+            clearTimeout(debounce);
+            debounce = undefined;
+          }
+          // Other files' changes wait for a check already due: a directory
+          // always busy with them must not put the check off for ever.
+          debounce ??= setTimeout(() => void check(), settleMs);
+        });
+        next.on("error", onWarn);
+        watcher?.close();
+        watcher = next;
+        watchedDir = at;
+      } catch (err) {
+        onWarn(err);
+      }
+    };
+    // The path's directory now leads elsewhere (its symlink was replaced):
+    // the old one is gone or going, so watch the new one.
+    const followDir = async () => {
+      try {
+        const real = await realpath(dir);
+        const at = dirAt(real, await stat(real));
+        if (!closed && at !== watchedDir) watchDir(real, at);
+      } catch {
+        // No directory there now: the watch stays until one is.
+      }
+    };
     const check = async () => {
       debounce = undefined;
       const ours = named;
       named = false;
+      await followDir();
       if (ours || (await fileStamp(path)) !== lastRead) await reload();
     };
-    const onWarn = (err: unknown) =>
-      logger.warn({ err, file: path }, `cannot watch ${what}; SIGHUP still reloads it`);
+    let real = dir;
+    let at = "";
     try {
-      watcher = watch(dirname(path), (_event, changed) => {
-        // Some platforms do not say which file changed: then it may be this one.
-        if (changed === null || changed === name) {
-          // The file must be quiet for settleMs before it is read.
-          named = true;
-          clearTimeout(debounce);
-          debounce = undefined;
-        }
-        // Other files' changes wait for a check already due: a directory
-        // always busy with them must not put the check off for ever.
-        debounce ??= setTimeout(() => void check(), settleMs);
-      });
-      watcher.on("error", onWarn);
-    } catch (err) {
-      onWarn(err);
+      real = realpathSync(dir);
+      at = dirAt(real, statSync(real));
+    } catch {
+      // Watched as given: the watch says why it cannot be.
     }
+    watchDir(real, at);
   }
   return {
     reload,

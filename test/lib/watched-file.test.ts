@@ -1,0 +1,66 @@
+import {
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { fileStamp, type WatchedFile, watchFile } from "../../src/lib/watched-file.js";
+
+// fs events are slow on a loaded machine: wait generously.
+const poll = { timeout: 15_000, interval: 50 };
+
+let dir: string;
+let watched: WatchedFile | undefined;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "chatmesh-watched-"));
+});
+afterEach(() => {
+  watched?.close();
+  watched = undefined;
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Watches `path`; `contents()` is what the last read found there. */
+async function watchContents(path: string) {
+  let contents = readFileSync(path, "utf8");
+  watched = watchFile(path, {
+    stamp: await fileStamp(path),
+    what: "the test file",
+    notReloaded: "not reloaded",
+    logger: pino({ level: "silent" }),
+    async read() {
+      contents = readFileSync(path, "utf8");
+    },
+  });
+  return () => contents;
+}
+
+describe("watchFile", () => {
+  it("follows every update of a Kubernetes volume whose item is in a subdirectory (the directory is a symlink replaced with it)", async () => {
+    // The kubelet's layout for an item at `sub/keys`: sub → ..data/sub, ..data → a timestamped directory.
+    const version = (n: number) => {
+      mkdirSync(join(dir, `..2026_11_29_0${n}`, "sub"), { recursive: true });
+      writeFileSync(join(dir, `..2026_11_29_0${n}`, "sub", "keys"), `version ${n}\n`);
+    };
+    version(1);
+    symlinkSync("..2026_11_29_01", join(dir, "..data"));
+    symlinkSync(join("..data", "sub"), join(dir, "sub"));
+    const contents = await watchContents(join(dir, "sub", "keys"));
+    expect(contents()).toBe("version 1\n");
+    for (const n of [2, 3, 4]) {
+      version(n);
+      symlinkSync(`..2026_11_29_0${n}`, join(dir, "..data_tmp"));
+      renameSync(join(dir, "..data_tmp"), join(dir, "..data"));
+      rmSync(join(dir, `..2026_11_29_0${n - 1}`), { recursive: true });
+      await expect.poll(contents, poll).toBe(`version ${n}\n`);
+    }
+  });
+});
