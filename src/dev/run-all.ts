@@ -156,13 +156,23 @@ export async function runAll(env: Env = process.env): Promise<number> {
   const children = new Map<Name, ChildProcess>();
   let stopping = false;
   let exitCode = 0;
+  const alive = (child: ChildProcess) => child.exitCode === null && child.signalCode === null;
+  // The gateway first, the services once it is gone: draining, it still
+  // sends the history the chats it answered and the token service the
+  // refunds it owes, which were lost when all five stopped at once.
   const stopAll = (code: number) => {
     if (stopping) return;
     stopping = true;
     exitCode = code;
-    for (const child of children.values()) {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-    }
+    const stopServices = () => {
+      for (const [name, child] of children) {
+        if (name !== "gateway" && alive(child)) child.kill("SIGTERM");
+      }
+    };
+    const gatewayChild = children.get("gateway");
+    if (gatewayChild === undefined || !alive(gatewayChild)) return stopServices();
+    gatewayChild.once("exit", stopServices);
+    gatewayChild.kill("SIGTERM");
   };
   process.once("SIGINT", () => stopAll(0));
   process.once("SIGTERM", () => stopAll(0));
@@ -176,6 +186,9 @@ export async function runAll(env: Env = process.env): Promise<number> {
       env: { ...processEnvFor(name, childEnv), [parentPipeEnv]: "1" },
       // Their stdin: a pipe that ends when this process does, even killed.
       stdio: ["pipe", "pipe", "pipe"],
+      // A group of their own: the terminal's Ctrl-C and hang-up reach this
+      // process alone, which stops them in order (the gateway first).
+      detached: true,
     });
     children.set(name, child);
     prefixOutput(name, child, color);
@@ -196,7 +209,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
     for (const name of names) {
       const child = children.get(name) as ChildProcess;
       // A child killed by a signal has no exit code, only a signal code.
-      const running = () => !stopping && child.exitCode === null && child.signalCode === null;
+      const running = () => !stopping && alive(child);
       await waitHealthy(`${base}:${portOf(name)}`, portOf(name), running);
     }
     if (!stopping) {

@@ -1,11 +1,19 @@
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it, onTestFinished, vi } from "vitest";
-import { freePort, startChatmesh, waitForOutput } from "../fixtures/processes.js";
+import {
+  chatmeshBin,
+  endsWithWorker,
+  freePort,
+  type Running,
+  startChatmesh,
+  waitForOutput,
+  watchChild,
+} from "../fixtures/processes.js";
 import { curl, opensslOrSkip } from "../fixtures/tls.js";
 
 const holdStart = fileURLToPath(new URL("../fixtures/hold-start.cjs", import.meta.url));
@@ -165,6 +173,49 @@ describe("run-all killed", () => {
       interval: 100,
     });
   }, 60_000);
+});
+
+describe("run-all stopped by its terminal's Ctrl-C", () => {
+  it("stops the gateway first: a stream in flight ends, and its chat still reaches the history", async () => {
+    const env = { ...(await runAllEnv()), ECHO_CHUNK_DELAY_MS: "200" };
+    // In a process group of its own, as a terminal's foreground job is: Ctrl-C goes to the group.
+    const child = endsWithWorker(
+      spawn(process.execPath, [chatmeshBin, "run-all"], {
+        env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+        detached: true,
+      }),
+    );
+    const { output, exited } = watchChild(child);
+    const group = -(child.pid as number);
+    const run: Running = {
+      child,
+      name: "run-all",
+      output,
+      exited,
+      logsListening: true,
+      async stop(signal = "SIGTERM") {
+        if (child.exitCode === null && child.signalCode === null) process.kill(group, signal);
+        return exited;
+      },
+    };
+    onTestFinished(async () => {
+      await run.stop("SIGKILL");
+    });
+    await waitForOutput(run, /chatmesh is up/, 60_000);
+    const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/chat/stream`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "u1", text: "one two three four five six seven eight" }),
+    });
+    const body = res.text();
+    await waitForOutput(run, /route=\/chat\.v1\.TokenService\/CheckAndInc/, 15_000);
+    process.kill(group, "SIGINT");
+    expect(await body).toContain("event: done");
+    expect(await run.exited).toBe(0);
+    expect(run.output()).toMatch(/history +\| .*history entry appended/);
+    expect(run.output()).not.toContain("history entry lost");
+  }, 90_000);
 });
 
 describe("run-all stopped during start-up", () => {
