@@ -78,14 +78,30 @@ function fetchWithin(maxBytes: number): typeof fetch {
   };
 }
 
-const usageOf = (usage: CompletionUsage | null | undefined): LlmUsage | undefined =>
-  usage
-    ? {
-        promptTokens: usage.prompt_tokens,
-        completionTokens: usage.completion_tokens,
-        totalTokens: usage.total_tokens,
-      }
+/** A token count as the usage message carries it (int32); undefined for anything else. */
+const tokenCount = (value: unknown): number | undefined =>
+  typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 2_147_483_647
+    ? value
     : undefined;
+
+/**
+ * The usage a model server reported. A total it left out (or sent as null)
+ * is the prompt's and the reply's counts together; a usage without both
+ * counts, or with one that is no token count, is no usage (the gateway
+ * counts the tokens itself then), never a chat of 0 tokens.
+ */
+function usageOf(usage: CompletionUsage | null | undefined): LlmUsage | undefined {
+  if (!usage) return undefined;
+  const promptTokens = tokenCount(usage.prompt_tokens);
+  const completionTokens = tokenCount(usage.completion_tokens);
+  if (promptTokens === undefined || completionTokens === undefined) return undefined;
+  const totalTokens =
+    usage.total_tokens === undefined || usage.total_tokens === null
+      ? tokenCount(promptTokens + completionTokens)
+      : tokenCount(usage.total_tokens);
+  if (totalTokens === undefined) return undefined;
+  return { promptTokens, completionTokens, totalTokens };
+}
 
 /**
  * An LLM backend on any OpenAI-compatible chat completions server (OpenAI,

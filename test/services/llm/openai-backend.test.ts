@@ -242,6 +242,22 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(pieces.at(-1)).toMatchObject({ finishReason: "stop", usage: { totalTokens: 6 } });
   });
 
+  it("adds up a usage without total_tokens, and takes an empty one as none, not as 0 tokens", async () => {
+    const { client } = llm();
+    // "partial usage": 2 words of prompt, 4 of reply.
+    const whole = { promptTokens: 2, completionTokens: 4, totalTokens: 6 };
+    expect((await client.generate({ text: "partial usage" })).usage).toMatchObject(whole);
+    const streamed = [];
+    for await (const m of client.generateStream({ text: "partial usage" })) streamed.push(m);
+    expect(streamed.at(-1)?.usage).toMatchObject(whole);
+    // None reported: the gateway counts the tokens itself rather than charging nothing.
+    expect((await client.generate({ text: "empty usage" })).usage).toBeUndefined();
+    const bare = [];
+    for await (const m of client.generateStream({ text: "empty usage" })) bare.push(m);
+    expect(bare.map((m) => m.delta).join("")).toBe("Reply to: empty usage");
+    expect(bare.every((m) => m.usage === undefined)).toBe(true);
+  });
+
   it("reads no answer past its limit, nor a stream's event: RESOURCE_EXHAUSTED", async () => {
     // The double streams 64 Ki "€" an event: ~197 KB a line, 450 KB in all here.
     const { client } = llm({ maxAnswerBytes: 300_000 });
