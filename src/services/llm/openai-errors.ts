@@ -23,6 +23,8 @@ const secretShapes: readonly (readonly [RegExp, string])[] = [
   [/\bsk-[A-Za-z0-9_*-]+/g, "sk-[redacted]"],
   [/\bBearer\s+\S+/gi, "Bearer [redacted]"],
   [/(api[_-]?key["'=:\s]+)[^\s"',}]+/gi, "$1[redacted]"],
+  // The user info of a URL (fetch quotes a URL it refuses whole).
+  [/(\b[a-z][a-z0-9+.-]*:\/\/)[^\s/?#@]+@/gi, "$1[redacted]@"],
 ];
 
 /**
@@ -36,21 +38,56 @@ export function redactSecrets(text: string, secrets: readonly string[]): string 
   return out;
 }
 
+/**
+ * The most characters of a model server's words kept in a log line: an
+ * error page (a proxy's HTML, a server's stack trace) may run to megabytes,
+ * logged again for every failed call.
+ */
+export const maxLoggedChars = 2_000;
+
+/** `text` with secrets removed, cut to maxLoggedChars (after, so no key is cut in half). */
+function loggable(text: string, secrets: readonly string[]): string {
+  const clean = redactSecrets(text, secrets);
+  return clean.length <= maxLoggedChars ? clean : `${clean.slice(0, maxLoggedChars)}… (cut)`;
+}
+
+/**
+ * What an error says with what caused it: the SDK's "Connection error." alone
+ * does not tell a refused connection from an unknown host or a bad certificate.
+ */
+function messageWithCauses(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const parts: string[] = [];
+  for (const at of causesOf(err)) {
+    const code = (at as NodeJS.ErrnoException).code;
+    const part =
+      typeof code === "string" && !at.message.includes(code)
+        ? `${at.message} (${code})`
+        : at.message;
+    if (part !== "" && !parts.includes(part)) parts.push(part);
+  }
+  return parts.join(": ");
+}
+
 /** What the model server said about a failure, with secrets removed. */
 export function describeFailure(err: unknown, secrets: readonly string[]): UpstreamFailure {
   const clean = (value: unknown) =>
-    typeof value === "string" ? redactSecrets(value, secrets) : undefined;
+    typeof value === "string" ? loggable(value, secrets) : undefined;
   if (err instanceof APIError) {
     const body = (err.error ?? {}) as Record<string, unknown>;
     return {
       status: err.status,
       type: clean(body.type),
       code: clean(body.code),
-      message: redactSecrets(err.message, secrets),
+      message: loggable(messageWithCauses(err), secrets),
     };
   }
-  const message = err instanceof Error ? err.message : String(err);
-  return { status: undefined, type: undefined, code: undefined, message: clean(message) ?? "" };
+  return {
+    status: undefined,
+    type: undefined,
+    code: undefined,
+    message: loggable(messageWithCauses(err), secrets),
+  };
 }
 
 /**

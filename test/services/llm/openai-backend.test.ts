@@ -307,6 +307,21 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(logs()).not.toContain(key);
     expect(logs()).not.toContain("0123456789abcdef");
   });
+  it("logs a model server's error page cut short, not whole for every failed call", async () => {
+    const { client, logs } = llm();
+    const err = await failure(client.generate({ text: "page 502 3000000" }));
+    expect(err.code).toBe(Code.Unavailable);
+    expect(logs()).toContain('"status":502');
+    expect(logs()).toContain("<html><body>xxx");
+    expect(logs().length).toBeLessThan(5_000);
+  });
+
+  it("logs why a model server could not be reached", async () => {
+    const closed = `http://127.0.0.1:${await freePort()}/v1`;
+    const { client, logs } = llm({ baseUrl: closed });
+    expect((await failure(client.generate({ text: "hi" }))).code).toBe(Code.Unavailable);
+    expect(logs()).toContain("ECONNREFUSED");
+  });
 });
 
 describe("redactSecrets", () => {
@@ -315,6 +330,7 @@ describe("redactSecrets", () => {
     ["Authorization: Bearer abc.def", "Authorization: Bearer [redacted]"],
     ['{"api_key":"s3cret"}', '{"api_key":"[redacted]"}'],
     ["my-own-key-value leaked", "[redacted] leaked"],
+    ["a URL: http://alice:pw@host/v1 refused", "a URL: http://[redacted]@host/v1 refused"],
   ])("removes secrets from %j", (text, expected) => {
     expect(redactSecrets(text, ["my-own-key-value"])).toBe(expected);
   });
