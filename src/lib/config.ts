@@ -433,8 +433,16 @@ function readRequired(env: Env, name: string, expected: string): string {
 
 function readOpenAi(env: Env): OpenAiBackendConfig {
   readRequired(env, "OPENAI_BASE_URL", "the server's /v1 URL, such as http://127.0.0.1:11434/v1");
+  const baseUrl = readHttpUrl(env, "OPENAI_BASE_URL", "");
+  // fetch refuses a URL with user info: every call would fail as "unreachable".
+  const { username, password } = new URL(baseUrl);
+  if (username !== "" || password !== "") {
+    throw new ConfigError(
+      `OPENAI_BASE_URL must hold no user or password (the key goes in OPENAI_API_KEY), got ${shownUrl(baseUrl)}`,
+    );
+  }
   return {
-    baseUrl: readHttpUrl(env, "OPENAI_BASE_URL", ""),
+    baseUrl,
     apiKey: (env.OPENAI_API_KEY ?? "").trim(),
     model: readRequired(env, "LLM_MODEL", "the model to ask, such as llama3.2 or gpt-4o-mini"),
   };

@@ -53,6 +53,18 @@ describe("config of the openai backend and the token-priced quota", () => {
     );
   });
 
+  it("refuses an OPENAI_BASE_URL with a user or password, which fetch would refuse on every call", () => {
+    const load = () =>
+      loadLlmConfig({ ...openai, OPENAI_BASE_URL: "http://u:hunter2@127.0.0.1:8000/v1" });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(
+      /^OPENAI_BASE_URL must hold no user or password \(the key goes in OPENAI_API_KEY\), got "http:\/\/u:\*\*\*@127\.0\.0\.1:8000\/v1"$/,
+    );
+    expect(() => loadLlmConfig({ ...openai, OPENAI_BASE_URL: "http://u@127.0.0.1/v1" })).toThrow(
+      /^OPENAI_BASE_URL must hold no user or password/,
+    );
+  });
+
   it("needs no openai variables with the echo backend", () => {
     expect(loadLlmConfig({ OPENAI_BASE_URL: "nonsense" }).openai).toBeUndefined();
   });
