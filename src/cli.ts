@@ -1,4 +1,5 @@
 import { ConfigError, loadClientConfig } from "./lib/config.js";
+import { ignoreHangup } from "./lib/serve.js";
 
 const usage = `usage: chatmesh <command>
 
@@ -44,6 +45,8 @@ async function run(argv: readonly string[]): Promise<number | undefined> {
       );
       return 2;
     }
+    // From here on: a SIGHUP during start-up must not stop it either.
+    ignoreHangup();
     await (await start()).main();
     return undefined;
   }

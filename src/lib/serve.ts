@@ -96,17 +96,31 @@ export function closeOnSignals(
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
-  process.on("SIGHUP", () => {
-    if (process.listenerCount("SIGHUP") === 1) {
-      logger.info({ signal: "SIGHUP" }, "nothing to reload; still serving");
-    }
-  });
+  ignoreHangup(logger);
   // Started by run-all, which holds this process's stdin open: once run-all
   // is gone, however it ended (kill -9 too), the pipe ends and so does this.
   if (process.env[parentPipeEnv] === "1") {
     process.stdin.once("end", () => stop("parent gone"));
     process.stdin.resume();
   }
+}
+
+let hangupLogger: Logger | undefined;
+const onHangup = () => {
+  // Alone, it is all there is: nothing in the process reloads.
+  if (process.listenerCount("SIGHUP") === 1) {
+    hangupLogger?.info({ signal: "SIGHUP" }, "nothing to reload; still serving");
+  }
+};
+
+/**
+ * Keeps SIGHUP from stopping the process (Node's default: exit at once),
+ * from the start of its start-up (a database's migration, say) on; with a
+ * logger, a SIGHUP that nothing reloads on is logged. Idempotent.
+ */
+export function ignoreHangup(logger?: Logger): void {
+  if (logger !== undefined) hangupLogger = logger;
+  if (!process.listeners("SIGHUP").includes(onHangup)) process.on("SIGHUP", onHangup);
 }
 
 /** Set by run-all for its processes: their stdin is a pipe it holds open while it runs. */

@@ -1,11 +1,14 @@
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
+  freePort,
   type ProcessName,
   type Running,
   type Stack,
+  startChatmesh,
   startStack,
   waitForOutput,
 } from "../fixtures/processes.js";
@@ -102,5 +105,38 @@ describe("SIGHUP", () => {
       expect(JSON.stringify(await history.json())).toContain("still here");
     }, poll);
     for (const running of stack.procs.values()) expect(running.child.exitCode).toBeNull();
+  });
+});
+
+describe("SIGHUP during start-up", () => {
+  it("does not stop a process still connecting to its database", async () => {
+    // A database that takes connections and never answers: the history's
+    // start-up waits on it.
+    let reached: () => void = () => {};
+    const connected = new Promise<void>((resolve) => {
+      reached = resolve;
+    });
+    const held = new Set<net.Socket>();
+    const blackHole = net.createServer((socket) => {
+      held.add(socket);
+      reached();
+    });
+    await new Promise<void>((resolve) => blackHole.listen(0, "127.0.0.1", resolve));
+    const { port } = blackHole.address() as net.AddressInfo;
+    const history = startChatmesh(["history"], {
+      HISTORY_PORT: String(await freePort()),
+      HISTORY_DATABASE_URL: `mysql://root@127.0.0.1:${port}/test`,
+    });
+    try {
+      await connected;
+      history.child.kill("SIGHUP");
+      await new Promise((r) => setTimeout(r, 1_000));
+      expect(history.child.signalCode).toBeNull();
+      expect(history.child.exitCode).toBeNull();
+    } finally {
+      await history.stop("SIGKILL");
+      for (const socket of held) socket.destroy();
+      blackHole.close();
+    }
   });
 });
