@@ -1,3 +1,4 @@
+import { getEventListeners } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Registry } from "prom-client";
@@ -186,9 +187,14 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     closingAt = Date.now();
     stopTimer = setTimeout(
       () => {
-        logger.warn(
-          "shutdown: streamed replies still running are cancelled, their charges given back",
-        );
+        // Each stream running listens to the signal until it ends.
+        const streams = getEventListeners(stopping.signal, "abort").length;
+        if (streams > 0) {
+          logger.warn(
+            { streams },
+            "shutdown: streamed replies still running are cancelled, their charges given back",
+          );
+        }
         stopping.abort(new Error("the gateway is shutting down"));
       },
       Math.max(0, closeBy(2 * config.tokenTimeoutMs) - Date.now()),

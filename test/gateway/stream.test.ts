@@ -6,10 +6,12 @@ import { countTokens } from "../../src/gateway/quota-cost.js";
 import type { StreamedChat } from "../../src/gateway/stream.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
+import type { HistoryStore } from "../../src/services/history/history-store.js";
 import type { LlmBackend } from "../../src/services/llm/backend.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
 import { createMemoryQuotaStore } from "../../src/services/token/memory-store.js";
 import type { QuotaStore } from "../../src/services/token/quota-store.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 import { deltasOf, parseSse } from "../fixtures/sse.js";
 import {
   breakingLlmBackend,
@@ -433,10 +435,11 @@ describe("gateway POST /chat/stream with QUOTA_COST_MODE=tokens", () => {
 describe("gateway POST /chat/stream while the gateway stops", () => {
   it("cancels a reply still running in time to end it with an error event and give the charge back", async () => {
     const upstreams = createInProcessUpstreams({ llm: createEchoBackend({ chunkDelayMs: 100 }) });
+    const { logger, lines } = createMemoryLogger();
     const stopped = await buildGateway({
       // The model calls are cancelled 1,500 - 2 × 200 - 250 = 850 ms after closing began.
       config: loadGatewayConfig({ SHUTDOWN_TIMEOUT_MS: "1500", TOKEN_TIMEOUT_MS: "200" }),
-      logger: createLogger("gateway", "silent"),
+      logger,
       upstreams,
     });
     baseUrl = await stopped.listen({ host: "127.0.0.1", port: 0 });
@@ -458,6 +461,40 @@ describe("gateway POST /chat/stream while the gateway stops", () => {
     expect(events.filter((e) => e.event === "delta").length).toBeLessThan(40);
     expect(Date.now() - closingAt).toBeLessThan(1_500);
     expect((await upstreams.token.getQuota({ userId: "leaving" })).used).toBe(0n);
+    expect(lines.filter((line) => String(line.msg).startsWith("shutdown: streamed"))).toEqual([
+      expect.objectContaining({ level: 40, streams: 1 }),
+    ]);
+  });
+
+  it("says nothing of streams cancelled when none runs, however long the close takes", async () => {
+    /** A test double: a history database that is down. */
+    const down: HistoryStore = {
+      append: () => Promise.reject(new Error("database down")),
+      list: () => Promise.reject(new Error("database down")),
+      ping: () => Promise.reject(new Error("database down")),
+      close: async () => {},
+    };
+    const { logger, lines } = createMemoryLogger();
+    const stopped = await buildGateway({
+      // Streams would be cancelled 1,500 - 2 × 500 - 250 = 250 ms after closing
+      // began; the append is retried for longer (until its next try would
+      // pass 1,500 - 100 - 250 = 1,150 ms).
+      config: loadGatewayConfig({
+        SHUTDOWN_TIMEOUT_MS: "1500",
+        TOKEN_TIMEOUT_MS: "500",
+        HISTORY_TIMEOUT_MS: "100",
+      }),
+      logger,
+      upstreams: createInProcessUpstreams({ history: down }),
+    });
+    baseUrl = await stopped.listen({ host: "127.0.0.1", port: 0 });
+    const res = await stream({ user_id: "done", text: "short" });
+    expect(parseSse(await res.text()).at(-1)?.event).toBe("done");
+    const closingAt = Date.now();
+    await stopped.close();
+    expect(Date.now() - closingAt).toBeGreaterThan(400);
+    expect(lines.some((line) => String(line.msg).startsWith("history entry lost"))).toBe(true);
+    expect(lines.filter((line) => String(line.msg).startsWith("shutdown: streamed"))).toEqual([]);
   });
 
   it("does the same for a /v1 stream waiting on the model: an error chunk, the charge back", async () => {
