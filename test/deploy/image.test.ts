@@ -14,6 +14,7 @@ import { chatmeshHasProcess } from "../fixtures/deploy.js";
 import { type DockerSteps, runDockerfile } from "../fixtures/dockerfile.js";
 import { type OpenAiTestDouble, startOpenAiTestDouble } from "../fixtures/openai-test-double.js";
 import { freePort, repoRoot as repo, waitHealthy } from "../fixtures/processes.js";
+import { type OwnRedis, startOwnRedis } from "../fixtures/redis.js";
 import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
 
 /**
@@ -346,7 +347,7 @@ describe("run-all from the build", () => {
       await new Promise((r) => setTimeout(r, 100));
     }
     child.kill("SIGINT");
-    expect(await exited).toBe(0);
+    expect(await exited, output).toBe(0);
     expect(output).toContain("chatmesh is up");
   });
 });
@@ -378,29 +379,14 @@ describe.skipIf(!redisQuota || redisServer === undefined)(
   () => {
     const containers: Container[] = [];
     let redisPort: number;
-    let redis: ReturnType<typeof spawn>;
+    let redis: OwnRedis | undefined;
     const gateways: number[] = [];
 
     beforeAll(async () => {
-      redisPort = await freePort();
-      // Our own Redis, so the shared one is never touched.
-      redis = spawn(redisServer as string, [
-        "--port",
-        String(redisPort),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-      ]);
-      for (let i = 0; i < 100; i++) {
-        const pong = await run("redis-cli", ["-p", String(redisPort), "ping"]).catch(() => null);
-        if (pong?.stdout.trim() === "PONG") break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      // Our own Redis, so the shared one is never touched; one that does not
+      // start (its port taken meanwhile) fails here, not as 200 token failures.
+      redis = await startOwnRedis();
+      redisPort = redis.port;
       const port = { filter: await freePort(), llm: await freePort() };
       const base = {
         FILTER_PORT: String(port.filter),
@@ -442,7 +428,7 @@ describe.skipIf(!redisQuota || redisServer === undefined)(
     }, 120_000);
     afterAll(async () => {
       await Promise.all(containers.map((c) => c.stop()));
-      redis?.kill("SIGTERM");
+      await redis?.kill();
     });
 
     it("holds the quota exactly: 200 concurrent chats of one user give 4 × 200 and 196 × 429", async () => {
