@@ -104,6 +104,22 @@ function usageOf(usage: CompletionUsage | null | undefined): LlmUsage | undefine
 }
 
 /**
+ * A message's (or a delta's) content as text: a string as it is; an array
+ * of parts, as Mistral's reasoning models send (a `thinking` part before the
+ * `text`), as its text parts joined; anything else none.
+ */
+function contentText(content: unknown): string | undefined {
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) return undefined;
+  let text = "";
+  for (const part of content as unknown[]) {
+    const { type, text: partText } = (part ?? {}) as { type?: unknown; text?: unknown };
+    if (type === "text" && typeof partText === "string") text += partText;
+  }
+  return text;
+}
+
+/**
  * An LLM backend on any OpenAI-compatible chat completions server (OpenAI,
  * vLLM, Ollama, llama.cpp server) through the official `openai` SDK. The text
  * goes as one user message. The SDK retries nothing (the gateway's deadline
@@ -201,7 +217,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         if (choice === undefined) throw new NoChoiceError("no choice in the answer");
         return {
           // A model that declines answers its refusal instead of content.
-          reply: choice.message?.content ?? choice.message?.refusal ?? "",
+          reply: contentText(choice.message?.content) ?? choice.message?.refusal ?? "",
           usage: usageOf(res.usage),
           finishReason: choice.finish_reason ?? undefined,
         };
@@ -225,7 +241,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
           // A usage chunk may come without `choices` at all.
           const choice = chunk.choices?.[0];
           // A model that declines streams its refusal instead of content.
-          const piece = choice?.delta?.content || choice?.delta?.refusal;
+          const piece = contentText(choice?.delta?.content) || choice?.delta?.refusal;
           if (piece) yield piece;
           if (choice?.finish_reason) finishReason = choice.finish_reason;
           usage = usageOf(chunk.usage) ?? usage;

@@ -297,6 +297,14 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(pieces).toEqual(["I cannot ", "help with that."]);
   });
 
+  it("takes a content of parts (Mistral's reasoning models) by its text, unary and streamed", async () => {
+    const { client } = llm();
+    expect((await client.generate({ text: "parts" })).reply).toBe("Reply to: parts");
+    let streamed = "";
+    for await (const res of client.generateStream({ text: "parts" })) streamed += res.delta;
+    expect(streamed).toBe("Reply to: parts");
+  });
+
   it("logs the upstream failure without the key, and tells the caller nothing of it", async () => {
     const { client, logs } = llm();
     const err = await failure(client.generate({ text: "status 401" }));
