@@ -172,6 +172,11 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
       Code.Unavailable,
     );
   }
+  // An answer, or a stream's event, that is not JSON: a server or a proxy in
+  // trouble, as when it answers no choice.
+  if (err instanceof SyntaxError) {
+    return new ConnectError("model server answered what is not JSON", Code.Unavailable);
+  }
   if (err instanceof NoChoiceError) {
     return new ConnectError("model server answered no choice", Code.Unavailable);
   }

@@ -297,6 +297,26 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(pieces).toEqual(["I cannot ", "help with that."]);
   });
 
+  it("fails an answer or a stream event that is not JSON as UNAVAILABLE", async () => {
+    const { client } = llm();
+    const unary = await failure(client.generate({ text: "bad json" }));
+    expect([unary.code, unary.rawMessage]).toEqual([
+      Code.Unavailable,
+      "model server answered what is not JSON",
+    ]);
+    const streamed = await failure(
+      (async () => {
+        for await (const _ of client.generateStream({ text: "bad json" })) {
+          // read to the end
+        }
+      })(),
+    );
+    expect([streamed.code, streamed.rawMessage]).toEqual([
+      Code.Unavailable,
+      "model server answered what is not JSON",
+    ]);
+  });
+
   it("takes a content of parts (Mistral's reasoning models) by its text, unary and streamed", async () => {
     const { client } = llm();
     expect((await client.generate({ text: "parts" })).reply).toBe("Reply to: parts");
