@@ -9,6 +9,7 @@ import {
   AnswerTooLargeError,
   connectErrorFromUpstream,
   describeFailure,
+  isBrokenConnection,
   NoChoiceError,
   StreamCutOffError,
 } from "./openai-errors.js";
@@ -252,7 +253,16 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         call.signal.throwIfAborted();
         if (finishReason === undefined) throw new StreamCutOffError("stream ended early");
       } catch (err) {
-        throw call.fail(err);
+        // The reply was whole (its finish_reason came) when the connection
+        // broke, before the usage or [DONE]: the reply stands, as it does
+        // when such a stream ends cleanly; its usage is counted by the gateway.
+        if (finishReason === undefined || call.signal.aborted || !isBrokenConnection(err)) {
+          throw call.fail(err);
+        }
+        logger?.warn(
+          { ...traceLogFields(request.trace), upstream: describeFailure(err, [options.apiKey]) },
+          "model server's stream broke after the reply was whole; the reply stands",
+        );
       }
       if (usage !== undefined || finishReason !== undefined) yield { usage, finishReason };
     },

@@ -317,6 +317,25 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     ]);
   });
 
+  it("keeps a streamed reply whole when the connection breaks after its finish_reason, not before", async () => {
+    const { client } = llm();
+    let streamed = "";
+    let finishReason = "";
+    for await (const res of client.generateStream({ text: "sever after" })) {
+      streamed += res.delta;
+      finishReason ||= res.finishReason;
+    }
+    expect([streamed, finishReason]).toEqual(["Reply to: sever after", "stop"]);
+    const cut = await failure(
+      (async () => {
+        for await (const _ of client.generateStream({ text: "sever" })) {
+          // read to the end
+        }
+      })(),
+    );
+    expect(cut.code).toBe(Code.Unavailable);
+  });
+
   it("takes a content of parts (Mistral's reasoning models) by its text, unary and streamed", async () => {
     const { client } = llm();
     expect((await client.generate({ text: "parts" })).reply).toBe("Reply to: parts");
