@@ -291,6 +291,37 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
   });
 });
 
+describe.skipIf(missing)("the chat page with a fast model", () => {
+  beforeAll(async () => {
+    // Every piece as soon as it is made: many pieces, and many lines, a frame.
+    stack = await startStack({ ECHO_CHUNK_DELAY_MS: "0" });
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: chromiumArgs,
+    });
+    page = await browser.newPage({ viewport: { width: 375, height: 560 } });
+    await page.goto(stack.gatewayUrl);
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await stack?.stopAll();
+  });
+
+  it("follows a reply that grows by lines between two frames to its end", async () => {
+    const words = Array.from({ length: 900 }, (_, i) => `w${i}`).join(" ");
+    await page.locator("#text").fill(words);
+    await page.locator("#text").press("Enter");
+    await page.locator(".msg.reply:not(.streaming)", { hasText: "w899" }).waitFor();
+    // The frame after the reply's end has scrolled, if the log still follows.
+    await page.waitForTimeout(200);
+    const gap = await page.evaluate(
+      "(({ scrollTop, scrollHeight, clientHeight }) => scrollHeight - scrollTop - clientHeight)(document.getElementById('log'))",
+    );
+    expect(gap).toBeLessThan(2);
+  });
+});
+
 describe.skipIf(missing)("the chat page with API keys", () => {
   const key = "page-test-key-0123456789";
   let keys: string;

@@ -63,7 +63,16 @@ function clearError() {
  * and again once they scroll back to the end.
  */
 let following = true;
+/**
+ * Where followLog last put the log. The scroll event of that scroll comes a
+ * frame later, when a fast reply may have grown by more than the margin
+ * meanwhile: the log is still where it was put, so the reader did not
+ * scroll, and it keeps following.
+ */
+let followedTo;
 log.addEventListener("scroll", () => {
+  if (log.scrollTop === followedTo) return;
+  followedTo = undefined;
   following = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
 });
 let scrollQueued = false;
@@ -77,7 +86,9 @@ function followLog() {
   scrollQueued = true;
   requestAnimationFrame(() => {
     scrollQueued = false;
-    if (following) log.scrollTop = log.scrollHeight;
+    if (!following) return;
+    log.scrollTop = log.scrollHeight;
+    followedTo = log.scrollTop;
   });
 }
 
