@@ -184,6 +184,19 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     expect(await page.locator("#quota").textContent()).toBe("150");
   });
 
+  it("shows the quota of a user id typed while a reply streamed, once it is over", async () => {
+    await page.locator("#user").fill("browser-switch-a");
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("200");
+    const watching = watchReply();
+    await send("s1 s2 s3 s4 s5 s6 s7 s8 s9 s10 s11 s12 s13 s14 s15 s16 s17 s18 s19 s20");
+    await page.locator("#send", { hasText: "Stop" }).waitFor();
+    await page.locator("#user").fill("browser-switch-b");
+    // The read of its quota comes while the reply streams, and waits for it.
+    await page.waitForTimeout(600);
+    await watching;
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("200");
+  });
+
   it("sends one message for a double click on Send", async () => {
     await page.locator("#user").fill("browser-double");
     await page.locator("#text").fill("clicked twice");

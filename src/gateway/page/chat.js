@@ -258,8 +258,10 @@ async function send() {
   } finally {
     replyEl?.classList.remove("streaming");
     setState("idle");
-    // A refusal may have been the quota running out: read what is left.
-    if (refused) void loadQuota();
+    // A refusal may have been the quota running out: read what is left. So
+    // for a quota not shown: another user id typed while the reply streamed
+    // (its read waited for the reply), or none known to give back.
+    if (refused || quota.textContent === "—") void loadQuota();
     focus.focus();
   }
 }
