@@ -197,6 +197,20 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     await expect.poll(() => page.locator("#quota").textContent()).toBe("200");
   });
 
+  it("leaves the focus in the field typed in while a reply streamed", async () => {
+    await page.locator("#user").fill("browser-focus");
+    const watching = watchReply();
+    await send("f1 f2 f3 f4 f5 f6 f7 f8 f9 f10 f11 f12");
+    await page.locator("#send", { hasText: "Stop" }).waitFor();
+    await page.locator("#user").click();
+    await page.keyboard.press("End");
+    await page.keyboard.type("-b");
+    await watching;
+    await page.keyboard.type("2");
+    expect(await page.locator("#user").inputValue()).toBe("browser-focus-b2");
+    expect(await page.locator("#text").inputValue()).toBe("");
+  });
+
   it("sends one message for a double click on Send", async () => {
     await page.locator("#user").fill("browser-double");
     await page.locator("#text").fill("clicked twice");

@@ -262,7 +262,12 @@ async function send() {
     // for a quota not shown: another user id typed while the reply streamed
     // (its read waited for the reply), or none known to give back.
     if (refused || quota.textContent === "—") void loadQuota();
-    focus.focus();
+    // Back to the message box, unless the user went on in another field
+    // while the reply streamed (typing another user id, say).
+    const active = document.activeElement;
+    if (refused || active === null || active === document.body || active === sendButton) {
+      focus.focus();
+    }
   }
 }
 
