@@ -211,6 +211,18 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
     expect(await page.locator("#text").inputValue()).toBe("");
   });
 
+  it("lays out right-to-left text as such while it is typed, as in the log", async () => {
+    const direction = (id: string) =>
+      page.evaluate(`getComputedStyle(document.getElementById("${id}")).direction`);
+    await page.locator("#text").fill("مرحبا بالعالم؟");
+    expect(await direction("text")).toBe("rtl");
+    await page.locator("#text").fill("hello");
+    expect(await direction("text")).toBe("ltr");
+    await page.locator("#user").fill("مستخدم");
+    expect(await direction("user")).toBe("rtl");
+    await page.locator("#text").fill("");
+  });
+
   it("sends one message for a double click on Send", async () => {
     await page.locator("#user").fill("browser-double");
     await page.locator("#text").fill("clicked twice");
