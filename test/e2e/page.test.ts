@@ -394,6 +394,14 @@ describe.skipIf(missing)("the chat page with API keys", () => {
     );
     expect(await page.locator("#key").isVisible()).toBe(true);
 
+    await page.locator("#key").fill("ключ-ключ-ключ-ключ");
+    await page.locator("#key").press("Enter");
+    await page.locator("#error", { hasText: "printable ASCII" }).waitFor({ state: "visible" });
+    expect(await page.locator("#error").textContent()).toBe(
+      "An API key has printable ASCII characters only: check the key typed in.",
+    );
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe("key");
+
     await page.locator("#key").fill("not-the-key-at-all-000");
     await page.locator("#key").press("Enter");
     await page.locator("#error", { hasText: "not accepted" }).waitFor({ state: "visible" });

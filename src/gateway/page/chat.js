@@ -179,6 +179,11 @@ async function send() {
   const text = textInput.value;
   if (userId === "") return showError("Please enter a user id.");
   if (text.trim() === "") return showError("Please type a message first.");
+  // A header carries no other characters: fetch would fail with its own words.
+  if (!/^[\x21-\x7e]*$/.test(keyInput.value.trim())) {
+    keyInput.focus();
+    return showError("An API key has printable ASCII characters only: check the key typed in.");
+  }
 
   const controller = new AbortController();
   setState("waiting");
