@@ -1,3 +1,4 @@
+import { isatty } from "node:tty";
 import type { FastifyInstance } from "fastify";
 import { ConfigError } from "./config.js";
 import type { Logger } from "./logger.js";
@@ -65,7 +66,10 @@ export async function listen(app: FastifyInstance, options: ListenOptions): Prom
  * gateway's API keys: their own listeners), and where nothing does, it is
  * logged and the process serves on. Node's default for SIGHUP is to exit at
  * once, without draining: chats waiting for the history and refunds waiting
- * for a retry were lost to it.
+ * for a retry were lost to it. A SIGHUP that comes because the terminal the
+ * process runs in was closed (its standard streams are a terminal no more)
+ * stops it as SIGTERM does: serving on, it wrote its logs to nothing and
+ * held its port, with no terminal left to stop it from.
  */
 export function closeOnSignals(
   close: () => Promise<void>,
@@ -73,6 +77,15 @@ export function closeOnSignals(
 ): void {
   const { logger } = options;
   let stopping = false;
+  const exit = (code: number) => {
+    // Node's exit aborts when it cannot reset a terminal that hung up: the
+    // process ends of the hang-up instead, as it did before it took SIGHUP.
+    if (terminalGone) {
+      process.removeAllListeners("SIGHUP");
+      process.kill(process.pid, "SIGHUP");
+    }
+    process.exit(code);
+  };
   const stop = (signal: NodeJS.Signals | "parent gone") => {
     // SIGINT of a terminal's Ctrl-C and run-all's SIGTERM both come.
     if (stopping) return;
@@ -83,20 +96,22 @@ export function closeOnSignals(
         { timeoutMs: options.shutdownTimeoutMs },
         "shutdown timed out; closing connections",
       );
-      process.exit(1);
+      exit(1);
     }, options.shutdownTimeoutMs);
     timer.unref();
     close().then(
-      () => process.exit(0),
+      () => exit(0),
       (err: unknown) => {
         logger.error({ err }, "shutdown failed");
-        process.exit(1);
+        exit(1);
       },
     );
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
   ignoreHangup(logger);
+  onTerminalGone = () => stop("SIGHUP");
+  if (terminalGone) stop("SIGHUP");
   // Started by run-all, which holds this process's stdin open: once run-all
   // is gone, however it ended (kill -9 too), the pipe ends and so does this.
   if (process.env[parentPipeEnv] === "1") {
@@ -106,7 +121,18 @@ export function closeOnSignals(
 }
 
 let hangupLogger: Logger | undefined;
+// The standard streams that were a terminal when the process began.
+let terminalFds: readonly number[] | undefined;
+// Whether that terminal hung up: once closed, a terminal is no longer one.
+let terminalGone = false;
+let onTerminalGone: (() => void) | undefined;
 const onHangup = () => {
+  if (!terminalGone && terminalFds?.some((fd) => !isatty(fd)) === true) {
+    // Stopped once serving (closeOnSignals); during start-up, as soon as it serves.
+    terminalGone = true;
+    onTerminalGone?.();
+    return;
+  }
   // Alone, it is all there is: nothing in the process reloads.
   if (process.listenerCount("SIGHUP") === 1) {
     hangupLogger?.info({ signal: "SIGHUP" }, "nothing to reload; still serving");
@@ -116,9 +142,11 @@ const onHangup = () => {
 /**
  * Keeps SIGHUP from stopping the process (Node's default: exit at once),
  * from the start of its start-up (a database's migration, say) on; with a
- * logger, a SIGHUP that nothing reloads on is logged. Idempotent.
+ * logger, a SIGHUP that nothing reloads on is logged; a SIGHUP of the
+ * process's terminal closing stops it (see closeOnSignals). Idempotent.
  */
 export function ignoreHangup(logger?: Logger): void {
+  terminalFds ??= [0, 1, 2].filter((fd) => isatty(fd));
   if (logger !== undefined) hangupLogger = logger;
   if (!process.listeners("SIGHUP").includes(onHangup)) process.on("SIGHUP", onHangup);
 }

@@ -1,0 +1,85 @@
+import { execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { describe, expect, it, onTestFinished } from "vitest";
+import { chatmeshBin, endsWithWorker, freePort, watchChild } from "../fixtures/processes.js";
+
+/** util-linux's `script`, which runs a command in a terminal of its own; undefined without it. */
+const script = (() => {
+  try {
+    execFileSync("script", ["--version"], { stdio: "ignore" });
+    return "script";
+  } catch {
+    return undefined;
+  }
+})();
+
+/** The state letter of process `pid` (R, S, Z…), or "gone". */
+const processState = (pid: number) => {
+  try {
+    return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] ?? "gone";
+  } catch {
+    return "gone";
+  }
+};
+
+const refused = async (port: number) => {
+  try {
+    await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2_000) });
+    return false;
+  } catch (err) {
+    return ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code === "ECONNREFUSED";
+  }
+};
+
+describe.skipIf(script === undefined)("a process whose terminal is closed", () => {
+  it("stops, freeing its port, rather than serve on logging into nothing", async () => {
+    const port = await freePort();
+    // The process in a terminal of `script`'s: killed, `script` closes it, and
+    // the process gets the SIGHUP of a terminal hung up.
+    const terminal = endsWithWorker(
+      spawn(
+        script as string,
+        [
+          "-q",
+          "-e",
+          "-c",
+          `echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" token`,
+          "/dev/null",
+        ],
+        {
+          env: {
+            ...process.env,
+            LOG_LEVEL: "info",
+            CHATMESH_FROM_SOURCE: "1",
+            TOKEN_PORT: String(port),
+          },
+          stdio: ["pipe", "pipe", "pipe"],
+        },
+      ),
+    );
+    const { output } = watchChild(terminal);
+    let pid: number | undefined;
+    onTestFinished(() => {
+      terminal.kill("SIGKILL");
+      if (pid === undefined) return;
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone already
+      }
+    });
+    await expect.poll(() => /"msg":"listening"/.test(output()), { timeout: 30_000 }).toBe(true);
+    pid = Number(/pid=(\d+)/.exec(output())?.[1]);
+    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+
+    terminal.kill("SIGKILL");
+    // A request after the hang-up has a line to log: it wrote into a terminal
+    // that was gone, and the process hung for good, holding its port.
+    await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2_000) }).catch(
+      () => undefined,
+    );
+    await expect.poll(() => refused(port), { timeout: 15_000, interval: 200 }).toBe(true);
+    // Ended (a zombie until something reaps it: its parent, `script`, is gone).
+    expect(processState(pid)).toMatch(/^(gone|Z)$/);
+  }, 60_000);
+});
