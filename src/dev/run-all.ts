@@ -174,11 +174,23 @@ export async function runAll(env: Env = process.env): Promise<number> {
     gatewayChild.once("exit", stopServices);
     gatewayChild.kill("SIGTERM");
   };
-  process.once("SIGINT", () => stopAll(0));
-  process.once("SIGTERM", () => stopAll(0));
+  // A second Ctrl-C (or SIGTERM) does not wait for the gateway: every
+  // process still running is killed at once. In groups of their own, they get
+  // none of the terminal's signals: had this process died of that second
+  // signal (Node's default once a listener is used up), they would have
+  // served on unseen, all stopping at once as their pipe from it ended, and
+  // a gateway hung on shutdown for good.
+  let signals = 0;
+  const onSignal = () => {
+    signals += 1;
+    if (signals === 1) return stopAll(0);
+    for (const child of children.values()) if (alive(child)) child.kill("SIGKILL");
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   // The terminal closed: its processes go with it (the filter alone would
   // take SIGHUP for a reload of its terms and keep serving).
-  process.once("SIGHUP", () => stopAll(0));
+  process.on("SIGHUP", () => stopAll(0));
 
   const exited: Promise<void>[] = [];
   for (const name of names) {

@@ -218,6 +218,52 @@ describe("run-all stopped by its terminal's Ctrl-C", () => {
   }, 90_000);
 });
 
+describe("run-all stopped by Ctrl-C twice", () => {
+  it("kills its processes at the second, and ends only once they are gone", async () => {
+    const env = { ...(await runAllEnv()), ECHO_CHUNK_DELAY_MS: "200" };
+    // In a process group of its own, as a terminal's foreground job is: Ctrl-C goes to the group.
+    const child = endsWithWorker(
+      spawn(process.execPath, [chatmeshBin, "run-all"], {
+        env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+        detached: true,
+      }),
+    );
+    const { output, exited } = watchChild(child);
+    const group = -(child.pid as number);
+    const run: Running = {
+      child,
+      name: "run-all",
+      output,
+      exited,
+      logsListening: true,
+      async stop(signal = "SIGTERM") {
+        if (child.exitCode === null && child.signalCode === null) process.kill(group, signal);
+        return exited;
+      },
+    };
+    onTestFinished(async () => {
+      await run.stop("SIGKILL");
+    });
+    await waitForOutput(run, /chatmesh is up/, 60_000);
+    const processes = childPids(child.pid as number);
+    // A stream in flight holds the gateway's drain (and the LLM's) open.
+    const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/chat/stream`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "u1", text: "one two three four five six seven eight" }),
+    });
+    const body = res.text().catch(() => "");
+    await waitForOutput(run, /route=\/chat\.v1\.TokenService\/CheckAndInc/, 15_000);
+    process.kill(group, "SIGINT");
+    await waitForOutput(run, /gateway +\| .*shutting down/, 15_000);
+    process.kill(group, "SIGINT");
+    await run.exited;
+    await body;
+    expect(processes.filter(alive), run.output()).toEqual([]);
+  }, 90_000);
+});
+
 describe("run-all stopped during start-up", () => {
   // SIGHUP: the terminal it runs in was closed.
   it.each(["SIGINT", "SIGHUP"] as const)(
