@@ -31,6 +31,12 @@ const dirAt = (real: string, s: { dev: number; ino: number }) => `${real}:${s.de
 /** How long the file must be quiet before a change is read. */
 const settleMs = 100;
 
+/**
+ * How often the file is also looked at without an event: some changes reach
+ * no watch (below).
+ */
+const pollMs = 2_000;
+
 export interface WatchedFileOptions {
   /** The stamp (`fileStamp`) of the file as it was read before the watch began. */
   readonly stamp: string | undefined;
@@ -64,6 +70,13 @@ export interface WatchedFileOptions {
  * `sub/keys`, `sub` → `..data/sub`), the directory watched is replaced by the
  * update and then deleted: the watch moves to the directory the path leads
  * to now, or it would see the first update and no other.
+ *
+ * Some changes reach no watch: a path that is a symlink to a file in another
+ * directory, the target changed there; a directory symlink replaced while
+ * the old directory stays; the directory deleted and made again. So the file
+ * is also looked at every `pollMs` (one stat), and read when it is no longer
+ * the one last read: a revoked key or banned term is taken within seconds,
+ * not at the next SIGHUP.
  */
 export function watchFile(path: string | undefined, options: WatchedFileOptions): WatchedFile {
   const { read, what, notReloaded, logger } = options;
@@ -100,6 +113,7 @@ export function watchFile(path: string | undefined, options: WatchedFileOptions)
   };
   const onSighup = () => void reload();
   process.on("SIGHUP", onSighup);
+  let poller: NodeJS.Timeout | undefined;
   if (path !== undefined) {
     const name = basename(path);
     const dir = dirname(path);
@@ -159,6 +173,11 @@ export function watchFile(path: string | undefined, options: WatchedFileOptions)
       // Watched as given: the watch says why it cannot be.
     }
     watchDir(real, at);
+    // A check already due covers this look.
+    poller = setInterval(() => {
+      if (debounce === undefined) void check();
+    }, pollMs);
+    poller.unref();
   }
   return {
     reload,
@@ -166,6 +185,7 @@ export function watchFile(path: string | undefined, options: WatchedFileOptions)
       closed = true;
       process.off("SIGHUP", onSighup);
       clearTimeout(debounce);
+      clearInterval(poller);
       watcher?.close();
     },
   };

@@ -63,4 +63,27 @@ describe("watchFile", () => {
       await expect.poll(contents, poll).toBe(`version ${n}\n`);
     }
   });
+
+  it("follows a file that the path is a symlink to, in another directory", async () => {
+    mkdirSync(join(dir, "elsewhere"));
+    mkdirSync(join(dir, "conf"));
+    writeFileSync(join(dir, "elsewhere", "keys"), "version 1\n");
+    symlinkSync(join(dir, "elsewhere", "keys"), join(dir, "conf", "keys"));
+    const contents = await watchContents(join(dir, "conf", "keys"));
+    // Written in place where it is: no event in the path's directory.
+    writeFileSync(join(dir, "elsewhere", "keys"), "version 2\n");
+    await expect.poll(contents, poll).toBe("version 2\n");
+  });
+
+  it("follows the file once its directory is deleted and made again", async () => {
+    mkdirSync(join(dir, "conf"));
+    writeFileSync(join(dir, "conf", "keys"), "version 1\n");
+    const contents = await watchContents(join(dir, "conf", "keys"));
+    rmSync(join(dir, "conf"), { recursive: true });
+    mkdirSync(join(dir, "conf"));
+    writeFileSync(join(dir, "conf", "keys"), "version 2\n");
+    await expect.poll(contents, poll).toBe("version 2\n");
+    writeFileSync(join(dir, "conf", "keys"), "version 3\n");
+    await expect.poll(contents, poll).toBe("version 3\n");
+  });
 });
