@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { isatty } from "node:tty";
 import {
   defaultPorts,
   type Env,
@@ -153,6 +154,18 @@ export async function runAll(env: Env = process.env): Promise<number> {
   childEnv.ECHO_CHUNK_DELAY_MS ??= "40";
 
   const color = process.stdout.isTTY === true;
+  // Once its terminal is closed, every write to it fails with EIO: the
+  // output goes nowhere, and run-all still stops its processes in order. The
+  // error, unhandled, ended run-all at the gateway's first line after the
+  // hang-up, and its processes all stopped at once as their pipe from it
+  // ended, the history and token services before the gateway's drain. A
+  // reader gone (EPIPE: `run-all | head`) is the same.
+  const terminalFds = [0, 1, 2].filter((fd) => isatty(fd));
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EIO" && err.code !== "EPIPE") throw err;
+    });
+  }
   const children = new Map<Name, ChildProcess>();
   let stopping = false;
   let exitCode = 0;
@@ -248,5 +261,11 @@ export async function runAll(env: Env = process.env): Promise<number> {
     }
   }
   await Promise.all(exited);
+  // Node's exit aborts when it cannot reset a terminal that hung up: run-all
+  // ends of the hang-up instead, as its processes do (see closeOnSignals).
+  if (terminalFds.some((fd) => !isatty(fd))) {
+    process.removeAllListeners("SIGHUP");
+    process.kill(process.pid, "SIGHUP");
+  }
   return exitCode;
 }

@@ -4,6 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
 import { describe, expect, it, onTestFinished, vi } from "vitest";
 import {
   chatmeshBin,
@@ -261,6 +262,82 @@ describe("run-all stopped by Ctrl-C twice", () => {
     await run.exited;
     await body;
     expect(processes.filter(alive), run.output()).toEqual([]);
+  }, 90_000);
+});
+
+/** util-linux's `script`, which runs a command in a terminal of its own; undefined without it. */
+const script = (() => {
+  try {
+    execFileSync("script", ["--version"], { stdio: "ignore" });
+    return "script";
+  } catch {
+    return undefined;
+  }
+})();
+
+/** Whether process `pid` still runs (not gone, not a zombie left unreaped). */
+function running(pid: number): boolean {
+  try {
+    return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe.skipIf(script === undefined)("run-all whose terminal is closed", () => {
+  it("stops the gateway first though its output goes nowhere: a chat in flight still reaches the history", async () => {
+    const env = { ...(await runAllEnv()), ECHO_CHUNK_DELAY_MS: "200" };
+    const terminal = endsWithWorker(
+      spawn(
+        script as string,
+        [
+          "-q",
+          "-e",
+          "-c",
+          `echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" run-all`,
+          "/dev/null",
+        ],
+        {
+          env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
+          stdio: ["pipe", "pipe", "pipe"],
+        },
+      ),
+    );
+    const { output } = watchChild(terminal);
+    let processes: number[] = [];
+    onTestFinished(() => {
+      terminal.kill("SIGKILL");
+      for (const pid of processes.filter(running)) process.kill(pid, "SIGKILL");
+    });
+    await expect.poll(() => /chatmesh is up/.test(output()), { timeout: 60_000 }).toBe(true);
+    const pid = Number(/pid=(\d+)/.exec(output())?.[1]);
+    processes = [pid, ...childPids(pid)];
+    expect(processes).toHaveLength(6);
+    const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/chat/stream`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "u1", text: "one two three four five six seven eight" }),
+    });
+    const body = res.text().catch(() => "");
+    await expect
+      .poll(() => /route=\/chat\.v1\.TokenService\/CheckAndInc/.test(output()), { timeout: 15_000 })
+      .toBe(true);
+    // Killed, `script` closes the terminal: run-all gets its SIGHUP, and
+    // every line it writes to it from then on fails with EIO.
+    terminal.kill("SIGKILL");
+    await body;
+    await vi.waitFor(() => expect(processes.filter(running)).toEqual([]), {
+      timeout: 20_000,
+      interval: 100,
+    });
+    const db = new Database(env.HISTORY_DATABASE_URL.slice("sqlite:".length), { readonly: true });
+    try {
+      expect(db.prepare("SELECT text FROM history_entries").all()).toEqual([
+        { text: "one two three four five six seven eight" },
+      ]);
+    } finally {
+      db.close();
+    }
   }, 90_000);
 });
 
