@@ -1,4 +1,5 @@
 import { EventEmitter } from "node:events";
+import { isatty } from "node:tty";
 import { type Logger, pino } from "pino";
 import type { CommonConfig } from "./config.js";
 
@@ -17,7 +18,10 @@ export function createLogger(service: string, level: CommonConfig["logLevel"]): 
     base: { service },
     timestamp: pino.stdTimeFunctions.isoTime,
   });
-  quietOnHangUp((logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym]);
+  // A file or a pipe failing with EIO (a failing disk) is an error to see.
+  if (isatty(1)) {
+    quietOnHangUp((logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym]);
+  }
   return logger;
 }
 

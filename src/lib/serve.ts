@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { isatty } from "node:tty";
 import type { FastifyInstance } from "fastify";
 import { ConfigError } from "./config.js";
@@ -120,6 +121,24 @@ export function closeOnSignals(
   }
 }
 
+/**
+ * Whether the process has a controlling terminal, whose closing sends it
+ * SIGHUP. One started in a session of its own (`setsid`, a daemon) has none,
+ * even when its streams are a terminal: a SIGHUP it gets is someone's
+ * `kill -HUP`, for a reload, however its streams are then. Where /proc
+ * cannot tell, it is taken to have one.
+ */
+function hasControllingTerminal(): boolean {
+  try {
+    const stat = readFileSync("/proc/self/stat", "utf8");
+    // After the command's name (in parentheses, spaces allowed): state, ppid, pgrp, session, tty_nr.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[4]) !== 0;
+  } catch {
+    return true;
+  }
+}
+
 let hangupLogger: Logger | undefined;
 // The standard streams that were a terminal when the process began.
 let terminalFds: readonly number[] | undefined;
@@ -146,7 +165,7 @@ const onHangup = () => {
  * process's terminal closing stops it (see closeOnSignals). Idempotent.
  */
 export function ignoreHangup(logger?: Logger): void {
-  terminalFds ??= [0, 1, 2].filter((fd) => isatty(fd));
+  terminalFds ??= hasControllingTerminal() ? [0, 1, 2].filter((fd) => isatty(fd)) : [];
   if (logger !== undefined) hangupLogger = logger;
   if (!process.listeners("SIGHUP").includes(onHangup)) process.on("SIGHUP", onHangup);
 }

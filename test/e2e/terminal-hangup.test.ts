@@ -83,3 +83,55 @@ describe.skipIf(script === undefined)("a process whose terminal is closed", () =
     expect(processState(pid)).toMatch(/^(gone|Z)$/);
   }, 60_000);
 });
+
+describe.skipIf(script === undefined)(
+  "a process in a session of its own, its terminal closed",
+  () => {
+    it("takes a later kill -HUP for a reload, not for the terminal's hang-up", async () => {
+      const port = await freePort();
+      // setsid: the process's streams are the terminal, but it is not its
+      // controlling terminal, so the terminal's closing sends it nothing.
+      const terminal = endsWithWorker(
+        spawn(
+          script as string,
+          [
+            "-q",
+            "-e",
+            "-c",
+            `setsid --fork sh -c 'echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" token'; sleep 600`,
+            "/dev/null",
+          ],
+          {
+            env: {
+              ...process.env,
+              LOG_LEVEL: "info",
+              CHATMESH_FROM_SOURCE: "1",
+              TOKEN_PORT: String(port),
+            },
+            stdio: ["pipe", "pipe", "pipe"],
+          },
+        ),
+      );
+      const { output } = watchChild(terminal);
+      let pid: number | undefined;
+      onTestFinished(() => {
+        terminal.kill("SIGKILL");
+        if (pid === undefined) return;
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // gone already
+        }
+      });
+      await expect.poll(() => /"msg":"listening"/.test(output()), { timeout: 30_000 }).toBe(true);
+      pid = Number(/pid=(\d+)/.exec(output())?.[1]);
+      terminal.kill("SIGKILL");
+      // Its next line goes into the hung-up terminal, and nowhere.
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+      process.kill(pid, "SIGHUP");
+      await new Promise((r) => setTimeout(r, 1_000));
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+      expect(processState(pid)).not.toMatch(/^(gone|Z)$/);
+    }, 60_000);
+  },
+);
