@@ -15,6 +15,7 @@ import {
   waitForOutput,
   watchChild,
 } from "../fixtures/processes.js";
+import { running, script, startInTerminal } from "../fixtures/terminal.js";
 import { curl, opensslOrSkip } from "../fixtures/tls.js";
 
 const holdStart = fileURLToPath(new URL("../fixtures/hold-start.cjs", import.meta.url));
@@ -176,33 +177,41 @@ describe("run-all killed", () => {
   }, 60_000);
 });
 
+/**
+ * run-all in a process group of its own, as a terminal's foreground job is:
+ * a terminal's Ctrl-C goes to the whole group (`process.kill(group, …)`).
+ */
+function startRunAllInGroup(env: Record<string, string>): { run: Running; group: number } {
+  const child = endsWithWorker(
+    spawn(process.execPath, [chatmeshBin, "run-all"], {
+      env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    }),
+  );
+  const { output, exited } = watchChild(child);
+  const group = -(child.pid as number);
+  const run: Running = {
+    child,
+    name: "run-all",
+    output,
+    exited,
+    logsListening: true,
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) process.kill(group, signal);
+      return exited;
+    },
+  };
+  onTestFinished(async () => {
+    await run.stop("SIGKILL");
+  });
+  return { run, group };
+}
+
 describe("run-all stopped by its terminal's Ctrl-C", () => {
   it("stops the gateway first: a stream in flight ends, and its chat still reaches the history", async () => {
     const env = { ...(await runAllEnv()), ECHO_CHUNK_DELAY_MS: "200" };
-    // In a process group of its own, as a terminal's foreground job is: Ctrl-C goes to the group.
-    const child = endsWithWorker(
-      spawn(process.execPath, [chatmeshBin, "run-all"], {
-        env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
-        stdio: ["ignore", "pipe", "pipe"],
-        detached: true,
-      }),
-    );
-    const { output, exited } = watchChild(child);
-    const group = -(child.pid as number);
-    const run: Running = {
-      child,
-      name: "run-all",
-      output,
-      exited,
-      logsListening: true,
-      async stop(signal = "SIGTERM") {
-        if (child.exitCode === null && child.signalCode === null) process.kill(group, signal);
-        return exited;
-      },
-    };
-    onTestFinished(async () => {
-      await run.stop("SIGKILL");
-    });
+    const { run, group } = startRunAllInGroup(env);
     await waitForOutput(run, /chatmesh is up/, 60_000);
     const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/chat/stream`, {
       method: "POST",
@@ -222,32 +231,9 @@ describe("run-all stopped by its terminal's Ctrl-C", () => {
 describe("run-all stopped by Ctrl-C twice", () => {
   it("kills its processes at the second, and ends only once they are gone", async () => {
     const env = { ...(await runAllEnv()), ECHO_CHUNK_DELAY_MS: "200" };
-    // In a process group of its own, as a terminal's foreground job is: Ctrl-C goes to the group.
-    const child = endsWithWorker(
-      spawn(process.execPath, [chatmeshBin, "run-all"], {
-        env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
-        stdio: ["ignore", "pipe", "pipe"],
-        detached: true,
-      }),
-    );
-    const { output, exited } = watchChild(child);
-    const group = -(child.pid as number);
-    const run: Running = {
-      child,
-      name: "run-all",
-      output,
-      exited,
-      logsListening: true,
-      async stop(signal = "SIGTERM") {
-        if (child.exitCode === null && child.signalCode === null) process.kill(group, signal);
-        return exited;
-      },
-    };
-    onTestFinished(async () => {
-      await run.stop("SIGKILL");
-    });
+    const { run, group } = startRunAllInGroup(env);
     await waitForOutput(run, /chatmesh is up/, 60_000);
-    const processes = childPids(child.pid as number);
+    const processes = childPids(run.child.pid as number);
     // A stream in flight holds the gateway's drain (and the LLM's) open.
     const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/chat/stream`, {
       method: "POST",
@@ -265,45 +251,13 @@ describe("run-all stopped by Ctrl-C twice", () => {
   }, 90_000);
 });
 
-/** util-linux's `script`, which runs a command in a terminal of its own; undefined without it. */
-const script = (() => {
-  try {
-    execFileSync("script", ["--version"], { stdio: "ignore" });
-    return "script";
-  } catch {
-    return undefined;
-  }
-})();
-
-/** Whether process `pid` still runs (not gone, not a zombie left unreaped). */
-function running(pid: number): boolean {
-  try {
-    return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
 describe.skipIf(script === undefined)("run-all whose terminal is closed", () => {
   it("stops the gateway first though its output goes nowhere: a chat in flight still reaches the history", async () => {
     const env = { ...(await runAllEnv()), ECHO_CHUNK_DELAY_MS: "200" };
-    const terminal = endsWithWorker(
-      spawn(
-        script as string,
-        [
-          "-q",
-          "-e",
-          "-c",
-          `echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" run-all`,
-          "/dev/null",
-        ],
-        {
-          env: { ...process.env, LOG_LEVEL: "info", CHATMESH_FROM_SOURCE: "1", ...env },
-          stdio: ["pipe", "pipe", "pipe"],
-        },
-      ),
+    const { terminal, output } = startInTerminal(
+      `echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" run-all`,
+      env,
     );
-    const { output } = watchChild(terminal);
     let processes: number[] = [];
     onTestFinished(() => {
       terminal.kill("SIGKILL");

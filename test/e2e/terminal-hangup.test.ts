@@ -1,26 +1,6 @@
-import { execFileSync, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { chatmeshBin, endsWithWorker, freePort, watchChild } from "../fixtures/processes.js";
-
-/** util-linux's `script`, which runs a command in a terminal of its own; undefined without it. */
-const script = (() => {
-  try {
-    execFileSync("script", ["--version"], { stdio: "ignore" });
-    return "script";
-  } catch {
-    return undefined;
-  }
-})();
-
-/** The state letter of process `pid` (R, S, Z…), or "gone". */
-const processState = (pid: number) => {
-  try {
-    return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] ?? "gone";
-  } catch {
-    return "gone";
-  }
-};
+import { chatmeshBin, freePort } from "../fixtures/processes.js";
+import { running, script, startInTerminal } from "../fixtures/terminal.js";
 
 const refused = async (port: number) => {
   try {
@@ -31,43 +11,30 @@ const refused = async (port: number) => {
   }
 };
 
+/** Kills `script`, and the process `pid()` names once it is known, after the test. */
+function killAfter(
+  terminal: { kill(signal: NodeJS.Signals): unknown },
+  pid: () => number | undefined,
+) {
+  onTestFinished(() => {
+    terminal.kill("SIGKILL");
+    const known = pid();
+    if (known === undefined || !running(known)) return;
+    process.kill(known, "SIGKILL");
+  });
+}
+
 describe.skipIf(script === undefined)("a process whose terminal is closed", () => {
   it("stops, freeing its port, rather than serve on logging into nothing", async () => {
     const port = await freePort();
     // The process in a terminal of `script`'s: killed, `script` closes it, and
     // the process gets the SIGHUP of a terminal hung up.
-    const terminal = endsWithWorker(
-      spawn(
-        script as string,
-        [
-          "-q",
-          "-e",
-          "-c",
-          `echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" token`,
-          "/dev/null",
-        ],
-        {
-          env: {
-            ...process.env,
-            LOG_LEVEL: "info",
-            CHATMESH_FROM_SOURCE: "1",
-            TOKEN_PORT: String(port),
-          },
-          stdio: ["pipe", "pipe", "pipe"],
-        },
-      ),
+    const { terminal, output } = startInTerminal(
+      `echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" token`,
+      { TOKEN_PORT: String(port) },
     );
-    const { output } = watchChild(terminal);
     let pid: number | undefined;
-    onTestFinished(() => {
-      terminal.kill("SIGKILL");
-      if (pid === undefined) return;
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        // gone already
-      }
-    });
+    killAfter(terminal, () => pid);
     await expect.poll(() => /"msg":"listening"/.test(output()), { timeout: 30_000 }).toBe(true);
     pid = Number(/pid=(\d+)/.exec(output())?.[1]);
     expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
@@ -80,7 +47,7 @@ describe.skipIf(script === undefined)("a process whose terminal is closed", () =
     );
     await expect.poll(() => refused(port), { timeout: 15_000, interval: 200 }).toBe(true);
     // Ended (a zombie until something reaps it: its parent, `script`, is gone).
-    expect(processState(pid)).toMatch(/^(gone|Z)$/);
+    expect(running(pid)).toBe(false);
   }, 60_000);
 });
 
@@ -91,38 +58,12 @@ describe.skipIf(script === undefined)(
       const port = await freePort();
       // setsid: the process's streams are the terminal, but it is not its
       // controlling terminal, so the terminal's closing sends it nothing.
-      const terminal = endsWithWorker(
-        spawn(
-          script as string,
-          [
-            "-q",
-            "-e",
-            "-c",
-            `setsid --fork sh -c 'echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" token'; sleep 600`,
-            "/dev/null",
-          ],
-          {
-            env: {
-              ...process.env,
-              LOG_LEVEL: "info",
-              CHATMESH_FROM_SOURCE: "1",
-              TOKEN_PORT: String(port),
-            },
-            stdio: ["pipe", "pipe", "pipe"],
-          },
-        ),
+      const { terminal, output } = startInTerminal(
+        `setsid --fork sh -c 'echo "pid=$$"; exec "${process.execPath}" "${chatmeshBin}" token'; sleep 600`,
+        { TOKEN_PORT: String(port) },
       );
-      const { output } = watchChild(terminal);
       let pid: number | undefined;
-      onTestFinished(() => {
-        terminal.kill("SIGKILL");
-        if (pid === undefined) return;
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // gone already
-        }
-      });
+      killAfter(terminal, () => pid);
       await expect.poll(() => /"msg":"listening"/.test(output()), { timeout: 30_000 }).toBe(true);
       pid = Number(/pid=(\d+)/.exec(output())?.[1]);
       terminal.kill("SIGKILL");
@@ -131,7 +72,7 @@ describe.skipIf(script === undefined)(
       process.kill(pid, "SIGHUP");
       await new Promise((r) => setTimeout(r, 1_000));
       expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
-      expect(processState(pid)).not.toMatch(/^(gone|Z)$/);
+      expect(running(pid)).toBe(true);
     }, 60_000);
   },
 );
