@@ -62,15 +62,15 @@ export async function listen(app: FastifyInstance, options: ListenOptions): Prom
 
 /**
  * On SIGTERM or SIGINT, runs `close` (which lets in-flight requests finish),
- * then exits; past `shutdownTimeoutMs` it exits anyway. SIGHUP never stops
- * the process: it reloads the files that reload (the filter's terms, the
- * gateway's API keys: their own listeners), and where nothing does, it is
- * logged and the process serves on. Node's default for SIGHUP is to exit at
- * once, without draining: chats waiting for the history and refunds waiting
- * for a retry were lost to it. A SIGHUP that comes because the terminal the
- * process runs in was closed (its standard streams are a terminal no more)
- * stops it as SIGTERM does: serving on, it wrote its logs to nothing and
- * held its port, with no terminal left to stop it from.
+ * then exits; past `shutdownTimeoutMs` it exits anyway. A SIGHUP someone
+ * sends reloads the files that reload (the filter's terms, the gateway's API
+ * keys: their own listeners); where nothing does, it is logged and the
+ * process serves on. (Node's default, to exit at once without draining, lost
+ * the chats waiting for the history and the refunds waiting for a retry.)
+ * Only the SIGHUP of the process's controlling terminal closing (its
+ * standard streams are a terminal no more) stops it, as SIGTERM does:
+ * serving on, it wrote its logs to nothing and held its port, with no
+ * terminal left to stop it from.
  */
 export function closeOnSignals(
   close: () => Promise<void>,
