@@ -129,7 +129,6 @@ const brokenConnection = new Set([
 ]);
 
 /** Whether `err` (or what caused it) is a connection that broke mid-answer. */
-/** Whether the connection to the model server broke (reset, closed mid-answer). */
 export function isBrokenConnection(err: unknown): boolean {
   for (const at of causesOf(err)) {
     if (brokenConnection.has((at as NodeJS.ErrnoException).code ?? "")) return true;
