@@ -4,7 +4,6 @@ import { readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { isatty } from "node:tty";
 import {
   defaultPorts,
   type Env,
@@ -19,6 +18,7 @@ import { localUrlHost } from "../lib/local-host.js";
 import { processEnvFor } from "../lib/node-options.js";
 import { packageRoot } from "../lib/package-root.js";
 import { listenProblem, parentPipeEnv } from "../lib/serve.js";
+import { endOfHangup, hungUp, terminalStreams } from "../lib/terminal.js";
 import { formatLogLine } from "./pretty.js";
 
 type Name = "token" | "filter" | "llm" | "history" | "gateway";
@@ -160,7 +160,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
   // hang-up, and its processes all stopped at once as their pipe from it
   // ended, the history and token services before the gateway's drain. A
   // reader gone (EPIPE: `run-all | head`) is the same.
-  const terminalFds = [0, 1, 2].filter((fd) => isatty(fd));
+  const terminal = terminalStreams();
   for (const stream of [process.stdout, process.stderr]) {
     stream.on("error", (err: NodeJS.ErrnoException) => {
       if (err.code !== "EIO" && err.code !== "EPIPE") throw err;
@@ -263,9 +263,6 @@ export async function runAll(env: Env = process.env): Promise<number> {
   await Promise.all(exited);
   // Node's exit aborts when it cannot reset a terminal that hung up: run-all
   // ends of the hang-up instead, as its processes do (see closeOnSignals).
-  if (terminalFds.some((fd) => !isatty(fd))) {
-    process.removeAllListeners("SIGHUP");
-    process.kill(process.pid, "SIGHUP");
-  }
+  if (hungUp(terminal)) endOfHangup();
   return exitCode;
 }

@@ -1,8 +1,7 @@
-import { readFileSync } from "node:fs";
-import { isatty } from "node:tty";
 import type { FastifyInstance } from "fastify";
 import { ConfigError } from "./config.js";
 import type { Logger } from "./logger.js";
+import { endOfHangup, hasControllingTerminal, hungUp, terminalStreams } from "./terminal.js";
 
 export interface ListenOptions {
   readonly host: string;
@@ -81,10 +80,7 @@ export function closeOnSignals(
   const exit = (code: number) => {
     // Node's exit aborts when it cannot reset a terminal that hung up: the
     // process ends of the hang-up instead, as it did before it took SIGHUP.
-    if (terminalGone) {
-      process.removeAllListeners("SIGHUP");
-      process.kill(process.pid, "SIGHUP");
-    }
+    if (terminalGone) endOfHangup();
     process.exit(code);
   };
   const stop = (signal: NodeJS.Signals | "parent gone") => {
@@ -121,24 +117,6 @@ export function closeOnSignals(
   }
 }
 
-/**
- * Whether the process has a controlling terminal, whose closing sends it
- * SIGHUP. One started in a session of its own (`setsid`, a daemon) has none,
- * even when its streams are a terminal: a SIGHUP it gets is someone's
- * `kill -HUP`, for a reload, however its streams are then. Where /proc
- * cannot tell, it is taken to have one.
- */
-function hasControllingTerminal(): boolean {
-  try {
-    const stat = readFileSync("/proc/self/stat", "utf8");
-    // After the command's name (in parentheses, spaces allowed): state, ppid, pgrp, session, tty_nr.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[4]) !== 0;
-  } catch {
-    return true;
-  }
-}
-
 let hangupLogger: Logger | undefined;
 // The standard streams that were a terminal when the process began.
 let terminalFds: readonly number[] | undefined;
@@ -146,7 +124,7 @@ let terminalFds: readonly number[] | undefined;
 let terminalGone = false;
 let onTerminalGone: (() => void) | undefined;
 const onHangup = () => {
-  if (!terminalGone && terminalFds?.some((fd) => !isatty(fd)) === true) {
+  if (!terminalGone && terminalFds !== undefined && hungUp(terminalFds)) {
     // Stopped once serving (closeOnSignals); during start-up, as soon as it serves.
     terminalGone = true;
     onTerminalGone?.();
@@ -165,7 +143,7 @@ const onHangup = () => {
  * process's terminal closing stops it (see closeOnSignals). Idempotent.
  */
 export function ignoreHangup(logger?: Logger): void {
-  terminalFds ??= hasControllingTerminal() ? [0, 1, 2].filter((fd) => isatty(fd)) : [];
+  terminalFds ??= hasControllingTerminal() ? terminalStreams() : [];
   if (logger !== undefined) hangupLogger = logger;
   if (!process.listeners("SIGHUP").includes(onHangup)) process.on("SIGHUP", onHangup);
 }
