@@ -76,11 +76,22 @@ export function createFastTransport(options: FastTransportOptions): Transport {
       for (let i = 0; i < pairs.length; i += 2) {
         headers[pairs[i] as string] = pairs[i + 1] as string;
       }
+      // A call cancelled before it began is not sent at all.
+      if (req.signal.aborted) {
+        reject(ConnectError.from(req.signal.reason, Code.Canceled));
+        return;
+      }
       let settled = false;
-      const fail = (err: ConnectError) => {
-        if (settled) return;
+      // The shared never-aborted signal gets no listeners.
+      const listens = req.signal !== noSignal;
+      const settle = () => {
         settled = true;
         clearTimeout(timer);
+        if (listens) req.signal.removeEventListener("abort", onAbort);
+      };
+      const fail = (err: ConnectError) => {
+        if (settled) return;
+        settle();
         outgoing.destroy();
         reject(err);
       };
@@ -89,8 +100,6 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         timeoutMs,
       );
       const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
-      // The shared never-aborted signal gets no listeners.
-      const listens = req.signal !== noSignal;
       if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
       const outgoing = request(
         { agent, host, port, method: "POST", path: req.url, headers },
@@ -100,9 +109,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
           res.once("error", (err) => fail(ConnectError.from(err, Code.Unavailable)));
           res.once("end", () => {
             if (settled) return;
-            settled = true;
-            clearTimeout(timer);
-            if (listens) req.signal.removeEventListener("abort", onAbort);
+            settle();
             const bytes = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
             const status = res.statusCode ?? 0;
             if (status === 200) {
