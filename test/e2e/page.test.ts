@@ -1,10 +1,11 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type Browser, chromium, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { chromiumMissing, launchChromium } from "../fixtures/browser.js";
 import {
   freePort,
   type Stack,
@@ -13,35 +14,16 @@ import {
   waitForOutput,
 } from "../fixtures/processes.js";
 
-/** Debian's Chromium; `.ci/run` installs it when missing. Playwright's own download is never used. */
-const chromiumPath = "/usr/bin/chromium";
-const chromiumArgs = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
 const artifacts = fileURLToPath(new URL("../artifacts/", import.meta.url));
-const missing = !existsSync(chromiumPath) && process.env.CI !== "true";
-if (missing) {
-  console.warn(`skipping the browser test: ${chromiumPath} is missing (apt-get install chromium)`);
-}
 
 let stack: Stack;
 let browser: Browser;
 let page: Page;
 
-describe.skipIf(missing)("the chat page in Chromium", () => {
+describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
   beforeAll(async () => {
     stack = await startStack({ ECHO_CHUNK_DELAY_MS: "80" });
-    browser = await chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      args: chromiumArgs,
-    });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 900, height: 760 } });
     await page.goto(stack.gatewayUrl);
   });
@@ -330,15 +312,11 @@ describe.skipIf(missing)("the chat page in Chromium", () => {
   });
 });
 
-describe.skipIf(missing)("the chat page with a fast model", () => {
+describe.skipIf(chromiumMissing)("the chat page with a fast model", () => {
   beforeAll(async () => {
     // Every piece as soon as it is made: many pieces, and many lines, a frame.
     stack = await startStack({ ECHO_CHUNK_DELAY_MS: "0" });
-    browser = await chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      args: chromiumArgs,
-    });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 375, height: 560 } });
     await page.goto(stack.gatewayUrl);
   });
@@ -361,18 +339,14 @@ describe.skipIf(missing)("the chat page with a fast model", () => {
   });
 });
 
-describe.skipIf(missing)("the chat page with API keys", () => {
+describe.skipIf(chromiumMissing)("the chat page with API keys", () => {
   const key = "page-test-key-0123456789";
   let keys: string;
   beforeAll(async () => {
     keys = mkdtempSync(join(tmpdir(), "chatmesh-keys-"));
     writeFileSync(join(keys, "keys"), `${key} alice\n`);
     stack = await startStack({ API_KEYS_FILE: join(keys, "keys") });
-    browser = await chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      args: chromiumArgs,
-    });
+    browser = await launchChromium();
     page = await browser.newPage();
     await page.goto(stack.gatewayUrl);
   });
@@ -421,7 +395,7 @@ describe.skipIf(missing)("the chat page with API keys", () => {
   });
 });
 
-describe.skipIf(missing)("the chat page under run-all", () => {
+describe.skipIf(chromiumMissing)("the chat page under run-all", () => {
   it("streams a reply in Chromium with run-all's defaults", async () => {
     const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
     const [token, filter, llm, history, gateway] = ports;
@@ -436,11 +410,7 @@ describe.skipIf(missing)("the chat page under run-all", () => {
     let own: Browser | undefined;
     try {
       // Inside the try: a browser that fails to start must not leave run-all running.
-      own = await chromium.launch({
-        executablePath: chromiumPath,
-        headless: true,
-        args: chromiumArgs,
-      });
+      own = await launchChromium();
       await waitForOutput(run, /chatmesh is up/);
       expect(run.output()).toContain(`chat     http://127.0.0.1:${gateway}/`);
       const tab = await own.newPage();
