@@ -53,8 +53,12 @@ export interface GatewayDeps {
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
 
-/** The methods a 405's `Allow` can name (HEAD comes with each GET route). */
-const httpMethods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+/**
+ * The methods a 405's `Allow` can name (HEAD comes with each GET route).
+ * OPTIONS is not looked up: with CORS_ORIGINS, its one route serves every
+ * path, known or not.
+ */
+const httpMethods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] as const;
 
 /** The routes whose answers chatmesh_chats_total counts. */
 const chatRoutes = new Set(["/chat", "/chat/stream", "/v1/chat/completions"]);
@@ -163,14 +167,13 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     const url = req.url.split("?")[0] ?? "";
     const allowed = httpMethods.filter((method) => app.findRoute({ method, url }) !== null);
     if (allowed.length === 0) return reply.code(404).send({ error: "not found" });
-    return reply
-      .code(405)
-      .header("allow", allowed.join(", "))
-      .send({ error: "method not allowed" });
+    const allow = config.corsOrigins.length > 0 ? [...allowed, "OPTIONS"] : allowed;
+    return reply.code(405).header("allow", allow.join(", ")).send({ error: "method not allowed" });
   });
   await registerProtection(app, {
     rateLimitPerMinute: config.rateLimitPerMinute,
     apiKeys: deps.apiKeys,
+    corsOrigins: config.corsOrigins,
   });
   registerBodyGuards(app, countRefused);
 

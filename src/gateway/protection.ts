@@ -4,6 +4,7 @@ import rateLimit, { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyInstance } from "fastify";
 import helmet from "helmet";
 import { type ApiKeys, registerApiKeyAuth } from "./auth.js";
+import { registerCors } from "./cors.js";
 
 /**
  * Paths that need no key and count against no rate limit: health checks,
@@ -156,13 +157,16 @@ export interface ProtectionOptions {
   readonly rateLimitPerMinute: number;
   /** When set, every request but the ops paths needs one of these keys. */
   readonly apiKeys?: ApiKeys | undefined;
+  /** Origins whose pages may call the API from a browser (`*` for any); none by default. */
+  readonly corsOrigins?: readonly string[];
 }
 
 /**
  * The gateway's locked-down edge, registered before its routes: security
  * headers on every response (`apiHeaders`, which the chat page's files
  * replace with `documentHeaders`); with API keys, a key on every call
- * and the key's user as the only user; with a rate limit, at most N requests
+ * and the key's user as the only user (a cross-origin preflight, allowed
+ * by CORS_ORIGINS, needs none); with a rate limit, at most N requests
  * a minute per client (the key's user, else the client address: requests
  * without a valid key count there before they are refused, unknown paths
  * too), refused with 429 and Retry-After (the error handler words it
@@ -177,6 +181,7 @@ export async function registerProtection(
     reply.headers(securityHeaders);
     done();
   });
+  await registerCors(app, options.corsOrigins ?? []);
   if (options.apiKeys !== undefined) {
     registerApiKeyAuth(app, options.apiKeys, { publicPaths: opsPaths });
   }

@@ -200,6 +200,11 @@ export interface GatewayConfig extends CommonConfig {
   readonly apiKeysFile: string | undefined;
   /** UPSTREAM_CA_FILE: a PEM CA the gateway trusts for https:// service URLs. */
   readonly upstreamCaFile: string | undefined;
+  /**
+   * CORS_ORIGINS: the origins whose pages may call the gateway from a
+   * browser, or `*` for any; none (the default) keeps it same-origin only.
+   */
+  readonly corsOrigins: readonly string[];
 }
 
 /** Default ports of the contract, with the variable that moves each. */
@@ -368,6 +373,31 @@ function readOptionalPath(env: Env, name: string): string | undefined {
   return raw === undefined || raw.trim() === "" ? undefined : raw;
 }
 
+/**
+ * `*`, or origins separated by commas or white space, each written as a
+ * browser sends it in `Origin` (scheme, host, port unless the default, in
+ * lower case): one written otherwise (a path, a trailing slash, upper case)
+ * would never match, so it is refused.
+ */
+function readOrigins(env: Env, name: string): readonly string[] {
+  const raw = (env[name] ?? "").trim();
+  if (raw === "") return Object.freeze([]);
+  if (raw === "*") return Object.freeze(["*"]);
+  const origins = raw.split(/[\s,]+/).filter((origin) => origin !== "");
+  for (const origin of origins) {
+    let url: URL | undefined;
+    try {
+      url = new URL(origin);
+    } catch {}
+    if (url?.origin !== origin || (url.protocol !== "http:" && url.protocol !== "https:")) {
+      throw new ConfigError(
+        `${name} must be * or origins such as https://app.example.com (scheme, host and port as a browser sends them: no path, no trailing /), got "${origin}"`,
+      );
+    }
+  }
+  return Object.freeze(origins);
+}
+
 function readTls(env: Env): TlsFiles | undefined {
   const certFile = readOptionalPath(env, "TLS_CERT_FILE");
   const keyFile = readOptionalPath(env, "TLS_KEY_FILE");
@@ -507,6 +537,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     rateLimitPerMinute: readInt(env, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000_000),
     apiKeysFile: readOptionalPath(env, "API_KEYS_FILE"),
     upstreamCaFile: readOptionalPath(env, "UPSTREAM_CA_FILE"),
+    corsOrigins: readOrigins(env, "CORS_ORIGINS"),
   });
 }
 

@@ -1,0 +1,104 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Browser, Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { chromiumMissing, launchChromium } from "../fixtures/browser.js";
+import { freePort, type Stack, startStack } from "../fixtures/processes.js";
+
+const key = "cors-test-key-0123456789";
+
+/** A server of one empty page, at its own origin; its URL. */
+async function servePage(server: http.Server, port: number): Promise<string> {
+  server.on("request", (_req, res) =>
+    res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html><title>app</title>"),
+  );
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/**
+ * What a page's script gets from a chat completion with the key, and from a
+ * streamed chat read to its end (run in the page: written as a string, the
+ * tests being type-checked without the DOM library).
+ */
+const callGateway = (page: Page, gatewayUrl: string) =>
+  page.evaluate(`(async () => {
+    const headers = { authorization: "Bearer ${key}", "content-type": "application/json" };
+    try {
+      const completion = await fetch("${gatewayUrl}/v1/chat/completions", {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ model: "echo", messages: [{ role: "user", content: "hi from afar" }] }),
+      });
+      const body = await completion.json();
+      const stream = await fetch("${gatewayUrl}/chat/stream", {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ user_id: "alice", text: "streamed from afar" }),
+      });
+      return {
+        status: completion.status,
+        content: body.choices[0].message.content,
+        requestId: completion.headers.get("x-request-id"),
+        remaining: completion.headers.get("ratelimit-remaining"),
+        events: (await stream.text()).match(/^event: \\w+/gm),
+      };
+    } catch (err) {
+      return { failed: String(err) };
+    }
+  })()`);
+
+describe.skipIf(chromiumMissing)("a page of another origin in Chromium", () => {
+  const listed = http.createServer();
+  const unlisted = http.createServer();
+  let keys: string;
+  let stack: Stack;
+  let browser: Browser;
+  let listedUrl: string;
+  let unlistedUrl: string;
+  beforeAll(async () => {
+    listedUrl = await servePage(listed, await freePort());
+    unlistedUrl = await servePage(unlisted, 0);
+    keys = mkdtempSync(join(tmpdir(), "chatmesh-keys-"));
+    writeFileSync(join(keys, "keys"), `${key} alice\n`);
+    stack = await startStack({ API_KEYS_FILE: join(keys, "keys"), CORS_ORIGINS: listedUrl });
+    browser = await launchChromium();
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await stack?.stopAll();
+    listed.close();
+    unlisted.close();
+    rmSync(keys, { recursive: true, force: true });
+  });
+
+  it("calls the gateway with a key, and reads the answer, its headers and a stream, from a listed origin", async () => {
+    const page = await browser.newPage();
+    await page.goto(listedUrl);
+    expect(await callGateway(page, stack.gatewayUrl)).toEqual({
+      status: 200,
+      content: "Echo: hi from afar",
+      requestId: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      remaining: "150",
+      events: [
+        "event: meta",
+        "event: delta",
+        "event: delta",
+        "event: delta",
+        "event: delta",
+        "event: done",
+      ],
+    });
+  });
+
+  it("is kept out by the browser from an origin not listed", async () => {
+    const page = await browser.newPage();
+    await page.goto(unlistedUrl);
+    expect(await callGateway(page, stack.gatewayUrl)).toEqual({
+      failed: "TypeError: Failed to fetch",
+    });
+  });
+});
