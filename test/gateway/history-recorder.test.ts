@@ -299,7 +299,9 @@ describe("the history recorder against a real history server", () => {
   });
 
   it("drops the oldest chats beyond the queue limit", async () => {
-    const r = makeRecorder({ queueLimit: 2 });
+    // No retry under way while the chats come in (one being sent again is
+    // kept, the next oldest dropped: the test below): the first comes 2 s after.
+    const r = makeRecorder({ queueLimit: 2, initialDelayMs: 2_000 });
     const chats = [chat("full"), chat("full"), chat("full"), chat("full")];
     for (const [i, c] of chats.entries()) {
       r.record(c);
