@@ -244,7 +244,8 @@ export function counter<L extends string>(
   return made;
 }
 
-function histogram<L extends string>(
+/** The histogram `name` of `registry` (latencyBuckets, in seconds), made on first use. */
+export function histogram<L extends string>(
   registry: Registry,
   name: string,
   help: string,

@@ -1,8 +1,10 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Registry } from "prom-client";
 import type { LLMService } from "../../../gen/chat/v1/llm_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields, traceOf } from "../../lib/trace.js";
 import type { LlmBackend, LlmRequest, LlmResult } from "./backend.js";
+import { createLlmMetrics } from "./llm-metrics.js";
 
 export interface LlmServiceDeps {
   readonly backend: LlmBackend;
@@ -12,6 +14,8 @@ export interface LlmServiceDeps {
   readonly maxTokens?: number;
   /** LLM_MAX_REPLY_BYTES: a longer reply is cut there (512 KiB when absent). */
   readonly maxReplyBytes?: number;
+  /** Where the model's tokens, finish reasons and time to first token are counted; nowhere when absent. */
+  readonly registry?: Registry;
 }
 
 /**
@@ -82,8 +86,10 @@ export function createLlmService({
   logger,
   maxTokens: cap,
   maxReplyBytes = defaultMaxReplyBytes,
+  registry,
 }: LlmServiceDeps): ServiceImpl<typeof LLMService> {
   const model = backend.model ?? backend.name;
+  const metrics = registry && createLlmMetrics(registry, model);
   const tooLong = (ctx: HandlerContext, chars?: number) =>
     logger?.warn(
       {
@@ -111,29 +117,41 @@ export function createLlmService({
       // The context itself: its signal is made only if the backend reads it.
       const result = await backend.generate(request(req, ctx), ctx);
       const cut = cutToBytes(result.reply, maxReplyBytes);
+      const end = cut === undefined ? result : { ...result, finishReason: "length" };
+      metrics?.ended(end);
       if (cut !== undefined) {
         tooLong(ctx, result.reply.length);
-        return { reply: cut, model, ...endFields({ ...result, finishReason: "length" }) };
+        return { reply: cut, model, ...endFields(end) };
       }
-      return { reply: result.reply, model, ...endFields(result) };
+      return { reply: result.reply, model, ...endFields(end) };
     },
     async *generateStream(req, ctx) {
       const llmRequest = request(req, ctx);
       const unwatch = watchCancel(ctx, logger);
       let first = true;
       let bytesLeft = maxReplyBytes;
+      const startedAt = performance.now();
+      let textSeen = false;
+      let ended = false;
       try {
         for await (const piece of backend.stream(llmRequest, ctx.signal)) {
           const head = first ? { model } : {};
           first = false;
           if (typeof piece !== "string") {
+            ended = true;
+            metrics?.ended(piece);
             yield { ...head, ...endFields(piece) };
             continue;
+          }
+          if (!textSeen) {
+            textSeen = true;
+            metrics?.firstPiece((performance.now() - startedAt) / 1_000);
           }
           const cut = cutToBytes(piece, bytesLeft);
           if (cut !== undefined) {
             // The model is stopped (the backend's stream is left), its usage unknown.
             tooLong(ctx);
+            metrics?.ended({ finishReason: "length" });
             if (cut !== "") yield { delta: cut, ...head };
             yield { ...(cut === "" ? head : {}), finishReason: "length" };
             return;
@@ -141,6 +159,8 @@ export function createLlmService({
           bytesLeft -= Buffer.byteLength(piece);
           yield { delta: piece, ...head };
         }
+        // A backend that tells nothing at the end (echo) finished it.
+        if (!ended) metrics?.ended({});
         // Even an empty reply names its model.
         if (first) yield { model };
       } finally {

@@ -2,6 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
 import { defaultPorts, type LlmConfig, loadLlmConfig } from "../../lib/config.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
+import { createMetricsRegistry } from "../../lib/metrics.js";
 import { createRpcServer } from "../../lib/rpc-server.js";
 import { serve } from "../../lib/serve.js";
 import type { LlmBackend } from "./backend.js";
@@ -39,10 +40,12 @@ export async function buildLlm(
 ): Promise<{ app: FastifyInstance; logger: Logger }> {
   const logger = createLogger("llm", config.logLevel);
   const backend = await createBackend(config, logger);
+  const registry = createMetricsRegistry();
   const app = await createRpcServer({
     name: "llm",
     config,
     logger,
+    registry,
     routes: (router) =>
       router.service(
         LLMService,
@@ -51,6 +54,7 @@ export async function buildLlm(
           logger,
           maxTokens: config.maxTokens,
           maxReplyBytes: config.maxReplyBytes,
+          registry,
         }),
       ),
   });
