@@ -11,17 +11,38 @@ export interface QuotaState {
   readonly resetAt: Date;
 }
 
+/** The system calls of opening a connection: one that failed there sent no request. */
+const connecting = new Set(["connect", "getaddrinfo"]);
+
+/**
+ * Whether a call failed before its connection was open (refused, no route,
+ * a name that does not resolve), found on the error or its causes: the
+ * service never saw the request, so it charged nothing.
+ */
+export function neverSent(err: unknown): boolean {
+  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) {
+    if (connecting.has((at as NodeJS.ErrnoException).syscall ?? "")) return true;
+  }
+  return false;
+}
+
 /**
  * Runs `call`, and once more when it fails with UNAVAILABLE (the token
  * service or its store was briefly unreachable). Only for idempotent calls:
- * reads, and charges and refunds that carry a charge id.
+ * reads, and charges and refunds that carry a charge id. When the retry
+ * never reached the service, the first call's failure is thrown: that one
+ * may have, and its outcome is what the caller must allow for.
  */
 export async function retryOnceIfUnavailable<T>(call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (err) {
     if (ConnectError.from(err).code !== Code.Unavailable) throw err;
-    return call();
+    try {
+      return await call();
+    } catch (again) {
+      throw neverSent(again) && !neverSent(err) ? err : again;
+    }
   }
 }
 

@@ -1,4 +1,5 @@
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
@@ -8,6 +9,7 @@ import { createLogger } from "../../src/lib/logger.js";
 import { createMetricsRegistry } from "../../src/lib/metrics.js";
 import { createMemoryQuotaStore } from "../../src/services/token/memory-store.js";
 import { createTokenService } from "../../src/services/token/token-service.js";
+import { freePort } from "../fixtures/processes.js";
 import { createInProcessUpstreams, failingLlmBackend } from "../fixtures/upstreams.js";
 
 let app: FastifyInstance;
@@ -37,6 +39,19 @@ function flakyToken(options: { dieAfterCharge: boolean; refundFailures: number }
   );
   return createClient(TokenService, transport);
 }
+
+/** What a call whose connection could not be opened fails with: it never reached the service. */
+const refusedConnection = () =>
+  new ConnectError(
+    "connect ECONNREFUSED",
+    Code.Unavailable,
+    undefined,
+    undefined,
+    Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), {
+      code: "ECONNREFUSED",
+      syscall: "connect",
+    }),
+  );
 
 async function gateway(token: ReturnType<typeof flakyToken>, llmFails = false) {
   const registry = createMetricsRegistry();
@@ -69,6 +84,57 @@ describe("the gateway's refunds keep the quota exact", () => {
     await vi.waitFor(async () => expect(await used("d")).toBe(0), { timeout: 5_000 });
     expect(await registry.getSingleMetricAsString("chatmesh_refunds_total")).toMatch(
       /chatmesh_refunds_total\{result="retried"\} 1/,
+    );
+  });
+
+  it("gives it back too when only the retry found the service gone: the first call may have charged", async () => {
+    const real = flakyToken({ dieAfterCharge: true, refundFailures: 0 });
+    let calls = 0;
+    const token: typeof real = {
+      ...real,
+      checkAndInc: (req, options) => {
+        if (++calls > 1) return Promise.reject(refusedConnection());
+        return real.checkAndInc(req, options);
+      },
+    };
+    await gateway(token);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "g", text: "hi" },
+    });
+    expect([res.statusCode, res.json()]).toEqual([500, { error: "token failed" }]);
+    await vi.waitFor(async () => expect(await used("g")).toBe(0), { timeout: 5_000 });
+  });
+
+  it("sends no refund for a charge that never reached the token service (connection refused)", async () => {
+    // Nothing listens on the port: every call fails to connect.
+    const down = createClient(
+      TokenService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${await freePort()}` }),
+    );
+    let refundCalls = 0;
+    const token: typeof down = {
+      ...down,
+      refund: (req, options) => {
+        refundCalls++;
+        return down.refund(req, options);
+      },
+    };
+    const registry = await gateway(token);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "n", text: "hi" },
+    });
+    expect([res.statusCode, res.json()]).toEqual([500, { error: "token failed" }]);
+    // A refund of an unknown outcome would be tried 50 ms on (TOKEN_TIMEOUT_MS), then retried.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(refundCalls).toBe(0);
+    await app.close();
+    // Nor is a charge that was never made reported as kept.
+    expect(await registry.getSingleMetricAsString("chatmesh_refunds_total")).not.toMatch(
+      /result="failed"/,
     );
   });
 
