@@ -138,6 +138,35 @@ describe("the gateway's refunds keep the quota exact", () => {
     );
   });
 
+  it("keeps a charge that lands after the gateway gave up on it and refunded it from being made", async () => {
+    const store = createMemoryQuotaStore();
+    // A token service (or its store) slower than TOKEN_TIMEOUT_MS: the charge lands late.
+    const slow: typeof store = {
+      ...store,
+      charge: async (input) => {
+        await new Promise((r) => setTimeout(r, 400));
+        return store.charge(input);
+      },
+    };
+    const service = createTokenService({ store: slow, limit: 200, defaultCost: 50 });
+    const token = createClient(
+      TokenService,
+      createRouterTransport((router) => router.service(TokenService, service), {
+        transport: { defaultTimeoutMs: 50 },
+      }),
+    );
+    await gateway(token);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "late", text: "hi" },
+    });
+    expect([res.statusCode, res.json()]).toEqual([500, { error: "token failed" }]);
+    // The refund (50 ms on) comes first; the charge lands 400 ms after it was sent.
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(await used("late")).toBe(0);
+  });
+
   it("retries a refund after an LLM failure until the token service answers", async () => {
     const token = flakyToken({ dieAfterCharge: false, refundFailures: 4 });
     await gateway(token, true);

@@ -315,7 +315,9 @@ export const TokenService: GenService<{
   },
   /**
    * Refund gives back a charge made by CheckAndInc with the same charge_id.
-   * Refunding twice, or refunding an unknown charge, gives nothing back.
+   * Refunding twice, or refunding an unknown charge, gives nothing back; a
+   * CheckAndInc of that charge_id arriving after it (a call the caller gave
+   * up on, still on its way) then charges nothing.
    *
    * @generated from rpc chat.v1.TokenService.Refund
    */

@@ -110,9 +110,12 @@ export function createMemoryQuotaStore(): QuotaStore {
       const user = digestOf(input.userId);
       const key = chargeKey(input.userId, input.chargeId);
       const found = findCharge(input.window, key);
-      if (found === undefined || isRefunded(found.record)) {
+      if (found === undefined) {
+        // Kept as refunded: the charge may still be on its way, and must charge nothing when it lands.
+        dayState(input).charges.set(key, refundedRecord);
         return { refunded: 0, used: usedIn(input.window.day, user) };
       }
+      if (isRefunded(found.record)) return { refunded: 0, used: usedIn(input.window.day, user) };
       const { state, record } = found;
       state.charges.set(key, refundedRecord);
       state.used.set(user, Math.max(0, (state.used.get(user) ?? 0) - record));

@@ -78,7 +78,9 @@ export interface PeekInput {
  * Where quota counters live. Every implementation makes `charge` atomic: two
  * concurrent charges can never both fit in the room left for one. A charge id
  * is charged at most once (a retry finds it in its window or the one after),
- * and refunded at most once, only to the user it was charged to.
+ * and refunded at most once, only to the user it was charged to. A refund of
+ * a charge id not charged yet is kept: the charge, if it lands later (a call
+ * the caller gave up on), charges nothing.
  */
 export interface QuotaStore {
   charge(input: ChargeInput): Promise<ChargeResult>;

@@ -47,8 +47,11 @@ return {1, used}
 
 /**
  * KEYS[1], KEYS[2]: the charge's record and the counter in the current day;
- * KEYS[3], KEYS[4]: the same in the day before. Returns {refunded, used
- * today}: {0, used today} when refunded already or no such charge exists.
+ * KEYS[3], KEYS[4]: the same in the day before. ARGV[1] the expiry of the
+ * current day's keys (unix seconds). Returns {refunded, used today}: {0, used
+ * today} when refunded already or no such charge exists. An unknown charge
+ * is recorded as refunded: one still on its way (sent by a caller that gave
+ * up on it) then charges nothing when it lands.
  */
 export const refundScript = `
 for i = 1, 3, 2 do
@@ -65,6 +68,10 @@ for i = 1, 3, 2 do
     end
     return {cost, tonumber(redis.call('GET', KEYS[2]) or '0')}
   end
+end
+if redis.call('EXISTS', KEYS[1], KEYS[3]) == 0 then
+  redis.call('HSET', KEYS[1], 'cost', '0', 'refunded', '1')
+  redis.call('EXPIREAT', KEYS[1], ARGV[1])
 end
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 `;

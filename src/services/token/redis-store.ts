@@ -53,7 +53,7 @@ export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {
 /** The scripts' replies: integers, as decimal strings (`stringNumbers`). */
 interface ScriptCommands {
   quotaCharge(...args: (string | number)[]): Promise<[string, string, string?, string?]>;
-  quotaRefund(...args: string[]): Promise<[string, string]>;
+  quotaRefund(...args: (string | number)[]): Promise<[string, string]>;
   quotaSettle(...args: (string | number)[]): Promise<[string, string]>;
 }
 
@@ -184,6 +184,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
           today.counter,
           before.charge(input.chargeId),
           before.counter,
+          expireAt(input.window),
         ),
       );
       return { refunded: Number(refunded), used: Number(used) };

@@ -184,6 +184,27 @@ export function describeQuotaStore(name: string, factory: StoreFactory): void {
       });
     });
 
+    it("charges nothing for a charge that lands after its refund (a call still on its way)", async () => {
+      const store = await fresh();
+      // The caller gave up on the charge and refunded it before the store saw the charge.
+      expect(await store.refund({ userId: "u1", chargeId: "late", window: today })).toEqual({
+        refunded: 0,
+        used: 0,
+      });
+      expect(await charge(store, "u1", "late")).toEqual({
+        allowed: true,
+        used: 0,
+        repeated: true,
+        cost: 0,
+      });
+      expect(await store.get({ userId: "u1", window: today })).toBe(0);
+      // Nor is there anything to settle, and another user's charge of that id is its own.
+      expect(
+        (await store.settle({ userId: "u1", chargeId: "late", cost: 9, window: today })).settled,
+      ).toBe(false);
+      expect(await charge(store, "u2", "late")).toEqual({ allowed: true, used: 50 });
+    });
+
     it("counts exactly up to the largest limit the config takes (2^53 - 1)", async () => {
       const store = await fresh();
       const max = Number.MAX_SAFE_INTEGER;
