@@ -39,6 +39,13 @@ export interface RedisQuotaStore extends QuotaStore {
   connected(timeoutMs?: number): Promise<void>;
 }
 
+/**
+ * Redis's refusals while it cannot run commands or take writes for now: out
+ * of memory, a replica (after a failover), a failed snapshot that stops
+ * writes, a script or a load running, a cluster or its master down.
+ */
+const unavailableNow = /^(OOM|READONLY|MISCONF|BUSY|LOADING|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
+
 /** The key names of the store (exported for tests and operators). */
 export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {
   // Encoding keeps ids free of ':', '{' and '}', so no two users' keys can collide
@@ -134,7 +141,9 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
       return result;
     } catch (err) {
       // A reply error is Redis refusing the command (out of memory, read-only,
-      // a bug): it fails the call as it is, and says why in the log.
+      // a bug), and says why in the log. Refusals of a Redis that cannot take
+      // writes for now are an outage (QUOTA_FAIL_OPEN lets chats through);
+      // anything else fails the call as it is.
       if (err instanceof Error && err.name === "ReplyError") {
         // The same refusal from a script names the script: one line for both.
         const reason = err.message.replace(/ script: .*$/s, "");
@@ -142,7 +151,9 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): RedisQuo
           refusing = reason;
           logger?.error({ err: reason }, "redis refuses quota commands");
         }
-        throw err;
+        if (!unavailableNow.test(reason)) throw err;
+        // Refused before it wrote anything: a script fails at its first write.
+        throw new QuotaStoreUnavailableError(reason, { cause: err, mayHaveRun: false });
       }
       // Without an offline queue, a command made while disconnected is
       // refused before it is sent; any other failure may come after.

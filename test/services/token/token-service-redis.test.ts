@@ -163,3 +163,35 @@ describe.runIf(redisServerOrSkip())("TokenService with QUOTA_FAIL_OPEN while Red
     }
   }, 30_000);
 });
+
+describe.runIf(redisServerOrSkip())(
+  "TokenService while Redis refuses writes (out of memory)",
+  () => {
+    it("lets chats through uncharged with QUOTA_FAIL_OPEN, and fails them as UNAVAILABLE without", async () => {
+      const own = await startOwnRedis();
+      const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("oom") });
+      const admin = createTestRedis(own.url);
+      try {
+        await store.connected();
+        await admin.config("SET", "maxmemory", "1");
+        const open = clientOver(store, undefined, true);
+        expect(await open.checkAndInc({ userId: "u", chargeId: "c" })).toMatchObject({
+          unmetered: true,
+          cost: 0n,
+        });
+        const closed = clientOver(store);
+        expect((await failure(closed.checkAndInc({ userId: "u", chargeId: "d" }))).code).toBe(
+          Code.Unavailable,
+        );
+        // Refused, not run: nothing to take back once Redis takes writes again.
+        await admin.config("SET", "maxmemory", "0");
+        expect((await closed.getQuota({ userId: "u" })).used).toBe(0n);
+      } finally {
+        await admin.config("SET", "maxmemory", "0");
+        admin.disconnect();
+        await store.close();
+        await own.kill();
+      }
+    });
+  },
+);
