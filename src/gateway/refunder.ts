@@ -38,7 +38,19 @@ export interface RefunderOptions {
    * its way (the call's deadline) lands before it is given back.
    */
   readonly settleMs?: number;
+  /** Most refunds kept for a later attempt (defaultMaxPending when absent). */
+  readonly maxPending?: number;
 }
+
+/**
+ * Most refunds waiting for a later attempt. Each retries on its own: with
+ * the token service away for the whole retry window, an unbounded set would
+ * grow with the traffic (a chat a refund) and its attempts with it, a storm
+ * against a service coming back. Ten thousand is minutes of failures at
+ * tens of chats a second; past it a refund is given up at once, counted and
+ * logged as failed.
+ */
+export const defaultMaxPending = 10_000;
 
 const firstDelayMs = 250;
 const maxDelayMs = 5_000;
@@ -64,6 +76,7 @@ export function createRefunder(options: RefunderOptions): Refunder {
   const { token, logger, refunds } = options;
   const retryWindowMs = options.retryWindowMs ?? 300_000;
   const settleMs = options.settleMs ?? 2_000;
+  const maxPending = options.maxPending ?? defaultMaxPending;
   /** Refunds waiting for their next attempt, by the timer that makes it. */
   const waiting = new Map<NodeJS.Timeout, PendingRefund>();
   /** Background attempts under way. */
@@ -90,9 +103,17 @@ export function createRefunder(options: RefunderOptions): Refunder {
     logger.error({ ...traceLogFields(refund.trace), err, chargeId: refund.chargeId }, why);
   };
 
-  const later = (refund: PendingRefund, err?: unknown) => {
+  /** Schedules the next attempt of `refund`; a new one (not a retry) only while there is room. */
+  const later = (refund: PendingRefund, err?: unknown, retry = false) => {
     if (refund.due >= closeBy) {
       return givenUp(refund, err, "refund failed at shutdown: the charge stays");
+    }
+    if (!retry && waiting.size + attempts.size >= maxPending) {
+      return givenUp(
+        refund,
+        err,
+        `refund failed: ${maxPending} refunds are pending already; the charge stays`,
+      );
     }
     const timer = setTimeout(() => {
       waiting.delete(timer);
@@ -103,7 +124,7 @@ export function createRefunder(options: RefunderOptions): Refunder {
             return givenUp(refund, err, "refund failed: the charge stays");
           }
           const delayMs = Math.min(refund.delayMs * 2, maxDelayMs);
-          later({ ...refund, due: Date.now() + delayMs, delayMs }, err);
+          later({ ...refund, due: Date.now() + delayMs, delayMs }, err, true);
         },
       );
       attempts.add(work);

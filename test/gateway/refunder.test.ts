@@ -4,11 +4,13 @@ import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
 import { buildGateway } from "../../src/gateway/app.js";
+import { createRefunder } from "../../src/gateway/refunder.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
-import { createMetricsRegistry } from "../../src/lib/metrics.js";
+import { counter, createMetricsRegistry } from "../../src/lib/metrics.js";
 import { createMemoryQuotaStore } from "../../src/services/token/memory-store.js";
 import { createTokenService } from "../../src/services/token/token-service.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
 import { freePort } from "../fixtures/processes.js";
 import { createInProcessUpstreams, failingLlmBackend } from "../fixtures/upstreams.js";
 
@@ -205,5 +207,35 @@ describe("the gateway's refunds keep the quota exact", () => {
     }
     await new Promise((r) => setTimeout(r, 300));
     expect(await used("q")).toBe(200);
+  });
+});
+
+describe("the refunder with the token service away", () => {
+  it("keeps at most maxPending refunds for later, giving up the next at once, counted and logged", async () => {
+    const { logger, lines } = createMemoryLogger();
+    const registry = createMetricsRegistry();
+    const refunds = counter(registry, "refunds_total", "refunds", ["result"]);
+    // A test double of a token service that never answers in time.
+    const token = createClient(
+      TokenService,
+      createRouterTransport((router) =>
+        router.service(TokenService, {
+          refund: () => new Promise(() => {}),
+        }),
+      ),
+    );
+    const refunder = createRefunder({ token, logger, refunds, maxPending: 3, settleMs: 60_000 });
+    for (let i = 0; i < 5; i++) refunder.refundIfCharged("away", `charge-${i}`);
+    const failed = lines.filter((line) => line.level === 50);
+    expect(failed.map((line) => [line.chargeId, line.msg])).toEqual([
+      ["charge-3", "refund failed: 3 refunds are pending already; the charge stays"],
+      ["charge-4", "refund failed: 3 refunds are pending already; the charge stays"],
+    ]);
+    expect(await registry.getSingleMetricAsString("refunds_total")).toContain(
+      'refunds_total{result="failed"} 2',
+    );
+    await refunder.close();
+    // The three kept were given up at shutdown, not before.
+    expect(lines.filter((line) => line.level === 50)).toHaveLength(5);
   });
 });
