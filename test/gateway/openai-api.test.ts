@@ -310,6 +310,34 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     expect(answer.choices[0]?.message.content).toBe("Echo: thanks");
   });
 
+  it.each([
+    ["a tool call", { tool_choice: "required" }, "tool_choice"],
+    [
+      "a named function",
+      { tool_choice: { type: "function", function: { name: "multiply" } } },
+      "tool_choice",
+    ],
+    ["JSON", { response_format: { type: "json_object" } }, "response_format"],
+    [
+      "JSON of a schema",
+      { response_format: { type: "json_schema", json_schema: { name: "s", schema: {} } } },
+      "response_format",
+    ],
+    ["log probabilities", { logprobs: true }, "logprobs"],
+  ])(
+    "refuses a request that demands %s, which no answer here has, charging nothing",
+    async (_case, demand, param) => {
+      await gateway();
+      const tools = [{ type: "function", function: { name: "multiply", parameters: {} } }];
+      const err = await thrown(
+        sdk().chat.completions.create({ ...ask("demands", "hi"), tools, ...demand } as never),
+      );
+      expect(err).toBeInstanceOf(BadRequestError);
+      expect(err).toMatchObject({ status: 400, param, code: "unsupported_value" });
+      expect((await quotaOf("demands")).used).toBe(0);
+    },
+  );
+
   it("takes safety_identifier as the user when there is no user field", async () => {
     await gateway();
     const answer = await sdk().chat.completions.create({

@@ -1,4 +1,5 @@
 import { invalidRequest, type OpenAiError } from "./errors.js";
+import { unsupportedParameterError } from "./unsupported.js";
 
 /** What the gateway takes from a POST /v1/chat/completions body. */
 export interface CompletionRequest {
@@ -133,7 +134,8 @@ function messageError(message: Body, i: number): OpenAiError | undefined {
  * last message with role "user" is used: system prompts, earlier turns and
  * assistant messages are accepted and not sent on (nor filtered, charged or
  * kept). Without a user message, or with n other than 1, it is a 400.
- * Sampling and tool parameters are checked, then ignored.
+ * Sampling and tool parameters are checked, then ignored; those that ask
+ * for what a text answer cannot give are a 400 (see unsupportedParameterError).
  */
 export function parseCompletionRequest(body: unknown): CompletionRequest | OpenAiError {
   if (!isRecord(body)) return invalidRequest("request body must be a JSON object", null);
@@ -170,6 +172,8 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
     const value = body[name];
     if (value !== undefined && value !== null && !valid(value)) return invalidType(name, expected);
   }
+  const unsupported = unsupportedParameterError(body);
+  if (unsupported !== undefined) return unsupported;
   if (n !== undefined && n !== null && !isInteger(n)) return invalidType("n", "an integer");
   if (n !== undefined && n !== null && n !== 1) return invalidRequest("only n=1 is supported", "n");
   const stream = optionalBoolean(body, "stream");
