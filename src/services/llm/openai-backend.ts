@@ -11,6 +11,7 @@ import {
   describeFailure,
   isBrokenConnection,
   NoChoiceError,
+  refusesStreamOptions,
   StreamCutOffError,
 } from "./openai-errors.js";
 
@@ -205,6 +206,28 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     }
   };
 
+  // Streams ask for the usage; a server that refuses stream_options is
+  // asked once more without it, and from then on (the gateway counts the
+  // tokens of its replies itself).
+  let streamOptions = true;
+  /** Opens a stream; asks once more without stream_options if the server refuses them. */
+  const withStreamOptions = async <T>(open: (usage: boolean) => Promise<T>): Promise<T> => {
+    const sent = streamOptions;
+    try {
+      return await open(sent);
+    } catch (err) {
+      if (!sent || !refusesStreamOptions(err)) throw err;
+      if (streamOptions) {
+        streamOptions = false;
+        logger?.info(
+          { model },
+          "the model server refuses stream_options: streaming without them, usage counted by the gateway",
+        );
+      }
+      return open(false);
+    }
+  };
+
   return {
     name: "openai",
     model,
@@ -232,10 +255,16 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       let usage: LlmUsage | undefined;
       let finishReason: string | undefined;
       try {
-        const chunks = await withTokensParam(() =>
-          client.chat.completions.create(
-            { ...body(request), stream: true, stream_options: { include_usage: true } },
-            { signal: call.signal },
+        const chunks = await withStreamOptions((usage) =>
+          withTokensParam(() =>
+            client.chat.completions.create(
+              {
+                ...body(request),
+                stream: true,
+                ...(usage && { stream_options: { include_usage: true } }),
+              },
+              { signal: call.signal },
+            ),
           ),
         );
         for await (const chunk of chunks) {

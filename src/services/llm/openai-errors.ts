@@ -108,6 +108,19 @@ export class AnswerTooLargeError extends Error {
   override name = "AnswerTooLargeError";
 }
 
+/**
+ * Whether a model server refused the request for its `stream_options`, a
+ * parameter some OpenAI-compatible servers and proxies do not know: 400 (or
+ * FastAPI's 422) naming it, in `param` or only in its words (Azure's older
+ * API versions: "Unrecognized request argument supplied: stream_options";
+ * Mistral's: a list of fields not permitted).
+ */
+export function refusesStreamOptions(err: unknown): boolean {
+  if (!(err instanceof APIError) || (err.status !== 400 && err.status !== 422)) return false;
+  if (err.param === "stream_options") return true;
+  return JSON.stringify(err.error ?? err.message).includes("stream_options");
+}
+
 /** `err` and its causes, five deep at most. */
 function* causesOf(err: unknown): Generator<Error> {
   for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) yield at;

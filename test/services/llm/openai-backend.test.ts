@@ -208,6 +208,22 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(logs()).toContain("max_completion_tokens");
   });
 
+  it("streams from a server that refuses stream_options, asking without it from then on", async () => {
+    const { client, logs } = llm({ model: "old-double-no-stream-options" });
+    const seen = double.requests.length;
+    for (const text of ["first", "second"]) {
+      const pieces = [];
+      for await (const piece of client.generateStream({ text })) pieces.push(piece);
+      expect(pieces.map((p) => p.delta).join("")).toBe(`Reply to: ${text}`);
+      // No usage from such a server: the gateway counts the tokens itself.
+      expect(pieces.at(-1)?.finishReason).toBe("stop");
+      expect(pieces.at(-1)?.usage).toBeUndefined();
+    }
+    const sent = double.requests.slice(seen).map((r) => r.body.stream_options);
+    expect(sent).toEqual([{ include_usage: true }, undefined, undefined]);
+    expect(logs()).toContain("stream_options");
+  });
+
   it("maps a refused stream the same way", async () => {
     const err = await failure(drain(llm().client.generateStream({ text: "status 500" })));
     expect(err.code).toBe(Code.Unavailable);
