@@ -324,6 +324,11 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
       "response_format",
     ],
     ["log probabilities", { logprobs: true }, "logprobs"],
+    [
+      "a named function, the legacy way",
+      { functions: [{ name: "multiply", parameters: {} }], function_call: { name: "multiply" } },
+      "function_call",
+    ],
   ])(
     "refuses a request that demands %s, which no answer here has, charging nothing",
     async (_case, demand, param) => {

@@ -97,6 +97,8 @@ const ignoredParameters: readonly [string, (value: unknown) => boolean, string][
   ["tools", isArray, "an array"],
   ["tool_choice", (v) => isString(v) || isRecord(v), "a string or an object"],
   ["parallel_tool_calls", isBoolean, "a boolean"],
+  ["functions", isArray, "an array"],
+  ["function_call", (v) => isString(v) || isRecord(v), "a string or an object"],
   ["store", isBoolean, "a boolean"],
   ["metadata", isRecord, "an object"],
   ["modalities", isArray, "an array"],

@@ -37,6 +37,8 @@ export function unsupportedParameterError(body: Body): OpenAiError | undefined {
   if (toolChoice !== undefined && toolChoice !== null && !leavesTextFree(toolChoice)) {
     return unsupported("tool_choice", "'auto' or 'none'");
   }
+  // The deprecated form of tool_choice: an object names the function to call.
+  if (isRecord(body.function_call)) return unsupported("function_call", "'auto' or 'none'");
   const format = body.response_format;
   if (isRecord(format) && format.type !== "text") {
     return unsupported("response_format", "{ type: 'text' }");
