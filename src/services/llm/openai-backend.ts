@@ -9,7 +9,9 @@ import {
   AnswerTooLargeError,
   connectErrorFromUpstream,
   describeFailure,
+  FailedFinishError,
   isBrokenConnection,
+  isFailedFinish,
   NoChoiceError,
   refusesStreamOptions,
   StreamCutOffError,
@@ -239,6 +241,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         );
         const choice = res.choices?.[0];
         if (choice === undefined) throw new NoChoiceError("no choice in the answer");
+        if (isFailedFinish(choice.finish_reason)) throw new FailedFinishError(choice.finish_reason);
         return {
           // A model that declines answers its refusal instead of content.
           reply: contentText(choice.message?.content) ?? choice.message?.refusal ?? "",
@@ -281,13 +284,13 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
         // a whole one. A whole one says why it ended (finish_reason).
         call.signal.throwIfAborted();
         if (finishReason === undefined) throw new StreamCutOffError("stream ended early");
+        if (isFailedFinish(finishReason)) throw new FailedFinishError(finishReason);
       } catch (err) {
         // The reply was whole (its finish_reason came) when the connection
         // broke, before the usage or [DONE]: the reply stands, as it does
         // when such a stream ends cleanly; its usage is counted by the gateway.
-        if (finishReason === undefined || call.signal.aborted || !isBrokenConnection(err)) {
-          throw call.fail(err);
-        }
+        const whole = finishReason !== undefined && !isFailedFinish(finishReason);
+        if (!whole || call.signal.aborted || !isBrokenConnection(err)) throw call.fail(err);
         logger?.warn(
           { ...traceLogFields(request.trace), upstream: describeFailure(err, [options.apiKey]) },
           "model server's stream broke after the reply was whole; the reply stands",

@@ -98,6 +98,26 @@ export class StreamCutOffError extends Error {
   override name = "StreamCutOffError";
 }
 
+/**
+ * Finish reasons of a reply the model server did not complete: OpenRouter
+ * ends a stream whose provider failed with "error" (the text so far, an
+ * `error` beside it), and vLLM ends with "error" a request that failed
+ * inside and with "abort" one it aborted. Such a reply is no whole one.
+ */
+const failedFinishReasons: ReadonlySet<string> = new Set(["error", "abort"]);
+
+/** Whether a reply that ended with `finishReason` was cut off by a failure. */
+export const isFailedFinish = (finishReason: string | null | undefined): boolean =>
+  typeof finishReason === "string" && failedFinishReasons.has(finishReason);
+
+/** The model server ended a reply with a finish reason of failure (isFailedFinish). */
+export class FailedFinishError extends Error {
+  override name = "FailedFinishError";
+  constructor(readonly finishReason: string) {
+    super(`the reply ended with finish_reason ${finishReason}`);
+  }
+}
+
 /** The model server answered 200 with no choice: no reply to give, and nothing to charge. */
 export class NoChoiceError extends Error {
   override name = "NoChoiceError";
@@ -189,6 +209,12 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
   // trouble, as when it answers no choice.
   if (err instanceof SyntaxError) {
     return new ConnectError("model server answered what is not JSON", Code.Unavailable);
+  }
+  if (err instanceof FailedFinishError) {
+    return new ConnectError(
+      `model server ended the reply with finish_reason ${err.finishReason}`,
+      Code.Unavailable,
+    );
   }
   if (err instanceof NoChoiceError) {
     return new ConnectError("model server answered no choice", Code.Unavailable);

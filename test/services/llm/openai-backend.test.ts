@@ -304,6 +304,26 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect((await client.generate({ text: "refuse" })).reply).toBe("I cannot help with that.");
   });
 
+  it.each([
+    ["error", "OpenRouter's provider failed"],
+    ["abort", "vLLM aborted the request"],
+  ])(
+    "fails a reply that ends with finish_reason %s (%s) as UNAVAILABLE, not as a whole reply",
+    async (reason) => {
+      const { client } = llm();
+      const unary = await failure(client.generate({ text: `finish ${reason}` }));
+      expect([Code[unary.code], unary.rawMessage]).toEqual([
+        "Unavailable",
+        `model server ended the reply with finish_reason ${reason}`,
+      ]);
+      const streamed = await failure(drain(client.generateStream({ text: `finish ${reason}` })));
+      expect([Code[streamed.code], streamed.rawMessage]).toEqual([
+        "Unavailable",
+        `model server ended the reply with finish_reason ${reason}`,
+      ]);
+    },
+  );
+
   it("streams a refusal as the reply, as it answers one", async () => {
     const { client } = llm();
     const pieces: string[] = [];
