@@ -213,7 +213,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   // tokens of its replies itself).
   let streamOptions = true;
   /** Opens a stream; asks once more without stream_options if the server refuses them. */
-  const withStreamOptions = async <T>(open: (usage: boolean) => Promise<T>): Promise<T> => {
+  const withStreamOptions = async <T>(open: (askUsage: boolean) => Promise<T>): Promise<T> => {
     const sent = streamOptions;
     try {
       return await open(sent);
@@ -258,13 +258,13 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       let usage: LlmUsage | undefined;
       let finishReason: string | undefined;
       try {
-        const chunks = await withStreamOptions((usage) =>
+        const chunks = await withStreamOptions((askUsage) =>
           withTokensParam(() =>
             client.chat.completions.create(
               {
                 ...body(request),
                 stream: true,
-                ...(usage && { stream_options: { include_usage: true } }),
+                ...(askUsage && { stream_options: { include_usage: true } }),
               },
               { signal: call.signal },
             ),

@@ -101,8 +101,8 @@ export class StreamCutOffError extends Error {
 /**
  * Finish reasons of a reply the model server did not complete: OpenRouter
  * ends a stream whose provider failed with "error" (the text so far, an
- * `error` beside it), and vLLM ends with "error" a request that failed
- * inside and with "abort" one it aborted. Such a reply is no whole one.
+ * `error` beside it); "error" and "abort" are also vLLM's reasons for a
+ * request that failed inside or that it aborted. Such a reply is no whole one.
  */
 const failedFinishReasons: ReadonlySet<string> = new Set(["error", "abort"]);
 
@@ -131,9 +131,9 @@ export class AnswerTooLargeError extends Error {
 /**
  * Whether a model server refused the request for its `stream_options`, a
  * parameter some OpenAI-compatible servers and proxies do not know: 400 (or
- * FastAPI's 422) naming it, in `param` or only in its words (Azure's older
- * API versions: "Unrecognized request argument supplied: stream_options";
- * Mistral's: a list of fields not permitted).
+ * a FastAPI server's 422) naming it, in `param` or only in its words
+ * (Azure's older API versions: "Unrecognized request argument supplied:
+ * stream_options").
  */
 export function refusesStreamOptions(err: unknown): boolean {
   if (!(err instanceof APIError) || (err.status !== 400 && err.status !== 422)) return false;
