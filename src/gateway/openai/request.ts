@@ -1,3 +1,4 @@
+import { type Body, isRecord } from "./body.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import { unsupportedParameterError } from "./unsupported.js";
 
@@ -21,12 +22,7 @@ export interface CompletionRequest {
   readonly maxTokens: number | undefined;
 }
 
-type Body = Record<string, unknown>;
-
 const int32Max = 2 ** 31 - 1;
-
-const isRecord = (value: unknown): value is Body =>
-  typeof value === "object" && value !== null && !Array.isArray(value);
 
 /** The text of a message's content: a string, or text parts (joined by line breaks). */
 function textOf(content: unknown, param: string): string | OpenAiError {

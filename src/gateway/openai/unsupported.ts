@@ -1,9 +1,5 @@
+import { type Body, isRecord } from "./body.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
-
-type Body = Record<string, unknown>;
-
-const isRecord = (value: unknown): value is Body =>
-  typeof value === "object" && value !== null && !Array.isArray(value);
 
 const unsupported = (param: string, allowed: string) =>
   invalidRequest(
