@@ -106,6 +106,26 @@ async function switchToWal(sqlite: { pragma(source: string): unknown }): Promise
   }
 }
 
+/**
+ * Fails as a write does on a file this process may only read (another
+ * user's, or on a read-only mount). SQLite opens such a file without a word,
+ * and its switch to WAL writes nothing once it is in WAL, so the history
+ * started, said it was ready, and failed every append. The probe is rolled
+ * back: the file is left as it was.
+ */
+function requireWritable(sqlite: {
+  pragma(source: string, options?: { simple: boolean }): unknown;
+  exec(source: string): unknown;
+}): void {
+  const version = Number(sqlite.pragma("user_version", { simple: true }));
+  sqlite.exec("begin");
+  try {
+    sqlite.pragma(`user_version = ${version}`);
+  } finally {
+    sqlite.exec("rollback");
+  }
+}
+
 export async function openHistoryDatabase(
   url: DatabaseUrl,
   options: OpenDatabaseOptions = {},
@@ -123,6 +143,7 @@ export async function openHistoryDatabase(
       // (the file's pages stay in the OS's cache).
       sqlite.pragma(`cache_size = ${sqliteCacheSize}`);
       sqlite.pragma(`wal_autocheckpoint = ${options.walAutocheckpoint ?? sqliteWalAutocheckpoint}`);
+      requireWritable(sqlite);
     } catch (err) {
       sqlite?.close();
       throw unusableDatabase(url, err);

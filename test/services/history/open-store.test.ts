@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -61,6 +61,28 @@ describe("opening the history store", () => {
     await expect(open()).rejects.toThrow(
       /^HISTORY_DATABASE_URL must name a database this process can open, got "sqlite:\/dev\/null\/history\.db" \(EEXIST: /,
     );
+  });
+
+  it("refuses a SQLite file it may only read with a ConfigError, not a start that fails every append", async () => {
+    const readOnly = join(dir, "read-only");
+    const path = join(readOnly, "history.db");
+    await (await openHistoryStore({ dialect: "sqlite", path })).close();
+    chmodSync(path, 0o444);
+    // The directory stays writable: SQLite may make its -wal and -shm files.
+    chmodSync(readOnly, 0o777);
+    chmodSync(dir, 0o755);
+    const script = fileURLToPath(new URL("../../fixtures/open-history-at.ts", import.meta.url));
+    // root writes whatever the mode says: the file is opened as nobody then.
+    const nobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ["--import", "tsx", script, path, "0"],
+      { cwd: repoRoot, ...nobody },
+    );
+    expect(JSON.parse(stdout)).toEqual({
+      ok: false,
+      error: `ConfigError: ${refusal(`sqlite:${path}`, "attempt to write a readonly database")}`,
+    });
   });
 
   it("refuses a MySQL server that is not there, hiding the password", async () => {
