@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { createConnection } from "mysql2/promise";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, type DatabaseUrl } from "../../../src/lib/config.js";
 import { openHistoryStore } from "../../../src/services/history/open-store.js";
@@ -167,6 +168,46 @@ describe.skipIf("skip" in mysql)("opening the history store on MySQL", () => {
     } finally {
       await store.close();
       await proxy.close();
+    }
+  });
+
+  it("waits for the migration lock another process holds longer than a query's deadline", async () => {
+    if ("skip" in mysql) return;
+    const database = await createMysqlDatabase();
+    if ("skip" in database) return;
+    const url = new URL(database.url);
+    // Kysely's migration lock: the name every process migrating with it takes.
+    const lock = "'ea586330-2c93-47c8-908d-981d9d270f9d'";
+    const holder = await createConnection({
+      host: url.hostname,
+      port: Number(url.port || 3306),
+      user: decodeURIComponent(url.username),
+      password: decodeURIComponent(url.password),
+    });
+    try {
+      await holder.query(`select get_lock(${lock}, 10)`);
+      const released = new Promise((resolve) => setTimeout(resolve, 1_500)).then(() =>
+        holder.query(`select release_lock(${lock})`),
+      );
+      const started = Date.now();
+      const store = await openHistoryStore(
+        { dialect: "mysql", url: database.url },
+        { queryTimeoutMs: 500 },
+      );
+      await released;
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1_400);
+      const appended = await store.append({
+        userId: "after-lock",
+        requestId: "after-lock",
+        text: "hi",
+        reply: "Echo: hi",
+        createdAtMs: Date.now(),
+      });
+      expect(appended.created).toBe(true);
+      await store.close();
+    } finally {
+      await holder.end();
+      await database.drop();
     }
   });
 
