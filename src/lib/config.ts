@@ -339,6 +339,13 @@ function readDatabaseUrl(env: Env, name: string, fallback: string): DatabaseUrl 
     // sqlite:///abs/file.db and sqlite://./file.db mean the same as sqlite:/abs/file.db.
     const path = raw.slice("sqlite:".length).replace(/^\/\//, "");
     if (path === "") throw new ConfigError(expected);
+    // SQLite's URI parameters (?mode=ro, ?cache=shared) would not be applied:
+    // they would name a new, empty file instead of the one meant.
+    if (path.includes("?")) {
+      throw new ConfigError(
+        `${name}'s sqlite: file takes no parameters (nothing after "?"), got ${shownUrl(raw)}`,
+      );
+    }
     return { dialect: "sqlite", path };
   }
   let url: URL;

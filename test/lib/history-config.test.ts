@@ -44,6 +44,17 @@ describe("history config", () => {
   });
 
   it.each([
+    "sqlite:./data/history.db?mode=ro",
+    "sqlite:///var/lib/chatmesh/history.db?cache=shared&mode=rwc",
+  ])("refuses SQLite parameters, which would name another file: HISTORY_DATABASE_URL=%s", (url) => {
+    expect(() => loadHistoryConfig({ HISTORY_DATABASE_URL: url })).toThrow(
+      new ConfigError(
+        `HISTORY_DATABASE_URL's sqlite: file takes no parameters (nothing after "?"), got "${url}"`,
+      ),
+    );
+  });
+
+  it.each([
     ["mysql://db.internal/chatmesh", undefined],
     ["mysql://db.internal/chatmesh?ssl-mode=disabled", undefined],
     ["mysql://db.internal/chatmesh?ssl-mode=REQUIRED", { verify: "none", caFile: undefined }],
