@@ -69,7 +69,11 @@ export interface HistoryRecorderOptions {
   readonly logger: FastifyBaseLogger;
   /** How long after its first failure a chat is still retried (HISTORY_RETRY_WINDOW_MS). */
   readonly retryWindowMs: number;
-  /** Most chats waiting for a retry; beyond it the oldest is dropped (HISTORY_QUEUE_LIMIT). */
+  /**
+   * Most chats waiting for a retry; beyond it the oldest is dropped
+   * (HISTORY_QUEUE_LIMIT). Chats being sent again are dropped only once that
+   * retry failed: until then the queue may hold up to one batch more.
+   */
   readonly queueLimit: number;
   /** First wait before a retry; it doubles after each failure, up to maxDelayMs. */
   readonly initialDelayMs?: number;
@@ -109,7 +113,7 @@ const batchCodec = codecFor(HistoryServiceAppendBatchRequestSchema);
  * gateway's old generation: at ~10,000 chats/s it grew by ~1.5 MB/s, and the
  * gateway's peak RSS was 111–148 MB in six runs against 109–112 MB in six
  * with the bytes, for the same CPU per chat. A chat is decoded again only if
- * it has to be retried alone.
+ * it has to be retried.
  */
 class GatheredBatch {
   private buffer = Buffer.allocUnsafe(8 * 1024);
@@ -167,6 +171,15 @@ class GatheredBatch {
   }
 }
 
+/** About what a chat weighs in an AppendBatch (its strings in UTF-8, and room for the rest). */
+const entryBytes = (entry: Entry) =>
+  Buffer.byteLength(entry.userId) +
+  Buffer.byteLength(entry.text) +
+  Buffer.byteLength(entry.reply) +
+  entry.requestId.length +
+  entry.traceparent.length +
+  64;
+
 /** An entry's trace and request id, for its log lines. */
 const entryLogFields = (entry: Entry) => ({
   ...(entry.traceparent === ""
@@ -218,8 +231,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   let delayMs = initialDelayMs;
   let timer: NodeJS.Timeout | undefined;
   let retrying = false;
-  /** The queued chat whose retry is under way. */
-  let resending: Pending | undefined;
+  /** The queued chats whose retry is under way. */
+  let resending = new Set<Pending>();
   let closed = false;
   /** Why the last retry failed: the reason given for what is lost at shutdown. */
   let lastFailure: unknown;
@@ -256,18 +269,31 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   const enqueue = (entry: Entry) => {
     if (queueLimit === 0) return drop(entry, "retry queue full");
     while (queue.length >= queueLimit) {
-      // The oldest but the one being sent again, which may yet be stored.
-      const at = queue[0] === resending ? 1 : 0;
-      if (at >= queue.length) return drop(entry, "retry queue full");
+      // The oldest but those being sent again, which may yet be stored; when
+      // all are, the queue is trimmed once their retry is answered.
+      const at = queue.findIndex((pending) => !resending.has(pending));
+      if (at === -1) break;
       drop((queue.splice(at, 1)[0] as Pending).entry, "retry queue full");
     }
     queue.push({ entry, deadline: Date.now() + retryWindowMs });
     schedule();
   };
-  /** Takes `pending` out of the queue, wherever it is now. */
-  const dequeue = (pending: Pending) => {
-    const at = queue.indexOf(pending);
-    if (at !== -1) queue.splice(at, 1);
+  /** Takes `done` out of the queue, wherever they are now, in one pass. */
+  const dequeue = (done: ReadonlySet<Pending>) => {
+    let kept = 0;
+    for (const pending of queue) if (!done.has(pending)) queue[kept++] = pending;
+    queue.length = kept;
+  };
+  /** The oldest queued chats, as many as one AppendBatch takes. */
+  const oldest = (): Pending[] => {
+    const chunk: Pending[] = [];
+    let bytes = 0;
+    for (const pending of queue) {
+      bytes += entryBytes(pending.entry);
+      if (chunk.length === maxBatchChats || (chunk.length > 0 && bytes > maxBatchBytes)) break;
+      chunk.push(pending);
+    }
+    return chunk;
   };
   const expire = () => {
     const now = Date.now();
@@ -283,34 +309,101 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     }, delayMs);
   };
 
-  /** Works through the queue oldest first; the first retryable failure ends the pass. */
+  /**
+   * What became of a queued chat's retry (`err` undefined: stored). True when
+   * it is settled, stored or refused for good; false when it is to be retried.
+   */
+  const settle = (pending: Pending, done: Set<Pending>, err?: unknown): boolean => {
+    if (err === undefined) {
+      done.add(pending);
+      counts.appended++;
+      counts.recovered++;
+      return true;
+    }
+    counts.failedAttempts++;
+    if (!isPermanent(err)) return false;
+    done.add(pending);
+    drop(pending.entry, "refused by history", err);
+    return true;
+  };
+
+  /**
+   * Sends `chunk` again: one AppendBatch, or one Append each where history
+   * has none or refused the batch as a whole (one chat too large). Resolves
+   * with the first failure that calls for a later retry, if any.
+   */
+  async function resend(chunk: readonly Pending[], done: Set<Pending>): Promise<unknown> {
+    if (chunk.length > 1) {
+      try {
+        const { results } = await client.appendBatch(
+          create(HistoryServiceAppendBatchRequestSchema, {
+            entries: chunk.map((pending) => pending.entry),
+            omitEntries: true,
+          }),
+        );
+        let failure: unknown;
+        for (const [i, pending] of chunk.entries()) {
+          const result = results[i]?.result;
+          const err =
+            result?.case === "appended"
+              ? undefined
+              : result?.case === "error"
+                ? new ConnectError(result.value.message, result.value.code as Code)
+                : new ConnectError("no result for the entry", Code.Internal);
+          if (!settle(pending, done, err)) failure ??= err;
+        }
+        return failure;
+      } catch (err) {
+        if (!isPermanent(err) && ConnectError.from(err).code !== Code.Unimplemented) {
+          counts.failedAttempts += chunk.length;
+          return err;
+        }
+      }
+    }
+    for (const pending of chunk) {
+      try {
+        await append(pending.entry, false);
+        settle(pending, done);
+      } catch (err) {
+        if (!settle(pending, done, err)) return err;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Works through the queue oldest first, in AppendBatch calls: one Append at
+   * a time drained ~140 chats/s against a local SQLite history, and after an
+   * outage shorter than the retry window the chats at the queue's end expired
+   * before their turn. The first retryable failure ends the pass.
+   */
   async function retryQueue(): Promise<void> {
     retrying = true;
     try {
       expire();
-      for (let head = queue[0]; head !== undefined; head = queue[0]) {
-        try {
-          resending = head;
-          await append(head.entry, false);
-          dequeue(head);
-          counts.appended++;
-          counts.recovered++;
-          delayMs = initialDelayMs;
-        } catch (err) {
-          counts.failedAttempts++;
-          if (isPermanent(err)) {
-            dequeue(head);
-            drop(head.entry, "refused by history", err);
-            continue;
-          }
-          lastFailure = err;
-          delayMs = Math.min(delayMs * 2, maxDelayMs);
-          logger.warn({ err, pending: queue.length, retryInMs: delayMs }, "history still failing");
-          break;
+      for (let chunk = oldest(); chunk.length > 0; chunk = oldest()) {
+        resending = new Set(chunk);
+        const done = new Set<Pending>();
+        const failure = await resend(chunk, done);
+        dequeue(done);
+        resending = new Set();
+        while (queue.length > queueLimit) {
+          drop((queue.shift() as Pending).entry, "retry queue full");
         }
+        if (failure === undefined) {
+          delayMs = initialDelayMs;
+          continue;
+        }
+        lastFailure = failure;
+        delayMs = Math.min(delayMs * 2, maxDelayMs);
+        logger.warn(
+          { err: failure, pending: queue.length, retryInMs: delayMs },
+          "history still failing",
+        );
+        break;
       }
     } finally {
-      resending = undefined;
+      resending = new Set();
       retrying = false;
       expire();
       schedule();

@@ -288,6 +288,26 @@ describe("the history recorder against a real history server", () => {
     expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0 });
   });
 
+  it("sends the chats kept through an outage again in AppendBatch calls, each stored within its window", async () => {
+    // One Append at a time drained ~140 chats/s here: 2,000 took ~14 s, and
+    // those at the queue's end expired before their turn.
+    const r = makeRecorder({ queueLimit: 5_000, retryWindowMs: 6_000 });
+    for (let i = 0; i < 2_000; i++) r.record(chat("long-outage"));
+    await vi.waitFor(() => expect(r.stats().pending).toBe(2_000), { timeout: 5_000 });
+    await startServer();
+    await settled(r);
+    expect(r.stats()).toMatchObject({ recovered: 2_000, dropped: 0 });
+    expect(served).toEqual({ append: 0, appendBatch: Math.ceil(2_000 / 128) });
+    let stored = 0;
+    let pageToken = "";
+    do {
+      const page = await store.list({ userId: "long-outage", pageSize: 100, pageToken });
+      stored += page.entries.length;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+    expect(stored).toBe(2_000);
+  });
+
   it("drops a chat whose retry window passed", async () => {
     const r = makeRecorder({ retryWindowMs: 300 });
     r.record(chat("expired"));
@@ -356,6 +376,56 @@ describe("the history recorder against a real history server", () => {
       ["B", "history entry lost: retry queue full"],
     ]);
     expect(r.stats()).toMatchObject({ appended: 2, dropped: 1, pending: 0 });
+  });
+
+  it("drops the oldest, not the newest, when a chat fails while every queued one is being sent again", async () => {
+    // A test double: first attempts fail at once; the retry of the queue (an
+    // AppendBatch that carries its entries) hangs until released, then fails
+    // too, and after that everything is stored.
+    const stored: string[] = [];
+    let releaseRetry: (() => void) | undefined;
+    let down = true;
+    const client = {
+      appendBatch: async (req: { entries: { requestId: string }[] }) => {
+        if (down && req.entries.length > 0 && releaseRetry === undefined) {
+          await new Promise<void>((resolve) => {
+            releaseRetry = resolve;
+          });
+          down = false;
+          throw new ConnectError("down", Code.Unavailable);
+        }
+        if (down) throw new ConnectError("down", Code.Unavailable);
+        stored.push(...req.entries.map((e) => e.requestId));
+        return { results: req.entries.map(() => ({ result: { case: "appended", value: {} } })) };
+      },
+      append: async (entry: { requestId: string }) => {
+        if (down) throw new ConnectError("down", Code.Unavailable);
+        stored.push(entry.requestId);
+        return {};
+      },
+    } as unknown as Client<typeof HistoryService>;
+    const memory = createMemoryLogger();
+    const r = createHistoryRecorder({
+      client,
+      logger: memory.logger,
+      retryWindowMs: 60_000,
+      queueLimit: 2,
+      initialDelayMs: 50,
+      batchWindowMs: 1,
+    });
+    recorder = r;
+    r.record(chat("q2", { requestId: "A" }));
+    r.record(chat("q2", { requestId: "B" }));
+    await vi.waitFor(() => expect(releaseRetry).toBeDefined());
+    r.record(chat("q2", { requestId: "C" }));
+    await vi.waitFor(() => expect(r.stats().pending).toBe(3));
+    releaseRetry?.();
+    await settled(r);
+    expect(stored.sort()).toEqual(["B", "C"]);
+    const lost = memory.lines.filter((l) => String(l.msg).startsWith("history entry lost"));
+    expect(lost.map((l) => [l.requestId, l.msg])).toEqual([
+      ["A", "history entry lost: retry queue full"],
+    ]);
   });
 
   it("drops a chat that history refuses, without retrying it", async () => {
