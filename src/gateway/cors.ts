@@ -2,8 +2,12 @@ import cors from "@fastify/cors";
 import type { FastifyInstance } from "fastify";
 import { rateLimitHeaderNames } from "./quota.js";
 
-/** What a page on another origin may read of an answer, besides the safelisted headers. */
-const exposedHeaders = ["x-request-id", "retry-after", ...rateLimitHeaderNames];
+/**
+ * What a page on another origin may read of an answer, besides the
+ * safelisted headers. The OpenAI SDK reads `x-should-retry`: hidden from it,
+ * it retried a spent quota's 429 twice, with back-off, before failing.
+ */
+const exposedHeaders = ["x-request-id", "retry-after", "x-should-retry", ...rateLimitHeaderNames];
 
 /** How long a browser may keep a preflight's answer, in seconds. */
 const preflightMaxAgeS = 600;

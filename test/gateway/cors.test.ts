@@ -67,6 +67,24 @@ describe("CORS_ORIGINS", () => {
     expect(refused.headers["access-control-allow-origin"]).toBe(appOrigin);
   });
 
+  it("lets a page's OpenAI SDK read that a spent quota is not to be retried", async () => {
+    await gateway({ CORS_ORIGINS: appOrigin }, true);
+    const completion = () =>
+      app.inject({
+        method: "POST",
+        url: "/v1/chat/completions",
+        headers: { origin: appOrigin, authorization: `Bearer ${aliceKey}` },
+        payload: { model: "echo", messages: [{ role: "user", content: "hi" }] },
+      });
+    for (let i = 0; i < 4; i++) expect((await completion()).statusCode).toBe(200);
+    const spent = await completion();
+    expect(spent.statusCode).toBe(429);
+    expect(spent.headers["x-should-retry"]).toBe("false");
+    expect(String(spent.headers["access-control-expose-headers"]).split(", ")).toContain(
+      "x-should-retry",
+    );
+  });
+
   it("gives an origin not listed nothing that lets its page read an answer", async () => {
     await gateway({ CORS_ORIGINS: appOrigin });
     const pre = await preflight("/chat", "https://evil.example.com");
