@@ -18,6 +18,7 @@ import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
+import { createCorsAnswerHeaders } from "./cors.js";
 import {
   badRequest,
   type HttpError,
@@ -94,6 +95,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   // The connections reading a /v1 request's body now: one too slow for
   // REQUEST_TIMEOUT_MS is answered in OpenAI's shape too.
   const readingV1 = new WeakSet<object>();
+  // And the Origin of the request each connection is reading, when CORS_ORIGINS is set.
+  const readingOrigin = new WeakMap<object, string>();
+  const corsAnswer = createCorsAnswerHeaders(config.corsOrigins);
+  const corsOn = config.corsOrigins.length > 0;
   /**
    * Answers a request refused before the hooks that would add the request
    * id and the security headers (and under /v1, in OpenAI's shape).
@@ -103,6 +108,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       .code(http.status)
       .headers(securityHeaders)
       .header("x-request-id", req.id)
+      .headers(corsAnswer(req.headers.origin))
       .send(req.url.startsWith("/v1/") ? openAiErrorFrom(http).body : http.body);
   const app = createHttpApp({
     logger,
@@ -115,6 +121,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
       genReqId: () => newRequestId(),
       clientErrorHandler: createClientErrorHandler(newRequestId, {
         readingV1: (socket) => readingV1.has(socket),
+        readingOrigin: (socket) => readingOrigin.get(socket),
+        corsHeaders: corsAnswer,
         v1Body: (status, error) => openAiErrorFrom({ status, body: { error } }).body,
       }),
       // Before routing, so before every hook: what they would add, added here.
@@ -130,9 +138,15 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     },
   });
   app.server.on("request", (req: IncomingMessage, res: ServerResponse) => {
-    if (req.url?.startsWith("/v1/") !== true) return;
-    readingV1.add(req.socket);
-    res.once("finish", () => readingV1.delete(req.socket));
+    const v1 = req.url?.startsWith("/v1/") === true;
+    const origin = corsOn ? req.headers.origin : undefined;
+    if (!v1 && origin === undefined) return;
+    if (v1) readingV1.add(req.socket);
+    if (origin !== undefined) readingOrigin.set(req.socket, origin);
+    res.once("finish", () => {
+      readingV1.delete(req.socket);
+      readingOrigin.delete(req.socket);
+    });
   });
   // JSON only: every other content type, text/plain included, is a 415.
   app.removeContentTypeParser("text/plain");

@@ -37,3 +37,32 @@ export async function registerCors(
     strictPreflight: false,
   });
 }
+
+/** The CORS headers of an answer to a request from `origin` (undefined: none sent). */
+export type CorsAnswerHeaders = (origin: string | undefined) => Readonly<Record<string, string>>;
+
+/**
+ * The CORS headers the plugin gives an answer, for the answers made before
+ * its hook runs: a request Node's parser refused (headers too large, a body
+ * slower than REQUEST_TIMEOUT_MS) or a path Fastify could not route.
+ * Without them a page of a listed origin saw a network error, not the
+ * refusal.
+ */
+export function createCorsAnswerHeaders(origins: readonly string[]): CorsAnswerHeaders {
+  if (origins.length === 0) return () => ({});
+  const exposed = exposedHeaders.join(", ");
+  if (origins[0] === "*") {
+    const any = { "access-control-allow-origin": "*", "access-control-expose-headers": exposed };
+    return () => any;
+  }
+  const listed = new Set(origins);
+  const other = { vary: "Origin" };
+  return (origin) =>
+    origin !== undefined && listed.has(origin)
+      ? {
+          "access-control-allow-origin": origin,
+          "access-control-expose-headers": exposed,
+          vary: "Origin",
+        }
+      : other;
+}

@@ -4,7 +4,7 @@ import rateLimit, { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyInstance } from "fastify";
 import helmet from "helmet";
 import { type ApiKeys, registerApiKeyAuth } from "./auth.js";
-import { registerCors } from "./cors.js";
+import { type CorsAnswerHeaders, registerCors } from "./cors.js";
 
 /**
  * Paths that need no key and count against no rate limit: health checks,
@@ -102,11 +102,18 @@ function clientErrorAnswer(code: string | undefined): [number, string] {
 /** A request line for a path under /v1, at the start of what a client sent. */
 const v1RequestLine = /^[A-Z]+ \/v1\//;
 
+/** An `Origin` header line in what a client sent. */
+const originLine = /\r\norigin:[ \t]*([^\r\n]*?)[ \t]*\r\n/i;
+
 export interface ClientErrorOptions {
   /** Whether the request the connection is reading now (its headers came) is under /v1. */
   readonly readingV1?: (socket: Duplex) => boolean;
   /** The body under /v1 of an error with this status and these words (OpenAI's shape). */
   readonly v1Body?: (status: number, words: string) => unknown;
+  /** The `Origin` of the request the connection is reading now (its headers came), if any. */
+  readonly readingOrigin?: (socket: Duplex) => string | undefined;
+  /** The CORS headers (CORS_ORIGINS) of an answer to a request from an origin. */
+  readonly corsHeaders?: CorsAnswerHeaders;
 }
 
 /**
@@ -114,9 +121,11 @@ export interface ClientErrorOptions {
  * header, headers over the size limit, a request slower than
  * REQUEST_TIMEOUT_MS) as the gateway answers every error: a JSON
  * `{"error": …}` body (under /v1, `v1Body`'s), an `x-request-id`, the API's
- * security headers; then closes the connection, as Node does. Fastify's own
- * answer had none of these. The path is read from the bytes the parser
- * refused, or for a request too slow, from `readingV1`.
+ * security headers, and for a page of an origin CORS_ORIGINS lets in, its
+ * CORS headers; then closes the connection, as Node does. Fastify's own
+ * answer had none of these. The path and the `Origin` are read from the
+ * bytes the parser refused, or for a request too slow, from `readingV1`
+ * and `readingOrigin`.
  */
 export function createClientErrorHandler(
   newRequestId: () => string,
@@ -129,6 +138,10 @@ export function createClientErrorHandler(
     Buffer.isBuffer(err.rawPacket)
       ? v1RequestLine.test(err.rawPacket.toString("latin1", 0, 16))
       : (options.readingV1?.(socket) ?? false);
+  const originOf = (err: { rawPacket?: unknown }, socket: Duplex) =>
+    Buffer.isBuffer(err.rawPacket)
+      ? originLine.exec(err.rawPacket.toString("latin1"))?.[1]
+      : options.readingOrigin?.(socket);
   return (err, socket) => {
     if (err.code === "ECONNRESET" || socket.destroyed) return;
     if (socket.writable) {
@@ -138,8 +151,11 @@ export function createClientErrorHandler(
           ? options.v1Body(status, words)
           : { error: words },
       );
+      const cors = Object.entries(options.corsHeaders?.(originOf(err, socket)) ?? {})
+        .map(([name, value]) => `${name}: ${value}\r\n`)
+        .join("");
       socket.write(
-        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${newRequestId()}\r\n${headers}connection: close\r\n\r\n${body}`,
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${newRequestId()}\r\n${headers}${cors}connection: close\r\n\r\n${body}`,
       );
     }
     socket.destroy(err);

@@ -135,6 +135,18 @@ describe.skipIf(chromiumMissing)("a page of another origin in Chromium", () => {
     expect(seen).toEqual({ replies: Array(4).fill("Echo: hi"), status: 429, requests: 1 });
   });
 
+  it("reads a refusal made before routing: request headers too large", async () => {
+    const page = await browser.newPage();
+    await page.goto(listedUrl);
+    const refused = await page.evaluate(`(async () => {
+      const answer = await fetch("${stack.gatewayUrl}/quota", {
+        headers: { authorization: "Bearer ${key}", "x-big": "y".repeat(20000) },
+      });
+      return { status: answer.status, body: await answer.json() };
+    })()`);
+    expect(refused).toEqual({ status: 431, body: { error: "request headers too large" } });
+  });
+
   it("is kept out by the browser from an origin not listed", async () => {
     const page = await browser.newPage();
     await page.goto(unlistedUrl);

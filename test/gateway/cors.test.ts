@@ -1,3 +1,4 @@
+import net from "node:net";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildGateway } from "../../src/gateway/app.js";
@@ -41,6 +42,21 @@ const chatFrom = (origin: string, key?: string) =>
     payload: { user_id: "alice", text: "hi" },
   });
 
+/** Writes `bytes` to the listening gateway; the head of what it answered before closing. */
+async function rawHead(bytes: string): Promise<string> {
+  if (!app.server.listening) await app.listen({ host: "127.0.0.1", port: 0 });
+  const port = (app.server.address() as net.AddressInfo).port;
+  return new Promise((resolve, reject) => {
+    let answer = "";
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(bytes));
+    socket.on("data", (chunk) => {
+      answer += chunk.toString("latin1");
+    });
+    socket.on("error", reject);
+    socket.on("close", () => resolve(answer.split("\r\n\r\n")[0] ?? ""));
+  });
+}
+
 describe("CORS_ORIGINS", () => {
   it("answers a listed origin's preflight before asking for a key, and lets its page read the answer", async () => {
     await gateway({ CORS_ORIGINS: `${appOrigin} http://localhost:5173` }, true);
@@ -83,6 +99,35 @@ describe("CORS_ORIGINS", () => {
     expect(String(spent.headers["access-control-expose-headers"]).split(", ")).toContain(
       "x-should-retry",
     );
+  });
+
+  it("lets a listed origin's page read refusals made before routing, and no other page", async () => {
+    await gateway({ CORS_ORIGINS: appOrigin, REQUEST_TIMEOUT_MS: "300" });
+    const big = (origin: string) =>
+      rawHead(
+        `POST /chat HTTP/1.1\r\nHost: x\r\nOrigin: ${origin}\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`,
+      );
+    const tooLarge = await big(appOrigin);
+    expect(tooLarge.split("\r\n")[0]).toBe("HTTP/1.1 431 Request Header Fields Too Large");
+    expect(tooLarge).toContain(`\r\naccess-control-allow-origin: ${appOrigin}\r\n`);
+    expect(tooLarge).toMatch(/\r\naccess-control-expose-headers: x-request-id, /);
+    expect(await big("https://evil.example.com")).not.toMatch(/access-control-allow-origin/);
+    await app.close();
+
+    await gateway({ CORS_ORIGINS: appOrigin, REQUEST_TIMEOUT_MS: "300" });
+    const slow = await rawHead(
+      `POST /chat HTTP/1.1\r\nHost: x\r\nOrigin: ${appOrigin}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{`,
+    );
+    expect(slow.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
+    expect(slow).toContain(`\r\naccess-control-allow-origin: ${appOrigin}\r\n`);
+
+    const badPath = await app.inject({
+      method: "GET",
+      url: "/chat/%C0",
+      headers: { origin: appOrigin },
+    });
+    expect(badPath.statusCode).toBe(400);
+    expect(badPath.headers["access-control-allow-origin"]).toBe(appOrigin);
   });
 
   it("gives an origin not listed nothing that lets its page read an answer", async () => {
