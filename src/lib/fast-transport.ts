@@ -95,15 +95,9 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         outgoing.destroy();
         reject(err);
       };
-      const timer = setTimeout(
-        () => fail(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
-        timeoutMs,
-      );
-      const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
-      if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
-      const outgoing = request(
-        { agent, host, port, method: "POST", path: req.url, headers },
-        (res) => {
+      let outgoing: http.ClientRequest;
+      try {
+        outgoing = request({ agent, host, port, method: "POST", path: req.url, headers }, (res) => {
           const chunks: Buffer[] = [];
           res.on("data", (chunk: Buffer) => chunks.push(chunk));
           res.once("error", (err) => fail(ConnectError.from(err, Code.Unavailable)));
@@ -136,8 +130,20 @@ export function createFastTransport(options: FastTransportOptions): Transport {
             }
             reject(error);
           });
-        },
+        });
+      } catch (err) {
+        // Node refuses here a header value `Headers` lets through (a control
+        // character): nothing was sent, and no deadline or listener is left
+        // to fire on a request that does not exist.
+        reject(ConnectError.from(err, Code.Internal));
+        return;
+      }
+      const timer = setTimeout(
+        () => fail(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
+        timeoutMs,
       );
+      const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
+      if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
       outgoing.once("error", (err) => fail(ConnectError.from(err, Code.Unavailable)));
       outgoing.end(body);
     });

@@ -73,4 +73,19 @@ describe("unary calls over the lean HTTP/1.1 transport", () => {
     );
     expect(getEventListeners(abort.signal, "abort")).toHaveLength(0);
   });
+
+  it("refuses a call with a header Node cannot send, leaving no listener or deadline behind", async () => {
+    const { client, seen } = await startCounting(0);
+    const abort = new AbortController();
+    // `Headers` lets a DEL through; Node's HTTP client refuses it.
+    const call = client.generate(
+      { text: "odd" },
+      { signal: abort.signal, timeoutMs: 20, headers: { "x-note": "a\x7fb" } },
+    );
+    expect(await codeOf(call)).toBe("Internal");
+    expect(getEventListeners(abort.signal, "abort")).toHaveLength(0);
+    // The call's deadline passing later must not throw (it threw, uncaught, ending the process).
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    expect(seen.calls).toBe(0);
+  });
 });
