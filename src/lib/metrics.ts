@@ -244,16 +244,20 @@ export function counter<L extends string>(
   return made;
 }
 
-/** The histogram `name` of `registry` (latencyBuckets, in seconds), made on first use. */
+/**
+ * The histogram `name` of `registry`, made on first use; its buckets are
+ * `upperBounds` (latencyBuckets unless given), in seconds.
+ */
 export function histogram<L extends string>(
   registry: Registry,
   name: string,
   help: string,
   labelNames: readonly L[],
+  upperBounds: readonly number[] = latencyBuckets,
 ): LabeledHistogram<L> {
   const existing = registry.getSingleMetric(name);
   if (existing instanceof LabeledHistogram) return existing as LabeledHistogram<L>;
-  const made = new LabeledHistogram(name, help, labelNames);
+  const made = new LabeledHistogram(name, help, labelNames, upperBounds);
   registry.registerMetric(made as unknown as Metric);
   return made;
 }

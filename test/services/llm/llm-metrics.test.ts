@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
 import { loadLlmConfig } from "../../../src/lib/config.js";
 import type { LlmBackend } from "../../../src/services/llm/backend.js";
+import { createLlmMetrics } from "../../../src/services/llm/llm-metrics.js";
 import { createLlmService } from "../../../src/services/llm/llm-service.js";
 import { buildLlm } from "../../../src/services/llm/main.js";
 
@@ -78,6 +79,26 @@ describe("the LLM service's metrics", () => {
     expect(await sample(`${name}_sum{model="counter-1"}`)).toBeGreaterThanOrEqual(0.1);
     expect(await sample(`${name}_bucket{le="0.1",model="counter-1"}`)).toBe(0);
     expect(await sample(`${name}_bucket{le="0.25",model="counter-1"}`)).toBe(1);
+  });
+
+  it("tells a first piece after 30 s from one after 2 minutes, up to LLM_TIMEOUT_MS's default and past it", async () => {
+    const registry = new Registry();
+    const metrics = createLlmMetrics(registry, "slow-1");
+    metrics.firstPiece(45);
+    metrics.firstPiece(150);
+    const text = await registry.metrics();
+    const bucket = (le: string) =>
+      Number(
+        text
+          .split("\n")
+          .find((l) =>
+            l.startsWith(
+              `chatmesh_llm_time_to_first_token_seconds_bucket{le="${le}",model="slow-1"} `,
+            ),
+          )
+          ?.split(" ")[1],
+      );
+    expect([bucket("30"), bucket("60"), bucket("120"), bucket("300")]).toEqual([0, 1, 1, 2]);
   });
 
   it("counts a reply cut at LLM_MAX_REPLY_BYTES as length, and a reason of its own as other", async () => {
