@@ -114,9 +114,10 @@ function decode(fast: FastMethod, body: Uint8Array) {
   try {
     return codecFor(fast.method.input).decode(body);
   } catch (err) {
+    // INTERNAL, as the router's binary serialization (and gRPC servers) answer it.
     throw new ConnectError(
       `parse binary: ${err instanceof Error ? err.message : String(err)}`,
-      Code.InvalidArgument,
+      Code.Internal,
     );
   }
 }

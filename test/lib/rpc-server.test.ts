@@ -217,6 +217,26 @@ function rawGrpc(baseUrl: string, path: string, message: Uint8Array, headers: ob
   });
 }
 
+/** A POST over HTTP/2 (served by the router, never the lean path): its status and body. */
+function h2Post(baseUrl: string, path: string, headers: object, body: Uint8Array) {
+  return new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const session = http2.connect(baseUrl);
+    session.on("error", reject);
+    const stream = session.request({ ":method": "POST", ":path": path, ...headers });
+    let status = 0;
+    const chunks: Buffer[] = [];
+    stream.on("response", (h) => {
+      status = Number(h[":status"]);
+    });
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("close", () => {
+      session.close();
+      resolve({ status, body: Buffer.concat(chunks).toString() });
+    });
+    stream.end(body);
+  });
+}
+
 /** Writes `parts` to a new connection 30 ms apart; resolves with the first bytes that come back. */
 function splitWrites(port: number, parts: readonly (string | Buffer)[]): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -460,6 +480,21 @@ describe("deadlines and encodings on every path", () => {
       501,
       "unimplemented",
     ]);
+  });
+
+  it("fails a request message that is not valid protobuf with INTERNAL on the lean path, as the router does", async () => {
+    const baseUrl = await start();
+    const proto = { "content-type": "application/proto" };
+    // A string field cut short; one with invalid UTF-8.
+    for (const bad of [Buffer.from([0x0a, 0x05, 0x61]), Buffer.from([0x0a, 0x02, 0x61, 0xff])]) {
+      const router = await h2Post(baseUrl, path, proto, bad);
+      const lean = await post(baseUrl, proto, bad);
+      expect([lean.status, await lean.text()]).toEqual([router.status, router.body]);
+      expect([router.status, (JSON.parse(router.body) as { code: string }).code]).toEqual([
+        500,
+        "internal",
+      ]);
+    }
   });
 
   it("fails a call whose connect-timeout-ms is 0 at once, as the router does", async () => {
