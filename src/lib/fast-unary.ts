@@ -430,6 +430,19 @@ export function dropFarDeadline(headers: http.IncomingHttpHeaders): void {
   }
 }
 
+/**
+ * A request body over `readMaxBytes`, in the router's words: its size when
+ * the request's content-length told it.
+ */
+function tooLarge(contentLength: string | undefined, readMaxBytes: number): ConnectError {
+  const size =
+    contentLength === undefined || !/^[0-9]+$/.test(contentLength) ? "" : ` ${contentLength}`;
+  return new ConnectError(
+    `message size${size} is larger than configured readMaxBytes ${readMaxBytes}`,
+    Code.ResourceExhausted,
+  );
+}
+
 /** A `connect-timeout-ms` value (checked, not 0) as a deadline, undefined when absent. */
 function parseTimeoutMs(value: string | undefined): number | undefined {
   return value === undefined ? undefined : Number(value);
@@ -513,13 +526,7 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
       if (size > options.readMaxBytes) {
         req.removeAllListeners("data");
         req.resume();
-        sendError(
-          res,
-          new ConnectError(
-            `message larger than ${options.readMaxBytes} bytes`,
-            Code.ResourceExhausted,
-          ),
-        );
+        sendError(res, tooLarge(req.headers["content-length"], options.readMaxBytes));
         return;
       }
       chunks.push(chunk);

@@ -497,6 +497,22 @@ describe("deadlines and encodings on every path", () => {
     }
   });
 
+  it("refuses a message over MAX_REQUEST_BYTES on the lean path with the router's words", async () => {
+    const baseUrl = await start(0, { MAX_REQUEST_BYTES: "1024" });
+    const proto = { "content-type": "application/proto" };
+    const big = toBinary(
+      GenerateRequestSchema,
+      create(GenerateRequestSchema, { text: "x".repeat(2_000) }),
+    );
+    const router = await h2Post(baseUrl, path, { ...proto, "content-length": big.length }, big);
+    const lean = await post(baseUrl, proto, big);
+    expect([lean.status, await lean.text()]).toEqual([router.status, router.body]);
+    expect(JSON.parse(router.body)).toEqual({
+      code: "resource_exhausted",
+      message: `message size ${big.length} is larger than configured readMaxBytes 1024`,
+    });
+  });
+
   it("fails a call whose connect-timeout-ms is 0 at once, as the router does", async () => {
     const baseUrl = await start(1_000);
     for (const timeout of ["0", "00"]) {
