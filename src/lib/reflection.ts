@@ -123,6 +123,33 @@ function answer(
           : enumValues.get(symbol),
       );
     }
+    case "fileContainingExtension": {
+      const { containingType, extensionNumber } = request.value;
+      const message = registry.getMessage(containingType);
+      return files(message && registry.getExtensionFor(message, extensionNumber)?.file);
+    }
+    case "allExtensionNumbersOfType": {
+      // A type it knows has its extensions listed (none, often), as gRPC's
+      // own servers answer; NOT_FOUND would tell the client it has no such type.
+      const message = registry.getMessage(request.value);
+      if (message === undefined) return files(undefined);
+      const numbers: number[] = [];
+      for (const desc of registry) {
+        if (desc.kind === "extension" && desc.extendee.typeName === message.typeName) {
+          numbers.push(desc.number);
+        }
+      }
+      return {
+        messageResponse: {
+          case: "allExtensionNumbersResponse",
+          value: {
+            $typeName: "grpc.reflection.v1.ExtensionNumberResponse",
+            baseTypeName: message.typeName,
+            extensionNumber: numbers,
+          },
+        },
+      };
+    }
     default:
       return files(undefined);
   }

@@ -70,4 +70,31 @@ describe("server reflection", () => {
   ] as const)("answers NOT_FOUND for %s %s", async (kind, value) => {
     expect(await ask({ case: kind, value })).toBe(5);
   });
+
+  it("lists the extension numbers of a message type it knows (none), NOT_FOUND for one it does not", async () => {
+    const client = createClient(ServerReflection, transport);
+    async function* asks() {
+      for (const value of ["chat.v1.HistoryServiceListRequest", "chat.v1.Nothing"]) {
+        yield create(ServerReflectionRequestSchema, {
+          messageRequest: { case: "allExtensionNumbersOfType", value },
+        });
+      }
+      yield create(ServerReflectionRequestSchema, {
+        messageRequest: {
+          case: "fileContainingExtension",
+          value: { containingType: "chat.v1.HistoryServiceListRequest", extensionNumber: 100 },
+        },
+      });
+    }
+    const answers = [];
+    for await (const res of client.serverReflectionInfo(asks())) answers.push(res.messageResponse);
+    expect(answers).toMatchObject([
+      {
+        case: "allExtensionNumbersResponse",
+        value: { baseTypeName: "chat.v1.HistoryServiceListRequest", extensionNumber: [] },
+      },
+      { case: "errorResponse", value: { errorCode: 5 } },
+      { case: "errorResponse", value: { errorCode: 5 } },
+    ]);
+  });
 });
