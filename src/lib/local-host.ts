@@ -32,3 +32,24 @@ export function bracketIpv6Authority(headers: Record<string, unknown>): void {
     headers[":authority"] = `[${authority}]`;
   }
 }
+
+/** The last authority found to make a URL: clients send the same one call after call. */
+let goodAuthority = "";
+
+/**
+ * Whether a request's authority (`:authority`, else Host) is one connect-node
+ * can make the call's URL of. A request without one (HTTP/1.0 may omit Host)
+ * is given `localhost`. For one no URL can have (`a b`, a port over 65535)
+ * connect-fastify answered an empty 200, as if the call had been served.
+ */
+export function settleAuthority(headers: Record<string, unknown>): boolean {
+  const authority = headers[":authority"] ?? headers.host;
+  if (authority === undefined) {
+    headers.host = "localhost";
+    return true;
+  }
+  if (authority === goodAuthority) return true;
+  if (typeof authority !== "string" || !URL.canParse(`http://${authority}`)) return false;
+  goodAuthority = authority;
+  return true;
+}

@@ -26,7 +26,7 @@ import {
 import { createFramesServer } from "./frames-server.js";
 import { createHealthService, Health } from "./health.js";
 import { createHttpApp } from "./http-app.js";
-import { bracketIpv6Authority } from "./local-host.js";
+import { bracketIpv6Authority, settleAuthority } from "./local-host.js";
 import type { Logger } from "./logger.js";
 import { createMetricsRegistry, createRpcMetricsInterceptor } from "./metrics.js";
 import type { ReadyCheck } from "./readiness.js";
@@ -139,9 +139,13 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
             })) as unknown as http.Server,
     },
   });
-  app.addHook("onRequest", async (req) => {
+  app.addHook("onRequest", async (req, reply) => {
     bracketIpv6Authority(req.raw.headers);
     dropFarDeadline(req.raw.headers);
+    // As RFC 9112 (3.2) has a server answer a Host that is not valid.
+    if (!settleAuthority(req.raw.headers)) {
+      return reply.code(400).send({ error: "Host is not a valid authority" });
+    }
   });
   let draining = false;
   app.addHook("preClose", async () => {

@@ -443,6 +443,45 @@ describe("telling the protocols apart", () => {
   });
 });
 
+describe("the authority of a call", () => {
+  /** A Connect JSON call written on a new connection by hand: the whole answer. */
+  function rawCall(port: number, version: string, host: string | undefined): Promise<string> {
+    const body = '{"text":"hi"}';
+    const head = [
+      `POST /chat.v1.LLMService/Generate HTTP/${version}`,
+      ...(host === undefined ? [] : [`Host: ${host}`]),
+      "Content-Type: application/json",
+      `Content-Length: ${body.length}`,
+      "Connection: close",
+    ];
+    return new Promise((resolve, reject) => {
+      const socket = net.connect(port, "127.0.0.1", () =>
+        socket.end(`${head.join("\r\n")}\r\n\r\n${body}`),
+      );
+      const chunks: Buffer[] = [];
+      socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+      socket.on("error", reject);
+      socket.on("close", () => resolve(Buffer.concat(chunks).toString()));
+    });
+  }
+
+  it("serves an HTTP/1.0 call without Host, and refuses a Host no URL can have with 400, not an empty 200", async () => {
+    const port = Number(new URL(await start()).port);
+    expect(await rawCall(port, "1.0", undefined)).toMatch(
+      /^HTTP\/1\.1 200 [\s\S]*"reply":"Echo: hi"/,
+    );
+    for (const host of ["a b", "[::1", "x:99999"]) {
+      expect([host, (await rawCall(port, "1.1", host)).split("\r\n", 1)[0]]).toEqual([
+        host,
+        "HTTP/1.1 400 Bad Request",
+      ]);
+    }
+    expect(await rawCall(port, "1.1", "[::1]:1")).toMatch(
+      /^HTTP\/1\.1 200 [\s\S]*"reply":"Echo: hi"/,
+    );
+  });
+});
+
 describe("deadlines and encodings on every path", () => {
   const path = "/chat.v1.LLMService/Generate";
   const hi = toBinary(GenerateRequestSchema, create(GenerateRequestSchema, { text: "hi" }));
