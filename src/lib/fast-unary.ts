@@ -17,7 +17,9 @@ import {
   type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
+import type { Compression } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { codecFor } from "./codec.js";
 import type { Logger } from "./logger.js";
 import { continueTrace, type TraceContext, traceKey, traceLogFields } from "./trace.js";
@@ -443,6 +445,23 @@ function tooLarge(contentLength: string | undefined, readMaxBytes: number): Conn
   );
 }
 
+/** The router's response codings, in its order of preference, and the size it compresses from. */
+const responseCodings = [compressionGzip, compressionBrotli];
+const compressMinBytes = 1024;
+
+/**
+ * The coding the router answers in for an `accept-encoding` (Connect's
+ * compression negotiation): the first one named that it has, none if none.
+ */
+function responseCoding(accept: string | undefined): Compression | undefined {
+  if (accept === undefined || accept === "") return undefined;
+  for (const name of accept.split(",")) {
+    const found = responseCodings.find((c) => c.name === name.trim());
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
 /** A `connect-timeout-ms` value (checked, not 0) as a deadline, undefined when absent. */
 function parseTimeoutMs(value: string | undefined): number | undefined {
   return value === undefined ? undefined : Number(value);
@@ -452,9 +471,9 @@ function parseTimeoutMs(value: string | undefined): number | undefined {
  * The lean path of an RPC server: Connect unary calls in binary over
  * HTTP/1.1 (`POST /pkg.Service/Method`, `content-type: application/proto`),
  * answered without the generic router's stream plumbing. It speaks the same
- * Connect protocol as the router (status codes, error JSON, timeouts) and runs
- * the same interceptors; every other request — gRPC, gRPC-Web, Connect JSON,
- * HTTP/2 — is left to the router.
+ * Connect protocol as the router (status codes, error JSON, timeouts, response
+ * compression) and runs the same interceptors; every other request — gRPC,
+ * gRPC-Web, Connect JSON, HTTP/2 — is left to the router.
  */
 export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOptions): FastPath {
   async function serve(
@@ -483,8 +502,22 @@ export function createFastUnaryPath(invoker: UnaryInvoker, options: FastUnaryOpt
         if (!res.writableFinished) call.abort(new ConnectError("client went away", Code.Canceled));
       });
       const bytes = await call.done;
-      res.writeHead(200, { "content-type": protoType, "content-length": bytes.byteLength });
-      res.end(bytes);
+      const coding =
+        bytes.byteLength < compressMinBytes
+          ? undefined
+          : responseCoding(req.headers["accept-encoding"]);
+      if (coding === undefined) {
+        res.writeHead(200, { "content-type": protoType, "content-length": bytes.byteLength });
+        res.end(bytes);
+      } else {
+        const compressed = await coding.compress(bytes);
+        res.writeHead(200, {
+          "content-type": protoType,
+          "content-encoding": coding.name,
+          "content-length": compressed.byteLength,
+        });
+        res.end(compressed);
+      }
     } catch (err) {
       if (!res.headersSent && !res.destroyed) sendError(res, err);
     } finally {

@@ -217,23 +217,60 @@ function rawGrpc(baseUrl: string, path: string, message: Uint8Array, headers: ob
   });
 }
 
-/** A POST over HTTP/2 (served by the router, never the lean path): its status and body. */
+interface Answer {
+  readonly status: number;
+  readonly encoding: string | undefined;
+  readonly bytes: Buffer;
+  readonly body: string;
+}
+
+const answerOf = (status: number, encoding: unknown, chunks: Buffer[]): Answer => {
+  const bytes = Buffer.concat(chunks);
+  return {
+    status,
+    encoding: typeof encoding === "string" ? encoding : undefined,
+    bytes,
+    body: bytes.toString(),
+  };
+};
+
+/** A POST over HTTP/2 (served by the router, never the lean path): its answer as sent. */
 function h2Post(baseUrl: string, path: string, headers: object, body: Uint8Array) {
-  return new Promise<{ status: number; body: string }>((resolve, reject) => {
+  return new Promise<Answer>((resolve, reject) => {
     const session = http2.connect(baseUrl);
     session.on("error", reject);
     const stream = session.request({ ":method": "POST", ":path": path, ...headers });
-    let status = 0;
+    let response: http2.IncomingHttpHeaders = {};
     const chunks: Buffer[] = [];
     stream.on("response", (h) => {
-      status = Number(h[":status"]);
+      response = h;
     });
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
     stream.on("close", () => {
       session.close();
-      resolve({ status, body: Buffer.concat(chunks).toString() });
+      resolve(answerOf(Number(response[":status"]), response["content-encoding"], chunks));
     });
     stream.end(body);
+  });
+}
+
+/** A POST over HTTP/1.1, its answer as sent (fetch would decompress it). */
+function h1Post(
+  baseUrl: string,
+  path: string,
+  headers: http.OutgoingHttpHeaders,
+  body: Uint8Array,
+) {
+  return new Promise<Answer>((resolve, reject) => {
+    const req = http.request(`${baseUrl}${path}`, { method: "POST", headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (chunk: Buffer) => chunks.push(chunk));
+      res.on("end", () =>
+        resolve(answerOf(res.statusCode ?? 0, res.headers["content-encoding"], chunks)),
+      );
+    });
+    req.on("error", reject);
+    req.end(body);
   });
 }
 
@@ -550,6 +587,32 @@ describe("deadlines and encodings on every path", () => {
       code: "resource_exhausted",
       message: `message size ${big.length} is larger than configured readMaxBytes 1024`,
     });
+  });
+
+  it("compresses a large answer on the lean path as the router does, in the first coding the client accepts", async () => {
+    const baseUrl = await start();
+    const proto = { "content-type": "application/proto" };
+    const long = toBinary(
+      GenerateRequestSchema,
+      create(GenerateRequestSchema, { text: "words ".repeat(400) }),
+    );
+    for (const [accept, message] of [
+      ["gzip", long],
+      ["br, gzip", long],
+      ["deflate, gzip, br, zstd", long],
+      ["zstd", long],
+      ["gzip", hi],
+    ] as const) {
+      const headers = { ...proto, "accept-encoding": accept };
+      const router = await h2Post(baseUrl, path, headers, message);
+      const lean = await h1Post(baseUrl, path, headers, message);
+      expect([accept, lean.status, lean.encoding, lean.bytes]).toEqual([
+        accept,
+        router.status,
+        router.encoding,
+        router.bytes,
+      ]);
+    }
   });
 
   it("fails a call whose connect-timeout-ms is 0 at once, as the router does", async () => {
