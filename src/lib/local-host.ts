@@ -38,14 +38,16 @@ let goodAuthority = "";
 
 /**
  * Whether a request's authority (`:authority`, else Host) is one connect-node
- * can make the call's URL of. A request without one (HTTP/1.0 may omit Host)
- * is given `localhost`. For one no URL can have (`a b`, a port over 65535)
- * connect-fastify answered an empty 200, as if the call had been served.
+ * can make the call's URL of. A request without one (HTTP/1.0 may omit Host;
+ * HTTP/1.1 sends it empty for a target without one) is given `localhost`.
+ * For one no URL can have (`a b`, a port over 65535) connect-fastify
+ * answered an empty 200, as if the call had been served.
  */
 export function settleAuthority(headers: Record<string, unknown>): boolean {
-  const authority = headers[":authority"] ?? headers.host;
-  if (authority === undefined) {
-    headers.host = "localhost";
+  const name = headers[":authority"] === undefined ? "host" : ":authority";
+  const authority = headers[name];
+  if (authority === undefined || authority === "") {
+    headers[name] = "localhost";
     return true;
   }
   if (authority === goodAuthority) return true;

@@ -502,8 +502,10 @@ describe("the authority of a call", () => {
     });
   }
 
-  it("serves an HTTP/1.0 call without Host, and refuses a Host no URL can have with 400, not an empty 200", async () => {
+  it("serves a call without Host or with an empty one, and refuses a Host no URL can have with 400, not an empty 200", async () => {
     const port = Number(new URL(await start()).port);
+    // HTTP/1.1 sends an empty Host for a target without an authority (RFC 9112, 3.2).
+    expect(await rawCall(port, "1.1", "")).toMatch(/^HTTP\/1\.1 200 [\s\S]*"reply":"Echo: hi"/);
     expect(await rawCall(port, "1.0", undefined)).toMatch(
       /^HTTP\/1\.1 200 [\s\S]*"reply":"Echo: hi"/,
     );
