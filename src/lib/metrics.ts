@@ -2,9 +2,15 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
 
-/** Latency buckets in seconds: sub-millisecond hops up to slow model calls. */
+/**
+ * Latency buckets in seconds: sub-millisecond hops up to model calls and
+ * streamed replies of minutes (LLM_TIMEOUT_MS is 60 s by default, up to an
+ * hour): with 30 s as the last bucket, every longer call read as 30 s in a
+ * quantile.
+ */
 export const latencyBuckets = [
-  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+  600,
 ];
 
 /** A process's Prometheus registry, with Node's default process metrics. */
@@ -244,20 +250,16 @@ export function counter<L extends string>(
   return made;
 }
 
-/**
- * The histogram `name` of `registry`, made on first use; its buckets are
- * `upperBounds` (latencyBuckets unless given), in seconds.
- */
+/** The latency histogram `name` of `registry` (latencyBuckets, in seconds), made on first use. */
 export function histogram<L extends string>(
   registry: Registry,
   name: string,
   help: string,
   labelNames: readonly L[],
-  upperBounds: readonly number[] = latencyBuckets,
 ): LabeledHistogram<L> {
   const existing = registry.getSingleMetric(name);
   if (existing instanceof LabeledHistogram) return existing as LabeledHistogram<L>;
-  const made = new LabeledHistogram(name, help, labelNames, upperBounds);
+  const made = new LabeledHistogram(name, help, labelNames);
   registry.registerMetric(made as unknown as Metric);
   return made;
 }

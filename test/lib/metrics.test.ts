@@ -93,4 +93,24 @@ describe("LabeledCounter and LabeledHistogram", () => {
     const seconds = new LabeledHistogram("s", "s", ["route"]);
     expect(() => seconds.observe({ route: "/chat" }, Number.NaN)).toThrow(TypeError);
   });
+
+  it("tells calls of minutes apart: a streamed reply of 45 s from one of 4 minutes", async () => {
+    const registry = new Registry();
+    const seconds = new LabeledHistogram("rpc_seconds", "RPC latency", ["method"]);
+    registry.registerMetric(seconds as never);
+    seconds.observe({ method: "GenerateStream" }, 45);
+    seconds.observe({ method: "GenerateStream" }, 240);
+    const text = await registry.metrics();
+    const bucket = (le: string) =>
+      text.match(
+        new RegExp(`^rpc_seconds_bucket\\{le="${le}",method="GenerateStream"\\} (\\d+)$`, "m"),
+      )?.[1];
+    expect([bucket("30"), bucket("60"), bucket("120"), bucket("300"), bucket("600")]).toEqual([
+      "0",
+      "1",
+      "1",
+      "2",
+      "2",
+    ]);
+  });
 });

@@ -1,5 +1,5 @@
 import type { Registry } from "prom-client";
-import { counter, histogram, latencyBuckets } from "../../lib/metrics.js";
+import { counter, histogram } from "../../lib/metrics.js";
 import type { LlmStreamEnd } from "./backend.js";
 
 /** What the LLM service counts of the model's work. */
@@ -15,14 +15,6 @@ export interface LlmMetrics {
  * "abort", a proxy's own) is counted as "other", so label values stay few.
  */
 const finishReasons = new Set(["stop", "length", "content_filter", "tool_calls", "function_call"]);
-
-/**
- * Seconds to a first piece: the latency buckets, which end at 30 s, and on
- * to LLM_TIMEOUT_MS's range (60 s by default): a loaded server or a
- * reasoning model often takes longer, and past the last bucket every wait
- * read as 30 s on the dashboard.
- */
-const firstPieceBuckets = [...latencyBuckets, 60, 120, 300, 600];
 
 /**
  * The LLM service's own metrics, for `model`: tokens used by kind (what a
@@ -51,7 +43,6 @@ export function createLlmMetrics(registry: Registry, model: string): LlmMetrics 
     "chatmesh_llm_time_to_first_token_seconds",
     "Time from a streamed call's start to the model's first piece of text",
     ["model"],
-    firstPieceBuckets,
   ).child({ model });
   return {
     ended({ usage, finishReason = "stop" }) {
