@@ -47,8 +47,11 @@ soak: $(STAMP) ## Mixed load for SOAK_SECONDS (600): RSS and event-loop delay pe
 run-all: generate ## Start every process with embedded defaults; Ctrl-C stops them
 	@node bin/chatmesh.js run-all
 
+# TEXT reaches the client through the environment, as typed: in the recipe
+# make would expand its $ and the shell its quotes, backquotes and $(…).
+client: export CHATMESH_CLIENT_TEXT := $(value TEXT)
 client: $(STAMP) ## The seed's client: make client TEXT="…"
-	@node bin/chatmesh.js client "$(TEXT)"
+	@node bin/chatmesh.js client "$$CHATMESH_CLIENT_TEXT"
 
 bench: build ## Load benchmark of the whole chain (from dist/) vs a bare Fastify ceiling (autocannon)
 	$(BIN)/tsx bench/chain-bench.ts
