@@ -1,5 +1,6 @@
 import { ConfigError, loadClientConfig } from "./lib/config.js";
 import { ignoreHangup } from "./lib/serve.js";
+import { quietOnClosedOutput } from "./lib/terminal.js";
 
 const usage = `usage: chatmesh <command>
 
@@ -55,6 +56,7 @@ async function run(argv: readonly string[]): Promise<number | undefined> {
       console[asksHelp ? "log" : "error"]('usage: chatmesh client "text" (FILTER_URL, LLM_URL)');
       return asksHelp ? 0 : 2;
     }
+    quietOnClosedOutput();
     const { runClient } = await import("./client.js");
     return runClient(rest.join(" "), loadClientConfig());
   }

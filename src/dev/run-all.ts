@@ -18,7 +18,7 @@ import { localUrlHost } from "../lib/local-host.js";
 import { processEnvFor } from "../lib/node-options.js";
 import { packageRoot } from "../lib/package-root.js";
 import { listenProblem, parentPipeEnv } from "../lib/serve.js";
-import { endOfHangup, hungUp, terminalStreams } from "../lib/terminal.js";
+import { endOfHangup, hungUp, quietOnClosedOutput, terminalStreams } from "../lib/terminal.js";
 import { formatLogLine } from "./pretty.js";
 
 type Name = "token" | "filter" | "llm" | "history" | "gateway";
@@ -161,11 +161,7 @@ export async function runAll(env: Env = process.env): Promise<number> {
   // ended, the history and token services before the gateway's drain. A
   // reader gone (EPIPE: `run-all | head`) is the same.
   const terminal = terminalStreams();
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.on("error", (err: NodeJS.ErrnoException) => {
-      if (err.code !== "EIO" && err.code !== "EPIPE") throw err;
-    });
-  }
+  quietOnClosedOutput();
   const children = new Map<Name, ChildProcess>();
   let stopping = false;
   let exitCode = 0;

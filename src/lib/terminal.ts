@@ -33,3 +33,16 @@ export function endOfHangup(): void {
   process.removeAllListeners("SIGHUP");
   process.kill(process.pid, "SIGHUP");
 }
+
+/**
+ * Output to a terminal that hung up (EIO) or to a reader gone (EPIPE:
+ * `chatmesh client … | head -1`) goes nowhere: the error, unhandled, ended
+ * the process with a stack trace.
+ */
+export function quietOnClosedOutput(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EIO" && err.code !== "EPIPE") throw err;
+    });
+  }
+}

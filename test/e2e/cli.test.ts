@@ -138,6 +138,17 @@ describe("starting a process", () => {
     expect(run.output()).toBe('usage: chatmesh client "text" (FILTER_URL, LLM_URL)\n');
   });
 
+  it("the client's lines to a reader gone (`chatmesh client … | head -1`) go nowhere, without a stack trace", async () => {
+    const run = startChatmesh(["client", "hi"], {
+      // Nothing serves port 1: the client prints its "filter failed" line.
+      FILTER_URL: "http://127.0.0.1:1",
+      CLIENT_TIMEOUT_MS: "2000",
+    });
+    run.child.stdout?.destroy();
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toBe("");
+  });
+
   it("run-all refuses a taken port with one line naming it and its variable", async () => {
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));
