@@ -4,6 +4,7 @@ import { FilterRejectionReason, FilterRejectionSchema } from "../gen/chat/v1/err
 import { FilterService } from "../gen/chat/v1/filter_pb.js";
 import { LLMService } from "../gen/chat/v1/llm_pb.js";
 import type { ClientConfig } from "./lib/config.js";
+import { readUpstreamCa } from "./lib/tls.js";
 
 /**
  * The seed's client: Filter, then LLM, directly over gRPC, printing the
@@ -15,8 +16,13 @@ export async function runClient(
   config: ClientConfig,
   print: (line: string) => void = console.log,
 ): Promise<number> {
+  const ca = await readUpstreamCa(config.caFile);
   const transport = (baseUrl: string) =>
-    createGrpcTransport({ baseUrl, defaultTimeoutMs: config.timeoutMs });
+    createGrpcTransport({
+      baseUrl,
+      defaultTimeoutMs: config.timeoutMs,
+      ...(ca === undefined ? {} : { nodeOptions: { ca } }),
+    });
   const filter = createClient(FilterService, transport(config.filterUrl));
   const llm = createClient(LLMService, transport(config.llmUrl));
 

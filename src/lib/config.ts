@@ -570,6 +570,8 @@ export interface ClientConfig {
   readonly filterUrl: string;
   readonly llmUrl: string;
   readonly timeoutMs: number;
+  /** UPSTREAM_CA_FILE: a PEM CA trusted for https:// service URLs, as by the gateway. */
+  readonly caFile: string | undefined;
 }
 
 /** Config of the seed's client. */
@@ -578,5 +580,6 @@ export function loadClientConfig(env: Env = process.env): ClientConfig {
     filterUrl: readServiceUrl(env, "FILTER_URL", `http://127.0.0.1:${defaultPorts.filter.port}`),
     llmUrl: readServiceUrl(env, "LLM_URL", `http://127.0.0.1:${defaultPorts.llm.port}`),
     timeoutMs: readInt(env, "CLIENT_TIMEOUT_MS", 10_000, 1, 600_000),
+    caFile: readOptionalPath(env, "UPSTREAM_CA_FILE"),
   });
 }

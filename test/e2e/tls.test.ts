@@ -136,6 +136,16 @@ describe.runIf(enabled)("TLS on every listener and on the gateway's upstream cal
     expect(other.out).toBe('{"error":"user_id does not match the api key"}\n400');
   });
 
+  it("runs the seed's client against the https services, trusting UPSTREAM_CA_FILE", async () => {
+    const client = startChatmesh(["client", "over   tls"], {
+      FILTER_URL: `https://127.0.0.1:${ports.filter}`,
+      LLM_URL: `https://127.0.0.1:${ports.llm}`,
+      UPSTREAM_CA_FILE: certs.caFile,
+    });
+    expect(await client.exited).toBe(0);
+    expect(client.output()).toBe("✅ 过滤后文本： over tls\nLLM reply => Echo: over tls\n");
+  });
+
   it("fails the chat when the gateway does not trust the services' certificate", async () => {
     const res = await curl(chatArgs(ports.untrusting, { user_id: "t2", text: "hi" }));
     expect(res.out).toBe('{"error":"filter failed"}\n500');
