@@ -57,6 +57,9 @@ const schemaCompilersOnDemand: CompilersFactory = {
   buildSerializer: onDemand<"buildSerializer">("@fastify/fast-json-stringify-compiler"),
 };
 
+/** The status of a request Node's HTTP/1.1 server cut off at REQUEST_TIMEOUT_MS. */
+const requestTimeoutStatus = 408;
+
 type FrameworkErrors = NonNullable<FastifyServerOptions["frameworkErrors"]>;
 
 /** Fastify's refusal of a request it could not route, as JSON: its status and words. */
@@ -69,7 +72,8 @@ const answerPlainly: FrameworkErrors = (err, _req, reply) => {
  * one log line per request (route, status, duration, trace id) instead of
  * Fastify's two, a trace context per request, `GET /healthz`, `GET /readyz`
  * and `GET /metrics` with HTTP request metrics. A request whose client went
- * away before its answer is logged and counted with status 499.
+ * away before its answer is logged and counted with status 499; one cut off
+ * at REQUEST_TIMEOUT_MS with the 408 it was answered.
  */
 export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   const answerFrameworkError = options.fastify?.frameworkErrors ?? answerPlainly;
@@ -101,13 +105,18 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   app.addHook("onRequest", async (req, reply) => {
     startTrace(req);
     // A response closed before it finished: the client went away first
-    // (onResponse never runs for it). Logged and counted as 499 then.
+    // (onResponse never runs for it). Logged and counted as 499 then, or as
+    // the 408 Node's HTTP/1.1 server answered on the connection (destroying
+    // it with that error) when the request outlasted REQUEST_TIMEOUT_MS.
     const res = reply.raw;
     res.once("close", () => {
       if (res.writableFinished) return;
+      const { errored } = req.raw.socket as { errored?: { code?: unknown } | null };
+      const status =
+        errored?.code === "ERR_HTTP_REQUEST_TIMEOUT" ? requestTimeoutStatus : clientClosedStatus;
       // Fastify's clock for the reply, which never ended: the time until now.
-      logRequest(req, clientClosedStatus, reply.elapsedTime);
-      countRequest(req, clientClosedStatus, reply.elapsedTime);
+      logRequest(req, status, reply.elapsedTime);
+      countRequest(req, status, reply.elapsedTime);
     });
   });
   const logRequest = (req: FastifyRequest, status: number, ms: number) => {

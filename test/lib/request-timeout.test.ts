@@ -5,12 +5,16 @@ import tls from "node:tls";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { LLMService } from "../../gen/chat/v1/llm_pb.js";
 import { buildGateway } from "../../src/gateway/app.js";
-import { loadGatewayConfig } from "../../src/lib/config.js";
+import { loadGatewayConfig, loadLlmConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
+import { createRpcServer } from "../../src/lib/rpc-server.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { createLlmService } from "../../src/services/llm/llm-service.js";
+import { createMemoryLogger } from "../fixtures/logs.js";
+import { freePort } from "../fixtures/processes.js";
 import { startEchoLlmService } from "../fixtures/rpc.js";
 import { makeTestCertificates, opensslOrSkip } from "../fixtures/tls.js";
 import { createInProcessUpstreams } from "../fixtures/upstreams.js";
@@ -194,4 +198,46 @@ describe("REQUEST_TIMEOUT_MS: a client that sends a byte now and then", () => {
       'event: done\ndata: {"reply":"Echo: one two three four five","remaining":150}',
     );
   });
+});
+
+describe("a request cut off by REQUEST_TIMEOUT_MS", () => {
+  /** The HTTP request counts of the app on `port`, once its /metrics has them. */
+  const requestCounts = async (port: number) => {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    return text.split("\n").filter((line) => line.startsWith("http_requests_total{"));
+  };
+
+  it.each([
+    ["the gateway", "/chat"],
+    ["a service", "/chat.v1.LLMService/Generate"],
+  ])(
+    "is logged and counted by %s with the 408 it was answered, not as a client gone (499)",
+    async (_, path) => {
+      const { logger, lines } = createMemoryLogger();
+      app =
+        path === "/chat"
+          ? await buildGateway({
+              config: loadGatewayConfig(env),
+              logger,
+              upstreams: createInProcessUpstreams(),
+            })
+          : await createRpcServer({
+              name: "llm",
+              config: loadLlmConfig(env),
+              logger,
+              routes: (router) =>
+                router.service(LLMService, createLlmService({ backend: createEchoBackend() })),
+            });
+      const port = await freePort();
+      await app.listen({ host: "127.0.0.1", port });
+      expect((await slowBody(port, path)).answer).toBe("HTTP/1.1 408 Request Timeout");
+      await vi.waitFor(async () =>
+        expect(await requestCounts(port)).toContain(
+          `http_requests_total{method="POST",route="${path}",status="408"} 1`,
+        ),
+      );
+      expect((await requestCounts(port)).join("\n")).not.toContain('status="499"');
+      expect(lines.filter((l) => l.route === path).map((l) => l.status)).toEqual([408]);
+    },
+  );
 });
