@@ -99,6 +99,9 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   const readingOrigin = new WeakMap<object, string>();
   const corsAnswer = createCorsAnswerHeaders(config.corsOrigins);
   const corsOn = config.corsOrigins.length > 0;
+  // Each connection's latest request: while its answer is unfinished, a 408
+  // for it (too slow for REQUEST_TIMEOUT_MS) carries its id.
+  const latestRequest = new WeakMap<object, { id: string; res: ServerResponse }>();
   /**
    * Answers a request refused before the hooks that would add the request
    * id and the security headers (and under /v1, in OpenAI's shape).
@@ -123,6 +126,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
         readingV1: (socket) => readingV1.has(socket),
         readingOrigin: (socket) => readingOrigin.get(socket),
         corsHeaders: corsAnswer,
+        readingId: (socket) => {
+          const latest = latestRequest.get(socket);
+          return latest?.res.writableFinished === false ? latest.id : undefined;
+        },
         v1Body: (status, error) => openAiErrorFrom({ status, body: { error } }).body,
       }),
       // Before routing, so before every hook: what they would add, added here.
@@ -152,6 +159,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
   app.removeContentTypeParser("text/plain");
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
+    latestRequest.set(req.raw.socket, { id: req.id, res: reply.raw });
     // RFC 9112, 3.2: an HTTP/1.1 request without Host is a 400. Node's own
     // answer to it (requireHostHeader) was bare: no body, no request id.
     if (req.headers.host === undefined && req.raw.httpVersion === "1.1") {

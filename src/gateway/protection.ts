@@ -114,6 +114,8 @@ export interface ClientErrorOptions {
   readonly readingOrigin?: (socket: Duplex) => string | undefined;
   /** The CORS headers (CORS_ORIGINS) of an answer to a request from an origin. */
   readonly corsHeaders?: CorsAnswerHeaders;
+  /** The id of the request the connection is reading now (its headers came), to answer it with. */
+  readonly readingId?: (socket: Duplex) => string | undefined;
 }
 
 /**
@@ -125,7 +127,8 @@ export interface ClientErrorOptions {
  * CORS headers; then closes the connection, as Node does. Fastify's own
  * answer had none of these. The path and the `Origin` are read from the
  * bytes the parser refused, or for a request too slow, from `readingV1`
- * and `readingOrigin`.
+ * and `readingOrigin`; a request too slow keeps the id it is logged with
+ * (`readingId`).
  */
 export function createClientErrorHandler(
   newRequestId: () => string,
@@ -155,7 +158,7 @@ export function createClientErrorHandler(
         .map(([name, value]) => `${name}: ${value}\r\n`)
         .join("");
       socket.write(
-        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${newRequestId()}\r\n${headers}${cors}connection: close\r\n\r\n${body}`,
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${options.readingId?.(socket) ?? newRequestId()}\r\n${headers}${cors}connection: close\r\n\r\n${body}`,
       );
     }
     socket.destroy(err);

@@ -241,3 +241,33 @@ describe("a request cut off by REQUEST_TIMEOUT_MS", () => {
     },
   );
 });
+
+describe("the gateway's 408 to a request too slow for REQUEST_TIMEOUT_MS", () => {
+  it("carries the request id the request is logged with", async () => {
+    const { logger, lines } = createMemoryLogger();
+    app = await buildGateway({
+      config: loadGatewayConfig(env),
+      logger,
+      upstreams: createInProcessUpstreams(),
+    });
+    const port = await freePort();
+    await app.listen({ host: "127.0.0.1", port });
+    const answer = await new Promise<string>((resolve) => {
+      let got = "";
+      const socket = net.connect(port, "127.0.0.1", () =>
+        socket.write(
+          "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        ),
+      );
+      socket.on("data", (chunk) => {
+        got += chunk.toString("latin1");
+      });
+      socket.on("error", () => {});
+      socket.on("close", () => resolve(got));
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+    const sent = /\r\nx-request-id: ([^\r]+)\r\n/.exec(answer)?.[1];
+    await vi.waitFor(() => expect(lines.filter((l) => l.route === "/chat")).toHaveLength(1));
+    expect(lines.find((l) => l.route === "/chat")?.request_id).toBe(sent);
+  });
+});
