@@ -205,6 +205,20 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     await page.locator("#text").fill("");
   });
 
+  it("takes a user id of 256 code points typed in, as the gateway does, emoji included", async () => {
+    const userId = "😀".repeat(256);
+    await page.locator("#user").fill("");
+    await page.locator("#user").focus();
+    await page.keyboard.insertText(userId);
+    expect(await page.locator("#user").inputValue()).toBe(userId);
+    const watching = watchReply();
+    await send("hi");
+    await watching;
+    expect(await lastReply().textContent()).toBe("Echo: hi");
+    expect(await page.locator("#quota").textContent()).toBe("150");
+    await page.locator("#user").fill("browser");
+  });
+
   it("sends one message for a double click on Send", async () => {
     await page.locator("#user").fill("browser-double");
     await page.locator("#text").fill("clicked twice");
