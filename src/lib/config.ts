@@ -423,7 +423,8 @@ function readPort(env: Env, service: keyof typeof defaultPorts): number {
 
 function readCommon(env: Env): CommonConfig {
   return {
-    host: readString(env, "HOST", "127.0.0.1"),
+    // Trimmed as ports and URLs are: "0.0.0.0 " from an env file is no name to resolve.
+    host: readString(env, "HOST", "").trim() || "127.0.0.1",
     logLevel: readEnum(env, "LOG_LEVEL", logLevels, "info"),
     shutdownTimeoutMs: readInt(env, "SHUTDOWN_TIMEOUT_MS", 10_000, 0, 600_000),
     requestTimeoutMs: readInt(env, "REQUEST_TIMEOUT_MS", 30_000, 100, 600_000),

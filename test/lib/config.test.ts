@@ -177,6 +177,12 @@ describe("config", () => {
     ).toMatchObject({ dialect: "mysql" });
   });
 
+  it("trims HOST as it trims ports and URLs, and takes a blank one as unset", () => {
+    expect(loadTokenConfig({ HOST: "0.0.0.0 \n" }).host).toBe("0.0.0.0");
+    expect(loadGatewayConfig({ HOST: " ::1" }).host).toBe("::1");
+    expect(loadFilterConfig({ HOST: "  " }).host).toBe("127.0.0.1");
+  });
+
   it("trims URLs like the other values", () => {
     expect(loadGatewayConfig({ TOKEN_URL: "  http://token.internal:50051/ \n" }).tokenUrl).toBe(
       "http://token.internal:50051",
