@@ -23,12 +23,24 @@ describe("make client TEXT=…", () => {
   });
   afterAll(() => rm(stubDir, { recursive: true, force: true }));
 
+  /** This environment without what would set TEXT or flags of an outer make (`make test`). */
+  const makeEnv = () => {
+    const {
+      TEXT: _text,
+      MAKEFLAGS: _flags,
+      MFLAGS: _mflags,
+      MAKELEVEL: _level,
+      ...env
+    } = process.env;
+    return { ...env, PATH: `${stubDir}:${process.env.PATH}` };
+  };
+
   /** The arguments `make client` runs the client with; the install step is taken as done. */
   const clientArgs = async (...makeArgs: string[]): Promise<string[]> => {
     const { stdout } = await run(
       "make",
       ["-s", "-o", "node_modules/.chatmesh-installed", "client", ...makeArgs],
-      { cwd: packageRoot(), env: { ...process.env, PATH: `${stubDir}:${process.env.PATH}` } },
+      { cwd: packageRoot(), env: makeEnv() },
     );
     return JSON.parse(stdout);
   };
