@@ -5,7 +5,7 @@ import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
 import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { counter } from "../../lib/metrics.js";
-import { traceLogFields, traceOf } from "../../lib/trace.js";
+import { type TraceContext, traceLogFields, traceOf } from "../../lib/trace.js";
 import { requireKeyField, requireUserId } from "../../lib/user-id.js";
 import { type Clock, systemClock, windowAt } from "./clock.js";
 import { type QuotaStore, QuotaStoreUnavailableError } from "./quota-store.js";
@@ -53,15 +53,19 @@ const undoDelaysMs = [0, 1_000, 2_000, 4_000, 8_000, 16_000];
  * chat was let through uncharged (QUOTA_FAIL_OPEN). The refund goes on the
  * same connection after the charge, so it runs after it if the charge runs
  * at all; while the store stays away it is tried again, for about 30 s.
+ * Its log lines carry the trace of the chat whose charge it is.
  */
 function createUndo(
   { store, logger, clock = systemClock }: TokenServiceDeps,
   onRefunded: () => void,
-): (userId: string, chargeId: string) => void {
+): (userId: string, chargeId: string, trace: TraceContext | undefined) => void {
   let pending = 0;
-  return (userId, chargeId) => {
+  return (userId, chargeId, trace) => {
     if (pending >= maxPendingUndos) {
-      logger?.error({ userId, chargeId }, "charge of an uncharged chat not taken back: too many");
+      logger?.error(
+        { ...traceLogFields(trace), userId, chargeId },
+        "charge of an uncharged chat not taken back: too many",
+      );
       return;
     }
     pending++;
@@ -72,7 +76,7 @@ function createUndo(
           if (result.refunded > 0) {
             onRefunded();
             logger?.info(
-              { userId, chargeId, refunded: result.refunded },
+              { ...traceLogFields(trace), userId, chargeId, refunded: result.refunded },
               "charge of an uncharged chat taken back",
             );
           }
@@ -85,7 +89,7 @@ function createUndo(
           }
           pending--;
           logger?.error(
-            { err, userId, chargeId },
+            { ...traceLogFields(trace), err, userId, chargeId },
             "charge of an uncharged chat not taken back: the quota store stayed unavailable",
           );
         },
@@ -134,7 +138,8 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
         if (!(failOpen && err instanceof QuotaStoreUnavailableError)) throw storeFailure(err);
         // A charge sent that timed out may still be made when the store comes
         // back: it is taken back, so the chat stays uncharged as answered.
-        if (err.mayHaveRun && req.chargeId !== "") undoLater(req.userId, req.chargeId);
+        if (err.mayHaveRun && req.chargeId !== "")
+          undoLater(req.userId, req.chargeId, traceOf(ctx));
         logger?.warn(
           { ...traceLogFields(traceOf(ctx)), err, userId: req.userId, chargeId: req.chargeId },
           "quota store unavailable: chat let through uncharged (QUOTA_FAIL_OPEN)",
