@@ -398,7 +398,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       } catch (err) {
         counts.dropped++;
         logger.error(
-          { err, requestId: chat.requestId, userId: chat.userId },
+          { ...traceLogFields(chat.trace), err, requestId: chat.requestId, userId: chat.userId },
           "history entry lost: not encodable",
         );
         return;
