@@ -96,10 +96,11 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
   app.decorateRequest("trace", undefined as unknown as TraceContext);
   const countRequest = registerHttpMetrics(app, options.registry);
   const startTrace = (req: FastifyRequest) => {
-    const traceparent = req.headers.traceparent;
+    const { traceparent, tracestate } = req.headers;
     req.trace = continueTrace(
       typeof traceparent === "string" ? traceparent : undefined,
       options.requestId(req),
+      typeof tracestate === "string" ? tracestate : undefined,
     );
   };
   app.addHook("onRequest", async (req, reply) => {

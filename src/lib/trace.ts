@@ -11,6 +11,8 @@ export interface TraceContext {
   readonly flags: string;
   /** The gateway's request id, also the quota charge id. */
   readonly requestId: string;
+  /** The caller's W3C `tracestate`, passed on unchanged; none when absent or malformed. */
+  readonly tracestate?: string | undefined;
 }
 
 /**
@@ -23,6 +25,39 @@ const traceparentPattern = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 const readsAs00 = (match: RegExpExecArray) =>
   match[1] !== "ff" && (match[1] !== "00" || match[5] === undefined);
 const requestIdPattern = /^[\w.:-]{1,128}$/;
+
+/**
+ * A `tracestate` list-member, `key=value` (W3C Trace Context Level 1,
+ * "tracestate Header Field Values"): a simple key or a multi-tenant
+ * `tenant@system` one, and a value of printable ASCII without `,` or `=`
+ * that does not end in a space.
+ */
+const tracestateMember =
+  /^(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$/;
+/** The most list-members a `tracestate` may have. */
+const maxTracestateMembers = 32;
+/** HTTP's optional white space (spaces and tabs) around a value or a list-member. */
+const ows = /^[ \t]+|[ \t]+$/g;
+
+/**
+ * The caller's `tracestate` to pass on, unchanged but for the white space
+ * around it; none when it is malformed, has a key twice or more than 32
+ * members, which the spec lets a vendor discard whole. Several `tracestate`
+ * headers come joined by commas, as one list.
+ */
+function readTracestate(value: string | null | undefined): string | undefined {
+  if (!value) return undefined;
+  const keys = new Set<string>();
+  for (const part of value.split(",")) {
+    const member = part.replace(ows, "");
+    if (member === "") continue;
+    if (!tracestateMember.test(member)) return undefined;
+    const key = member.slice(0, member.indexOf("="));
+    if (keys.has(key) || keys.size === maxTracestateMembers) return undefined;
+    keys.add(key);
+  }
+  return keys.size === 0 ? undefined : value.replace(ows, "");
+}
 
 /**
  * The trace of the call an RPC handler serves, in the call's context values
@@ -96,12 +131,14 @@ export function newRequestId(now: number = Date.now()): string {
 }
 
 /**
- * Continues the caller's W3C `traceparent` (a new span under its trace) or,
- * when it is absent or malformed, starts a new trace.
+ * Continues the caller's W3C `traceparent` (a new span under its trace),
+ * with its `tracestate`, or, when it is absent or malformed, starts a new
+ * trace (and, as the spec asks, reads no `tracestate`).
  */
 export function continueTrace(
   traceparent: string | null | undefined,
   requestId: string | null | undefined,
+  tracestate?: string | null | undefined,
 ): TraceContext {
   const found = traceparent ? traceparentPattern.exec(traceparent.trim()) : null;
   const match = found !== null && readsAs00(found) ? found : null;
@@ -112,6 +149,7 @@ export function continueTrace(
     spanId: newSpanId(),
     flags: valid ? (match?.[4] ?? "01") : "01",
     requestId: requestId && requestIdPattern.test(requestId) ? requestId : newRequestId(),
+    tracestate: valid ? readTracestate(tracestate) : undefined,
   };
 }
 
@@ -122,14 +160,19 @@ export function formatTraceparent(trace: TraceContext): string {
 
 /**
  * Call options that send `trace` to the service called, as the
- * `traceparent` and `x-request-id` headers (none without a trace).
+ * `traceparent`, `tracestate` (when the caller sent one) and `x-request-id`
+ * headers (none without a trace).
  */
 export function traceCallOptions(trace: TraceContext | undefined): {
   headers?: Record<string, string>;
 } {
   if (trace === undefined) return {};
+  const traceparent = formatTraceparent(trace);
   return {
-    headers: { traceparent: formatTraceparent(trace), "x-request-id": trace.requestId },
+    headers:
+      trace.tracestate === undefined
+        ? { traceparent, "x-request-id": trace.requestId }
+        : { traceparent, tracestate: trace.tracestate, "x-request-id": trace.requestId },
   };
 }
 
@@ -151,7 +194,11 @@ export function createTraceServerInterceptor(): Interceptor {
     if (req.contextValues.get(traceKey) === undefined) {
       req.contextValues.set(
         traceKey,
-        continueTrace(req.header.get("traceparent"), req.header.get("x-request-id")),
+        continueTrace(
+          req.header.get("traceparent"),
+          req.header.get("x-request-id"),
+          req.header.get("tracestate"),
+        ),
       );
     }
     return next(req);
