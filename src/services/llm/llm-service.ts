@@ -57,8 +57,9 @@ function watchCancel(ctx: HandlerContext, logger: Logger | undefined): () => voi
     const reason = ctx.signal.reason;
     logger.info(
       {
+        // The trace's request id, as the call's request line has it: the
+        // caller's x-request-id only when valid, a new one otherwise.
         ...traceLogFields(traceOf(ctx)),
-        request_id: ctx.requestHeader.get("x-request-id") ?? undefined,
         reason: reason instanceof Error ? reason.message : String(reason),
       },
       "stream cancelled",
