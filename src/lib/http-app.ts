@@ -33,6 +33,20 @@ export interface HttpAppOptions {
 
 const requireModule = createRequire(import.meta.url);
 
+/** Lines to log in a request's trace when its response closes, by raw request. */
+const closeLines = new WeakMap<object, (trace: TraceContext) => void>();
+
+/**
+ * Has `log` called with the trace of the request whose raw Node request is
+ * `raw`, once its response closes: for a line about a request that the
+ * server writes where it has only the raw request (an HTTP/2 request
+ * cancelled as too slow), so that it carries the trace and request id of
+ * the request's own line.
+ */
+export function logInTraceOnClose(raw: object, log: (trace: TraceContext) => void): void {
+  closeLines.set(raw, log);
+}
+
 type CompilersFactory = Required<
   NonNullable<NonNullable<FastifyServerOptions["schemaController"]>["compilersFactory"]>
 >;
@@ -86,6 +100,7 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     // percent-encoded UTF-8) runs no hook: it is traced, logged and counted here.
     frameworkErrors: (err, req, reply) => {
       startTrace(req);
+      reply.raw.once("close", () => closeLines.get(req.raw)?.(req.trace));
       reply.raw.once("finish", () => {
         logRequest(req, reply.statusCode, reply.elapsedTime);
         countRequest(req, reply.statusCode, reply.elapsedTime);
@@ -111,6 +126,7 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     // it with that error) when the request outlasted REQUEST_TIMEOUT_MS.
     const res = reply.raw;
     res.once("close", () => {
+      closeLines.get(req.raw)?.(req.trace);
       if (res.writableFinished) return;
       const { errored } = req.raw.socket as { errored?: { code?: unknown } | null };
       const status =

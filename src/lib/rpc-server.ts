@@ -25,7 +25,7 @@ import {
 } from "./fast-unary.js";
 import { createFramesServer } from "./frames-server.js";
 import { createHealthService, Health } from "./health.js";
-import { createHttpApp } from "./http-app.js";
+import { createHttpApp, logInTraceOnClose } from "./http-app.js";
 import { bracketIpv6Authority, settleAuthority } from "./local-host.js";
 import type { Logger } from "./logger.js";
 import { createMetricsRegistry, createRpcMetricsInterceptor } from "./metrics.js";
@@ -33,7 +33,7 @@ import type { ReadyCheck } from "./readiness.js";
 import { registerReflection } from "./reflection.js";
 import { createSecureDualProtocolServer } from "./secure-dual-protocol-server.js";
 import { readTlsCredentials } from "./tls.js";
-import { createTraceServerInterceptor, traceKey } from "./trace.js";
+import { createTraceServerInterceptor, traceKey, traceLogFields } from "./trace.js";
 import { useBufferUtf8Encoding } from "./utf8.js";
 
 /**
@@ -100,14 +100,13 @@ export async function createRpcServer(options: RpcServerOptions): Promise<Fastif
     frameTimeoutMs: config.requestTimeoutMs,
   });
   const credentials = await readTlsCredentials(config.tls);
+  // Logged once the stream has closed, in the trace its request line has.
   const onHttp2RequestTimeout = (req: http2.Http2ServerRequest) =>
-    logger.warn(
-      {
-        path: req.url,
-        request_id: req.headers["x-request-id"],
-        timeoutMs: config.requestTimeoutMs,
-      },
-      "HTTP/2 request not received in time: stream cancelled",
+    logInTraceOnClose(req, (trace) =>
+      logger.warn(
+        { ...traceLogFields(trace), path: req.url, timeoutMs: config.requestTimeoutMs },
+        "HTTP/2 request not received in time: stream cancelled",
+      ),
     );
   // Filled once the routes are registered: reflection's requests are streams.
   const streamedRequestPaths = new Set<string>();
