@@ -8,7 +8,7 @@ import {
   type HistoryServiceAppendRequest,
 } from "../../../gen/chat/v1/history_pb.js";
 import type { Logger } from "../../lib/logger.js";
-import { continueTrace, traceLogFields } from "../../lib/trace.js";
+import { continueTrace, type TraceContext, traceLogFields, traceOf } from "../../lib/trace.js";
 import { requireUserId } from "../../lib/user-id.js";
 import {
   type Entry,
@@ -63,19 +63,26 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
   const now = deps.now ?? (() => new Date());
   // A batch that fails fails each of its entries with the one error: logged once.
   const logged = new WeakSet<object>();
-  /** The store's failure as the caller hears it; an INTERNAL one logged with its cause. */
-  const failure = (err: unknown) => {
+  /**
+   * The store's failure as the caller hears it; an INTERNAL one logged with
+   * its cause, in the trace of the call it failed.
+   */
+  const failure = (err: unknown, trace: TraceContext | undefined) => {
     const answer = fromStoreError(err);
     // The error itself (a primitive gets a wrapper of its own: logged each time).
     const key: object = Object(err);
     if (answer.code === Code.Internal && !logged.has(key)) {
       logged.add(key);
-      deps.logger?.error({ err }, "history store failed");
+      deps.logger?.error({ ...traceLogFields(trace), err }, "history store failed");
     }
     return answer;
   };
   /** Stores one chat; the answer carries the stored entry unless `withEntry` is false. */
-  const appendOne = async (req: HistoryServiceAppendRequest, withEntry: boolean) => {
+  const appendOne = async (
+    req: HistoryServiceAppendRequest,
+    withEntry: boolean,
+    trace: TraceContext | undefined,
+  ) => {
     requireUserId(req.userId);
     try {
       const { entry, created } = await store.append({
@@ -87,13 +94,13 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
       });
       return withEntry ? { entry: toMessage(entry), created } : { created };
     } catch (err) {
-      throw failure(err);
+      throw failure(err, trace);
     }
   };
   return {
-    append: (req) => appendOne(req, true),
+    append: (req, ctx) => appendOne(req, true, traceOf(ctx)),
 
-    async appendBatch(req) {
+    async appendBatch(req, ctx) {
       if (req.entries.length > maxBatchEntries) {
         throw new ConnectError(
           `at most ${maxBatchEntries} entries per batch, got ${req.entries.length}`,
@@ -105,7 +112,7 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
       // it carries the chat's trace and request ids.
       const results = await Promise.all(
         req.entries.map((entry) =>
-          appendOne(entry, !req.omitEntries).then(
+          appendOne(entry, !req.omitEntries, traceOf(ctx)).then(
             (appended) => {
               if (deps.logger?.isLevelEnabled("info")) {
                 deps.logger.info(
@@ -131,7 +138,7 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
       return { results };
     },
 
-    async list(req) {
+    async list(req, ctx) {
       requireUserId(req.userId);
       try {
         const page = await store.list({
@@ -141,7 +148,7 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
         });
         return { entries: page.entries.map(toMessage), nextPageToken: page.nextPageToken };
       } catch (err) {
-        throw failure(err);
+        throw failure(err, traceOf(ctx));
       }
     },
   };
