@@ -123,7 +123,8 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
     // A response closed before it finished: the client went away first
     // (onResponse never runs for it). Logged and counted as 499 then, or as
     // the 408 Node's HTTP/1.1 server answered on the connection (destroying
-    // it with that error) when the request outlasted REQUEST_TIMEOUT_MS.
+    // it with that error) when the request outlasted REQUEST_TIMEOUT_MS. A
+    // line noted for the request (logInTraceOnClose) comes first, finished or not.
     const res = reply.raw;
     res.once("close", () => {
       closeLines.get(req.raw)?.(req.trace);
