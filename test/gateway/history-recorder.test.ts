@@ -134,6 +134,21 @@ const texts = async (userId: string) =>
 const settled = (r: HistoryRecorder) =>
   vi.waitFor(() => expect(r.stats().pending).toBe(0), { timeout: 10_000, interval: 20 });
 
+/** A recorder over the test double `client`, its queue two chats long, its log kept. */
+function recorderOfTwo(client: Client<typeof HistoryService>, initialDelayMs: number) {
+  const memory = createMemoryLogger();
+  const r = createHistoryRecorder({
+    client,
+    logger: memory.logger,
+    retryWindowMs: 60_000,
+    queueLimit: 2,
+    initialDelayMs,
+    batchWindowMs: 1,
+  });
+  recorder = r;
+  return { r, memory };
+}
+
 describe("the history recorder against a real history server", () => {
   it("appends at once while history is up", async () => {
     await startServer();
@@ -352,16 +367,7 @@ describe("the history recorder against a real history server", () => {
         return {};
       },
     } as unknown as Client<typeof HistoryService>;
-    const memory = createMemoryLogger();
-    const r = createHistoryRecorder({
-      client,
-      logger: memory.logger,
-      retryWindowMs: 60_000,
-      queueLimit: 2,
-      initialDelayMs: 10,
-      batchWindowMs: 1,
-    });
-    recorder = r;
+    const { r, memory } = recorderOfTwo(client, 10);
     r.record(chat("q", { requestId: "A" }));
     await vi.waitFor(() => expect(releaseA).toBeDefined());
     r.record(chat("q", { requestId: "B" }));
@@ -404,16 +410,7 @@ describe("the history recorder against a real history server", () => {
         return {};
       },
     } as unknown as Client<typeof HistoryService>;
-    const memory = createMemoryLogger();
-    const r = createHistoryRecorder({
-      client,
-      logger: memory.logger,
-      retryWindowMs: 60_000,
-      queueLimit: 2,
-      initialDelayMs: 50,
-      batchWindowMs: 1,
-    });
-    recorder = r;
+    const { r, memory } = recorderOfTwo(client, 50);
     r.record(chat("q2", { requestId: "A" }));
     r.record(chat("q2", { requestId: "B" }));
     await vi.waitFor(() => expect(releaseRetry).toBeDefined());
