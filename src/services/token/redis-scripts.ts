@@ -51,7 +51,11 @@ return {1, used}
  * current day's keys (unix seconds). Returns {refunded, used today}: {0, used
  * today} when refunded already or no such charge exists. An unknown charge
  * is recorded as refunded: one still on its way (sent by a caller that gave
- * up on it) then charges nothing when it lands.
+ * up on it) then charges nothing when it lands. While Redis takes no writes
+ * (out of memory, a read-only replica) nothing is recorded and the refund
+ * still answers: a charge on its way is refused too, and the charge the
+ * gateway refunds then is one Redis refused, whose refund, failed, was
+ * retried for minutes and logged as a charge kept.
  */
 export const refundScript = `
 for i = 1, 3, 2 do
@@ -70,8 +74,10 @@ for i = 1, 3, 2 do
   end
 end
 if redis.call('EXISTS', KEYS[1], KEYS[3]) == 0 then
-  redis.call('HSET', KEYS[1], 'cost', '0', 'refunded', '1')
-  redis.call('EXPIREAT', KEYS[1], ARGV[1])
+  local recorded = redis.pcall('HSET', KEYS[1], 'cost', '0', 'refunded', '1')
+  if type(recorded) ~= 'table' or not recorded.err then
+    redis.call('EXPIREAT', KEYS[1], ARGV[1])
+  end
 end
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 `;

@@ -193,5 +193,36 @@ describe.runIf(redisServerOrSkip())(
         await own.kill();
       }
     });
+
+    it("gives nothing back, without failing, for a refund of a charge it refused; a charge made is still refunded once it can be", async () => {
+      const own = await startOwnRedis();
+      const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("oom-refund") });
+      const admin = createTestRedis(own.url);
+      try {
+        await store.connected();
+        const client = clientOver(store);
+        await client.checkAndInc({ userId: "u", chargeId: "made" });
+        await admin.config("SET", "maxmemory", "1");
+        expect((await failure(client.checkAndInc({ userId: "u", chargeId: "refused" }))).code).toBe(
+          Code.Unavailable,
+        );
+        // The gateway refunds a charge it could not confirm: nothing to give back, and no retries.
+        expect(await client.refund({ userId: "u", chargeId: "refused" })).toMatchObject({
+          refunded: 0n,
+          remaining: 150n,
+        });
+        // A charge that was made cannot be given back while Redis takes no writes: retried later.
+        expect((await failure(client.refund({ userId: "u", chargeId: "made" }))).code).toBe(
+          Code.Unavailable,
+        );
+        await admin.config("SET", "maxmemory", "0");
+        expect((await client.refund({ userId: "u", chargeId: "made" })).refunded).toBe(50n);
+      } finally {
+        await admin.config("SET", "maxmemory", "0");
+        admin.disconnect();
+        await store.close();
+        await own.kill();
+      }
+    });
   },
 );
