@@ -42,9 +42,11 @@ export interface RedisQuotaStore extends QuotaStore {
 /**
  * Redis's refusals while it cannot run commands or take writes for now: out
  * of memory, a replica (after a failover), a failed snapshot that stops
- * writes, a script or a load running, a cluster or its master down.
+ * writes, too few replicas for min-replicas-to-write, a script or a load
+ * running, a cluster or its master down.
  */
-const unavailableNow = /^(OOM|READONLY|MISCONF|BUSY|LOADING|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
+const unavailableNow =
+  /^(OOM|READONLY|MISCONF|NOREPLICAS|BUSY|LOADING|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
 
 /** The key names of the store (exported for tests and operators). */
 export function quotaKeys(prefix: string, userId: string, window: QuotaWindow) {

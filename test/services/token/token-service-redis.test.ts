@@ -194,6 +194,28 @@ describe.runIf(redisServerOrSkip())(
       }
     });
 
+    it("lets chats through uncharged with QUOTA_FAIL_OPEN while too few replicas take writes (NOREPLICAS)", async () => {
+      const own = await startOwnRedis();
+      const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("noreplicas") });
+      const admin = createTestRedis(own.url);
+      try {
+        await store.connected();
+        // min-replicas-to-write without a replica: every write is refused for now.
+        await admin.config("SET", "min-replicas-to-write", "1");
+        expect(
+          await clientOver(store, undefined, true).checkAndInc({ userId: "u", chargeId: "c" }),
+        ).toMatchObject({ unmetered: true, cost: 0n });
+        expect(
+          (await failure(clientOver(store).checkAndInc({ userId: "u", chargeId: "d" }))).code,
+        ).toBe(Code.Unavailable);
+      } finally {
+        await admin.config("SET", "min-replicas-to-write", "0");
+        admin.disconnect();
+        await store.close();
+        await own.kill();
+      }
+    });
+
     it("gives nothing back, without failing, for a refund of a charge it refused; a charge made is still refunded once it can be", async () => {
       const own = await startOwnRedis();
       const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("oom-refund") });
