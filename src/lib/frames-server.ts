@@ -55,8 +55,8 @@ export function headerValue(pairs: readonly string[], name: string): string | nu
   return value;
 }
 
-const errorFrame = (id: number, error: ConnectError) =>
-  encodeFrame(FrameKind.Error, id, errorToJsonBytes(error, {}));
+const errorFrame = (id: number, error: ConnectError, kind: number = FrameKind.Error) =>
+  encodeFrame(kind, id, errorToJsonBytes(error, {}));
 
 /**
  * Serves unary calls to the recorded methods over lean frames (see
@@ -117,13 +117,19 @@ export function createFramesServer(
       }
       endIfIdle(socket, calls);
     };
-    const refuse = (error: ConnectError) => {
+    const refuse = (error: ConnectError, kind: number = FrameKind.Error) => {
       status = Code[error.code] ?? String(error.code);
-      answer(errorFrame(id, error));
+      answer(errorFrame(id, error, kind));
     };
     // Answering would end the call in flight under that id: the stream is broken.
     if (calls.has(id)) throw new RangeError(`call id ${id} is in use`);
-    if (draining) return refuse(new ConnectError("the server is shutting down", Code.Unavailable));
+    // Not run: the client may send it to another replica (a rollout's new pod).
+    if (draining) {
+      return refuse(
+        new ConnectError("the server is shutting down", Code.Unavailable),
+        FrameKind.Refused,
+      );
+    }
     let request: ReturnType<typeof decodeRequest>;
     try {
       request = decodeRequest(body);

@@ -46,6 +46,8 @@ interface Pending {
   readonly method: DescMethodUnary;
   readonly resolve: (message: UnaryResponse["message"]) => void;
   readonly reject: (err: ConnectError) => void;
+  /** The server refused the call unrun (it drains): it may be sent again elsewhere. */
+  readonly refused?: (err: ConnectError) => void;
 }
 
 /** One TCP connection carrying many calls at once. */
@@ -55,6 +57,8 @@ class Connection {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   closed = false;
+  /** The server drains: the calls in flight finish here, new ones open a new connection. */
+  draining = false;
 
   constructor(
     host: string,
@@ -166,11 +170,18 @@ class Connection {
       return;
     }
     const fallback = new ConnectError("malformed error answer", Code.Internal);
+    let error: ConnectError;
     try {
-      pending.reject(errorFromJsonBytes(body, undefined, fallback));
+      error = errorFromJsonBytes(body, undefined, fallback);
     } catch {
-      pending.reject(fallback);
+      error = fallback;
     }
+    if (kind === FrameKind.Refused) {
+      this.draining = true;
+      (pending.refused ?? pending.reject)(error);
+      return;
+    }
+    pending.reject(error);
   }
 }
 
@@ -192,7 +203,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
   const dial = options.dial ?? net.connect;
   let connection: Connection | undefined;
   const connected = () => {
-    if (connection === undefined || connection.closed) {
+    if (connection === undefined || connection.closed || connection.draining) {
       connection = new Connection(host, port, readMaxBytes, idleTimeoutMs, dial);
     }
     return connection;
@@ -221,17 +232,24 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
         clearTimeout(timer);
         if (listens) req.signal.removeEventListener("abort", onAbort);
       };
-      try {
+      const fail = (err: ConnectError) => {
+        done();
+        reject(err);
+      };
+      // A call a draining server refused unrun goes once more, on a new
+      // connection: behind a Service, to another replica (a rollout's new pod).
+      const dispatch = (again: boolean) => {
         cancel = connected().send(method, req.url, timeoutMs, headers, message, {
           resolve: (out) => {
             done();
             resolve(answered(req, out));
           },
-          reject: (err) => {
-            done();
-            reject(err);
-          },
+          reject: fail,
+          ...(again ? {} : { refused: () => dispatch(true) }),
         });
+      };
+      try {
+        dispatch(false);
       } catch (err) {
         // A header or path too long for the format.
         clearTimeout(timer);

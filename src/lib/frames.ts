@@ -12,11 +12,13 @@ import type net from "node:net";
  * A request's body is `u32 timeout ms (0: none) · u8 path length · path ·
  * u8 header count · (u8 name length · name · u16 value length · value)* ·
  * message`; a cancel has no body; an answer's body is the response message
- * (kind Ok) or the error JSON (kind Error). Numbers are big-endian.
+ * (kind Ok) or the error JSON (kind Error, or Refused: a draining server
+ * that did not run the call, which may go to another connection; a client
+ * that does not know the kind reads it as an error). Numbers are big-endian.
  */
 export const framesPreface = Buffer.from("CMRPC/1\n");
 
-export const FrameKind = { Request: 1, Cancel: 2, Ok: 3, Error: 4 } as const;
+export const FrameKind = { Request: 1, Cancel: 2, Ok: 3, Error: 4, Refused: 5 } as const;
 
 /** Length field, kind and call id. */
 const headerBytes = 9;

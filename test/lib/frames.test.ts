@@ -348,6 +348,27 @@ describe("unary calls over frames", () => {
     expect((await client.generate({ text: "again" })).reply).toBe("Echo: again");
   });
 
+  it("sends a call that a draining server refused to another replica, while the server finishes its own", async () => {
+    // Two replicas behind one address, as a Kubernetes Service: the first
+    // connection reaches the one that is stopped, later ones the other.
+    const { port: oldPort } = await start({ delayMs: 300 });
+    const old = app as FastifyInstance;
+    const { port: newPort } = await start({});
+    let dials = 0;
+    const client = framesClient(`http://127.0.0.1:${oldPort}`, 5_000, (options) =>
+      net.connect({ ...options, port: dials++ === 0 ? oldPort : newPort }),
+    );
+    const inFlight = client.generate({ text: "in flight" });
+    await new Promise((r) => setTimeout(r, 50));
+    const closed = old.close();
+    // Sent on the old replica's connection while its call in flight keeps it open.
+    const during = await Promise.all([1, 2, 3].map((n) => client.generate({ text: `new ${n}` })));
+    expect(during.map((r) => r.reply)).toEqual(["Echo: new 1", "Echo: new 2", "Echo: new 3"]);
+    expect((await inFlight).reply).toBe("Echo: in flight");
+    await closed;
+    expect(dials).toBe(2);
+  });
+
   it("drops a connection whose server stopped reading, failing its calls fast as Unavailable", async () => {
     // A server that accepts connections and never reads from them.
     const stuck = net.createServer((socket) => socket.pause());
