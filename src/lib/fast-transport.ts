@@ -26,6 +26,12 @@ export interface FastTransportOptions {
   readonly ca?: Buffer;
 }
 
+/** Whether a request failed because its connection was closed before any answer. */
+function isClosedUnderfoot(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === "ECONNRESET" || code === "EPIPE";
+}
+
 /**
  * A Connect-protocol client transport for unary calls in binary over pooled
  * HTTP/1.1 keep-alive connections (cleartext, or TLS for an https:// URL): the same wire format any Connect server
@@ -96,7 +102,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         reject(err);
       };
       let outgoing: http.ClientRequest;
-      try {
+      const attempt = () => {
         outgoing = request({ agent, host, port, method: "POST", path: req.url, headers }, (res) => {
           const chunks: Buffer[] = [];
           res.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -131,6 +137,19 @@ export function createFastTransport(options: FastTransportOptions): Transport {
             reject(error);
           });
         });
+        const sent = outgoing;
+        sent.once("error", (err) => {
+          // A kept-alive connection the service closed as this call went out
+          // on it (it drains, or its idle timeout ended it): no answer came,
+          // and every call of chat.v1 may be sent again, so it goes on
+          // another connection, as Node's documentation advises.
+          if (sent.reusedSocket && !settled && isClosedUnderfoot(err)) attempt();
+          else fail(ConnectError.from(err, Code.Unavailable));
+        });
+        sent.end(body);
+      };
+      try {
+        attempt();
       } catch (err) {
         // Node refuses here a header value `Headers` lets through (a control
         // character): nothing was sent, and no deadline or listener is left
@@ -144,8 +163,6 @@ export function createFastTransport(options: FastTransportOptions): Transport {
       );
       const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
       if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
-      outgoing.once("error", (err) => fail(ConnectError.from(err, Code.Unavailable)));
-      outgoing.end(body);
     });
 
   return createUnaryTransport({
