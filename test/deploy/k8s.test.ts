@@ -197,6 +197,22 @@ describe.skipIf(kubectl === undefined)("deploy/k8s", () => {
       expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThan(shutdownMs + preStopMs);
     });
 
+    it("lets a chat whose model call began before SIGTERM finish before the gateway and the llm exit", () => {
+      // A rolling update or an HPA scale-down: the chat's Filter and Token
+      // calls, its model call of up to LLM_TIMEOUT_MS, then the charge's
+      // settlement, which the gateway allows twice TOKEN_TIMEOUT_MS.
+      const config = generated(objects(), "ConfigMap", "chatmesh-config");
+      const gateway = loadGatewayConfig(config.data);
+      const llm = loadLlmConfig(config.data);
+      const chatMs =
+        gateway.filterTimeoutMs +
+        gateway.tokenTimeoutMs +
+        gateway.llmTimeoutMs +
+        2 * gateway.tokenTimeoutMs;
+      expect(gateway.shutdownTimeoutMs).toBeGreaterThan(chatMs);
+      expect(llm.shutdownTimeoutMs).toBeGreaterThan(llm.timeoutMs);
+    });
+
     it("has Prometheus (deploy/prometheus/kubernetes.yml) scrape each pod as its process, /metrics on its port", () => {
       const config = parse(repoFile("deploy/prometheus/kubernetes.yml"));
       const rules = config.scrape_configs[0].relabel_configs as Relabel[];
