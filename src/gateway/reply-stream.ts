@@ -75,13 +75,17 @@ export async function relayReply(
         );
   let tooSlow = false;
   try {
-    const pieces = deps.upstreams.llm.generateStream(
-      { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      {
-        signal: call.signal,
-        ...(deps.llmTimeoutMs !== undefined && { timeoutMs: deps.llmTimeoutMs + deadlineGraceMs }),
-        ...traceCallOptions(deps.trace),
-      },
+    const pieces = openedAgainIfRefused(() =>
+      deps.upstreams.llm.generateStream(
+        { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
+        {
+          signal: call.signal,
+          ...(deps.llmTimeoutMs !== undefined && {
+            timeoutMs: deps.llmTimeoutMs + deadlineGraceMs,
+          }),
+          ...traceCallOptions(deps.trace),
+        },
+      ),
     );
     for await (const piece of pieces) {
       model ||= piece.model;
@@ -132,6 +136,25 @@ export async function relayReply(
     reportedUsage,
     remaining,
   };
+}
+
+/**
+ * The pieces of `open()`'s stream; a stream the service refused unrun (an
+ * HTTP/2 REFUSED_STREAM: it drains on SIGTERM, and its GOAWAY crossed the
+ * call) is opened once more, on a new connection: behind a Kubernetes
+ * Service, another replica.
+ */
+export async function* openedAgainIfRefused<T>(open: () => AsyncIterable<T>): AsyncIterable<T> {
+  let received = false;
+  try {
+    for await (const piece of open()) {
+      received = true;
+      yield piece;
+    }
+  } catch (err) {
+    if (received || !ConnectError.from(err).rawMessage.includes("REFUSED_STREAM")) throw err;
+    yield* open();
+  }
 }
 
 export const deadlineReached = Symbol("deadline reached");

@@ -81,8 +81,18 @@ describe.each(["frames", "connect", "grpc"] as const)(
       const worker = async (w: number) => {
         while (!stop) {
           const n = chats++;
-          const res = await postChat(stack.gatewayUrl, { user_id: `r${w}-${n}`, text: "hi" });
-          if (res.status !== 200) failures.push(res.json);
+          if (n % 2 === 0) {
+            const res = await postChat(stack.gatewayUrl, { user_id: `r${w}-${n}`, text: "hi" });
+            if (res.status !== 200) failures.push(res.json);
+          } else {
+            const res = await fetch(`${stack.gatewayUrl}/chat/stream`, {
+              method: "POST",
+              headers: { "content-type": "application/json" },
+              body: JSON.stringify({ user_id: `r${w}-${n}`, text: "hi there" }),
+            });
+            const text = await res.text();
+            if (res.status !== 200 || !text.includes("event: done")) failures.push(text);
+          }
         }
       };
       const workers = Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map(worker));

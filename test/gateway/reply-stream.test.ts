@@ -1,6 +1,12 @@
 import { getEventListeners } from "node:events";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { deadlineOf, deadlineReached, eitherSignal } from "../../src/gateway/reply-stream.js";
+import {
+  deadlineOf,
+  deadlineReached,
+  eitherSignal,
+  openedAgainIfRefused,
+} from "../../src/gateway/reply-stream.js";
 import { runWithOneGcThread } from "../fixtures/gc-process.js";
 
 describe("eitherSignal", () => {
@@ -66,5 +72,59 @@ describe("deadlineOf", () => {
     expect(outcome).toBe(deadlineReached);
     expect([expired, held.heldByClient]).toEqual([1, true]);
     held.clear();
+  });
+});
+
+describe("openedAgainIfRefused", () => {
+  /** A stream that yields `pieces`, then fails with `error` if given. */
+  async function* stream(pieces: string[], error?: ConnectError) {
+    yield* pieces;
+    if (error !== undefined) throw error;
+  }
+  const collect = async (pieces: AsyncIterable<string>) => {
+    const out: string[] = [];
+    for await (const piece of pieces) out.push(piece);
+    return out;
+  };
+  // As the gateway's gRPC client reports a stream refused by a draining
+  // service: Node's own error, and connect-node's for the reset code.
+  const refusals = [
+    new ConnectError("Stream closed with error code NGHTTP2_REFUSED_STREAM", Code.Internal),
+    new ConnectError("http/2 stream closed with error code REFUSED_STREAM (0x7)", Code.Unavailable),
+  ];
+
+  it.each(refusals)("opens a stream refused unrun once more: %s", async (refused) => {
+    let opened = 0;
+    const pieces = openedAgainIfRefused(() =>
+      opened++ === 0 ? stream([], refused) : stream(["Echo: ", "hi"]),
+    );
+    expect(await collect(pieces)).toEqual(["Echo: ", "hi"]);
+    expect(opened).toBe(2);
+  });
+
+  it("opens it at most twice, and never again once a piece came or for another failure", async () => {
+    const [refused] = refusals as [ConnectError];
+    let opened = 0;
+    const always = openedAgainIfRefused(() => {
+      opened++;
+      return stream([], refused);
+    });
+    await expect(collect(always)).rejects.toBe(refused);
+    expect(opened).toBe(2);
+    opened = 0;
+    const midway = openedAgainIfRefused(() => {
+      opened++;
+      return stream(["Echo: "], refused);
+    });
+    await expect(collect(midway)).rejects.toBe(refused);
+    expect(opened).toBe(1);
+    const down = new ConnectError("connect ECONNREFUSED", Code.Unavailable);
+    opened = 0;
+    const failing = openedAgainIfRefused(() => {
+      opened++;
+      return stream([], down);
+    });
+    await expect(collect(failing)).rejects.toBe(down);
+    expect(opened).toBe(1);
   });
 });
