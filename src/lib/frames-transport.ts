@@ -112,7 +112,9 @@ class Connection {
       cause = err;
     });
     // The server ends a connection when it drains: new calls go to a new one.
+    let ended = false;
     this.socket.once("end", () => {
+      ended = true;
       this.closed = true;
     });
     this.socket.once("close", () => {
@@ -124,7 +126,16 @@ class Connection {
         undefined,
         cause,
       );
-      for (const pending of this.pending.values()) pending.reject(error);
+      // A draining server ends a connection once it has no call in flight,
+      // and refuses, unrun, what arrives after: a call still unanswered when
+      // it ended cleanly went out as it closed, and goes once more on a new
+      // connection (to another replica, behind a Service), as a refused one
+      // does. Every chat.v1 call may be sent again (a server that crashed
+      // mid-call ends its connections the same way).
+      const unrun = ended && cause === undefined;
+      for (const pending of this.pending.values()) {
+        (unrun ? (pending.refused ?? pending.reject) : pending.reject)(error);
+      }
       this.pending.clear();
     });
   }

@@ -369,6 +369,26 @@ describe("unary calls over frames", () => {
     expect(dials).toBe(2);
   });
 
+  it("sends once more a call whose connection the server ended before answering it (a draining server closing it as the call went out)", async () => {
+    // The first connection reaches a server that ends it as the call
+    // arrives, unanswered, as a draining service ends an idle connection
+    // while a call is on its way; later ones reach a real replica.
+    const ending = net.createServer((socket) => socket.once("data", () => socket.end()));
+    await new Promise<void>((resolve) => ending.listen(0, "127.0.0.1", resolve));
+    const endingPort = (ending.address() as AddressInfo).port;
+    const { port } = await start({});
+    let dials = 0;
+    const client = framesClient(`http://127.0.0.1:${port}`, 5_000, (options) =>
+      net.connect({ ...options, port: dials++ === 0 ? endingPort : port }),
+    );
+    try {
+      expect((await client.generate({ text: "went out" })).reply).toBe("Echo: went out");
+      expect(dials).toBe(2);
+    } finally {
+      ending.close();
+    }
+  });
+
   it("drops a connection whose server stopped reading, failing its calls fast as Unavailable", async () => {
     // A server that accepts connections and never reads from them.
     const stuck = net.createServer((socket) => socket.pause());
