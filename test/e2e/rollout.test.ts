@@ -102,10 +102,12 @@ describe.each(["frames", "connect", "grpc"] as const)(
       await new Promise((r) => setTimeout(r, 200));
       const exited = old.stop("SIGTERM");
       expect(await exited).toBe(0);
-      await new Promise((r) => setTimeout(r, 500));
+      // Chats on to the new replica alone: by count, not time, so that a
+      // loaded machine runs as many as a quiet one.
+      const atExit = chats;
+      while (chats < Math.max(atExit + 16, 40)) await new Promise((r) => setTimeout(r, 20));
       stop = true;
       await workers;
-      expect(chats).toBeGreaterThan(30);
       const gatewayWarnings = stack.procs
         .get("gateway")
         ?.output()
