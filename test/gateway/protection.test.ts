@@ -170,6 +170,20 @@ describe("API keys", () => {
     });
   });
 
+  it("refuse a user_id that is empty or no string in the contract's words, keys or not", async () => {
+    await gateway({}, true);
+    for (const user_id of ["", 5, null, ["alice"]]) {
+      const res = await chat({ user_id, text: "hi" }, aliceKey);
+      expect([res.statusCode, res.json()], JSON.stringify(user_id)).toEqual([
+        400,
+        { error: "bad json or missing user_id" },
+      ]);
+    }
+    expect((await get("/history?user_id=", aliceKey)).json()).toEqual({
+      error: "user_id is required",
+    });
+  });
+
   it("are parsed strictly, matched exactly, and read from the Authorization header", () => {
     expect(keys.size).toBe(2);
     expect(keys.userOf(aliceKey)).toBe("alice");
