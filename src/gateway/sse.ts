@@ -1,4 +1,5 @@
 import type { ServerResponse } from "node:http";
+import { clientGoneSignal } from "./client-gone.js";
 
 /** Headers to send along, such as those set on the reply before it was taken over. */
 export type SseHeaders = Readonly<Record<string, string | number | string[] | undefined>>;
@@ -61,13 +62,7 @@ export function openSseStream(
     readonly stallLimitMs?: number | undefined;
   } = {},
 ): SseStream {
-  const gone = new AbortController();
-  const onClose = () => {
-    // The default reason, an AbortError, is what RPC clients read as "cancelled".
-    if (!res.writableFinished) gone.abort();
-  };
-  res.once("close", onClose);
-  if (res.destroyed) onClose();
+  const gone = clientGoneSignal(res);
 
   let started = false;
   const start = () => {
@@ -87,7 +82,7 @@ export function openSseStream(
   if (options.deferHeaders !== true) start();
 
   const write = (frame: string): Promise<void> => {
-    if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
+    if (gone.aborted || res.writableEnded) return Promise.resolve();
     start();
     if (res.write(frame)) return Promise.resolve();
     return new Promise((resolve) => {
@@ -98,19 +93,19 @@ export function openSseStream(
       const done = () => {
         clearTimeout(stall);
         res.off("drain", done);
-        gone.signal.removeEventListener("abort", done);
+        gone.removeEventListener("abort", done);
         resolve();
       };
       res.once("drain", done);
-      gone.signal.addEventListener("abort", done, { once: true });
+      gone.addEventListener("abort", done, { once: true });
     });
   };
   return {
-    signal: gone.signal,
+    signal: gone,
     send: (event, data) => write(sseFrame(event, data)),
     write,
     end() {
-      if (res.writableEnded || gone.signal.aborted) return;
+      if (res.writableEnded || gone.aborted) return;
       start();
       res.end();
     },
@@ -118,7 +113,7 @@ export function openSseStream(
       res.destroy();
     },
     answerInstead(status, body, without = []) {
-      if (started || res.writableEnded || gone.signal.aborted) return false;
+      if (started || res.writableEnded || gone.aborted) return false;
       started = true;
       const kept = { ...headers };
       for (const name of without) delete kept[name];
