@@ -164,15 +164,35 @@ describe.runIf(redisServerOrSkip())("TokenService with QUOTA_FAIL_OPEN while Red
   }, 30_000);
 });
 
+/**
+ * Runs `body` against a Redis of its own (its settings are the test's to
+ * change), with a quota store and an admin client over it; stops it after.
+ */
+async function withOwnRedis(
+  name: string,
+  body: (
+    store: ReturnType<typeof createRedisQuotaStore>,
+    admin: ReturnType<typeof createTestRedis>,
+  ) => Promise<void>,
+): Promise<void> {
+  const own = await startOwnRedis();
+  const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix(name) });
+  const admin = createTestRedis(own.url);
+  try {
+    await store.connected();
+    await body(store, admin);
+  } finally {
+    admin.disconnect();
+    await store.close();
+    await own.kill();
+  }
+}
+
 describe.runIf(redisServerOrSkip())(
   "TokenService while Redis refuses writes (out of memory)",
   () => {
     it("lets chats through uncharged with QUOTA_FAIL_OPEN, and fails them as UNAVAILABLE without", async () => {
-      const own = await startOwnRedis();
-      const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("oom") });
-      const admin = createTestRedis(own.url);
-      try {
-        await store.connected();
+      await withOwnRedis("oom", async (store, admin) => {
         await admin.config("SET", "maxmemory", "1");
         const open = clientOver(store, undefined, true);
         expect(await open.checkAndInc({ userId: "u", chargeId: "c" })).toMatchObject({
@@ -186,20 +206,11 @@ describe.runIf(redisServerOrSkip())(
         // Refused, not run: nothing to take back once Redis takes writes again.
         await admin.config("SET", "maxmemory", "0");
         expect((await closed.getQuota({ userId: "u" })).used).toBe(0n);
-      } finally {
-        await admin.config("SET", "maxmemory", "0");
-        admin.disconnect();
-        await store.close();
-        await own.kill();
-      }
+      });
     });
 
     it("lets chats through uncharged with QUOTA_FAIL_OPEN while too few replicas take writes (NOREPLICAS)", async () => {
-      const own = await startOwnRedis();
-      const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("noreplicas") });
-      const admin = createTestRedis(own.url);
-      try {
-        await store.connected();
+      await withOwnRedis("noreplicas", async (store, admin) => {
         // min-replicas-to-write without a replica: every write is refused for now.
         await admin.config("SET", "min-replicas-to-write", "1");
         expect(
@@ -208,20 +219,11 @@ describe.runIf(redisServerOrSkip())(
         expect(
           (await failure(clientOver(store).checkAndInc({ userId: "u", chargeId: "d" }))).code,
         ).toBe(Code.Unavailable);
-      } finally {
-        await admin.config("SET", "min-replicas-to-write", "0");
-        admin.disconnect();
-        await store.close();
-        await own.kill();
-      }
+      });
     });
 
     it("gives nothing back, without failing, for a refund of a charge it refused; a charge made is still refunded once it can be", async () => {
-      const own = await startOwnRedis();
-      const store = createRedisQuotaStore({ url: own.url, keyPrefix: uniquePrefix("oom-refund") });
-      const admin = createTestRedis(own.url);
-      try {
-        await store.connected();
+      await withOwnRedis("oom-refund", async (store, admin) => {
         const client = clientOver(store);
         await client.checkAndInc({ userId: "u", chargeId: "made" });
         await admin.config("SET", "maxmemory", "1");
@@ -239,12 +241,7 @@ describe.runIf(redisServerOrSkip())(
         );
         await admin.config("SET", "maxmemory", "0");
         expect((await client.refund({ userId: "u", chargeId: "made" })).refunded).toBe(50n);
-      } finally {
-        await admin.config("SET", "maxmemory", "0");
-        admin.disconnect();
-        await store.close();
-        await own.kill();
-      }
+      });
     });
   },
 );
