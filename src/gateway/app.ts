@@ -18,7 +18,6 @@ import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
-import { clientGoneSignal } from "./client-gone.js";
 import { createCorsAnswerHeaders } from "./cors.js";
 import {
   badRequest,
@@ -286,7 +285,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
             history,
             cost,
             refunder,
-            clientGone: clientGoneSignal(reply.raw),
           },
           input,
           req.id,

@@ -70,17 +70,7 @@ export interface ChatDeps {
    * deadline without it.
    */
   readonly llmTimeoutMs?: number;
-  /**
-   * Aborted when the client of a unary chat went away before its answer
-   * (clientGoneSignal): the model call is cancelled, so a model server stops
-   * generating for no one (an SDK that timed out and retried would have had
-   * each attempt generate on). The charge stays, as a stream's does then.
-   */
-  readonly clientGone?: AbortSignal;
 }
-
-/** What a unary chat whose client went away is counted as (chatmesh_chats_total). */
-const clientGoneError: HttpError = { status: 499, body: { error: "client gone" } };
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
 export interface AdmittedChat {
@@ -161,21 +151,11 @@ export async function completeChat(
 
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
-    const callOptions = traceCallOptions(deps.trace);
     answer = await deps.upstreams.llm.generate(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      deps.clientGone === undefined ? callOptions : { ...callOptions, signal: deps.clientGone },
+      traceCallOptions(deps.trace),
     );
   } catch (err) {
-    if (deps.clientGone?.aborted === true) {
-      deps.logger.info(
-        traceLogFields(deps.trace),
-        "client went away: model call cancelled, the charge kept",
-      );
-      // In tokens mode, settled to the prompt: no reply was given.
-      await settle(deps, input.userId, requestId, () => chatUsage(cleaned, "", undefined));
-      return clientGoneError;
-    }
     const failed = failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return failed;

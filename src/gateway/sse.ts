@@ -1,5 +1,4 @@
 import type { ServerResponse } from "node:http";
-import { clientGoneSignal } from "./client-gone.js";
 
 /** Headers to send along, such as those set on the reply before it was taken over. */
 export type SseHeaders = Readonly<Record<string, string | number | string[] | undefined>>;
@@ -62,7 +61,13 @@ export function openSseStream(
     readonly stallLimitMs?: number | undefined;
   } = {},
 ): SseStream {
-  const gone = clientGoneSignal(res);
+  const gone = new AbortController();
+  const onClose = () => {
+    // The default reason, an AbortError, is what RPC clients read as "cancelled".
+    if (!res.writableFinished) gone.abort();
+  };
+  res.once("close", onClose);
+  if (res.destroyed) onClose();
 
   let started = false;
   const start = () => {
@@ -82,7 +87,7 @@ export function openSseStream(
   if (options.deferHeaders !== true) start();
 
   const write = (frame: string): Promise<void> => {
-    if (gone.aborted || res.writableEnded) return Promise.resolve();
+    if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
     start();
     if (res.write(frame)) return Promise.resolve();
     return new Promise((resolve) => {
@@ -93,19 +98,19 @@ export function openSseStream(
       const done = () => {
         clearTimeout(stall);
         res.off("drain", done);
-        gone.removeEventListener("abort", done);
+        gone.signal.removeEventListener("abort", done);
         resolve();
       };
       res.once("drain", done);
-      gone.addEventListener("abort", done, { once: true });
+      gone.signal.addEventListener("abort", done, { once: true });
     });
   };
   return {
-    signal: gone,
+    signal: gone.signal,
     send: (event, data) => write(sseFrame(event, data)),
     write,
     end() {
-      if (res.writableEnded || gone.aborted) return;
+      if (res.writableEnded || gone.signal.aborted) return;
       start();
       res.end();
     },
@@ -113,7 +118,7 @@ export function openSseStream(
       res.destroy();
     },
     answerInstead(status, body, without = []) {
-      if (started || res.writableEnded || gone.aborted) return false;
+      if (started || res.writableEnded || gone.signal.aborted) return false;
       started = true;
       const kept = { ...headers };
       for (const name of without) delete kept[name];
