@@ -2,6 +2,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type CallOptions, type Client, Code, ConnectError } from "@connectrpc/connect";
 import { QuotaExceededSchema } from "../../gen/chat/v1/errors_pb.js";
 import type { CheckAndIncResponse, TokenService } from "../../gen/chat/v1/token_pb.js";
+import { causesOf } from "../lib/causes.js";
 
 /** A user's quota as the RateLimit headers tell it. */
 export interface QuotaState {
@@ -20,7 +21,7 @@ const connecting = new Set(["connect", "getaddrinfo"]);
  * service never saw the request, so it charged nothing.
  */
 export function neverSent(err: unknown): boolean {
-  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) {
+  for (const at of causesOf(err)) {
     if (connecting.has((at as NodeJS.ErrnoException).syscall ?? "")) return true;
   }
   return false;

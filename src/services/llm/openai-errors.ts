@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
+import { causesOf } from "../../lib/causes.js";
 
 /** What a failed model call is judged by besides the error itself. */
 export interface FailedCall {
@@ -139,11 +140,6 @@ export function refusesStreamOptions(err: unknown): boolean {
   if (!(err instanceof APIError) || (err.status !== 400 && err.status !== 422)) return false;
   if (err.param === "stream_options") return true;
   return JSON.stringify(err.error ?? err.message).includes("stream_options");
-}
-
-/** `err` and its causes, five deep at most. */
-function* causesOf(err: unknown): Generator<Error> {
-  for (let at = err, depth = 0; at instanceof Error && depth < 5; at = at.cause, depth++) yield at;
 }
 
 /** `err`, or the first of its causes, that is an `E`. */
