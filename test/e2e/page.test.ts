@@ -20,17 +20,28 @@ let stack: Stack;
 let browser: Browser;
 let page: Page;
 
-describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
+/**
+ * The stack with `env`, Chromium and a page on the chat page, for the tests
+ * of the describe it is called in; stopped after them.
+ */
+function openChatPage(
+  env: () => Record<string, string>,
+  viewport?: { readonly width: number; readonly height: number },
+) {
   beforeAll(async () => {
-    stack = await startStack({ ECHO_CHUNK_DELAY_MS: "80" });
+    stack = await startStack(env());
     browser = await launchChromium();
-    page = await browser.newPage({ viewport: { width: 900, height: 760 } });
+    page = await browser.newPage(viewport === undefined ? {} : { viewport });
     await page.goto(stack.gatewayUrl);
   });
   afterAll(async () => {
     await browser?.close();
     await stack?.stopAll();
   });
+}
+
+describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
+  openChatPage(() => ({ ECHO_CHUNK_DELAY_MS: "80" }), { width: 900, height: 760 });
 
   /** Types a message and sends it with Enter, as a user does. */
   async function send(text: string) {
@@ -327,17 +338,8 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
 });
 
 describe.skipIf(chromiumMissing)("the chat page with a fast model", () => {
-  beforeAll(async () => {
-    // Every piece as soon as it is made: many pieces, and many lines, a frame.
-    stack = await startStack({ ECHO_CHUNK_DELAY_MS: "0" });
-    browser = await launchChromium();
-    page = await browser.newPage({ viewport: { width: 375, height: 560 } });
-    await page.goto(stack.gatewayUrl);
-  });
-  afterAll(async () => {
-    await browser?.close();
-    await stack?.stopAll();
-  });
+  // Every piece as soon as it is made: many pieces, and many lines, a frame.
+  openChatPage(() => ({ ECHO_CHUNK_DELAY_MS: "0" }), { width: 375, height: 560 });
 
   it("follows a reply that grows by lines between two frames to its end", async () => {
     const words = Array.from({ length: 900 }, (_, i) => `w${i}`).join(" ");
@@ -356,19 +358,12 @@ describe.skipIf(chromiumMissing)("the chat page with a fast model", () => {
 describe.skipIf(chromiumMissing)("the chat page with API keys", () => {
   const key = "page-test-key-0123456789";
   let keys: string;
-  beforeAll(async () => {
+  beforeAll(() => {
     keys = mkdtempSync(join(tmpdir(), "chatmesh-keys-"));
     writeFileSync(join(keys, "keys"), `${key} alice\n`);
-    stack = await startStack({ API_KEYS_FILE: join(keys, "keys") });
-    browser = await launchChromium();
-    page = await browser.newPage();
-    await page.goto(stack.gatewayUrl);
   });
-  afterAll(async () => {
-    await browser?.close();
-    await stack?.stopAll();
-    rmSync(keys, { recursive: true, force: true });
-  });
+  afterAll(() => rmSync(keys, { recursive: true, force: true }));
+  openChatPage(() => ({ API_KEYS_FILE: join(keys, "keys") }));
 
   it("asks for a key on 401 and chats with it", async () => {
     // At once: the page's read of the quota was refused.
