@@ -18,6 +18,7 @@ import { newRequestId, traceLogFields } from "../lib/trace.js";
 import { useBufferUtf8Encoding } from "../lib/utf8.js";
 import type { ApiKeys } from "./auth.js";
 import { parseChatInput, runChat } from "./chat.js";
+import { cancelledOnClose } from "./client-gone.js";
 import { createCorsAnswerHeaders } from "./cors.js";
 import {
   badRequest,
@@ -285,6 +286,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
             history,
             cost,
             refunder,
+            clientGone: cancelledOnClose(reply.raw),
           },
           input,
           req.id,

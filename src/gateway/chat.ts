@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
+import { type Cancellation, cancellableBy } from "../lib/unary-transport.js";
 import { codePointsOver, userIdTooLong } from "../lib/user-id.js";
 import { badRequest, type HttpError, httpErrorFromRpc, type Stage } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
@@ -70,7 +71,17 @@ export interface ChatDeps {
    * deadline without it.
    */
   readonly llmTimeoutMs?: number;
+  /**
+   * Cancelled when the client of a unary chat went away before its answer
+   * (cancelledOnClose): the model call is cancelled, so a model server stops
+   * generating for no one (an SDK that timed out and retried would have had
+   * each attempt generate on). The charge stays, as a stream's does then.
+   */
+  readonly clientGone?: Cancellation;
 }
+
+/** What a unary chat whose client went away is counted as (chatmesh_chats_total). */
+const clientGoneError: HttpError = { status: 499, body: { error: "client gone" } };
 
 /** A chat let through Filter and Token: the text to answer, and the quota left. */
 export interface AdmittedChat {
@@ -151,11 +162,23 @@ export async function completeChat(
 
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
+    const callOptions = traceCallOptions(deps.trace);
     answer = await deps.upstreams.llm.generate(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      traceCallOptions(deps.trace),
+      deps.clientGone === undefined
+        ? callOptions
+        : { ...callOptions, ...cancellableBy(deps.clientGone) },
     );
   } catch (err) {
+    if (deps.clientGone?.cancelled === true) {
+      deps.logger.info(
+        traceLogFields(deps.trace),
+        "client went away: model call cancelled, the charge kept",
+      );
+      // In tokens mode, settled to the prompt: no reply was given.
+      await settle(deps, input.userId, requestId, () => chatUsage(cleaned, "", undefined));
+      return clientGoneError;
+    }
     const failed = failedCall(deps.logger, "llm", err, deps.trace);
     await refund(deps, input.userId, requestId);
     return failed;

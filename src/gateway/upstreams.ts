@@ -17,6 +17,7 @@ import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
 import { createRotatingTransport } from "../lib/rotating-transport.js";
 import type { LocalService } from "../lib/rpc-server.js";
+import { withCancellation } from "../lib/unary-transport.js";
 
 /** The typed clients of the services the gateway calls. */
 export interface Upstreams {
@@ -78,7 +79,7 @@ export function createUpstreams(
       pingTimeoutMs: 5_000,
       ...(ca === undefined ? {} : { nodeOptions: { ca } }),
     });
-    if (config.upstreamProtocol === "grpc") return grpc;
+    if (config.upstreamProtocol === "grpc") return withCancellation(grpc);
     // Frames are cleartext only: a TLS upstream gets the lean Connect path.
     if (config.upstreamProtocol === "frames" && baseUrl.startsWith("http:")) {
       return createFramesTransport({

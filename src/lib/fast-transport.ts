@@ -6,10 +6,11 @@ import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/prot
 import { codecFor } from "./codec.js";
 import { urlHostAddress } from "./local-host.js";
 import {
+  cancelledBefore,
   createUnaryTransport,
-  noSignal,
   requestHeaders,
   type SendUnary,
+  whenCancelled,
 } from "./unary-transport.js";
 
 export interface FastTransportOptions {
@@ -83,17 +84,17 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         headers[pairs[i] as string] = pairs[i + 1] as string;
       }
       // A call cancelled before it began is not sent at all.
-      if (req.signal.aborted) {
-        reject(ConnectError.from(req.signal.reason, Code.Canceled));
+      const early = cancelledBefore(req);
+      if (early !== undefined) {
+        reject(early);
         return;
       }
       let settled = false;
-      // The shared never-aborted signal gets no listeners.
-      const listens = req.signal !== noSignal;
+      let stopListening: (() => void) | undefined;
       const settle = () => {
         settled = true;
         clearTimeout(timer);
-        if (listens) req.signal.removeEventListener("abort", onAbort);
+        stopListening?.();
       };
       const fail = (err: ConnectError) => {
         if (settled) return;
@@ -161,8 +162,7 @@ export function createFastTransport(options: FastTransportOptions): Transport {
         () => fail(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
         timeoutMs,
       );
-      const onAbort = () => fail(ConnectError.from(req.signal.reason, Code.Canceled));
-      if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
+      stopListening = whenCancelled(req, fail);
     });
 
   return createUnaryTransport({

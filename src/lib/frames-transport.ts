@@ -21,9 +21,9 @@ import {
 import {
   answered,
   createUnaryTransport,
-  noSignal,
   requestHeaders,
   type SendUnary,
+  whenCancelled,
 } from "./unary-transport.js";
 
 export interface FramesTransportOptions {
@@ -232,16 +232,14 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
         return;
       }
       let cancel: (reason: ConnectError) => void = () => {};
-      const onAbort = () => cancel(ConnectError.from(req.signal.reason, Code.Canceled));
       const timer = setTimeout(
         () => cancel(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
         timeoutMs,
       );
-      // The shared never-aborted signal gets no listeners.
-      const listens = req.signal !== noSignal;
+      let stopListening: (() => void) | undefined;
       const done = () => {
         clearTimeout(timer);
-        if (listens) req.signal.removeEventListener("abort", onAbort);
+        stopListening?.();
       };
       const fail = (err: ConnectError) => {
         done();
@@ -267,8 +265,7 @@ export function createFramesTransport(options: FramesTransportOptions): Transpor
         reject(ConnectError.from(err, Code.InvalidArgument));
         return;
       }
-      if (req.signal.aborted) onAbort();
-      else if (listens) req.signal.addEventListener("abort", onAbort, { once: true });
+      stopListening = whenCancelled(req, (err) => cancel(err));
     });
 
   return createUnaryTransport({

@@ -4,7 +4,12 @@ import type { Logger } from "./logger.js";
 import { callThen } from "./metrics.js";
 import type { LocalService } from "./rpc-server.js";
 import { continueTrace, formatTraceparent, traceLogFields } from "./trace.js";
-import { answered, createUnaryTransport, noSignal, type SendUnary } from "./unary-transport.js";
+import {
+  answered,
+  createUnaryTransport,
+  type SendUnary,
+  whenCancelled,
+} from "./unary-transport.js";
 
 export interface LocalTransportOptions {
   /** The service, as `localServiceOf` gives it. */
@@ -56,15 +61,8 @@ export function createLocalTransport(options: LocalTransportOptions): Transport 
       trace,
       timeoutMs,
     );
-    if (req.signal !== noSignal) {
-      const onAbort = () => call.abort(ConnectError.from(req.signal.reason, Code.Canceled));
-      if (req.signal.aborted) onAbort();
-      else {
-        req.signal.addEventListener("abort", onAbort, { once: true });
-        const done = () => req.signal.removeEventListener("abort", onAbort);
-        call.done.then(done, done);
-      }
-    }
+    const stopListening = whenCancelled(req, (err) => call.abort(err));
+    if (stopListening !== undefined) call.done.then(stopListening, stopListening);
     return call.done.then(
       (message) => answered(req, message),
       // As over the wire: whatever the handler threw arrives as a ConnectError.

@@ -1,46 +1,13 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bufCurlGrpc } from "../fixtures/curl.js";
 import {
-  freePort,
   postChat,
+  processNames,
   type Running,
-  startChatmesh,
+  startAllInOne as startAll,
   waitForOutput,
-  waitHealthy,
 } from "../fixtures/processes.js";
 import { expectSeedBodies, expectSeedQuotaLoop } from "../fixtures/seed.js";
-
-const names = ["token", "filter", "llm", "history", "gateway"] as const;
-
-/** `chatmesh all` on free ports, its history in a temporary directory. */
-async function startAll(extraEnv: Record<string, string> = {}) {
-  const ports = Object.fromEntries(
-    await Promise.all(names.map(async (n) => [n, await freePort()])),
-  ) as Record<(typeof names)[number], number>;
-  const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-all-"));
-  const running = startChatmesh(["all"], {
-    TOKEN_PORT: String(ports.token),
-    FILTER_PORT: String(ports.filter),
-    LLM_PORT: String(ports.llm),
-    HISTORY_PORT: String(ports.history),
-    GATEWAY_PORT: String(ports.gateway),
-    HISTORY_DATABASE_URL: `sqlite:${join(dataDir, "history.db")}`,
-    ...extraEnv,
-  });
-  for (const name of names) await waitHealthy(ports[name], running);
-  return {
-    ports,
-    running,
-    url: `http://127.0.0.1:${ports.gateway}`,
-    async stop() {
-      await running.stop();
-      rmSync(dataDir, { recursive: true, force: true });
-    },
-  };
-}
 
 describe("chatmesh all: the five components in one process", () => {
   let all: Awaited<ReturnType<typeof startAll>>;
@@ -119,7 +86,7 @@ describe("chatmesh all, stopping", () => {
       exited = all.running.exited;
       expect(await exited).toBe(0);
       await waitForOutput(all.running, /"signal":"SIGTERM","msg":"shutting down"/);
-      for (const name of names) {
+      for (const name of processNames) {
         await expect(fetch(`http://127.0.0.1:${all.ports[name]}/healthz`)).rejects.toThrow();
       }
     } finally {

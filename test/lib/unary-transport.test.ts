@@ -1,13 +1,22 @@
 import { create } from "@bufbuild/protobuf";
-import { createClient, type Interceptor, type UnaryRequest } from "@connectrpc/connect";
+import {
+  Code,
+  createClient,
+  createRouterTransport,
+  type Interceptor,
+  type UnaryRequest,
+} from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { GenerateResponseSchema, LLMService } from "../../gen/chat/v1/llm_pb.js";
 import {
   answered,
+  Cancellation,
+  cancellableBy,
   createUnaryTransport,
   type RequestHeaders,
   requestHeaders,
+  withCancellation,
 } from "../../src/lib/unary-transport.js";
 import { runScript } from "../fixtures/processes.js";
 
@@ -141,3 +150,39 @@ function sortedPairs(pairs: string[] | undefined): [string, string][] {
   }
   return out.sort((a, b) => a[0].localeCompare(b[0]) || a[1].localeCompare(b[1]));
 }
+
+describe("withCancellation around a transport that knows only signals", () => {
+  it("aborts the handler's call when its Cancellation is cancelled, and only then", async () => {
+    const aborted: boolean[] = [];
+    const transport = withCancellation(
+      createRouterTransport((router) =>
+        router.service(LLMService, {
+          generate: (req, ctx) =>
+            new Promise((resolve, reject) => {
+              const cancel = () => {
+                aborted.push(true);
+                clearTimeout(timer);
+                reject(ctx.signal.reason);
+              };
+              const timer = setTimeout(() => {
+                // (The router aborts every call's signal once it is done: that is no cancel.)
+                ctx.signal.removeEventListener("abort", cancel);
+                aborted.push(false);
+                resolve({ reply: `Echo: ${req.text}` });
+              }, 200);
+              ctx.signal.addEventListener("abort", cancel, { once: true });
+            }),
+        }),
+      ),
+    );
+    const client = createClient(LLMService, transport);
+    expect((await client.generate({ text: "kept" }, cancellableBy(new Cancellation()))).reply).toBe(
+      "Echo: kept",
+    );
+    const gone = new Cancellation();
+    const call = client.generate({ text: "left" }, cancellableBy(gone));
+    setTimeout(() => gone.cancel(), 20);
+    await expect(call).rejects.toMatchObject({ code: Code.Canceled });
+    expect(aborted).toEqual([false, true]);
+  });
+});

@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import { traceLogFields } from "../../lib/trace.js";
 import { maxUserIdChars, userIdTooLong } from "../../lib/user-id.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
+import { cancelledOnClose } from "../client-gone.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "../quota.js";
 import { chatUsage } from "../quota-cost.js";
 import { relayReply, type StreamingChat, stallLimitOf } from "../reply-stream.js";
@@ -91,7 +92,11 @@ export async function handleChatCompletion(
   const chatDeps: ChatDeps = { ...deps, trace: req.trace, onQuota };
 
   if (!request.stream) {
-    const chat = await completeChat(chatDeps, input, req.id);
+    const chat = await completeChat(
+      { ...chatDeps, clientGone: cancelledOnClose(reply.raw) },
+      input,
+      req.id,
+    );
     deps.count("status" in chat ? chat.body.error : "ok");
     // After a model failure the charge was given back: the quota seen before it is stale.
     const status = "status" in chat ? chat.status : 200;
