@@ -84,6 +84,13 @@ export interface HistoryRecorderOptions {
   readonly maxDelayMs?: number;
   /** How long new chats gather before they are sent in one AppendBatch (25 ms by default). */
   readonly batchWindowMs?: number;
+  /**
+   * How long after a history service answered that it has no AppendBatch
+   * new chats go one Append each before AppendBatch is tried again, so an
+   * upgraded history gets batches again without restarting the gateway
+   * (60 s by default).
+   */
+  readonly batchRetryMs?: number;
 }
 
 /** An entry's trace and request id, for its log lines. */
@@ -122,7 +129,8 @@ const isPermanent = (err: unknown) => {
  * Appends every chat, in batches: new chats gather for `batchWindowMs` (or
  * until 128 are waiting, or 768 KiB) and go in one AppendBatch call, which costs both
  * processes far less than a call per chat. A history service without
- * AppendBatch gets one Append per chat. A failed append waits in a bounded
+ * AppendBatch gets one Append per chat (for `batchRetryMs`, then AppendBatch
+ * is tried again). A failed append waits in a bounded
  * queue and is retried with exponential backoff until it is stored or its
  * retry window passes, so a short history outage loses nothing. Retries are
  * safe: appends are idempotent on the request id.
@@ -329,12 +337,14 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   /** The chats gathered for the next AppendBatch. */
   let batch = new GatheredBatch();
   let batchTimer: NodeJS.Timeout | undefined;
-  let batchSupported = true;
+  /** Until when new chats go one Append each: the history said it has no AppendBatch. */
+  let appendOneByOneUntil = 0;
   const batchWindowMs = options.batchWindowMs ?? 25;
+  const batchRetryMs = options.batchRetryMs ?? 60_000;
 
   /** Sends the gathered chats: one AppendBatch, or one Append each where it is missing. */
   async function appendAll(gathered: GatheredBatch): Promise<void> {
-    if (batchSupported) {
+    if (performance.now() >= appendOneByOneUntil) {
       try {
         const { results } = await client.appendBatch(gathered.request());
         for (let i = 0; i < gathered.count; i++) {
@@ -357,8 +367,11 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
           for (const entry of gathered.entries()) failed(entry, new RetryAlone(err));
           return;
         }
-        batchSupported = false;
-        logger.warn("the history service has no AppendBatch: appending chats one by one");
+        appendOneByOneUntil = performance.now() + batchRetryMs;
+        logger.warn(
+          { retryInMs: batchRetryMs },
+          "the history service has no AppendBatch: appending chats one by one",
+        );
       }
     }
     await Promise.all(

@@ -103,6 +103,7 @@ function makeRecorder(
     initialDelayMs?: number;
     logger?: typeof logger;
     transport?: Transport;
+    batchRetryMs?: number;
   } = {},
 ) {
   recorder = createHistoryRecorder({
@@ -116,6 +117,7 @@ function makeRecorder(
     queueLimit: options.queueLimit ?? 100,
     initialDelayMs: options.initialDelayMs ?? 50,
     maxDelayMs: Math.max(200, options.initialDelayMs ?? 0),
+    ...(options.batchRetryMs === undefined ? {} : { batchRetryMs: options.batchRetryMs }),
   });
   return recorder;
 }
@@ -300,6 +302,26 @@ describe("the history recorder against a real history server", () => {
     await vi.waitFor(() => expect(r.stats().appended).toBe(4));
     expect(await texts("old")).toHaveLength(4);
     expect(served).toEqual({ append: 4, appendBatch: 0 });
+    expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0 });
+  });
+
+  it("tries AppendBatch again batchRetryMs after a history without it, which an upgrade gave it since", async () => {
+    await startServer({ withoutAppendBatch: true });
+    const r = makeRecorder({ batchRetryMs: 300 });
+    for (const c of [chat("upgraded"), chat("upgraded")]) r.record(c);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(2));
+    expect(served).toEqual({ append: 2, appendBatch: 0 });
+    await stopServer();
+    await startServer();
+    r.record(chat("upgraded"));
+    await vi.waitFor(() => expect(r.stats().appended).toBe(3));
+    // Within batchRetryMs: still one Append a chat.
+    expect(served).toEqual({ append: 1, appendBatch: 0 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    for (const c of [chat("upgraded"), chat("upgraded")]) r.record(c);
+    await vi.waitFor(() => expect(r.stats().appended).toBe(5));
+    expect(served).toEqual({ append: 1, appendBatch: 1 });
+    expect(await texts("upgraded")).toHaveLength(5);
     expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0 });
   });
 
