@@ -75,7 +75,8 @@ export interface ChatDeps {
    * Cancelled when the client of a unary chat went away before its answer
    * (cancelledOnClose): the model call is cancelled, so a model server stops
    * generating for no one (an SDK that timed out and retried would have had
-   * each attempt generate on). The charge stays, as a stream's does then.
+   * each attempt generate on). The charge stays, as a stream's does then;
+   * a client gone before the model call gets no call and the charge back.
    */
   readonly clientGone?: Cancellation;
 }
@@ -160,6 +161,14 @@ export async function completeChat(
   if ("status" in admitted) return admitted;
   const { cleaned } = admitted;
 
+  // (A call, not a property read: TypeScript would keep it false once checked.)
+  const clientGone = () => deps.clientGone?.cancelled === true;
+  if (clientGone()) {
+    // Gone while Filter and Token answered: no model call, the charge back (as for a stream).
+    deps.logger.info(traceLogFields(deps.trace), "client went away before the model call");
+    await refund(deps, input.userId, requestId);
+    return clientGoneError;
+  }
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
     const callOptions = traceCallOptions(deps.trace);
@@ -170,7 +179,7 @@ export async function completeChat(
         : { ...callOptions, ...cancellableBy(deps.clientGone) },
     );
   } catch (err) {
-    if (deps.clientGone?.cancelled === true) {
+    if (clientGone()) {
       deps.logger.info(
         traceLogFields(deps.trace),
         "client went away: model call cancelled, the charge kept",

@@ -4,6 +4,8 @@ import { buildGateway } from "../../src/gateway/app.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
 import type { LlmBackend } from "../../src/services/llm/backend.js";
+import { createMemoryQuotaStore } from "../../src/services/token/memory-store.js";
+import type { QuotaStore } from "../../src/services/token/quota-store.js";
 import { createInProcessUpstreams } from "../fixtures/upstreams.js";
 
 let app: FastifyInstance;
@@ -68,4 +70,52 @@ describe("a unary chat whose client goes away before its answer", () => {
       expect(metrics).toContain('chatmesh_chats_total{outcome="client_gone"} 1');
     },
   );
+});
+
+describe("a unary chat whose client goes away before the model call", () => {
+  it("makes no model call and gives the charge back", async () => {
+    const { backend, seen } = slowModel();
+    const calls = { generate: 0 };
+    const counted: LlmBackend = {
+      ...backend,
+      generate: (request, call) => {
+        calls.generate++;
+        return backend.generate(request, call);
+      },
+    };
+    // Token answers a charge after 500 ms: the client leaves meanwhile.
+    const memory = createMemoryQuotaStore();
+    const slowStore: QuotaStore = {
+      ...memory,
+      charge: async (input) => {
+        const result = await memory.charge(input);
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        return result;
+      },
+    };
+    app = await buildGateway({
+      config: loadGatewayConfig({}),
+      logger: createLogger("gateway", "silent"),
+      upstreams: createInProcessUpstreams({ llm: counted, store: slowStore }),
+    });
+    const baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+    const controller = new AbortController();
+    const call = fetch(`${baseUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "early", text: "hi" }),
+      signal: controller.signal,
+    }).catch((err: unknown) => err);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    controller.abort();
+    await call;
+    const metrics = async () => (await fetch(`${baseUrl}/metrics`)).text();
+    await expect
+      .poll(metrics, { timeout: 2_000, interval: 20 })
+      .toContain('chatmesh_chats_total{outcome="client_gone"} 1');
+    const quota = await (await fetch(`${baseUrl}/quota?user_id=early`)).json();
+    expect(quota).toMatchObject({ used: 0 });
+    expect(calls.generate).toBe(0);
+    expect(seen.cancelledAt).toBeUndefined();
+  });
 });
