@@ -35,6 +35,13 @@ export async function createReloadableMatcher(
       }
       const next = await runStepsInSlices(termMatcherSteps(terms), closed);
       if (next === undefined) return;
+      // Terms of invisible characters alone are ignored: a list of only
+      // such would turn blocking off just the same.
+      if (next.size === 0) {
+        throw new Error(
+          `the file holds no terms once normalised (invisible characters only, in all ${terms.length}); a list with no terms takes a restart`,
+        );
+      }
       current = next;
       logger.info({ terms: next.size, file: path ?? null }, "banned terms reloaded");
     },

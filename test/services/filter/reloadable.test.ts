@@ -228,6 +228,20 @@ describe("createReloadableMatcher", () => {
     expect(m.matches("foo here")).toBe(false);
   });
 
+  it("keeps the current list when the file's terms are all empty once normalised (invisible characters only)", async () => {
+    writeFileSync(file, "foo\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    writeFileSync(file, "\u200b\n\u2060\u00ad\n");
+    await m.reload();
+    expect(errors()[0]?.err?.message).toBe(
+      "the file holds no terms once normalised (invisible characters only, in all 2); a list with no terms takes a restart",
+    );
+    expect(lines.filter((l) => l.msg === "banned terms reloaded")).toEqual([]);
+    expect(m.size).toBe(1);
+    expect(m.matches("foo here")).toBe(true);
+  });
+
   it("keeps the current list when the file is rewritten with bytes that are not UTF-8", async () => {
     writeFileSync(file, "foo\n");
     const m = await createReloadableMatcher(file, logger());
