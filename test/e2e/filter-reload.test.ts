@@ -13,17 +13,16 @@ const poll = { timeout: 15_000, interval: 50 };
 const dir = mkdtempSync(join(tmpdir(), "chatmesh-terms-"));
 const file = join(dir, "terms.txt");
 let filter: Running;
+let baseUrl: string;
 let client: ReturnType<typeof createClient<typeof FilterService>>;
 
 beforeAll(async () => {
   writeFileSync(file, "# banned\nfoo\n");
   const port = await freePort();
+  baseUrl = `http://127.0.0.1:${port}`;
   filter = startChatmesh(["filter"], { FILTER_PORT: String(port), FILTER_TERMS_FILE: file });
   await waitHealthy(port, filter);
-  client = createClient(
-    FilterService,
-    createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
-  );
+  client = createClient(FilterService, createConnectTransport({ baseUrl, httpVersion: "1.1" }));
 });
 afterAll(async () => {
   await filter?.stop();
@@ -98,6 +97,9 @@ describe("the filter's term list", () => {
     ]);
     expect(await blocked("corge here")).toBe(true);
     expect(await blocked("\uFFFD")).toBe(false);
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^chatmesh_filter_terms_reloads_total\{result="failed"\} [1-9]/m);
+    expect(metrics).toMatch(/^chatmesh_filter_terms 1$/m);
   });
 });
 

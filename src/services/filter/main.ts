@@ -13,9 +13,9 @@ export async function buildFilter(
   config: FilterConfig,
 ): Promise<{ app: FastifyInstance; logger: Logger }> {
   const logger = createLogger("filter", config.logLevel);
-  const matcher = await createReloadableMatcher(config.termsFile, logger);
-  logger.info({ terms: matcher.size, file: config.termsFile ?? null }, "banned terms loaded");
   const registry = createMetricsRegistry();
+  const matcher = await createReloadableMatcher(config.termsFile, logger, registry);
+  logger.info({ terms: matcher.size, file: config.termsFile ?? null }, "banned terms loaded");
   const app = await createRpcServer({
     name: "filter",
     config,

@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { pino } from "pino";
+import { Registry } from "prom-client";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   createReloadableMatcher,
@@ -240,6 +241,33 @@ describe("createReloadableMatcher", () => {
     expect(lines.filter((l) => l.msg === "banned terms reloaded")).toEqual([]);
     expect(m.size).toBe(1);
     expect(m.matches("foo here")).toBe(true);
+  });
+
+  it("counts reloads by result, and shows the terms in use, on /metrics", async () => {
+    writeFileSync(file, "foo\nbar\n");
+    const registry = new Registry();
+    const m = await createReloadableMatcher(file, logger(), registry);
+    matcher = m;
+    const reloads = async () =>
+      Object.fromEntries(
+        (
+          (await registry.getSingleMetric("chatmesh_filter_terms_reloads_total")?.get())?.values ??
+          []
+        ).map((v) => [v.labels.result, v.value]),
+      );
+    const terms = async () =>
+      (await registry.getSingleMetric("chatmesh_filter_terms")?.get())?.values[0]?.value;
+    expect(await terms()).toBe(2);
+
+    // The watch reloads too: each outcome is counted at least once.
+    rmSync(file);
+    await expect.poll(async () => (await reloads()).failed, poll).toBeGreaterThan(0);
+    expect((await reloads()).reloaded).toBeUndefined();
+    expect(await terms()).toBe(2);
+
+    writeFileSync(file, "baz\n");
+    await expect.poll(async () => (await reloads()).reloaded, poll).toBeGreaterThan(0);
+    expect(await terms()).toBe(1);
   });
 
   it("keeps the current list when the file is rewritten with bytes that are not UTF-8", async () => {
