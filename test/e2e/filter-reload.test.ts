@@ -5,6 +5,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { FilterService } from "../../gen/chat/v1/filter_pb.js";
+import { heapFlags } from "../../src/lib/node-options.js";
 import { freePort, type Running, startChatmesh, waitHealthy } from "../fixtures/processes.js";
 
 // fs events are slow on a loaded machine: wait generously.
@@ -101,6 +102,28 @@ describe("the filter's term list", () => {
     expect(metrics).toMatch(/^chatmesh_filter_terms_reloads_total\{result="failed"\} [1-9]/m);
     expect(metrics).toMatch(/^chatmesh_filter_terms 1$/m);
   });
+});
+
+describe("a FILTER_TERMS_FILE of 64 MiB of one-letter lines", () => {
+  it("stops the process at start-up with one line, within the heap run-all and Compose give it", async () => {
+    const many = join(dir, "many.txt");
+    writeFileSync(many, "a\n".repeat(32 * 1_048_576));
+    const run = startChatmesh(["filter"], {
+      FILTER_PORT: String(await freePort()),
+      FILTER_TERMS_FILE: many,
+      NODE_OPTIONS: heapFlags.filter as string,
+    });
+    const stillRunning = new Promise((r) => setTimeout(() => r("still running"), 30_000));
+    try {
+      expect(await Promise.race([run.exited, stillRunning])).toBe(1);
+      expect(run.output()).toBe(
+        `chatmesh filter: FILTER_TERMS_FILE must hold at most 100000 terms of 1048576 characters in all, got "${many}" (33554432 terms, 33554432 characters)\n`,
+      );
+    } finally {
+      await run.stop();
+      rmSync(many);
+    }
+  }, 40_000);
 });
 
 describe("a FILTER_TERMS_FILE that is not UTF-8", () => {

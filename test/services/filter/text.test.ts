@@ -87,4 +87,11 @@ describe("parseTermsFile", () => {
   it("reads lines ended by a lone CR, as old Mac editors save them", () => {
     expect(parseTermsFile("# banned\rfoo\rbar\r")).toEqual(["foo", "bar"]);
   });
+
+  it("trims each line of any white space, and keeps a last line without its end", () => {
+    expect(
+      parseTermsFile("\u00a0foo\u3000\r\n\t# c\n\u2028\n\ufeffbar baz\u202f\r\r\nqux"),
+    ).toEqual(["foo", "bar baz", "qux"]);
+    expect(parseTermsFile("")).toEqual([]);
+  });
 });
