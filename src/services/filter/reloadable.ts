@@ -25,6 +25,17 @@ export async function createReloadableMatcher(
 ): Promise<ReloadableMatcher> {
   const stamp = await fileStamp(path);
   let current = createTermMatcher(await loadTerms(path));
+  // Such a term would ban nothing: the invisible characters it is made of
+  // are taken out of every text before it is compared.
+  const warnIgnored = () => {
+    if (current.ignored > 0) {
+      logger.warn(
+        { ignored: current.ignored, file: path ?? null },
+        "banned terms of invisible characters only are ignored",
+      );
+    }
+  };
+  warnIgnored();
   const reloads =
     registry &&
     counter(
@@ -65,11 +76,15 @@ export async function createReloadableMatcher(
       }
       reloads?.inc({ result: "reloaded" });
       logger.info({ terms: current.size, file: path ?? null }, "banned terms reloaded");
+      warnIgnored();
     },
   });
   return {
     get size() {
       return current.size;
+    },
+    get ignored() {
+      return current.ignored;
     },
     matches: (text) => current.matches(text),
     reload: file.reload,

@@ -11,6 +11,8 @@ export const defaultTerms: readonly string[] = ["foo"];
 export interface TermMatcher {
   /** The number of distinct terms. */
   readonly size: number;
+  /** The terms left out: empty once normalised (invisible characters only). */
+  readonly ignored: number;
   /** Whether `text` contains any term, compared in normalised form. */
   matches(text: string): boolean;
 }
@@ -28,9 +30,11 @@ export function* termMatcherSteps(terms: Iterable<string>): Steps<TermMatcher> {
   const distinct = new Set<string>();
   let count = 0;
   let chars = 0;
+  let ignored = 0;
   for (const term of terms) {
     const normalized = normalizeForMatch(term);
-    if (normalized.length > 0 && !distinct.has(normalized)) {
+    if (normalized.length === 0) ignored++;
+    else if (!distinct.has(normalized)) {
       distinct.add(normalized);
       // The matcher is built of the normalised forms, which may be longer
       // than the terms as written (NFKC makes "\ufdfa" 18 characters).
@@ -47,6 +51,7 @@ export function* termMatcherSteps(terms: Iterable<string>): Steps<TermMatcher> {
   const automaton = yield* automatonSteps(normalized);
   return {
     size: normalized.length,
+    ignored,
     matches: (text) => automaton.test(normalizeForMatch(text)),
   };
 }

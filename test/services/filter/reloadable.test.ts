@@ -24,7 +24,7 @@ const poll = { timeout: 15_000, interval: 50 };
 
 let dir: string;
 let file: string;
-let lines: { level: number; msg: string; err?: { message: string } }[];
+let lines: { level: number; msg: string; err?: { message: string }; ignored?: number }[];
 let matcher: ReloadableMatcher | undefined;
 
 /** A logger into this test's `lines`, so that a late line of an earlier test stays out. */
@@ -227,6 +227,23 @@ describe("createReloadableMatcher", () => {
     writeFileSync(file, "bar\n");
     await expect.poll(() => m.matches("bar here"), poll).toBe(true);
     expect(m.matches("foo here")).toBe(false);
+  });
+
+  it("warns of terms of invisible characters only, which ban nothing, at the start and on a reload", async () => {
+    writeFileSync(file, "foo\n\u200b\n");
+    const m = await createReloadableMatcher(file, logger());
+    matcher = m;
+    const warnings = () => lines.filter((l) => l.level === 40);
+    expect(warnings()).toEqual([
+      expect.objectContaining({
+        msg: "banned terms of invisible characters only are ignored",
+        ignored: 1,
+      }),
+    ]);
+    writeFileSync(file, "bar\n\u00ad\n\u2060\ufe0f\n");
+    await m.reload();
+    expect(warnings()[1]).toMatchObject({ ignored: 2 });
+    expect(m.matches("bar here")).toBe(true);
   });
 
   it("keeps the current list when the file's terms are all empty once normalised (invisible characters only)", async () => {
