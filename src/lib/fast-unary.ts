@@ -244,7 +244,7 @@ export function createUnaryInvoker(
           );
     const done = new Promise<Answer>((resolve, reject) => {
       fail = reject;
-      chainOf(fast)(new LeanRequest(ctx, read(fast, request))).then(
+      chainOf(fast)(new LeanRequest(ctx, fast, request, read)).then(
         (response) => resolve(answer(fast, response.message)),
         reject,
       );
@@ -340,19 +340,31 @@ class LeanContext implements HandlerContext {
  * comes from getters on the prototype, which a copy made by spreading does
  * not carry: an interceptor passes this request on, as ours do.
  */
-class LeanRequest implements UnaryRequest {
+class LeanRequest<Request = unknown> implements UnaryRequest {
   readonly stream = false;
   readonly requestMethod = "POST";
   readonly service: DescService;
   readonly method: DescMethodUnary;
   readonly url: string;
+  private made: Message | undefined = undefined;
   constructor(
     readonly ctx: LeanContext,
-    readonly message: Message,
+    private readonly fast: FastMethod,
+    private readonly request: Request,
+    private readonly read: (fast: FastMethod, request: Request) => Message,
   ) {
     this.service = ctx.service;
     this.method = ctx.method;
     this.url = ctx.url;
+  }
+  /**
+   * The request message, made on first read: inside the interceptors, so
+   * that a request that does not parse fails as a call they see (counted in
+   * rpc_server_handled_total as INTERNAL), not before them.
+   */
+  get message(): Message {
+    this.made ??= this.read(this.fast, this.request);
+    return this.made;
   }
   get signal(): AbortSignal {
     return this.ctx.signal;

@@ -573,6 +573,12 @@ describe("deadlines and encodings on every path", () => {
         "internal",
       ]);
     }
+    // The lean path counts them as failed calls. (The router answers such a
+    // request before its interceptors run: those two are not counted.)
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toMatch(
+      /^rpc_server_handled_total\{service="chat.v1.LLMService",method="Generate",code="internal"\} 2$/m,
+    );
   });
 
   it("refuses a message over MAX_REQUEST_BYTES on the lean path with the router's words", async () => {
