@@ -12,16 +12,37 @@
  */
 export type WriteBatch<T, R> = (items: readonly T[]) => Promise<PromiseSettledResult<R>[]>;
 
+/**
+ * What items whose deadline passed while they waited are failed with, all
+ * of one sweep with the one error: they are not written, their callers
+ * having given up (a caller that retries sends them again). Without this, a
+ * database that stalls would keep every append of the stall, and each retry
+ * of it, queued in memory.
+ */
+export class ExpiredWaitingError extends Error {
+  override name = "ExpiredWaitingError";
+  constructor(readonly count: number) {
+    super(
+      `${count} waiting ${count === 1 ? "item" : "items"} not written: the deadline passed while an earlier batch was written`,
+    );
+  }
+}
+
 /** A queue of items written in batches, one batch at a time. */
 export interface GroupCommit<T, R> {
-  /** Settles with the item's own outcome once its batch is written. */
-  submit(item: T): Promise<R>;
+  /**
+   * Settles with the item's own outcome once its batch is written; fails
+   * with ExpiredWaitingError if `deadline` (a `performance.now()` time)
+   * passes before its batch begins.
+   */
+  submit(item: T, deadline?: number): Promise<R>;
   /** Resolves when every submitted item, including those submitted meanwhile, is written. */
   drain(): Promise<void>;
 }
 
 interface Waiting<T, R> {
   readonly item: T;
+  readonly deadline: number | undefined;
   resolve(value: R): void;
   reject(reason: unknown): void;
 }
@@ -41,6 +62,8 @@ export function createGroupCommit<T, R>(
     // Items submitted in the same synchronous run go in together.
     await Promise.resolve();
     do {
+      dropExpired();
+      if (queue.length === 0) break;
       await writeBatch(queue.splice(0, maxBatch));
       // Until this event-loop turn ends, arrivals (other requests read in the
       // same poll) wait for the next batch. SQLite writes synchronously, so
@@ -48,6 +71,23 @@ export function createGroupCommit<T, R>(
       if (queue.length === 0) await new Promise((resolve) => setImmediate(resolve));
     } while (queue.length > 0);
     writing = undefined;
+  }
+
+  /** Fails the items whose deadline passed while they waited. */
+  function dropExpired(): void {
+    const now = performance.now();
+    let kept = 0;
+    let expired: Waiting<T, R>[] | undefined;
+    for (const waiting of queue) {
+      if (waiting.deadline !== undefined && waiting.deadline <= now) {
+        expired ??= [];
+        expired.push(waiting);
+      } else queue[kept++] = waiting;
+    }
+    if (expired === undefined) return;
+    queue.length = kept;
+    const err = new ExpiredWaitingError(expired.length);
+    for (const waiting of expired) waiting.reject(err);
   }
 
   async function writeBatch(batch: readonly Waiting<T, R>[]): Promise<void> {
@@ -67,8 +107,10 @@ export function createGroupCommit<T, R>(
   }
 
   return {
-    submit(item) {
-      const settled = new Promise<R>((resolve, reject) => queue.push({ item, resolve, reject }));
+    submit(item, deadline) {
+      const settled = new Promise<R>((resolve, reject) =>
+        queue.push({ item, deadline, resolve, reject }),
+      );
       writing ??= writeQueue();
       return settled;
     },

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   type HistoryEntry,
   HistoryEntrySchema,
@@ -10,6 +10,7 @@ import {
 import type { Logger } from "../../lib/logger.js";
 import { continueTrace, type TraceContext, traceLogFields, traceOf } from "../../lib/trace.js";
 import { requireUserId } from "../../lib/user-id.js";
+import { ExpiredWaitingError } from "./group-commit.js";
 import {
   type Entry,
   HistoryInputError,
@@ -50,8 +51,23 @@ function fromStoreError(err: unknown): ConnectError {
   if (err instanceof RequestIdConflictError) {
     return new ConnectError(err.message, Code.AlreadyExists, undefined, undefined, err);
   }
+  if (err instanceof ExpiredWaitingError) {
+    return new ConnectError(
+      "the deadline passed while the append waited for the database",
+      Code.DeadlineExceeded,
+      undefined,
+      undefined,
+      err,
+    );
+  }
   return new ConnectError("history store failed", Code.Internal, undefined, undefined, err);
 }
+
+/** The call's deadline as a `performance.now()` time, if it has one. */
+const deadlineOf = (ctx: HandlerContext): number | undefined => {
+  const left = ctx.timeoutMs();
+  return left === undefined ? undefined : performance.now() + left;
+};
 
 /** The log fields of a batched entry's own trace. */
 const entryTrace = (entry: HistoryServiceAppendRequest) =>
@@ -74,6 +90,12 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
     if (answer.code === Code.Internal && !logged.has(key)) {
       logged.add(key);
       deps.logger?.error({ ...traceLogFields(trace), err }, "history store failed");
+    } else if (err instanceof ExpiredWaitingError && !logged.has(err)) {
+      logged.add(err);
+      deps.logger?.warn(
+        { dropped: err.count },
+        "appends not written: their deadlines passed while they waited for the database",
+      );
     }
     return answer;
   };
@@ -82,23 +104,27 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
     req: HistoryServiceAppendRequest,
     withEntry: boolean,
     trace: TraceContext | undefined,
+    deadline: number | undefined,
   ) => {
     requireUserId(req.userId);
     try {
-      const { entry, created } = await store.append({
-        userId: req.userId,
-        text: req.text,
-        reply: req.reply,
-        createdAtMs: req.createdAt === undefined ? now().getTime() : toMs(req.createdAt),
-        requestId: req.requestId,
-      });
+      const { entry, created } = await store.append(
+        {
+          userId: req.userId,
+          text: req.text,
+          reply: req.reply,
+          createdAtMs: req.createdAt === undefined ? now().getTime() : toMs(req.createdAt),
+          requestId: req.requestId,
+        },
+        deadline,
+      );
       return withEntry ? { entry: toMessage(entry), created } : { created };
     } catch (err) {
       throw failure(err, trace);
     }
   };
   return {
-    append: (req, ctx) => appendOne(req, true, traceOf(ctx)),
+    append: (req, ctx) => appendOne(req, true, traceOf(ctx), deadlineOf(ctx)),
 
     async appendBatch(req, ctx) {
       if (req.entries.length > maxBatchEntries) {
@@ -110,9 +136,10 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
       // The store commits what arrives together in one transaction. Each
       // entry's log line is in the trace of its chat (W3C span-link style):
       // it carries the chat's trace and request ids.
+      const deadline = deadlineOf(ctx);
       const results = await Promise.all(
         req.entries.map((entry) =>
-          appendOne(entry, !req.omitEntries, traceOf(ctx)).then(
+          appendOne(entry, !req.omitEntries, traceOf(ctx), deadline).then(
             (appended) => {
               if (deps.logger?.isLevelEnabled("info")) {
                 deps.logger.info(
@@ -124,10 +151,13 @@ export function createHistoryService(deps: HistoryServiceDeps): ServiceImpl<type
             },
             (err: unknown) => {
               const { code, rawMessage } = ConnectError.from(err);
-              deps.logger?.warn(
-                { ...entryTrace(entry), code: Code[code], reason: rawMessage },
-                "history entry refused",
-              );
+              // Entries whose deadline passed waiting were logged together.
+              if (code !== Code.DeadlineExceeded) {
+                deps.logger?.warn(
+                  { ...entryTrace(entry), code: Code[code], reason: rawMessage },
+                  "history entry refused",
+                );
+              }
               return {
                 result: { case: "error" as const, value: { code, message: rawMessage } },
               };

@@ -42,7 +42,12 @@ export interface Page {
  * and only ever reads the asking user's entries.
  */
 export interface HistoryStore {
-  append(entry: NewEntry): Promise<AppendResult>;
+  /**
+   * Stores `entry`. With a `deadline` (a `performance.now()` time), a store
+   * that queues writes may fail it with ExpiredWaitingError instead, if the
+   * deadline passes while it waits its turn.
+   */
+  append(entry: NewEntry, deadline?: number): Promise<AppendResult>;
   list(query: ListQuery): Promise<Page>;
   /** Resolves when the database answers. */
   ping(): Promise<void>;

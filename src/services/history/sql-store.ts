@@ -125,9 +125,9 @@ export function createSqlHistoryStore(db: Kysely<HistoryDatabase>): HistoryStore
   const appends = createGroupCommit(writeBatch, maxBatchSize);
 
   return {
-    async append(entry: NewEntry): Promise<AppendResult> {
+    async append(entry: NewEntry, deadline?: number): Promise<AppendResult> {
       checkInput(entry);
-      return appends.submit(entry);
+      return appends.submit(entry, deadline);
     },
 
     async list(query: ListQuery): Promise<Page> {

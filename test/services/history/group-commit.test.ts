@@ -1,5 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { createGroupCommit } from "../../../src/services/history/group-commit.js";
+import {
+  createGroupCommit,
+  ExpiredWaitingError,
+} from "../../../src/services/history/group-commit.js";
 
 const fulfilled = <R>(value: R): PromiseSettledResult<R> => ({ status: "fulfilled", value });
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
@@ -32,6 +35,30 @@ function heldWriter() {
 }
 
 describe("group commit", () => {
+  it("does not write items whose deadline passed while an earlier batch was written, failing them with one error", async () => {
+    const writer = heldWriter();
+    const queue = createGroupCommit(writer.write, 256);
+    const first = queue.submit(1);
+    await Promise.resolve();
+    // While the first batch is held (a database that stalls), more arrive.
+    const now = performance.now();
+    const late = [queue.submit(2, now + 20), queue.submit(3, now + 20)];
+    const inTime = queue.submit(4, now + 60_000);
+    const noDeadline = queue.submit(5);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    (writer.release.shift() as () => void)();
+    await expect(first).resolves.toBe(1);
+    await expect.poll(() => writer.batches.length).toBe(2);
+    (writer.release.shift() as () => void)();
+    expect(await Promise.all([inTime, noDeadline])).toEqual([4, 5]);
+    expect(writer.batches).toEqual([[1], [4, 5]]);
+    const failures = await Promise.allSettled(late);
+    const reasons = failures.map((f) => (f.status === "rejected" ? f.reason : f.value));
+    expect(reasons[0]).toBeInstanceOf(ExpiredWaitingError);
+    expect(reasons[1]).toBe(reasons[0]);
+    expect((reasons[0] as ExpiredWaitingError).count).toBe(2);
+  });
+
   it("fails an item its batch write gave no outcome for, and goes on with the next batch", async () => {
     const queue = createGroupCommit(
       async (items: readonly number[]) => items.slice(1).map((n) => fulfilled(n * 10)),

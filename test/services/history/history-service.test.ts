@@ -9,6 +9,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HistoryService } from "../../../gen/chat/v1/history_pb.js";
 import { loadHistoryConfig } from "../../../src/lib/config.js";
+import { ExpiredWaitingError } from "../../../src/services/history/group-commit.js";
 import { createHistoryService } from "../../../src/services/history/history-service.js";
 import type { HistoryStore } from "../../../src/services/history/history-store.js";
 import { openHistoryStore } from "../../../src/services/history/open-store.js";
@@ -141,6 +142,59 @@ describe("chat.v1.HistoryService over the router transport", () => {
       { level: 50, err: { message: expect.stringContaining("destroyed") } },
       { level: 50, err: { message: expect.stringContaining("destroyed") } },
     ]);
+  });
+
+  it("gives the store each append's deadline, and answers DEADLINE_EXCEEDED for those it let expire, logged once", async () => {
+    const deadlines: (number | undefined)[] = [];
+    const expired = new ExpiredWaitingError(3);
+    const stalled: HistoryStore = {
+      ...store,
+      append: (_entry, deadline) => {
+        deadlines.push(deadline);
+        return Promise.reject(expired);
+      },
+    };
+    const { logger, lines } = createMemoryLogger();
+    const stalledClient = createClient(
+      HistoryService,
+      createRouterTransport((router) =>
+        router.service(HistoryService, createHistoryService({ store: stalled, logger })),
+      ),
+    );
+    const calledAt = performance.now();
+    const { results } = await stalledClient.appendBatch(
+      {
+        entries: ["a", "b", "c"].map((text) => ({
+          userId: "d1",
+          text,
+          reply: "r",
+          requestId: text,
+        })),
+      },
+      { timeoutMs: 2_000 },
+    );
+    expect(results.map((r) => r.result.value)).toMatchObject([
+      { code: Code.DeadlineExceeded },
+      { code: Code.DeadlineExceeded },
+      { code: Code.DeadlineExceeded },
+    ]);
+    expect(deadlines).toHaveLength(3);
+    for (const deadline of deadlines) {
+      expect(deadline).toBeGreaterThan(calledAt + 1_500);
+      expect(deadline).toBeLessThanOrEqual(performance.now() + 2_000);
+    }
+    expect(lines.filter((l) => Number(l.level) >= 40)).toMatchObject([
+      {
+        level: 40,
+        dropped: 3,
+        msg: "appends not written: their deadlines passed while they waited for the database",
+      },
+    ]);
+    expect(await codeOf(stalledClient.append({ userId: "d1", text: "d", reply: "r" }))).toBe(
+      Code.DeadlineExceeded,
+    );
+    // A call without a deadline gives none.
+    expect(deadlines.at(-1)).toBeUndefined();
   });
 
   it("appends a batch entry by entry: results in order, one refusal affecting no other", async () => {
