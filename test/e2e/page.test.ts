@@ -163,7 +163,7 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     }
   });
 
-  it("keeps a streaming reply when Enter is pressed, and sends nothing more", async () => {
+  it("keeps a streaming reply when Enter or Shift+Enter is pressed, and sends nothing more", async () => {
     await page.locator("#user").fill("browser-enter");
     const watching = watchReply();
     await send("a b c d e f g h");
@@ -171,6 +171,7 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     await page.locator("#text").fill("the next message");
     await page.locator("#text").press("Enter");
     await page.locator("#user").press("Enter");
+    await page.locator("#user").press("Shift+Enter");
     await watching;
     expect(await lastReply().textContent()).toBe("Echo: a b c d e f g h");
     expect(await page.locator("#text").inputValue()).toBe("the next message");

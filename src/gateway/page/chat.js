@@ -289,12 +289,13 @@ form.addEventListener("submit", (event) => {
 });
 
 // Enter sends from any field. In the one-line fields the browser would
-// otherwise click the button, which stops a streaming reply.
+// otherwise click the button, which stops a streaming reply: Shift+Enter
+// too there, so it sends as well; only the message box takes it as a new line.
 const enterSends = (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    form.requestSubmit();
-  }
+  if (event.key !== "Enter" || event.isComposing) return;
+  if (event.shiftKey && event.currentTarget === textInput) return;
+  event.preventDefault();
+  form.requestSubmit();
 };
 for (const field of [textInput, userInput, keyInput]) field.addEventListener("keydown", enterSends);
 
