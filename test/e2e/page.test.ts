@@ -356,6 +356,24 @@ describe.skipIf(chromiumMissing)("the chat page with a fast model", () => {
   });
 });
 
+describe.skipIf(chromiumMissing)("the chat page with a rate limit", () => {
+  // The page's quota read at load and one chat; the next chat is refused.
+  openChatPage(() => ({ RATE_LIMIT_PER_MINUTE: "2" }));
+
+  it("says when to send again, from Retry-After", async () => {
+    await page.locator("#text").fill("within the limit");
+    await page.locator("#text").press("Enter");
+    await page.locator(".msg.reply:not(.streaming)", { hasText: "within the limit" }).waitFor();
+    await page.locator("#text").fill("over the limit");
+    await page.locator("#text").press("Enter");
+    await page.locator("#error", { hasText: "Too many requests" }).waitFor({ state: "visible" });
+    expect(await page.locator("#error").textContent()).toMatch(
+      /^Too many requests\. Please try again in ([2-9]|[1-6]\d) seconds\.$/,
+    );
+    expect(await page.locator("#text").inputValue()).toBe("over the limit");
+  });
+});
+
 describe.skipIf(chromiumMissing)("the chat page with API keys", () => {
   const key = "page-test-key-0123456789";
   let keys: string;

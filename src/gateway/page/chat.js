@@ -11,8 +11,18 @@ const log = $("log");
 const quota = $("quota");
 const errorBox = $("error");
 
+/** "in 42 seconds" for a Retry-After of 42 (or its date), "in a moment" when it says nothing. */
+function retryIn(retryAfter) {
+  const seconds = /^\d+$/.test(retryAfter ?? "")
+    ? Number(retryAfter)
+    : Math.ceil((Date.parse(retryAfter ?? "") - Date.now()) / 1000);
+  if (!(seconds > 0)) return "in a moment";
+  if (seconds < 120) return seconds === 1 ? "in 1 second" : `in ${seconds} seconds`;
+  return `in ${Math.ceil(seconds / 60)} minutes`;
+}
+
 /** What the page says for each refusal the gateway can answer with. */
-function describeError(status, body) {
+function describeError(status, body, retryAfter) {
   const error = body?.error ?? "";
   if (status === 400) {
     if (error === "text blocked by filter") {
@@ -36,7 +46,7 @@ function describeError(status, body) {
     if (error === "quota exceeded") {
       return "Quota exceeded: you have used today's quota. It resets at midnight UTC.";
     }
-    return "Too many requests. Please wait a moment and try again.";
+    return `Too many requests. Please try again ${retryIn(retryAfter)}.`;
   }
   if (status >= 500) {
     if (error === "llm failed") {
@@ -216,7 +226,7 @@ async function send() {
       } else if (typeof body?.error === "string" && body.error.startsWith("user_id")) {
         focus = userInput;
       }
-      showError(describeError(res.status, body));
+      showError(describeError(res.status, body, res.headers.get("retry-after")));
       return;
     }
     setState("streaming", controller);
