@@ -121,6 +121,13 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     await expect.poll(() => page.locator("#quota").textContent()).toBe("100");
   });
 
+  it("keeps the user id typed when the page is loaded again", async () => {
+    await page.locator("#user").fill("browser");
+    await page.reload();
+    expect(await page.locator("#user").inputValue()).toBe("browser");
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("100");
+  });
+
   it("keeps the keyboard's focus on the button, where Space stops the reply", async () => {
     await page.locator("#user").fill("browser-keys");
     await page.locator("#text").fill("k1 k2 k3 k4 k5 k6 k7 k8 k9 k10 k11 k12 k13 k14");

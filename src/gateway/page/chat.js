@@ -309,10 +309,26 @@ const enterSends = (event) => {
 };
 for (const field of [textInput, userInput, keyInput]) field.addEventListener("keydown", enterSends);
 
+// The user id typed is kept in the browser: a reload (or the page opened
+// again) goes on as that user, not as the default one, whose quota and
+// history are everyone's who did not change it. Storage may be refused
+// (a private window, say): the page works without it.
+const userKey = "chatmesh.user_id";
+try {
+  const kept = localStorage.getItem(userKey);
+  if (kept !== null && kept.trim() !== "") userInput.value = kept;
+} catch {}
+const keepUser = () => {
+  try {
+    localStorage.setItem(userKey, userInput.value);
+  } catch {}
+};
+
 // The quota shown is the user id's in the box: read at load, and again once
 // the id has stopped changing for a moment.
 let quotaTimer;
 userInput.addEventListener("input", () => {
+  keepUser();
   quota.textContent = "—";
   clearTimeout(quotaTimer);
   quotaTimer = setTimeout(loadQuota, 400);
