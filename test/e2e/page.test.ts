@@ -212,6 +212,22 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     expect(await page.locator("#text").inputValue()).toBe("");
   });
 
+  it("sends nothing on the Enter that ends an IME composition", async () => {
+    await page.locator("#user").fill("browser-ime");
+    await page.locator("#text").fill("にほんご");
+    // As Safari sends it: the composition already ended, so isComposing is
+    // false, and the key is the IME's (229).
+    await page.evaluate(`document.getElementById("text").dispatchEvent(
+      new KeyboardEvent("keydown", { key: "Enter", keyCode: 229, bubbles: true, cancelable: true }),
+    )`);
+    await page.waitForTimeout(300);
+    expect(await page.locator("#text").inputValue()).toBe("にほんご");
+    expect(await page.locator("#send").textContent()).toBe("Send");
+    const quota = await fetch(`${stack.gatewayUrl}/quota?user_id=browser-ime`);
+    expect(await quota.json()).toMatchObject({ used: 0 });
+    await page.locator("#text").fill("");
+  });
+
   it("lays out right-to-left text as such while it is typed, as in the log", async () => {
     const direction = (id: string) =>
       page.evaluate(`getComputedStyle(document.getElementById("${id}")).direction`);

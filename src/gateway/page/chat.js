@@ -301,8 +301,11 @@ form.addEventListener("submit", (event) => {
 // Enter sends from any field. In the one-line fields the browser would
 // otherwise click the button, which stops a streaming reply: Shift+Enter
 // too there, so it sends as well; only the message box takes it as a new line.
+// The Enter that ends an IME composition picks the word and sends nothing.
+// Safari ends the composition before that Enter's keydown, which so has
+// isComposing false: its keyCode 229 (the IME's) tells it.
 const enterSends = (event) => {
-  if (event.key !== "Enter" || event.isComposing) return;
+  if (event.key !== "Enter" || event.isComposing || event.keyCode === 229) return;
   if (event.shiftKey && event.currentTarget === textInput) return;
   event.preventDefault();
   form.requestSubmit();
