@@ -379,9 +379,60 @@ describe.skipIf(chromiumMissing)("the chat page with a fast model", () => {
   });
 });
 
+describe.skipIf(chromiumMissing)("the chat page's history", () => {
+  openChatPage(() => ({ QUOTA_LIMIT: "100000" }));
+
+  /** A chat of `user` made elsewhere (another tab, a script). */
+  const chatElsewhere = async (user: string, text: string) => {
+    const res = await fetch(`${stack.gatewayUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: user, text }),
+    });
+    expect(res.status).toBe(200);
+  };
+  const said = () => page.locator(".msg.mine").allTextContents();
+  const past = Array.from({ length: 23 }, (_, i) => (i === 22 ? "<b>m22</b>" : `m${i}`));
+
+  it("shows the user's earlier chats on load, older ones at a click, HTML as text", async () => {
+    for (const text of past) await chatElsewhere("past", text);
+    await page.locator("#user").fill("past");
+    await page.reload();
+    await expect.poll(said).toEqual(past.slice(3));
+    expect(await page.locator(".msg.reply").last().textContent()).toBe("Echo: <b>m22</b>");
+    expect(await page.locator(".msg b").count()).toBe(0);
+    await page.locator("button", { hasText: "Show earlier messages" }).click();
+    await expect.poll(said).toEqual(past);
+    expect(await page.locator("button", { hasText: "earlier" }).isHidden()).toBe(true);
+  });
+
+  it("says when they cannot be loaded, chats all the same, and shows them at a click", async () => {
+    await stack.procs.get("history")?.stop("SIGKILL");
+    await page.reload();
+    const retry = page.locator("button", { hasText: "could not be loaded" });
+    await retry.waitFor();
+    await page.locator("#text").fill("while the history is down");
+    await page.locator("#text").press("Enter");
+    await page.locator(".msg.reply:not(.streaming)", { hasText: "history is down" }).waitFor();
+    await stack.start("history");
+    await expect
+      .poll(async () => {
+        const res = await fetch(`${stack.gatewayUrl}/history?user_id=past&page_size=1`);
+        return res.ok ? ((await res.json()) as { items: { text: string }[] }).items[0]?.text : "";
+      })
+      .toBe("while the history is down");
+    await retry.click();
+    // This visit's chat, kept by the history meanwhile, is shown once, below the earlier ones.
+    await expect.poll(said).toEqual([...past.slice(4), "while the history is down"]);
+    expect(await page.locator("button", { hasText: "Show earlier messages" }).isVisible()).toBe(
+      true,
+    );
+  });
+});
+
 describe.skipIf(chromiumMissing)("the chat page with a rate limit", () => {
-  // The page's quota read at load and one chat; the next chat is refused.
-  openChatPage(() => ({ RATE_LIMIT_PER_MINUTE: "2" }));
+  // The page's reads of the quota and the history at load, and one chat; the next chat is refused.
+  openChatPage(() => ({ RATE_LIMIT_PER_MINUTE: "3" }));
 
   it("says when to send again, from Retry-After", async () => {
     await page.locator("#text").fill("within the limit");
@@ -444,6 +495,30 @@ describe.skipIf(chromiumMissing)("the chat page with API keys", () => {
     expect(await page.locator("#quota").textContent()).toBe("150");
     expect(await page.locator("#error").isHidden()).toBe(true);
   });
+
+  it("shows the key's user's earlier chats once a chat with the key is answered", async () => {
+    const res = await fetch(`${stack.gatewayUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+      body: JSON.stringify({ user_id: "alice", text: "said elsewhere" }),
+    });
+    expect(res.status).toBe(200);
+    const tab = await browser.newPage();
+    try {
+      await tab.goto(stack.gatewayUrl);
+      await tab.locator("#key").waitFor({ state: "visible" });
+      await tab.locator("#user").fill("alice");
+      await tab.locator("#text").fill("and from this tab");
+      await tab.locator("#key").fill(key);
+      await tab.locator("#key").press("Enter");
+      await tab.locator(".msg.reply:not(.streaming)", { hasText: "from this tab" }).waitFor();
+      await expect
+        .poll(() => tab.locator(".msg.mine").allTextContents())
+        .toEqual(["hello with a key", "said elsewhere", "and from this tab"]);
+    } finally {
+      await tab.close();
+    }
+  });
 });
 
 describe.skipIf(chromiumMissing)("the chat page under run-all", () => {
@@ -466,11 +541,11 @@ describe.skipIf(chromiumMissing)("the chat page under run-all", () => {
       expect(run.output()).toContain(`chat     http://127.0.0.1:${gateway}/`);
       const tab = await own.newPage();
       await tab.goto(`http://127.0.0.1:${gateway}/`);
-      await tab.locator("#text").fill("hello from run-all");
+      // Not one of another run's, which run-all's history (./data) shows.
+      const text = `hello from run-all ${Date.now()}`;
+      await tab.locator("#text").fill(text);
       await tab.locator("#send").click();
-      await tab
-        .locator(".msg.reply:not(.streaming)", { hasText: "Echo: hello from run-all" })
-        .waitFor();
+      await tab.locator(".msg.reply:not(.streaming)", { hasText: `Echo: ${text}` }).waitFor();
       expect(await tab.locator("#quota").textContent()).toBe("150");
     } finally {
       await own?.close();

@@ -138,6 +138,88 @@ async function loadQuota() {
   }
 }
 
+/**
+ * The chats the history holds (GET /history) for the user id the page opened
+ * with, above this visit's: the newest page at load, older ones at a click.
+ * Not announced (aria-live off): only this visit's replies are.
+ */
+const earlier = document.createElement("div");
+earlier.className = "earlier";
+earlier.setAttribute("aria-live", "off");
+const earlierButton = document.createElement("button");
+earlierButton.type = "button";
+earlierButton.className = "earlier-button";
+earlierButton.hidden = true;
+earlier.append(earlierButton);
+log.prepend(earlier);
+/** Whose history is shown, and the token of the page before it ("" once all is). */
+let past;
+let historyLoading = false;
+/**
+ * This visit's chats that reached `done`, as "cleaned\0reply": the history
+ * has them too, and they are shown below already.
+ */
+const shownChats = new Map();
+
+async function loadHistory() {
+  const userId = past?.userId ?? userInput.value.trim();
+  if (userId === "" || historyLoading || past?.next === "") return;
+  historyLoading = true;
+  const token = past?.next ?? "";
+  const query = `user_id=${encodeURIComponent(userId)}&page_size=20${
+    token === "" ? "" : `&page_token=${encodeURIComponent(token)}`
+  }`;
+  try {
+    const res = await fetch(`/history?${query}`, { headers: withKey({}) });
+    // Read again once a key is typed.
+    if (res.status === 401) keyField.hidden = false;
+    // A user id the gateway refuses has no history to show.
+    if (res.status === 401 || res.status === 400) return;
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const page = await res.json();
+    past = { userId, next: page.next_page_token };
+    const followed = log.scrollHeight - log.scrollTop;
+    // Newest first: each goes above the one before it.
+    for (const item of page.items) {
+      const key = `${item.text}\0${item.reply}`;
+      const seen = shownChats.get(key) ?? 0;
+      if (seen > 0) {
+        shownChats.set(key, seen - 1);
+        continue;
+      }
+      const when = new Date(item.created_at).toLocaleString();
+      const mine = historyMessage("mine", item.text, when);
+      const reply = historyMessage("reply", item.reply, when);
+      earlierButton.after(mine, reply);
+    }
+    if (earlier.querySelector(".msg") !== null) $("empty")?.remove();
+    earlierButton.textContent = "Show earlier messages";
+    earlierButton.hidden = past.next === "";
+    // The first page ends where this visit starts; an older one keeps the reader where they were.
+    if (token === "") followLog();
+    else log.scrollTop = log.scrollHeight - followed;
+  } catch {
+    earlierButton.textContent = "Earlier messages could not be loaded: try again";
+    earlierButton.hidden = false;
+  } finally {
+    historyLoading = false;
+  }
+}
+
+function historyMessage(kind, text, when) {
+  const el = document.createElement("div");
+  el.className = `msg ${kind}`;
+  el.dir = "auto";
+  el.title = when;
+  el.textContent = text;
+  return el;
+}
+
+earlierButton.addEventListener("click", async () => {
+  await loadHistory();
+  if (earlierButton.hidden) textInput.focus();
+});
+
 /** Reads a text/event-stream body, calling onEvent(name, data) per event. */
 async function readEvents(body, onEvent) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
@@ -245,6 +327,10 @@ async function send() {
       else if (event === "done") {
         ended = true;
         replyText.data = data.reply;
+        if (past === undefined || past.userId === userId) {
+          const key = `${mine.textContent}\0${data.reply}`;
+          shownChats.set(key, (shownChats.get(key) ?? 0) + 1);
+        }
         // What is left once the chat was priced (the same as meta's unless priced by tokens).
         if (typeof data.remaining === "number") showQuota(String(data.remaining));
       } else if (event === "error") {
@@ -277,6 +363,9 @@ async function send() {
     // for a quota not shown: another user id typed while the reply streamed
     // (its read waited for the reply), or none known to give back.
     if (refused || quota.textContent === "—") void loadQuota();
+    // The history not read yet (refused without a key): a key typed and sent
+    // with Enter in its field was never "changed".
+    if (past === undefined) void loadHistory();
     // Back to the message box, unless the user went on in another field
     // while the reply streamed (typing another user id, say).
     const active = document.activeElement;
@@ -336,5 +425,9 @@ userInput.addEventListener("input", () => {
   clearTimeout(quotaTimer);
   quotaTimer = setTimeout(loadQuota, 400);
 });
-keyInput.addEventListener("change", loadQuota);
+keyInput.addEventListener("change", () => {
+  loadQuota();
+  if (past === undefined) loadHistory();
+});
 loadQuota();
+loadHistory();
