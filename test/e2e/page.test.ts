@@ -430,6 +430,28 @@ describe.skipIf(chromiumMissing)("the chat page's history", () => {
   });
 });
 
+describe.skipIf(chromiumMissing)("the chat page with chats priced by tokens", () => {
+  openChatPage(() => ({ QUOTA_COST_MODE: "tokens", ECHO_CHUNK_DELAY_MS: "80" }));
+
+  it("shows the quota a stopped reply was settled to, not its reservation", async () => {
+    await page.locator("#user").fill("browser-tokens");
+    await expect.poll(() => page.locator("#quota").textContent()).toBe("200");
+    await page.locator("#text").fill(Array.from({ length: 40 }, (_, i) => `t${i}`).join(" "));
+    await page.locator("#text").press("Enter");
+    await page.locator(".msg.reply.streaming", { hasText: "t1" }).waitFor();
+    const reserved = await page.locator("#quota").textContent();
+    await page.locator("#send").click();
+    await page.locator(".msg.reply:not(.streaming)", { hasText: "(stopped)" }).waitFor();
+    const remaining = async () => {
+      const res = await fetch(`${stack.gatewayUrl}/quota?user_id=browser-tokens`);
+      return String(((await res.json()) as { remaining: number }).remaining);
+    };
+    // The gateway settles the charge once it sees the connection gone.
+    await expect.poll(remaining).not.toBe(reserved);
+    await expect.poll(() => page.locator("#quota").textContent()).toBe(await remaining());
+  });
+});
+
 describe.skipIf(chromiumMissing)("the chat page with a rate limit", () => {
   // The page's reads of the quota and the history at load, and one chat; the next chat is refused.
   openChatPage(() => ({ RATE_LIMIT_PER_MINUTE: "3" }));

@@ -363,6 +363,11 @@ async function send() {
     // for a quota not shown: another user id typed while the reply streamed
     // (its read waited for the reply), or none known to give back.
     if (refused || quota.textContent === "—") void loadQuota();
+    // A reply stopped or cut off keeps its charge, but priced by tokens
+    // (QUOTA_COST_MODE=tokens) it is settled to the part relayed: less than
+    // meta's reservation shown. The gateway settles once it sees the
+    // connection gone, just after this.
+    else if (replyEl !== undefined && !ended) setTimeout(loadQuota, 1000);
     // The history not read yet (refused without a key): a key typed and sent
     // with Enter in its field was never "changed".
     if (past === undefined) void loadHistory();
