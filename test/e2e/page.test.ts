@@ -60,10 +60,11 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     return page.evaluate(`new Promise((resolve) => {
       const seen = [];
       const log = document.getElementById("log");
-      // The reply to come, not one before it (the log's own attributes change too).
-      const before = log.querySelectorAll(".msg.reply").length;
+      // The reply to come, not one before it (the log's own attributes change
+      // too), nor the history's earlier chats above this visit's.
+      const before = log.querySelectorAll(":scope > .msg.reply").length;
       const observer = new MutationObserver(() => {
-        const replies = log.querySelectorAll(".msg.reply");
+        const replies = log.querySelectorAll(":scope > .msg.reply");
         if (replies.length === before) return;
         const reply = replies[replies.length - 1];
         if (seen.at(-1) !== reply.textContent) seen.push(reply.textContent);
@@ -267,6 +268,31 @@ describe.skipIf(chromiumMissing)("the chat page in Chromium", () => {
     await page.locator("#user").fill("browser");
   });
 
+  it("does not show a quota read that a chat answered meanwhile made stale", async () => {
+    // The answer to a read of the quota is slow to arrive (a loaded network): held 2 s.
+    const quotaRead = (url: URL) => url.pathname === "/quota";
+    await page.route(quotaRead, async (route) => {
+      const response = await route.fetch();
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      await route.fulfill({ response });
+    });
+    try {
+      await page.locator("#user").fill("browser-stale");
+      // The read starts once the id stopped changing (400 ms), then a chat goes.
+      await page.waitForTimeout(500);
+      const watching = watchReply();
+      await send("answered meanwhile");
+      await watching;
+      expect(await page.locator("#quota").textContent()).toBe("150");
+      // The read answers (200, as before the chat) after the chat's answer.
+      await page.waitForTimeout(2_000);
+      expect(await page.locator("#quota").textContent()).toBe("150");
+    } finally {
+      await page.unroute(quotaRead);
+    }
+    await page.locator("#user").fill("browser");
+  });
+
   it("says when a message is blocked, blank or too long, charging nothing", async () => {
     await send("this has foo inside");
     await errorShows("blocked");
@@ -427,6 +453,24 @@ describe.skipIf(chromiumMissing)("the chat page's history", () => {
     expect(await page.locator("button", { hasText: "Show earlier messages" }).isVisible()).toBe(
       true,
     );
+  });
+
+  it("shows another user's earlier chats instead once another user id is typed, this visit's once", async () => {
+    await chatElsewhere("other", "other's first");
+    await page.locator("#user").fill("other");
+    await page.reload();
+    await expect.poll(said).toEqual(["other's first"]);
+    await page.locator("#text").fill("other's second");
+    await page.locator("#text").press("Enter");
+    await page.locator(".msg.reply:not(.streaming)", { hasText: "other's second" }).waitFor();
+    await page.locator("#user").fill("past");
+    // The other user's earlier chat goes; past's newest come above this visit's chat.
+    await expect
+      .poll(said)
+      .toEqual([...past.slice(4), "while the history is down", "other's second"]);
+    await page.locator("#user").fill("other");
+    // Back to the other user: this visit's chat is shown once, not again in the history above it.
+    await expect.poll(said).toEqual(["other's first", "other's second"]);
   });
 });
 

@@ -123,6 +123,7 @@ const withKey = (headers) =>
 async function loadQuota() {
   const userId = userInput.value.trim();
   if (userId === "" || busy) return;
+  const chatsBefore = chatsSent;
   try {
     const res = await fetch(`/quota?user_id=${encodeURIComponent(userId)}`, {
       headers: withKey({}),
@@ -130,8 +131,9 @@ async function loadQuota() {
     // A gateway with API keys: say so at once, not after a first message.
     if (res.status === 401) keyField.hidden = false;
     const body = res.ok ? await res.json() : undefined;
-    // Another id may have been typed, or a chat sent, while this was read.
-    if (userInput.value.trim() !== userId || busy) return;
+    // Another id may have been typed, or a chat sent (and even answered,
+    // showing a quota newer than this), while this was read.
+    if (userInput.value.trim() !== userId || busy || chatsSent !== chatsBefore) return;
     quota.textContent = typeof body?.remaining === "number" ? String(body.remaining) : "—";
   } catch {
     // No quota to show: the chat itself will say what is wrong.
@@ -139,9 +141,10 @@ async function loadQuota() {
 }
 
 /**
- * The chats the history holds (GET /history) for the user id the page opened
- * with, above this visit's: the newest page at load, older ones at a click.
- * Not announced (aria-live off): only this visit's replies are.
+ * The chats the history holds (GET /history) for the user id in the box,
+ * above this visit's: the newest page at load (and when another id is
+ * typed), older ones at a click. Not announced (aria-live off): only this
+ * visit's replies are.
  */
 const earlier = document.createElement("div");
 earlier.className = "earlier";
@@ -154,34 +157,50 @@ earlier.append(earlierButton);
 log.prepend(earlier);
 /** Whose history is shown, and the token of the page before it ("" once all is). */
 let past;
-let historyLoading = false;
+/** Bumped when another user id is typed: a page read for the one before is dropped. */
+let historyRun = 0;
+/** The run whose page is being read, if one is. */
+let historyLoading;
 /**
- * This visit's chats that reached `done`, as "cleaned\0reply": the history
- * has them too, and they are shown below already.
+ * This visit's chats that reached `done`, as "user\0cleaned\0reply": the
+ * history has them too, and they are shown below already.
  */
 const shownChats = new Map();
+const chatKey = (userId, text, reply) => `${userId}\0${text}\0${reply}`;
+
+/** Shows the history of the user id now in the box instead, from its newest page. */
+function restartHistory() {
+  historyRun++;
+  past = undefined;
+  for (const msg of earlier.querySelectorAll(".msg")) msg.remove();
+  earlierButton.hidden = true;
+  void loadHistory();
+}
 
 async function loadHistory() {
+  const run = historyRun;
   const userId = past?.userId ?? userInput.value.trim();
-  if (userId === "" || historyLoading || past?.next === "") return;
-  historyLoading = true;
+  if (userId === "" || historyLoading === run || past?.next === "") return;
+  historyLoading = run;
   const token = past?.next ?? "";
   const query = `user_id=${encodeURIComponent(userId)}&page_size=20${
     token === "" ? "" : `&page_token=${encodeURIComponent(token)}`
   }`;
   try {
     const res = await fetch(`/history?${query}`, { headers: withKey({}) });
+    if (run !== historyRun) return;
     // Read again once a key is typed.
     if (res.status === 401) keyField.hidden = false;
     // A user id the gateway refuses has no history to show.
     if (res.status === 401 || res.status === 400) return;
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const page = await res.json();
+    if (run !== historyRun) return;
     past = { userId, next: page.next_page_token };
     const followed = log.scrollHeight - log.scrollTop;
     // Newest first: each goes above the one before it.
     for (const item of page.items) {
-      const key = `${item.text}\0${item.reply}`;
+      const key = chatKey(userId, item.text, item.reply);
       const seen = shownChats.get(key) ?? 0;
       if (seen > 0) {
         shownChats.set(key, seen - 1);
@@ -199,10 +218,11 @@ async function loadHistory() {
     if (token === "") followLog();
     else log.scrollTop = log.scrollHeight - followed;
   } catch {
+    if (run !== historyRun) return;
     earlierButton.textContent = "Earlier messages could not be loaded: try again";
     earlierButton.hidden = false;
   } finally {
-    historyLoading = false;
+    if (historyLoading === run) historyLoading = undefined;
   }
 }
 
@@ -246,6 +266,8 @@ async function readEvents(body, onEvent) {
 let running;
 /** True from a send until its answer is over: one message at a time. */
 let busy = false;
+/** Chats sent so far: a quota read while one was sent is stale. */
+let chatsSent = 0;
 
 /**
  * The button says Send when idle, does nothing while the gateway has not
@@ -257,6 +279,7 @@ let busy = false;
 function setState(state, controller) {
   running = state === "streaming" ? controller : undefined;
   busy = state !== "idle";
+  if (state === "waiting") chatsSent++;
   sendButton.setAttribute("aria-disabled", String(state === "waiting"));
   sendButton.textContent = { idle: "Send", waiting: "Sending…", streaming: "Stop" }[state];
   sendButton.classList.toggle("stop", state === "streaming");
@@ -327,10 +350,8 @@ async function send() {
       else if (event === "done") {
         ended = true;
         replyText.data = data.reply;
-        if (past === undefined || past.userId === userId) {
-          const key = `${mine.textContent}\0${data.reply}`;
-          shownChats.set(key, (shownChats.get(key) ?? 0) + 1);
-        }
+        const key = chatKey(userId, mine.textContent, data.reply);
+        shownChats.set(key, (shownChats.get(key) ?? 0) + 1);
         // What is left once the chat was priced (the same as meta's unless priced by tokens).
         if (typeof data.remaining === "number") showQuota(String(data.remaining));
       } else if (event === "error") {
@@ -421,14 +442,17 @@ const keepUser = () => {
   } catch {}
 };
 
-// The quota shown is the user id's in the box: read at load, and again once
-// the id has stopped changing for a moment.
+// The quota and history shown are the user id's in the box: read at load,
+// and again once the id has stopped changing for a moment.
 let quotaTimer;
 userInput.addEventListener("input", () => {
   keepUser();
   quota.textContent = "—";
   clearTimeout(quotaTimer);
-  quotaTimer = setTimeout(loadQuota, 400);
+  quotaTimer = setTimeout(() => {
+    loadQuota();
+    if (userInput.value.trim() !== past?.userId) restartHistory();
+  }, 400);
 });
 keyInput.addEventListener("change", () => {
   loadQuota();
