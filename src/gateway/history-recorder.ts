@@ -215,11 +215,18 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       drop((queue.shift() as Pending).entry, `not stored within ${retryWindowMs} ms`);
     }
   };
+  /** The pass over the queue under way, if one is. */
+  let pass: Promise<void> | undefined;
+  const startPass = () => {
+    pass = retryQueue();
+    track(pass);
+    return pass;
+  };
   const schedule = () => {
     if (timer !== undefined || retrying || closed || queue.length === 0) return;
     timer = setTimeout(() => {
       timer = undefined;
-      track(retryQueue());
+      startPass();
     }, delayMs);
   };
 
@@ -428,13 +435,23 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       // A scan of at most a few batches, on reads only: nothing is kept per chat for it.
       if (hasUser(batch, userId)) flushBatch();
       const mine = [...sending].filter(([, gathered]) => hasUser(gathered, userId)).map(([w]) => w);
+      // The user's chats waiting for a retry (the history just came back, say)
+      // go now, with the whole queue before them, not at the next backoff.
+      if (!closed && queue.some((pending) => pending.entry.userId === userId)) {
+        if (retrying && pass !== undefined) mine.push(pass);
+        else if (!retrying) {
+          clearTimeout(timer);
+          timer = undefined;
+          mine.push(startPass());
+        }
+      }
       if (mine.length === 0) return;
-      let timer: NodeJS.Timeout | undefined;
+      let waitTimer: NodeJS.Timeout | undefined;
       const waited = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, waitMs);
+        waitTimer = setTimeout(resolve, waitMs);
       });
       await Promise.race([Promise.allSettled(mine), waited]);
-      clearTimeout(timer);
+      clearTimeout(waitTimer);
     },
 
     stats: () => ({ ...counts, pending: queue.length }),

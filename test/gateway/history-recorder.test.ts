@@ -305,6 +305,24 @@ describe("the history recorder against a real history server", () => {
     expect(r.stats()).toMatchObject({ failedAttempts: 0, dropped: 0 });
   });
 
+  it("sends a user's chats waiting for a retry when that user's history is read, not at the next backoff", async () => {
+    // History down: the chats fail and wait, the next retry 10 s away.
+    const r = makeRecorder({ initialDelayMs: 10_000 });
+    r.record(chat("waiting"));
+    r.record(chat("other"));
+    await vi.waitFor(() => expect(r.stats().pending).toBe(2));
+    await startServer();
+    const readAt = Date.now();
+    await r.flush("waiting", 2_000);
+    expect(Date.now() - readAt).toBeLessThan(2_000);
+    expect(await texts("waiting")).toHaveLength(1);
+    // The pass took the whole queue, oldest first.
+    expect(r.stats()).toMatchObject({ pending: 0, recovered: 2, dropped: 0 });
+    // A user with nothing waiting starts no pass.
+    await r.flush("nobody", 2_000);
+    expect(served.appendBatch).toBe(1);
+  });
+
   it("tries AppendBatch again batchRetryMs after a history without it, which an upgrade gave it since", async () => {
     await startServer({ withoutAppendBatch: true });
     const r = makeRecorder({ batchRetryMs: 300 });
