@@ -5,7 +5,8 @@
  * the same JSON (the ceiling of one HTTP hop), in the same run. Prints requests/s,
  * latency percentiles, errors, peak RSS and PSS of our processes (and each
  * process's peak RSS and CPU time per chat) and the ratio chain / ceiling;
- * writes the figures to bench/results/.
+ * writes the figures to bench/results/. Requests/s count 2xx answers only;
+ * a load that got any other answer, or none, fails the run (exit code 1).
  *
  * Options (env): BENCH_CONNECTIONS (50), BENCH_DURATION_S (10),
  * BENCH_USERS (1000000), BENCH_WARMUP_S (3). BENCH_CLIENT=wrk drives every
@@ -24,6 +25,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import autocannon from "autocannon";
+import { autocannonFigures, type Figures, failedLoads, wrkFigures } from "./figures.js";
 import { cpuTimeMs, freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 50);
@@ -51,16 +53,6 @@ function commandOf(pid: number): string {
   }
 }
 
-interface Figures {
-  readonly requestsPerSec: number;
-  readonly p50: number;
-  readonly p90: number;
-  readonly p99: number;
-  readonly non2xx: number;
-  readonly errors: number;
-  readonly total: number;
-}
-
 function load(url: string, seconds: number): Promise<Figures> {
   return client === "wrk" ? loadWithWrk(url, seconds) : loadWithAutocannon(url, seconds);
 }
@@ -82,15 +74,7 @@ async function loadWithAutocannon(url: string, seconds: number): Promise<Figures
       },
     ],
   });
-  return {
-    requestsPerSec: result.requests.average,
-    p50: result.latency.p50,
-    p90: result.latency.p90,
-    p99: result.latency.p99,
-    non2xx: result.non2xx,
-    errors: result.errors + result.timeouts,
-    total: result.requests.total,
-  };
+  return autocannonFigures(result);
 }
 
 /**
@@ -144,17 +128,7 @@ async function loadWithWrk(url: string, seconds: number): Promise<Figures> {
   });
   const line = stdout.split("\n").find((l) => l.startsWith('{"total"'));
   if (line === undefined) throw new Error(`wrk printed no figures:\n${stdout}`);
-  const f = JSON.parse(line) as Record<string, number>;
-  const ms = (us: number | undefined) => Math.round((us ?? 0) / 1000);
-  return {
-    requestsPerSec: ((f.total ?? 0) * 1e6) / (f.us ?? 1),
-    p50: ms(f.p50),
-    p90: ms(f.p90),
-    p99: ms(f.p99),
-    non2xx: f.non2xx ?? 0,
-    errors: f.errors ?? 0,
-    total: f.total ?? 0,
-  };
+  return wrkFigures(JSON.parse(line) as Record<string, number>);
 }
 
 /** One process's share of a measured load. */
@@ -278,8 +252,15 @@ if (reference !== undefined) {
 const dir = fileURLToPath(new URL("./results/", import.meta.url));
 mkdirSync(dir, { recursive: true });
 const file = `${dir}chain-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+const failures = failedLoads({ chain, all: allInOne, reference, ceiling });
 writeFileSync(
   file,
-  `${JSON.stringify({ at: new Date().toISOString(), client, connections, duration, users, cpus: os.cpus().length, chain, allInOne, reference, ceiling, ratio }, null, 2)}\n`,
+  `${JSON.stringify({ at: new Date().toISOString(), client, connections, duration, users, cpus: os.cpus().length, chain, allInOne, reference, ceiling, ratio, failures }, null, 2)}\n`,
 );
 console.log(`figures written to ${file}`);
+if (failures.length > 0) {
+  console.error(
+    `bench FAILED: requests/s count 2xx answers only, and these loads got others:\n  ${failures.join("\n  ")}`,
+  );
+  process.exitCode = 1;
+}
