@@ -26,23 +26,12 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import autocannon from "autocannon";
 import { autocannonFigures, type Figures, failedLoads, wrkFigures } from "./figures.js";
+import { chainBenchOptions, optionsOrExit } from "./options.js";
 import { cpuTimeMs, freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
 
-const connections = Number(process.env.BENCH_CONNECTIONS ?? 50);
-const duration = Number(process.env.BENCH_DURATION_S ?? 10);
-const users = Number(process.env.BENCH_USERS ?? 1_000_000);
-const warmup = Number(process.env.BENCH_WARMUP_S ?? 3);
+const { connections, duration, users, warmup, client, wrkThreads, referenceUrl, referencePids } =
+  optionsOrExit("make bench", () => chainBenchOptions(process.env));
 const text = "Hello   world   from   Go!";
-const referenceUrl = process.env.BENCH_REFERENCE_URL?.replace(/\/+$/, "");
-const client = process.env.BENCH_CLIENT ?? "autocannon";
-if (client !== "autocannon" && client !== "wrk") {
-  throw new Error(`BENCH_CLIENT must be autocannon or wrk, not ${JSON.stringify(client)}`);
-}
-const wrkThreads = Number(process.env.BENCH_WRK_THREADS ?? 2);
-const referencePids = (process.env.BENCH_REFERENCE_PIDS ?? "")
-  .split(/[\s,]+/)
-  .filter((pid) => pid !== "")
-  .map(Number);
 
 /** A process's command name (/proc/<pid>/comm), or its pid when it cannot be read. */
 function commandOf(pid: number): string {
@@ -144,7 +133,7 @@ interface ProcessFigures {
  * meanwhile (of all together, and of each), and the CPU time each used.
  */
 async function measure(url: string, pids: readonly (number | undefined)[], names: string[] = []) {
-  await load(url, warmup);
+  if (warmup > 0) await load(url, warmup);
   let peakRss = 0;
   let peakPss = 0;
   const peakEach = pids.map(() => 0);
@@ -194,7 +183,7 @@ async function measureCeiling() {
   );
   try {
     const url = `http://127.0.0.1:${port}`;
-    await load(url, warmup);
+    if (warmup > 0) await load(url, warmup);
     return await load(url, duration);
   } finally {
     server.kill("SIGTERM");

@@ -26,10 +26,12 @@ import { createFastTransport } from "../src/lib/fast-transport.js";
 import { createFramesTransport } from "../src/lib/frames-transport.js";
 import { useBufferUtf8Encoding } from "../src/lib/utf8.js";
 import { createTermMatcher } from "../src/services/filter/terms.js";
+import { microBenchOptions, optionsOrExit } from "./options.js";
 import { freePort, startProcess, waitHealthy } from "./stack.js";
 
-const seconds = Number(process.env.MICRO_SECONDS ?? 3);
-const concurrency = Number(process.env.MICRO_CONCURRENCY ?? 50);
+const { seconds, concurrency } = optionsOrExit("make bench-micro", () =>
+  microBenchOptions(process.env),
+);
 
 async function callsPerSecond(transport: Transport): Promise<number> {
   const client = createClient(LLMService, transport);

@@ -13,24 +13,17 @@
 import { randomUUID } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
-import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { loadTokenConfig } from "../src/lib/config.js";
 import { windowAt } from "../src/services/token/clock.js";
 import { createMemoryQuotaStore } from "../src/services/token/memory-store.js";
 import type { QuotaStore } from "../src/services/token/quota-store.js";
 import { createRedisQuotaStore } from "../src/services/token/redis-store.js";
+import { optionsOrExit, quotaBenchOptions } from "./options.js";
 
-const { values } = parseArgs({
-  options: {
-    seconds: { type: "string", default: "5" },
-    concurrency: { type: "string", default: "64" },
-    users: { type: "string", default: "1000" },
-  },
-});
-const seconds = Number(values.seconds);
-const concurrency = Number(values.concurrency);
-const users = Number(values.users);
+const { seconds, concurrency, users } = optionsOrExit("make bench-quota", () =>
+  quotaBenchOptions(process.argv.slice(2)),
+);
 
 interface Result {
   readonly store: string;

@@ -19,16 +19,15 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
+import { optionsOrExit, soakOptions } from "./options.js";
 import { runSteadyLoad } from "./soak-load.js";
 import { formatVerdicts, judgeMemory, type Sample } from "./soak-verdict.js";
 import { rssOf, startChain } from "./stack.js";
 
-const seconds = Number(process.env.SOAK_SECONDS ?? 600);
-const rate = Number(process.env.SOAK_RATE ?? 100);
-const connections = Number(process.env.SOAK_CONNECTIONS ?? 20);
-const users = Number(process.env.SOAK_USERS ?? 2_000);
-const sampleSeconds = Number(process.env.SOAK_SAMPLE_S ?? 10);
-const maxGrowth = Number(process.env.SOAK_MAX_GROWTH ?? 0.1);
+const { seconds, rate, connections, users, sampleSeconds, maxGrowth } = optionsOrExit(
+  "make soak",
+  () => soakOptions(process.env),
+);
 
 const names = ["gateway", "token", "filter", "llm", "history"] as const;
 type Name = (typeof names)[number];
