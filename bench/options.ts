@@ -93,12 +93,20 @@ export function chainBenchOptions(env: Readonly<Record<string, string | undefine
 
 /** What bench/soak.ts (`make soak`) takes from its environment. */
 export function soakOptions(env: Readonly<Record<string, string | undefined>>) {
+  const seconds = numberOption(env, "SOAK_SECONDS", 600, whole(1));
+  const sampleSeconds = numberOption(env, "SOAK_SAMPLE_S", 10, { min: 0, aboveMin: true });
+  // The verdict compares thirds of the samples: one at the start, one at the end, one between.
+  if (seconds < 2 * sampleSeconds) {
+    throw new OptionError(
+      `SOAK_SECONDS (${seconds}) must be at least twice SOAK_SAMPLE_S (${sampleSeconds}): the memory verdict needs three samples`,
+    );
+  }
   return {
-    seconds: numberOption(env, "SOAK_SECONDS", 600, whole(1)),
+    seconds,
     rate: numberOption(env, "SOAK_RATE", 100, { min: 0, aboveMin: true }),
     connections: numberOption(env, "SOAK_CONNECTIONS", 20, whole(1)),
     users: numberOption(env, "SOAK_USERS", 2_000, whole(1)),
-    sampleSeconds: numberOption(env, "SOAK_SAMPLE_S", 10, { min: 0, aboveMin: true }),
+    sampleSeconds,
     maxGrowth: numberOption(env, "SOAK_MAX_GROWTH", 0.1, { min: 0 }),
   } as const;
 }

@@ -34,13 +34,17 @@ const known = (values: number[]) => values.filter((v) => !Number.isNaN(v));
  * middle third's, or when the last third sets no peak above `maxGrowth` over
  * the peak before it: the kernel may page idle memory out mid-run (DAMON
  * reclaim does on the development machine), which lowers a third's mean for
- * a while, whereas a leak keeps setting new peaks late in the run.
+ * a while, whereas a leak keeps setting new peaks late in the run. Fewer
+ * than three samples cannot tell: no process plateaued then.
  */
 export function judgeMemory(
   samples: readonly Sample[],
   names: readonly string[],
   maxGrowth: number,
 ): Verdict[] {
+  // With fewer than three samples a third is empty: its mean is 0 and the
+  // peak before it -Infinity, which passed any process, a leaking one too.
+  const judged = samples.length >= 3;
   const third = Math.floor(samples.length / 3);
   const middle = samples.slice(third, 2 * third);
   const last = samples.slice(2 * third);
@@ -59,7 +63,7 @@ export function judgeMemory(
       heapGrowth: round(mean(known(last.map(heap))) / mean(known(middle.map(heap))) - 1, 4),
       meanLagMs: round(mean(known(samples.map((s) => s.lagMs[n] ?? Number.NaN))), 1),
       maxLagP99Ms: round(Math.max(...known(samples.map((s) => s.lagP99Ms[n] ?? Number.NaN))), 1),
-      plateaued: rssGrowth <= maxGrowth || peakRssGrowth <= maxGrowth,
+      plateaued: judged && (rssGrowth <= maxGrowth || peakRssGrowth <= maxGrowth),
     };
   });
 }
