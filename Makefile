@@ -41,8 +41,11 @@ test: $(STAMP) ## Run every test (Redis/MySQL tests skip when unreachable, outsi
 test-faults: $(STAMP) ## Kill and restart each process and store under load (also part of make test)
 	$(BIN)/vitest run test/faults
 
+# The benchmarks and the soak run under node itself, not the tsx command: on
+# a Ctrl-C that one SIGKILLs its child when it has not answered within 60 ms,
+# before the bench has stopped the processes it started.
 soak: $(STAMP) ## Mixed load for SOAK_SECONDS (600): RSS and event-loop delay per process, leak check
-	@$(BIN)/tsx bench/soak.ts
+	@node --import tsx bench/soak.ts
 
 run-all: generate ## Start every process with embedded defaults; Ctrl-C stops them
 	@node bin/chatmesh.js run-all
@@ -54,18 +57,18 @@ client: $(STAMP) ## The seed's client: make client TEXT="…"
 	@node bin/chatmesh.js client "$$CHATMESH_CLIENT_TEXT"
 
 bench: build ## Load benchmark of the whole chain (from dist/) vs a bare Fastify ceiling (autocannon)
-	$(BIN)/tsx bench/chain-bench.ts
-	@$(BIN)/tsx bench/quota-bench.ts
-	@$(BIN)/tsx bench/micro-bench.ts
+	node --import tsx bench/chain-bench.ts
+	@node --import tsx bench/quota-bench.ts
+	@node --import tsx bench/micro-bench.ts
 
 bench-go: build ## make bench with the seed's Go original beside the chain, same load, same run (needs Go: bench/go-reference/build.sh)
-	$(BIN)/tsx bench/go-bench.ts
+	node --import tsx bench/go-bench.ts
 
 bench-micro: $(STAMP) ## Unary RPC per transport, and the filter's matcher with 10k terms
-	@$(BIN)/tsx bench/micro-bench.ts
+	@node --import tsx bench/micro-bench.ts
 
 bench-quota: $(STAMP) ## CheckAndInc/s of the memory and redis quota stores (REDIS_URL)
-	@$(BIN)/tsx bench/quota-bench.ts
+	@node --import tsx bench/quota-bench.ts
 build: $(STAMP) ## Type-check, then bundle src/ and gen/ into dist/ (what the image runs)
 	npm run build
 

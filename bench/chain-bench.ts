@@ -27,7 +27,14 @@ import { promisify } from "node:util";
 import autocannon from "autocannon";
 import { autocannonFigures, type Figures, failedLoads, wrkFigures } from "./figures.js";
 import { chainBenchOptions, optionsOrExit } from "./options.js";
-import { cpuTimeMs, freePort, memoryOf, startAllInOne, startChain } from "./stack.js";
+import {
+  cpuTimeMs,
+  freePort,
+  memoryOf,
+  startAllInOne,
+  startChain,
+  stopOnInterrupt,
+} from "./stack.js";
 
 const { connections, duration, users, warmup, client, wrkThreads, referenceUrl, referencePids } =
   optionsOrExit("make bench", () => chainBenchOptions(process.env));
@@ -178,6 +185,7 @@ async function measureCeiling() {
     env: { ...process.env, PORT: String(await freePort()) },
     execArgv: ["--import", "tsx"],
   });
+  const forget = stopOnInterrupt(() => server.kill("SIGTERM"));
   const port = await new Promise<number>((resolve) =>
     server.once("message", (m) => resolve((m as { port: number }).port)),
   );
@@ -186,6 +194,7 @@ async function measureCeiling() {
     if (warmup > 0) await load(url, warmup);
     return await load(url, duration);
   } finally {
+    forget();
     server.kill("SIGTERM");
   }
 }

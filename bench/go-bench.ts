@@ -8,7 +8,7 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { connect } from "node:net";
 import { fileURLToPath } from "node:url";
-import { freePort, waitFor, waitHealthy } from "./stack.js";
+import { freePort, stopOnInterrupt, waitFor, waitHealthy } from "./stack.js";
 
 const accepts = (port: number) =>
   new Promise<void>((resolve, reject) => {
@@ -46,6 +46,16 @@ const start = (name: string): ChildProcess =>
   spawn(bin(name), { env, stdio: ["ignore", "ignore", "inherit"] });
 // The gateway dials at start and fails calls while a service is down: the services go first.
 const children = ["tokenserver", "filterserver", "llmserver"].map(start);
+let bench: ChildProcess | undefined;
+const forget = stopOnInterrupt(async () => {
+  // The chain's bench stops what it started, then the Go chain stops.
+  if (bench !== undefined && bench.exitCode === null && bench.signalCode === null) {
+    const exited = new Promise((resolve) => bench?.once("exit", resolve));
+    bench.kill("SIGINT");
+    await exited;
+  }
+  for (const child of children) child.kill("SIGTERM");
+});
 try {
   await Promise.all(
     [token, filter, llm].map((port) =>
@@ -54,7 +64,7 @@ try {
   );
   children.push(start("gateway"));
   await waitHealthy(gateway, 10_000, "/health");
-  const bench = spawn(process.execPath, ["--import", "tsx", here("./chain-bench.ts")], {
+  bench = spawn(process.execPath, ["--import", "tsx", here("./chain-bench.ts")], {
     env: {
       ...process.env,
       BENCH_REFERENCE_URL: `http://127.0.0.1:${gateway}`,
@@ -62,9 +72,11 @@ try {
     },
     stdio: "inherit",
   });
+  const running = bench;
   process.exitCode = await new Promise<number>((resolve) =>
-    bench.once("exit", (code) => resolve(code ?? 1)),
+    running.once("exit", (code) => resolve(code ?? 1)),
   );
 } finally {
+  forget();
   for (const child of children) child.kill("SIGTERM");
 }

@@ -27,7 +27,7 @@ import { createFramesTransport } from "../src/lib/frames-transport.js";
 import { useBufferUtf8Encoding } from "../src/lib/utf8.js";
 import { createTermMatcher } from "../src/services/filter/terms.js";
 import { microBenchOptions, optionsOrExit } from "./options.js";
-import { freePort, startProcess, waitHealthy } from "./stack.js";
+import { freePort, startProcess, stopOnInterrupt, waitHealthy } from "./stack.js";
 
 const { seconds, concurrency } = optionsOrExit("make bench-micro", () =>
   microBenchOptions(process.env),
@@ -53,6 +53,7 @@ async function callsPerSecond(transport: Transport): Promise<number> {
 async function rpc(): Promise<Record<string, number>> {
   const port = await freePort();
   const llm = startProcess("llm", { LLM_PORT: String(port) });
+  const forget = stopOnInterrupt(() => llm.kill("SIGTERM"));
   try {
     await waitHealthy(port);
     const baseUrl = `http://127.0.0.1:${port}`;
@@ -80,6 +81,7 @@ async function rpc(): Promise<Record<string, number>> {
     for (const [name, transport] of options) results[name] = await callsPerSecond(transport);
     return results;
   } finally {
+    forget();
     llm.kill("SIGTERM");
   }
 }

@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -118,8 +118,36 @@ async function chainEnv(extraEnv: Record<string, string>) {
   return { dataDir, ports, env };
 }
 
+const interruptStops = new Set<() => unknown>();
+let installed = false;
+let interrupted = false;
+
+/**
+ * Runs `stop` if this process gets SIGINT, SIGTERM or SIGHUP before the
+ * returned function is called, then exits (128 + the signal's number). A
+ * bench interrupted on its own (`kill -INT`, a CI timeout, a closed terminal,
+ * whose SIGHUP the chatmesh processes ignore) otherwise left the processes it
+ * started serving, and their data directories behind.
+ */
+export function stopOnInterrupt(stop: () => unknown): () => void {
+  if (!installed) {
+    installed = true;
+    for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+      process.on(signal, () => {
+        if (interrupted) return;
+        interrupted = true;
+        void Promise.allSettled([...interruptStops].map(async (s) => s())).then(() =>
+          process.exit(128 + (constants.signals[signal] ?? 0)),
+        );
+      });
+    }
+  }
+  interruptStops.add(stop);
+  return () => interruptStops.delete(stop);
+}
+
 function stopAll(children: readonly ChildProcess[], dataDir: string) {
-  return async () => {
+  const stop = async () => {
     await Promise.all(
       children.map(
         (c) =>
@@ -131,6 +159,11 @@ function stopAll(children: readonly ChildProcess[], dataDir: string) {
       ),
     );
     rmSync(dataDir, { recursive: true, force: true });
+  };
+  const forget = stopOnInterrupt(stop);
+  return async () => {
+    forget();
+    await stop();
   };
 }
 

@@ -1,0 +1,74 @@
+import { spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { constants } from "node:os";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it, vi } from "vitest";
+import { endsWithWorker, repoRoot, watchChild } from "../fixtures/processes.js";
+
+const chainBench = fileURLToPath(new URL("../../bench/chain-bench.ts", import.meta.url));
+
+/** The `chatmesh` processes `pid` started (Linux). */
+function chatmeshChildrenOf(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`)
+    .flatMap((task) => readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").split(" "))
+    .filter((child) => child.trim() !== "")
+    .map(Number)
+    .filter((child) => readFileSync(`/proc/${child}/cmdline`, "utf8").includes("chatmesh.js"));
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** The directory of a chain process's history database, from its environment. */
+const dataDirOf = (pid: number) =>
+  /HISTORY_DATABASE_URL=sqlite:(.*)\/history\.db/.exec(
+    readFileSync(`/proc/${pid}/environ`, "utf8").replaceAll("\0", "\n"),
+  )?.[1];
+
+describe("make bench interrupted", () => {
+  it.each(["SIGINT", "SIGHUP"] as const)(
+    "by %s on its own stops the processes it started and removes their data",
+    async (signal) => {
+      const bench = endsWithWorker(
+        spawn(process.execPath, ["--import", "tsx", chainBench], {
+          cwd: repoRoot,
+          env: {
+            ...process.env,
+            CHATMESH_FROM_SOURCE: "1",
+            BENCH_DURATION_S: "120",
+            BENCH_WARMUP_S: "0",
+          },
+          stdio: ["ignore", "pipe", "pipe"],
+        }),
+      );
+      const { output, exited } = watchChild(bench);
+      let started: number[] = [];
+      try {
+        await vi.waitFor(
+          () => {
+            started = chatmeshChildrenOf(bench.pid as number);
+            expect(started, output()).toHaveLength(5);
+          },
+          { timeout: 30_000, interval: 100 },
+        );
+        const dataDir = dataDirOf(started[0] as number);
+        expect(dataDir).toBeDefined();
+        bench.kill(signal);
+        expect(await exited, output()).toBe(128 + constants.signals[signal]);
+        expect(started.filter(alive)).toEqual([]);
+        expect(existsSync(dataDir as string)).toBe(false);
+      } finally {
+        // What the bench left running, if it did.
+        for (const pid of started.filter(alive)) process.kill(pid, "SIGKILL");
+        bench.kill("SIGKILL");
+      }
+    },
+    60_000,
+  );
+});
