@@ -1,9 +1,13 @@
 /** One request of the soak's mix. */
 export interface MixedRequest {
+  /** What it is, as the load's counts name it. */
+  readonly kind: string;
   readonly method: "GET" | "POST";
   readonly path: string;
   readonly headers: Record<string, string>;
   readonly body?: string;
+  /** The status the gateway answers it with. */
+  readonly status: number;
 }
 
 /**
@@ -14,28 +18,53 @@ export interface MixedRequest {
 export function mixedRequest(users: number): MixedRequest {
   const user = `soak-${Math.floor(Math.random() * users)}`;
   const json = { "content-type": "application/json" };
-  const chat = (text: string) => ({
+  const chat = (kind: string, text: string, status: number) => ({
+    kind,
     method: "POST" as const,
     path: "/chat",
     headers: json,
     body: JSON.stringify({ user_id: user, text }),
+    status,
   });
   const roll = Math.random();
-  if (roll < 0.7) return chat(`Hello   soak   ${Math.random().toString(36).slice(2)}`);
-  if (roll < 0.78) return chat("this has foo inside");
-  if (roll < 0.83) return { method: "POST", path: "/chat", headers: json, body: "{not json" };
-  if (roll < 0.86) {
-    return { method: "POST", path: "/chat", headers: { "content-type": "text/plain" }, body: "hi" };
+  if (roll < 0.7) return chat("chat", `Hello   soak   ${Math.random().toString(36).slice(2)}`, 200);
+  if (roll < 0.78) return chat("blocked chat", "this has foo inside", 400);
+  if (roll < 0.83) {
+    return {
+      kind: "bad JSON",
+      method: "POST",
+      path: "/chat",
+      headers: json,
+      body: "{not json",
+      status: 400,
+    };
   }
-  if (roll < 0.94)
-    return { method: "GET", path: `/history?user_id=${user}&page_size=20`, headers: {} };
-  return { method: "GET", path: `/quota?user_id=${user}`, headers: {} };
+  if (roll < 0.86) {
+    const headers = { "content-type": "text/plain" };
+    return { kind: "text/plain", method: "POST", path: "/chat", headers, body: "hi", status: 415 };
+  }
+  if (roll < 0.94) {
+    const path = `/history?user_id=${user}&page_size=20`;
+    return { kind: "history page", method: "GET", path, headers: {}, status: 200 };
+  }
+  return {
+    kind: "quota read",
+    method: "GET",
+    path: `/quota?user_id=${user}`,
+    headers: {},
+    status: 200,
+  };
 }
 
 /** What the load saw. */
 export interface LoadResult {
   readonly total: number;
   readonly statuses: Record<string, number>;
+  /**
+   * Answers with another status than the request's kind gets ("history page
+   * 404", "chat 429"): a mix the gateway does not serve as meant.
+   */
+  readonly unexpected: Record<string, number>;
   /** Requests that got no HTTP answer, by reason. */
   readonly errors: Record<string, number>;
   readonly p50Ms: number;
@@ -63,11 +92,12 @@ export async function runSteadyLoad(options: {
   const latencies: number[] = [];
   const statuses: Record<string, number> = {};
   const errors: Record<string, number> = {};
+  const unexpected: Record<string, number> = {};
   const worker = async (offsetMs: number) => {
     await new Promise((r) => setTimeout(r, offsetMs));
     let next = performance.now();
     while (Date.now() < end) {
-      const { method, path, headers, body } = mixedRequest(options.users);
+      const { kind, method, path, headers, body, status } = mixedRequest(options.users);
       const started = performance.now();
       try {
         const res = await fetch(`${options.url}${path}`, {
@@ -78,6 +108,10 @@ export async function runSteadyLoad(options: {
         });
         await res.arrayBuffer();
         statuses[res.status] = (statuses[res.status] ?? 0) + 1;
+        if (res.status !== status) {
+          const key = `${kind} ${res.status}`;
+          unexpected[key] = (unexpected[key] ?? 0) + 1;
+        }
         latencies.push(performance.now() - started);
       } catch (err) {
         const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
@@ -95,6 +129,7 @@ export async function runSteadyLoad(options: {
   return {
     total: latencies.length + Object.values(errors).reduce((a, b) => a + b, 0),
     statuses,
+    unexpected,
     errors,
     p50Ms: percentile(latencies, 0.5),
     p99Ms: percentile(latencies, 0.99),

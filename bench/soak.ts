@@ -6,7 +6,8 @@
  * and, per process, whether memory plateaued (judgeMemory: the last third of
  * the run against the ones before; the first third is warm-up). Exits 1 when
  * a process grew more than SOAK_MAX_GROWTH (0.10, so 10 %), when one exited,
- * or when the load got a 5xx or a request without an answer.
+ * or when the load got a 5xx, another status than a request of its kind gets
+ * (a 429 or 404, a blocked chat answered 200), or a request without an answer.
  *
  * The load is a loop of SOAK_CONNECTIONS workers, each sending one request
  * of the mix every SOAK_CONNECTIONS / SOAK_RATE seconds (evenly spaced, so
@@ -132,6 +133,10 @@ console.log(
   `\nrequests: ${result.total} (${(result.total / seconds).toFixed(0)}/s), latency p50 ${result.p50Ms.toFixed(1)} ms p99 ${result.p99Ms.toFixed(1)} ms, ` +
     `statuses ${JSON.stringify(result.statuses)}, without an answer ${JSON.stringify(result.errors)}`,
 );
+const unexpectedAnswers = Object.values(result.unexpected).reduce((a, b) => a + b, 0);
+if (unexpectedAnswers > 0) {
+  console.log(`answers with another status than the mix's: ${JSON.stringify(result.unexpected)}`);
+}
 // Judged before the stop, whose own exits are expected.
 const exitedDuringRun = [...exited];
 if (exitedDuringRun.length > 0) console.log(`processes that exited: ${exitedDuringRun.join(", ")}`);
@@ -151,6 +156,7 @@ const ok =
   verdicts.every((v) => v.plateaued) &&
   exitedDuringRun.length === 0 &&
   serverErrors === 0 &&
+  unexpectedAnswers === 0 &&
   failedRequests === 0;
 console.log(ok ? "soak passed" : "soak FAILED");
 process.exitCode = ok ? 0 : 1;
