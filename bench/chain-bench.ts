@@ -18,7 +18,7 @@
  * same run; BENCH_REFERENCE_PIDS (space or comma separated) are its processes,
  * for its peak memory and CPU time per chat.
  */
-import { execFile, fork } from "node:child_process";
+import { execFile, execFileSync, fork } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
@@ -39,6 +39,21 @@ import {
 const { connections, duration, users, warmup, client, wrkThreads, referenceUrl, referencePids } =
   optionsOrExit("make bench", () => chainBenchOptions(process.env));
 const text = "Hello   world   from   Go!";
+
+/** The commit measured, with "+" when the tree differs from it; undefined outside a git clone. */
+function commitOf(): string | undefined {
+  try {
+    const git = (...args: string[]) =>
+      execFileSync("git", args, {
+        cwd: fileURLToPath(new URL(".", import.meta.url)),
+        stdio: ["ignore", "pipe", "ignore"],
+      }).toString();
+    const dirty = git("status", "--porcelain", "--untracked-files=no").trim() !== "";
+    return `${git("rev-parse", "--short", "HEAD").trim()}${dirty ? "+" : ""}`;
+  } catch {
+    return undefined;
+  }
+}
 
 /** A process's command name (/proc/<pid>/comm), or its pid when it cannot be read. */
 function commandOf(pid: number): string {
@@ -253,7 +268,36 @@ const file = `${dir}chain-${new Date().toISOString().replace(/[:.]/g, "-")}.json
 const failures = failedLoads({ chain, all: allInOne, reference, ceiling });
 writeFileSync(
   file,
-  `${JSON.stringify({ at: new Date().toISOString(), client, connections, duration, users, cpus: os.cpus().length, chain, allInOne, reference, ceiling, ratio, failures }, null, 2)}\n`,
+  `${JSON.stringify(
+    {
+      at: new Date().toISOString(),
+      commit: commitOf(),
+      node: process.version,
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      client,
+      ...(client === "wrk" ? { wrkThreads } : {}),
+      connections,
+      duration,
+      warmup,
+      users,
+      chain,
+      allInOne,
+      reference,
+      ceiling,
+      ratio,
+      allRatio: allInOne.requestsPerSec / ceiling.requestsPerSec,
+      ...(reference === undefined
+        ? {}
+        : {
+            referenceRatio: reference.requestsPerSec / ceiling.requestsPerSec,
+            chainToReference: chain.requestsPerSec / reference.requestsPerSec,
+          }),
+      failures,
+    },
+    null,
+    2,
+  )}\n`,
 );
 console.log(`figures written to ${file}`);
 if (failures.length > 0) {
