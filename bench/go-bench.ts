@@ -45,8 +45,9 @@ const env = {
 const start = (name: string): ChildProcess =>
   spawn(bin(name), { env, stdio: ["ignore", "ignore", "inherit"] });
 // The gateway dials at start and fails calls while a service is down: the services go first.
-const children = ["tokenserver", "filterserver", "llmserver"].map(start);
+const children: ChildProcess[] = [];
 let bench: ChildProcess | undefined;
+// Registered before the processes start: a signal before it would end this one alone.
 const forget = stopOnInterrupt(async () => {
   // The chain's bench stops what it started, then the Go chain stops.
   if (bench !== undefined && bench.exitCode === null && bench.signalCode === null) {
@@ -56,6 +57,7 @@ const forget = stopOnInterrupt(async () => {
   }
   for (const child of children) child.kill("SIGTERM");
 });
+children.push(...["tokenserver", "filterserver", "llmserver"].map(start));
 try {
   await Promise.all(
     [token, filter, llm].map((port) =>

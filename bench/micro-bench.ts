@@ -52,8 +52,9 @@ async function callsPerSecond(transport: Transport): Promise<number> {
 
 async function rpc(): Promise<Record<string, number>> {
   const port = await freePort();
-  const llm = startProcess("llm", { LLM_PORT: String(port) });
+  // Registered before the process starts: a signal between the two would end this one alone.
   const forget = stopOnInterrupt(() => llm.kill("SIGTERM"));
+  const llm = startProcess("llm", { LLM_PORT: String(port) });
   try {
     await waitHealthy(port);
     const baseUrl = `http://127.0.0.1:${port}`;

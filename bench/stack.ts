@@ -97,10 +97,12 @@ type Name = (typeof names)[number];
 
 /** The environment of the chain on free ports, its history in a new directory. */
 async function chainEnv(extraEnv: Record<string, string>) {
-  const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-bench-"));
+  catchInterrupts();
   const ports = Object.fromEntries(
     await Promise.all(names.map(async (n) => [n, await freePort()])),
   ) as Record<Name, number>;
+  // Made in the same turn as the processes and the stop that removes it.
+  const dataDir = mkdtempSync(join(tmpdir(), "chatmesh-bench-"));
   const env: Record<string, string> = {
     TOKEN_PORT: String(ports.token),
     FILTER_PORT: String(ports.filter),
@@ -130,20 +132,29 @@ let interrupted = false;
  * started serving, and their data directories behind.
  */
 export function stopOnInterrupt(stop: () => unknown): () => void {
-  if (!installed) {
-    installed = true;
-    for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-      process.on(signal, () => {
-        if (interrupted) return;
-        interrupted = true;
-        void Promise.allSettled([...interruptStops].map(async (s) => s())).then(() =>
-          process.exit(128 + (constants.signals[signal] ?? 0)),
-        );
-      });
-    }
-  }
+  catchInterrupts();
   interruptStops.add(stop);
   return () => interruptStops.delete(stop);
+}
+
+/**
+ * Takes SIGINT, SIGTERM and SIGHUP from their default action (the process
+ * ends at once) to stopOnInterrupt's stops. Called before a process is
+ * started: from then on a signal waits for the code that starts it to
+ * register its stop.
+ */
+function catchInterrupts(): void {
+  if (installed) return;
+  installed = true;
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.on(signal, () => {
+      if (interrupted) return;
+      interrupted = true;
+      void Promise.allSettled([...interruptStops].map(async (s) => s())).then(() =>
+        process.exit(128 + (constants.signals[signal] ?? 0)),
+      );
+    });
+  }
 }
 
 function stopAll(children: readonly ChildProcess[], dataDir: string) {
