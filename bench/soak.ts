@@ -23,7 +23,7 @@ import { fileURLToPath } from "node:url";
 import { optionsOrExit, soakOptions } from "./options.js";
 import { runSteadyLoad } from "./soak-load.js";
 import { formatVerdicts, judgeMemory, type Sample } from "./soak-verdict.js";
-import { rssOf, startChain } from "./stack.js";
+import { rssOf, startChain, stopOnInterrupt } from "./stack.js";
 
 const { seconds, rate, connections, users, sampleSeconds, maxGrowth } = optionsOrExit(
   "make soak",
@@ -39,11 +39,15 @@ function gauge(text: string, name: string): number {
   return line === undefined ? Number.NaN : Number(line.split(" ")[1]);
 }
 
+let stopping = false;
+// Interrupted, the processes' exits are the stop's, not failures to report.
+stopOnInterrupt(() => {
+  stopping = true;
+});
 const stack = await startChain();
 const samples: Sample[] = [];
 const started = Date.now();
 let exited: string[] = [];
-let stopping = false;
 for (const name of names) {
   stack.children[name].once("exit", (code, signal) => {
     if (stopping) return;

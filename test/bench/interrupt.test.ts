@@ -5,7 +5,8 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it, vi } from "vitest";
 import { endsWithWorker, repoRoot, watchChild } from "../fixtures/processes.js";
 
-const chainBench = fileURLToPath(new URL("../../bench/chain-bench.ts", import.meta.url));
+const benchScript = (name: string) =>
+  fileURLToPath(new URL(`../../bench/${name}`, import.meta.url));
 
 /** The `chatmesh` processes `pid` started (Linux). */
 function chatmeshChildrenOf(pid: number): number[] {
@@ -31,18 +32,25 @@ const dataDirOf = (pid: number) =>
     readFileSync(`/proc/${pid}/environ`, "utf8").replaceAll("\0", "\n"),
   )?.[1];
 
-describe("make bench interrupted", () => {
-  it.each(["SIGINT", "SIGHUP"] as const)(
-    "by %s on its own stops the processes it started and removes their data",
-    async (signal) => {
+describe("make bench and make soak interrupted", () => {
+  // Each signalled once its processes started; the soak once it has said it runs.
+  it.each([
+    ["chain-bench.ts", "SIGINT", /^/],
+    ["chain-bench.ts", "SIGHUP", /^/],
+    ["soak.ts", "SIGINT", /chatmesh soak:/],
+  ] as const)(
+    "%s by %s on its own stops the processes it started and removes their data",
+    async (script, signal, running) => {
       const bench = endsWithWorker(
-        spawn(process.execPath, ["--import", "tsx", chainBench], {
+        spawn(process.execPath, ["--import", "tsx", benchScript(script)], {
           cwd: repoRoot,
           env: {
             ...process.env,
             CHATMESH_FROM_SOURCE: "1",
             BENCH_DURATION_S: "120",
             BENCH_WARMUP_S: "0",
+            SOAK_SECONDS: "120",
+            SOAK_RATE: "10",
           },
           stdio: ["ignore", "pipe", "pipe"],
         }),
@@ -54,6 +62,7 @@ describe("make bench interrupted", () => {
           () => {
             started = chatmeshChildrenOf(bench.pid as number);
             expect(started, output()).toHaveLength(5);
+            expect(output()).toMatch(running);
           },
           { timeout: 30_000, interval: 100 },
         );
@@ -61,6 +70,8 @@ describe("make bench interrupted", () => {
         expect(dataDir).toBeDefined();
         bench.kill(signal);
         expect(await exited, output()).toBe(128 + constants.signals[signal]);
+        // The stop's own exits are not reported as processes that failed.
+        expect(output()).not.toMatch(/exited/);
         expect(started.filter(alive)).toEqual([]);
         expect(existsSync(dataDir as string)).toBe(false);
       } finally {
