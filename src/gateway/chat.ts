@@ -174,9 +174,7 @@ export async function completeChat(
     const callOptions = traceCallOptions(deps.trace);
     answer = await deps.upstreams.llm.generate(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      deps.clientGone === undefined
-        ? callOptions
-        : { ...callOptions, ...cancellableBy(deps.clientGone) },
+      deps.clientGone === undefined ? callOptions : cancellableBy(deps.clientGone, callOptions),
     );
   } catch (err) {
     if (clientGone()) {

@@ -9,6 +9,7 @@ import {
 import {
   Code,
   ConnectError,
+  type ContextKey,
   type ContextValues,
   createContextKey,
   createContextValues,
@@ -28,14 +29,17 @@ export const noSignal = new AbortController().signal;
  * Cancels unary calls without an `AbortSignal`: on Node 20 adding and
  * removing a listener of a new signal takes microseconds (a signal per unary
  * chat cost the gateway some 35 µs of CPU a chat under `make bench`, and
- * 35 MB more memory at peak). Given to a call in its
- * context values under `cancellationKey`, the lean transports (and
+ * 35 MB more memory at peak). It is itself the call's context values (one
+ * object a call, not a `Cancellation` and context values of closures): given
+ * as `contextValues` (`cancellableBy`), the lean transports (and
  * `withCancellation` around any other) end the call as Canceled on
  * `cancel()`, and stop waiting for its answer.
  */
-export class Cancellation {
+export class Cancellation implements ContextValues {
   private done = false;
-  private readonly listeners: Array<() => void> = [];
+  private listeners: Array<() => void> | undefined = undefined;
+  /** Any other context values set on it. */
+  private others: ContextValues | undefined = undefined;
 
   get cancelled(): boolean {
     return this.done;
@@ -44,7 +48,9 @@ export class Cancellation {
   cancel(): void {
     if (this.done) return;
     this.done = true;
-    for (const listener of this.listeners.splice(0)) listener();
+    const listeners = this.listeners;
+    this.listeners = undefined;
+    for (const listener of listeners ?? []) listener();
   }
 
   /** Calls `listener` on cancel (now, if cancelled already); returns what stops that. */
@@ -53,11 +59,30 @@ export class Cancellation {
       listener();
       return () => undefined;
     }
+    this.listeners ??= [];
     this.listeners.push(listener);
     return () => {
-      const at = this.listeners.indexOf(listener);
-      if (at >= 0) this.listeners.splice(at, 1);
+      const at = this.listeners?.indexOf(listener) ?? -1;
+      if (at >= 0) this.listeners?.splice(at, 1);
     };
+  }
+
+  get<T>(key: ContextKey<T>): T {
+    if ((key as ContextKey<unknown>) === cancellationKey) return this as unknown as T;
+    return this.others === undefined ? key.defaultValue : this.others.get(key);
+  }
+
+  set<T>(key: ContextKey<T>, value: T): this {
+    if ((key as ContextKey<unknown>) !== cancellationKey) {
+      this.others ??= createContextValues();
+      this.others.set(key, value);
+    }
+    return this;
+  }
+
+  delete(key: ContextKey<unknown>): this {
+    this.others?.delete(key);
+    return this;
   }
 }
 
@@ -65,9 +90,12 @@ export const cancellationKey = createContextKey<Cancellation | undefined>(undefi
   description: "the call's Cancellation",
 });
 
-/** Call options that make a call end when `cancellation` is cancelled. */
-export function cancellableBy(cancellation: Cancellation): { contextValues: ContextValues } {
-  return { contextValues: createContextValues().set(cancellationKey, cancellation) };
+/** `options`, the call made to end when `cancellation` is cancelled. */
+export function cancellableBy<O extends object>(
+  cancellation: Cancellation,
+  options: O = {} as O,
+): O & { contextValues: ContextValues } {
+  return { ...options, contextValues: cancellation };
 }
 
 /**

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import {
   Code,
   createClient,
+  createContextKey,
   createRouterTransport,
   type Interceptor,
   type UnaryRequest,
@@ -13,6 +14,7 @@ import {
   answered,
   Cancellation,
   cancellableBy,
+  cancellationKey,
   createUnaryTransport,
   type RequestHeaders,
   requestHeaders,
@@ -184,5 +186,18 @@ describe("withCancellation around a transport that knows only signals", () => {
     setTimeout(() => gone.cancel(), 20);
     await expect(call).rejects.toMatchObject({ code: Code.Canceled });
     expect(aborted).toEqual([false, true]);
+  });
+});
+
+describe("a Cancellation as a call's context values", () => {
+  it("gives itself for its key, and keeps what an interceptor sets", () => {
+    const cancellation = new Cancellation();
+    const { contextValues } = cancellableBy(cancellation, { timeoutMs: 5 });
+    const other = createContextKey("default");
+    expect(contextValues.get(cancellationKey)).toBe(cancellation);
+    expect(contextValues.get(other)).toBe("default");
+    expect(contextValues.set(other, "set").get(other)).toBe("set");
+    expect(contextValues.delete(other).get(other)).toBe("default");
+    expect(contextValues.set(cancellationKey, undefined).get(cancellationKey)).toBe(cancellation);
   });
 });
