@@ -33,7 +33,8 @@ export interface GroupCommit<T, R> {
   /**
    * Settles with the item's own outcome once its batch is written; fails
    * with ExpiredWaitingError if `deadline` (a `performance.now()` time)
-   * passes before its batch begins.
+   * passes before its batch begins (when it passes, not only once the batch
+   * before it is written).
    */
   submit(item: T, deadline?: number): Promise<R>;
   /** Resolves when every submitted item, including those submitted meanwhile, is written. */
@@ -57,6 +58,36 @@ export function createGroupCommit<T, R>(
 ): GroupCommit<T, R> {
   const queue: Waiting<T, R>[] = [];
   let writing: Promise<void> | undefined;
+  /**
+   * Fails waiting items at the earliest deadline among them, while a batch
+   * is written: a database that stalls does not keep them (nor every retry
+   * of them) in memory until it answers.
+   */
+  let sweep: NodeJS.Timeout | undefined;
+  let sweepAt = Number.POSITIVE_INFINITY;
+  const armSweep = (at: number) => {
+    clearTimeout(sweep);
+    sweepAt = at;
+    sweep = setTimeout(
+      () => {
+        sweep = undefined;
+        sweepAt = Number.POSITIVE_INFINITY;
+        dropExpired();
+        let next = Number.POSITIVE_INFINITY;
+        for (const waiting of queue) {
+          if (waiting.deadline !== undefined && waiting.deadline < next) next = waiting.deadline;
+        }
+        if (next !== Number.POSITIVE_INFINITY) armSweep(next);
+      },
+      Math.max(0, Math.ceil(at - performance.now())),
+    );
+    sweep.unref();
+  };
+  const stopSweep = () => {
+    clearTimeout(sweep);
+    sweep = undefined;
+    sweepAt = Number.POSITIVE_INFINITY;
+  };
 
   async function writeQueue(): Promise<void> {
     // Items submitted in the same synchronous run go in together.
@@ -70,6 +101,7 @@ export function createGroupCommit<T, R>(
       // nothing could queue up while its batch runs; this is its chance.
       if (queue.length === 0) await new Promise((resolve) => setImmediate(resolve));
     } while (queue.length > 0);
+    stopSweep();
     writing = undefined;
   }
 
@@ -111,6 +143,10 @@ export function createGroupCommit<T, R>(
       const settled = new Promise<R>((resolve, reject) =>
         queue.push({ item, deadline, resolve, reject }),
       );
+      // (An item that finds the queue idle is written at once: nothing to sweep.)
+      if (writing !== undefined && deadline !== undefined && deadline < sweepAt) {
+        armSweep(deadline);
+      }
       writing ??= writeQueue();
       return settled;
     },

@@ -42,7 +42,7 @@ describe("group commit", () => {
     await Promise.resolve();
     // While the first batch is held (a database that stalls), more arrive.
     const now = performance.now();
-    const late = [queue.submit(2, now + 20), queue.submit(3, now + 20)];
+    const late = Promise.allSettled([queue.submit(2, now + 20), queue.submit(3, now + 20)]);
     const inTime = queue.submit(4, now + 60_000);
     const noDeadline = queue.submit(5);
     await new Promise((resolve) => setTimeout(resolve, 50));
@@ -52,11 +52,38 @@ describe("group commit", () => {
     (writer.release.shift() as () => void)();
     expect(await Promise.all([inTime, noDeadline])).toEqual([4, 5]);
     expect(writer.batches).toEqual([[1], [4, 5]]);
-    const failures = await Promise.allSettled(late);
+    const failures = await late;
     const reasons = failures.map((f) => (f.status === "rejected" ? f.reason : f.value));
     expect(reasons[0]).toBeInstanceOf(ExpiredWaitingError);
     expect(reasons[1]).toBe(reasons[0]);
     expect((reasons[0] as ExpiredWaitingError).count).toBe(2);
+  });
+
+  it("fails items when their deadline passes while the batch before them is still being written", async () => {
+    const writer = heldWriter();
+    const queue = createGroupCommit(writer.write, 256);
+    const first = queue.submit(1);
+    await Promise.resolve();
+    // The database stalls on the first batch; the later arrivals give up meanwhile.
+    const now = performance.now();
+    const soon = queue.submit(2, now + 20);
+    const later = queue.submit(3, now + 80);
+    const inTime = queue.submit(4, now + 60_000);
+    const outcomes: unknown[] = [];
+    void soon.catch((err: unknown) => outcomes.push(["soon", err]));
+    void later.catch((err: unknown) => outcomes.push(["later", err]));
+    await expect.poll(() => outcomes.length, { timeout: 1_000, interval: 5 }).toBe(1);
+    expect(outcomes[0]).toEqual(["soon", expect.any(ExpiredWaitingError)]);
+    await expect.poll(() => outcomes.length, { timeout: 1_000, interval: 5 }).toBe(2);
+    expect(outcomes[1]).toEqual(["later", expect.any(ExpiredWaitingError)]);
+    // The stall is still on: nothing of theirs was written, or will be.
+    expect(writer.batches).toEqual([[1]]);
+    (writer.release.shift() as () => void)();
+    await expect(first).resolves.toBe(1);
+    await expect.poll(() => writer.batches.length).toBe(2);
+    (writer.release.shift() as () => void)();
+    await expect(inTime).resolves.toBe(4);
+    expect(writer.batches).toEqual([[1], [4]]);
   });
 
   it("fails an item its batch write gave no outcome for, and goes on with the next batch", async () => {
