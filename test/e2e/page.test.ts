@@ -471,6 +471,13 @@ describe.skipIf(chromiumMissing)("the chat page's history", () => {
     await page.locator("#user").fill("other");
     // Back to the other user: this visit's chat is shown once, not again in the history above it.
     await expect.poll(said).toEqual(["other's first", "other's second"]);
+    // And so each time this user's history is shown again.
+    await page.locator("#user").fill("past");
+    await expect
+      .poll(said)
+      .toEqual([...past.slice(4), "while the history is down", "other's second"]);
+    await page.locator("#user").fill("other");
+    await expect.poll(said).toEqual(["other's first", "other's second"]);
   });
 });
 

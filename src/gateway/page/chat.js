@@ -166,6 +166,12 @@ let historyLoading;
  * history has them too, and they are shown below already.
  */
 const shownChats = new Map();
+/**
+ * The chats of `shownChats` the history shown now is still to meet: a copy
+ * made as the newest page is read, so that another read (another user id
+ * typed, then this one again) leaves out this visit's chats again.
+ */
+let unmet = new Map();
 const chatKey = (userId, text, reply) => `${userId}\0${text}\0${reply}`;
 
 /** Shows the history of the user id now in the box instead, from its newest page. */
@@ -197,13 +203,14 @@ async function loadHistory() {
     const page = await res.json();
     if (run !== historyRun) return;
     past = { userId, next: page.next_page_token };
+    if (token === "") unmet = new Map(shownChats);
     const followed = log.scrollHeight - log.scrollTop;
     // Newest first: each goes above the one before it.
     for (const item of page.items) {
       const key = chatKey(userId, item.text, item.reply);
-      const seen = shownChats.get(key) ?? 0;
+      const seen = unmet.get(key) ?? 0;
       if (seen > 0) {
-        shownChats.set(key, seen - 1);
+        unmet.set(key, seen - 1);
         continue;
       }
       const when = new Date(item.created_at).toLocaleString();
