@@ -463,21 +463,17 @@ describe.skipIf(chromiumMissing)("the chat page's history", () => {
     await page.locator("#text").fill("other's second");
     await page.locator("#text").press("Enter");
     await page.locator(".msg.reply:not(.streaming)", { hasText: "other's second" }).waitFor();
-    await page.locator("#user").fill("past");
-    // The other user's earlier chat goes; past's newest come above this visit's chat.
-    await expect
-      .poll(said)
-      .toEqual([...past.slice(4), "while the history is down", "other's second"]);
-    await page.locator("#user").fill("other");
-    // Back to the other user: this visit's chat is shown once, not again in the history above it.
-    await expect.poll(said).toEqual(["other's first", "other's second"]);
-    // And so each time this user's history is shown again.
-    await page.locator("#user").fill("past");
-    await expect
-      .poll(said)
-      .toEqual([...past.slice(4), "while the history is down", "other's second"]);
-    await page.locator("#user").fill("other");
-    await expect.poll(said).toEqual(["other's first", "other's second"]);
+    // Twice: each time this user's history is shown again, as the first time.
+    for (let round = 0; round < 2; round++) {
+      await page.locator("#user").fill("past");
+      // The other user's earlier chat goes; past's newest come above this visit's chat.
+      await expect
+        .poll(said)
+        .toEqual([...past.slice(4), "while the history is down", "other's second"]);
+      await page.locator("#user").fill("other");
+      // Back to the other user: this visit's chat is shown once, not again in the history above it.
+      await expect.poll(said).toEqual(["other's first", "other's second"]);
+    }
   });
 });
 
