@@ -23,7 +23,7 @@ import {
 export type SendUnary = (req: UnaryRequest) => Promise<UnaryResponse>;
 
 /** Never aborted: the signal of calls made without one (it must get no listeners). */
-export const noSignal = new AbortController().signal;
+const noSignal = new AbortController().signal;
 
 /**
  * Cancels unary calls without an `AbortSignal`: on Node 20 adding and
@@ -108,15 +108,16 @@ export function whenCancelled(
   req: UnaryRequest,
   onCancel: (err: ConnectError) => void,
 ): (() => void) | undefined {
+  const early = cancelledBefore(req);
+  if (early !== undefined) {
+    onCancel(early);
+    return undefined;
+  }
   const { signal } = req;
   const cancellation = cancellationOf(req);
   let stopSignal: (() => void) | undefined;
   if (signal !== noSignal) {
     const onAbort = () => onCancel(ConnectError.from(signal.reason, Code.Canceled));
-    if (signal.aborted) {
-      onAbort();
-      return undefined;
-    }
     signal.addEventListener("abort", onAbort, { once: true });
     stopSignal = () => signal.removeEventListener("abort", onAbort);
   }
