@@ -46,8 +46,9 @@ describe.skipIf(script === undefined)("a process whose terminal is closed", () =
       () => undefined,
     );
     await expect.poll(() => refused(port), { timeout: 15_000, interval: 200 }).toBe(true);
-    // Ended (a zombie until something reaps it: its parent, `script`, is gone).
-    expect(running(pid)).toBe(false);
+    // Ended (a zombie until something reaps it: its parent, `script`, is
+    // gone), a moment after its port closed.
+    await expect.poll(() => running(pid), { timeout: 5_000, interval: 50 }).toBe(false);
   }, 60_000);
 });
 
