@@ -108,7 +108,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
     counter(
       deps.registry,
       "chatmesh_quota_events_total",
-      "Quota charges, rejections, refunds and settlements",
+      "Quota charges, rejections, refunds, settlements and chats let through uncharged",
       ["event"],
     );
   const failOpen = deps.failOpen ?? false;
@@ -140,6 +140,8 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
         // back: it is taken back, so the chat stays uncharged as answered.
         if (err.mayHaveRun && req.chargeId !== "")
           undoLater(req.userId, req.chargeId, traceOf(ctx));
+        // Answered OK, so the RPC metrics cannot tell these chats apart, nor /readyz the outage.
+        events?.inc({ event: "unmetered" });
         logger?.warn(
           { ...traceLogFields(traceOf(ctx)), err, userId: req.userId, chargeId: req.chargeId },
           "quota store unavailable: chat let through uncharged (QUOTA_FAIL_OPEN)",

@@ -1,5 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import { type Clock, windowAt } from "../../../src/services/token/clock.js";
@@ -127,6 +128,24 @@ describe("TokenService while Redis is unreachable", () => {
       cost: 0n,
     });
     expect((await failure(client.getQuota({ userId: "u" }))).code).toBe(Code.Unavailable);
+  });
+
+  it("counts the chats QUOTA_FAIL_OPEN let through uncharged in /metrics", async () => {
+    const registry = new Registry();
+    const client = createClient(
+      TokenService,
+      createRouterTransport((router) =>
+        router.service(
+          TokenService,
+          createTokenService({ store, limit: 200, defaultCost: 50, failOpen: true, registry }),
+        ),
+      ),
+    );
+    for (const chargeId of ["c1", "c2", "c3"]) {
+      expect((await client.checkAndInc({ userId: "u", chargeId })).unmetered).toBe(true);
+    }
+    const events = (await registry.getSingleMetric("chatmesh_quota_events_total")?.get())?.values;
+    expect(events?.map((v) => [v.labels.event, v.value])).toEqual([["unmetered", 3]]);
   });
 });
 
