@@ -121,6 +121,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     requestId: (req) => req.id,
     fastify: {
       bodyLimit: config.maxBodyBytes,
+      ...(config.trustProxy.length > 0 ? { trustProxy: [...config.trustProxy] } : {}),
       requestIdHeader: false,
       genReqId: () => newRequestId(),
       clientErrorHandler: createClientErrorHandler(newRequestId, {

@@ -205,6 +205,14 @@ export interface GatewayConfig extends CommonConfig {
    * browser, or `*` for any; none (the default) keeps it same-origin only.
    */
   readonly corsOrigins: readonly string[];
+  /**
+   * TRUST_PROXY: the proxies in front of the gateway (addresses, CIDR ranges,
+   * or `loopback`, `linklocal`, `uniquelocal`). A request from one of them is
+   * taken as from the address its X-Forwarded-For names (the last one not a
+   * trusted proxy): the client the rate limit counts. None (the default)
+   * ignores X-Forwarded-For, which any client can send.
+   */
+  readonly trustProxy: readonly string[];
 }
 
 /** Default ports of the contract, with the variable that moves each. */
@@ -405,6 +413,26 @@ function readOrigins(env: Env, name: string): readonly string[] {
   return Object.freeze(origins);
 }
 
+/** proxy-addr's names for ranges of addresses, as Express's `trust proxy` takes them. */
+const proxyRangeNames = new Set(["loopback", "linklocal", "uniquelocal"]);
+
+function readTrustedProxies(env: Env, name: string): readonly string[] {
+  const entries = (env[name] ?? "").split(/[\s,]+/).filter((entry) => entry !== "");
+  for (const entry of entries) {
+    if (proxyRangeNames.has(entry)) continue;
+    const [address = "", prefix, ...rest] = entry.split("/");
+    const family = isIP(address);
+    const bits = family === 4 ? 32 : 128;
+    const prefixOk = prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= bits);
+    if (family === 0 || !prefixOk || rest.length > 0) {
+      throw new ConfigError(
+        `${name} must be addresses or CIDR ranges of the proxies in front of the gateway (10.0.0.0/8, ::1), or loopback, linklocal, uniquelocal, separated by commas, got "${entry}"`,
+      );
+    }
+  }
+  return Object.freeze(entries);
+}
+
 function readTls(env: Env): TlsFiles | undefined {
   const certFile = readOptionalPath(env, "TLS_CERT_FILE");
   const keyFile = readOptionalPath(env, "TLS_KEY_FILE");
@@ -546,6 +574,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     apiKeysFile: readOptionalPath(env, "API_KEYS_FILE"),
     upstreamCaFile: readOptionalPath(env, "UPSTREAM_CA_FILE"),
     corsOrigins: readOrigins(env, "CORS_ORIGINS"),
+    trustProxy: readTrustedProxies(env, "TRUST_PROXY"),
   });
 }
 

@@ -260,6 +260,68 @@ describe("rate limit", () => {
     expect(await from("10.0.0.9")).toBe(429);
   });
 
+  it("counts the client X-Forwarded-For names when the request comes from a TRUST_PROXY proxy, and ignores the header from anyone else", async () => {
+    await gateway({ RATE_LIMIT_PER_MINUTE: "2", TRUST_PROXY: "10.0.0.0/8, ::1" });
+    const via = async (proxy: string, forwardedFor: string, i: number) =>
+      (
+        await app.inject({
+          method: "POST",
+          url: "/chat",
+          remoteAddress: proxy,
+          headers: { "x-forwarded-for": forwardedFor },
+          payload: { user_id: `xff${i}`, text: "hi" },
+        })
+      ).statusCode;
+    // Two clients behind one proxy: a budget each, not one between them.
+    expect(await via("10.1.2.3", "198.51.100.7", 1)).toBe(200);
+    expect(await via("10.1.2.3", "198.51.100.7", 2)).toBe(200);
+    expect(await via("10.1.2.3", "198.51.100.8", 3)).toBe(200);
+    expect(await via("::1", "198.51.100.7", 4)).toBe(429);
+    // The client is the last address not a trusted proxy: one the client
+    // wrote in front of the proxy's own does not give it a new budget.
+    expect(await via("10.1.2.3", "203.0.113.1, 198.51.100.7, 10.9.9.9", 5)).toBe(429);
+    // From an address that is no trusted proxy, the header is the client's own words.
+    expect(await via("192.0.2.1", "198.51.100.20", 6)).toBe(200);
+    expect(await via("192.0.2.1", "198.51.100.21", 7)).toBe(200);
+    expect(await via("192.0.2.1", "198.51.100.22", 8)).toBe(429);
+  });
+
+  it("refuses a TRUST_PROXY entry that is no address, range or range name, naming the variable", () => {
+    for (const bad of [
+      "10.0.0.0/33",
+      "::1/129",
+      "proxy.internal",
+      "10.0.0.1/8/8",
+      "true",
+      "2",
+      "10.0.0/8",
+    ]) {
+      expect(() => loadGatewayConfig({ TRUST_PROXY: bad }), bad).toThrow(
+        new RegExp(`^TRUST_PROXY must be addresses or CIDR ranges .*got "${bad}"$`),
+      );
+    }
+    expect(
+      loadGatewayConfig({ TRUST_PROXY: " 10.0.0.0/8,fd00::/8  loopback " }).trustProxy,
+    ).toEqual(["10.0.0.0/8", "fd00::/8", "loopback"]);
+    expect(loadGatewayConfig({ TRUST_PROXY: " " }).trustProxy).toEqual([]);
+  });
+
+  it("ignores X-Forwarded-For without TRUST_PROXY", async () => {
+    await gateway({ RATE_LIMIT_PER_MINUTE: "2" });
+    const forged = async (forwardedFor: string, i: number) =>
+      (
+        await app.inject({
+          method: "POST",
+          url: "/chat",
+          remoteAddress: "127.0.0.1",
+          headers: { "x-forwarded-for": forwardedFor },
+          payload: { user_id: `forged${i}`, text: "hi" },
+        })
+      ).statusCode;
+    expect([await forged("198.51.100.1", 1), await forged("198.51.100.2", 2)]).toEqual([200, 200]);
+    expect(await forged("198.51.100.3", 3)).toBe(429);
+  });
+
   it("counts per API key user when keys are configured", async () => {
     await gateway({ RATE_LIMIT_PER_MINUTE: "2" }, true);
     expect((await chat({ text: "1" }, aliceKey)).statusCode).toBe(200);
