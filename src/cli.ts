@@ -34,18 +34,20 @@ async function run(argv: readonly string[]): Promise<number | undefined> {
   }
   const asksHelp = rest.some((arg) => arg === "--help" || arg === "-h");
   const start = processes[command];
-  if (start !== undefined) {
+  // Starting anyway would take the ports of the processes asked about.
+  if (start !== undefined || command === "run-all") {
     if (asksHelp) {
       console.log(usage);
       return 0;
     }
-    // Starting anyway would take the port of a process asked about.
     if (rest.length > 0) {
       console.error(
         `chatmesh ${command}: takes no arguments, got "${rest.join(" ")}" (a process is configured by environment variables: see README.md)`,
       );
       return 2;
     }
+  }
+  if (start !== undefined) {
     // From here on: a SIGHUP during start-up must not stop it either.
     ignoreHangup();
     await (await start()).main();
@@ -61,6 +63,10 @@ async function run(argv: readonly string[]): Promise<number | undefined> {
     return runClient(rest.join(" "), loadClientConfig());
   }
   if (command === "healthcheck") {
+    if (asksHelp) {
+      console.log(usage);
+      return 0;
+    }
     const { runHealthcheck } = await import("./lib/healthcheck.js");
     return runHealthcheck(rest[0]);
   }

@@ -132,6 +132,30 @@ describe("starting a process", () => {
     expect(help.output() + extra.output()).not.toContain("listening");
   });
 
+  it("prints the usage for run-all --help and healthcheck --help; run-all takes no other argument", async () => {
+    // Ports run-all refuses before it listens anywhere: one that started anyway stops at once.
+    const clash = Object.fromEntries(
+      ["TOKEN_PORT", "FILTER_PORT", "LLM_PORT", "HISTORY_PORT", "GATEWAY_PORT"].map((v) => [
+        v,
+        "1",
+      ]),
+    );
+    for (const args of [
+      ["run-all", "--help"],
+      ["run-all", "-h"],
+      ["healthcheck", "--help"],
+    ]) {
+      const help = startChatmesh(args, clash);
+      expect({ args, code: await help.exited }).toEqual({ args, code: 0 });
+      expect(help.output()).toMatch(/^usage: chatmesh <command>\n/);
+    }
+    const extra = startChatmesh(["run-all", "now"], clash);
+    expect(await extra.exited).toBe(2);
+    expect(extra.output()).toBe(
+      'chatmesh run-all: takes no arguments, got "now" (a process is configured by environment variables: see README.md)\n',
+    );
+  });
+
   it("prints the client's usage when it is given no text", async () => {
     const run = startChatmesh(["client"]);
     expect(await run.exited).toBe(2);
