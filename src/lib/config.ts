@@ -288,7 +288,8 @@ function readHttpUrl(env: Env, name: string, fallback: string): string {
 function readServiceUrl(env: Env, name: string, fallback: string): string {
   const raw = readHttpUrl(env, name, fallback);
   const url = new URL(raw);
-  if (url.pathname !== "/" || url.search !== "" || url.hash !== "") {
+  // An empty query or fragment ("host:port?") parses as none, but stays in the value.
+  if (url.pathname !== "/" || /[?#]/.test(raw)) {
     throw new ConfigError(
       `${name} must be http(s)://host:port with no path, query or fragment, got ${shownUrl(raw)}`,
     );

@@ -135,6 +135,8 @@ describe("config", () => {
     "http://token.internal:50051/prefix",
     "http://token.internal:50051/?x=1",
     "http://token.internal:50051#f",
+    "http://token.internal:50051?",
+    "http://token.internal:50051#",
   ])(
     "refuses a service URL with a path, query or fragment, which the transports would follow differently: %s",
     (url) => {
