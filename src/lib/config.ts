@@ -508,6 +508,13 @@ function readOpenAi(env: Env): OpenAiBackendConfig {
       `OPENAI_BASE_URL must hold no user or password (the key goes in OPENAI_API_KEY), got ${shownUrl(baseUrl)}`,
     );
   }
+  // The SDK appends each path (/chat/completions) to the URL as text: after a
+  // query or fragment it would no longer be part of the path.
+  if (/[?#]/.test(baseUrl)) {
+    throw new ConfigError(
+      `OPENAI_BASE_URL must have no query or fragment (the SDK adds /chat/completions after it), got ${shownUrl(baseUrl)}`,
+    );
+  }
   return {
     baseUrl,
     apiKey: (env.OPENAI_API_KEY ?? "").trim(),

@@ -65,6 +65,22 @@ describe("config of the openai backend and the token-priced quota", () => {
     );
   });
 
+  it.each([
+    "https://example.openai.azure.com/openai/deployments/gpt?api-version=2024-06-01",
+    "http://127.0.0.1:11434/v1?",
+    "http://127.0.0.1:11434/v1#models",
+  ])(
+    "refuses an OPENAI_BASE_URL with a query or fragment, which every call's path would land in: %s",
+    (url) => {
+      const load = () => loadLlmConfig({ ...openai, OPENAI_BASE_URL: url });
+      expect(load).toThrow(
+        new ConfigError(
+          `OPENAI_BASE_URL must have no query or fragment (the SDK adds /chat/completions after it), got "${url}"`,
+        ),
+      );
+    },
+  );
+
   it("needs no openai variables with the echo backend", () => {
     expect(loadLlmConfig({ OPENAI_BASE_URL: "nonsense" }).openai).toBeUndefined();
   });
