@@ -1,5 +1,6 @@
 import { buildGatewayProcess } from "./gateway/main.js";
 import {
+  ConfigError,
   defaultPorts,
   loadFilterConfig,
   loadGatewayConfig,
@@ -33,6 +34,17 @@ export async function main(): Promise<void> {
     history: loadHistoryConfig(),
     gateway: loadGatewayConfig(),
   };
+  // Else the second to listen would report its port "already in use", by this very process.
+  const names = ["token", "filter", "llm", "history", "gateway"] as const;
+  for (const [i, name] of names.entries()) {
+    const port = configs[name].port;
+    const other = names.slice(0, i).find((earlier) => port !== 0 && configs[earlier].port === port);
+    if (other !== undefined) {
+      throw new ConfigError(
+        `${defaultPorts[other].env} and ${defaultPorts[name].env} are both ${port} (each component listens on a port of its own)`,
+      );
+    }
+  }
   const services = {
     token: await buildToken(configs.token),
     filter: await buildFilter(configs.filter),

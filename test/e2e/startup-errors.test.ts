@@ -100,6 +100,17 @@ describe.runIf(opensslOrSkip())(
   },
 );
 
+describe("chatmesh all given one port for two components", () => {
+  it("stops with one line naming both variables", async () => {
+    await expectRefused(
+      ["all"],
+      // No address of this machine: a start that missed the clash listens nowhere either.
+      { ...anyPorts, ...memoryHistory, HOST: "192.0.2.1", TOKEN_PORT: "50100", LLM_PORT: "50100" },
+      /^chatmesh all: TOKEN_PORT and LLM_PORT are both 50100 \(each component listens on a port of its own\)$/,
+    );
+  });
+});
+
 describe("a history database that cannot be opened stops the start with one line", () => {
   const refused = (url: string, reason: string) =>
     new RegExp(
