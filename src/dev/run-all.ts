@@ -143,15 +143,19 @@ export async function runAll(env: Env = process.env): Promise<number> {
   // the gateway trusts unless UPSTREAM_CA_FILE says otherwise.
   const base = `${gateway.tls === undefined ? "http" : "https"}://${localUrlHost(gateway.host)}`;
   const childEnv: Record<string, string | undefined> = { ...env };
+  // A blank value is unset, as the processes' config reads it: left blank,
+  // the gateway would call a service on its default port, not run-all's.
+  const setUnlessGiven = (name: string, value: string) => {
+    if ((childEnv[name] ?? "").trim() === "") childEnv[name] = value;
+  };
   if (gateway.tls !== undefined && isSelfSigned(gateway.tls.certFile)) {
-    childEnv.UPSTREAM_CA_FILE ??= gateway.tls.certFile;
+    setUnlessGiven("UPSTREAM_CA_FILE", gateway.tls.certFile);
   }
   for (const name of ["token", "filter", "llm", "history"] as const) {
-    const urlVar = `${name.toUpperCase()}_URL`;
-    childEnv[urlVar] ??= `${base}:${portOf(name)}`;
+    setUnlessGiven(`${name.toUpperCase()}_URL`, `${base}:${portOf(name)}`);
   }
   // A short pause between streamed words, so the chat page visibly streams.
-  childEnv.ECHO_CHUNK_DELAY_MS ??= "40";
+  setUnlessGiven("ECHO_CHUNK_DELAY_MS", "40");
 
   const color = process.stdout.isTTY === true;
   // Once its terminal is closed, every write to it fails with EIO: the

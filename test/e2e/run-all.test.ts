@@ -119,6 +119,33 @@ describe("run-all on an IPv6 HOST", () => {
   );
 });
 
+describe("run-all with a service URL variable set blank", () => {
+  it("wires the gateway to its own services, as with the variable unset", async () => {
+    const env = {
+      ...(await runAllEnv()),
+      TOKEN_URL: "",
+      FILTER_URL: " ",
+      LLM_URL: "",
+      HISTORY_URL: "",
+    };
+    const run = startChatmesh(["run-all"], env);
+    onTestFinished(async () => {
+      await run.stop("SIGINT");
+    });
+    await waitForOutput(run, /chatmesh is up/, 60_000);
+    expect(run.output()).toContain(`token=http://127.0.0.1:${env.TOKEN_PORT}`);
+    const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "u1", text: "wired" }),
+    });
+    expect([res.status, await res.json()]).toEqual([
+      200,
+      { cleaned: "wired", reply: "Echo: wired", remaining: 150 },
+    ]);
+  }, 120_000);
+});
+
 describe.skipIf(!opensslOrSkip())("run-all with TLS files", () => {
   it("serves every process over TLS, the gateway trusting the self-signed certificate", async () => {
     const dir = await mkdtemp(join(tmpdir(), "chatmesh-run-all-tls-"));
