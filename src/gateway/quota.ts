@@ -1,6 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type CallOptions, type Client, Code, ConnectError } from "@connectrpc/connect";
-import { QuotaExceededSchema } from "../../gen/chat/v1/errors_pb.js";
+import { QuotaExceededSchema, QuotaNotChargedSchema } from "../../gen/chat/v1/errors_pb.js";
 import type { CheckAndIncResponse, TokenService } from "../../gen/chat/v1/token_pb.js";
 import { causesOf } from "../lib/causes.js";
 
@@ -28,11 +28,20 @@ export function neverSent(err: unknown): boolean {
 }
 
 /**
+ * Whether a failed call is known to have charged nothing: it never reached
+ * the token service, or the service says its quota store never ran the
+ * charge (QuotaNotCharged, on UNAVAILABLE while Redis is down).
+ */
+export function chargedNothing(err: unknown): boolean {
+  return neverSent(err) || ConnectError.from(err).findDetails(QuotaNotChargedSchema).length > 0;
+}
+
+/**
  * Runs `call`, and once more when it fails with UNAVAILABLE (the token
  * service or its store was briefly unreachable). Only for idempotent calls:
- * reads, and charges and refunds that carry a charge id. When the retry
- * never reached the service, the first call's failure is thrown: that one
- * may have, and its outcome is what the caller must allow for.
+ * reads, and charges and refunds that carry a charge id. When the retry is
+ * known to have charged nothing, the first call's failure is thrown: that
+ * one may have charged, and its outcome is what the caller must allow for.
  */
 export async function retryOnceIfUnavailable<T>(call: () => Promise<T>): Promise<T> {
   try {
@@ -42,7 +51,7 @@ export async function retryOnceIfUnavailable<T>(call: () => Promise<T>): Promise
     try {
       return await call();
     } catch (again) {
-      throw neverSent(again) && !neverSent(err) ? err : again;
+      throw chargedNothing(again) && !chargedNothing(err) ? err : again;
     }
   }
 }

@@ -3,7 +3,7 @@ import type { FastifyBaseLogger } from "fastify";
 import type { TokenService } from "../../gen/chat/v1/token_pb.js";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
-import { neverSent, retryOnceIfUnavailable } from "./quota.js";
+import { chargedNothing, retryOnceIfUnavailable } from "./quota.js";
 
 /** Gives charges back, retrying in the background while the token service is away. */
 export interface Refunder {
@@ -57,13 +57,14 @@ const maxDelayMs = 5_000;
 
 /**
  * The token call ended without a verdict. Refused calls (quota, bad input)
- * charged nothing, nor did one that never reached the service: a refund of
- * it would be retried for the whole retry window while the service is down,
- * then logged as a charge kept.
+ * charged nothing, nor did one that never reached the service or whose
+ * quota store never ran the charge (Redis down): a refund of it would be
+ * retried for the whole retry window while the service or its store is
+ * down, then logged as a charge kept.
  */
 export function chargeOutcomeUnknown(err: unknown): boolean {
   const code = ConnectError.from(err).code;
-  return code !== Code.ResourceExhausted && code !== Code.InvalidArgument && !neverSent(err);
+  return code !== Code.ResourceExhausted && code !== Code.InvalidArgument && !chargedNothing(err);
 }
 
 /**

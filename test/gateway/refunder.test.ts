@@ -2,6 +2,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { QuotaNotChargedSchema } from "../../gen/chat/v1/errors_pb.js";
 import { TokenService } from "../../gen/chat/v1/token_pb.js";
 import { buildGateway } from "../../src/gateway/app.js";
 import { createRefunder } from "../../src/gateway/refunder.js";
@@ -107,6 +108,32 @@ describe("the gateway's refunds keep the quota exact", () => {
     });
     expect([res.statusCode, res.json()]).toEqual([500, { error: "token failed" }]);
     await vi.waitFor(async () => expect(await used("g")).toBe(0), { timeout: 5_000 });
+  });
+
+  it("gives it back too when only the retry was refused with nothing charged (QuotaNotCharged): the first call may have charged", async () => {
+    const real = flakyToken({ dieAfterCharge: true, refundFailures: 0 });
+    let calls = 0;
+    const token: typeof real = {
+      ...real,
+      checkAndInc: (req, options) => {
+        if (++calls > 1) {
+          return Promise.reject(
+            new ConnectError("quota store unavailable", Code.Unavailable, undefined, [
+              { desc: QuotaNotChargedSchema, value: {} },
+            ]),
+          );
+        }
+        return real.checkAndInc(req, options);
+      },
+    };
+    await gateway(token);
+    const res = await app.inject({
+      method: "POST",
+      url: "/chat",
+      payload: { user_id: "nc", text: "hi" },
+    });
+    expect([res.statusCode, res.json()]).toEqual([500, { error: "token failed" }]);
+    await vi.waitFor(async () => expect(await used("nc")).toBe(0), { timeout: 5_000 });
   });
 
   it("sends no refund for a charge that never reached the token service (connection refused)", async () => {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/errors.proto.
  */
 export const file_chat_v1_errors: GenFile = /*@__PURE__*/
-  fileDesc("ChRjaGF0L3YxL2Vycm9ycy5wcm90bxIHY2hhdC52MSJBCg9GaWx0ZXJSZWplY3Rpb24SLgoGcmVhc29uGAEgASgOMh4uY2hhdC52MS5GaWx0ZXJSZWplY3Rpb25SZWFzb24ibwoNUXVvdGFFeGNlZWRlZBIRCglyZW1haW5pbmcYASABKAMSDQoFbGltaXQYAiABKAMSDAoEY29zdBgDIAEoAxIuCgpyZXNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqIAQoVRmlsdGVyUmVqZWN0aW9uUmVhc29uEicKI0ZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofRklMVEVSX1JFSkVDVElPTl9SRUFTT05fQkxPQ0tFRBABEiEKHUZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX0VNUFRZEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRjaGF0L3YxL2Vycm9ycy5wcm90bxIHY2hhdC52MSJBCg9GaWx0ZXJSZWplY3Rpb24SLgoGcmVhc29uGAEgASgOMh4uY2hhdC52MS5GaWx0ZXJSZWplY3Rpb25SZWFzb24ibwoNUXVvdGFFeGNlZWRlZBIRCglyZW1haW5pbmcYASABKAMSDQoFbGltaXQYAiABKAMSDAoEY29zdBgDIAEoAxIuCgpyZXNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIRCg9RdW90YU5vdENoYXJnZWQqiAEKFUZpbHRlclJlamVjdGlvblJlYXNvbhInCiNGSUxURVJfUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiMKH0ZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX0JMT0NLRUQQARIhCh1GSUxURVJfUkVKRUNUSU9OX1JFQVNPTl9FTVBUWRACYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Attached to INVALID_ARGUMENT from FilterService.Filter.
@@ -74,6 +74,24 @@ export type QuotaExceeded = Message<"chat.v1.QuotaExceeded"> & {
  */
 export const QuotaExceededSchema: GenMessage<QuotaExceeded> = /*@__PURE__*/
   messageDesc(file_chat_v1_errors, 1);
+
+/**
+ * Attached to UNAVAILABLE from TokenService.CheckAndInc when the quota store
+ * failed before it could run the charge (Redis unreachable, or refusing
+ * writes): nothing was charged, so there is nothing to refund. Without it,
+ * the charge may have been made (a command sent that timed out).
+ *
+ * @generated from message chat.v1.QuotaNotCharged
+ */
+export type QuotaNotCharged = Message<"chat.v1.QuotaNotCharged"> & {
+};
+
+/**
+ * Describes the message chat.v1.QuotaNotCharged.
+ * Use `create(QuotaNotChargedSchema)` to create a new message.
+ */
+export const QuotaNotChargedSchema: GenMessage<QuotaNotCharged> = /*@__PURE__*/
+  messageDesc(file_chat_v1_errors, 2);
 
 /**
  * Why FilterService refused a text.

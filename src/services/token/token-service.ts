@@ -1,7 +1,7 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
-import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
+import { QuotaExceededSchema, QuotaNotChargedSchema } from "../../../gen/chat/v1/errors_pb.js";
 import type { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { counter } from "../../lib/metrics.js";
@@ -27,10 +27,15 @@ export interface TokenServiceDeps {
   readonly logger?: Logger;
 }
 
-/** The store's outage as the RPC error callers may retry; anything else as INTERNAL. */
-function storeFailure(err: unknown): ConnectError {
+/**
+ * The store's outage as the RPC error callers may retry; anything else as
+ * INTERNAL. A charge the store never ran says so (QuotaNotCharged), so that
+ * the caller has nothing to refund.
+ */
+function storeFailure(err: unknown, charging = false): ConnectError {
   if (err instanceof QuotaStoreUnavailableError) {
-    return new ConnectError("quota store unavailable", Code.Unavailable, undefined, undefined, err);
+    const details = charging && !err.mayHaveRun ? [{ desc: QuotaNotChargedSchema, value: {} }] : [];
+    return new ConnectError("quota store unavailable", Code.Unavailable, undefined, details, err);
   }
   return new ConnectError("quota store failed", Code.Internal, undefined, undefined, err);
 }
@@ -135,7 +140,7 @@ export function createTokenService(deps: TokenServiceDeps): ServiceImpl<typeof T
           chargeId: req.chargeId,
         });
       } catch (err) {
-        if (!(failOpen && err instanceof QuotaStoreUnavailableError)) throw storeFailure(err);
+        if (!(failOpen && err instanceof QuotaStoreUnavailableError)) throw storeFailure(err, true);
         // A charge sent that timed out may still be made when the store comes
         // back: it is taken back, so the chat stays uncharged as answered.
         if (err.mayHaveRun && req.chargeId !== "")

@@ -2,6 +2,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { QuotaNotChargedSchema } from "../../../gen/chat/v1/errors_pb.js";
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import { type Clock, windowAt } from "../../../src/services/token/clock.js";
 import {
@@ -117,6 +118,12 @@ describe("TokenService while Redis is unreachable", () => {
       client.getQuota({ userId: "u" }),
     ];
     for (const call of calls) expect((await failure(call)).code).toBe(Code.Unavailable);
+  });
+
+  it("says of a CheckAndInc it fails that nothing was charged (QuotaNotCharged)", async () => {
+    const err = await failure(clientOver(store).checkAndInc({ userId: "u", chargeId: "c" }));
+    expect(err.code).toBe(Code.Unavailable);
+    expect(err.findDetails(QuotaNotChargedSchema)).toHaveLength(1);
   });
 
   it("lets CheckAndInc through uncharged and says so, with QUOTA_FAIL_OPEN", async () => {

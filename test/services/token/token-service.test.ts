@@ -2,10 +2,11 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
-import { QuotaExceededSchema } from "../../../gen/chat/v1/errors_pb.js";
+import { QuotaExceededSchema, QuotaNotChargedSchema } from "../../../gen/chat/v1/errors_pb.js";
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Clock } from "../../../src/services/token/clock.js";
 import { createMemoryQuotaStore } from "../../../src/services/token/memory-store.js";
+import { QuotaStoreUnavailableError } from "../../../src/services/token/quota-store.js";
 import { createTokenService } from "../../../src/services/token/token-service.js";
 
 function setup(start = "2026-11-26T12:00:00Z") {
@@ -160,6 +161,32 @@ describe("TokenService over a router transport", () => {
       "2026-11-27T00:00:00.000Z",
     );
     expect((await client.checkAndInc({ userId: "u1" })).remaining).toBe(100n);
+  });
+
+  it("fails a charge the store may have run (a command sent that timed out) with UNAVAILABLE that does not say nothing was charged", async () => {
+    const store = createMemoryQuotaStore();
+    const client = createClient(
+      TokenService,
+      createRouterTransport((router) =>
+        router.service(
+          TokenService,
+          createTokenService({
+            store: {
+              ...store,
+              charge: () =>
+                Promise.reject(
+                  new QuotaStoreUnavailableError("command timed out", { mayHaveRun: true }),
+                ),
+            },
+            limit: 200,
+            defaultCost: 50,
+          }),
+        ),
+      ),
+    );
+    const err = await refusal(client.checkAndInc({ userId: "u1", chargeId: "c" }));
+    expect(err.code).toBe(Code.Unavailable);
+    expect(err.findDetails(QuotaNotChargedSchema)).toEqual([]);
   });
 
   it("refuses bad requests with INVALID_ARGUMENT", async () => {
