@@ -27,7 +27,7 @@ export interface OpenAiBackendOptions {
   /** LLM_TIMEOUT_MS: most time one call may take, streaming included. */
   readonly timeoutMs: number;
   /**
-   * Most bytes read of one answer, and of one line of a stream (`answerLimit`
+   * Most bytes read of one answer, and of one event of a stream (`answerLimit`
    * of LLM_MAX_REPLY_BYTES, its default unless given): past it the call
    * fails as RESOURCE_EXHAUSTED without reading on.
    */
@@ -41,14 +41,27 @@ export interface OpenAiBackendOptions {
  * (up to 6 bytes a character), a reasoning model's reasoning beside it, and
  * the envelope. A larger answer is read no further: the SDK would hold it
  * whole, several times over while parsing it (a 500 MB answer took the
- * process past its heap), and a stream's one huge line costs time in the
+ * process past its heap), and a stream's one huge event costs time in the
  * square of its length to split.
  */
 export const answerLimit = (maxReplyBytes: number): number => 8 * maxReplyBytes + 1_048_576;
 
+/** The blank lines that end an event of a stream, as the SDK splits a stream into events. */
+const eventEnds = ["\n\n", "\r\r", "\r\n\r\n"].map((end) => Buffer.from(end));
+
+/** The offset just past the last event end in `bytes`, or -1 if none is there. */
+function pastLastEventEnd(bytes: Buffer): number {
+  let past = -1;
+  for (const end of eventEnds) {
+    const at = bytes.lastIndexOf(end);
+    if (at !== -1) past = Math.max(past, at + end.length);
+  }
+  return past;
+}
+
 /**
  * `fetch` whose response bodies fail with AnswerTooLargeError once they pass
- * `maxBytes`: in all for an answer, in one line for an event stream.
+ * `maxBytes`: in all for an answer, in one event for an event stream.
  */
 function fetchWithin(maxBytes: number): typeof fetch {
   return async (input, init) => {
@@ -56,12 +69,23 @@ function fetchWithin(maxBytes: number): typeof fetch {
     if (res.body === null) return res;
     const stream = res.headers.get("content-type")?.includes("text/event-stream") === true;
     let counted = 0;
+    /** The last bytes of the chunk before, where an event end may begin. */
+    let tail = Buffer.alloc(0);
     const limited = res.body.pipeThrough(
       new TransformStream<Uint8Array, Uint8Array>({
         transform(chunk, controller) {
-          // A stream counts from the last line's end: its events may add up to any size.
-          const newline = stream ? chunk.lastIndexOf(10) : -1;
-          counted = newline === -1 ? counted + chunk.byteLength : chunk.byteLength - newline - 1;
+          if (stream) {
+            // A stream counts from its last event's end: its events may add up
+            // to any size. Not from a line's: the SDK holds an event whole
+            // (every line of it) until its blank line, copying it again with
+            // each chunk.
+            const seen = Buffer.concat([tail, chunk]);
+            const past = pastLastEventEnd(seen);
+            counted = past === -1 ? counted + chunk.byteLength : seen.byteLength - past;
+            tail = Buffer.from(seen.subarray(Math.max(0, seen.byteLength - 3)));
+          } else {
+            counted += chunk.byteLength;
+          }
           if (counted > maxBytes) {
             controller.error(
               new AnswerTooLargeError(

@@ -290,6 +290,12 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
       Code.ResourceExhausted,
       "model server sent an event over 100000 bytes",
     ]);
+    // An event is what the SDK holds whole until its blank line, however short its lines.
+    const lines = await failure(drain(strict.generateStream({ text: "lines 450000" })));
+    expect([lines.code, lines.rawMessage]).toEqual([
+      Code.ResourceExhausted,
+      "model server sent an event over 100000 bytes",
+    ]);
     // Under the limit, an answer is read as ever.
     expect((await client.generate({ text: "huge 60000" })).reply).toBe("€".repeat(20_000));
   });
