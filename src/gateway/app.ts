@@ -312,6 +312,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     refunder,
     stopping: stopping.signal,
     llmTimeoutMs: config.llmTimeoutMs,
+    keepAliveMs: config.streamKeepAliveMs,
   });
   await registerOpenAiApi(app, {
     upstreams,
@@ -325,6 +326,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<FastifyInstance> 
     refunder,
     stopping: stopping.signal,
     llmTimeoutMs: config.llmTimeoutMs,
+    keepAliveMs: config.streamKeepAliveMs,
   });
   await registerChatPage(app);
   registerQuotaRoute(app, upstreams);

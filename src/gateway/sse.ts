@@ -19,6 +19,9 @@ export function sseDataFrame(data: unknown): string {
   return `data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`;
 }
 
+/** A comment line: readers of event streams (EventSource, the OpenAI SDKs) skip it. */
+export const keepAliveFrame = ": keep-alive\n\n";
+
 /** An open `text/event-stream` response. */
 export interface SseStream {
   /** Aborts when the client goes away before `end()`. */
@@ -44,8 +47,8 @@ export interface SseStream {
 /**
  * Starts an event stream on a raw response the framework no longer manages:
  * writes the status and headers at once (with `deferHeaders`, with the first
- * frame, so that a failure before it can still be answered with its own
- * status), and turns the client going away into an aborted signal (a
+ * frame or keep-alive comment, so that a failure before it can still be
+ * answered with its own status), and turns the client going away into an aborted signal (a
  * response closed before it finished).
  */
 export function openSseStream(
@@ -59,10 +62,42 @@ export function openSseStream(
      * for as long as the client likes.
      */
     readonly stallLimitMs?: number | undefined;
+    /**
+     * After this long without a frame (the model thinking before its first
+     * piece, or pausing between two), a comment line that every reader of
+     * event streams skips, so that a proxy's idle timeout does not cut the
+     * stream; the headers go with the first one. 0 or absent: none.
+     */
+    readonly keepAliveMs?: number | undefined;
   } = {},
 ): SseStream {
   const gone = new AbortController();
+  const keepAliveMs = options.keepAliveMs ?? 0;
+  let lastWrite = performance.now();
+  let keepAlive: NodeJS.Timeout | undefined;
+  const stopKeepAlive = () => {
+    clearTimeout(keepAlive);
+    keepAlive = undefined;
+  };
+  const armKeepAlive = (delayMs: number) => {
+    keepAlive = setTimeout(keepAliveTick, delayMs);
+    keepAlive.unref();
+  };
+  const keepAliveTick = () => {
+    keepAlive = undefined;
+    if (res.writableEnded || res.destroyed || gone.signal.aborted) return;
+    const idleMs = performance.now() - lastWrite;
+    if (idleMs < keepAliveMs) return armKeepAlive(keepAliveMs - idleMs);
+    // A client not reading what it was sent needs no more: the stall limit is its.
+    if (!res.writableNeedDrain) {
+      start();
+      res.write(keepAliveFrame);
+    }
+    lastWrite = performance.now();
+    armKeepAlive(keepAliveMs);
+  };
   const onClose = () => {
+    stopKeepAlive();
     // The default reason, an AbortError, is what RPC clients read as "cancelled".
     if (!res.writableFinished) gone.abort();
   };
@@ -85,10 +120,12 @@ export function openSseStream(
     res.socket?.setNoDelay?.(true);
   };
   if (options.deferHeaders !== true) start();
+  if (keepAliveMs > 0) armKeepAlive(keepAliveMs);
 
   const write = (frame: string): Promise<void> => {
     if (gone.signal.aborted || res.writableEnded) return Promise.resolve();
     start();
+    lastWrite = performance.now();
     if (res.write(frame)) return Promise.resolve();
     return new Promise((resolve) => {
       const stall =
@@ -110,15 +147,18 @@ export function openSseStream(
     send: (event, data) => write(sseFrame(event, data)),
     write,
     end() {
+      stopKeepAlive();
       if (res.writableEnded || gone.signal.aborted) return;
       start();
       res.end();
     },
     cutOff() {
+      stopKeepAlive();
       res.destroy();
     },
     answerInstead(status, body, without = []) {
       if (started || res.writableEnded || gone.signal.aborted) return false;
+      stopKeepAlive();
       started = true;
       const kept = { ...headers };
       for (const name of without) delete kept[name];

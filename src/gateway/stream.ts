@@ -52,6 +52,8 @@ export interface ChatStreamDeps {
   readonly stopping?: AbortSignal | undefined;
   /** LLM_TIMEOUT_MS: a streamed reply's deadline (see ChatDeps.llmTimeoutMs). */
   readonly llmTimeoutMs?: number | undefined;
+  /** STREAM_KEEPALIVE_MS: a comment line after this long without a frame (openSseStream). */
+  readonly keepAliveMs?: number | undefined;
 }
 
 const isHttpError = (value: object): value is HttpError => "status" in value;
@@ -62,7 +64,8 @@ const isHttpError = (value: object): value is HttpError => "status" in value;
  * Token run and until the model's first piece; then `text/event-stream`
  * with `meta`, one or more `delta`, and `done` (or `error` when the model
  * fails, the charge then given back). A model that fails before its first
- * piece is answered as /chat answers it, 500 `llm failed`. A client that goes
+ * piece (and before the first keep-alive comment) is answered as /chat
+ * answers it, 500 `llm failed`. A client that goes
  * away cancels the model call; the one charge already taken stays.
  */
 export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): void {
@@ -103,6 +106,7 @@ export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): 
     const sse = openSseStream(reply.raw, reply.getHeaders(), {
       deferHeaders: true,
       stallLimitMs: stallLimitOf(deps.llmTimeoutMs),
+      keepAliveMs: deps.keepAliveMs,
     });
     const outcome = await streamReply(
       { ...chatDeps, sse, onChatDone: deps.onChatDone },

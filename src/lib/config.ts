@@ -194,6 +194,12 @@ export interface GatewayConfig extends CommonConfig {
   readonly quotaCostMode: "fixed" | "tokens";
   /** QUOTA_REPLY_RESERVE: tokens reserved for a reply before it is known (tokens mode). */
   readonly quotaReplyReserve: number;
+  /**
+   * STREAM_KEEPALIVE_MS: an event stream with nothing sent for this long
+   * (a model thinking before its first piece) gets a comment line, so that
+   * proxies' idle timeouts do not cut it; 0 sends none.
+   */
+  readonly streamKeepAliveMs: number;
   /** Requests per minute per client (RATE_LIMIT_PER_MINUTE); 0 turns the limit off. */
   readonly rateLimitPerMinute: number;
   /** API_KEYS_FILE: `key user_id` lines; when set, every API call needs a key. */
@@ -578,6 +584,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     upstreamMaxConnectionAgeMs: readConnectionAge(env, "UPSTREAM_MAX_CONNECTION_AGE_MS"),
     quotaCostMode: readEnum(env, "QUOTA_COST_MODE", ["fixed", "tokens"] as const, "fixed"),
     quotaReplyReserve: readInt(env, "QUOTA_REPLY_RESERVE", 100, 0, 10_000_000),
+    streamKeepAliveMs: readInt(env, "STREAM_KEEPALIVE_MS", 15_000, 0, 3_600_000),
     rateLimitPerMinute: readInt(env, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000_000),
     apiKeysFile: readOptionalPath(env, "API_KEYS_FILE"),
     upstreamCaFile: readOptionalPath(env, "UPSTREAM_CA_FILE"),

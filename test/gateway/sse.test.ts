@@ -45,3 +45,53 @@ describe("openSseStream", () => {
     expect(sse.signal.aborted).toBe(false);
   });
 });
+
+/** Serves one event stream opened with `options`; `act` writes to it. Resolves with the body read by fetch. */
+async function streamBody(
+  options: Parameters<typeof openSseStream>[2],
+  act: (sse: SseStream) => Promise<void>,
+): Promise<string> {
+  server = createServer((_req, res) => {
+    const sse = openSseStream(res, {}, options);
+    void act(sse).then(() => sse.end());
+  });
+  await new Promise<void>((resolve) => server?.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
+  return (await fetch(`http://127.0.0.1:${port}/`)).text();
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("openSseStream's keep-alive comments", () => {
+  it("are sent each keepAliveMs while nothing else is, the headers with the first, and not after the end", async () => {
+    const body = await streamBody({ deferHeaders: true, keepAliveMs: 100 }, async (sse) => {
+      await sleep(350);
+      await sse.send("done", { ok: true });
+    });
+    const [before, after] = body.split('event: done\ndata: {"ok":true}\n\n');
+    expect(before?.split(": keep-alive\n\n").length).toBeGreaterThanOrEqual(3);
+    expect(before?.replaceAll(": keep-alive\n\n", "")).toBe("");
+    expect(after).toBe("");
+  });
+
+  it("are not sent while frames come more often than keepAliveMs", async () => {
+    // A period ten times the gap between frames: a loaded machine stretches a gap, rarely tenfold.
+    const body = await streamBody({ keepAliveMs: 500 }, async (sse) => {
+      for (let i = 0; i < 8; i++) {
+        await sse.send("delta", { i });
+        await sleep(50);
+      }
+    });
+    expect(body).not.toContain("keep-alive");
+    expect(body.match(/event: delta/g)).toHaveLength(8);
+  });
+
+  it("are not sent without keepAliveMs", async () => {
+    const body = await streamBody({}, async (sse) => {
+      await sleep(300);
+      await sse.send("done", {});
+    });
+    expect(body).toBe("event: done\ndata: {}\n\n");
+  });
+});

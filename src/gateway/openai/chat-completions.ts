@@ -27,6 +27,8 @@ export interface CompletionsDeps extends Omit<ChatDeps, "onQuota"> {
   readonly onChatDone?: OnChatDone | undefined;
   /** Told how each chat ended: "ok", an error's words, "llm failed" or "client gone". */
   readonly count: (outcome: string) => void;
+  /** STREAM_KEEPALIVE_MS: a comment line after this long without a chunk (openSseStream). */
+  readonly keepAliveMs?: number | undefined;
 }
 
 /** Sends an OpenAI error; an exhausted daily quota tells the SDKs not to retry. */
@@ -121,6 +123,7 @@ export async function handleChatCompletion(
   const sse = openSseStream(reply.raw, reply.getHeaders(), {
     deferHeaders: true,
     stallLimitMs: stallLimitOf(deps.llmTimeoutMs),
+    keepAliveMs: deps.keepAliveMs,
   });
   const outcome = await streamCompletion(
     { ...chatDeps, onChatDone: deps.onChatDone },

@@ -29,6 +29,8 @@ export interface OpenAiApiDeps {
   readonly stopping?: AbortSignal | undefined;
   /** LLM_TIMEOUT_MS: a streamed reply's deadline (see ChatDeps.llmTimeoutMs). */
   readonly llmTimeoutMs?: number | undefined;
+  /** STREAM_KEEPALIVE_MS: a comment line after this long without a frame (openSseStream). */
+  readonly keepAliveMs?: number | undefined;
 }
 
 const llmFailed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
@@ -56,6 +58,7 @@ export async function registerOpenAiApi(app: FastifyInstance, deps: OpenAiApiDep
     ...(deps.refunder && { refunder: deps.refunder }),
     ...(deps.stopping && { stopping: deps.stopping }),
     ...(deps.llmTimeoutMs !== undefined && { llmTimeoutMs: deps.llmTimeoutMs }),
+    ...(deps.keepAliveMs !== undefined && { keepAliveMs: deps.keepAliveMs }),
   };
 
   await app.register(
