@@ -15,6 +15,7 @@ import { createFramesTransport } from "../lib/frames-transport.js";
 import { createLocalTransport } from "../lib/local-transport.js";
 import { createRpcMetricsInterceptor } from "../lib/metrics.js";
 import type { ReadyCheck } from "../lib/readiness.js";
+import { retryRefusedStreams } from "../lib/refused-stream-retry.js";
 import { createRotatingTransport } from "../lib/rotating-transport.js";
 import type { LocalService } from "../lib/rpc-server.js";
 import { withCancellation } from "../lib/unary-transport.js";
@@ -70,15 +71,17 @@ export function createUpstreams(
     );
   };
   const remoteTransport = (baseUrl: string, defaultTimeoutMs: number): Transport => {
-    const grpc = createGrpcTransport({
-      baseUrl,
-      defaultTimeoutMs,
-      interceptors,
-      idleConnectionTimeoutMs: 60_000,
-      pingIntervalMs: 30_000,
-      pingTimeoutMs: 5_000,
-      ...(ca === undefined ? {} : { nodeOptions: { ca } }),
-    });
+    const grpc = retryRefusedStreams(
+      createGrpcTransport({
+        baseUrl,
+        defaultTimeoutMs,
+        interceptors,
+        idleConnectionTimeoutMs: 60_000,
+        pingIntervalMs: 30_000,
+        pingTimeoutMs: 5_000,
+        ...(ca === undefined ? {} : { nodeOptions: { ca } }),
+      }),
+    );
     if (config.upstreamProtocol === "grpc") return withCancellation(grpc);
     // Frames are cleartext only: a TLS upstream gets the lean Connect path.
     if (config.upstreamProtocol === "frames" && baseUrl.startsWith("http:")) {
