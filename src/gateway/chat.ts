@@ -2,7 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
-import { type Cancellation, cancellableBy } from "../lib/unary-transport.js";
+import type { Cancellation } from "../lib/unary-transport.js";
 import { codePointsOver, userIdTooLong } from "../lib/user-id.js";
 import { badRequest, type HttpError, httpErrorFromRpc, type Stage } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
@@ -171,10 +171,9 @@ export async function completeChat(
   }
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
-    const callOptions = traceCallOptions(deps.trace);
     answer = await deps.upstreams.llm.generate(
       { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
-      deps.clientGone === undefined ? callOptions : cancellableBy(deps.clientGone, callOptions),
+      traceCallOptions(deps.trace, deps.clientGone),
     );
   } catch (err) {
     if (clientGone()) {
