@@ -48,8 +48,8 @@ export interface SseStream {
  * Starts an event stream on a raw response the framework no longer manages:
  * writes the status and headers at once (with `deferHeaders`, with the first
  * frame or keep-alive comment, so that a failure before it can still be
- * answered with its own status), and turns the client going away into an aborted signal (a
- * response closed before it finished).
+ * answered with its own status), and turns the client going away into an
+ * aborted signal (a response closed before it finished).
  */
 export function openSseStream(
   res: ServerResponse,

@@ -284,6 +284,8 @@ describe("rate limit", () => {
     expect(await via("192.0.2.1", "198.51.100.20", 6)).toBe(200);
     expect(await via("192.0.2.1", "198.51.100.21", 7)).toBe(200);
     expect(await via("192.0.2.1", "198.51.100.22", 8)).toBe(429);
+    // What a proxy passes on that is no address is a client of its own, not a failure.
+    expect(await via("10.1.2.3", "not-an-address, ", 9)).toBe(200);
   });
 
   it("refuses a TRUST_PROXY entry that is no address, range or range name, naming the variable", () => {
