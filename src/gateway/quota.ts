@@ -20,7 +20,7 @@ const connecting = new Set(["connect", "getaddrinfo"]);
  * a name that does not resolve), found on the error or its causes: the
  * service never saw the request, so it charged nothing.
  */
-export function neverSent(err: unknown): boolean {
+function neverSent(err: unknown): boolean {
   for (const at of causesOf(err)) {
     if (connecting.has((at as NodeJS.ErrnoException).syscall ?? "")) return true;
   }

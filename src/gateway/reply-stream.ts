@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { refusedStream } from "../lib/refused-stream-retry.js";
 import { traceCallOptions, traceLogFields } from "../lib/trace.js";
 import {
   type AdmittedChat,
@@ -152,7 +153,7 @@ export async function* openedAgainIfRefused<T>(open: () => AsyncIterable<T>): As
       yield piece;
     }
   } catch (err) {
-    if (received || !ConnectError.from(err).rawMessage.includes("REFUSED_STREAM")) throw err;
+    if (received || !refusedStream(err)) throw err;
     yield* open();
   }
 }

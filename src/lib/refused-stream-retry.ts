@@ -1,20 +1,15 @@
-import type { Transport } from "@connectrpc/connect";
-import { causesOf } from "./causes.js";
+import { ConnectError, type Transport } from "@connectrpc/connect";
 
 /**
- * Whether an HTTP/2 call failed because the server refused its stream
+ * Whether a call failed because the server refused its HTTP/2 stream
  * unprocessed (RST_STREAM REFUSED_STREAM): a server draining after its
  * GOAWAY refuses the streams a client opened before that GOAWAY reached it.
- * HTTP/2 (RFC 9113, 8.7) makes such a request safe to send again.
+ * HTTP/2 (RFC 9113, 8.7) makes such a request safe to send again. Node's
+ * words for it ("… NGHTTP2_REFUSED_STREAM"), and those a Connect error
+ * carries for it ("… REFUSED_STREAM (0x7)"), both name it.
  */
 export function refusedStream(err: unknown): boolean {
-  for (const cause of causesOf(err)) {
-    const { code } = cause as { code?: unknown };
-    if (code === "ERR_HTTP2_STREAM_ERROR" && cause.message.includes("NGHTTP2_REFUSED_STREAM")) {
-      return true;
-    }
-  }
-  return false;
+  return ConnectError.from(err).rawMessage.includes("REFUSED_STREAM");
 }
 
 /**
