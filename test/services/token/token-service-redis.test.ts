@@ -23,7 +23,7 @@ import {
 
 const available = await sharedRedisOrSkip();
 
-function clientOver(store: RedisQuotaStore, clock?: Clock, failOpen = false) {
+function clientOver(store: RedisQuotaStore, clock?: Clock, failOpen = false, registry?: Registry) {
   return createClient(
     TokenService,
     createRouterTransport((router) =>
@@ -35,6 +35,7 @@ function clientOver(store: RedisQuotaStore, clock?: Clock, failOpen = false) {
           defaultCost: 50,
           failOpen,
           ...(clock ? { clock } : {}),
+          ...(registry ? { registry } : {}),
         }),
       ),
     ),
@@ -139,15 +140,7 @@ describe("TokenService while Redis is unreachable", () => {
 
   it("counts the chats QUOTA_FAIL_OPEN let through uncharged in /metrics", async () => {
     const registry = new Registry();
-    const client = createClient(
-      TokenService,
-      createRouterTransport((router) =>
-        router.service(
-          TokenService,
-          createTokenService({ store, limit: 200, defaultCost: 50, failOpen: true, registry }),
-        ),
-      ),
-    );
+    const client = clientOver(store, undefined, true, registry);
     for (const chargeId of ["c1", "c2", "c3"]) {
       expect((await client.checkAndInc({ userId: "u", chargeId })).unmetered).toBe(true);
     }

@@ -6,10 +6,13 @@ import { QuotaExceededSchema, QuotaNotChargedSchema } from "../../../gen/chat/v1
 import { TokenService } from "../../../gen/chat/v1/token_pb.js";
 import type { Clock } from "../../../src/services/token/clock.js";
 import { createMemoryQuotaStore } from "../../../src/services/token/memory-store.js";
-import { QuotaStoreUnavailableError } from "../../../src/services/token/quota-store.js";
+import {
+  type QuotaStore,
+  QuotaStoreUnavailableError,
+} from "../../../src/services/token/quota-store.js";
 import { createTokenService } from "../../../src/services/token/token-service.js";
 
-function setup(start = "2026-11-26T12:00:00Z") {
+function setup(start = "2026-11-26T12:00:00Z", store: QuotaStore = createMemoryQuotaStore()) {
   let now = new Date(start);
   const clock: Clock = { now: () => now };
   const client = createClient(
@@ -17,7 +20,7 @@ function setup(start = "2026-11-26T12:00:00Z") {
     createRouterTransport((router) =>
       router.service(
         TokenService,
-        createTokenService({ store: createMemoryQuotaStore(), limit: 200, defaultCost: 50, clock }),
+        createTokenService({ store, limit: 200, defaultCost: 50, clock }),
       ),
     ),
   );
@@ -165,25 +168,11 @@ describe("TokenService over a router transport", () => {
 
   it("fails a charge the store may have run (a command sent that timed out) with UNAVAILABLE that does not say nothing was charged", async () => {
     const store = createMemoryQuotaStore();
-    const client = createClient(
-      TokenService,
-      createRouterTransport((router) =>
-        router.service(
-          TokenService,
-          createTokenService({
-            store: {
-              ...store,
-              charge: () =>
-                Promise.reject(
-                  new QuotaStoreUnavailableError("command timed out", { mayHaveRun: true }),
-                ),
-            },
-            limit: 200,
-            defaultCost: 50,
-          }),
-        ),
-      ),
-    );
+    const { client } = setup(undefined, {
+      ...store,
+      charge: () =>
+        Promise.reject(new QuotaStoreUnavailableError("command timed out", { mayHaveRun: true })),
+    });
     const err = await refusal(client.checkAndInc({ userId: "u1", chargeId: "c" }));
     expect(err.code).toBe(Code.Unavailable);
     expect(err.findDetails(QuotaNotChargedSchema)).toEqual([]);
