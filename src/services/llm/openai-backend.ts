@@ -59,9 +59,33 @@ function pastLastEventEnd(bytes: Buffer): number {
   return past;
 }
 
+const doneMark = Buffer.from("[DONE]");
+/** What may come before `[DONE]` in the event that ends a stream, and what ends that event. */
+const beforeDone = /(?:\n\n|\r\r|\r\n\r\n)data: ?$/;
+const afterDone = /^(?:\n\n|\r\r|\r\n\r\n)/;
+
+/**
+ * The offset just past the end of a `data: [DONE]` event in `bytes` (which
+ * start at an event's end or before it), or -1 if none is there whole.
+ */
+function pastDoneEvent(bytes: Buffer): number {
+  for (let at = bytes.indexOf(doneMark); at !== -1; at = bytes.indexOf(doneMark, at + 1)) {
+    const before = bytes.toString("latin1", Math.max(0, at - 10), at);
+    const after = afterDone.exec(bytes.toString("latin1", at + doneMark.byteLength, at + 10));
+    if (beforeDone.test(before) && after !== null) {
+      return at + doneMark.byteLength + after[0].length;
+    }
+  }
+  return -1;
+}
+
 /**
  * `fetch` whose response bodies fail with AnswerTooLargeError once they pass
- * `maxBytes`: in all for an answer, in one event for an event stream.
+ * `maxBytes`: in all for an answer, in one event for an event stream. An
+ * event stream ends at its `data: [DONE]` event, the response with it: the
+ * SDK reads nothing after it, and a server (or a proxy) that leaves the
+ * response open after it would have the call wait until LLM_TIMEOUT_MS and
+ * fail a whole reply.
  */
 function fetchWithin(maxBytes: number): typeof fetch {
   return async (input, init) => {
@@ -69,8 +93,11 @@ function fetchWithin(maxBytes: number): typeof fetch {
     if (res.body === null) return res;
     const stream = res.headers.get("content-type")?.includes("text/event-stream") === true;
     let counted = 0;
-    /** The last bytes of the chunk before, where an event end may begin. */
-    let tail = Buffer.alloc(0);
+    /**
+     * The last bytes before the chunk, where an event end or the `[DONE]`
+     * event may begin; at first an event end, as the start of a stream is.
+     */
+    let tail = Buffer.from("\n\n");
     const limited = res.body.pipeThrough(
       new TransformStream<Uint8Array, Uint8Array>({
         transform(chunk, controller) {
@@ -80,9 +107,15 @@ function fetchWithin(maxBytes: number): typeof fetch {
             // (every line of it) until its blank line, copying it again with
             // each chunk.
             const seen = Buffer.concat([tail, chunk]);
+            const done = pastDoneEvent(seen);
+            if (done !== -1) {
+              controller.enqueue(chunk.subarray(0, Math.max(0, done - tail.byteLength)));
+              controller.terminate();
+              return;
+            }
             const past = pastLastEventEnd(seen);
             counted = past === -1 ? counted + chunk.byteLength : seen.byteLength - past;
-            tail = Buffer.from(seen.subarray(Math.max(0, seen.byteLength - 3)));
+            tail = Buffer.from(seen.subarray(Math.max(0, seen.byteLength - 24)));
           } else {
             counted += chunk.byteLength;
           }

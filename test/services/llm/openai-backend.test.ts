@@ -378,6 +378,20 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(cut.code).toBe(Code.Unavailable);
   });
 
+  it("ends a stream at its [DONE] event when the server leaves the response open after it", async () => {
+    const gone = double.clientsGone();
+    const { client } = llm({ timeoutMs: 5_000 });
+    const started = Date.now();
+    const got = [];
+    for await (const res of client.generateStream({ text: "linger" })) got.push(res);
+    expect(Date.now() - started).toBeLessThan(2_500);
+    expect(got.map((m) => m.delta).join("")).toBe("Reply to: linger");
+    expect(got.at(-1)?.finishReason).toBe("stop");
+    expect(got.at(-1)?.usage?.totalTokens).toBe(4);
+    // The response is closed from this side, not left to the server.
+    await expect.poll(() => double.clientsGone()).toBeGreaterThan(gone);
+  });
+
   it("takes a content of parts (Mistral's reasoning models) by its text, unary and streamed", async () => {
     const { client } = llm();
     expect((await client.generate({ text: "parts" })).reply).toBe("Reply to: parts");
