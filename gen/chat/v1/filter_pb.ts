@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/filter.proto.
  */
 export const file_chat_v1_filter: GenFile = /*@__PURE__*/
-  fileDesc("ChRjaGF0L3YxL2ZpbHRlci5wcm90bxIHY2hhdC52MSIdCg1GaWx0ZXJSZXF1ZXN0EgwKBHRleHQYASABKAkiIQoORmlsdGVyUmVzcG9uc2USDwoHY2xlYW5lZBgBIAEoCTJPCg1GaWx0ZXJTZXJ2aWNlEj4KBkZpbHRlchIWLmNoYXQudjEuRmlsdGVyUmVxdWVzdBoXLmNoYXQudjEuRmlsdGVyUmVzcG9uc2UiA5ACAWIGcHJvdG8z");
+  fileDesc("ChRjaGF0L3YxL2ZpbHRlci5wcm90bxIHY2hhdC52MSIuCg1GaWx0ZXJSZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHY29udGV4dBgCIAMoCSIhCg5GaWx0ZXJSZXNwb25zZRIPCgdjbGVhbmVkGAEgASgJMk8KDUZpbHRlclNlcnZpY2USPgoGRmlsdGVyEhYuY2hhdC52MS5GaWx0ZXJSZXF1ZXN0GhcuY2hhdC52MS5GaWx0ZXJSZXNwb25zZSIDkAIBYgZwcm90bzM");
 
 /**
  * @generated from message chat.v1.FilterRequest
@@ -22,6 +22,15 @@ export type FilterRequest = Message<"chat.v1.FilterRequest"> & {
    * @generated from field: string text = 1;
    */
   text: string;
+
+  /**
+   * Other texts that go to the model with it (a conversation's earlier
+   * messages): refused as `text` is when one contains a banned term; neither
+   * cleaned nor answered, and may be empty.
+   *
+   * @generated from field: repeated string context = 2;
+   */
+  context: string[];
 };
 
 /**
@@ -60,7 +69,8 @@ export const FilterService: GenService<{
   /**
    * Filter trims the text and folds every run of white space into one space.
    * A text that contains a banned term, or is empty once cleaned, is refused
-   * with INVALID_ARGUMENT and a chat.v1.FilterRejection detail.
+   * with INVALID_ARGUMENT and a chat.v1.FilterRejection detail, as is a
+   * request whose context contains one.
    *
    * @generated from rpc chat.v1.FilterService.Filter
    */

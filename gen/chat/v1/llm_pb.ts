@@ -2,15 +2,15 @@
 // @generated from file chat/v1/llm.proto (package chat.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file chat/v1/llm.proto.
  */
 export const file_chat_v1_llm: GenFile = /*@__PURE__*/
-  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSJECg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhIKCm1heF90b2tlbnMYAyABKAUiVAoKVG9rZW5Vc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSJrChBHZW5lcmF0ZVJlc3BvbnNlEg0KBXJlcGx5GAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkiSgoVR2VuZXJhdGVTdHJlYW1SZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgptYXhfdG9rZW5zGAMgASgFInEKFkdlbmVyYXRlU3RyZWFtUmVzcG9uc2USDQoFZGVsdGEYASABKAkSIgoFdXNhZ2UYAiABKAsyEy5jaGF0LnYxLlRva2VuVXNhZ2USDQoFbW9kZWwYAyABKAkSFQoNZmluaXNoX3JlYXNvbhgEIAEoCSITChFMaXN0TW9kZWxzUmVxdWVzdCITCgVNb2RlbBIKCgJpZBgBIAEoCSI0ChJMaXN0TW9kZWxzUmVzcG9uc2USHgoGbW9kZWxzGAEgAygLMg4uY2hhdC52MS5Nb2RlbDLpAQoKTExNU2VydmljZRI/CghHZW5lcmF0ZRIYLmNoYXQudjEuR2VuZXJhdGVSZXF1ZXN0GhkuY2hhdC52MS5HZW5lcmF0ZVJlc3BvbnNlElMKDkdlbmVyYXRlU3RyZWFtEh4uY2hhdC52MS5HZW5lcmF0ZVN0cmVhbVJlcXVlc3QaHy5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVzcG9uc2UwARJFCgpMaXN0TW9kZWxzEhouY2hhdC52MS5MaXN0TW9kZWxzUmVxdWVzdBobLmNoYXQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSJrCg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhIKCm1heF90b2tlbnMYAyABKAUSJQoHY29udGV4dBgEIAMoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2UiOwoLQ2hhdE1lc3NhZ2USGwoEcm9sZRgBIAEoDjINLmNoYXQudjEuUm9sZRIPCgdjb250ZW50GAIgASgJIlQKClRva2VuVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBRIUCgx0b3RhbF90b2tlbnMYAyABKAUiawoQR2VuZXJhdGVSZXNwb25zZRINCgVyZXBseRgBIAEoCRIiCgV1c2FnZRgCIAEoCzITLmNoYXQudjEuVG9rZW5Vc2FnZRINCgVtb2RlbBgDIAEoCRIVCg1maW5pc2hfcmVhc29uGAQgASgJInEKFUdlbmVyYXRlU3RyZWFtUmVxdWVzdBIMCgR0ZXh0GAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKbWF4X3Rva2VucxgDIAEoBRIlCgdjb250ZXh0GAQgAygLMhQuY2hhdC52MS5DaGF0TWVzc2FnZSJxChZHZW5lcmF0ZVN0cmVhbVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkiEwoRTGlzdE1vZGVsc1JlcXVlc3QiEwoFTW9kZWwSCgoCaWQYASABKAkiNAoSTGlzdE1vZGVsc1Jlc3BvbnNlEh4KBm1vZGVscxgBIAMoCzIOLmNoYXQudjEuTW9kZWwqZAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARISCg5ST0xFX0RFVkVMT1BFUhACEg0KCVJPTEVfVVNFUhADEhIKDlJPTEVfQVNTSVNUQU5UEAQy6QEKCkxMTVNlcnZpY2USPwoIR2VuZXJhdGUSGC5jaGF0LnYxLkdlbmVyYXRlUmVxdWVzdBoZLmNoYXQudjEuR2VuZXJhdGVSZXNwb25zZRJTCg5HZW5lcmF0ZVN0cmVhbRIeLmNoYXQudjEuR2VuZXJhdGVTdHJlYW1SZXF1ZXN0Gh8uY2hhdC52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlMAESRQoKTGlzdE1vZGVscxIaLmNoYXQudjEuTGlzdE1vZGVsc1JlcXVlc3QaGy5jaGF0LnYxLkxpc3RNb2RlbHNSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * @generated from message chat.v1.GenerateRequest
@@ -37,6 +37,15 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
    * @generated from field: int32 max_tokens = 3;
    */
   maxTokens: number;
+
+  /**
+   * The conversation before `text`, oldest first (system prompts, earlier
+   * turns), for backends that send it to the model (OpenAI-compatible ones;
+   * the echo stub answers `text` alone). Sent as given: not cleaned.
+   *
+   * @generated from field: repeated chat.v1.ChatMessage context = 4;
+   */
+  context: ChatMessage[];
 };
 
 /**
@@ -45,6 +54,34 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
   messageDesc(file_chat_v1_llm, 0);
+
+/**
+ * One message of a conversation.
+ *
+ * @generated from message chat.v1.ChatMessage
+ */
+export type ChatMessage = Message<"chat.v1.ChatMessage"> & {
+  /**
+   * Who wrote it.
+   *
+   * @generated from field: chat.v1.Role role = 1;
+   */
+  role: Role;
+
+  /**
+   * Its text.
+   *
+   * @generated from field: string content = 2;
+   */
+  content: string;
+};
+
+/**
+ * Describes the message chat.v1.ChatMessage.
+ * Use `create(ChatMessageSchema)` to create a new message.
+ */
+export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 1);
 
 /**
  * Tokens a model call used, as the model server counted them.
@@ -79,7 +116,7 @@ export type TokenUsage = Message<"chat.v1.TokenUsage"> & {
  * Use `create(TokenUsageSchema)` to create a new message.
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 1);
+  messageDesc(file_chat_v1_llm, 2);
 
 /**
  * @generated from message chat.v1.GenerateResponse
@@ -120,7 +157,7 @@ export type GenerateResponse = Message<"chat.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 2);
+  messageDesc(file_chat_v1_llm, 3);
 
 /**
  * @generated from message chat.v1.GenerateStreamRequest
@@ -146,6 +183,13 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
    * @generated from field: int32 max_tokens = 3;
    */
   maxTokens: number;
+
+  /**
+   * The conversation before `text`, as in GenerateRequest.
+   *
+   * @generated from field: repeated chat.v1.ChatMessage context = 4;
+   */
+  context: ChatMessage[];
 };
 
 /**
@@ -153,7 +197,7 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
  * Use `create(GenerateStreamRequestSchema)` to create a new message.
  */
 export const GenerateStreamRequestSchema: GenMessage<GenerateStreamRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 3);
+  messageDesc(file_chat_v1_llm, 4);
 
 /**
  * @generated from message chat.v1.GenerateStreamResponse
@@ -193,7 +237,7 @@ export type GenerateStreamResponse = Message<"chat.v1.GenerateStreamResponse"> &
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 4);
+  messageDesc(file_chat_v1_llm, 5);
 
 /**
  * @generated from message chat.v1.ListModelsRequest
@@ -206,7 +250,7 @@ export type ListModelsRequest = Message<"chat.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 5);
+  messageDesc(file_chat_v1_llm, 6);
 
 /**
  * A model the service answers with.
@@ -228,7 +272,7 @@ export type Model = Message<"chat.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 6);
+  messageDesc(file_chat_v1_llm, 7);
 
 /**
  * @generated from message chat.v1.ListModelsResponse
@@ -245,7 +289,53 @@ export type ListModelsResponse = Message<"chat.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 7);
+  messageDesc(file_chat_v1_llm, 8);
+
+/**
+ * The author of a message, as the OpenAI chat completions API names them.
+ *
+ * @generated from enum chat.v1.Role
+ */
+export enum Role {
+  /**
+   * @generated from enum value: ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Instructions for the model ("system").
+   *
+   * @generated from enum value: ROLE_SYSTEM = 1;
+   */
+  SYSTEM = 1,
+
+  /**
+   * Instructions for the model, as OpenAI's newer models name them ("developer").
+   *
+   * @generated from enum value: ROLE_DEVELOPER = 2;
+   */
+  DEVELOPER = 2,
+
+  /**
+   * The user ("user").
+   *
+   * @generated from enum value: ROLE_USER = 3;
+   */
+  USER = 3,
+
+  /**
+   * The model's earlier replies ("assistant").
+   *
+   * @generated from enum value: ROLE_ASSISTANT = 4;
+   */
+  ASSISTANT = 4,
+}
+
+/**
+ * Describes the enum chat.v1.Role.
+ */
+export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
+  enumDesc(file_chat_v1_llm, 0);
 
 /**
  * LLMService answers a cleaned user text with a model reply.

@@ -18,7 +18,7 @@ function reject(message: string, reason: FilterRejectionReason): ConnectError {
   ]);
 }
 
-/** chat.v1.FilterService: cleans the text, refuses empty or banned text. */
+/** chat.v1.FilterService: cleans the text, refuses empty or banned text, and banned context. */
 export function createFilterService({
   matcher,
   registry,
@@ -38,6 +38,12 @@ export function createFilterService({
       if (matcher.matches(cleaned)) {
         refusals?.inc({ reason: "blocked" });
         throw reject("text contains a banned term", FilterRejectionReason.BLOCKED);
+      }
+      // Matched as the text is, on its cleaned form: white space folded as there.
+      const at = req.context.findIndex((text) => matcher.matches(cleanText(text)));
+      if (at !== -1) {
+        refusals?.inc({ reason: "blocked" });
+        throw reject(`context[${at}] contains a banned term`, FilterRejectionReason.BLOCKED);
       }
       return { cleaned };
     },

@@ -1,8 +1,19 @@
 import type { TraceContext } from "../../lib/trace.js";
 
+/** The author of a message of a conversation, as OpenAI's API names them. */
+export type ContextRole = "system" | "developer" | "user" | "assistant";
+
+/** One message of the conversation before the text. */
+export interface ContextMessage {
+  readonly role: ContextRole;
+  readonly content: string;
+}
+
 /** What a model is asked. */
 export interface LlmRequest {
   readonly text: string;
+  /** The conversation before `text`, oldest first (system prompts, earlier turns); none when absent. */
+  readonly context?: readonly ContextMessage[];
   readonly userId: string;
   /** Most tokens the reply may have; undefined leaves it to the backend. */
   readonly maxTokens?: number | undefined;

@@ -1,9 +1,15 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
-import type { LLMService } from "../../../gen/chat/v1/llm_pb.js";
+import { type ChatMessage, type LLMService, Role } from "../../../gen/chat/v1/llm_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields, traceOf } from "../../lib/trace.js";
-import type { LlmBackend, LlmRequest, LlmResult } from "./backend.js";
+import type {
+  ContextMessage,
+  ContextRole,
+  LlmBackend,
+  LlmRequest,
+  LlmResult,
+} from "./backend.js";
 import { createLlmMetrics } from "./llm-metrics.js";
 
 export interface LlmServiceDeps {
@@ -38,6 +44,24 @@ export function cutToBytes(text: string, maxBytes: number): string | undefined {
   // encodeInto writes whole characters only.
   const { read } = encoder.encodeInto(text, new Uint8Array(maxBytes));
   return text.slice(0, read);
+}
+
+const noContext: readonly ContextMessage[] = [];
+
+const roleNames: Partial<Record<Role, ContextRole>> = {
+  [Role.SYSTEM]: "system",
+  [Role.DEVELOPER]: "developer",
+  [Role.USER]: "user",
+  [Role.ASSISTANT]: "assistant",
+};
+
+/** A message of the context as backends take it; INVALID_ARGUMENT without a known role. */
+function contextMessage(message: ChatMessage, i: number): ContextMessage {
+  const role = roleNames[message.role];
+  if (role === undefined) {
+    throw new ConnectError(`context[${i}].role must be set`, Code.InvalidArgument);
+  }
+  return { role, content: message.content };
 }
 
 function requireText(text: string): void {
@@ -102,7 +126,7 @@ export function createLlmService({
       "reply cut at LLM_MAX_REPLY_BYTES",
     );
   const request = (
-    req: { text: string; userId: string; maxTokens: number },
+    req: { text: string; userId: string; maxTokens: number; context: ChatMessage[] },
     ctx: HandlerContext,
   ): LlmRequest => {
     requireText(req.text);
@@ -111,7 +135,13 @@ export function createLlmService({
     }
     const asked = req.maxTokens === 0 ? undefined : req.maxTokens;
     const maxTokens = asked === undefined ? cap : Math.min(asked, cap ?? asked);
-    return { text: req.text, userId: req.userId, maxTokens, trace: traceOf(ctx) };
+    return {
+      text: req.text,
+      context: req.context.length === 0 ? noContext : req.context.map(contextMessage),
+      userId: req.userId,
+      maxTokens,
+      trace: traceOf(ctx),
+    };
   };
   return {
     async generate(req, ctx) {

@@ -183,7 +183,8 @@ function contentText(content: unknown): string | undefined {
 /**
  * An LLM backend on any OpenAI-compatible chat completions server (OpenAI,
  * vLLM, Ollama, llama.cpp server) through the official `openai` SDK. The text
- * goes as one user message. The SDK retries nothing (the gateway's deadline
+ * goes as the last user message, after the conversation before it (its
+ * context) as given. The SDK retries nothing (the gateway's deadline
  * governs); each call ends at LLM_TIMEOUT_MS or when the RPC's signal aborts
  * (its caller left or its deadline passed), whichever comes first, and the
  * HTTP request to the server is aborted with it.
@@ -238,7 +239,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   let tokensParam: "max_tokens" | "max_completion_tokens" = "max_tokens";
   const body = (request: LlmRequest) => ({
     model,
-    messages: [{ role: "user" as const, content: request.text }],
+    messages: [...(request.context ?? []), { role: "user" as const, content: request.text }],
     ...(request.maxTokens !== undefined && { [tokensParam]: request.maxTokens }),
   });
   /** Makes a call; asks once more with max_completion_tokens if the server refuses max_tokens. */

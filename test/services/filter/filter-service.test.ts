@@ -8,13 +8,16 @@ import { createTermMatcher } from "../../../src/services/filter/terms.js";
 const client = createClient(
   FilterService,
   createRouterTransport((router) =>
-    router.service(FilterService, createFilterService({ matcher: createTermMatcher(["foo"]) })),
+    router.service(
+      FilterService,
+      createFilterService({ matcher: createTermMatcher(["foo", "bad word"]) }),
+    ),
   ),
 );
 
-async function rejection(text: string): Promise<ConnectError> {
+async function rejection(text: string, context: string[] = []): Promise<ConnectError> {
   try {
-    await client.filter({ text });
+    await client.filter({ text, context });
   } catch (err) {
     return ConnectError.from(err);
   }
@@ -38,5 +41,21 @@ describe("FilterService over a router transport", () => {
     const err = await rejection(" \u3000 ");
     expect(err.code).toBe(Code.InvalidArgument);
     expect(err.findDetails(FilterRejectionSchema)[0]?.reason).toBe(FilterRejectionReason.EMPTY);
+  });
+
+  it("refuses a context (earlier messages) with a banned term as it refuses the text", async () => {
+    const err = await rejection("hi", ["You are kind.", "", "say ＦＯＯ please"]);
+    expect([err.code, err.rawMessage]).toEqual([
+      Code.InvalidArgument,
+      "context[2] contains a banned term",
+    ]);
+    expect(err.findDetails(FilterRejectionSchema)[0]?.reason).toBe(FilterRejectionReason.BLOCKED);
+    // White space is folded as in the text: a term of two words across a line break.
+    expect((await rejection("hi", ["a bad\n\n  word"])).rawMessage).toBe(
+      "context[0] contains a banned term",
+    );
+    // A clean context passes, empty messages too; only the text is cleaned and answered.
+    const ok = await client.filter({ text: " hi  there ", context: ["", "fine   words"] });
+    expect(ok.cleaned).toBe("hi there");
   });
 });

@@ -2,7 +2,7 @@ import { Writable } from "node:stream";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LLMService } from "../../../gen/chat/v1/llm_pb.js";
+import { LLMService, Role } from "../../../gen/chat/v1/llm_pb.js";
 import { createLlmService } from "../../../src/services/llm/llm-service.js";
 import { createOpenAiBackend } from "../../../src/services/llm/openai-backend.js";
 import { redactSecrets } from "../../../src/services/llm/openai-errors.js";
@@ -89,6 +89,54 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
       messages: [{ role: "user", content: "Hello world" }],
       max_tokens: 256,
     });
+  });
+
+  it("sends the conversation before the text (its context) as the messages before it", async () => {
+    const { client } = llm();
+    const context = [
+      { role: Role.SYSTEM, content: "Answer in French." },
+      { role: Role.USER, content: "My name is Ada." },
+      { role: Role.ASSISTANT, content: "Bonjour Ada." },
+      { role: Role.DEVELOPER, content: "Be brief." },
+    ];
+    const messages = [
+      { role: "system", content: "Answer in French." },
+      { role: "user", content: "My name is Ada." },
+      { role: "assistant", content: "Bonjour Ada." },
+      { role: "developer", content: "Be brief." },
+      { role: "user", content: "What is my name?" },
+    ];
+    const seen = double.requests.length;
+    const res = await client.generate({ text: "What is my name?", context });
+    expect(res.reply).toBe("Reply to: What is my name?");
+    // The double counts the words of every message as the prompt.
+    expect(res.usage?.promptTokens).toBe(15);
+    let streamed = "";
+    for await (const m of client.generateStream({ text: "What is my name?", context })) {
+      streamed += m.delta;
+    }
+    expect(streamed).toBe("Reply to: What is my name?");
+    expect(double.requests.slice(seen).map((r) => r.body.messages)).toEqual([messages, messages]);
+  });
+
+  it("refuses a context message without a role as INVALID_ARGUMENT, calling no model", async () => {
+    const { client } = llm();
+    const seen = double.requests.length;
+    const err = await failure(
+      client.generate({ text: "hi", context: [{ role: Role.UNSPECIFIED, content: "x" }] }),
+    );
+    expect([err.code, err.rawMessage]).toEqual([
+      Code.InvalidArgument,
+      "context[0].role must be set",
+    ]);
+    const streamed = await failure(
+      drain(client.generateStream({ text: "hi", context: [{ role: 9 as Role, content: "x" }] })),
+    );
+    expect([streamed.code, streamed.rawMessage]).toEqual([
+      Code.InvalidArgument,
+      "context[0].role must be set",
+    ]);
+    expect(double.requests.length).toBe(seen);
   });
 
   it("sends no Authorization header without a key (local servers)", async () => {
