@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
+import type { Role } from "../../gen/chat/v1/llm_pb.js";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import type { Cancellation } from "../lib/unary-transport.js";
@@ -7,15 +8,27 @@ import { codePointsOver, userIdTooLong } from "../lib/user-id.js";
 import { badRequest, type HttpError, httpErrorFromRpc, type Stage } from "./errors.js";
 import type { HistoryRecorder } from "./history-recorder.js";
 import { chargeChat, type QuotaState, retryOnceIfUnavailable, settleChat } from "./quota.js";
-import { type ChatUsage, type CostPolicy, chatUsage } from "./quota-cost.js";
+import { type ChatUsage, type CostPolicy, chatUsage, promptOf } from "./quota-cost.js";
 import { chargeOutcomeUnknown, type Refunder } from "./refunder.js";
 import { isUserId } from "./request-guards.js";
 import type { Upstreams } from "./upstreams.js";
+
+/** A message of the conversation before a chat's text (the OpenAI API's earlier messages). */
+export interface ContextMessage {
+  readonly role: Role;
+  readonly content: string;
+}
 
 /** A valid chat request. */
 export interface ChatInput {
   readonly userId: string;
   readonly text: string;
+  /**
+   * The conversation before the text, oldest first: checked by the filter,
+   * counted in the prompt and sent to the model; neither cleaned nor kept.
+   * None when absent (/chat).
+   */
+  readonly context?: readonly ContextMessage[] | undefined;
   /** Most tokens the reply may have (the OpenAI API's max_tokens); the LLM service's cap when absent. */
   readonly maxTokens?: number | undefined;
 }
@@ -81,6 +94,14 @@ export interface ChatDeps {
   readonly clientGone?: Cancellation;
 }
 
+/** The texts of a context, for the filter to check. */
+const contextTexts = (context: readonly ContextMessage[] | undefined): string[] =>
+  context === undefined ? [] : context.map((m) => m.content);
+
+/** A context as a call's request carries it (each request its own array). */
+export const contextOf = (context: readonly ContextMessage[] | undefined): ContextMessage[] =>
+  context === undefined ? [] : [...context];
+
 /** What a unary chat whose client went away is counted as (chatmesh_chats_total). */
 const clientGoneError: HttpError = { status: 499, body: { error: "client gone" } };
 
@@ -115,13 +136,18 @@ export async function admitChat(
 
   let cleaned: string;
   try {
-    ({ cleaned } = await upstreams.filter.filter({ text: input.text }, callOptions));
+    ({ cleaned } = await upstreams.filter.filter(
+      { text: input.text, context: contextTexts(input.context) },
+      callOptions,
+    ));
   } catch (err) {
     return failedCall(logger, "filter", err, trace);
   }
 
   try {
-    const cost = BigInt((await deps.cost?.reserve(cleaned, input.maxTokens)) ?? 0);
+    const cost = BigInt(
+      (await deps.cost?.reserve(promptOf(cleaned, input.context), input.maxTokens)) ?? 0,
+    );
     const { remaining } = await chargeChat(
       upstreams.token,
       { userId: input.userId, chargeId: requestId, cost },
@@ -172,7 +198,12 @@ export async function completeChat(
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
     answer = await deps.upstreams.llm.generate(
-      { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
+      {
+        text: cleaned,
+        userId: input.userId,
+        maxTokens: input.maxTokens ?? 0,
+        context: contextOf(input.context),
+      },
       traceCallOptions(deps.trace, deps.clientGone),
     );
   } catch (err) {
@@ -182,7 +213,9 @@ export async function completeChat(
         "client went away: model call cancelled, the charge kept",
       );
       // In tokens mode, settled to the prompt: no reply was given.
-      await settle(deps, input.userId, requestId, () => chatUsage(cleaned, "", undefined));
+      await settle(deps, input.userId, requestId, () =>
+        chatUsage(promptOf(cleaned, input.context), "", undefined),
+      );
       return clientGoneError;
     }
     const failed = failedCall(deps.logger, "llm", err, deps.trace);
@@ -204,7 +237,7 @@ export async function completeChat(
     totalTokens: answer.usage.totalTokens,
   };
   const settled = await settle(deps, input.userId, requestId, () =>
-    chatUsage(cleaned, reply, reportedUsage),
+    chatUsage(promptOf(cleaned, input.context), reply, reportedUsage),
   );
   return {
     cleaned,

@@ -76,6 +76,18 @@ export async function chatUsage(
   return { promptTokens, completionTokens, totalTokens: promptTokens + completionTokens };
 }
 
+/**
+ * The text a chat's prompt tokens are counted from: the messages of its
+ * context (a conversation's earlier turns), then its text.
+ */
+export function promptOf(
+  text: string,
+  context: readonly { content: string }[] | undefined,
+): string {
+  if (context === undefined || context.length === 0) return text;
+  return `${context.map((m) => m.content).join("\n")}\n${text}`;
+}
+
 /** How a chat is priced against the quota (QUOTA_COST_MODE). */
 export interface CostPolicy {
   readonly mode: GatewayConfig["quotaCostMode"];

@@ -5,11 +5,12 @@ import {
   type AdmittedChat,
   type ChatDeps,
   type ChatInput,
+  contextOf,
   failedCall,
   refund,
   settle,
 } from "./chat.js";
-import { type ChatUsage, chatUsage } from "./quota-cost.js";
+import { type ChatUsage, chatUsage, promptOf } from "./quota-cost.js";
 
 /** How a streamed reply ended. */
 export type RelayOutcome =
@@ -78,7 +79,12 @@ export async function relayReply(
   try {
     const pieces = openedAgainIfRefused(() =>
       deps.upstreams.llm.generateStream(
-        { text: cleaned, userId: input.userId, maxTokens: input.maxTokens ?? 0 },
+        {
+          text: cleaned,
+          userId: input.userId,
+          maxTokens: input.maxTokens ?? 0,
+          context: contextOf(input.context),
+        },
         {
           signal: call.signal,
           ...(deps.llmTimeoutMs !== undefined && {
@@ -127,7 +133,7 @@ export async function relayReply(
   if (tooSlow) return cutOff(deps, chat, reply);
   if (signal.aborted) return clientGone(deps, chat, reply);
   const remaining = await settle(deps, input.userId, requestId, () =>
-    chatUsage(cleaned, reply, reportedUsage),
+    chatUsage(promptOf(cleaned, input.context), reply, reportedUsage),
   );
   return {
     outcome: "ok",
@@ -276,7 +282,7 @@ async function clientGone(
   relayed: string,
 ): Promise<RelayOutcome> {
   await settle(deps, chat.input.userId, chat.requestId, () =>
-    chatUsage(chat.admitted.cleaned, relayed, undefined),
+    chatUsage(promptOf(chat.admitted.cleaned, chat.input.context), relayed, undefined),
   );
   return { outcome: "client gone" };
 }

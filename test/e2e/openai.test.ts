@@ -113,6 +113,47 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
     expect(stack.procs.get("llm")?.output()).toContain("reply cut at LLM_MAX_REPLY_BYTES");
   });
 
+  it("sends the conversation before the text to the model server; a banned term in it is refused", async () => {
+    const seen = double.requests.length;
+    const completion = await sdk().chat.completions.create({
+      model: "llama-double",
+      user: "e7",
+      messages: [
+        { role: "system", content: "Be  brief." },
+        { role: "user", content: "I am Ada." },
+        { role: "assistant", content: "Hi Ada." },
+        { role: "user", content: "Who   am I?" },
+      ],
+    });
+    expect(completion.choices[0]?.message.content).toBe("Reply to: Who am I?");
+    // The test double counts the words of every message: 2 + 3 + 2 + 3, and 5 of reply.
+    expect(completion.usage).toEqual({ prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 });
+    expect((await quotaOf("e7")).used).toBe(15);
+    // The context as it was sent, the text cleaned.
+    expect(double.requests.slice(seen).map((r) => r.body.messages)).toEqual([
+      [
+        { role: "system", content: "Be  brief." },
+        { role: "user", content: "I am Ada." },
+        { role: "assistant", content: "Hi Ada." },
+        { role: "user", content: "Who am I?" },
+      ],
+    ]);
+    const err = await thrown(
+      sdk().chat.completions.create({
+        model: "llama-double",
+        user: "e7",
+        messages: [
+          { role: "system", content: "Always say FOO." },
+          { role: "user", content: "hi" },
+        ],
+      }),
+    );
+    expect(err).toBeInstanceOf(BadRequestError);
+    expect(err).toMatchObject({ status: 400, code: "content_filter" });
+    expect(double.requests.length).toBe(seen + 1);
+    expect((await quotaOf("e7")).used).toBe(15);
+  });
+
   it("refuses blocked text before the model server, and a spent quota with 429", async () => {
     const seen = double.requests.length;
     expect(await thrown(sdk().chat.completions.create(ask("e3", "has foo in it")))).toBeInstanceOf(

@@ -11,6 +11,8 @@ import { buildGateway } from "../../src/gateway/app.js";
 import { countTokens } from "../../src/gateway/quota-cost.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
+import type { LlmBackend, LlmRequest } from "../../src/services/llm/backend.js";
+import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
 import {
   breakingLlmBackend,
   createInProcessUpstreams,
@@ -32,6 +34,24 @@ async function gateway(
     upstreams: createInProcessUpstreams(options),
   });
   baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+}
+
+/** The echo stub, keeping what it is asked. */
+function recordingEcho() {
+  const echo = createEchoBackend();
+  const requests: LlmRequest[] = [];
+  const backend: LlmBackend = {
+    name: echo.name,
+    generate: (request, call) => {
+      requests.push(request);
+      return echo.generate(request, call);
+    },
+    stream: (request, signal) => {
+      requests.push(request);
+      return echo.stream(request, signal);
+    },
+  };
+  return { backend, requests };
 }
 
 /** The official OpenAI SDK, pointed at the gateway. */
@@ -98,19 +118,79 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
       .toMatchObject([{ text: "Hello world from Go!", reply: "Echo: Hello world from Go!" }]);
   });
 
-  it("answers the last user message; system prompts and earlier turns are not sent on", async () => {
-    await gateway();
+  it("answers the last user message, the messages before it sent to the model as its context", async () => {
+    const asked = recordingEcho();
+    await gateway({ llm: asked.backend });
     const completion = await sdk().chat.completions.create({
       model: "echo",
       user: "u1",
       messages: [
         { role: "system", content: "You are terse." },
         { role: "user", content: "first question" },
-        { role: "assistant", content: "first answer" },
+        {
+          role: "assistant",
+          content: [
+            { type: "text", text: "first answer" },
+            { type: "refusal", refusal: "not that" },
+          ],
+        },
         { role: "user", content: [{ type: "text", text: "second   question" }] },
       ],
     });
+    // The echo stub answers the text alone.
     expect(completion.choices[0]?.message.content).toBe("Echo: second question");
+    const stream = await sdk().chat.completions.create({
+      model: "echo",
+      user: "u1",
+      stream: true,
+      messages: [
+        { role: "developer", content: "be   brief" },
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "" },
+      ],
+    });
+    for await (const _ of stream) {
+      // read to the end
+    }
+    expect(asked.requests.map(({ text, context }) => ({ text, context }))).toEqual([
+      {
+        text: "second question",
+        context: [
+          { role: "system", content: "You are terse." },
+          { role: "user", content: "first question" },
+          { role: "assistant", content: "first answer\nnot that" },
+        ],
+      },
+      // Messages after the last user message are not sent; the context is not cleaned.
+      { text: "hi", context: [{ role: "developer", content: "be   brief" }] },
+    ]);
+  });
+
+  it("refuses a banned term anywhere in the context as in the text, and parts it cannot send", async () => {
+    const asked = recordingEcho();
+    await gateway({ llm: asked.backend });
+    const blocked = await thrown(
+      sdk().chat.completions.create(
+        conversation(
+          { role: "system", content: "Say ｆｏｏ often." },
+          { role: "user", content: "hi" },
+        ) as never,
+      ),
+    );
+    expect(blocked).toBeInstanceOf(BadRequestError);
+    expect(blocked).toMatchObject({ status: 400, code: "content_filter" });
+    const image = await thrown(
+      sdk().chat.completions.create(
+        conversation(
+          { role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }] },
+          { role: "assistant", content: "a picture" },
+          { role: "user", content: "and now?" },
+        ) as never,
+      ),
+    );
+    expect(image).toMatchObject({ status: 400, param: "messages[0].content" });
+    expect(asked.requests).toEqual([]);
+    expect((await quotaOf("u")).used).toBe(0);
   });
 
   it("streams chunks and [DONE], with the usage last when asked for", async () => {
@@ -277,7 +357,8 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
   });
 
   it("takes what OpenAI takes: sampling and tool parameters, tool turns, a server's own parameters", async () => {
-    await gateway();
+    const asked = recordingEcho();
+    await gateway({ llm: asked.backend });
     const answer = await sdk().chat.completions.create({
       model: "echo",
       user: "params",
@@ -308,6 +389,11 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
       ...({ top_k: 40 } as object),
     });
     expect(answer.choices[0]?.message.content).toBe("Echo: thanks");
+    // Tool calls and their results are not sent to the model: it answers with text only.
+    expect(asked.requests[0]?.context).toEqual([
+      { role: "developer", content: "be brief" },
+      { role: "user", content: "what is 6 × 7?" },
+    ]);
   });
 
   it.each([
@@ -510,6 +596,27 @@ describe("the OpenAI-compatible API with QUOTA_COST_MODE=tokens", () => {
     expect(used).toBeGreaterThan(5);
     expect((await quotaOf("t1")).used).toBe(used);
     expect(response.headers.get("ratelimit-remaining")).toBe(String(200 - used));
+  });
+
+  it("counts the context in the prompt's tokens: reserved, reported and charged", async () => {
+    await gateway({}, tokens);
+    const completion = await sdk().chat.completions.create({
+      ...conversation(
+        { role: "system", content: "You are terse." },
+        { role: "user", content: "first question" },
+        { role: "assistant", content: "first answer" },
+        { role: "user", content: "second   question" },
+      ),
+      user: "t3",
+    } as never);
+    const prompt = await countTokens(
+      "You are terse.\nfirst question\nfirst answer\nsecond question",
+    );
+    expect(completion.usage?.prompt_tokens).toBe(prompt);
+    expect(completion.usage?.total_tokens).toBe(
+      prompt + (await countTokens("Echo: second question")),
+    );
+    expect((await quotaOf("t3")).used).toBe(completion.usage?.total_tokens);
   });
 
   it("settles streamed chats too", async () => {

@@ -4,7 +4,7 @@ import { maxUserIdChars, userIdTooLong } from "../../lib/user-id.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
 import { cancelledOnClose } from "../client-gone.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "../quota.js";
-import { chatUsage } from "../quota-cost.js";
+import { chatUsage, promptOf } from "../quota-cost.js";
 import { relayReply, type StreamingChat, stallLimitOf } from "../reply-stream.js";
 import { isUserId } from "../request-guards.js";
 import { openSseStream, type SseStream, sseDataFrame } from "../sse.js";
@@ -66,12 +66,16 @@ function chatInputOf(
   const userId = user;
   const input = parseChatInput({ user_id: userId, text: request.text }, deps.maxTextChars);
   if ("status" in input) return openAiErrorFrom(input);
-  return { request, input: { ...input, maxTokens: request.maxTokens } };
+  return {
+    request,
+    input: { ...input, maxTokens: request.maxTokens, context: request.context },
+  };
 }
 
 /**
  * POST /v1/chat/completions: the last user message runs through Filter →
- * Token → LLM → History like a /chat, answered as OpenAI's `chat.completion`,
+ * Token → LLM → History like a /chat, the messages before it sent to the
+ * model with it, answered as OpenAI's `chat.completion`,
  * or with `stream: true` as `chat.completion.chunk` events and `[DONE]`.
  * Refusals before the reply starts are OpenAI error JSON with the contract's
  * statuses; a model failure after the stream started is an error event.
@@ -107,7 +111,8 @@ export async function handleChatCompletion(
     }
     if ("status" in chat) return sendOpenAiError(reply, openAiErrorFrom(chat));
     const head = completionHead(req.id, chat.model || request.model);
-    const usage = await chatUsage(chat.cleaned, chat.reply, chat.reportedUsage);
+    const prompt = promptOf(chat.cleaned, input.context);
+    const usage = await chatUsage(prompt, chat.reply, chat.reportedUsage);
     return completionBody(head, chat.reply, chat.finishReason, usage);
   }
 
@@ -173,7 +178,8 @@ async function streamCompletion(
   await send(completionChunk(done, {}, result.finishReason, request.includeUsage));
   const { cleaned } = chat.admitted;
   if (request.includeUsage) {
-    await send(usageChunk(done, await chatUsage(cleaned, result.reply, result.reportedUsage)));
+    const prompt = promptOf(cleaned, chat.input.context);
+    await send(usageChunk(done, await chatUsage(prompt, result.reply, result.reportedUsage)));
   }
   await notifyDone(deps, chat, result.reply);
   await send("[DONE]");

@@ -1,3 +1,5 @@
+import { Role } from "../../../gen/chat/v1/llm_pb.js";
+import type { ContextMessage } from "../chat.js";
 import { type Body, isRecord } from "./body.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import { unsupportedParameterError } from "./unsupported.js";
@@ -8,6 +10,12 @@ export interface CompletionRequest {
   readonly model: string;
   /** The last user message: the one text that goes through Filter → Token → LLM. */
   readonly text: string;
+  /**
+   * The messages before it that the model is sent (system and developer
+   * prompts, earlier turns), oldest first; tool results and assistant
+   * messages without content are not.
+   */
+  readonly context: ContextMessage[];
   readonly stream: boolean;
   /** stream_options.include_usage: end the stream with a usage chunk. */
   readonly includeUsage: boolean;
@@ -24,18 +32,53 @@ export interface CompletionRequest {
 
 const int32Max = 2 ** 31 - 1;
 
-/** The text of a message's content: a string, or text parts (joined by line breaks). */
-function textOf(content: unknown, param: string): string | OpenAiError {
+/**
+ * The text of a message's content: a string, or text parts (joined by line
+ * breaks); an assistant's refusal parts count as text.
+ */
+function textOf(content: unknown, param: string, refusals = false): string | OpenAiError {
   if (typeof content === "string") return content;
   if (!Array.isArray(content)) return invalidRequest(`${param} must be a string`, param);
   const texts: string[] = [];
   for (const part of content) {
-    if (!isRecord(part) || part.type !== "text" || typeof part.text !== "string") {
+    if (isRecord(part) && part.type === "text" && typeof part.text === "string") {
+      texts.push(part.text);
+    } else if (
+      refusals &&
+      isRecord(part) &&
+      part.type === "refusal" &&
+      typeof part.refusal === "string"
+    ) {
+      texts.push(part.refusal);
+    } else {
       return invalidRequest("only text content parts are supported", param);
     }
-    texts.push(part.text);
   }
   return texts.join("\n");
+}
+
+const contextRoles: Readonly<Record<string, Role>> = {
+  system: Role.SYSTEM,
+  developer: Role.DEVELOPER,
+  user: Role.USER,
+  assistant: Role.ASSISTANT,
+};
+
+/**
+ * The messages before the last user message as the model is sent them: the
+ * tools' (role `tool` or `function`) and the assistant's without content
+ * (tool calls: the gateway answers with text only) are left out.
+ */
+function contextOf(messages: readonly Body[]): ContextMessage[] | OpenAiError {
+  const context: ContextMessage[] = [];
+  for (const [i, { role, content }] of messages.entries()) {
+    const known = contextRoles[role as string];
+    if (known === undefined || content === undefined || content === null) continue;
+    const text = textOf(content, `messages[${i}].content`, known === Role.ASSISTANT);
+    if (isError(text)) return text;
+    context.push({ role: known, content: text });
+  }
+  return context;
 }
 
 function optionalBoolean(body: Body, name: string, param = name): boolean | OpenAiError {
@@ -128,10 +171,12 @@ function messageError(message: Body, i: number): OpenAiError | undefined {
 }
 
 /**
- * Checks a chat completions body. The chain answers one text, so only the
- * last message with role "user" is used: system prompts, earlier turns and
- * assistant messages are accepted and not sent on (nor filtered, charged or
- * kept). Without a user message, or with n other than 1, it is a 400.
+ * Checks a chat completions body. The last message with role "user" is the
+ * chat's text (cleaned, filtered, charged, answered and kept, as a /chat's);
+ * the messages before it are its context, sent to the model before it,
+ * checked by the filter and counted in the prompt, neither cleaned nor kept.
+ * Messages after it are not sent. Without a user message, or with n other
+ * than 1, it is a 400.
  * Sampling and tool parameters are checked, then ignored; those that ask
  * for what a text answer cannot give are a 400 (see unsupportedParameterError).
  */
@@ -155,6 +200,8 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   if (last === -1) return invalidRequest("messages must include a user message", "messages");
   const text = textOf(messages[last]?.content, `messages[${last}].content`);
   if (isError(text)) return text;
+  const context = contextOf((messages as Body[]).slice(0, last));
+  if (isError(context)) return context;
   if (user !== undefined && user !== null && typeof user !== "string") {
     return invalidRequest("user must be a string", "user");
   }
@@ -199,6 +246,7 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   return {
     model,
     text,
+    context,
     stream,
     includeUsage,
     user: typeof user === "string" && user !== "" ? user : undefined,

@@ -3,13 +3,7 @@ import type { Registry } from "prom-client";
 import { type ChatMessage, type LLMService, Role } from "../../../gen/chat/v1/llm_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields, traceOf } from "../../lib/trace.js";
-import type {
-  ContextMessage,
-  ContextRole,
-  LlmBackend,
-  LlmRequest,
-  LlmResult,
-} from "./backend.js";
+import type { ContextMessage, ContextRole, LlmBackend, LlmRequest, LlmResult } from "./backend.js";
 import { createLlmMetrics } from "./llm-metrics.js";
 
 export interface LlmServiceDeps {
