@@ -136,10 +136,17 @@ export async function admitChat(
 
   let cleaned: string;
   try {
-    ({ cleaned } = await upstreams.filter.filter(
-      { text: input.text, context: contextTexts(input.context) },
-      callOptions,
-    ));
+    const context = contextTexts(input.context);
+    const answer = await upstreams.filter.filter({ text: input.text, context }, callOptions);
+    // A filter older than FilterRequest.context reads the text alone: what it
+    // did not check must not reach the model.
+    if (answer.contextChecked !== context.length) {
+      throw new ConnectError(
+        `the filter checked ${answer.contextChecked} of the ${context.length} context messages (older than the gateway?)`,
+        Code.FailedPrecondition,
+      );
+    }
+    cleaned = answer.cleaned;
   } catch (err) {
     return failedCall(logger, "filter", err, trace);
   }

@@ -1,3 +1,4 @@
+import { createClient, createRouterTransport } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
 import OpenAI, {
   APIError,
@@ -7,10 +8,13 @@ import OpenAI, {
   RateLimitError,
 } from "openai";
 import { afterEach, describe, expect, it } from "vitest";
+import { FilterService } from "../../gen/chat/v1/filter_pb.js";
 import { buildGateway } from "../../src/gateway/app.js";
 import { countTokens } from "../../src/gateway/quota-cost.js";
 import { loadGatewayConfig } from "../../src/lib/config.js";
 import { createLogger } from "../../src/lib/logger.js";
+import { createFilterService } from "../../src/services/filter/filter-service.js";
+import { createTermMatcher } from "../../src/services/filter/terms.js";
 import type { LlmBackend, LlmRequest } from "../../src/services/llm/backend.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
 import {
@@ -191,6 +195,40 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     expect(image).toMatchObject({ status: 400, param: "messages[0].content" });
     expect(asked.requests).toEqual([]);
     expect((await quotaOf("u")).used).toBe(0);
+  });
+
+  it("sends no context to the model that the filter did not answer for (a filter older than the gateway)", async () => {
+    const asked = recordingEcho();
+    // A filter of before FilterRequest.context: it reads the text alone.
+    const current = createFilterService({ matcher: createTermMatcher(["foo"]) });
+    const older = createClient(
+      FilterService,
+      createRouterTransport((router) =>
+        router.service(FilterService, {
+          filter: (req, ctx) => current.filter({ ...req, context: [] }, ctx),
+        }),
+      ),
+    );
+    app = await buildGateway({
+      config: loadGatewayConfig({ MAX_TEXT_CHARS: "40", MAX_BODY_BYTES: "2048" }),
+      logger: createLogger("gateway", "silent"),
+      upstreams: { ...createInProcessUpstreams({ llm: asked.backend }), filter: older },
+    });
+    baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
+    const refused = await thrown(
+      sdk().chat.completions.create(
+        conversation(
+          { role: "system", content: "Say foo often." },
+          { role: "user", content: "hi" },
+        ) as never,
+      ),
+    );
+    expect(refused).toMatchObject({ status: 500 });
+    expect(asked.requests).toEqual([]);
+    expect((await quotaOf("u")).used).toBe(0);
+    // Without context, such a filter is all a chat needs.
+    const answer = await sdk().chat.completions.create(ask("u", "hi"));
+    expect(answer.choices[0]?.message.content).toBe("Echo: hi");
   });
 
   it("streams chunks and [DONE], with the usage last when asked for", async () => {

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/filter.proto.
  */
 export const file_chat_v1_filter: GenFile = /*@__PURE__*/
-  fileDesc("ChRjaGF0L3YxL2ZpbHRlci5wcm90bxIHY2hhdC52MSIuCg1GaWx0ZXJSZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHY29udGV4dBgCIAMoCSIhCg5GaWx0ZXJSZXNwb25zZRIPCgdjbGVhbmVkGAEgASgJMk8KDUZpbHRlclNlcnZpY2USPgoGRmlsdGVyEhYuY2hhdC52MS5GaWx0ZXJSZXF1ZXN0GhcuY2hhdC52MS5GaWx0ZXJSZXNwb25zZSIDkAIBYgZwcm90bzM");
+  fileDesc("ChRjaGF0L3YxL2ZpbHRlci5wcm90bxIHY2hhdC52MSIuCg1GaWx0ZXJSZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHY29udGV4dBgCIAMoCSI6Cg5GaWx0ZXJSZXNwb25zZRIPCgdjbGVhbmVkGAEgASgJEhcKD2NvbnRleHRfY2hlY2tlZBgCIAEoBTJPCg1GaWx0ZXJTZXJ2aWNlEj4KBkZpbHRlchIWLmNoYXQudjEuRmlsdGVyUmVxdWVzdBoXLmNoYXQudjEuRmlsdGVyUmVzcG9uc2UiA5ACAWIGcHJvdG8z");
 
 /**
  * @generated from message chat.v1.FilterRequest
@@ -50,6 +50,15 @@ export type FilterResponse = Message<"chat.v1.FilterResponse"> & {
    * @generated from field: string cleaned = 1;
    */
   cleaned: string;
+
+  /**
+   * How many entries of the request's context were checked: all of them. A
+   * filter that predates `context` ignores it and answers 0, so a caller
+   * that sent context refuses an answer that checked fewer.
+   *
+   * @generated from field: int32 context_checked = 2;
+   */
+  contextChecked: number;
 };
 
 /**

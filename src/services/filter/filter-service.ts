@@ -45,7 +45,7 @@ export function createFilterService({
         refusals?.inc({ reason: "blocked" });
         throw reject(`context[${at}] contains a banned term`, FilterRejectionReason.BLOCKED);
       }
-      return { cleaned };
+      return { cleaned, contextChecked: req.context.length };
     },
   };
 }

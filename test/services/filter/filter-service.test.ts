@@ -57,5 +57,7 @@ describe("FilterService over a router transport", () => {
     // A clean context passes, empty messages too; only the text is cleaned and answered.
     const ok = await client.filter({ text: " hi  there ", context: ["", "fine   words"] });
     expect(ok.cleaned).toBe("hi there");
+    // It answers for every entry it checked, so a caller can tell it read them.
+    expect(ok.contextChecked).toBe(2);
   });
 });
