@@ -170,7 +170,7 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     ]);
   });
 
-  it("refuses a banned term anywhere in the context as in the text, and parts it cannot send", async () => {
+  it("refuses a banned term anywhere in the context as in the text, charging nothing", async () => {
     const asked = recordingEcho();
     await gateway({ llm: asked.backend });
     const blocked = await thrown(
@@ -183,18 +183,33 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     );
     expect(blocked).toBeInstanceOf(BadRequestError);
     expect(blocked).toMatchObject({ status: 400, code: "content_filter" });
-    const image = await thrown(
-      sdk().chat.completions.create(
-        conversation(
-          { role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }] },
-          { role: "assistant", content: "a picture" },
-          { role: "user", content: "and now?" },
-        ) as never,
-      ),
-    );
-    expect(image).toMatchObject({ status: 400, param: "messages[0].content" });
     expect(asked.requests).toEqual([]);
     expect((await quotaOf("u")).used).toBe(0);
+  });
+
+  it("sends the text of earlier turns with images, leaving the images out; an image in the text is a 400", async () => {
+    const asked = recordingEcho();
+    await gateway({ llm: asked.backend });
+    const image = { type: "image_url", image_url: { url: "data:," } };
+    const answer = await sdk().chat.completions.create(
+      conversation(
+        { role: "user", content: [image] },
+        { role: "assistant", content: "a picture" },
+        { role: "user", content: [{ type: "text", text: "and this?" }, image] },
+        { role: "assistant", content: "another" },
+        { role: "user", content: "thanks" },
+      ) as never,
+    );
+    expect(answer.choices[0]?.message.content).toBe("Echo: thanks");
+    expect(asked.requests[0]?.context).toEqual([
+      { role: "assistant", content: "a picture" },
+      { role: "user", content: "and this?" },
+      { role: "assistant", content: "another" },
+    ]);
+    const last = await thrown(
+      sdk().chat.completions.create(conversation({ role: "user", content: [image] }) as never),
+    );
+    expect(last).toMatchObject({ status: 400, param: "messages[0].content" });
   });
 
   it("sends no context to the model that the filter did not answer for (a filter older than the gateway)", async () => {

@@ -32,29 +32,36 @@ export interface CompletionRequest {
 
 const int32Max = 2 ** 31 - 1;
 
-/**
- * The text of a message's content: a string, or text parts (joined by line
- * breaks); an assistant's refusal parts count as text.
- */
-function textOf(content: unknown, param: string, refusals = false): string | OpenAiError {
+/** The text of a message's content: a string, or text parts (joined by line breaks). */
+function textOf(content: unknown, param: string): string | OpenAiError {
   if (typeof content === "string") return content;
   if (!Array.isArray(content)) return invalidRequest(`${param} must be a string`, param);
   const texts: string[] = [];
   for (const part of content) {
-    if (isRecord(part) && part.type === "text" && typeof part.text === "string") {
-      texts.push(part.text);
-    } else if (
-      refusals &&
-      isRecord(part) &&
-      part.type === "refusal" &&
-      typeof part.refusal === "string"
-    ) {
-      texts.push(part.refusal);
-    } else {
+    if (!isRecord(part) || part.type !== "text" || typeof part.text !== "string") {
       return invalidRequest("only text content parts are supported", param);
     }
+    texts.push(part.text);
   }
   return texts.join("\n");
+}
+
+/**
+ * The text of an earlier message's content as the model is sent it: a
+ * string, or its text parts (an assistant's refusal parts too) joined by
+ * line breaks; other parts (images, audio, files) are left out, and a
+ * message with no text part at all is not sent (undefined).
+ */
+function contextTextOf(content: unknown): string | undefined {
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) return undefined;
+  const texts: string[] = [];
+  for (const part of content) {
+    if (!isRecord(part)) continue;
+    if (part.type === "text" && typeof part.text === "string") texts.push(part.text);
+    if (part.type === "refusal" && typeof part.refusal === "string") texts.push(part.refusal);
+  }
+  return texts.length === 0 ? undefined : texts.join("\n");
 }
 
 const contextRoles: Readonly<Record<string, Role>> = {
@@ -66,17 +73,15 @@ const contextRoles: Readonly<Record<string, Role>> = {
 
 /**
  * The messages before the last user message as the model is sent them: the
- * tools' (role `tool` or `function`) and the assistant's without content
- * (tool calls: the gateway answers with text only) are left out.
+ * tools' (role `tool` or `function`) and those without text (an assistant's
+ * tool calls, an image alone: the chain carries text only) are left out.
  */
-function contextOf(messages: readonly Body[]): ContextMessage[] | OpenAiError {
+function contextOf(messages: readonly Body[]): ContextMessage[] {
   const context: ContextMessage[] = [];
-  for (const [i, { role, content }] of messages.entries()) {
+  for (const { role, content } of messages) {
     const known = contextRoles[role as string];
-    if (known === undefined || content === undefined || content === null) continue;
-    const text = textOf(content, `messages[${i}].content`, known === Role.ASSISTANT);
-    if (isError(text)) return text;
-    context.push({ role: known, content: text });
+    const text = contextTextOf(content);
+    if (known !== undefined && text !== undefined) context.push({ role: known, content: text });
   }
   return context;
 }
@@ -201,7 +206,6 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   const text = textOf(messages[last]?.content, `messages[${last}].content`);
   if (isError(text)) return text;
   const context = contextOf((messages as Body[]).slice(0, last));
-  if (isError(context)) return context;
   if (user !== undefined && user !== null && typeof user !== "string") {
     return invalidRequest("user must be a string", "user");
   }

@@ -3,7 +3,7 @@ import OpenAI, { APIError } from "openai";
 import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
-import type { LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
+import type { ContextMessage, LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
 import { defaultMaxReplyBytes } from "./llm-service.js";
 import {
   AnswerTooLargeError,
@@ -139,6 +139,19 @@ function fetchWithin(maxBytes: number): typeof fetch {
   };
 }
 
+/**
+ * The context as the model server is sent it. A developer message goes as a
+ * system message: OpenAI takes the two alike (the newer models read a
+ * system message as the developer's), while vLLM's and Ollama's chat
+ * templates know only `system` and refuse `developer` (400).
+ */
+function messagesOf(context: readonly ContextMessage[] | undefined) {
+  return (context ?? []).map(({ role, content }) => ({
+    role: role === "developer" ? ("system" as const) : role,
+    content,
+  }));
+}
+
 /** A token count as the usage message carries it (int32); undefined for anything else. */
 const tokenCount = (value: unknown): number | undefined =>
   typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 2_147_483_647
@@ -239,7 +252,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   let tokensParam: "max_tokens" | "max_completion_tokens" = "max_tokens";
   const body = (request: LlmRequest) => ({
     model,
-    messages: [...(request.context ?? []), { role: "user" as const, content: request.text }],
+    messages: [...messagesOf(request.context), { role: "user" as const, content: request.text }],
     ...(request.maxTokens !== undefined && { [tokensParam]: request.maxTokens }),
   });
   /** Makes a call; asks once more with max_completion_tokens if the server refuses max_tokens. */

@@ -103,7 +103,8 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
       { role: "system", content: "Answer in French." },
       { role: "user", content: "My name is Ada." },
       { role: "assistant", content: "Bonjour Ada." },
-      { role: "developer", content: "Be brief." },
+      // As system: vLLM's and Ollama's templates refuse developer, OpenAI takes both alike.
+      { role: "system", content: "Be brief." },
       { role: "user", content: "What is my name?" },
     ];
     const seen = double.requests.length;
