@@ -3,6 +3,7 @@ import type { FastifyError } from "fastify";
 import {
   FilterRejectionReason,
   FilterRejectionSchema,
+  PromptTooLongSchema,
   QuotaExceededSchema,
 } from "../../gen/chat/v1/errors_pb.js";
 import { httpStatusFromCode } from "../lib/http-status.js";
@@ -37,6 +38,10 @@ export function httpErrorFromRpc(stage: Stage, err: unknown): HttpError {
     const [rejection] = cause.findDetails(FilterRejectionSchema);
     if (rejection?.reason === FilterRejectionReason.EMPTY) return badRequest("text is required");
     return badRequest("text blocked by filter");
+  }
+  // The model's context cannot take the prompt: the request must be shorter.
+  if (stage === "llm" && cause.findDetails(PromptTooLongSchema).length > 0) {
+    return badRequest("text too long");
   }
   if (stage === "token" && cause.code === Code.ResourceExhausted) {
     const [quota] = cause.findDetails(QuotaExceededSchema);

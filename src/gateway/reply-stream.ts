@@ -10,6 +10,7 @@ import {
   refund,
   settle,
 } from "./chat.js";
+import type { HttpError } from "./errors.js";
 import { type ChatUsage, chatUsage, promptOf } from "./quota-cost.js";
 
 /** How a streamed reply ended. */
@@ -24,7 +25,12 @@ export type RelayOutcome =
       /** What is left of the quota once the charge was settled (tokens mode). */
       readonly remaining: number | undefined;
     }
-  | { readonly outcome: "llm failed" | "client gone" | "client too slow" };
+  | {
+      readonly outcome: "llm failed";
+      /** How the failure is answered before the reply starts (500 `llm failed`, or 400 `text too long`). */
+      readonly error: HttpError;
+    }
+  | { readonly outcome: "client gone" | "client too slow" };
 
 /** A chat admitted and about to be answered in pieces. */
 export interface StreamingChat {
@@ -122,9 +128,9 @@ export async function relayReply(
     // model's end is not its failure.
     tooSlow ||= deadline?.heldByClient === true;
     if (!tooSlow) {
-      failedCall(deps.logger, "llm", err, deps.trace);
+      const error = failedCall(deps.logger, "llm", err, deps.trace);
       await refund(deps, input.userId, requestId);
-      return { outcome: "llm failed" };
+      return { outcome: "llm failed", error };
     }
   } finally {
     call.unlink();

@@ -145,7 +145,8 @@ async function streamReply(
   if (result.outcome === "client too slow") sse.cutOff();
   if (result.outcome === "llm failed") {
     // The charge was given back: the quota headers seen before are stale.
-    if (!sse.answerInstead(500, { error: "llm failed" }, rateLimitHeaderNames)) {
+    const { status, body } = result.error;
+    if (!sse.answerInstead(status, body, rateLimitHeaderNames)) {
       await sse.send("error", { error: "llm failed" });
       sse.end();
     }

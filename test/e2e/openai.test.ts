@@ -154,6 +154,23 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
     expect((await quotaOf("e7")).used).toBe(15);
   });
 
+  it("answers a prompt over the model's context 400 context_length_exceeded, unary and streamed, refunded", async () => {
+    const unary = await thrown(sdk().chat.completions.create(ask("e8", "too long")));
+    expect(unary).toBeInstanceOf(BadRequestError);
+    expect(unary).toMatchObject({ status: 400, code: "context_length_exceeded" });
+    const streamed = await thrown(
+      sdk().chat.completions.create({ ...ask("e8", "too long vllm"), stream: true }),
+    );
+    expect(streamed).toMatchObject({ status: 400, code: "context_length_exceeded" });
+    const chat = await fetch(`${stack.gatewayUrl}/chat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: "e8", text: "too long" }),
+    });
+    expect([chat.status, await chat.json()]).toEqual([400, { error: "text too long" }]);
+    expect((await quotaOf("e8")).used).toBe(0);
+  });
+
   it("refuses blocked text before the model server, and a spent quota with 429", async () => {
     const seen = double.requests.length;
     expect(await thrown(sdk().chat.completions.create(ask("e3", "has foo in it")))).toBeInstanceOf(

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/errors.proto.
  */
 export const file_chat_v1_errors: GenFile = /*@__PURE__*/
-  fileDesc("ChRjaGF0L3YxL2Vycm9ycy5wcm90bxIHY2hhdC52MSJBCg9GaWx0ZXJSZWplY3Rpb24SLgoGcmVhc29uGAEgASgOMh4uY2hhdC52MS5GaWx0ZXJSZWplY3Rpb25SZWFzb24ibwoNUXVvdGFFeGNlZWRlZBIRCglyZW1haW5pbmcYASABKAMSDQoFbGltaXQYAiABKAMSDAoEY29zdBgDIAEoAxIuCgpyZXNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIRCg9RdW90YU5vdENoYXJnZWQqiAEKFUZpbHRlclJlamVjdGlvblJlYXNvbhInCiNGSUxURVJfUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiMKH0ZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX0JMT0NLRUQQARIhCh1GSUxURVJfUkVKRUNUSU9OX1JFQVNPTl9FTVBUWRACYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChRjaGF0L3YxL2Vycm9ycy5wcm90bxIHY2hhdC52MSJBCg9GaWx0ZXJSZWplY3Rpb24SLgoGcmVhc29uGAEgASgOMh4uY2hhdC52MS5GaWx0ZXJSZWplY3Rpb25SZWFzb24ibwoNUXVvdGFFeGNlZWRlZBIRCglyZW1haW5pbmcYASABKAMSDQoFbGltaXQYAiABKAMSDAoEY29zdBgDIAEoAxIuCgpyZXNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIRCg9RdW90YU5vdENoYXJnZWQiDwoNUHJvbXB0VG9vTG9uZyqIAQoVRmlsdGVyUmVqZWN0aW9uUmVhc29uEicKI0ZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofRklMVEVSX1JFSkVDVElPTl9SRUFTT05fQkxPQ0tFRBABEiEKHUZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX0VNUFRZEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Attached to INVALID_ARGUMENT from FilterService.Filter.
@@ -92,6 +92,23 @@ export type QuotaNotCharged = Message<"chat.v1.QuotaNotCharged"> & {
  */
 export const QuotaNotChargedSchema: GenMessage<QuotaNotCharged> = /*@__PURE__*/
   messageDesc(file_chat_v1_errors, 2);
+
+/**
+ * Attached to INVALID_ARGUMENT from LLMService when the model server refused
+ * the prompt (the text with its context) as longer than the model's context
+ * window: the request, not the service, must change (fewer earlier turns).
+ *
+ * @generated from message chat.v1.PromptTooLong
+ */
+export type PromptTooLong = Message<"chat.v1.PromptTooLong"> & {
+};
+
+/**
+ * Describes the message chat.v1.PromptTooLong.
+ * Use `create(PromptTooLongSchema)` to create a new message.
+ */
+export const PromptTooLongSchema: GenMessage<PromptTooLong> = /*@__PURE__*/
+  messageDesc(file_chat_v1_errors, 3);
 
 /**
  * Why FilterService refused a text.

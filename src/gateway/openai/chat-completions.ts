@@ -165,12 +165,14 @@ async function streamCompletion(
   );
   if (result.outcome === "client too slow") sse.cutOff();
   if (result.outcome === "llm failed") {
-    const failed = openAiErrorFrom({ status: 500, body: { error: "llm failed" } });
+    const failed = openAiErrorFrom(result.error);
     // The charge was given back: the quota headers seen before are stale.
     if (!sse.answerInstead(failed.status, failed.body, rateLimitHeaderNames)) {
       await send(failed.body);
       sse.end();
     }
+    // Counted by its words, as a unary chat's failure is.
+    return result.error.body.error;
   }
   if (result.outcome !== "ok") return result.outcome;
 

@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
+import { PromptTooLongSchema } from "../../../gen/chat/v1/errors_pb.js";
 import { causesOf } from "../../lib/causes.js";
 
 /** What a failed model call is judged by besides the error itself. */
@@ -166,12 +167,28 @@ export function isBrokenConnection(err: unknown): boolean {
 }
 
 /**
+ * Whether a model server's 400 says the prompt does not fit the model's
+ * context: OpenAI's code `context_length_exceeded`, llama.cpp server's type
+ * `exceed_context_size_error`, vLLM's words ("This model's maximum context
+ * length is …").
+ */
+function isContextOverflow(err: APIError): boolean {
+  return (
+    err.code === "context_length_exceeded" ||
+    err.type === "exceed_context_size_error" ||
+    /maximum context length/i.test(err.message)
+  );
+}
+
+/**
  * Turns a failed call to the model server into the gRPC error the LLM
  * service returns. The caller's own cancellation or deadline keeps its code;
  * our timeout is DEADLINE_EXCEEDED; what may pass on a retry (connection
  * failures, 429, 5xx, an error in the middle of a stream) is UNAVAILABLE;
- * a refused key, a missing model or a wrong URL (401, 403, 404) and any
- * other 4xx are FAILED_PRECONDITION: the request was valid here, and the
+ * a prompt longer than the model's context is INVALID_ARGUMENT with a
+ * PromptTooLong detail (the caller's to shorten); a refused key, a missing
+ * model or a wrong URL (401, 403, 404) and any other 4xx are
+ * FAILED_PRECONDITION: the request was valid here, and the
  * model server as configured (its key, model, limits) cannot take it, so the
  * gateway answers 500 `llm failed` as for any failing service, not 400 as
  * if the caller's request were wrong. Messages never carry the server's
@@ -222,6 +239,14 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
     }
     if (status === 429 || status >= 500) {
       return new ConnectError(`model server answered ${status}`, Code.Unavailable);
+    }
+    if (status === 400 && isContextOverflow(err)) {
+      return new ConnectError(
+        "model server refused the prompt as longer than the model's context",
+        Code.InvalidArgument,
+        undefined,
+        [{ desc: PromptTooLongSchema, value: {} }],
+      );
     }
     if (status === 401 || status === 403 || status === 404) {
       return new ConnectError(

@@ -2,6 +2,7 @@ import { Writable } from "node:stream";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PromptTooLongSchema } from "../../../gen/chat/v1/errors_pb.js";
 import { LLMService, Role } from "../../../gen/chat/v1/llm_pb.js";
 import { createLlmService } from "../../../src/services/llm/llm-service.js";
 import { createOpenAiBackend } from "../../../src/services/llm/openai-backend.js";
@@ -138,6 +139,26 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
       "context[0].role must be set",
     ]);
     expect(double.requests.length).toBe(seen);
+  });
+
+  it("refuses a prompt over the model's context as INVALID_ARGUMENT with a PromptTooLong detail", async () => {
+    const { client } = llm();
+    for (const text of ["too long", "too long vllm"]) {
+      const unary = await failure(client.generate({ text }));
+      const streamed = await failure(drain(client.generateStream({ text })));
+      for (const err of [unary, streamed]) {
+        expect([err.code, err.findDetails(PromptTooLongSchema).length], text).toEqual([
+          Code.InvalidArgument,
+          1,
+        ]);
+      }
+    }
+    // Any other 400 stays the model server's to fix.
+    const other = await failure(client.generate({ text: "status 400" }));
+    expect([other.code, other.findDetails(PromptTooLongSchema).length]).toEqual([
+      Code.FailedPrecondition,
+      0,
+    ]);
   });
 
   it("sends no Authorization header without a key (local servers)", async () => {
