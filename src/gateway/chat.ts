@@ -19,6 +19,17 @@ export interface ContextMessage {
   readonly content: string;
 }
 
+/** Sampling parameters for the model (the OpenAI API's), each unset unless asked for. */
+export interface ChatSampling {
+  readonly temperature?: number | undefined;
+  readonly topP?: number | undefined;
+  readonly stop: string[];
+  readonly seed?: bigint | undefined;
+  readonly presencePenalty?: number | undefined;
+  readonly frequencyPenalty?: number | undefined;
+  readonly reasoningEffort?: string | undefined;
+}
+
 /** A valid chat request. */
 export interface ChatInput {
   readonly userId: string;
@@ -29,6 +40,8 @@ export interface ChatInput {
    * None when absent (/chat).
    */
   readonly context?: readonly ContextMessage[] | undefined;
+  /** Passed on to the model; none when absent (/chat). */
+  readonly sampling?: ChatSampling | undefined;
   /** Most tokens the reply may have (the OpenAI API's max_tokens); the LLM service's cap when absent. */
   readonly maxTokens?: number | undefined;
 }
@@ -210,6 +223,7 @@ export async function completeChat(
         userId: input.userId,
         maxTokens: input.maxTokens ?? 0,
         context: contextOf(input.context),
+        sampling: input.sampling,
       },
       traceCallOptions(deps.trace, deps.clientGone),
     );

@@ -90,6 +90,7 @@ export async function relayReply(
           userId: input.userId,
           maxTokens: input.maxTokens ?? 0,
           context: contextOf(input.context),
+          sampling: input.sampling,
         },
         {
           signal: call.signal,

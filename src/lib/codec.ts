@@ -91,6 +91,8 @@ const INT64 = 3;
 const MESSAGE = 4;
 const MESSAGE_LIST = 5;
 const STRING_LIST = 6;
+/** A message field of a type with no plan: protobuf-es writes and reads that message alone. */
+const OPAQUE = 7;
 
 const VARINT = 0;
 const LENGTH_DELIMITED = 2;
@@ -107,6 +109,8 @@ interface FieldPlan {
   readonly strictUtf8: boolean;
   /** For message fields. */
   readonly plan: Plan | undefined;
+  /** For an OPAQUE field: its message type. */
+  readonly message: DescMessage | undefined;
   /** The oneof the field is a case of: its value is `message[oneof]`, `{ case, value }`. */
   readonly oneof: string | undefined;
 }
@@ -139,12 +143,15 @@ function planFor(desc: DescMessage, seen: Map<DescMessage, Plan>): Plan | undefi
   const plan: Plan = { desc, fields, byNumber, zero: () => ({}) };
   seen.set(desc, plan);
   for (const field of desc.fields) {
-    const kind = kindOf(field);
+    let kind = kindOf(field);
     if (kind === undefined || field.number > 1024) return undefined;
     let nested: Plan | undefined;
-    if (kind === MESSAGE || kind === MESSAGE_LIST) {
-      nested = planFor((field as DescField & { message: DescMessage }).message, seen);
-      if (nested === undefined) return undefined;
+    const message = kind >= MESSAGE ? (field as { message?: DescMessage }).message : undefined;
+    if (message !== undefined) {
+      nested = planFor(message, seen);
+      // A single message of another kind (floats, say) costs only where it is set.
+      if (nested === undefined && kind === MESSAGE && field.oneof === undefined) kind = OPAQUE;
+      else if (nested === undefined) return undefined;
     }
     const wire = kind === STRING || kind >= MESSAGE ? LENGTH_DELIMITED : VARINT;
     const fieldPlan: FieldPlan = {
@@ -153,6 +160,7 @@ function planFor(desc: DescMessage, seen: Map<DescMessage, Plan>): Plan | undefi
       tag: ((field.number << 3) | wire) >>> 0,
       strictUtf8: (kind === STRING || kind === STRING_LIST) && field.utf8Validation,
       plan: nested,
+      message: kind === OPAQUE ? message : undefined,
       oneof: field.oneof?.localName,
     };
     fields.push(fieldPlan);
@@ -280,6 +288,18 @@ function readMessage(plan: Plan, end: number, depth: number): Record<string, unk
       case STRING_LIST:
         (message[field.name] as unknown[]).push(readString(end, field.strictUtf8));
         break;
+      case OPAQUE: {
+        if (message[field.name] !== undefined) throw bail;
+        const stop = readLength(end);
+        try {
+          message[field.name] = fromBinary(field.message as DescMessage, input.subarray(at, stop));
+        } catch {
+          // protobuf-es reads the whole message again, and throws what it throws.
+          throw bail;
+        }
+        at = stop;
+        break;
+      }
       default: {
         const stop = readLength(end);
         (message[field.name] as unknown[]).push(readMessage(field.plan as Plan, stop, depth + 1));
@@ -461,6 +481,24 @@ function writeMessage(plan: Plan, message: Record<string, unknown>): void {
         writeTag(field.tag);
         writeDelimited(field.plan as Plan, value as Record<string, unknown>);
         break;
+      case OPAQUE: {
+        if (value === undefined) break;
+        const desc = field.message as DescMessage;
+        if ((value as Message | null)?.$typeName !== desc.typeName) throw bail;
+        let bytes: Uint8Array;
+        try {
+          bytes = toBinary(desc, value as Message);
+        } catch {
+          // protobuf-es writes the whole message again, and throws what it throws.
+          throw bail;
+        }
+        writeTag(field.tag);
+        writeVarint(bytes.byteLength);
+        room(bytes.byteLength);
+        output.set(bytes, end);
+        end += bytes.byteLength;
+        break;
+      }
       case STRING_LIST:
         if (!Array.isArray(value)) throw bail;
         // Each item is written, an empty one too.

@@ -124,12 +124,16 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
         { role: "assistant", content: "Hi Ada." },
         { role: "user", content: "Who   am I?" },
       ],
+      temperature: 0.3,
+      stop: "END",
+      seed: 5,
     });
     expect(completion.choices[0]?.message.content).toBe("Reply to: Who am I?");
     // The test double counts the words of every message: 2 + 3 + 2 + 3, and 5 of reply.
     expect(completion.usage).toEqual({ prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 });
     expect((await quotaOf("e7")).used).toBe(15);
-    // The context as it was sent, the text cleaned.
+    // The sampling parameters as asked; the context as it was sent, the text cleaned.
+    expect(double.requests[seen]?.body).toMatchObject({ temperature: 0.3, stop: ["END"], seed: 5 });
     expect(double.requests.slice(seen).map((r) => r.body.messages)).toEqual([
       [
         { role: "system", content: "Be  brief." },

@@ -442,6 +442,14 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
       ...({ top_k: 40 } as object),
     });
     expect(answer.choices[0]?.message.content).toBe("Echo: thanks");
+    // The sampling parameters go to the model; the tools' do not.
+    expect(asked.requests[0]?.sampling).toEqual({
+      temperature: 0.2,
+      topP: 1,
+      stop: ["\n\n"],
+      seed: 7,
+      presencePenalty: -1,
+    });
     // Tool calls and their results are not sent to the model: it answers with text only.
     expect(asked.requests[0]?.context).toEqual([
       { role: "developer", content: "be brief" },

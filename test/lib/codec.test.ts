@@ -25,6 +25,7 @@ import {
   GenerateRequestSchema,
   GenerateResponseSchema,
   GenerateStreamRequestSchema,
+  SamplingSchema,
   TokenUsageSchema,
 } from "../../gen/chat/v1/llm_pb.js";
 import {
@@ -63,6 +64,8 @@ function scalar(field: DescField & { fieldKind: "scalar" }): fc.Arbitrary<unknow
       return fc.oneof(fc.nat(1_000), fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }));
     case ScalarType.INT64:
       return int64;
+    case ScalarType.DOUBLE:
+      return fc.oneof(fc.constantFrom(0, -0, 0.7), fc.double());
     default:
       throw new Error(`no arbitrary for ${field.toString()}`);
   }
@@ -140,6 +143,8 @@ describe("compiled protobuf codec", () => {
     // Oneofs and enums too (lists of strings: FilterRequest); well-known wrappers are left to protobuf-es.
     expect(isCompiled(HistoryServiceAppendBatchResultSchema)).toBe(true);
     expect(isCompiled(FilterRejectionSchema)).toBe(true);
+    // A message of doubles and optional fields is protobuf-es's, inside a compiled one.
+    expect(isCompiled(SamplingSchema)).toBe(false);
     expect(isCompiled(StringValueSchema)).toBe(false);
   });
 

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/llm.proto.
  */
 export const file_chat_v1_llm: GenFile = /*@__PURE__*/
-  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSJrCg9HZW5lcmF0ZVJlcXVlc3QSDAoEdGV4dBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhIKCm1heF90b2tlbnMYAyABKAUSJQoHY29udGV4dBgEIAMoCzIULmNoYXQudjEuQ2hhdE1lc3NhZ2UiOwoLQ2hhdE1lc3NhZ2USGwoEcm9sZRgBIAEoDjINLmNoYXQudjEuUm9sZRIPCgdjb250ZW50GAIgASgJIlQKClRva2VuVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBRIUCgx0b3RhbF90b2tlbnMYAyABKAUiawoQR2VuZXJhdGVSZXNwb25zZRINCgVyZXBseRgBIAEoCRIiCgV1c2FnZRgCIAEoCzITLmNoYXQudjEuVG9rZW5Vc2FnZRINCgVtb2RlbBgDIAEoCRIVCg1maW5pc2hfcmVhc29uGAQgASgJInEKFUdlbmVyYXRlU3RyZWFtUmVxdWVzdBIMCgR0ZXh0GAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKbWF4X3Rva2VucxgDIAEoBRIlCgdjb250ZXh0GAQgAygLMhQuY2hhdC52MS5DaGF0TWVzc2FnZSJxChZHZW5lcmF0ZVN0cmVhbVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkiEwoRTGlzdE1vZGVsc1JlcXVlc3QiEwoFTW9kZWwSCgoCaWQYASABKAkiNAoSTGlzdE1vZGVsc1Jlc3BvbnNlEh4KBm1vZGVscxgBIAMoCzIOLmNoYXQudjEuTW9kZWwqZAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARISCg5ST0xFX0RFVkVMT1BFUhACEg0KCVJPTEVfVVNFUhADEhIKDlJPTEVfQVNTSVNUQU5UEAQy6QEKCkxMTVNlcnZpY2USPwoIR2VuZXJhdGUSGC5jaGF0LnYxLkdlbmVyYXRlUmVxdWVzdBoZLmNoYXQudjEuR2VuZXJhdGVSZXNwb25zZRJTCg5HZW5lcmF0ZVN0cmVhbRIeLmNoYXQudjEuR2VuZXJhdGVTdHJlYW1SZXF1ZXN0Gh8uY2hhdC52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlMAESRQoKTGlzdE1vZGVscxIaLmNoYXQudjEuTGlzdE1vZGVsc1JlcXVlc3QaGy5jaGF0LnYxLkxpc3RNb2RlbHNSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSKQAQoPR2VuZXJhdGVSZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgptYXhfdG9rZW5zGAMgASgFEiUKB2NvbnRleHQYBCADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEiMKCHNhbXBsaW5nGAUgASgLMhEuY2hhdC52MS5TYW1wbGluZyKaAgoIU2FtcGxpbmcSGAoLdGVtcGVyYXR1cmUYASABKAFIAIgBARISCgV0b3BfcBgCIAEoAUgBiAEBEgwKBHN0b3AYAyADKAkSEQoEc2VlZBgEIAEoA0gCiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYBSABKAFIA4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgGIAEoAUgEiAEBEh0KEHJlYXNvbmluZ19lZmZvcnQYByABKAlIBYgBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUITChFfcmVhc29uaW5nX2VmZm9ydCI7CgtDaGF0TWVzc2FnZRIbCgRyb2xlGAEgASgOMg0uY2hhdC52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkiVAoKVG9rZW5Vc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSJrChBHZW5lcmF0ZVJlc3BvbnNlEg0KBXJlcGx5GAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkilgEKFUdlbmVyYXRlU3RyZWFtUmVxdWVzdBIMCgR0ZXh0GAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKbWF4X3Rva2VucxgDIAEoBRIlCgdjb250ZXh0GAQgAygLMhQuY2hhdC52MS5DaGF0TWVzc2FnZRIjCghzYW1wbGluZxgFIAEoCzIRLmNoYXQudjEuU2FtcGxpbmcicQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRINCgVkZWx0YRgBIAEoCRIiCgV1c2FnZRgCIAEoCzITLmNoYXQudjEuVG9rZW5Vc2FnZRINCgVtb2RlbBgDIAEoCRIVCg1maW5pc2hfcmVhc29uGAQgASgJIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IhMKBU1vZGVsEgoKAmlkGAEgASgJIjQKEkxpc3RNb2RlbHNSZXNwb25zZRIeCgZtb2RlbHMYASADKAsyDi5jaGF0LnYxLk1vZGVsKmQKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfU1lTVEVNEAESEgoOUk9MRV9ERVZFTE9QRVIQAhINCglST0xFX1VTRVIQAxISCg5ST0xFX0FTU0lTVEFOVBAEMukBCgpMTE1TZXJ2aWNlEj8KCEdlbmVyYXRlEhguY2hhdC52MS5HZW5lcmF0ZVJlcXVlc3QaGS5jaGF0LnYxLkdlbmVyYXRlUmVzcG9uc2USUwoOR2VuZXJhdGVTdHJlYW0SHi5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVxdWVzdBofLmNoYXQudjEuR2VuZXJhdGVTdHJlYW1SZXNwb25zZTABEkUKCkxpc3RNb2RlbHMSGi5jaGF0LnYxLkxpc3RNb2RlbHNSZXF1ZXN0GhsuY2hhdC52MS5MaXN0TW9kZWxzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message chat.v1.GenerateRequest
@@ -46,6 +46,13 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
    * @generated from field: repeated chat.v1.ChatMessage context = 4;
    */
   context: ChatMessage[];
+
+  /**
+   * How the model picks its words; unset, the model server's defaults.
+   *
+   * @generated from field: chat.v1.Sampling sampling = 5;
+   */
+  sampling?: Sampling | undefined;
 };
 
 /**
@@ -54,6 +61,71 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
   messageDesc(file_chat_v1_llm, 0);
+
+/**
+ * The sampling parameters of the OpenAI chat completions API, passed on to
+ * an OpenAI-compatible model server (the echo stub has no use for them). A
+ * field left unset is not sent: the model server's default applies.
+ *
+ * @generated from message chat.v1.Sampling
+ */
+export type Sampling = Message<"chat.v1.Sampling"> & {
+  /**
+   * 0 to 2: higher is more random.
+   *
+   * @generated from field: optional double temperature = 1;
+   */
+  temperature?: number | undefined;
+
+  /**
+   * 0 to 1: nucleus sampling, the probability mass taken.
+   *
+   * @generated from field: optional double top_p = 2;
+   */
+  topP?: number | undefined;
+
+  /**
+   * Up to 4 sequences where the model stops.
+   *
+   * @generated from field: repeated string stop = 3;
+   */
+  stop: string[];
+
+  /**
+   * For repeatable sampling, where the model server supports it.
+   *
+   * @generated from field: optional int64 seed = 4;
+   */
+  seed?: bigint | undefined;
+
+  /**
+   * -2 to 2: positive values favour new topics.
+   *
+   * @generated from field: optional double presence_penalty = 5;
+   */
+  presencePenalty?: number | undefined;
+
+  /**
+   * -2 to 2: positive values discourage repeated words.
+   *
+   * @generated from field: optional double frequency_penalty = 6;
+   */
+  frequencyPenalty?: number | undefined;
+
+  /**
+   * How hard a reasoning model thinks ("minimal", "low", "medium", "high").
+   *
+   * @generated from field: optional string reasoning_effort = 7;
+   */
+  reasoningEffort?: string | undefined;
+};
+
+/**
+ * Describes the message chat.v1.Sampling.
+ * Use `create(SamplingSchema)` to create a new message.
+ */
+export const SamplingSchema: GenMessage<Sampling> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 1);
 
 /**
  * One message of a conversation.
@@ -81,7 +153,7 @@ export type ChatMessage = Message<"chat.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 1);
+  messageDesc(file_chat_v1_llm, 2);
 
 /**
  * Tokens a model call used, as the model server counted them.
@@ -116,7 +188,7 @@ export type TokenUsage = Message<"chat.v1.TokenUsage"> & {
  * Use `create(TokenUsageSchema)` to create a new message.
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 2);
+  messageDesc(file_chat_v1_llm, 3);
 
 /**
  * @generated from message chat.v1.GenerateResponse
@@ -157,7 +229,7 @@ export type GenerateResponse = Message<"chat.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 3);
+  messageDesc(file_chat_v1_llm, 4);
 
 /**
  * @generated from message chat.v1.GenerateStreamRequest
@@ -190,6 +262,13 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
    * @generated from field: repeated chat.v1.ChatMessage context = 4;
    */
   context: ChatMessage[];
+
+  /**
+   * As in GenerateRequest.
+   *
+   * @generated from field: chat.v1.Sampling sampling = 5;
+   */
+  sampling?: Sampling | undefined;
 };
 
 /**
@@ -197,7 +276,7 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
  * Use `create(GenerateStreamRequestSchema)` to create a new message.
  */
 export const GenerateStreamRequestSchema: GenMessage<GenerateStreamRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 4);
+  messageDesc(file_chat_v1_llm, 5);
 
 /**
  * @generated from message chat.v1.GenerateStreamResponse
@@ -237,7 +316,7 @@ export type GenerateStreamResponse = Message<"chat.v1.GenerateStreamResponse"> &
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 5);
+  messageDesc(file_chat_v1_llm, 6);
 
 /**
  * @generated from message chat.v1.ListModelsRequest
@@ -250,7 +329,7 @@ export type ListModelsRequest = Message<"chat.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 6);
+  messageDesc(file_chat_v1_llm, 7);
 
 /**
  * A model the service answers with.
@@ -272,7 +351,7 @@ export type Model = Message<"chat.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 7);
+  messageDesc(file_chat_v1_llm, 8);
 
 /**
  * @generated from message chat.v1.ListModelsResponse
@@ -289,7 +368,7 @@ export type ListModelsResponse = Message<"chat.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 8);
+  messageDesc(file_chat_v1_llm, 9);
 
 /**
  * The author of a message, as the OpenAI chat completions API names them.

@@ -68,7 +68,12 @@ function chatInputOf(
   if ("status" in input) return openAiErrorFrom(input);
   return {
     request,
-    input: { ...input, maxTokens: request.maxTokens, context: request.context },
+    input: {
+      ...input,
+      maxTokens: request.maxTokens,
+      context: request.context,
+      sampling: request.sampling,
+    },
   };
 }
 

@@ -1,5 +1,5 @@
 import { Role } from "../../../gen/chat/v1/llm_pb.js";
-import type { ContextMessage } from "../chat.js";
+import type { ChatSampling, ContextMessage } from "../chat.js";
 import { type Body, isRecord } from "./body.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import { unsupportedParameterError } from "./unsupported.js";
@@ -16,6 +16,8 @@ export interface CompletionRequest {
    * messages without content are not.
    */
   readonly context: ContextMessage[];
+  /** The sampling parameters asked for, passed on to the model; none when absent. */
+  readonly sampling: ChatSampling | undefined;
   readonly stream: boolean;
   /** stream_options.include_usage: end the stream with a usage chunk. */
   readonly includeUsage: boolean;
@@ -151,6 +153,29 @@ const ignoredParameters: readonly [string, (value: unknown) => boolean, string][
   ["prompt_cache_key", isString, "a string"],
 ];
 
+/**
+ * The sampling parameters asked for (checked already), as the LLM service
+ * takes them; undefined when none was.
+ */
+function samplingOf(body: Body): ChatSampling | undefined {
+  const given = (name: string) => (body[name] === null ? undefined : body[name]);
+  const stop = given("stop") as string | string[] | undefined;
+  const seed = given("seed") as number | undefined;
+  const sampling: ChatSampling = {
+    temperature: given("temperature") as number | undefined,
+    topP: given("top_p") as number | undefined,
+    stop: stop === undefined ? [] : typeof stop === "string" ? [stop] : stop,
+    seed: seed === undefined ? undefined : BigInt(seed),
+    presencePenalty: given("presence_penalty") as number | undefined,
+    frequencyPenalty: given("frequency_penalty") as number | undefined,
+    reasoningEffort: given("reasoning_effort") as string | undefined,
+  };
+  const none = Object.values(sampling).every(
+    (value) => value === undefined || (Array.isArray(value) && value.length === 0),
+  );
+  return none ? undefined : sampling;
+}
+
 const roles = ["system", "developer", "user", "assistant", "tool", "function"];
 
 /** A message's role and content as OpenAI checks them; undefined when they pass. */
@@ -251,6 +276,7 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
     model,
     text,
     context,
+    sampling: samplingOf(body),
     stream,
     includeUsage,
     user: typeof user === "string" && user !== "" ? user : undefined,

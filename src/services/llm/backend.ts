@@ -9,11 +9,27 @@ export interface ContextMessage {
   readonly content: string;
 }
 
+/**
+ * How the model picks its words: the OpenAI API's sampling parameters, each
+ * absent unless asked for (the model server's default applies).
+ */
+export interface LlmSampling {
+  readonly temperature?: number;
+  readonly topP?: number;
+  readonly stop?: readonly string[];
+  readonly seed?: number;
+  readonly presencePenalty?: number;
+  readonly frequencyPenalty?: number;
+  readonly reasoningEffort?: string;
+}
+
 /** What a model is asked. */
 export interface LlmRequest {
   readonly text: string;
   /** The conversation before `text`, oldest first (system prompts, earlier turns); none when absent. */
   readonly context?: readonly ContextMessage[];
+  /** Sampling parameters asked for; none when absent. */
+  readonly sampling?: LlmSampling | undefined;
   readonly userId: string;
   /** Most tokens the reply may have; undefined leaves it to the backend. */
   readonly maxTokens?: number | undefined;

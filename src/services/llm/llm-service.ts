@@ -1,9 +1,21 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
-import { type ChatMessage, type LLMService, Role } from "../../../gen/chat/v1/llm_pb.js";
+import {
+  type ChatMessage,
+  type LLMService,
+  Role,
+  type Sampling,
+} from "../../../gen/chat/v1/llm_pb.js";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields, traceOf } from "../../lib/trace.js";
-import type { ContextMessage, ContextRole, LlmBackend, LlmRequest, LlmResult } from "./backend.js";
+import type {
+  ContextMessage,
+  ContextRole,
+  LlmBackend,
+  LlmRequest,
+  LlmResult,
+  LlmSampling,
+} from "./backend.js";
 import { createLlmMetrics } from "./llm-metrics.js";
 
 export interface LlmServiceDeps {
@@ -48,6 +60,21 @@ const roleNames: Partial<Record<Role, ContextRole>> = {
   [Role.USER]: "user",
   [Role.ASSISTANT]: "assistant",
 };
+
+/** The sampling parameters that were set, as backends take them. */
+function samplingOf(sampling: Sampling): LlmSampling {
+  const { temperature, topP, stop, seed, presencePenalty, frequencyPenalty, reasoningEffort } =
+    sampling;
+  return {
+    ...(temperature !== undefined && { temperature }),
+    ...(topP !== undefined && { topP }),
+    ...(stop.length > 0 && { stop }),
+    ...(seed !== undefined && { seed: Number(seed) }),
+    ...(presencePenalty !== undefined && { presencePenalty }),
+    ...(frequencyPenalty !== undefined && { frequencyPenalty }),
+    ...(reasoningEffort !== undefined && { reasoningEffort }),
+  };
+}
 
 /** A message of the context as backends take it; INVALID_ARGUMENT without a known role. */
 function contextMessage(message: ChatMessage, i: number): ContextMessage {
@@ -120,7 +147,13 @@ export function createLlmService({
       "reply cut at LLM_MAX_REPLY_BYTES",
     );
   const request = (
-    req: { text: string; userId: string; maxTokens: number; context: ChatMessage[] },
+    req: {
+      text: string;
+      userId: string;
+      maxTokens: number;
+      context: ChatMessage[];
+      sampling?: Sampling | undefined;
+    },
     ctx: HandlerContext,
   ): LlmRequest => {
     requireText(req.text);
@@ -132,6 +165,7 @@ export function createLlmService({
     return {
       text: req.text,
       context: req.context.length === 0 ? noContext : req.context.map(contextMessage),
+      sampling: req.sampling === undefined ? undefined : samplingOf(req.sampling),
       userId: req.userId,
       maxTokens,
       trace: traceOf(ctx),

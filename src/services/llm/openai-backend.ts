@@ -3,7 +3,7 @@ import OpenAI, { APIError } from "openai";
 import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
-import type { ContextMessage, LlmBackend, LlmRequest, LlmUsage } from "./backend.js";
+import type { ContextMessage, LlmBackend, LlmRequest, LlmSampling, LlmUsage } from "./backend.js";
 import { defaultMaxReplyBytes } from "./llm-service.js";
 import {
   AnswerTooLargeError,
@@ -152,6 +152,26 @@ function messagesOf(context: readonly ContextMessage[] | undefined) {
   }));
 }
 
+/** The OpenAI API's names of the sampling parameters, by LlmSampling's. */
+const samplingNameOf = {
+  temperature: "temperature",
+  topP: "top_p",
+  stop: "stop",
+  seed: "seed",
+  presencePenalty: "presence_penalty",
+  frequencyPenalty: "frequency_penalty",
+  reasoningEffort: "reasoning_effort",
+} as const satisfies Record<keyof LlmSampling, string>;
+const samplingNames: ReadonlySet<string> = new Set(Object.values(samplingNameOf));
+
+/** The sampling parameters asked for, by their OpenAI API names. */
+function samplingParams(sampling: LlmSampling | undefined): [string, unknown][] {
+  if (sampling === undefined) return [];
+  return Object.entries(sampling)
+    .filter(([, value]) => value !== undefined)
+    .map(([name, value]) => [samplingNameOf[name as keyof LlmSampling], value]);
+}
+
 /** A token count as the usage message carries it (int32); undefined for anything else. */
 const tokenCount = (value: unknown): number | undefined =>
   typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 2_147_483_647
@@ -250,24 +270,31 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   // max_completion_tokens; vLLM, Ollama and llama.cpp take max_tokens. The
   // first refusal switches this backend to the other name for good.
   let tokensParam: "max_tokens" | "max_completion_tokens" = "max_tokens";
-  const body = (request: LlmRequest) => ({
-    model,
-    messages: [...messagesOf(request.context), { role: "user" as const, content: request.text }],
-    ...(request.maxTokens !== undefined && { [tokensParam]: request.maxTokens }),
-  });
-  /** Makes a call; asks once more with max_completion_tokens if the server refuses max_tokens. */
-  const withTokensParam = async <T>(make: () => Promise<T>): Promise<T> => {
-    const sent = tokensParam;
-    try {
-      return await make();
-    } catch (err) {
-      // Only the parameter's name refused, not its value (too large, say).
-      const refused =
-        err instanceof APIError &&
-        err.status === 400 &&
-        err.param === "max_tokens" &&
-        err.code === "unsupported_parameter";
-      if (!refused || sent !== "max_tokens") throw err;
+  // Sampling parameters the model refuses (OpenAI's reasoning models refuse
+  // temperature and top_p other than their default, and stop) are left out
+  // from the first refusal on, as a model server that ignores them would.
+  const refused = new Set<string>();
+  const body = (request: LlmRequest) => {
+    const sampling: Record<string, unknown> = {};
+    for (const [name, value] of samplingParams(request.sampling)) {
+      if (!refused.has(name)) sampling[name] = value;
+    }
+    return {
+      model,
+      messages: [...messagesOf(request.context), { role: "user" as const, content: request.text }],
+      ...(request.maxTokens !== undefined && { [tokensParam]: request.maxTokens }),
+      ...sampling,
+    };
+  };
+  /** Whether the call is worth making again after `err`, having changed what is sent. */
+  const adaptTo = (err: unknown, sent: Record<string, unknown>): boolean => {
+    if (!(err instanceof APIError) || err.status !== 400 || typeof err.param !== "string") {
+      return false;
+    }
+    const param = err.param;
+    if (!(param in sent)) return false;
+    // Only the parameter refused, not its value (too large, say).
+    if (param === "max_tokens" && err.code === "unsupported_parameter") {
       if (tokensParam === "max_tokens") {
         tokensParam = "max_completion_tokens";
         logger?.info(
@@ -275,7 +302,28 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
           "the model server refuses max_tokens: sending max_completion_tokens",
         );
       }
-      return make();
+      return true;
+    }
+    const unsupported = err.code === "unsupported_parameter" || err.code === "unsupported_value";
+    if (!unsupported || !samplingNames.has(param)) return false;
+    if (!refused.has(param)) {
+      refused.add(param);
+      logger?.info({ model, param }, `the model server refuses ${param}: not sending it`);
+    }
+    return true;
+  };
+  /** Makes a call, again (a few times at most) after each refusal adaptTo answers. */
+  const adapting = async <T>(
+    request: LlmRequest,
+    make: (sent: ReturnType<typeof body>) => Promise<T>,
+  ): Promise<T> => {
+    for (let attempt = 1; ; attempt++) {
+      const sent = body(request);
+      try {
+        return await make(sent);
+      } catch (err) {
+        if (attempt > samplingNames.size || !adaptTo(err, sent)) throw err;
+      }
     }
   };
 
@@ -307,8 +355,8 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     async generate(request, caller) {
       const call = deadline(caller.signal, request);
       try {
-        const res = await withTokensParam(() =>
-          client.chat.completions.create(body(request), { signal: call.signal }),
+        const res = await adapting(request, (sent) =>
+          client.chat.completions.create(sent, { signal: call.signal }),
         );
         const choice = res.choices?.[0];
         if (choice === undefined) throw new NoChoiceError("no choice in the answer");
@@ -330,10 +378,10 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       let finishReason: string | undefined;
       try {
         const chunks = await withStreamOptions((askUsage) =>
-          withTokensParam(() =>
+          adapting(request, (sent) =>
             client.chat.completions.create(
               {
-                ...body(request),
+                ...sent,
                 stream: true,
                 ...(askUsage && { stream_options: { include_usage: true } }),
               },

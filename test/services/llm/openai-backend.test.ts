@@ -278,6 +278,66 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(logs()).toContain("max_completion_tokens");
   });
 
+  it("passes the sampling parameters asked for on, and none that was not", async () => {
+    const { client } = llm();
+    const seen = double.requests.length;
+    const sampling = {
+      temperature: 0,
+      topP: 0.5,
+      stop: ["\n\n", "END"],
+      seed: 42n,
+      presencePenalty: -1.5,
+      frequencyPenalty: 2,
+      reasoningEffort: "low",
+    };
+    await client.generate({ text: "hi", sampling });
+    await drain(client.generateStream({ text: "hi", sampling: { temperature: 1.25 } }));
+    await client.generate({ text: "hi" });
+    const [unary, streamed, none] = double.requests.slice(seen).map((r) => r.body);
+    expect(unary).toMatchObject({
+      temperature: 0,
+      top_p: 0.5,
+      stop: ["\n\n", "END"],
+      seed: 42,
+      presence_penalty: -1.5,
+      frequency_penalty: 2,
+      reasoning_effort: "low",
+    });
+    expect(streamed).toMatchObject({ temperature: 1.25 });
+    expect(Object.keys(streamed ?? {}).sort()).toEqual([
+      "max_tokens",
+      "messages",
+      "model",
+      "stream",
+      "stream_options",
+      "temperature",
+    ]);
+    expect(Object.keys(none ?? {}).sort()).toEqual(["max_tokens", "messages", "model"]);
+  });
+
+  it("leaves out a sampling parameter the model refuses, from then on (OpenAI's reasoning models)", async () => {
+    const { client, logs } = llm({ model: "o-double-reasoning" });
+    const seen = double.requests.length;
+    const sampling = { temperature: 0.2, topP: 1, stop: ["END"] };
+    expect((await client.generate({ text: "first", sampling })).reply).toBe("Reply to: first");
+    expect(await drain(client.generateStream({ text: "second", sampling }))).toBe(
+      "Reply to: second",
+    );
+    const sent = double.requests
+      .slice(seen)
+      .map(({ body: { temperature, top_p, stop } }) => ({ temperature, top_p, stop }));
+    // Refused: max_tokens, then temperature, then stop; top_p 1 is taken.
+    expect(sent).toEqual([
+      { temperature: 0.2, top_p: 1, stop: ["END"] },
+      { temperature: 0.2, top_p: 1, stop: ["END"] },
+      { temperature: undefined, top_p: 1, stop: ["END"] },
+      { temperature: undefined, top_p: 1, stop: undefined },
+      { temperature: undefined, top_p: 1, stop: undefined },
+    ]);
+    expect(logs()).toContain("the model server refuses temperature: not sending it");
+    expect(logs()).toContain("the model server refuses stop: not sending it");
+  });
+
   it("streams from a server that refuses stream_options, asking without it from then on", async () => {
     const { client, logs } = llm({ model: "old-double-no-stream-options" });
     const seen = double.requests.length;
