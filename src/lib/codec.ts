@@ -234,17 +234,21 @@ function kindOf(field: DescField): number | undefined {
 
 const noInput: Buffer = Buffer.alloc(0);
 let input = noInput;
+/** The bytes as given: what protobuf-es reads an OPAQUE field from (its unknown fields are views of them). */
+let given: Uint8Array = noInput;
 let at = 0;
 
 function decodeMessage<T extends Message>(plan: Plan, bytes: Uint8Array): T {
   input = Buffer.isBuffer(bytes)
     ? bytes
     : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  given = bytes;
   at = 0;
   try {
     return readMessage(plan, input.length, 1) as T;
   } finally {
     input = noInput;
+    given = noInput;
   }
 }
 
@@ -292,7 +296,7 @@ function readMessage(plan: Plan, end: number, depth: number): Record<string, unk
         if (message[field.name] !== undefined) throw bail;
         const stop = readLength(end);
         try {
-          message[field.name] = fromBinary(field.message as DescMessage, input.subarray(at, stop));
+          message[field.name] = fromBinary(field.message as DescMessage, given.subarray(at, stop));
         } catch {
           // protobuf-es reads the whole message again, and throws what it throws.
           throw bail;

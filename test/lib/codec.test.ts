@@ -277,6 +277,25 @@ describe("compiled protobuf codec", () => {
     expect(Buffer.from(codec.encode(decoded))).toEqual(bytes);
   });
 
+  it("reads a message protobuf-es reads inside a compiled one as fromBinary does, unknown fields included", () => {
+    const codec = codecFor(GenerateRequestSchema);
+    // Sampling with its field 9, a varint 5, unknown.
+    const sampling = Buffer.concat([
+      toBinary(SamplingSchema, create(SamplingSchema, { temperature: 0.5 })),
+      Buffer.from([0x48, 0x05]),
+    ]);
+    const bytes = new Uint8Array(
+      Buffer.concat([
+        toBinary(GenerateRequestSchema, create(GenerateRequestSchema, { text: "hi" })),
+        Buffer.from([0x2a, sampling.length]),
+        sampling,
+      ]),
+    );
+    const decoded = codec.decode(bytes);
+    expect(decoded).toStrictEqual(fromBinary(GenerateRequestSchema, bytes));
+    expect(Buffer.from(codec.encode(decoded))).toEqual(Buffer.from(bytes));
+  });
+
   it("throws what toBinary throws for a value of the wrong type or message", () => {
     const codec = codecFor(CheckAndIncRequestSchema);
     const good = create(CheckAndIncRequestSchema, { userId: "u1", cost: 5n });
