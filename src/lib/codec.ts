@@ -30,7 +30,7 @@ export interface Codec<T extends Message = Message> {
 export function codecFor<T extends Message>(desc: DescMessage): Codec<T> {
   let codec = codecs.get(desc);
   if (codec === undefined) {
-    const plan = planFor(desc, new Map());
+    const plan = planOf(desc);
     codec = plan === undefined ? reflective(desc) : compiled(plan);
     codecs.set(desc, codec);
   }
@@ -134,10 +134,40 @@ interface Plan {
 /** Thrown inside the plan's reader and writer: protobuf-es takes over. */
 const bail = new Error("not covered by the compiled codec");
 
-function planFor(desc: DescMessage, seen: Map<DescMessage, Plan>): Plan | undefined {
+/**
+ * The plan of `desc`, or undefined. A type found to have no plan was seen
+ * half-planned until then (by a field of its own, or by a field of another
+ * type it holds, or a second field of it): planning starts again knowing it,
+ * so that no plan kept holds one left half-made.
+ */
+function planOf(desc: DescMessage): Plan | undefined {
+  const unplanned = new Set<DescMessage>();
+  for (;;) {
+    const known = unplanned.size;
+    const plan = planFor(desc, new Map(), unplanned);
+    if (unplanned.size === known) return plan;
+  }
+}
+
+function planFor(
+  desc: DescMessage,
+  seen: Map<DescMessage, Plan>,
+  unplanned: Set<DescMessage>,
+): Plan | undefined {
   const known = seen.get(desc);
   if (known !== undefined) return known;
+  if (unplanned.has(desc)) return undefined;
   if (isWrapperDesc(desc)) return undefined;
+  const plan = planFields(desc, seen, unplanned);
+  if (plan === undefined) unplanned.add(desc);
+  return plan;
+}
+
+function planFields(
+  desc: DescMessage,
+  seen: Map<DescMessage, Plan>,
+  unplanned: Set<DescMessage>,
+): Plan | undefined {
   const fields: FieldPlan[] = [];
   const byNumber: (FieldPlan | undefined)[] = [];
   const plan: Plan = { desc, fields, byNumber, zero: () => ({}) };
@@ -148,7 +178,7 @@ function planFor(desc: DescMessage, seen: Map<DescMessage, Plan>): Plan | undefi
     let nested: Plan | undefined;
     const message = kind >= MESSAGE ? (field as { message?: DescMessage }).message : undefined;
     if (message !== undefined) {
-      nested = planFor(message, seen);
+      nested = planFor(message, seen, unplanned);
       // A single message of another kind (floats, say) costs only where it is set.
       if (nested === undefined && kind === MESSAGE && field.oneof === undefined) kind = OPAQUE;
       else if (nested === undefined) return undefined;

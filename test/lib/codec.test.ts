@@ -1,5 +1,6 @@
 import {
   create,
+  createFileRegistry,
   type DescField,
   type DescMessage,
   fromBinary,
@@ -7,7 +8,13 @@ import {
   ScalarType,
   toBinary,
 } from "@bufbuild/protobuf";
-import { StringValueSchema, TimestampSchema } from "@bufbuild/protobuf/wkt";
+import {
+  FieldDescriptorProto_Label,
+  FieldDescriptorProto_Type,
+  FileDescriptorProtoSchema,
+  StringValueSchema,
+  TimestampSchema,
+} from "@bufbuild/protobuf/wkt";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { FilterRejectionSchema, file_chat_v1_errors } from "../../gen/chat/v1/errors_pb.js";
@@ -294,6 +301,50 @@ describe("compiled protobuf codec", () => {
     const decoded = codec.decode(bytes);
     expect(decoded).toStrictEqual(fromBinary(GenerateRequestSchema, bytes));
     expect(Buffer.from(codec.encode(decoded))).toEqual(Buffer.from(bytes));
+  });
+
+  it("writes and reads every field of a type protobuf-es reads, however often it is met", () => {
+    const field = (name: string, number: number, type: string) => ({
+      name,
+      number,
+      jsonName: name,
+      label: FieldDescriptorProto_Label.OPTIONAL,
+      ...(type === "double"
+        ? { type: FieldDescriptorProto_Type.DOUBLE }
+        : { type: FieldDescriptorProto_Type.MESSAGE, typeName: `.t.${type}` }),
+    });
+    const registry = createFileRegistry(
+      create(FileDescriptorProtoSchema, {
+        name: "t.proto",
+        package: "t",
+        syntax: "proto3",
+        messageType: [
+          // Two fields of one type with doubles.
+          { name: "Pair", field: [field("a", 1, "Weights"), field("b", 2, "Weights")] },
+          { name: "Weights", field: [field("x", 1, "double")] },
+          // A type with doubles held by a type it holds, and held beside it.
+          { name: "Outer", field: [field("a", 1, "Loop"), field("c", 2, "Inner")] },
+          { name: "Loop", field: [field("c", 1, "Inner"), field("x", 2, "double")] },
+          { name: "Inner", field: [field("a", 1, "Loop")] },
+        ],
+      }),
+      () => undefined,
+    );
+    const cases: [string, object][] = [
+      ["t.Pair", { a: { x: 1 }, b: { x: 2 } }],
+      ["t.Outer", { a: { x: 1 }, c: { a: { x: 2, c: { a: { x: 3 } } } } }],
+    ];
+    for (const [name, init] of cases) {
+      const schema = registry.getMessage(name) as DescMessage;
+      const codec = codecFor(schema);
+      expect(isCompiled(schema), name).toBe(true);
+      const m = create(schema, init as never);
+      const bytes = toBinary(schema, m);
+      expect(Buffer.from(codec.encode(m)).toString("hex"), name).toBe(
+        Buffer.from(bytes).toString("hex"),
+      );
+      expect(codec.decode(bytes), name).toStrictEqual(fromBinary(schema, bytes));
+    }
   });
 
   it("throws what toBinary throws for a value of the wrong type or message", () => {
