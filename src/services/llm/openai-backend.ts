@@ -172,6 +172,9 @@ function samplingParams(sampling: LlmSampling | undefined): [string, unknown][] 
     .map(([name, value]) => [samplingNameOf[name as keyof LlmSampling], value]);
 }
 
+/** Most values of sampling parameters a backend remembers as refused (each caller may pick others). */
+const maxRefusedValues = 256;
+
 /** A token count as the usage message carries it (int32); undefined for anything else. */
 const tokenCount = (value: unknown): number | undefined =>
   typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 2_147_483_647
@@ -271,13 +274,20 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   // first refusal switches this backend to the other name for good.
   let tokensParam: "max_tokens" | "max_completion_tokens" = "max_tokens";
   // Sampling parameters the model refuses (OpenAI's reasoning models refuse
-  // temperature and top_p other than their default, and stop) are left out
-  // from the first refusal on, as a model server that ignores them would.
+  // stop) are left out from the first refusal on, as a model server that
+  // ignores them would. A value refused (temperature and top_p other than
+  // their default; a reasoning_effort the model has not) is left out, that
+  // value alone: another caller's value of the parameter may be one the
+  // model takes. Some values are remembered, not all: callers pick them.
   const refused = new Set<string>();
-  const body = (request: LlmRequest) => {
+  const refusedValues = new Set<string>();
+  const valueKey = (name: string, value: unknown) => `${name}=${JSON.stringify(value)}`;
+  const body = (request: LlmRequest, dropped?: ReadonlySet<string>) => {
     const sampling: Record<string, unknown> = {};
     for (const [name, value] of samplingParams(request.sampling)) {
-      if (!refused.has(name)) sampling[name] = value;
+      if (refused.has(name) || dropped?.has(name)) continue;
+      if (refusedValues.size > 0 && refusedValues.has(valueKey(name, value))) continue;
+      sampling[name] = value;
     }
     return {
       model,
@@ -287,7 +297,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     };
   };
   /** Whether the call is worth making again after `err`, having changed what is sent. */
-  const adaptTo = (err: unknown, sent: Record<string, unknown>): boolean => {
+  const adaptTo = (err: unknown, sent: Record<string, unknown>, dropped: Set<string>): boolean => {
     if (!(err instanceof APIError) || err.status !== 400 || typeof err.param !== "string") {
       return false;
     }
@@ -304,8 +314,20 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       }
       return true;
     }
-    const unsupported = err.code === "unsupported_parameter" || err.code === "unsupported_value";
-    if (!unsupported || !samplingNames.has(param)) return false;
+    if (!samplingNames.has(param)) return false;
+    if (err.code === "unsupported_value") {
+      dropped.add(param);
+      const key = valueKey(param, sent[param]);
+      if (!refusedValues.has(key) && refusedValues.size < maxRefusedValues) {
+        refusedValues.add(key);
+        logger?.info(
+          { model, param, value: sent[param] },
+          `the model server refuses ${param}: not sending it`,
+        );
+      }
+      return true;
+    }
+    if (err.code !== "unsupported_parameter") return false;
     if (!refused.has(param)) {
       refused.add(param);
       logger?.info({ model, param }, `the model server refuses ${param}: not sending it`);
@@ -317,12 +339,14 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
     request: LlmRequest,
     make: (sent: ReturnType<typeof body>) => Promise<T>,
   ): Promise<T> => {
+    // What this call leaves out, whether or not later calls do.
+    const dropped = new Set<string>();
     for (let attempt = 1; ; attempt++) {
-      const sent = body(request);
+      const sent = body(request, dropped);
       try {
         return await make(sent);
       } catch (err) {
-        if (attempt > samplingNames.size || !adaptTo(err, sent)) throw err;
+        if (attempt > samplingNames.size || !adaptTo(err, sent, dropped)) throw err;
       }
     }
   };

@@ -338,6 +338,22 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(logs()).toContain("the model server refuses stop: not sending it");
   });
 
+  it("leaves out a value the model refuses, not the parameter's other values", async () => {
+    const { client } = llm({ model: "o-double-reasoning" });
+    const seen = double.requests.length;
+    const answer = async (reasoningEffort: string) =>
+      (await client.generate({ text: reasoningEffort, sampling: { reasoningEffort } })).reply;
+    expect(await answer("minimal")).toBe("Reply to: minimal");
+    expect(await answer("high")).toBe("Reply to: high");
+    expect(await answer("minimal")).toBe("Reply to: minimal");
+    const sent = double.requests
+      .slice(seen)
+      .filter(({ body }) => body.max_completion_tokens !== undefined)
+      .map(({ body }) => body.reasoning_effort);
+    // One user's value the model refuses leaves the others' as they are.
+    expect(sent).toEqual(["minimal", undefined, "high", undefined]);
+  });
+
   it("streams from a server that refuses stream_options, asking without it from then on", async () => {
     const { client, logs } = llm({ model: "old-double-no-stream-options" });
     const seen = double.requests.length;
