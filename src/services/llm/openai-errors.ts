@@ -170,14 +170,31 @@ export function isBrokenConnection(err: unknown): boolean {
  * Whether a model server's 400 says the prompt does not fit the model's
  * context: OpenAI's code `context_length_exceeded`, llama.cpp server's type
  * `exceed_context_size_error`, vLLM's words ("This model's maximum context
- * length is …").
+ * length is …"). Not when its words say the room asked for the reply
+ * (max_tokens) fills the context alone: no prompt would fit then
+ * (LLM_MAX_TOKENS over the server's context, say), and the server as
+ * configured is at fault, not the prompt.
  */
 function isContextOverflow(err: APIError): boolean {
-  return (
+  const overflow =
     err.code === "context_length_exceeded" ||
     err.type === "exceed_context_size_error" ||
-    /maximum context length/i.test(err.message)
-  );
+    /maximum context length/i.test(err.message);
+  return overflow && !completionFillsContext(err.message);
+}
+
+/**
+ * Whether a context overflow's message says the completion's tokens alone
+ * reach the context length: vLLM's "'max_tokens' or 'max_completion_tokens'
+ * is too large: N. This model's maximum context length is L tokens …", or
+ * its (and OpenAI's former) "… maximum context length is L tokens. However,
+ * you requested T tokens (P in the messages, N in the completion)".
+ */
+function completionFillsContext(message: string): boolean {
+  const context = /maximum context length is (\d+)/i.exec(message)?.[1];
+  const completion = (/is too large: (\d+)/i.exec(message) ??
+    /(\d+) in the completion/i.exec(message))?.[1];
+  return context !== undefined && completion !== undefined && Number(completion) >= Number(context);
 }
 
 /**

@@ -153,12 +153,33 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
         ]);
       }
     }
+    // The prompt and the reply's room (max_tokens) together over the context (vLLM's words).
+    const overflow = await failure(client.generate({ text: "context 2000" }));
+    expect([overflow.code, overflow.findDetails(PromptTooLongSchema).length]).toEqual([
+      Code.InvalidArgument,
+      1,
+    ]);
     // Any other 400 stays the model server's to fix.
     const other = await failure(client.generate({ text: "status 400" }));
     expect([other.code, other.findDetails(PromptTooLongSchema).length]).toEqual([
       Code.FailedPrecondition,
       0,
     ]);
+  });
+
+  it("fails a call whose max_tokens alone passes the model's context as the server's to fix, not the prompt's", async () => {
+    // LLM_MAX_TOKENS over the model server's context (vLLM's --max-model-len):
+    // no prompt, however short, fits; shortening it is no help.
+    const { client } = llm({ maxTokens: 4096 });
+    for (const err of [
+      await failure(client.generate({ text: "context 5" })),
+      await failure(drain(client.generateStream({ text: "context 5" }))),
+    ]) {
+      expect([err.code, err.findDetails(PromptTooLongSchema).length]).toEqual([
+        Code.FailedPrecondition,
+        0,
+      ]);
+    }
   });
 
   it("sends no Authorization header without a key (local servers)", async () => {
