@@ -13,7 +13,7 @@ import type { HttpError } from "./errors.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "./quota.js";
 import type { CostPolicy } from "./quota-cost.js";
 import type { Refunder } from "./refunder.js";
-import { type RelayOutcome, relayReply, type StreamingChat, stallLimitOf } from "./reply-stream.js";
+import { relayReply, type StreamingChat, stallLimitOf } from "./reply-stream.js";
 import { openSseStream, type SseStream } from "./sse.js";
 import type { Upstreams } from "./upstreams.js";
 
@@ -65,7 +65,8 @@ const isHttpError = (value: object): value is HttpError => "status" in value;
  * with `meta`, one or more `delta`, and `done` (or `error` when the model
  * fails, the charge then given back). A model that fails before its first
  * piece (and before the first keep-alive comment) is answered as /chat
- * answers it, 500 `llm failed`. A client that goes
+ * answers it (500 `llm failed`; 400 `text too long` for a prompt over the
+ * model's context). A client that goes
  * away cancels the model call; the one charge already taken stays.
  */
 export function registerChatStream(app: FastifyInstance, deps: ChatStreamDeps): void {
@@ -130,7 +131,7 @@ async function streamReply(
   input: ChatInput,
   admitted: AdmittedChat,
   requestId: string,
-): Promise<RelayOutcome["outcome"]> {
+): Promise<string> {
   const { sse } = deps;
   let started = false;
   const delta = async (text: string) => {
@@ -146,10 +147,10 @@ async function streamReply(
   if (result.outcome === "llm failed") {
     // The charge was given back: the quota headers seen before are stale.
     const { status, body } = result.error;
-    if (!sse.answerInstead(status, body, rateLimitHeaderNames)) {
-      await sse.send("error", { error: "llm failed" });
-      sse.end();
-    }
+    // Counted by its words, as /chat's failure is (400 text too long, 500 llm failed).
+    if (sse.answerInstead(status, body, rateLimitHeaderNames)) return body.error;
+    await sse.send("error", { error: "llm failed" });
+    sse.end();
   }
   if (result.outcome !== "ok") return result.outcome;
   // The contract has one delta or more before done: an empty reply is one empty delta.

@@ -1,6 +1,8 @@
 import { connect } from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
+import { PromptTooLongSchema } from "../../gen/chat/v1/errors_pb.js";
 import { buildGateway } from "../../src/gateway/app.js";
 import { countTokens } from "../../src/gateway/quota-cost.js";
 import type { StreamedChat } from "../../src/gateway/stream.js";
@@ -135,6 +137,29 @@ describe("gateway POST /chat/stream over in-process services", () => {
       { error: "quota exceeded", remaining: -50 },
     ]);
     expect(res.headers.get("ratelimit-remaining")).toBe("0");
+  });
+
+  it("answers a prompt over the model's context as /chat does: 400 text too long, counted so", async () => {
+    const tooLong = () =>
+      new ConnectError("prompt over the context", Code.InvalidArgument, undefined, [
+        { desc: PromptTooLongSchema, value: {} },
+      ]);
+    const llm: LlmBackend = {
+      name: "small context (test double)",
+      async generate() {
+        throw tooLong();
+      },
+      // biome-ignore lint/correctness/useYield: it refuses before its first piece, as a model server does.
+      async *stream() {
+        throw tooLong();
+      },
+    };
+    await gateway({ llm });
+    const res = await stream({ user_id: "u1", text: "hi" });
+    expect([res.status, await res.json()]).toEqual([400, { error: "text too long" }]);
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toContain('chatmesh_chats_total{outcome="text_too_long"} 1');
+    expect(metrics).not.toContain('outcome="llm_failed"');
   });
 
   it("ends with an error event when the model breaks mid-stream, and refunds", async () => {
