@@ -1,13 +1,21 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runSteadyLoad } from "../../bench/soak-load.js";
+import { mixedRequest, runSteadyLoad } from "../../bench/soak-load.js";
 import { startAllInOne } from "../../bench/stack.js";
 
 const load = (url: string, rate = 100) =>
   runSteadyLoad({ url, rate, workers: 4, seconds: 2, users: 20 });
 
 describe("make soak's load", () => {
+  it("never sends a chat meant to pass with the banned term in it", () => {
+    const passing = Array.from({ length: 100_000 }, () => mixedRequest(20)).filter(
+      (r) => r.kind === "chat",
+    );
+    expect(passing.length).toBeGreaterThan(60_000);
+    expect(passing.filter((r) => /foo/i.test(r.body ?? ""))).toEqual([]);
+  });
+
   it("gets from the chain the status each request of its mix is meant to get", async () => {
     const chain = await startAllInOne({ CHATMESH_FROM_SOURCE: "1" });
     try {
