@@ -229,10 +229,17 @@ describe("the history recorder against a real history server", () => {
 
   it("sends the chats of a moment together, in AppendBatch calls of at most 128", async () => {
     await startServer();
-    const r = makeRecorder();
+    // A deadline a busy machine's disk cannot miss: a batch timed out would be
+    // sent again, and its chats queued past the retry queue's 100.
+    const r = makeRecorder({
+      transport: createGrpcTransport({
+        baseUrl: `http://127.0.0.1:${port}`,
+        defaultTimeoutMs: 15_000,
+      }),
+    });
     const chats = Array.from({ length: 600 }, () => chat("many"));
     for (const c of chats) r.record(c);
-    await vi.waitFor(() => expect(r.stats().appended).toBe(600), { timeout: 10_000 });
+    await vi.waitFor(() => expect(r.stats().appended).toBe(600), { timeout: 20_000 });
     const stored: string[] = [];
     let pageToken = "";
     do {
