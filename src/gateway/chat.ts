@@ -112,7 +112,7 @@ const contextTexts = (context: readonly ContextMessage[] | undefined): string[] 
   context === undefined ? [] : context.map((m) => m.content);
 
 /** A context as a call's request carries it (each request its own array). */
-export const contextOf = (context: readonly ContextMessage[] | undefined): ContextMessage[] =>
+export const callContext = (context: readonly ContextMessage[] | undefined): ContextMessage[] =>
   context === undefined ? [] : [...context];
 
 /** What a unary chat whose client went away is counted as (chatmesh_chats_total). */
@@ -222,7 +222,7 @@ export async function completeChat(
         text: cleaned,
         userId: input.userId,
         maxTokens: input.maxTokens ?? 0,
-        context: contextOf(input.context),
+        context: callContext(input.context),
         sampling: input.sampling,
       },
       traceCallOptions(deps.trace, deps.clientGone),

@@ -5,7 +5,7 @@ import {
   type AdmittedChat,
   type ChatDeps,
   type ChatInput,
-  contextOf,
+  callContext,
   failedCall,
   refund,
   settle,
@@ -89,7 +89,7 @@ export async function relayReply(
           text: cleaned,
           userId: input.userId,
           maxTokens: input.maxTokens ?? 0,
-          context: contextOf(input.context),
+          context: callContext(input.context),
           sampling: input.sampling,
         },
         {

@@ -12,8 +12,8 @@ export interface CompletionRequest {
   readonly text: string;
   /**
    * The messages before it that the model is sent (system and developer
-   * prompts, earlier turns), oldest first; tool results and assistant
-   * messages without content are not.
+   * prompts, earlier turns), oldest first; tool results and messages
+   * without text are not.
    */
   readonly context: ContextMessage[];
   /** The sampling parameters asked for, passed on to the model; none when absent. */
@@ -120,12 +120,12 @@ const isStop = (value: unknown) =>
   (Array.isArray(value) && value.length <= 4 && value.every((s) => typeof s === "string"));
 
 /**
- * The parameters the chain does not use, checked as OpenAI checks them (a
- * client's mistake is a 400 here as there), then not sent on. `null` is
- * their absence. Parameters OpenAI does not know pass: servers such as vLLM
- * and Ollama take their own (`top_k`, `min_p`, …).
+ * The parameters checked as OpenAI checks them (a client's mistake is a 400
+ * here as there): the sampling ones are then passed on (samplingOf), the
+ * others not. `null` is their absence. Parameters OpenAI does not know
+ * pass: servers such as vLLM and Ollama take their own (`top_k`, `min_p`, …).
  */
-const ignoredParameters: readonly [string, (value: unknown) => boolean, string][] = [
+const checkedParameters: readonly [string, (value: unknown) => boolean, string][] = [
   ["temperature", isNumberIn(0, 2), "a number from 0 to 2"],
   ["top_p", isNumberIn(0, 1), "a number from 0 to 1"],
   ["presence_penalty", isNumberIn(-2, 2), "a number from -2 to 2"],
@@ -206,9 +206,10 @@ function messageError(message: Body, i: number): OpenAiError | undefined {
  * the messages before it are its context, sent to the model before it,
  * checked by the filter and counted in the prompt, neither cleaned nor kept.
  * Messages after it are not sent. Without a user message, or with n other
- * than 1, it is a 400.
- * Sampling and tool parameters are checked, then ignored; those that ask
- * for what a text answer cannot give are a 400 (see unsupportedParameterError).
+ * than 1, it is a 400. Sampling parameters are checked and passed on to the
+ * model (samplingOf); tool and format parameters are checked, then ignored;
+ * those that ask for what a text answer cannot give are a 400 (see
+ * unsupportedParameterError).
  */
 export function parseCompletionRequest(body: unknown): CompletionRequest | OpenAiError {
   if (!isRecord(body)) return invalidRequest("request body must be a JSON object", null);
@@ -242,7 +243,7 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   ) {
     return invalidRequest("safety_identifier must be a string", "safety_identifier");
   }
-  for (const [name, valid, expected] of ignoredParameters) {
+  for (const [name, valid, expected] of checkedParameters) {
     const value = body[name];
     if (value !== undefined && value !== null && !valid(value)) return invalidType(name, expected);
   }
