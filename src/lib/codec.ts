@@ -19,10 +19,12 @@ export interface Codec<T extends Message = Message> {
 /**
  * The protobuf binary codec of the lean paths: for message types made only
  * of what our RPCs carry (proto3 strings, single or repeated, bools, int32,
- * enums and int64 as bigint, and messages: single, repeated or in a oneof), a compiled plan reads and writes the
- * fields directly, about three times faster than protobuf-es's reflective
- * `toBinary`/`fromBinary` and with a fraction of their garbage (`make
- * bench-micro`, codec lines). The bytes and messages are the same as theirs;
+ * enums and int64 as bigint, and messages: single, repeated or in a oneof),
+ * a compiled plan reads and writes the fields directly, about three times
+ * faster than protobuf-es's reflective `toBinary`/`fromBinary` and with a
+ * fraction of their garbage (`make bench-micro`, codec lines). A single
+ * message field of a type the plan cannot cover is written and read by
+ * protobuf-es alone. The bytes and messages are the same as theirs;
  * anything the plan does not cover (other field kinds, unknown fields, a
  * field twice, malformed input, a value of the wrong type) goes to
  * protobuf-es itself, so its results and errors are kept exactly.
