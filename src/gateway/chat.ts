@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
-import type { Role } from "../../gen/chat/v1/llm_pb.js";
+import type { ResponseFormatType, Role } from "../../gen/chat/v1/llm_pb.js";
 import type { LabeledCounter as Counter } from "../lib/metrics.js";
 import { type TraceContext, traceCallOptions, traceLogFields } from "../lib/trace.js";
 import type { Cancellation } from "../lib/unary-transport.js";
@@ -30,6 +30,13 @@ export interface ChatSampling {
   readonly reasoningEffort?: string | undefined;
 }
 
+/** The form a reply must take, beside text (the OpenAI API's response_format). */
+export interface ChatResponseFormat {
+  readonly type: ResponseFormatType;
+  /** For JSON_SCHEMA: the API's json_schema object as JSON text. */
+  readonly jsonSchema: string;
+}
+
 /** A valid chat request. */
 export interface ChatInput {
   readonly userId: string;
@@ -42,6 +49,8 @@ export interface ChatInput {
   readonly context?: readonly ContextMessage[] | undefined;
   /** Passed on to the model; none when absent (/chat). */
   readonly sampling?: ChatSampling | undefined;
+  /** The form the reply must take; text when absent. */
+  readonly responseFormat?: ChatResponseFormat | undefined;
   /** Most tokens the reply may have (the OpenAI API's max_tokens); the LLM service's cap when absent. */
   readonly maxTokens?: number | undefined;
 }
@@ -224,6 +233,7 @@ export async function completeChat(
         maxTokens: input.maxTokens ?? 0,
         context: callContext(input.context),
         sampling: input.sampling,
+        responseFormat: input.responseFormat,
       },
       traceCallOptions(deps.trace, deps.clientGone),
     );

@@ -5,6 +5,7 @@ import {
   FilterRejectionSchema,
   PromptTooLongSchema,
   QuotaExceededSchema,
+  UnsupportedParameterSchema,
 } from "../../gen/chat/v1/errors_pb.js";
 import { httpStatusFromCode } from "../lib/http-status.js";
 import { RateLimitedError } from "./protection.js";
@@ -38,6 +39,10 @@ export function httpErrorFromRpc(stage: Stage, err: unknown): HttpError {
     const [rejection] = cause.findDetails(FilterRejectionSchema);
     if (rejection?.reason === FilterRejectionReason.EMPTY) return badRequest("text is required");
     return badRequest("text blocked by filter");
+  }
+  // The model cannot answer in the form asked (JSON of the echo stub).
+  if (stage === "llm" && cause.findDetails(UnsupportedParameterSchema).length > 0) {
+    return badRequest("response_format not supported by the model");
   }
   // The model's context cannot take the prompt: the request must be shorter.
   if (stage === "llm" && cause.findDetails(PromptTooLongSchema).length > 0) {

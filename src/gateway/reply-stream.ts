@@ -91,6 +91,7 @@ export async function relayReply(
           maxTokens: input.maxTokens ?? 0,
           context: callContext(input.context),
           sampling: input.sampling,
+          responseFormat: input.responseFormat,
         },
         {
           signal: call.signal,

@@ -175,6 +175,34 @@ describe("chatmesh on an OpenAI-compatible model server, used through the OpenAI
     expect((await quotaOf("e8")).used).toBe(0);
   });
 
+  it("passes response_format to the model server: JSON of a schema, unary and streamed", async () => {
+    const seen = double.requests.length;
+    const json_schema = {
+      name: "answer",
+      schema: { type: "object", properties: { reply: { type: "string" } }, required: ["reply"] },
+      strict: true,
+    };
+    const completion = await sdk().chat.completions.create({
+      ...ask("e9", "json please"),
+      response_format: { type: "json_schema", json_schema },
+    });
+    expect(JSON.parse(completion.choices[0]?.message.content ?? "")).toEqual({
+      reply: "Reply to: json please",
+    });
+    const stream = await sdk().chat.completions.create({
+      ...ask("e9", "json please"),
+      response_format: { type: "json_object" },
+      stream: true,
+    });
+    let text = "";
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
+    expect(JSON.parse(text)).toEqual({ reply: "Reply to: json please" });
+    expect(double.requests.slice(seen).map((r) => r.body.response_format)).toEqual([
+      { type: "json_schema", json_schema },
+      { type: "json_object" },
+    ]);
+  });
+
   it("refuses blocked text before the model server, and a spent quota with 429", async () => {
     const seen = double.requests.length;
     expect(await thrown(sdk().chat.completions.create(ask("e3", "has foo in it")))).toBeInstanceOf(

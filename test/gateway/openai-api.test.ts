@@ -464,12 +464,6 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
       { tool_choice: { type: "function", function: { name: "multiply" } } },
       "tool_choice",
     ],
-    ["JSON", { response_format: { type: "json_object" } }, "response_format"],
-    [
-      "JSON of a schema",
-      { response_format: { type: "json_schema", json_schema: { name: "s", schema: {} } } },
-      "response_format",
-    ],
     ["log probabilities", { logprobs: true }, "logprobs"],
     [
       "a named function, the legacy way",
@@ -489,6 +483,63 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
       expect((await quotaOf("demands")).used).toBe(0);
     },
   );
+
+  it("passes response_format on; the echo stub, which cannot answer JSON, is a 400, the charge given back", async () => {
+    const asked = recordingEcho();
+    await gateway({ llm: asked.backend });
+    const schema = { name: "answer", schema: { type: "object" }, strict: true };
+    for (const format of [
+      { type: "json_object" },
+      { type: "json_schema", json_schema: schema },
+    ] as const) {
+      const err = await thrown(
+        sdk().chat.completions.create({ ...ask("json", "hi"), response_format: format }),
+      );
+      expect(err).toBeInstanceOf(BadRequestError);
+      expect(err).toMatchObject({
+        status: 400,
+        param: "response_format",
+        code: "unsupported_value",
+        error: { message: "response_format not supported by the model" },
+      });
+      const streamed = await thrown(
+        sdk().chat.completions.create({
+          ...ask("json", "hi"),
+          response_format: format,
+          stream: true,
+        }),
+      );
+      expect(streamed).toMatchObject({ status: 400, param: "response_format" });
+    }
+    expect(asked.requests).toEqual([]);
+    expect((await quotaOf("json")).used).toBe(0);
+    // Text is text, for the echo stub too.
+    const text = await sdk().chat.completions.create({
+      ...ask("json", "hi"),
+      response_format: { type: "text" },
+    });
+    expect(text.choices[0]?.message.content).toBe("Echo: hi");
+  });
+
+  it.each([
+    [{ type: "yaml" }, "response_format.type", "invalid_value"],
+    [{ type: "json_schema" }, "response_format.json_schema", "missing_required_parameter"],
+    [
+      { type: "json_schema", json_schema: { schema: {} } },
+      "response_format.json_schema.name",
+      "missing_required_parameter",
+    ],
+  ])("refuses response_format %j as OpenAI does, charging nothing", async (format, param, code) => {
+    await gateway();
+    const err = await thrown(
+      sdk().chat.completions.create({
+        ...ask("bad-format", "hi"),
+        response_format: format,
+      } as never),
+    );
+    expect(err).toMatchObject({ status: 400, param, code });
+    expect((await quotaOf("bad-format")).used).toBe(0);
+  });
 
   it("takes safety_identifier as the user when there is no user field", async () => {
     await gateway();

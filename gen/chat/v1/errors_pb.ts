@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/errors.proto.
  */
 export const file_chat_v1_errors: GenFile = /*@__PURE__*/
-  fileDesc("ChRjaGF0L3YxL2Vycm9ycy5wcm90bxIHY2hhdC52MSJBCg9GaWx0ZXJSZWplY3Rpb24SLgoGcmVhc29uGAEgASgOMh4uY2hhdC52MS5GaWx0ZXJSZWplY3Rpb25SZWFzb24ibwoNUXVvdGFFeGNlZWRlZBIRCglyZW1haW5pbmcYASABKAMSDQoFbGltaXQYAiABKAMSDAoEY29zdBgDIAEoAxIuCgpyZXNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIRCg9RdW90YU5vdENoYXJnZWQiDwoNUHJvbXB0VG9vTG9uZyqIAQoVRmlsdGVyUmVqZWN0aW9uUmVhc29uEicKI0ZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofRklMVEVSX1JFSkVDVElPTl9SRUFTT05fQkxPQ0tFRBABEiEKHUZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX0VNUFRZEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRjaGF0L3YxL2Vycm9ycy5wcm90bxIHY2hhdC52MSJBCg9GaWx0ZXJSZWplY3Rpb24SLgoGcmVhc29uGAEgASgOMh4uY2hhdC52MS5GaWx0ZXJSZWplY3Rpb25SZWFzb24ibwoNUXVvdGFFeGNlZWRlZBIRCglyZW1haW5pbmcYASABKAMSDQoFbGltaXQYAiABKAMSDAoEY29zdBgDIAEoAxIuCgpyZXNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIRCg9RdW90YU5vdENoYXJnZWQiDwoNUHJvbXB0VG9vTG9uZyIlChRVbnN1cHBvcnRlZFBhcmFtZXRlchINCgVwYXJhbRgBIAEoCSqIAQoVRmlsdGVyUmVqZWN0aW9uUmVhc29uEicKI0ZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofRklMVEVSX1JFSkVDVElPTl9SRUFTT05fQkxPQ0tFRBABEiEKHUZJTFRFUl9SRUpFQ1RJT05fUkVBU09OX0VNUFRZEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Attached to INVALID_ARGUMENT from FilterService.Filter.
@@ -109,6 +109,28 @@ export type PromptTooLong = Message<"chat.v1.PromptTooLong"> & {
  */
 export const PromptTooLongSchema: GenMessage<PromptTooLong> = /*@__PURE__*/
   messageDesc(file_chat_v1_errors, 3);
+
+/**
+ * Attached to INVALID_ARGUMENT from LLMService when its backend cannot give
+ * the reply what a parameter of the request asks (JSON, of the echo stub).
+ *
+ * @generated from message chat.v1.UnsupportedParameter
+ */
+export type UnsupportedParameter = Message<"chat.v1.UnsupportedParameter"> & {
+  /**
+   * The parameter as the OpenAI API names it ("response_format").
+   *
+   * @generated from field: string param = 1;
+   */
+  param: string;
+};
+
+/**
+ * Describes the message chat.v1.UnsupportedParameter.
+ * Use `create(UnsupportedParameterSchema)` to create a new message.
+ */
+export const UnsupportedParameterSchema: GenMessage<UnsupportedParameter> = /*@__PURE__*/
+  messageDesc(file_chat_v1_errors, 4);
 
 /**
  * Why FilterService refused a text.

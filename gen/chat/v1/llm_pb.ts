@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chat/v1/llm.proto.
  */
 export const file_chat_v1_llm: GenFile = /*@__PURE__*/
-  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSKQAQoPR2VuZXJhdGVSZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgptYXhfdG9rZW5zGAMgASgFEiUKB2NvbnRleHQYBCADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEiMKCHNhbXBsaW5nGAUgASgLMhEuY2hhdC52MS5TYW1wbGluZyKaAgoIU2FtcGxpbmcSGAoLdGVtcGVyYXR1cmUYASABKAFIAIgBARISCgV0b3BfcBgCIAEoAUgBiAEBEgwKBHN0b3AYAyADKAkSEQoEc2VlZBgEIAEoA0gCiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYBSABKAFIA4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgGIAEoAUgEiAEBEh0KEHJlYXNvbmluZ19lZmZvcnQYByABKAlIBYgBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUITChFfcmVhc29uaW5nX2VmZm9ydCI7CgtDaGF0TWVzc2FnZRIbCgRyb2xlGAEgASgOMg0uY2hhdC52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkiVAoKVG9rZW5Vc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSJrChBHZW5lcmF0ZVJlc3BvbnNlEg0KBXJlcGx5GAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkilgEKFUdlbmVyYXRlU3RyZWFtUmVxdWVzdBIMCgR0ZXh0GAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKbWF4X3Rva2VucxgDIAEoBRIlCgdjb250ZXh0GAQgAygLMhQuY2hhdC52MS5DaGF0TWVzc2FnZRIjCghzYW1wbGluZxgFIAEoCzIRLmNoYXQudjEuU2FtcGxpbmcicQoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRINCgVkZWx0YRgBIAEoCRIiCgV1c2FnZRgCIAEoCzITLmNoYXQudjEuVG9rZW5Vc2FnZRINCgVtb2RlbBgDIAEoCRIVCg1maW5pc2hfcmVhc29uGAQgASgJIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IhMKBU1vZGVsEgoKAmlkGAEgASgJIjQKEkxpc3RNb2RlbHNSZXNwb25zZRIeCgZtb2RlbHMYASADKAsyDi5jaGF0LnYxLk1vZGVsKmQKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfU1lTVEVNEAESEgoOUk9MRV9ERVZFTE9QRVIQAhINCglST0xFX1VTRVIQAxISCg5ST0xFX0FTU0lTVEFOVBAEMukBCgpMTE1TZXJ2aWNlEj8KCEdlbmVyYXRlEhguY2hhdC52MS5HZW5lcmF0ZVJlcXVlc3QaGS5jaGF0LnYxLkdlbmVyYXRlUmVzcG9uc2USUwoOR2VuZXJhdGVTdHJlYW0SHi5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVxdWVzdBofLmNoYXQudjEuR2VuZXJhdGVTdHJlYW1SZXNwb25zZTABEkUKCkxpc3RNb2RlbHMSGi5jaGF0LnYxLkxpc3RNb2RlbHNSZXF1ZXN0GhsuY2hhdC52MS5MaXN0TW9kZWxzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChFjaGF0L3YxL2xsbS5wcm90bxIHY2hhdC52MSLCAQoPR2VuZXJhdGVSZXF1ZXN0EgwKBHRleHQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgptYXhfdG9rZW5zGAMgASgFEiUKB2NvbnRleHQYBCADKAsyFC5jaGF0LnYxLkNoYXRNZXNzYWdlEiMKCHNhbXBsaW5nGAUgASgLMhEuY2hhdC52MS5TYW1wbGluZxIwCg9yZXNwb25zZV9mb3JtYXQYBiABKAsyFy5jaGF0LnYxLlJlc3BvbnNlRm9ybWF0IlAKDlJlc3BvbnNlRm9ybWF0EikKBHR5cGUYASABKA4yGy5jaGF0LnYxLlJlc3BvbnNlRm9ybWF0VHlwZRITCgtqc29uX3NjaGVtYRgCIAEoCSKaAgoIU2FtcGxpbmcSGAoLdGVtcGVyYXR1cmUYASABKAFIAIgBARISCgV0b3BfcBgCIAEoAUgBiAEBEgwKBHN0b3AYAyADKAkSEQoEc2VlZBgEIAEoA0gCiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYBSABKAFIA4gBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgGIAEoAUgEiAEBEh0KEHJlYXNvbmluZ19lZmZvcnQYByABKAlIBYgBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUITChFfcmVhc29uaW5nX2VmZm9ydCI7CgtDaGF0TWVzc2FnZRIbCgRyb2xlGAEgASgOMg0uY2hhdC52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkiVAoKVG9rZW5Vc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSJrChBHZW5lcmF0ZVJlc3BvbnNlEg0KBXJlcGx5GAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkiyAEKFUdlbmVyYXRlU3RyZWFtUmVxdWVzdBIMCgR0ZXh0GAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKbWF4X3Rva2VucxgDIAEoBRIlCgdjb250ZXh0GAQgAygLMhQuY2hhdC52MS5DaGF0TWVzc2FnZRIjCghzYW1wbGluZxgFIAEoCzIRLmNoYXQudjEuU2FtcGxpbmcSMAoPcmVzcG9uc2VfZm9ybWF0GAYgASgLMhcuY2hhdC52MS5SZXNwb25zZUZvcm1hdCJxChZHZW5lcmF0ZVN0cmVhbVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJEiIKBXVzYWdlGAIgASgLMhMuY2hhdC52MS5Ub2tlblVzYWdlEg0KBW1vZGVsGAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkiEwoRTGlzdE1vZGVsc1JlcXVlc3QiEwoFTW9kZWwSCgoCaWQYASABKAkiNAoSTGlzdE1vZGVsc1Jlc3BvbnNlEh4KBm1vZGVscxgBIAMoCzIOLmNoYXQudjEuTW9kZWwqhgEKElJlc3BvbnNlRm9ybWF0VHlwZRIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9VTlNQRUNJRklFRBAAEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fT0JKRUNUEAESJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfSlNPTl9TQ0hFTUEQAipkCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEhIKDlJPTEVfREVWRUxPUEVSEAISDQoJUk9MRV9VU0VSEAMSEgoOUk9MRV9BU1NJU1RBTlQQBDLpAQoKTExNU2VydmljZRI/CghHZW5lcmF0ZRIYLmNoYXQudjEuR2VuZXJhdGVSZXF1ZXN0GhkuY2hhdC52MS5HZW5lcmF0ZVJlc3BvbnNlElMKDkdlbmVyYXRlU3RyZWFtEh4uY2hhdC52MS5HZW5lcmF0ZVN0cmVhbVJlcXVlc3QaHy5jaGF0LnYxLkdlbmVyYXRlU3RyZWFtUmVzcG9uc2UwARJFCgpMaXN0TW9kZWxzEhouY2hhdC52MS5MaXN0TW9kZWxzUmVxdWVzdBobLmNoYXQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message chat.v1.GenerateRequest
@@ -53,6 +53,13 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
    * @generated from field: chat.v1.Sampling sampling = 5;
    */
   sampling?: Sampling | undefined;
+
+  /**
+   * The form the reply must take; unset, text.
+   *
+   * @generated from field: chat.v1.ResponseFormat response_format = 6;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -61,6 +68,35 @@ export type GenerateRequest = Message<"chat.v1.GenerateRequest"> & {
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
   messageDesc(file_chat_v1_llm, 0);
+
+/**
+ * The form a reply must take: the OpenAI API's response_format, passed on to
+ * a model server that follows it (a backend that cannot, the echo stub, is
+ * refused with INVALID_ARGUMENT and a chat.v1.UnsupportedParameter detail).
+ *
+ * @generated from message chat.v1.ResponseFormat
+ */
+export type ResponseFormat = Message<"chat.v1.ResponseFormat"> & {
+  /**
+   * @generated from field: chat.v1.ResponseFormatType type = 1;
+   */
+  type: ResponseFormatType;
+
+  /**
+   * For RESPONSE_FORMAT_TYPE_JSON_SCHEMA: the API's json_schema object
+   * (name, schema, strict, description) as JSON text.
+   *
+   * @generated from field: string json_schema = 2;
+   */
+  jsonSchema: string;
+};
+
+/**
+ * Describes the message chat.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_chat_v1_llm, 1);
 
 /**
  * The sampling parameters of the OpenAI chat completions API, passed on to
@@ -125,7 +161,7 @@ export type Sampling = Message<"chat.v1.Sampling"> & {
  * Use `create(SamplingSchema)` to create a new message.
  */
 export const SamplingSchema: GenMessage<Sampling> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 1);
+  messageDesc(file_chat_v1_llm, 2);
 
 /**
  * One message of a conversation.
@@ -153,7 +189,7 @@ export type ChatMessage = Message<"chat.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 2);
+  messageDesc(file_chat_v1_llm, 3);
 
 /**
  * Tokens a model call used, as the model server counted them.
@@ -188,7 +224,7 @@ export type TokenUsage = Message<"chat.v1.TokenUsage"> & {
  * Use `create(TokenUsageSchema)` to create a new message.
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 3);
+  messageDesc(file_chat_v1_llm, 4);
 
 /**
  * @generated from message chat.v1.GenerateResponse
@@ -229,7 +265,7 @@ export type GenerateResponse = Message<"chat.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 4);
+  messageDesc(file_chat_v1_llm, 5);
 
 /**
  * @generated from message chat.v1.GenerateStreamRequest
@@ -269,6 +305,13 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
    * @generated from field: chat.v1.Sampling sampling = 5;
    */
   sampling?: Sampling | undefined;
+
+  /**
+   * As in GenerateRequest.
+   *
+   * @generated from field: chat.v1.ResponseFormat response_format = 6;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -276,7 +319,7 @@ export type GenerateStreamRequest = Message<"chat.v1.GenerateStreamRequest"> & {
  * Use `create(GenerateStreamRequestSchema)` to create a new message.
  */
 export const GenerateStreamRequestSchema: GenMessage<GenerateStreamRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 5);
+  messageDesc(file_chat_v1_llm, 6);
 
 /**
  * @generated from message chat.v1.GenerateStreamResponse
@@ -316,7 +359,7 @@ export type GenerateStreamResponse = Message<"chat.v1.GenerateStreamResponse"> &
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 6);
+  messageDesc(file_chat_v1_llm, 7);
 
 /**
  * @generated from message chat.v1.ListModelsRequest
@@ -329,7 +372,7 @@ export type ListModelsRequest = Message<"chat.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 7);
+  messageDesc(file_chat_v1_llm, 8);
 
 /**
  * A model the service answers with.
@@ -351,7 +394,7 @@ export type Model = Message<"chat.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 8);
+  messageDesc(file_chat_v1_llm, 9);
 
 /**
  * @generated from message chat.v1.ListModelsResponse
@@ -368,7 +411,39 @@ export type ListModelsResponse = Message<"chat.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_llm, 9);
+  messageDesc(file_chat_v1_llm, 10);
+
+/**
+ * The forms a reply may be asked to take, beside text.
+ *
+ * @generated from enum chat.v1.ResponseFormatType
+ */
+export enum ResponseFormatType {
+  /**
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Any JSON object ("json_object").
+   *
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_JSON_OBJECT = 1;
+   */
+  JSON_OBJECT = 1,
+
+  /**
+   * JSON that follows the schema given ("json_schema").
+   *
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_JSON_SCHEMA = 2;
+   */
+  JSON_SCHEMA = 2,
+}
+
+/**
+ * Describes the enum chat.v1.ResponseFormatType.
+ */
+export const ResponseFormatTypeSchema: GenEnum<ResponseFormatType> = /*@__PURE__*/
+  enumDesc(file_chat_v1_llm, 0);
 
 /**
  * The author of a message, as the OpenAI chat completions API names them.
@@ -414,7 +489,7 @@ export enum Role {
  * Describes the enum chat.v1.Role.
  */
 export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
-  enumDesc(file_chat_v1_llm, 0);
+  enumDesc(file_chat_v1_llm, 1);
 
 /**
  * LLMService answers a cleaned user text with a model reply.

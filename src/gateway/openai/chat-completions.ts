@@ -73,6 +73,7 @@ function chatInputOf(
       maxTokens: request.maxTokens,
       context: request.context,
       sampling: request.sampling,
+      responseFormat: request.responseFormat,
     },
   };
 }

@@ -43,6 +43,10 @@ const known: Readonly<Record<string, Known>> = {
   "text blocked by filter": { param: "messages", code: "content_filter" },
   "text is required": { param: "messages" },
   "text too long": { param: "messages", code: "context_length_exceeded" },
+  "response_format not supported by the model": {
+    param: "response_format",
+    code: "unsupported_value",
+  },
   "quota exceeded": { type: "insufficient_quota", code: "insufficient_quota" },
   "rate limited": { type: "rate_limit_exceeded", code: "rate_limit_exceeded" },
   "invalid api key": { code: "invalid_api_key" },

@@ -1,5 +1,5 @@
-import { Role } from "../../../gen/chat/v1/llm_pb.js";
-import type { ChatSampling, ContextMessage } from "../chat.js";
+import { ResponseFormatType, Role } from "../../../gen/chat/v1/llm_pb.js";
+import type { ChatResponseFormat, ChatSampling, ContextMessage } from "../chat.js";
 import { type Body, isRecord } from "./body.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import { unsupportedParameterError } from "./unsupported.js";
@@ -18,6 +18,8 @@ export interface CompletionRequest {
   readonly context: ContextMessage[];
   /** The sampling parameters asked for, passed on to the model; none when absent. */
   readonly sampling: ChatSampling | undefined;
+  /** response_format, unless it is text: the form the model must answer in. */
+  readonly responseFormat: ChatResponseFormat | undefined;
   readonly stream: boolean;
   /** stream_options.include_usage: end the stream with a usage chunk. */
   readonly includeUsage: boolean;
@@ -176,6 +178,42 @@ function samplingOf(body: Body): ChatSampling | undefined {
   return none ? undefined : sampling;
 }
 
+/**
+ * response_format (an object, checked already) as the LLM service takes it:
+ * undefined for text; an OpenAI error for a type it does not know, or a
+ * json_schema without its object and name, as OpenAI answers them.
+ */
+function responseFormatOf(body: Body): ChatResponseFormat | undefined | OpenAiError {
+  const format = body.response_format;
+  if (!isRecord(format) || format.type === "text") return undefined;
+  if (format.type === "json_object") {
+    return { type: ResponseFormatType.JSON_OBJECT, jsonSchema: "" };
+  }
+  if (format.type !== "json_schema") {
+    return invalidRequest(
+      "Invalid value for 'response_format.type': supported values are 'text', 'json_object' and 'json_schema'.",
+      "response_format.type",
+      "invalid_value",
+    );
+  }
+  const schema = format.json_schema;
+  if (!isRecord(schema)) {
+    return invalidRequest(
+      "Missing required parameter: 'response_format.json_schema'.",
+      "response_format.json_schema",
+      "missing_required_parameter",
+    );
+  }
+  if (typeof schema.name !== "string" || schema.name === "") {
+    return invalidRequest(
+      "Missing required parameter: 'response_format.json_schema.name'.",
+      "response_format.json_schema.name",
+      "missing_required_parameter",
+    );
+  }
+  return { type: ResponseFormatType.JSON_SCHEMA, jsonSchema: JSON.stringify(schema) };
+}
+
 const roles = ["system", "developer", "user", "assistant", "tool", "function"];
 
 /** A message's role and content as OpenAI checks them; undefined when they pass. */
@@ -249,6 +287,8 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
   }
   const unsupported = unsupportedParameterError(body);
   if (unsupported !== undefined) return unsupported;
+  const responseFormat = responseFormatOf(body);
+  if (isError(responseFormat)) return responseFormat;
   if (n !== undefined && n !== null && !isInteger(n)) return invalidType("n", "an integer");
   if (n !== undefined && n !== null && n !== 1) return invalidRequest("only n=1 is supported", "n");
   const stream = optionalBoolean(body, "stream");
@@ -278,6 +318,7 @@ export function parseCompletionRequest(body: unknown): CompletionRequest | OpenA
     text,
     context,
     sampling: samplingOf(body),
+    responseFormat,
     stream,
     includeUsage,
     user: typeof user === "string" && user !== "" ? user : undefined,

@@ -23,8 +23,8 @@ function leavesTextFree(choice: unknown): boolean {
 /**
  * The error for a parameter (already of a valid type) that asks for what the
  * chain cannot give, undefined when there is none. Each of these makes
- * OpenAI promise something of the answer: a tool call, JSON (of a schema),
- * log probabilities. Answered with plain text, a client relying on the
+ * OpenAI promise something of the answer: a tool call, log probabilities.
+ * (JSON, of a schema or not, goes to the model: response_format.) Answered with plain text, a client relying on the
  * promise fails far from the cause (the SDK's `parse()` on text that is no
  * JSON, `message.tool_calls` absent): a 400 naming the parameter is clearer.
  */
@@ -35,10 +35,6 @@ export function unsupportedParameterError(body: Body): OpenAiError | undefined {
   }
   // The deprecated form of tool_choice: an object names the function to call.
   if (isRecord(body.function_call)) return unsupported("function_call", "'auto' or 'none'");
-  const format = body.response_format;
-  if (isRecord(format) && format.type !== "text") {
-    return unsupported("response_format", "{ type: 'text' }");
-  }
   if (body.logprobs === true) return unsupported("logprobs", "false");
   return undefined;
 }

@@ -23,6 +23,11 @@ export interface LlmSampling {
   readonly reasoningEffort?: string;
 }
 
+/** The form a reply must take, beside text: the OpenAI API's response_format. */
+export type LlmResponseFormat =
+  | { readonly type: "json_object" }
+  | { readonly type: "json_schema"; readonly jsonSchema: Readonly<Record<string, unknown>> };
+
 /** What a model is asked. */
 export interface LlmRequest {
   readonly text: string;
@@ -30,6 +35,8 @@ export interface LlmRequest {
   readonly context?: readonly ContextMessage[];
   /** Sampling parameters asked for; none when absent. */
   readonly sampling?: LlmSampling | undefined;
+  /** The form the reply must take; text when absent. */
+  readonly responseFormat?: LlmResponseFormat | undefined;
   readonly userId: string;
   /** Most tokens the reply may have; undefined leaves it to the backend. */
   readonly maxTokens?: number | undefined;
@@ -76,6 +83,8 @@ export interface LlmBackend {
   readonly name: string;
   /** The model id clients see (GET /v1/models); `name` when absent. */
   readonly model?: string;
+  /** Whether it answers in the form a request's responseFormat asks (JSON); if not, such a request is refused. */
+  readonly followsResponseFormat?: boolean;
   generate(request: LlmRequest, call: LlmCall): Promise<LlmResult>;
   /**
    * The same reply as `generate`, in pieces as the model produces them: the

@@ -1,8 +1,11 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
+import { UnsupportedParameterSchema } from "../../../gen/chat/v1/errors_pb.js";
 import {
   type ChatMessage,
   type LLMService,
+  type ResponseFormat,
+  ResponseFormatType,
   Role,
   type Sampling,
 } from "../../../gen/chat/v1/llm_pb.js";
@@ -13,6 +16,7 @@ import type {
   ContextRole,
   LlmBackend,
   LlmRequest,
+  LlmResponseFormat,
   LlmResult,
   LlmSampling,
 } from "./backend.js";
@@ -74,6 +78,49 @@ function samplingOf(sampling: Sampling): LlmSampling {
     ...(frequencyPenalty !== undefined && { frequencyPenalty }),
     ...(reasoningEffort !== undefined && { reasoningEffort }),
   };
+}
+
+/**
+ * The form asked of the reply, as backends take it; INVALID_ARGUMENT for a
+ * backend that cannot give it, or a json_schema that is no JSON object.
+ */
+function responseFormatOf(
+  format: ResponseFormat | undefined,
+  backend: LlmBackend,
+): LlmResponseFormat | undefined {
+  if (format === undefined || format.type === ResponseFormatType.UNSPECIFIED) return undefined;
+  if (backend.followsResponseFormat !== true) {
+    throw new ConnectError(
+      `the ${backend.name} backend cannot answer in the form response_format asks`,
+      Code.InvalidArgument,
+      undefined,
+      [{ desc: UnsupportedParameterSchema, value: { param: "response_format" } }],
+    );
+  }
+  if (format.type === ResponseFormatType.JSON_OBJECT) return { type: "json_object" };
+  if (format.type !== ResponseFormatType.JSON_SCHEMA) {
+    throw new ConnectError("response_format.type is unknown", Code.InvalidArgument);
+  }
+  const jsonSchema = jsonObjectIn(format.jsonSchema);
+  if (jsonSchema === undefined) {
+    throw new ConnectError(
+      "response_format.json_schema must be a JSON object",
+      Code.InvalidArgument,
+    );
+  }
+  return { type: "json_schema", jsonSchema };
+}
+
+/** The JSON object a text holds, or undefined. */
+function jsonObjectIn(text: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === "object" && value !== null && !Array.isArray(value)
+      ? (value as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A message of the context as backends take it; INVALID_ARGUMENT without a known role. */
@@ -153,6 +200,7 @@ export function createLlmService({
       maxTokens: number;
       context: ChatMessage[];
       sampling?: Sampling | undefined;
+      responseFormat?: ResponseFormat | undefined;
     },
     ctx: HandlerContext,
   ): LlmRequest => {
@@ -166,6 +214,7 @@ export function createLlmService({
       text: req.text,
       context: req.context.length === 0 ? noContext : req.context.map(contextMessage),
       sampling: req.sampling === undefined ? undefined : samplingOf(req.sampling),
+      responseFormat: responseFormatOf(req.responseFormat, backend),
       userId: req.userId,
       maxTokens,
       trace: traceOf(ctx),

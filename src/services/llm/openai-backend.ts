@@ -3,7 +3,14 @@ import OpenAI, { APIError } from "openai";
 import type { CompletionUsage } from "openai/resources/completions";
 import type { Logger } from "../../lib/logger.js";
 import { traceLogFields } from "../../lib/trace.js";
-import type { ContextMessage, LlmBackend, LlmRequest, LlmSampling, LlmUsage } from "./backend.js";
+import type {
+  ContextMessage,
+  LlmBackend,
+  LlmRequest,
+  LlmResponseFormat,
+  LlmSampling,
+  LlmUsage,
+} from "./backend.js";
 import { defaultMaxReplyBytes } from "./llm-service.js";
 import {
   AnswerTooLargeError,
@@ -175,6 +182,16 @@ function samplingParams(sampling: LlmSampling | undefined): [string, unknown][] 
 /** Most values of sampling parameters a backend remembers as refused (each caller may pick others). */
 const maxRefusedValues = 256;
 
+/** The response_format parameter of the OpenAI API for a form asked of the reply. */
+function responseFormatParam(format: LlmResponseFormat) {
+  return format.type === "json_object"
+    ? { type: "json_object" as const }
+    : {
+        type: "json_schema" as const,
+        json_schema: format.jsonSchema as { name: string; [key: string]: unknown },
+      };
+}
+
 /** A token count as the usage message carries it (int32); undefined for anything else. */
 const tokenCount = (value: unknown): number | undefined =>
   typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 2_147_483_647
@@ -294,6 +311,9 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
       messages: [...messagesOf(request.context), { role: "user" as const, content: request.text }],
       ...(request.maxTokens !== undefined && { [tokensParam]: request.maxTokens }),
       ...sampling,
+      ...(request.responseFormat !== undefined && {
+        response_format: responseFormatParam(request.responseFormat),
+      }),
     };
   };
   /** Whether the call is worth making again after `err`, having changed what is sent. */
@@ -376,6 +396,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
   return {
     name: "openai",
     model,
+    followsResponseFormat: true,
     async generate(request, caller) {
       const call = deadline(caller.signal, request);
       try {

@@ -3,7 +3,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PromptTooLongSchema } from "../../../gen/chat/v1/errors_pb.js";
-import { LLMService, Role } from "../../../gen/chat/v1/llm_pb.js";
+import { LLMService, ResponseFormatType, Role } from "../../../gen/chat/v1/llm_pb.js";
 import { createLlmService } from "../../../src/services/llm/llm-service.js";
 import { createOpenAiBackend } from "../../../src/services/llm/openai-backend.js";
 import { redactSecrets } from "../../../src/services/llm/openai-errors.js";
@@ -334,6 +334,41 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
       "temperature",
     ]);
     expect(Object.keys(none ?? {}).sort()).toEqual(["max_tokens", "messages", "model"]);
+  });
+
+  it("passes response_format on: JSON, of a schema or not", async () => {
+    const { client } = llm();
+    const seen = double.requests.length;
+    const schema = { name: "answer", schema: { type: "object" }, strict: true };
+    const json = await client.generate({
+      text: "hi",
+      responseFormat: { type: ResponseFormatType.JSON_OBJECT },
+    });
+    expect(JSON.parse(json.reply)).toEqual({ reply: "Reply to: hi" });
+    const streamed = await drain(
+      client.generateStream({
+        text: "hi",
+        responseFormat: {
+          type: ResponseFormatType.JSON_SCHEMA,
+          jsonSchema: JSON.stringify(schema),
+        },
+      }),
+    );
+    expect(JSON.parse(streamed)).toEqual({ reply: "Reply to: hi" });
+    expect(double.requests.slice(seen).map((r) => r.body.response_format)).toEqual([
+      { type: "json_object" },
+      { type: "json_schema", json_schema: schema },
+    ]);
+    const bad = await failure(
+      client.generate({
+        text: "hi",
+        responseFormat: { type: ResponseFormatType.JSON_SCHEMA, jsonSchema: "[1]" },
+      }),
+    );
+    expect([bad.code, bad.rawMessage]).toEqual([
+      Code.InvalidArgument,
+      "response_format.json_schema must be a JSON object",
+    ]);
   });
 
   it("leaves out a sampling parameter the model refuses, from then on (OpenAI's reasoning models)", async () => {
