@@ -17,6 +17,8 @@ import { createFilterService } from "../../src/services/filter/filter-service.js
 import { createTermMatcher } from "../../src/services/filter/terms.js";
 import type { LlmBackend, LlmRequest } from "../../src/services/llm/backend.js";
 import { createEchoBackend } from "../../src/services/llm/echo-backend.js";
+import { createOpenAiBackend } from "../../src/services/llm/openai-backend.js";
+import { startOpenAiTestDouble } from "../fixtures/openai-test-double.js";
 import {
   breakingLlmBackend,
   createInProcessUpstreams,
@@ -539,6 +541,50 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
     );
     expect(err).toMatchObject({ status: 400, param, code });
     expect((await quotaOf("bad-format")).used).toBe(0);
+  });
+
+  it("answers a model server's refusal of response_format (a schema it will not take) with a 400 naming it, the charge given back", async () => {
+    const double = await startOpenAiTestDouble();
+    try {
+      const llm = createOpenAiBackend({
+        baseUrl: double.baseUrl,
+        apiKey: "",
+        model: "test-double-model",
+        timeoutMs: 10_000,
+      });
+      await gateway({ llm });
+      // OpenAI refuses a strict schema whose root is no object: the caller's to change.
+      const response_format = {
+        type: "json_schema" as const,
+        json_schema: { name: "list", strict: true, schema: { type: "array" } },
+      };
+      // The SDK's defaults: a 5xx would be asked twice more.
+      const client = sdk({ maxRetries: 2 });
+      const unary = await thrown(
+        client.chat.completions.create({ ...ask("schema", "hi"), response_format }),
+      );
+      expect(unary).toBeInstanceOf(BadRequestError);
+      expect(unary).toMatchObject({
+        status: 400,
+        type: "invalid_request_error",
+        param: "response_format",
+        code: "unsupported_value",
+      });
+      const streamed = await thrown(
+        client.chat.completions.create({ ...ask("schema", "hi"), response_format, stream: true }),
+      );
+      expect(streamed).toMatchObject({ status: 400, param: "response_format" });
+      // Asked once each, not retried; nothing charged, nothing kept.
+      expect(double.requests.length).toBe(2);
+      expect((await quotaOf("schema")).used).toBe(0);
+      expect(await historyOf("schema")).toEqual([]);
+      const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+      expect(metrics).toContain(
+        'chatmesh_chats_total{outcome="response_format_not_supported_by_the_model"} 2',
+      );
+    } finally {
+      await double.close();
+    }
   });
 
   it("takes safety_identifier as the user when there is no user field", async () => {

@@ -271,6 +271,7 @@ export function createOpenAiBackend(options: OpenAiBackendOptions): LlmBackend {
           caller,
           timedOut: timeout.aborted,
           timeoutMs,
+          askedFormat: request.responseFormat !== undefined,
         });
         if (!caller.aborted) {
           logger?.warn(

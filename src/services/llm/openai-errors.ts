@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
-import { PromptTooLongSchema } from "../../../gen/chat/v1/errors_pb.js";
+import { PromptTooLongSchema, UnsupportedParameterSchema } from "../../../gen/chat/v1/errors_pb.js";
 import { causesOf } from "../../lib/causes.js";
 
 /** What a failed model call is judged by besides the error itself. */
@@ -10,6 +10,8 @@ export interface FailedCall {
   /** True when LLM_TIMEOUT_MS ran out first. */
   readonly timedOut: boolean;
   readonly timeoutMs: number;
+  /** True when the call carried a response_format (JSON, of a schema or not). */
+  readonly askedFormat?: boolean;
 }
 
 /** The facts of a failed model call that are safe to log (secrets removed). */
@@ -143,6 +145,17 @@ export function refusesStreamOptions(err: unknown): boolean {
   return JSON.stringify(err.error ?? err.message).includes("stream_options");
 }
 
+/**
+ * Whether a model server's 400 refuses the request's response_format: its
+ * `param` names it (OpenAI: "Invalid schema for response_format …", a type
+ * the model does not support), or only its words do (json_object without
+ * "json" in the messages, param `messages`; servers that give no param).
+ */
+function refusesResponseFormat(err: APIError): boolean {
+  if (typeof err.param === "string" && err.param.startsWith("response_format")) return true;
+  return err.message.includes("response_format");
+}
+
 /** `err`, or the first of its causes, that is an `E`. */
 function foundIn<E extends Error>(err: unknown, type: new (...args: never[]) => E): E | undefined {
   for (const at of causesOf(err)) if (at instanceof type) return at;
@@ -203,7 +216,8 @@ function completionFillsContext(message: string): boolean {
  * our timeout is DEADLINE_EXCEEDED; what may pass on a retry (connection
  * failures, 429, 5xx, an error in the middle of a stream) is UNAVAILABLE;
  * a prompt longer than the model's context is INVALID_ARGUMENT with a
- * PromptTooLong detail (the caller's to shorten); a refused key, a missing
+ * PromptTooLong detail (the caller's to shorten), a refused response_format
+ * INVALID_ARGUMENT with an UnsupportedParameter detail; a refused key, a missing
  * model or a wrong URL (401, 403, 404) and any other 4xx are
  * FAILED_PRECONDITION: the request was valid here, and the
  * model server as configured (its key, model, limits) cannot take it, so the
@@ -263,6 +277,17 @@ export function connectErrorFromUpstream(err: unknown, call: FailedCall): Connec
         Code.InvalidArgument,
         undefined,
         [{ desc: PromptTooLongSchema, value: {} }],
+      );
+    }
+    // The form asked (a schema OpenAI will not take: its root no object, a
+    // strict one without additionalProperties false; JSON the model has not)
+    // is the caller's to change, as for the echo stub.
+    if (status === 400 && call.askedFormat === true && refusesResponseFormat(err)) {
+      return new ConnectError(
+        "model server refused the request's response_format",
+        Code.InvalidArgument,
+        undefined,
+        [{ desc: UnsupportedParameterSchema, value: { param: "response_format" } }],
       );
     }
     if (status === 401 || status === 403 || status === 404) {
