@@ -142,6 +142,9 @@ export class AnswerTooLargeError extends Error {
 export function refusesStreamOptions(err: unknown): boolean {
   if (!(err instanceof APIError) || (err.status !== 400 && err.status !== 422)) return false;
   if (err.param === "stream_options") return true;
+  // A refusal naming another parameter may quote the caller's words (a
+  // schema's name, its properties'): it is no refusal of stream_options.
+  if (typeof err.param === "string" && err.param !== "") return false;
   return JSON.stringify(err.error ?? err.message).includes("stream_options");
 }
 

@@ -426,6 +426,37 @@ describe("the openai backend against an OpenAI-compatible test double", () => {
     expect(logs()).toContain("stream_options");
   });
 
+  it("keeps asking for stream_options when a refusal of another parameter quotes the words (a schema's name)", async () => {
+    const { client, logs } = llm();
+    const seen = double.requests.length;
+    // OpenAI's words for a schema it refuses quote its name (and its properties' names).
+    const refused = await failure(
+      drain(
+        client.generateStream({
+          text: "hi",
+          responseFormat: {
+            type: ResponseFormatType.JSON_SCHEMA,
+            jsonSchema: JSON.stringify({
+              name: "stream_options",
+              strict: true,
+              schema: { type: "array" },
+            }),
+          },
+        }),
+      ),
+    );
+    expect(refused.code).toBe(Code.InvalidArgument);
+    const pieces = [];
+    for await (const piece of client.generateStream({ text: "next" })) pieces.push(piece);
+    expect(pieces.at(-1)?.usage).toBeDefined();
+    // Asked once (not again without stream_options), and the next stream as ever.
+    expect(double.requests.slice(seen).map((r) => r.body.stream_options)).toEqual([
+      { include_usage: true },
+      { include_usage: true },
+    ]);
+    expect(logs()).not.toContain("refuses stream_options");
+  });
+
   it("maps a refused stream the same way", async () => {
     const err = await failure(drain(llm().client.generateStream({ text: "status 500" })));
     expect(err.code).toBe(Code.Unavailable);
