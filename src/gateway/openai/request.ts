@@ -245,9 +245,9 @@ function messageError(message: Body, i: number): OpenAiError | undefined {
  * checked by the filter and counted in the prompt, neither cleaned nor kept.
  * Messages after it are not sent. Without a user message, or with n other
  * than 1, it is a 400. Sampling parameters are checked and passed on to the
- * model (samplingOf); tool and format parameters are checked, then ignored;
- * those that ask for what a text answer cannot give are a 400 (see
- * unsupportedParameterError).
+ * model (samplingOf), and so is response_format (responseFormatOf); tool
+ * parameters are checked, then ignored; those that ask for what a text
+ * answer cannot give are a 400 (see unsupportedParameterError).
  */
 export function parseCompletionRequest(body: unknown): CompletionRequest | OpenAiError {
   if (!isRecord(body)) return invalidRequest("request body must be a JSON object", null);
