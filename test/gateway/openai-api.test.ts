@@ -525,6 +525,7 @@ describe("the OpenAI-compatible API, driven by the official openai SDK", () => {
 
   it.each([
     [{ type: "yaml" }, "response_format.type", "invalid_value"],
+    [{}, "response_format.type", "missing_required_parameter"],
     [{ type: "json_schema" }, "response_format.json_schema", "missing_required_parameter"],
     [
       { type: "json_schema", json_schema: { schema: {} } },

@@ -189,6 +189,13 @@ function responseFormatOf(body: Body): ChatResponseFormat | undefined | OpenAiEr
   if (format.type === "json_object") {
     return { type: ResponseFormatType.JSON_OBJECT, jsonSchema: "" };
   }
+  if (format.type === undefined || format.type === null) {
+    return invalidRequest(
+      "Missing required parameter: 'response_format.type'.",
+      "response_format.type",
+      "missing_required_parameter",
+    );
+  }
   if (format.type !== "json_schema") {
     return invalidRequest(
       "Invalid value for 'response_format.type': supported values are 'text', 'json_object' and 'json_schema'.",
