@@ -120,9 +120,15 @@ export interface ChatDeps {
 const contextTexts = (context: readonly ContextMessage[] | undefined): string[] =>
   context === undefined ? [] : context.map((m) => m.content);
 
-/** A context as a call's request carries it (each request its own array). */
-export const callContext = (context: readonly ContextMessage[] | undefined): ContextMessage[] =>
-  context === undefined ? [] : [...context];
+/** What the model is asked for a chat, unary or streamed (the context each request's own array). */
+export const modelRequest = (input: ChatInput, cleaned: string) => ({
+  text: cleaned,
+  userId: input.userId,
+  maxTokens: input.maxTokens ?? 0,
+  context: input.context === undefined ? [] : [...input.context],
+  sampling: input.sampling,
+  responseFormat: input.responseFormat,
+});
 
 /** What a unary chat whose client went away is counted as (chatmesh_chats_total). */
 const clientGoneError: HttpError = { status: 499, body: { error: "client gone" } };
@@ -227,14 +233,7 @@ export async function completeChat(
   let answer: Awaited<ReturnType<Upstreams["llm"]["generate"]>>;
   try {
     answer = await deps.upstreams.llm.generate(
-      {
-        text: cleaned,
-        userId: input.userId,
-        maxTokens: input.maxTokens ?? 0,
-        context: callContext(input.context),
-        sampling: input.sampling,
-        responseFormat: input.responseFormat,
-      },
+      modelRequest(input, cleaned),
       traceCallOptions(deps.trace, deps.clientGone),
     );
   } catch (err) {

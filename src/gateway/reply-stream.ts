@@ -5,8 +5,8 @@ import {
   type AdmittedChat,
   type ChatDeps,
   type ChatInput,
-  callContext,
   failedCall,
+  modelRequest,
   refund,
   settle,
 } from "./chat.js";
@@ -84,23 +84,13 @@ export async function relayReply(
   let tooSlow = false;
   try {
     const pieces = openedAgainIfRefused(() =>
-      deps.upstreams.llm.generateStream(
-        {
-          text: cleaned,
-          userId: input.userId,
-          maxTokens: input.maxTokens ?? 0,
-          context: callContext(input.context),
-          sampling: input.sampling,
-          responseFormat: input.responseFormat,
-        },
-        {
-          signal: call.signal,
-          ...(deps.llmTimeoutMs !== undefined && {
-            timeoutMs: deps.llmTimeoutMs + deadlineGraceMs,
-          }),
-          ...traceCallOptions(deps.trace),
-        },
-      ),
+      deps.upstreams.llm.generateStream(modelRequest(input, cleaned), {
+        signal: call.signal,
+        ...(deps.llmTimeoutMs !== undefined && {
+          timeoutMs: deps.llmTimeoutMs + deadlineGraceMs,
+        }),
+        ...traceCallOptions(deps.trace),
+      }),
     );
     for await (const piece of pieces) {
       model ||= piece.model;

@@ -3,6 +3,8 @@ import type { Registry } from "prom-client";
 import { UnsupportedParameterSchema } from "../../../gen/chat/v1/errors_pb.js";
 import {
   type ChatMessage,
+  type GenerateRequest,
+  type GenerateStreamRequest,
   type LLMService,
   type ResponseFormat,
   ResponseFormatType,
@@ -194,14 +196,7 @@ export function createLlmService({
       "reply cut at LLM_MAX_REPLY_BYTES",
     );
   const request = (
-    req: {
-      text: string;
-      userId: string;
-      maxTokens: number;
-      context: ChatMessage[];
-      sampling?: Sampling | undefined;
-      responseFormat?: ResponseFormat | undefined;
-    },
+    req: GenerateRequest | GenerateStreamRequest,
     ctx: HandlerContext,
   ): LlmRequest => {
     requireText(req.text);
