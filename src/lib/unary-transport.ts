@@ -31,7 +31,7 @@ const noSignal = new AbortController().signal;
  * chat cost the gateway some 35 µs of CPU a chat under `make bench`, and
  * 35 MB more memory at peak). It is itself the call's context values (one
  * object a call, not a `Cancellation` and context values of closures): given
- * as `contextValues` (`cancellableBy`), the lean transports (and
+ * as `contextValues` (`traceCallOptions` gives it so), the lean transports (and
  * `withCancellation` around any other) end the call as Canceled on
  * `cancel()`, and stop waiting for its answer.
  */
@@ -89,14 +89,6 @@ export class Cancellation implements ContextValues {
 export const cancellationKey = createContextKey<Cancellation | undefined>(undefined, {
   description: "the call's Cancellation",
 });
-
-/** `options`, the call made to end when `cancellation` is cancelled. */
-export function cancellableBy<O extends object>(
-  cancellation: Cancellation,
-  options: O = {} as O,
-): O & { contextValues: ContextValues } {
-  return { ...options, contextValues: cancellation };
-}
 
 /**
  * Calls `onCancel` when `req` is cancelled, by its signal or by its

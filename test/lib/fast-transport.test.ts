@@ -9,7 +9,7 @@ import { loadLlmConfig } from "../../src/lib/config.js";
 import { createFastTransport } from "../../src/lib/fast-transport.js";
 import { createLogger } from "../../src/lib/logger.js";
 import { createRpcServer } from "../../src/lib/rpc-server.js";
-import { Cancellation, cancellableBy } from "../../src/lib/unary-transport.js";
+import { Cancellation } from "../../src/lib/unary-transport.js";
 import { codeOf } from "../fixtures/rpc.js";
 
 let app: FastifyInstance | undefined;
@@ -62,13 +62,15 @@ describe("unary calls over the lean HTTP/1.1 transport", () => {
   it("ends a call when its Cancellation is cancelled, and sends none cancelled before", async () => {
     const { client, seen } = await startCounting(3_000);
     const gone = new Cancellation();
-    const call = codeOf(client.generate({ text: "slow" }, cancellableBy(gone)));
+    const call = codeOf(client.generate({ text: "slow" }, { contextValues: gone }));
     await expect.poll(() => seen.calls).toBe(1);
     const cancelledAt = Date.now();
     gone.cancel();
     expect(await call).toBe("Canceled");
     expect(Date.now() - cancelledAt).toBeLessThan(1_000);
-    expect(await codeOf(client.generate({ text: "late" }, cancellableBy(gone)))).toBe("Canceled");
+    expect(await codeOf(client.generate({ text: "late" }, { contextValues: gone }))).toBe(
+      "Canceled",
+    );
     expect(seen.calls).toBe(1);
   });
 

@@ -13,7 +13,6 @@ import { GenerateResponseSchema, LLMService } from "../../gen/chat/v1/llm_pb.js"
 import {
   answered,
   Cancellation,
-  cancellableBy,
   cancellationKey,
   createUnaryTransport,
   type RequestHeaders,
@@ -178,11 +177,11 @@ describe("withCancellation around a transport that knows only signals", () => {
       ),
     );
     const client = createClient(LLMService, transport);
-    expect((await client.generate({ text: "kept" }, cancellableBy(new Cancellation()))).reply).toBe(
-      "Echo: kept",
-    );
+    expect(
+      (await client.generate({ text: "kept" }, { contextValues: new Cancellation() })).reply,
+    ).toBe("Echo: kept");
     const gone = new Cancellation();
-    const call = client.generate({ text: "left" }, cancellableBy(gone));
+    const call = client.generate({ text: "left" }, { contextValues: gone });
     setTimeout(() => gone.cancel(), 20);
     await expect(call).rejects.toMatchObject({ code: Code.Canceled });
     expect(aborted).toEqual([false, true]);
@@ -192,7 +191,7 @@ describe("withCancellation around a transport that knows only signals", () => {
 describe("a Cancellation as a call's context values", () => {
   it("gives itself for its key, and keeps what an interceptor sets", () => {
     const cancellation = new Cancellation();
-    const { contextValues } = cancellableBy(cancellation, { timeoutMs: 5 });
+    const contextValues = cancellation;
     const other = createContextKey("default");
     expect(contextValues.get(cancellationKey)).toBe(cancellation);
     expect(contextValues.get(other)).toBe("default");
