@@ -137,10 +137,14 @@ const clientGoneError: HttpError = { status: 499, body: { error: "client gone" }
 export interface AdmittedChat {
   readonly cleaned: string;
   readonly remaining: number;
+  /** What the prompt's tokens are counted from: the context, then the cleaned text (promptOf). */
+  readonly prompt: string;
 }
 
 /** A chat answered in full, with what /v1/chat/completions tells beside the reply. */
 export interface CompletedChat extends ChatOutput {
+  /** What the prompt's tokens are counted from (AdmittedChat's). */
+  readonly prompt: string;
   /** The model that answered. */
   readonly model: string;
   /** Why the reply ended; "stop" unless the model said otherwise. */
@@ -179,17 +183,16 @@ export async function admitChat(
     return failedCall(logger, "filter", err, trace);
   }
 
+  const prompt = promptOf(cleaned, input.context);
   try {
-    const cost = BigInt(
-      (await deps.cost?.reserve(promptOf(cleaned, input.context), input.maxTokens)) ?? 0,
-    );
+    const cost = BigInt((await deps.cost?.reserve(prompt, input.maxTokens)) ?? 0);
     const { remaining } = await chargeChat(
       upstreams.token,
       { userId: input.userId, chargeId: requestId, cost },
       callOptions,
       deps.onQuota,
     );
-    return { cleaned, remaining: Number(remaining) };
+    return { cleaned, remaining: Number(remaining), prompt };
   } catch (err) {
     // The service may have charged before it failed to answer: give it back if so.
     if (chargeOutcomeUnknown(err)) deps.refunder?.refundIfCharged(input.userId, requestId, trace);
@@ -243,9 +246,7 @@ export async function completeChat(
         "client went away: model call cancelled, the charge kept",
       );
       // In tokens mode, settled to the prompt: no reply was given.
-      await settle(deps, input.userId, requestId, () =>
-        chatUsage(promptOf(cleaned, input.context), "", undefined),
-      );
+      await settle(deps, input.userId, requestId, () => chatUsage(admitted.prompt, "", undefined));
       return clientGoneError;
     }
     const failed = failedCall(deps.logger, "llm", err, deps.trace);
@@ -267,10 +268,11 @@ export async function completeChat(
     totalTokens: answer.usage.totalTokens,
   };
   const settled = await settle(deps, input.userId, requestId, () =>
-    chatUsage(promptOf(cleaned, input.context), reply, reportedUsage),
+    chatUsage(admitted.prompt, reply, reportedUsage),
   );
   return {
     cleaned,
+    prompt: admitted.prompt,
     reply,
     remaining: settled ?? admitted.remaining,
     model: answer.model,

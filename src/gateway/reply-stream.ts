@@ -11,7 +11,7 @@ import {
   settle,
 } from "./chat.js";
 import type { HttpError } from "./errors.js";
-import { type ChatUsage, chatUsage, promptOf } from "./quota-cost.js";
+import { type ChatUsage, chatUsage } from "./quota-cost.js";
 
 /** How a streamed reply ended. */
 export type RelayOutcome =
@@ -131,7 +131,7 @@ export async function relayReply(
   if (tooSlow) return cutOff(deps, chat, reply);
   if (signal.aborted) return clientGone(deps, chat, reply);
   const remaining = await settle(deps, input.userId, requestId, () =>
-    chatUsage(promptOf(cleaned, input.context), reply, reportedUsage),
+    chatUsage(chat.admitted.prompt, reply, reportedUsage),
   );
   return {
     outcome: "ok",
@@ -280,7 +280,7 @@ async function clientGone(
   relayed: string,
 ): Promise<RelayOutcome> {
   await settle(deps, chat.input.userId, chat.requestId, () =>
-    chatUsage(promptOf(chat.admitted.cleaned, chat.input.context), relayed, undefined),
+    chatUsage(chat.admitted.prompt, relayed, undefined),
   );
   return { outcome: "client gone" };
 }

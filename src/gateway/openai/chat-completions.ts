@@ -4,7 +4,7 @@ import { maxUserIdChars, userIdTooLong } from "../../lib/user-id.js";
 import { admitChat, type ChatDeps, type ChatInput, completeChat, parseChatInput } from "../chat.js";
 import { cancelledOnClose } from "../client-gone.js";
 import { type QuotaState, rateLimitHeaderNames, rateLimitHeaders } from "../quota.js";
-import { chatUsage, promptOf } from "../quota-cost.js";
+import { chatUsage } from "../quota-cost.js";
 import { relayReply, type StreamingChat, stallLimitOf } from "../reply-stream.js";
 import { isUserId } from "../request-guards.js";
 import { openSseStream, type SseStream, sseDataFrame } from "../sse.js";
@@ -117,8 +117,7 @@ export async function handleChatCompletion(
     }
     if ("status" in chat) return sendOpenAiError(reply, openAiErrorFrom(chat));
     const head = completionHead(req.id, chat.model || request.model);
-    const prompt = promptOf(chat.cleaned, input.context);
-    const usage = await chatUsage(prompt, chat.reply, chat.reportedUsage);
+    const usage = await chatUsage(chat.prompt, chat.reply, chat.reportedUsage);
     return completionBody(head, chat.reply, chat.finishReason, usage);
   }
 
@@ -184,9 +183,8 @@ async function streamCompletion(
 
   const done = await start(result.model);
   await send(completionChunk(done, {}, result.finishReason, request.includeUsage));
-  const { cleaned } = chat.admitted;
   if (request.includeUsage) {
-    const prompt = promptOf(cleaned, chat.input.context);
+    const { prompt } = chat.admitted;
     await send(usageChunk(done, await chatUsage(prompt, result.reply, result.reportedUsage)));
   }
   await notifyDone(deps, chat, result.reply);
